@@ -1,0 +1,1 @@
+"""Timing, correctness checks and sweeps."""

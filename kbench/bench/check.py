@@ -1,0 +1,59 @@
+"""Correctness of one implementation against the reference at one case and dtype."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from kbench.errors import KbenchError
+from kbench.ops.base import Case, Check
+from kbench.registry import REFERENCE, Registry
+
+
+def clone_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of the tensors in ``inputs`` (in-place ops must not see each other's writes)."""
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def reference_output(op, inputs: dict[str, Any]) -> Any:
+    """The reference's output for ``inputs``, computed on a clone."""
+    return op.reference(**clone_inputs(inputs))
+
+
+def check_implementation(
+    registry: Registry,
+    op_name: str,
+    backend: str,
+    case: Case,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    seed: int = 0,
+    reference: Any = None,
+    inputs: dict[str, Any] | None = None,
+) -> Check:
+    """Run ``backend`` and the reference on the same inputs and compare with the op's policy.
+
+    An exception inside the implementation is a FAIL with the error as its detail (a wrong
+    kernel must be reported, never crash the run); a ``KbenchError`` (unsupported case)
+    propagates.
+    """
+    op = registry.op(op_name)
+    impl = registry.resolve(op_name, backend, case, dtype, device)
+    if inputs is None:
+        inputs = op.make_inputs(case, dtype, torch.device(device), seed)
+    if reference is None:
+        reference = reference_output(op, inputs)
+    if backend == REFERENCE:
+        out = impl(**clone_inputs(inputs))
+    else:
+        try:
+            out = impl(**clone_inputs(inputs))
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize()
+        except KbenchError:
+            raise
+        except Exception as error:
+            return Check(False, math.inf, math.inf, detail=f"raised {type(error).__name__}: {error}")
+    return op.compare(out, reference, op.tolerance(dtype))

@@ -1,0 +1,76 @@
+"""The model and workload a spec describes: plain frozen dataclasses, no I/O.
+
+``kbench.spec`` reads and validates YAML into these; ops use them in ``cases_for``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    """Rotary embedding settings, named as in Hugging Face's ``rope_scaling``.
+
+    ``scaling``: ``none``, ``linear`` (positions / factor), ``dynamic`` (NTK: the base grows
+    once the sequence exceeds ``original_max_position``), ``llama3`` (per-frequency
+    interpolation between ``low_freq_factor`` and ``high_freq_factor``).
+    ``style``: ``half`` (HF rotate_half) or ``interleaved`` (Meta's pairs).
+    """
+
+    theta: float = 10000.0
+    style: str = "half"
+    scaling: str = "none"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position: int = 2048
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """LLaMA shapes: ``hidden = heads * head_dim``, ``heads % kv_heads == 0``."""
+
+    name: str
+    vocab: int
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    rope: RopeConfig = field(default_factory=RopeConfig)
+    norm_eps: float = 1e-5
+    max_seq_len: int = 4096
+    tie_embeddings: bool = False
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """temperature 0 means greedy; top_k 0 and top_p 1.0 mean off."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What to run: every batch size with every prompt length, then ``decode_steps`` tokens."""
+
+    batch: tuple[int, ...] = (1,)
+    prompt_len: tuple[int, ...] = (128,)
+    decode_steps: int = 32
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    kv_layout: str = "contiguous"
+    block_size: int = 256
+
+    @property
+    def prefill_tokens(self) -> list[int]:
+        """Token counts a prefill runs: batch * prompt_len for every pair, sorted."""
+        return sorted({b * p for b in self.batch for p in self.prompt_len})
+
+    @property
+    def decode_contexts(self) -> list[tuple[int, int]]:
+        """(batch, context length at the last decode step) pairs."""
+        return sorted({(b, p + self.decode_steps) for b in self.batch for p in self.prompt_len})

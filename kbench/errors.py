@@ -1,0 +1,37 @@
+"""The one error type for user mistakes, and the closest-match helper its messages use."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class KbenchError(Exception):
+    """A mistake of the user's (bad spec, unknown name, impossible shape), not a bug.
+
+    ``message`` says what was wrong; ``fix`` says what to do about it. The CLI prints both
+    as one paragraph and exits with status 2. Anything that is not a ``KbenchError`` is a
+    bug and keeps its traceback.
+    """
+
+    def __init__(self, message: str, fix: str | None = None):
+        self.message = message
+        self.fix = fix
+        super().__init__(message if not fix else f"{message} {fix}")
+
+
+def closest(name: str, options: Iterable[str]) -> str | None:
+    """The option closest to ``name`` (difflib ratio >= 0.6), or None."""
+    matches = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def unknown_name(kind: str, name: str, options: Iterable[str]) -> KbenchError:
+    """A ``KbenchError`` for an unknown name: says the closest match and what exists."""
+    options = sorted(set(options))
+    guess = closest(name, options)
+    hint = f"Did you mean {guess!r}? " if guess else ""
+    return KbenchError(
+        f"Unknown {kind} {name!r}.",
+        f"{hint}Known {kind}s: {', '.join(options) if options else '(none)'}.",
+    )

@@ -1,0 +1,95 @@
+"""The plugin manager: the core's reference backend, then every ``kbench`` entry point.
+
+The only module-level state in kbench is the cached registry built here.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+import traceback
+
+import pluggy
+
+from kbench import hookspecs
+from kbench.registry import Implementation, Registry
+
+ENTRY_POINT_GROUP = "kbench"
+ENV_PLUGINS = "KBENCH_PLUGINS"
+
+
+def _wanted(name: str) -> bool:
+    allowed = os.environ.get(ENV_PLUGINS)
+    if allowed is None:
+        return True
+    return name in {n.strip() for n in allowed.split(",") if n.strip()}
+
+
+def _dist_version(entry_point: importlib.metadata.EntryPoint) -> str | None:
+    dist = getattr(entry_point, "dist", None)
+    return dist.version if dist is not None else None
+
+
+def make_plugin_manager(registry: Registry) -> pluggy.PluginManager:
+    """A manager with the core ops registered and every wanted entry point loaded.
+
+    A plugin that fails to import is recorded in ``registry.plugin_errors``; it never
+    stops the others from loading.
+    """
+    from kbench import ops as core_ops
+
+    pm = pluggy.PluginManager("kbench")
+    pm.add_hookspecs(hookspecs)
+    pm.register(core_ops, name="kbench-core")
+    registry.plugins["kbench-core"] = None
+    for entry_point in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if not _wanted(entry_point.name) or pm.has_plugin(entry_point.name):
+            continue
+        try:
+            module = entry_point.load()
+            pm.register(module, name=entry_point.name)
+        except Exception as error:
+            registry.plugin_errors[entry_point.name] = _error_line(error)
+            continue
+        registry.plugins[entry_point.name] = _dist_version(entry_point)
+    return pm
+
+
+def _error_line(error: BaseException) -> str:
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return f"{type(error).__name__}: {error}{where}"
+
+
+def build_registry() -> Registry:
+    """Load plugins and collect their ops and implementations into a fresh Registry."""
+    registry = Registry()
+    pm = make_plugin_manager(registry)
+    for hookimpl in pm.hook.register_ops.get_hookimpls():
+        name = hookimpl.plugin_name
+        try:
+            hookimpl.function(register=lambda op, _name=name: registry.add_op(op, _name))
+        except Exception as error:
+            registry.plugin_errors[name] = _error_line(error)
+    for hookimpl in pm.hook.register_backends.get_hookimpls():
+        name = hookimpl.plugin_name
+
+        def register(op, backend, fn, *, supports=None, available=None, cuda_graphs=True,
+                     version=None, description="", _name=name):
+            registry.add_implementation(Implementation(
+                op=op, backend=backend, fn=fn, plugin=_name, supports=supports, available=available,
+                cuda_graphs=cuda_graphs, version=version, description=description,
+            ))
+
+        try:
+            hookimpl.function(register=register)
+        except Exception as error:
+            registry.plugin_errors[name] = _error_line(error)
+    return registry
+
+
+@functools.cache
+def get_registry() -> Registry:
+    """The process-wide registry (built once; ``get_registry.cache_clear()`` rebuilds it)."""
+    return build_registry()

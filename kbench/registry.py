@@ -1,0 +1,131 @@
+"""Ops -> backends -> implementations, each with the reason it cannot run here, if any."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from kbench.errors import KbenchError, unknown_name
+from kbench.ops.base import Case, Op, dtype_name
+
+REFERENCE = "reference"
+
+
+@dataclass(eq=False)
+class Implementation:
+    """One backend's implementation of one op, as a plugin registered it."""
+
+    op: str
+    backend: str
+    fn: Callable[..., Any]
+    plugin: str
+    supports: Callable[[Case, torch.dtype, torch.device], str | None] | None = None
+    available: Callable[[], str | None] | None = None
+    cuda_graphs: bool = True
+    version: str | None = None
+    description: str = ""
+    _unavailable: Any = field(default=..., repr=False)
+
+    def __call__(self, **inputs: Any) -> Any:
+        return self.fn(**inputs)
+
+    def unavailable_reason(self) -> str | None:
+        """Why this backend cannot run in this process at all (checked once), or None."""
+        if self._unavailable is ...:
+            try:
+                self._unavailable = self.available() if self.available else None
+            except Exception as error:  # an availability probe must never crash a run
+                self._unavailable = f"availability check raised {type(error).__name__}: {error}"
+        return self._unavailable
+
+    def reason(self, case: Case, dtype: torch.dtype, device: torch.device | str) -> str | None:
+        """Why this implementation cannot run ``case`` in ``dtype`` on ``device``, or None."""
+        reason = self.unavailable_reason()
+        if reason:
+            return reason
+        if self.supports is None:
+            return None
+        try:
+            return self.supports(case, dtype, torch.device(device))
+        except Exception as error:
+            return f"supports() raised {type(error).__name__}: {error}"
+
+
+class Registry:
+    """Every op and every implementation the loaded plugins registered."""
+
+    def __init__(self) -> None:
+        self.ops: dict[str, Op] = {}
+        self.implementations: dict[tuple[str, str], Implementation] = {}
+        self.plugin_errors: dict[str, str] = {}
+        self.plugins: dict[str, str | None] = {}
+
+    # -- registration (called by kbench.plugins while loading) --
+    def add_op(self, op: Op, plugin: str) -> None:
+        if op.name in self.ops:
+            raise KbenchError(f"Plugin {plugin!r} declares op {op.name!r}, which already exists.")
+        self.ops[op.name] = op
+        self.implementations[(op.name, REFERENCE)] = Implementation(
+            op.name, REFERENCE, op.reference, plugin, description="plain PyTorch, HF LLaMA numerics"
+        )
+
+    def add_implementation(self, impl: Implementation) -> None:
+        if impl.op not in self.ops:
+            raise KbenchError(
+                f"Plugin {impl.plugin!r} registers backend {impl.backend!r} for unknown op {impl.op!r}.",
+                f"Known ops: {', '.join(sorted(self.ops))}.",
+            )
+        key = (impl.op, impl.backend)
+        if key in self.implementations:
+            other = self.implementations[key].plugin
+            raise KbenchError(
+                f"Plugin {impl.plugin!r} registers {impl.op}/{impl.backend}, already registered by {other!r}."
+            )
+        self.implementations[key] = impl
+
+    # -- lookup --
+    def op(self, name: str) -> Op:
+        if name not in self.ops:
+            raise unknown_name("op", name, self.ops)
+        return self.ops[name]
+
+    def ops_of_family(self, family: str) -> list[Op]:
+        return [op for op in self.ops.values() if op.family == family]
+
+    @property
+    def families(self) -> list[str]:
+        return sorted({op.family for op in self.ops.values()})
+
+    def backends(self, op: str | None = None) -> list[str]:
+        """Backend names registered for ``op`` (or for any op), reference first."""
+        names = {b for (o, b) in self.implementations if op is None or o == op}
+        return sorted(names, key=lambda b: (b != REFERENCE, b))
+
+    def get(self, op: str, backend: str) -> Implementation:
+        self.op(op)
+        if (op, backend) not in self.implementations:
+            raise unknown_name(f"backend for {op}", backend, self.backends(op))
+        return self.implementations[(op, backend)]
+
+    def resolve(self, op: str, backend: str, case: Case, dtype: torch.dtype, device: torch.device | str) -> Implementation:
+        """The implementation to run ``case``; KbenchError naming the reason and the alternatives."""
+        impl = self.get(op, backend)
+        reason = impl.reason(case, dtype, device)
+        if reason:
+            usable = [
+                b for b in self.backends(op)
+                if self.implementations[(op, b)].reason(case, dtype, device) is None
+            ]
+            raise KbenchError(
+                f"Backend {backend!r} cannot run {op} ({case.label}, {dtype_name(dtype)}, {device}): {reason}.",
+                f"Backends that can: {', '.join(usable) or '(none)'}.",
+            )
+        return impl
+
+    def call(self, op: str, backend: str, **inputs: Any) -> Any:
+        """Validate ``inputs`` against the op's contract, then run ``backend`` on them."""
+        self.op(op).validate(inputs)
+        return self.get(op, backend)(**inputs)

@@ -1,0 +1,1 @@
+"""kbench cuda backend plugin."""

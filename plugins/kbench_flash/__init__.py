@@ -1,0 +1,1 @@
+"""kbench flash backend plugin."""

@@ -1,0 +1,1 @@
+"""kbench triton backend plugin."""
