@@ -8,18 +8,12 @@
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
 import kbench
-
-
-def rmsnorm_native(x, weight, eps):
-    """F.rms_norm upcasts internally; the weight product is done in x.dtype as in HF."""
-    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+from kbench_torch import compiled, native, sdpa
 
 
 @kbench.hookimpl
 def register_backends(register):
-    version = torch.__version__
-    register("rmsnorm", "torch", rmsnorm_native, version=version, description="torch.nn.functional.rms_norm")
+    native.register_all(register)
+    compiled.register_all(register)
+    sdpa.register_all(register)

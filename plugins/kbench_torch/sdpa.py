@@ -1,0 +1,5 @@
+"""SDPA backends for attention."""
+
+
+def register_all(register):
+    pass
