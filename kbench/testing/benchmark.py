@@ -1,0 +1,152 @@
+"""``kbench_benchmark``: time a kbench op in pytest, store it where pytest-benchmark stores timings.
+
+pytest-benchmark times a function with a host clock (``time.perf_counter``) around each
+round. On a GPU that measures the launch, not the kernel, and it flushes no cache. So the
+fixture does not let pytest-benchmark time anything: it times the op with the same timer as
+``kbench run`` (``kbench.bench.timing.measure``: CUDA events with L2 flushed between
+repetitions, or CUDA-graph replay, or perf_counter on a CPU) and hands the per-repetition
+samples to pytest-benchmark as the rounds of one benchmark (one iteration per round).
+pytest-benchmark then computes its statistics (min, median, IQR, outliers, ops) from
+those samples, saves them with ``--benchmark-autosave`` / ``--benchmark-json``, and
+``pytest-benchmark compare`` and ``kbench compare`` read them like any other run.
+``extra_info`` carries what kbench needs to rebuild a run-record row: op, backend, case,
+dtype, device, method, correctness, throughput.
+
+Use::
+
+    def test_rmsnorm_speed(kbench_benchmark):
+        timing = kbench_benchmark("rmsnorm", "mybackend", {"tokens": 4096, "hidden": 4096})
+        assert timing.median_us < 100
+
+Without pytest-benchmark installed the fixture still times and returns the ``Timing``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+import torch
+
+from kbench.bench import timing as timing_module
+from kbench.bench.check import check_implementation, clone_inputs
+from kbench.ops.base import Case, dtype_name, parse_dtype
+from kbench.registry import Registry
+from kbench.testing.conformance import ConformanceFailure
+
+SOURCE = "kbench"
+
+
+def resolve_case(registry: Registry, op_name: str, case: Case | Mapping[str, Any] | None) -> Case:
+    """``case`` as a Case of ``op_name``: dims given as a mapping override the op's first test case."""
+    op = registry.op(op_name)
+    if isinstance(case, Case):
+        return case
+    base = op.test_cases[0] if op.test_cases else Case(op_name)
+    return base.replace(**dict(case or {}))
+
+
+def _measure_with_samples(fn, **kwargs) -> tuple[timing_module.Timing, list[float]]:
+    """``measure(fn)`` plus its per-repetition samples in µs per call.
+
+    ``Timing`` keeps only statistics; the samples pass through ``summarize``, so they are
+    read there for the duration of the call.
+    """
+    captured: list[list[float]] = []
+    summarize = timing_module.summarize
+
+    def keep(samples_us, method, calls_per_rep=1):
+        captured.append(list(samples_us))
+        return summarize(samples_us, method, calls_per_rep)
+
+    timing_module.summarize = keep
+    try:
+        result = timing_module.measure(fn, **kwargs)
+    finally:
+        timing_module.summarize = summarize
+    return result, captured[-1]
+
+
+class KbenchBenchmark:
+    """The callable behind the ``kbench_benchmark`` fixture (one op timing per test)."""
+
+    def __init__(self, registry: Registry, device: str, benchmark: Any = None):
+        self.registry = registry
+        self.device = device
+        self.benchmark = benchmark
+
+    def __call__(
+        self,
+        op: str,
+        backend: str,
+        case: Case | Mapping[str, Any] | None = None,
+        *,
+        dtype: str | torch.dtype | None = None,
+        warmup_ms: float = 25.0,
+        rep_ms: float = 100.0,
+        cuda_graph: bool = False,
+        flush_l2: bool = True,
+        seed: int = 0,
+    ) -> timing_module.Timing:
+        """Check ``backend``'s ``op`` at ``case`` against the reference, then time it.
+
+        ``dtype`` defaults to bfloat16 on a GPU and float32 on a CPU. A wrong result fails
+        the test before anything is timed (a fast wrong kernel is not a result).
+        """
+        registry = self.registry
+        case = resolve_case(registry, op, case)
+        dtype = parse_dtype(dtype or ("bfloat16" if torch.device(self.device).type == "cuda" else "float32"))
+        reason = registry.get(op, backend).reason(case, dtype, self.device)
+        if reason:
+            pytest.skip(reason)
+        check = check_implementation(registry, op, backend, case, dtype, self.device, seed=seed)
+        if not check.ok:
+            raise ConformanceFailure(f"{op}/{backend} {case.label} {dtype_name(dtype)} on {self.device}: {check.summary()}")
+        op_def = registry.op(op)
+        impl = registry.get(op, backend)
+        inputs = op_def.make_inputs(case, dtype, torch.device(self.device), seed)
+        working = clone_inputs(inputs)
+
+        def restore():
+            for name in op_def.inplace:
+                working[name].copy_(inputs[name])
+
+        timing, samples_us = _measure_with_samples(
+            lambda: impl(**working), device=self.device, warmup_ms=warmup_ms, rep_ms=rep_ms,
+            flush_l2=flush_l2, cuda_graph=cuda_graph, reset=restore if op_def.inplace else None,
+        )
+        if self.benchmark is not None:
+            self._store(op_def, backend, case, dtype, timing, samples_us, check)
+        return timing
+
+    def _store(self, op_def, backend, case, dtype, timing, samples_us, check) -> None:
+        benchmark = self.benchmark
+        if getattr(benchmark, "disabled", False):
+            return
+        benchmark.group = f"{op_def.name} {case.label} {dtype_name(dtype)}"
+        seconds = timing.median_us * 1e-6
+        benchmark.extra_info.update({
+            "source": SOURCE,
+            "op": op_def.name,
+            "backend": backend,
+            "case": case.as_dict(),
+            "case_label": case.label,
+            "dtype": dtype_name(dtype),
+            "device": str(self.device),
+            "device_name": torch.cuda.get_device_name(self.device) if torch.device(self.device).type == "cuda" else "cpu",
+            "correct": check.ok,
+            "max_abs_err": check.max_abs_err,
+            "max_rel_err": check.max_rel_err,
+            "tflops": op_def.flops(case) / seconds / 1e12 if seconds else math.nan,
+            "gbps": op_def.bytes(case, dtype) / seconds / 1e9 if seconds else math.nan,
+            **timing.as_dict(),
+        })
+        # One round per repetition, one iteration per round: pytest-benchmark's statistics
+        # are then statistics of kbench's samples, in seconds as it expects.
+        stats = benchmark._make_stats(1)
+        for sample_us in samples_us:
+            stats.update(sample_us * 1e-6)
+        benchmark._mode = "kbench_benchmark(...)"
+

@@ -1,0 +1,138 @@
+"""The standard conformance suite: one backend, every op it registers, every test case and dtype.
+
+A backend conforms to an op's contract when, for each of the op's ``test_cases`` and
+``dtypes`` that its ``supports()`` accepts on the device at hand:
+
+1. its output agrees with the reference under the op's own tolerance and comparison
+   (``Op.compare``; the figures are ``Check.summary()``: max abs/rel error, mismatches);
+2. it writes no input the contract does not allow it to write (``Op.inplace``): a kernel
+   that scribbles over ``x`` corrupts the next layer's residual without failing its check.
+
+Cases the backend declines (``supports()`` or ``available()`` gives a reason) are skipped
+with that reason, never failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kbench.bench.check import check_implementation, clone_inputs
+from kbench.errors import KbenchError, unknown_name
+from kbench.ops.base import Case, Check, dtype_name
+from kbench.plugins import get_registry
+from kbench.registry import Registry
+
+
+class ConformanceFailure(AssertionError):
+    """An implementation broke its op's contract; the message names op, case, dtype and figures."""
+
+
+@dataclass(frozen=True)
+class ConformanceCase:
+    """One item of the suite: ``backend``'s ``op`` at one shape ``case`` and ``dtype``."""
+
+    op: str
+    backend: str
+    case: Case
+    dtype: torch.dtype
+
+    @property
+    def id(self) -> str:
+        """'rmsnorm-tokens=37,hidden=320,eps=1e-06-float32': a pytest id without spaces."""
+        return f"{self.op}-{self.case.label.replace(' ', ',')}-{dtype_name(self.dtype)}"
+
+    def __str__(self) -> str:
+        return f"{self.op}/{self.backend} {self.case.label} {dtype_name(self.dtype)}"
+
+
+def default_device() -> str:
+    """The device the suite runs on unless told: ``cuda`` when one is present, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def backend_ops(registry: Registry, backend: str) -> list[str]:
+    """The ops ``backend`` registers; KbenchError with the closest match if it registers none."""
+    ops = sorted(op for (op, name) in registry.implementations if name == backend)
+    if ops:
+        return ops
+    if registry.plugin_errors:
+        errors = "; ".join(f"plugin {name!r} failed to load: {error}" for name, error in registry.plugin_errors.items())
+        error = unknown_name("backend", backend, registry.backends())
+        raise KbenchError(error.message, f"{error.fix} ({errors})")
+    raise unknown_name("backend", backend, registry.backends())
+
+
+def conformance_cases(backend: str, registry: Registry | None = None, ops: list[str] | None = None) -> list[ConformanceCase]:
+    """Every (op, test case, dtype) of the suite for ``backend``, in a stable order.
+
+    ``registry`` defaults to the process-wide one (every installed plugin).
+    """
+    registry = registry or get_registry()
+    chosen = backend_ops(registry, backend) if ops is None else ops
+    items = []
+    for op_name in chosen:
+        op = registry.op(op_name)
+        for case in op.test_cases:
+            for dtype in op.dtypes:
+                items.append(ConformanceCase(op_name, backend, case, dtype))
+    return items
+
+
+def skip_reason(registry: Registry, item: ConformanceCase, device: str) -> str | None:
+    """Why ``item`` does not apply here (backend unavailable, case unsupported), or None."""
+    return registry.get(item.op, item.backend).reason(item.case, item.dtype, device)
+
+
+def written_inputs(registry: Registry, item: ConformanceCase, device: str, seed: int = 0) -> list[str]:
+    """Names of the inputs a call wrote although the op does not allow it (``Op.inplace``)."""
+    op = registry.op(item.op)
+    inputs = op.make_inputs(item.case, item.dtype, torch.device(device), seed)
+    given = clone_inputs(inputs)
+    try:
+        registry.get(item.op, item.backend)(**given)
+    except Exception:  # the correctness check reports the exception with its message
+        return []
+    return [
+        name for name, value in inputs.items()
+        if isinstance(value, torch.Tensor) and name not in op.inplace
+        and not torch.equal(value.cpu(), given[name].cpu())
+    ]
+
+
+def run_conformance(registry: Registry, item: ConformanceCase, device: str, seed: int = 0) -> Check:
+    """Check ``item`` against the reference; raise ConformanceFailure naming op, case, dtype, figures.
+
+    Returns the passing ``Check``. The caller skips items that ``skip_reason`` declines.
+    """
+    check = check_implementation(registry, item.op, item.backend, item.case, item.dtype, device, seed=seed)
+    if not check.ok:
+        raise ConformanceFailure(f"{item} on {device}: {check.summary()}")
+    written = written_inputs(registry, item, device, seed)
+    if written:
+        allowed = ", ".join(registry.op(item.op).inplace) or "none"
+        raise ConformanceFailure(
+            f"{item} on {device}: FAIL wrote input(s) {', '.join(written)} in place "
+            f"(the {item.op} contract allows: {allowed})"
+        )
+    return check
+
+
+def assert_conforms(item: ConformanceCase, registry: Registry | None = None, device: str | None = None) -> Check:
+    """In a pytest test: skip ``item`` with its reason if it does not apply here, else check it.
+
+    This is the whole body of a plugin's own conformance test::
+
+        @pytest.mark.parametrize("item", conformance_cases("mybackend"), ids=lambda item: item.id)
+        def test_mybackend_conforms(item):
+            assert_conforms(item)
+    """
+    import pytest
+
+    registry = registry or get_registry()
+    device = device or default_device()
+    reason = skip_reason(registry, item, device)
+    if reason:
+        pytest.skip(reason)
+    return run_conformance(registry, item, device)
