@@ -1,0 +1,82 @@
+"""What every kernel module shares: interpreter detection, autotuned launches, chosen configs.
+
+``TunedKernel`` wraps a ``@triton.jit`` kernel: on a GPU it launches through
+``triton.autotune`` (keyed on the shape arguments named in ``key``); under
+``TRITON_INTERPRET=1`` it launches the plain kernel with one small fixed config, since
+benchmarking configs on the CPU interpreter would only cost time. Kernels whose config is a
+heuristic of the shape record it with ``launch_config``. ``chosen_configs()`` returns both,
+so a run record can store which config produced each timing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import triton
+
+# kernel name -> shape key -> config description; filled as kernels launch.
+_HEURISTIC_CONFIGS: dict[str, dict[str, str]] = {}
+_TUNED_KERNELS: dict[str, TunedKernel] = {}
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def describe(config: triton.Config) -> str:
+    parts = [f"{name}={value}" for name, value in config.kwargs.items()]
+    parts += [f"num_warps={config.num_warps}", f"num_stages={config.num_stages}"]
+    return " ".join(parts)
+
+
+def launch_config(kernel: str, key: Sequence, **config) -> None:
+    """Record the heuristic config ``kernel`` launches with for shape ``key``."""
+    _HEURISTIC_CONFIGS.setdefault(kernel, {})[_key_text(key)] = " ".join(f"{k}={v}" for k, v in config.items())
+
+
+def _key_text(key: Sequence) -> str:
+    return ",".join(str(part).removeprefix("torch.") for part in key)
+
+
+class TunedKernel:
+    """An autotuned launch on a GPU, a fixed-config launch on the interpreter.
+
+    ``kernel[grid](*args, **kwargs)`` as with a jit kernel; ``grid`` is a function of the
+    config's meta-parameters.
+    """
+
+    def __init__(self, name: str, kernel, configs: list[triton.Config], key: list[str],
+                 interpreter_config: triton.Config, prune: Callable | None = None):
+        self.name = name
+        self.kernel = kernel
+        prune_by = {"early_config_prune": prune} if prune else {}
+        self.tuner = triton.autotune(configs=configs, key=key, prune_configs_by=prune_by or None)(kernel)
+        self.interpreter_config = interpreter_config
+        _TUNED_KERNELS[name] = self
+
+    def __getitem__(self, grid: Callable):
+        if not interpreting():
+            return self.tuner[grid]
+        config = self.interpreter_config
+        meta = dict(config.kwargs)
+
+        def launch(*args, **kwargs):
+            return self.kernel[grid(meta | kwargs)](*args, **kwargs, **meta)
+
+        return launch
+
+    def chosen(self) -> dict[str, str]:
+        cache = getattr(self.tuner, "cache", {}) or {}
+        return {_key_text(key): describe(config) for key, config in cache.items()}
+
+
+def chosen_configs() -> dict[str, dict[str, str]]:
+    """kernel name -> shape key -> the config it ran with (autotuned or heuristic)."""
+    configs = {name: dict(by_key) for name, by_key in _HEURISTIC_CONFIGS.items()}
+    for name, tuned in _TUNED_KERNELS.items():
+        chosen = tuned.chosen()
+        if chosen:
+            configs.setdefault(name, {}).update(chosen)
+    return configs

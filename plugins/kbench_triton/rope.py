@@ -1,0 +1,101 @@
+"""Rotary embedding of q and k in one launch, written in place.
+
+One program per token: it computes the token's angles ``position * inv_freq`` once (float32,
+precise libdevice sin/cos, since angles reach tens of thousands of radians) and rotates every
+q head and every k head with them. Every scaling variant arrives through ``inv_freq``.
+
+Numerics follow ``kbench.ops.rope``: ``half`` rounds cos/sin and each product to the dtype
+as HF does in the input dtype; ``interleaved`` works in float32 and rounds once.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+from kbench_triton.common import interpreting, launch_config
+
+
+@triton.jit
+def _rotate_heads(base_ptr, stride_head, stride_dim, n_heads, cos, sin,
+                  HALF: tl.constexpr, INTERLEAVED: tl.constexpr,
+                  BLOCK_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    pair = tl.arange(0, BLOCK_HALF)
+    for head_start in range(0, n_heads, BLOCK_HEADS):
+        heads = head_start + tl.arange(0, BLOCK_HEADS)
+        mask = (heads[:, None] < n_heads) & (pair[None, :] < HALF)
+        rows = base_ptr + heads[:, None] * stride_head
+        if INTERLEAVED:
+            first_ptr = rows + (2 * pair[None, :]) * stride_dim
+            second_ptr = first_ptr + stride_dim
+        else:
+            first_ptr = rows + pair[None, :] * stride_dim
+            second_ptr = first_ptr + HALF * stride_dim
+        x1 = tl.load(first_ptr, mask=mask, other=0.0)
+        x2 = tl.load(second_ptr, mask=mask, other=0.0)
+        dtype = x1.dtype
+        a = x1.to(tl.float32)
+        b = x2.to(tl.float32)
+        if INTERLEAVED:
+            out1 = (a * cos - b * sin).to(dtype)
+            out2 = (a * sin + b * cos).to(dtype)
+        else:
+            # HF: x * cos + rotate_half(x) * sin, every op rounded to the dtype
+            out1 = ((a * cos).to(dtype).to(tl.float32) + (-b * sin).to(dtype).to(tl.float32)).to(dtype)
+            out2 = ((b * cos).to(dtype).to(tl.float32) + (a * sin).to(dtype).to(tl.float32)).to(dtype)
+        tl.store(first_ptr, out1, mask=mask)
+        tl.store(second_ptr, out2, mask=mask)
+
+
+@triton.jit
+def _rope_kernel(q_ptr, k_ptr, positions_ptr, inv_freq_ptr,
+                 stride_qt, stride_qh, stride_qd, stride_kt, stride_kh, stride_kd,
+                 heads, kv_heads,
+                 HALF: tl.constexpr, INTERLEAVED: tl.constexpr, PRECISE_TRIG: tl.constexpr,
+                 BLOCK_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    token = tl.program_id(0).to(tl.int64)
+    pair = tl.arange(0, BLOCK_HALF)
+    position = tl.load(positions_ptr + token).to(tl.float32)
+    inv_freq = tl.load(inv_freq_ptr + pair, mask=pair < HALF, other=0.0)
+    angles = position * inv_freq
+    if PRECISE_TRIG:
+        cos = libdevice.cos(angles)
+        sin = libdevice.sin(angles)
+    else:
+        cos = tl.cos(angles)
+        sin = tl.sin(angles)
+    if not INTERLEAVED:
+        cos = cos.to(q_ptr.dtype.element_ty).to(tl.float32)
+        sin = sin.to(q_ptr.dtype.element_ty).to(tl.float32)
+    cos = cos[None, :]
+    sin = sin[None, :]
+    _rotate_heads(q_ptr + token * stride_qt, stride_qh, stride_qd, heads, cos, sin,
+                  HALF, INTERLEAVED, BLOCK_HEADS, BLOCK_HALF)
+    _rotate_heads(k_ptr + token * stride_kt, stride_kh, stride_kd, kv_heads, cos, sin,
+                  HALF, INTERLEAVED, BLOCK_HEADS, BLOCK_HALF)
+
+
+def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, style: str):
+    """Rotate q ``[tokens, heads, head_dim]`` and k ``[tokens, kv_heads, head_dim]`` in place."""
+    if style not in ("half", "interleaved"):
+        raise ValueError(f"unknown rope style {style!r}")
+    tokens, heads, head_dim = q.shape
+    kv_heads = k.shape[1]
+    half = head_dim // 2
+    block_half = triton.next_power_of_2(half)
+    # ~2K elements per half-tile: a 32-head x 64-pair tile for llama heads, in one step
+    block_heads = max(1, min(triton.next_power_of_2(max(heads, kv_heads)), 2048 // block_half))
+    num_warps = 4 if block_heads * block_half <= 1024 else 8
+    launch_config("rope", (heads, kv_heads, head_dim, style), BLOCK_HEADS=block_heads, num_warps=num_warps)
+    if tokens:
+        _rope_kernel[(tokens,)](
+            q, k, positions, inv_freq.to(torch.float32),
+            *q.stride(), *k.stride(), heads, kv_heads,
+            HALF=half, INTERLEAVED=style == "interleaved",
+            # the interpreter has no libdevice; its tl.cos is numpy's, which is precise
+            PRECISE_TRIG=not interpreting(),
+            BLOCK_HEADS=block_heads, BLOCK_HALF=block_half, num_warps=num_warps,
+        )
+    return q, k
