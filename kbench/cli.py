@@ -71,6 +71,11 @@ def list_command(as_json: bool, op_filter: str | None):
         console.print(f"[red]plugin {name!r} failed to load:[/] {error}", highlight=False)
 
 
+from kbench.scaffold import new_plugin_command  # noqa: E402
+
+cli.add_command(new_plugin_command)
+
+
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="kbench")
 
