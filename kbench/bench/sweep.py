@@ -1,0 +1,165 @@
+"""Op sweeps: check, then time, each (backend, case) of one op; one run-record row each.
+
+A row (``kind="op"``) holds the correctness check against the reference (``status``,
+``max_abs_err``, ``max_rel_err``) and two latencies:
+
+- ``latency_us`` (``method`` ``cuda-events`` or ``perf_counter``): the call as a user makes
+  it, Python and launch included, L2 flushed before each repetition;
+- ``graph_latency_us`` (``graph_method`` ``cuda-graph``): the kernel's GPU time, replayed
+  from a CUDA graph holding ``graph_calls`` calls; measured on CUDA for every implementation
+  registered with ``cuda_graphs=True`` (``note`` says why it is missing otherwise).
+
+At decode shapes the two differ by launch overhead; at large shapes they agree. TFLOP/s and
+GB/s (``op.flops``, ``op.bytes``) use the kernel time where there is one
+(``throughput_basis`` says which), and ``frac_peak_*`` divide by the measured ceilings.
+
+Inputs an op may overwrite (``op.inplace``) are restored from a pristine copy before every
+repetition, outside the timed region; inside one graph each captured call gets its own copy
+(up to a memory budget), so no timed call sees data an earlier call rewrote.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from kbench.bench.check import check_implementation, clone_inputs, reference_output
+from kbench.bench.timing import GRAPH_REPLAY_TARGET_US, MAX_GRAPH_CALLS, Timing, measure
+from kbench.ops.base import Case, Op, dtype_name
+from kbench.registry import Registry
+from kbench.results.record import make_row
+
+INPLACE_COPY_BUDGET_BYTES = 256 * 2**20
+
+
+def op_rows(
+    registry: Registry,
+    op_name: str,
+    backends: list[str],
+    cases: list[Case],
+    dtype: torch.dtype,
+    device: str | torch.device,
+    bench: Any,
+    progress: Callable[[str], None] | None = None,
+    *,
+    ceilings: dict | None = None,
+    seed: int = 0,
+) -> list[dict]:
+    """Check and time every backend on every case; rows in (case, backend) order.
+
+    ``bench`` is a ``kbench.spec.BenchConfig`` (``warmup_ms``, ``rep_ms``, ``flush_l2``).
+    A backend that cannot run a case gives a ``SKIP`` row with the reason; one whose output
+    is wrong gives a ``FAIL`` row (still timed, unless it raised).
+    """
+    op = registry.op(op_name)
+    device = torch.device(device)
+    rows = []
+    for case in cases:
+        inputs = op.make_inputs(case, dtype, device, seed)
+        reference = reference_output(op, inputs)
+        for backend in backends:
+            if progress is not None:
+                progress(f"{op_name} [{backend}] {case.label}")
+            rows.append(_case_row(registry, op, backend, case, dtype, device, bench, inputs, reference,
+                                  ceilings or {}, seed))
+        del inputs, reference
+    return rows
+
+
+def _case_row(registry, op: Op, backend, case, dtype, device, bench, inputs, reference, ceilings, seed) -> dict:
+    row = make_row("op", op.name, backend, case=case.label, dtype=dtype_name(dtype), device=str(device),
+                   shape=case.as_dict(), flops=float(op.flops(case)), bytes=float(op.bytes(case, dtype)))
+    impl = registry.get(op.name, backend)
+    reason = impl.reason(case, dtype, device)
+    if reason:
+        row.update(status="SKIP", note=reason)
+        return row
+    check = check_implementation(registry, op.name, backend, case, dtype, device, seed=seed,
+                                 reference=reference, inputs=inputs)
+    row.update(status="PASS" if check.ok else "FAIL", max_abs_err=check.max_abs_err,
+               max_rel_err=check.max_rel_err, note=check.detail or None)
+    if not check.ok and check.detail.startswith("raised"):
+        return row
+    notes = [row["note"]] if row["note"] else []
+    called = time_op(impl, op, inputs, device, bench)
+    row.update(latency_us=called.median_us, p20_us=called.p20_us, p80_us=called.p80_us, min_us=called.min_us,
+               mean_us=called.mean_us, reps=called.reps, method=called.method)
+    kernel = called
+    graph_note = graph_unavailable(impl, device)
+    if graph_note is None:
+        try:
+            kernel = time_op(impl, op, inputs, device, bench, cuda_graph=True, estimate_us=called.median_us)
+            row.update(graph_latency_us=kernel.median_us, graph_p20_us=kernel.p20_us, graph_p80_us=kernel.p80_us,
+                       graph_calls=kernel.calls_per_rep, graph_method=kernel.method)
+        except Exception as error:  # a capture failure is a fact about the backend, not a crash
+            graph_note = f"CUDA-graph capture failed: {type(error).__name__}: {error}"
+            torch.cuda.synchronize(device)
+    if graph_note and device.type == "cuda":
+        notes.append(graph_note)
+    row.update(throughput(row["flops"], row["bytes"], kernel, ceilings))
+    row["note"] = "; ".join(notes) or None
+    return row
+
+
+def graph_unavailable(impl, device: torch.device) -> str | None:
+    """Why ``impl`` gets no CUDA-graph timing on ``device``, or None."""
+    if device.type != "cuda":
+        return "CUDA graphs need a CUDA device"
+    if not impl.cuda_graphs:
+        return f"no CUDA-graph timing: backend {impl.backend!r} registered cuda_graphs=False"
+    return None
+
+
+def throughput(flops: float, bytes_moved: float, timing: Timing, ceilings: dict) -> dict:
+    """TFLOP/s, GB/s and their fractions of the measured ceilings at ``timing.median_us``."""
+    seconds = timing.median_us * 1e-6
+    tflops = flops / seconds / 1e12 if seconds > 0 else math.nan
+    gbps = bytes_moved / seconds / 1e9 if seconds > 0 else math.nan
+    copy_gbps, matmul_tflops = ceilings.get("copy_gbps"), ceilings.get("matmul_bf16_tflops")
+    return {
+        "tflops": tflops,
+        "gbps": gbps,
+        "throughput_basis": "graph" if timing.method == "cuda-graph" else timing.method,
+        "frac_peak_bw": gbps / copy_gbps if copy_gbps else None,
+        "frac_peak_flops": tflops / matmul_tflops if matmul_tflops else None,
+    }
+
+
+def time_op(impl, op: Op, inputs: dict, device: torch.device, bench: Any, *, cuda_graph: bool = False,
+            estimate_us: float | None = None) -> Timing:
+    """Time ``impl(**inputs)``, restoring in-place inputs before each call outside the timing."""
+    graph_calls = None
+    if cuda_graph:
+        estimate = estimate_us if estimate_us and estimate_us > 0 else 1.0
+        graph_calls = int(min(MAX_GRAPH_CALLS, max(1, GRAPH_REPLAY_TARGET_US / estimate)))
+    fn, reset = _calls(impl, op, inputs, copies=graph_calls or 1)
+    return measure(fn, device=device, warmup_ms=bench.warmup_ms, rep_ms=bench.rep_ms,
+                   flush_l2=bench.flush_l2, cuda_graph=cuda_graph, reset=reset, graph_calls=graph_calls)
+
+
+def _calls(impl, op: Op, inputs: dict, copies: int):
+    """(fn, reset): ``fn`` calls ``impl`` on the next of ``copies`` input sets; ``reset``
+    restores every set's in-place inputs. Without in-place inputs: one set, no reset.
+    """
+    inplace = [name for name in op.inplace if isinstance(inputs.get(name), torch.Tensor)]
+    if not inplace:
+        work = clone_inputs(inputs)
+        return (lambda: impl(**work)), None
+    set_bytes = sum(inputs[name].numel() * inputs[name].element_size() for name in inplace)
+    copies = max(1, min(copies, INPLACE_COPY_BUDGET_BYTES // max(set_bytes, 1)))
+    sets = [inputs | {name: inputs[name].clone() for name in inplace} for _ in range(copies)]
+    order = itertools.cycle(sets)
+
+    def fn():
+        return impl(**next(order))
+
+    def reset():
+        for work in sets:
+            for name in inplace:
+                work[name].copy_(inputs[name])
+
+    return fn, reset

@@ -1,0 +1,202 @@
+"""How long a call takes: Triton's ``do_bench`` discipline on a GPU, perf_counter on a CPU.
+
+``measure(fn, device=...)`` runs ``fn`` (no arguments) and returns a ``Timing``:
+
+- **CUDA events** (``method="cuda-events"``): a few calls estimate the cost, then warm-up
+  and repetition counts follow from ``warmup_ms`` and ``rep_ms``. Before every repetition,
+  outside the timed region, ``reset()`` runs (restoring inputs an in-place op overwrote)
+  and a buffer larger than L2 is overwritten, so no repetition finds its inputs in cache.
+  Each repetition has its own pair of events; the host synchronizes once at the end.
+  This is the time of the call as a user makes it: Python, launch and kernel.
+- **CUDA graph replay** (``cuda_graph=True``, ``method="cuda-graph"``): ``graph_calls``
+  calls are captured into one graph, the graph is replayed and the time divided by the
+  number of calls: the GPU time of the kernels without Python or launch overhead. Within a
+  replay the calls find the previous call's data in L2 (as a kernel does inside a model step).
+- **perf_counter** (``method="perf_counter"``): the same loop on a CPU, with the same
+  statistics; ``timer`` can be replaced (tests drive it with a fake clock).
+
+Statistics are over repetitions: median, 20th and 80th percentiles (linear interpolation),
+minimum and mean, all in microseconds per call.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+ESTIMATE_CALLS = 5
+MIN_REPS = 5
+MAX_REPS = 10_000
+MIN_FLUSH_BYTES = 256 * 2**20
+# One replay should last about this long: long enough that the event pair's own cost
+# (a few µs) is noise, short enough that a 10 ms kernel is captured only once.
+GRAPH_REPLAY_TARGET_US = 2_000.0
+MAX_GRAPH_CALLS = 100
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-call latency statistics over ``reps`` repetitions, in microseconds."""
+
+    median_us: float
+    p20_us: float
+    p80_us: float
+    min_us: float
+    mean_us: float
+    reps: int
+    method: str
+    calls_per_rep: int = 1
+
+    def as_dict(self, prefix: str = "") -> dict:
+        return {f"{prefix}{key}": value for key, value in asdict(self).items()}
+
+
+def quantile(sorted_values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of sorted values, interpolating linearly between ranks."""
+    if not sorted_values:
+        raise ValueError("quantile of no values")
+    position = q * (len(sorted_values) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def summarize(samples_us: list[float], method: str, calls_per_rep: int = 1) -> Timing:
+    """A ``Timing`` from per-repetition samples (already divided to per-call times)."""
+    values = sorted(samples_us)
+    return Timing(
+        median_us=quantile(values, 0.5),
+        p20_us=quantile(values, 0.2),
+        p80_us=quantile(values, 0.8),
+        min_us=values[0],
+        mean_us=sum(values) / len(values),
+        reps=len(values),
+        method=method,
+        calls_per_rep=calls_per_rep,
+    )
+
+
+def repetitions(budget_ms: float, estimate_us: float, minimum: int) -> int:
+    """How many calls of ``estimate_us`` fit in ``budget_ms``, clamped to [minimum, MAX_REPS]."""
+    if estimate_us <= 0:
+        return MAX_REPS if budget_ms > 0 else minimum
+    return int(min(MAX_REPS, max(minimum, budget_ms * 1000.0 / estimate_us)))
+
+
+def measure(
+    fn: Callable[[], object],
+    *,
+    device: torch.device | str,
+    warmup_ms: float = 25.0,
+    rep_ms: float = 100.0,
+    flush_l2: bool = True,
+    cuda_graph: bool = False,
+    reset: Callable[[], object] | None = None,
+    graph_calls: int | None = None,
+    timer: Callable[[], float] = time.perf_counter,
+) -> Timing:
+    """Time ``fn()``; see the module docstring for the three methods.
+
+    ``reset`` runs before every call or replay, outside the timed region. ``graph_calls``
+    fixes how many calls one graph holds (default: enough for about 2 ms per replay, at
+    most 100). ``timer`` (seconds) is used on a CPU only.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return _measure_host(fn, warmup_ms, rep_ms, reset, timer)
+    if cuda_graph:
+        return _measure_cuda_graph(fn, device, warmup_ms, rep_ms, reset, graph_calls)
+    return _measure_cuda_events(fn, device, warmup_ms, rep_ms, flush_l2, reset)
+
+
+def _call(fn, reset):
+    if reset is not None:
+        reset()
+    return fn()
+
+
+def _measure_host(fn, warmup_ms, rep_ms, reset, timer) -> Timing:
+    def timed_call() -> float:
+        if reset is not None:
+            reset()
+        start = timer()
+        fn()
+        return (timer() - start) * 1e6
+
+    estimate_us = sum(timed_call() for _ in range(ESTIMATE_CALLS)) / ESTIMATE_CALLS
+    for _ in range(repetitions(warmup_ms, estimate_us, 0)):
+        timed_call()
+    samples = [timed_call() for _ in range(repetitions(rep_ms, estimate_us, MIN_REPS))]
+    return summarize(samples, "perf_counter")
+
+
+def l2_flush_buffer(device: torch.device) -> torch.Tensor:
+    """A byte buffer larger than the device's L2 (at least 256 MiB); ``zero_()`` evicts L2."""
+    l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 0
+    return torch.empty(max(MIN_FLUSH_BYTES, 2 * l2_bytes), dtype=torch.int8, device=device)
+
+
+def _event_samples(run, reps: int, before=None) -> list[float]:
+    """Per-repetition milliseconds of ``run()``, with ``before()`` outside each event pair."""
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for start, end in zip(starts, ends, strict=True):
+        if before is not None:
+            before()
+        start.record()
+        run()
+        end.record()
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) for start, end in zip(starts, ends, strict=True)]
+
+
+def _measure_cuda_events(fn, device, warmup_ms, rep_ms, flush_l2, reset) -> Timing:
+    with torch.cuda.device(device):
+        flush = l2_flush_buffer(device) if flush_l2 else None
+
+        def before():
+            if reset is not None:
+                reset()
+            if flush is not None:
+                flush.zero_()
+
+        _call(fn, reset)
+        torch.cuda.synchronize()
+        estimate_us = 1000.0 * sum(_event_samples(fn, ESTIMATE_CALLS, before)) / ESTIMATE_CALLS
+        for _ in range(repetitions(warmup_ms, estimate_us, 0)):
+            _call(fn, reset)
+        samples_ms = _event_samples(fn, repetitions(rep_ms, estimate_us, MIN_REPS), before)
+        return summarize([1000.0 * ms for ms in samples_ms], "cuda-events")
+
+
+def _measure_cuda_graph(fn, device, warmup_ms, rep_ms, reset, graph_calls) -> Timing:
+    with torch.cuda.device(device):
+        # Warm up on a side stream before capture, as torch.cuda.graphs asks (lazy
+        # initialisation such as cuBLAS workspaces must not happen during capture).
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                _call(fn, reset)
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        if graph_calls is None:
+            estimate_us = 1000.0 * sum(_event_samples(fn, ESTIMATE_CALLS, reset)) / ESTIMATE_CALLS
+            graph_calls = int(min(MAX_GRAPH_CALLS, max(1, GRAPH_REPLAY_TARGET_US / max(estimate_us, 1e-3))))
+        if reset is not None:
+            reset()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(graph_calls):
+                fn()
+        graph.replay()
+        torch.cuda.synchronize()
+        replay_us = 1000.0 * sum(_event_samples(graph.replay, ESTIMATE_CALLS, reset)) / ESTIMATE_CALLS
+        for _ in range(repetitions(warmup_ms, replay_us, 0)):
+            _call(graph.replay, reset)
+        samples_ms = _event_samples(graph.replay, repetitions(rep_ms, replay_us, MIN_REPS), reset)
+        return summarize([1000.0 * ms / graph_calls for ms in samples_ms], "cuda-graph", graph_calls)

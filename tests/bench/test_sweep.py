@@ -1,0 +1,78 @@
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from kbench.bench.sweep import op_rows
+from kbench.ops.norm import ADD_RMSNORM, RMSNORM, rmsnorm_reference
+from kbench.registry import Implementation, Registry
+
+BENCH = SimpleNamespace(warmup_ms=0.0, rep_ms=1.0, flush_l2=True, cuda_graphs=False)
+CASES = [RMSNORM.test_cases[0], RMSNORM.test_cases[1]]
+
+
+def _registry(**backends) -> Registry:
+    registry = Registry()
+    registry.add_op(RMSNORM, "test")
+    registry.add_op(ADD_RMSNORM, "test")
+    for name, (op, fn) in backends.items():
+        registry.add_implementation(Implementation(op, name, fn, plugin="test"))
+    return registry
+
+
+def test_rows_check_and_time_every_backend_and_case():
+    registry = _registry(good=("rmsnorm", lambda x, weight, eps: rmsnorm_reference(x, weight, eps)))
+    rows = op_rows(registry, "rmsnorm", ["reference", "good"], CASES, torch.float32, "cpu", BENCH)
+    assert [(r["backend"], r["case"]) for r in rows] == [
+        ("reference", CASES[0].label), ("good", CASES[0].label), ("reference", CASES[1].label), ("good", CASES[1].label)]
+    for row, case in zip(rows, [CASES[0], CASES[0], CASES[1], CASES[1]], strict=True):
+        assert row["kind"] == "op" and row["status"] == "PASS" and row["max_abs_err"] == 0.0
+        assert row["method"] == "perf_counter" and row["latency_us"] > 0 and row["graph_latency_us"] is None
+        assert row["dtype"] == "float32" and row["device"] == "cpu" and row["shape"] == case.as_dict()
+        tokens, hidden = case["tokens"], case["hidden"]
+        assert row["flops"] == 4 * tokens * hidden
+        assert row["tflops"] == pytest.approx(4 * tokens * hidden / (row["latency_us"] * 1e-6) / 1e12)
+        assert row["gbps"] == pytest.approx((2 * tokens * hidden + hidden) * 4 / (row["latency_us"] * 1e-6) / 1e9)
+        assert row["frac_peak_bw"] is None  # no ceilings measured on a CPU
+
+
+def test_wrong_backend_is_a_timed_fail_and_raising_backend_is_untimed_fail():
+    def broken(x, weight, eps):
+        return x * weight
+
+    def raising(x, weight, eps):
+        raise RuntimeError("kernel exploded")
+
+    registry = _registry(broken=("rmsnorm", broken), raising=("rmsnorm", raising))
+    rows = op_rows(registry, "rmsnorm", ["broken", "raising"], CASES[:1], torch.float32, "cpu", BENCH)
+    broken_row, raising_row = rows
+    assert broken_row["status"] == "FAIL" and broken_row["max_abs_err"] > 0 and broken_row["latency_us"] > 0
+    assert raising_row["status"] == "FAIL" and math.isinf(raising_row["max_abs_err"])
+    assert "kernel exploded" in raising_row["note"] and raising_row["latency_us"] is None
+
+
+def test_unsupported_case_is_a_skip_row_with_the_reason():
+    registry = _registry()
+    registry.add_implementation(Implementation("rmsnorm", "picky", rmsnorm_reference, plugin="test",
+                                               supports=lambda case, dtype, device: "hidden must be 4096"))
+    (row,) = op_rows(registry, "rmsnorm", ["picky"], CASES[:1], torch.float32, "cpu", BENCH)
+    assert row["status"] == "SKIP" and row["note"] == "hidden must be 4096" and row["latency_us"] is None
+
+
+def test_inplace_inputs_are_restored_before_every_timed_call():
+    seen_sums = []
+
+    def add_rmsnorm_in_place(x, residual, weight, eps):
+        seen_sums.append(residual.double().sum().item())
+        residual.add_(x)
+        return rmsnorm_reference(residual, weight, eps), residual
+
+    registry = _registry(inplace=("add_rmsnorm", add_rmsnorm_in_place))
+    case = ADD_RMSNORM.test_cases[1]
+    (row,) = op_rows(registry, "add_rmsnorm", ["inplace"], [case], torch.float32, "cpu", BENCH)
+    assert row["status"] == "PASS"
+    inputs = ADD_RMSNORM.make_inputs(case, torch.float32, torch.device("cpu"), 0)
+    pristine = inputs["residual"].double().sum().item()
+    assert len(seen_sums) > 10
+    assert all(s == pytest.approx(pristine) for s in seen_sums)

@@ -1,0 +1,99 @@
+import time
+
+import numpy as np
+import pytest
+
+from kbench.bench.timing import MAX_REPS, MIN_REPS, measure, quantile, repetitions, summarize
+
+
+class FakeClock:
+    """A clock that only moves when a fake call says how long it took."""
+
+    def __init__(self):
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    def advance_us(self, us: float) -> None:
+        self.now_s += us * 1e-6
+
+
+def test_summary_statistics_match_numpy_linear_percentiles():
+    samples = [7.0, 1.0, 4.0, 10.0, 2.0, 9.0, 3.0, 8.0, 6.0, 5.0]
+    timing = summarize(samples, "perf_counter")
+    assert timing.median_us == pytest.approx(np.percentile(samples, 50))
+    assert timing.p20_us == pytest.approx(2.8)  # rank 0.2 * 9 = 1.8 -> 2 + 0.8 * (3 - 2)
+    assert timing.p80_us == pytest.approx(8.2)
+    assert timing.p20_us == pytest.approx(np.percentile(samples, 20))
+    assert timing.min_us == 1.0
+    assert timing.mean_us == pytest.approx(5.5)
+    assert timing.reps == 10
+
+
+def test_quantile_of_one_value_is_that_value():
+    assert quantile([3.0], 0.2) == 3.0 == quantile([3.0], 0.8)
+
+
+def test_repetitions_follow_the_time_budget_within_bounds():
+    assert repetitions(100.0, 1000.0, MIN_REPS) == 100
+    assert repetitions(1.0, 1000.0, MIN_REPS) == MIN_REPS
+    assert repetitions(1e9, 1.0, MIN_REPS) == MAX_REPS
+
+
+def test_host_timing_on_a_fake_clock_counts_reps_by_time():
+    clock = FakeClock()
+    calls = []
+
+    def call():
+        calls.append(1)
+        clock.advance_us(2000.0)
+
+    timing = measure(call, device="cpu", warmup_ms=10.0, rep_ms=40.0, timer=clock)
+    # 5 estimating calls, 10 ms / 2 ms = 5 warm-up calls, 40 ms / 2 ms = 20 timed calls
+    assert len(calls) == 5 + 5 + 20
+    assert timing.reps == 20
+    assert timing.median_us == pytest.approx(2000.0)
+    assert timing.min_us == pytest.approx(2000.0)
+    assert timing.method == "perf_counter"
+
+
+def test_host_timing_statistics_over_varying_call_times():
+    clock = FakeClock()
+    durations = iter([100.0] * 5 + [100.0, 200.0, 300.0, 400.0, 500.0] * 100)
+
+    def call():
+        clock.advance_us(next(durations))
+
+    timing = measure(call, device="cpu", warmup_ms=0.0, rep_ms=1.0, timer=clock)
+    # estimate 100 us -> 10 reps: 100..500 twice
+    assert timing.reps == 10
+    assert timing.median_us == pytest.approx(300.0)
+    assert timing.mean_us == pytest.approx(300.0)
+    assert timing.min_us == pytest.approx(100.0)
+    assert timing.p80_us == pytest.approx(np.percentile([100, 200, 300, 400, 500] * 2, 80))
+
+
+def test_reset_runs_before_every_call_outside_the_timed_region():
+    clock = FakeClock()
+    order = []
+
+    def reset():
+        order.append("reset")
+        clock.advance_us(1e6)  # an expensive restore must not show up in the timing
+
+    def call():
+        order.append("call")
+        clock.advance_us(50.0)
+
+    timing = measure(call, device="cpu", warmup_ms=0.0, rep_ms=0.5, reset=reset, timer=clock)
+    assert timing.median_us == pytest.approx(50.0)
+    assert order[:4] == ["reset", "call", "reset", "call"]
+    assert order.count("reset") == order.count("call")
+
+
+def test_sleeping_call_is_timed_at_least_as_long_as_it_sleeps():
+    timing = measure(lambda: time.sleep(0.002), device="cpu", warmup_ms=0.0, rep_ms=10.0)
+    assert 2000.0 <= timing.min_us <= timing.p20_us <= timing.median_us <= timing.p80_us
+    assert timing.median_us < 100_000.0
+    assert timing.reps >= MIN_REPS
