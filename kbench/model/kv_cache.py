@@ -1,0 +1,63 @@
+"""The preallocated KV cache, contiguous or paged, and its device-side write.
+
+Contiguous: ``k[layer]: [batch, capacity, kv_heads, head_dim]`` (``block_table`` is None).
+
+Paged: ``k[layer]: [num_blocks, block_size, kv_heads, head_dim]`` with
+``block_table: [batch, blocks_per_seq]`` int32; token ``t`` of sequence ``b`` lives in block
+``block_table[b, t // block_size]`` at offset ``t % block_size``. Blocks are handed out in a
+seeded random order, so a kernel that ignores the block table reads the wrong keys.
+
+Both layouts are exactly what ``attention_decode`` takes. Writes are index/scatter
+operations on device tensors (no host synchronisation), so a decode step that writes the
+cache can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kbench.config import ModelConfig
+
+
+class KVCache:
+    """K and V for every layer of ``batch`` sequences of up to ``capacity`` tokens."""
+
+    def __init__(self, model: ModelConfig, batch: int, capacity: int, dtype: torch.dtype,
+                 device: str | torch.device, layout: str = "contiguous", block_size: int = 256, seed: int = 0):
+        self.batch, self.layout, self.block_size = batch, layout, block_size
+        device = torch.device(device)
+        per_token = (model.kv_heads, model.head_dim)
+        if layout == "contiguous":
+            self.capacity = capacity
+            shape = (model.layers, batch, capacity, *per_token)
+            self.block_table = None
+        elif layout == "paged":
+            blocks_per_seq = math.ceil(capacity / block_size)
+            self.capacity = blocks_per_seq * block_size
+            num_blocks = batch * blocks_per_seq
+            shape = (model.layers, num_blocks, block_size, *per_token)
+            order = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed))
+            self.block_table = order.view(batch, blocks_per_seq).to(device=device, dtype=torch.int32)
+        else:
+            raise ValueError(f"unknown kv layout {layout!r}")
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+    def slot_index(self, seq_ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(first, second) index of each token's slot in ``k[layer]``: (sequence, position)
+        when contiguous, (block, offset) when paged. Device tensors in, device tensors out."""
+        if self.block_table is None:
+            return seq_ids, positions
+        blocks = self.block_table[seq_ids, torch.div(positions, self.block_size, rounding_mode="floor")]
+        return blocks.long(), torch.remainder(positions, self.block_size)
+
+    def write(self, layer: int, slots: tuple[torch.Tensor, torch.Tensor], k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store ``k, v: [tokens, kv_heads, head_dim]`` at ``slots`` (from ``slot_index``)."""
+        self.k[layer].index_put_(slots, k)
+        self.v[layer].index_put_(slots, v)

@@ -1,0 +1,276 @@
+"""A LLaMA model assembled from the backends a spec chose, read top to bottom.
+
+One decoder layer, for ``tokens`` packed tokens (prefill) or one token per sequence (decode)::
+
+    h, residual = add_rmsnorm(ffn_out, residual, attn_norm)    # rmsnorm(x) in layer 0
+    q, k, v     = split(h @ wqkv.T)                             # [tokens, heads|kv_heads, head_dim]
+    q, k        = rope(q, k, positions, inv_freq, style)
+    cache[slots] = k, v                                         # index_put on device tensors
+    o           = attention_prefill(q, k, v, cu_seqlens, ...)   # or attention_decode(q, cache, ...)
+    h, residual = add_rmsnorm(o @ wo.T, residual, ffn_norm)
+    ffn_out     = ffn(h, w_gate_up, w_down)
+
+then ``add_rmsnorm(ffn_out, residual, norm)``, the LM head, and ``sample``. Every family
+op goes through the implementation chosen at build time (``registry.get(op, backend)``);
+embedding, the linear layers and the KV-cache write are core glue, the same for every
+backend.
+
+A decode step never synchronises with the host: ``positions`` and ``cache_seqlens`` live
+on the device and are advanced in place, and the cache write is a device-side scatter, so
+the step can be captured as a CUDA graph (``capture_decode_graph``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from kbench.config import SamplingConfig
+from kbench.errors import KbenchError
+from kbench.model.kv_cache import KVCache
+from kbench.model.weights import Weights
+from kbench.ops.rope import rope_inv_freq
+from kbench.registry import REFERENCE, Implementation, Registry
+from kbench.spec import PIPELINE_OPS, Spec
+
+
+def random_prompts(vocab: int, batch: int, prompt_len: int, seed: int) -> list[torch.Tensor]:
+    """``batch`` prompts of ``prompt_len`` token ids in [0, vocab), int64 on the CPU."""
+    g = torch.Generator().manual_seed(seed)
+    return list(torch.randint(0, vocab, (batch, prompt_len), generator=g, dtype=torch.int64).unbind(0))
+
+
+def build_pipeline(spec: Spec, registry: Registry, weights: Weights,
+                   backends: dict[str, str] | None = None) -> Pipeline:
+    """The pipeline with ``backends`` (family -> backend; default ``spec.backends``).
+
+    ``backends={family: "reference" ...}`` builds the all-reference pipeline a run checks against.
+    """
+    return Pipeline(spec, registry, weights, {**spec.backends, **(backends or {})})
+
+
+class Pipeline:
+    """Prefill, decode and generate over a preallocated KV cache (see the module docstring)."""
+
+    def __init__(self, spec: Spec, registry: Registry, weights: Weights, backends: dict[str, str]):
+        model = weights.model
+        if (model.layers, model.hidden, model.vocab) != (spec.model.layers, spec.model.hidden, spec.model.vocab):
+            raise KbenchError(f"{spec.path}: the weights ({weights.source}) do not match the spec's model shapes.",
+                              "Load them with kbench.model.load_weights(spec).")
+        self.spec, self.model, self.weights = spec, model, weights
+        self.dtype, self.device = spec.dtype, torch.device(spec.device)
+        self.backends = dict(backends)
+        self.implementations: dict[str, Implementation] = {
+            op: registry.get(op, self.backends.get(family, REFERENCE))
+            for family, ops in PIPELINE_OPS.items() for op in ops
+        }
+        impl = self.implementations
+        self._rmsnorm, self._add_rmsnorm = impl["rmsnorm"].fn, impl["add_rmsnorm"].fn
+        self._rope, self._ffn, self._sample = impl["rope"].fn, impl["ffn"].fn, impl["sample"].fn
+        self._attention_prefill, self._attention_decode = impl["attention_prefill"].fn, impl["attention_decode"].fn
+        self.cuda_graph_blocker: str | None = next(
+            (f"{op}/{i.backend} ({i.plugin})" for op, i in impl.items() if not i.cuda_graphs), None)
+        self.scale = model.head_dim ** -0.5
+        self.weight_bytes = weights.nbytes
+        self.cache: KVCache | None = None
+        self.inv_freq = self._inv_freq(model.max_seq_len)
+        self._graph: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor] | None = None
+        self._lengths: list[int] = []  # host mirror of cache_seqlens, never read from the device
+
+    def _inv_freq(self, seq_len: int) -> torch.Tensor:
+        return rope_inv_freq(self.model.head_dim, self.model.rope, seq_len).to(self.device)
+
+    # -- state ----------------------------------------------------------------------------
+
+    def reset(self, batch: int, max_seq_len: int) -> None:
+        """Empty the cache for ``batch`` sequences of up to ``max_seq_len`` tokens.
+
+        With the same (batch, max_seq_len) as before the buffers are zeroed in place, so a
+        captured decode graph stays valid; otherwise they are reallocated and the graph dropped.
+        """
+        if max_seq_len > self.model.max_seq_len:
+            raise KbenchError(f"{self.spec.path}: a cache of {max_seq_len} tokens exceeds model.max_seq_len "
+                              f"{self.model.max_seq_len}.", "Shorten the workload or raise model.max_seq_len.")
+        if self.cache is not None and (self.cache.batch, self._capacity_asked) == (batch, max_seq_len):
+            self.cache_seqlens.zero_()
+            self.positions.zero_()
+        else:
+            self._graph = None
+            self.cache = None  # free the old cache before allocating the new one
+            workload = self.spec.workload
+            self.cache = KVCache(self.model, batch, max_seq_len, self.dtype, self.device,
+                                 workload.kv_layout, workload.block_size)
+            self._capacity_asked = max_seq_len
+            self.cache_seqlens = torch.zeros(batch, dtype=torch.int32, device=self.device)
+            self.positions = torch.zeros(batch, dtype=torch.int64, device=self.device)
+            self._batch_ids = torch.arange(batch, device=self.device)
+            if self.model.rope.scaling == "dynamic":  # the run's max length sets the NTK base
+                self.inv_freq = self._inv_freq(max_seq_len)
+        self._lengths = [0] * batch
+
+    def kv_bytes_per_step(self) -> int:
+        """Bytes of K and V the next decode step reads (every layer, every sequence)."""
+        per_token = 2 * self.model.layers * self.model.kv_heads * self.model.head_dim * self.dtype.itemsize
+        return per_token * sum(length + 1 for length in self._lengths)
+
+    # -- the model ------------------------------------------------------------------------
+
+    def _layers(self, x: torch.Tensor, positions: torch.Tensor, slots: tuple[torch.Tensor, torch.Tensor],
+                attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every decoder layer on ``x: [tokens, hidden]``; returns (ffn_out, residual) of the last."""
+        m = self.model
+        tokens, eps = x.shape[0], m.norm_eps
+        residual, ffn_out = x, None
+        for index, layer in enumerate(self.weights.layers):
+            if ffn_out is None:
+                h = self._rmsnorm(x=x, weight=layer.attn_norm, eps=eps)
+            else:
+                h, residual = self._add_rmsnorm(x=ffn_out, residual=residual, weight=layer.attn_norm, eps=eps)
+            qkv = F.linear(h, layer.wqkv).view(tokens, m.heads + 2 * m.kv_heads, m.head_dim)
+            # contiguous copies: every backend's contract takes dense q, k, v
+            q, k, v = (t.contiguous() for t in qkv.split([m.heads, m.kv_heads, m.kv_heads], dim=1))
+            q, k = self._rope(q=q, k=k, positions=positions, inv_freq=self.inv_freq, style=m.rope.style)
+            self.cache.write(index, slots, k, v)
+            attn = attend(index, q, k, v).reshape(tokens, m.heads * m.head_dim)
+            h, residual = self._add_rmsnorm(x=F.linear(attn, layer.wo), residual=residual, weight=layer.ffn_norm, eps=eps)
+            ffn_out = self._ffn(x=h, w_gate_up=layer.w_gate_up, w_down=layer.w_down)
+        return ffn_out, residual
+
+    def _logits(self, ffn_out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        h, _ = self._add_rmsnorm(x=ffn_out, residual=residual, weight=self.weights.norm, eps=self.model.norm_eps)
+        return F.linear(h, self.weights.lm_head)
+
+    def prefill(self, prompts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Run packed variable-length prompts (1-D int64 each) from an empty cache.
+
+        Returns the logits at the last position of each prompt, ``[batch, vocab]`` in the
+        model dtype. Resets the cache first (to prompt + ``workload.decode_steps`` tokens if
+        ``reset`` was not called for this batch).
+        """
+        lengths = [int(p.numel()) for p in prompts]
+        if not lengths or min(lengths) < 1:
+            raise KbenchError("prefill needs at least one prompt, each of at least one token.")
+        batch, longest = len(lengths), max(lengths)
+        if self.cache is None or self.cache.batch != batch or self._capacity_asked < longest:
+            self.reset(batch, min(self.model.max_seq_len, longest + self.spec.workload.decode_steps))
+        else:
+            self.reset(batch, self._capacity_asked)
+        device = self.device
+        tokens = torch.cat([p.reshape(-1) for p in prompts]).to(device)
+        cu_seqlens = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=device)
+        positions = torch.cat([torch.arange(n) for n in lengths]).to(device)
+        seq_ids = torch.repeat_interleave(torch.arange(batch), torch.tensor(lengths)).to(device)
+
+        def attend(layer: int, q, k, v):
+            return self._attention_prefill(q=q, k=k, v=v, cu_seqlens=cu_seqlens, max_seqlen=longest, scale=self.scale)
+
+        ffn_out, residual = self._layers(F.embedding(tokens, self.weights.embedding), positions,
+                                         self.cache.slot_index(seq_ids, positions), attend)
+        last = (cu_seqlens[1:] - 1).long()
+        logits = self._logits(ffn_out[last], residual[last])
+        lengths_device = torch.tensor(lengths, device=device)
+        self.cache_seqlens.copy_(lengths_device)
+        self.positions.copy_(lengths_device)
+        self._lengths = lengths
+        return logits
+
+    def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """One token per sequence; advances ``positions`` and ``cache_seqlens`` on the device."""
+        self.cache_seqlens.add_(1)  # the new token is in the cache when attention reads it
+        slots = self.cache.slot_index(self._batch_ids, self.positions)
+
+        def attend(layer: int, q, k, v):
+            return self._attention_decode(q=q, k_cache=self.cache.k[layer], v_cache=self.cache.v[layer],
+                                          cache_seqlens=self.cache_seqlens, block_table=self.cache.block_table,
+                                          scale=self.scale)
+
+        ffn_out, residual = self._layers(F.embedding(tokens, self.weights.embedding), self.positions, slots, attend)
+        logits = self._logits(ffn_out, residual)
+        self.positions.add_(1)
+        return logits
+
+    def decode_step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append ``tokens: [batch]`` int64 and return the next logits ``[batch, vocab]``.
+
+        Under a captured graph the returned tensor is the graph's static output buffer:
+        the next step overwrites it.
+        """
+        if self.cache is None:
+            raise KbenchError("decode_step before prefill.", "Call prefill(prompts) first.")
+        if max(self._lengths) >= self.cache.capacity:
+            raise KbenchError(f"decode_step past the KV cache's {self.cache.capacity} tokens.",
+                              "Call reset(batch, max_seq_len) with room for prompt + decode steps.")
+        self._lengths = [n + 1 for n in self._lengths]
+        if self._graph is not None:
+            graph, static_tokens, static_logits = self._graph
+            static_tokens.copy_(tokens)
+            graph.replay()
+            return static_logits
+        return self._decode(tokens.to(self.device))
+
+    def sample(self, logits: torch.Tensor, uniforms: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+        return self._sample(logits=logits, uniforms=uniforms, temperature=sampling.temperature,
+                            top_k=sampling.top_k, top_p=sampling.top_p)
+
+    def generate(self, prompts: Sequence[torch.Tensor], steps: int, sampling: SamplingConfig | None = None,
+                 seed: int = 0) -> torch.Tensor:
+        """``steps`` new tokens per prompt, ``[batch, steps]`` int64: one from the prefill,
+        then ``steps - 1`` decode steps. Uniforms for sampling are drawn up front from ``seed``.
+        """
+        sampling = sampling or self.spec.workload.sampling
+        batch = len(prompts)
+        uniforms = torch.rand((steps, batch), generator=torch.Generator().manual_seed(seed)).to(self.device)
+        out = torch.empty((batch, steps), dtype=torch.int64, device=self.device)
+        token = self.sample(self.prefill(prompts), uniforms[0], sampling)
+        out[:, 0] = token
+        for step in range(1, steps):
+            token = self.sample(self.decode_step(token), uniforms[step], sampling)
+            out[:, step] = token
+        return out
+
+    # -- CUDA graphs ----------------------------------------------------------------------
+
+    def capture_decode_graph(self) -> None:
+        """Capture one decode step for the current batch; ``decode_step`` then replays it.
+
+        Needs a CUDA device, a prefilled cache with room for a step, and no chosen
+        implementation registered with ``cuda_graphs=False`` (``cuda_graph_blocker``).
+        """
+        if self.device.type != "cuda":
+            raise KbenchError(f"CUDA graphs need device cuda; this pipeline runs on {self.device}.",
+                              "Set bench.cuda_graphs: false, or run on a GPU.")
+        if self.cuda_graph_blocker:
+            raise KbenchError(f"{self.cuda_graph_blocker} is registered with cuda_graphs=False and cannot be captured.",
+                              "Choose another backend for it, or set bench.cuda_graphs: false.")
+        if self.cache is None or max(self._lengths) >= self.cache.capacity:
+            raise KbenchError("capture_decode_graph needs a prefilled cache with room for one more token.",
+                              "Call prefill(prompts) first, with reset(batch, max_seq_len) leaving room.")
+        static_tokens = torch.zeros(self.cache.batch, dtype=torch.int64, device=self.device)
+        saved = self.positions.clone(), self.cache_seqlens.clone()
+        # warm up on a side stream (lazy init, cuBLAS workspaces) as torch.cuda.graphs advises;
+        # the slot it writes is rewritten by the next real step
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            self._decode(static_tokens)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.positions.copy_(saved[0])
+        self.cache_seqlens.copy_(saved[1])
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                static_logits = self._decode(static_tokens)
+        except RuntimeError as error:
+            chosen = ", ".join(f"{op}/{i.backend}" for op, i in self.implementations.items())
+            raise KbenchError(f"capturing the decode step failed ({error}); one of {chosen} synchronises with the "
+                              "host or allocates by data although registered with cuda_graphs=True.",
+                              "Set bench.cuda_graphs: false, and report the backend's cuda_graphs flag.") from error
+        self._graph = (graph, static_tokens, static_logits)
+
+    def drop_decode_graph(self) -> None:
+        """Go back to eager decode steps."""
+        self._graph = None

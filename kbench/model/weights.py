@@ -1,0 +1,295 @@
+"""Model weights in the layout the pipeline's ops want: random (seeded) or a HF checkpoint.
+
+Per decoder layer (nn.Linear layout, ``[out_features, in_features]``)::
+
+    attn_norm:  [hidden]
+    wqkv:       [(heads + 2 * kv_heads) * head_dim, hidden]   rows: q, then k, then v
+    wo:         [hidden, heads * head_dim]
+    ffn_norm:   [hidden]
+    w_gate_up:  [2 * intermediate, hidden]                    rows: gate, then up (the ffn op's layout)
+    w_down:     [hidden, intermediate]
+
+plus ``embedding: [vocab, hidden]``, ``norm: [hidden]`` and ``lm_head: [vocab, hidden]``
+(the embedding itself when the model ties them).
+
+Hugging Face checkpoints store q/k/v and gate/up as separate matrices and rotate with rope
+style ``half``; the loader fuses them. Random weights follow HF's init: normal(0, 0.02) for
+every linear layer and the embedding, ones for the norms.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kbench.config import ModelConfig, RopeConfig
+from kbench.errors import KbenchError
+
+INIT_STD = 0.02  # HF LlamaConfig.initializer_range
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: torch.Tensor
+    wqkv: torch.Tensor
+    wo: torch.Tensor
+    ffn_norm: torch.Tensor
+    w_gate_up: torch.Tensor
+    w_down: torch.Tensor
+
+
+@dataclass
+class Weights:
+    """All weights of one model, on one device in one dtype (shapes in the module docstring)."""
+
+    model: ModelConfig
+    embedding: torch.Tensor
+    layers: list[LayerWeights]
+    norm: torch.Tensor
+    lm_head: torch.Tensor
+    source: str  # "random(seed=0)" or the checkpoint folder
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every distinct tensor (a tied lm_head counts once)."""
+        tensors = [self.embedding, self.norm]
+        if self.lm_head.data_ptr() != self.embedding.data_ptr():
+            tensors.append(self.lm_head)
+        for layer in self.layers:
+            tensors += [layer.attn_norm, layer.wqkv, layer.wo, layer.ffn_norm, layer.w_gate_up, layer.w_down]
+        return tensors
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    def to_hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """The same weights under Hugging Face LlamaForCausalLM's names (q/k/v, gate/up split)."""
+        m = self.model
+        q_rows, kv_rows = m.heads * m.head_dim, m.kv_heads * m.head_dim
+        state = {"model.embed_tokens.weight": self.embedding, "model.norm.weight": self.norm,
+                 "lm_head.weight": self.lm_head}
+        for i, layer in enumerate(self.layers):
+            prefix = f"model.layers.{i}."
+            q, k, v = layer.wqkv.split([q_rows, kv_rows, kv_rows], dim=0)
+            gate, up = layer.w_gate_up.split([m.intermediate, m.intermediate], dim=0)
+            state |= {
+                prefix + "input_layernorm.weight": layer.attn_norm,
+                prefix + "self_attn.q_proj.weight": q,
+                prefix + "self_attn.k_proj.weight": k,
+                prefix + "self_attn.v_proj.weight": v,
+                prefix + "self_attn.o_proj.weight": layer.wo,
+                prefix + "post_attention_layernorm.weight": layer.ffn_norm,
+                prefix + "mlp.gate_proj.weight": gate,
+                prefix + "mlp.up_proj.weight": up,
+                prefix + "mlp.down_proj.weight": layer.w_down,
+            }
+        return state
+
+
+def load_weights(spec) -> Weights:
+    """The spec's weights (``spec.model.layers`` layers) in ``spec.dtype`` on ``spec.device``."""
+    if spec.weights.kind == "random":
+        return random_weights(spec.model, spec.dtype, spec.device, spec.weights.seed)
+    return load_hf_weights(Path(spec.weights.path), spec.model, spec.dtype, spec.device)
+
+
+def random_weights(model: ModelConfig, dtype: torch.dtype, device: str | torch.device, seed: int) -> Weights:
+    """HF-like init, deterministic per (seed, device): normal(0, 0.02) linears, ones for norms.
+
+    Drawn on ``device`` with a generator there (drawing a 7B model on the host would take
+    minutes), in float32 and then cast, so every dtype sees the same numbers.
+    """
+    device = torch.device(device)
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+
+    def normal(*shape: int) -> torch.Tensor:
+        out = torch.empty(shape, dtype=dtype, device=device)
+        # chunked by rows so the float32 draw of a large matrix never doubles its memory
+        for start in range(0, shape[0], 4096):
+            rows = out[start:start + 4096]
+            rows.copy_(torch.randn(rows.shape, generator=g, device=device, dtype=torch.float32).mul_(INIT_STD))
+        return out
+
+    def ones(n: int) -> torch.Tensor:
+        return torch.ones(n, dtype=dtype, device=device)
+
+    m = model
+    qkv_rows = (m.heads + 2 * m.kv_heads) * m.head_dim
+    embedding = normal(m.vocab, m.hidden)
+    layers = [
+        LayerWeights(
+            attn_norm=ones(m.hidden),
+            wqkv=normal(qkv_rows, m.hidden),
+            wo=normal(m.hidden, m.heads * m.head_dim),
+            ffn_norm=ones(m.hidden),
+            w_gate_up=normal(2 * m.intermediate, m.hidden),
+            w_down=normal(m.hidden, m.intermediate),
+        )
+        for _ in range(m.layers)
+    ]
+    lm_head = embedding if m.tie_embeddings else normal(m.vocab, m.hidden)
+    return Weights(m, embedding, layers, ones(m.hidden), lm_head, f"random(seed={seed})")
+
+
+# --------------------------------------------------------------------------------------
+# Hugging Face checkpoints
+# --------------------------------------------------------------------------------------
+
+
+def check_checkpoint_folder(folder: Path) -> str | None:
+    """Why ``folder`` is not a usable HF checkpoint (missing config or shards), or None."""
+    if not folder.is_dir():
+        return f"checkpoint folder {str(folder)!r} does not exist."
+    if not (folder / "config.json").is_file():
+        return f"{str(folder / 'config.json')!r} is missing."
+    index = folder / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as error:
+            return f"{str(index)!r} is not a safetensors index ({type(error).__name__}: {error})."
+        missing = sorted({f for f in weight_map.values() if not (folder / f).is_file()})
+        if missing:
+            return f"{str(index)!r} names shard files that are missing: {', '.join(missing)}."
+        return None
+    if not (folder / SINGLE_FILE).is_file():
+        found = sorted(p.name for p in folder.glob("*.safetensors"))
+        extra = f" (found {', '.join(found)} but no {INDEX_FILE})" if found else ""
+        return f"no {SINGLE_FILE} or {INDEX_FILE} in {str(folder)!r}{extra}."
+    return None
+
+
+def _rope_from_hf(config: dict, where: str) -> RopeConfig:
+    """RopeConfig from transformers 5 ``rope_parameters`` or 4.x ``rope_theta``/``rope_scaling``."""
+    params = dict(config.get("rope_parameters") or {})
+    if not params:
+        params = dict(config.get("rope_scaling") or {})
+        params.setdefault("rope_theta", config.get("rope_theta", 10000.0))
+    kind = params.get("rope_type", params.get("type", "default"))
+    scaling = {"default": "none", "linear": "linear", "dynamic": "dynamic", "llama3": "llama3"}.get(kind)
+    if scaling is None:
+        raise KbenchError(f"{where}: rope type {kind!r} is not supported.", "Supported: default, linear, dynamic, llama3.")
+    default = RopeConfig()
+    return RopeConfig(
+        theta=float(params.get("rope_theta", default.theta)),
+        style="half",  # HF checkpoints store q/k permuted for rotate_half
+        scaling=scaling,
+        factor=float(params.get("factor", 1.0)),
+        low_freq_factor=float(params.get("low_freq_factor", default.low_freq_factor)),
+        high_freq_factor=float(params.get("high_freq_factor", default.high_freq_factor)),
+        original_max_position=int(params.get("original_max_position_embeddings",
+                                             config.get("max_position_embeddings", default.original_max_position))),
+    )
+
+
+def model_fields_from_hf_config(path: Path) -> dict[str, Any]:
+    """ModelConfig fields (as a dict, rope as RopeConfig) from a HF LLaMA config.json."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise KbenchError(f"{path}: cannot read the checkpoint config ({error}).",
+                          "Point weights.path at a Hugging Face checkpoint folder.") from None
+    if config.get("model_type") not in (None, "llama"):
+        raise KbenchError(f"{path}: model_type {config.get('model_type')!r} is not llama.",
+                          "kbench builds LLaMA-architecture models only.")
+    for flag in ("attention_bias", "mlp_bias"):
+        if config.get(flag):
+            raise KbenchError(f"{path}: {flag} is true; the kbench pipeline has no bias terms.",
+                              "Use a checkpoint without biases (LLaMA 2/3 have none).")
+    if config.get("hidden_act", "silu") != "silu":
+        raise KbenchError(f"{path}: hidden_act {config['hidden_act']!r} is not silu.", "The ffn op is SwiGLU.")
+    try:
+        heads = int(config["num_attention_heads"])
+        hidden = int(config["hidden_size"])
+        return {
+            "vocab": int(config["vocab_size"]),
+            "hidden": hidden,
+            "intermediate": int(config["intermediate_size"]),
+            "layers": int(config["num_hidden_layers"]),
+            "heads": heads,
+            "kv_heads": int(config.get("num_key_value_heads") or heads),
+            "head_dim": int(config.get("head_dim") or hidden // heads),
+            "rope": _rope_from_hf(config, str(path)),
+            "norm_eps": float(config.get("rms_norm_eps", 1e-6)),
+            "max_seq_len": int(config.get("max_position_embeddings", 4096)),
+            "tie_embeddings": bool(config.get("tie_word_embeddings", False)),
+        }
+    except KeyError as error:
+        raise KbenchError(f"{path}: key {error.args[0]!r} is missing.", "A LLaMA config.json has it; re-export the checkpoint.") from None
+    except (TypeError, ValueError) as error:
+        raise KbenchError(f"{path}: a shape field is not a number ({error}).", "Fix config.json.") from None
+
+
+class _Checkpoint:
+    """Tensor lookup across one or many safetensors files, opened lazily."""
+
+    def __init__(self, folder: Path):
+        from safetensors import safe_open
+
+        self.folder = folder
+        index = folder / INDEX_FILE
+        if index.is_file():
+            self.weight_map = json.loads(index.read_text())["weight_map"]
+        else:
+            with safe_open(folder / SINGLE_FILE, framework="pt") as f:
+                self.weight_map = {key: SINGLE_FILE for key in f.keys()}
+        self._safe_open = safe_open
+        self._files: dict[str, Any] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        file = self.weight_map.get(name)
+        if file is None:
+            raise KbenchError(f"checkpoint {str(self.folder)!r} has no tensor {name!r}.",
+                              "The checkpoint is incomplete or not a LlamaForCausalLM; re-export it.")
+        if file not in self._files:
+            self._files[file] = self._safe_open(self.folder / file, framework="pt")
+        tensor = self._files[file].get_tensor(name)
+        if tuple(tensor.shape) != shape:
+            raise KbenchError(f"{self.folder / file}: {name} has shape {list(tensor.shape)}, expected {list(shape)}.",
+                              "The model section does not match the checkpoint: remove it so config.json is used.")
+        return tensor.to(device=device, dtype=dtype)
+
+    def has(self, name: str) -> bool:
+        return name in self.weight_map
+
+
+def load_hf_weights(folder: Path, model: ModelConfig, dtype: torch.dtype, device: str | torch.device) -> Weights:
+    """The first ``model.layers`` layers of a HF LLaMA checkpoint, fused for the pipeline."""
+    problem = check_checkpoint_folder(folder)
+    if problem:
+        raise KbenchError(problem, "Point weights.path at a folder with config.json and safetensors files.")
+    device = torch.device(device)
+    ckpt = _Checkpoint(folder)
+    m = model
+    q_rows, kv_rows = m.heads * m.head_dim, m.kv_heads * m.head_dim
+
+    def get(name: str, *shape: int) -> torch.Tensor:
+        return ckpt.get(name, shape, dtype, device)
+
+    layers = []
+    for i in range(m.layers):
+        p = f"model.layers.{i}."
+        layers.append(LayerWeights(
+            attn_norm=get(p + "input_layernorm.weight", m.hidden),
+            wqkv=torch.cat([get(p + "self_attn.q_proj.weight", q_rows, m.hidden),
+                            get(p + "self_attn.k_proj.weight", kv_rows, m.hidden),
+                            get(p + "self_attn.v_proj.weight", kv_rows, m.hidden)]),
+            wo=get(p + "self_attn.o_proj.weight", m.hidden, q_rows),
+            ffn_norm=get(p + "post_attention_layernorm.weight", m.hidden),
+            w_gate_up=torch.cat([get(p + "mlp.gate_proj.weight", m.intermediate, m.hidden),
+                                 get(p + "mlp.up_proj.weight", m.intermediate, m.hidden)]),
+            w_down=get(p + "mlp.down_proj.weight", m.hidden, m.intermediate),
+        ))
+    embedding = get("model.embed_tokens.weight", m.vocab, m.hidden)
+    if m.tie_embeddings or not ckpt.has("lm_head.weight"):
+        lm_head = embedding
+    else:
+        lm_head = get("lm_head.weight", m.vocab, m.hidden)
+    return Weights(m, embedding, layers, get("model.norm.weight", m.hidden), lm_head, str(folder))
