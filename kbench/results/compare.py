@@ -1,0 +1,173 @@
+"""Join measurements and compute speedups, geometric means and regressions.
+
+Two ways to compare:
+
+- ``compare_runs(frame, base_run, new_run)``: the same rows of two runs, joined on
+  ``(kind, op, backend, case, dtype)``: did this commit, machine or flag make things faster?
+- ``compare_backends(frame, run_id, baseline)``: inside one run, every backend against
+  ``baseline`` on ``(kind, op, case, dtype)``: how much faster is triton than reference?
+
+``speedup = base / new`` of the chosen latency metric (``latency_us`` by default, so
+> 1 means faster; for decode rows, whose latency is per token, this is also the ratio of
+tokens/s). A row regresses when ``new > base * (1 + threshold)``. Geometric means are per
+``(kind, op, backend)``, so end-to-end figures get their own: ``prefill`` (latency of a
+batch of prompts) and ``decode`` (per-token latency, i.e. tokens/s). Rows present on one
+side only are kept in ``unmatched``, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from kbench.errors import KbenchError
+
+RUN_KEYS = ("kind", "op", "backend", "case", "dtype")
+BACKEND_KEYS = ("kind", "op", "case", "dtype")
+METRICS = ("latency_us", "graph_latency_us", "min_us", "kernel_us")
+# Rows without a latency (correctness checks) are not compared, but their failures are listed.
+TIMED_KINDS = ("op", "prefill", "decode")
+
+
+@dataclass
+class Comparison:
+    """The result of one comparison; ``report.py`` renders it."""
+
+    base_label: str
+    new_label: str
+    metric: str
+    threshold: float
+    rows: pd.DataFrame
+    geomeans: pd.DataFrame
+    unmatched: pd.DataFrame
+    failures: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> pd.DataFrame:
+        return self.rows[self.rows["regression"]]
+
+    @property
+    def ok(self) -> bool:
+        """No regression, no FAIL row, and something was compared."""
+        return self.regressions.empty and self.failures.empty and not self.rows.empty
+
+
+def geomean(values) -> float:
+    """exp(mean(log v)) over the finite positive values; NaN if there are none."""
+    logs = [math.log(v) for v in values if v is not None and math.isfinite(v) and v > 0]
+    return math.exp(sum(logs) / len(logs)) if logs else math.nan
+
+
+def metric_values(frame: pd.DataFrame, metric: str) -> pd.Series:
+    """The metric per row; ``kernel_us`` is the graph-replay time where measured, else as called."""
+    if metric == "kernel_us":
+        graph = pd.to_numeric(frame.get("graph_latency_us"), errors="coerce")
+        return graph.fillna(pd.to_numeric(frame["latency_us"], errors="coerce"))
+    if metric not in frame.columns:
+        raise KbenchError(f"Results have no column {metric!r} to compare.", f"Use one of: {', '.join(METRICS)}.")
+    return pd.to_numeric(frame[metric], errors="coerce")
+
+
+def _timed(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    frame = frame[frame["kind"].isin(TIMED_KINDS)].copy()
+    frame["value"] = metric_values(frame, metric)
+    return frame
+
+
+def _join(base: pd.DataFrame, new: pd.DataFrame, keys: tuple[str, ...], metric: str, threshold: float):
+    base = _timed(base, metric).drop_duplicates(list(keys), keep="last")
+    new = _timed(new, metric).drop_duplicates(list(keys), keep="last")
+    keep = [*keys, "value", "status", "backend", "note"]
+    base_part = base[list(dict.fromkeys(keep))].rename(columns={"value": "base", "status": "base_status",
+                                                                 "backend": "base_backend", "note": "base_note"})
+    new_part = new[list(dict.fromkeys(keep))].rename(columns={"value": "new", "status": "new_status",
+                                                               "backend": "new_backend", "note": "new_note"})
+    if "backend" in keys:
+        base_part["backend"] = base_part["base_backend"]
+        new_part["backend"] = new_part["new_backend"]
+    merged = base_part.merge(new_part, on=list(keys), how="outer", indicator=True)
+    both = merged[merged["_merge"] == "both"].copy()
+    both["backend"] = both["new_backend"]
+    both["speedup"] = both["base"] / both["new"]
+    both["regression"] = (both["new"] > both["base"] * (1 + threshold)).fillna(False).astype(bool)
+    rows = both[["kind", "op", "backend", "base_backend", "case", "dtype", "base", "new", "speedup",
+                 "regression", "base_status", "new_status"]].reset_index(drop=True)
+    one_side = merged[merged["_merge"] != "both"].copy()
+    one_side["side"] = one_side["_merge"].map({"left_only": "base only", "right_only": "new only"})
+    one_side["backend"] = one_side["new_backend"].fillna(one_side["base_backend"])
+    unmatched = one_side[["side", "kind", "op", "backend", "case", "dtype"]].reset_index(drop=True)
+    return rows, unmatched
+
+
+def _geomeans(rows: pd.DataFrame) -> pd.DataFrame:
+    records = []
+    for (kind, op, backend), group in rows.groupby(["kind", "op", "backend"], sort=False):
+        records.append({"kind": kind, "op": op, "backend": backend, "rows": len(group),
+                        "geomean_speedup": geomean(group["speedup"].tolist()),
+                        "regressions": int(group["regression"].sum())})
+    return pd.DataFrame(records, columns=["kind", "op", "backend", "rows", "geomean_speedup", "regressions"])
+
+
+def _failures(frame: pd.DataFrame) -> pd.DataFrame:
+    failed = frame[frame["status"] == "FAIL"]
+    return failed[["run_id", "kind", "op", "backend", "case", "dtype", "note"]].reset_index(drop=True)
+
+
+def _run(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
+    part = frame[frame["run_id"] == run_id]
+    if part.empty:
+        known = ", ".join(sorted(frame["run_id"].unique()))
+        raise KbenchError(f"No rows of run {run_id!r} in the loaded results.", f"Loaded runs: {known or '(none)'}.")
+    return part
+
+
+def _spec_notes(base: pd.DataFrame, new: pd.DataFrame) -> list[str]:
+    notes = []
+    for column, what in (("spec_name", "specs"), ("env_gpu", "GPUs"), ("env_git_commit", "commits")):
+        if column in base and column in new:
+            a, b = base[column].iloc[0], new[column].iloc[0]
+            if a != b and not (pd.isna(a) and pd.isna(b)):
+                notes.append(f"different {what}: {a} (base) vs {b} (new)")
+    return notes
+
+
+def _unjoinable_note(unmatched: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
+    if rows.empty and not unmatched.empty:
+        return ["nothing could be joined: the runs have no (kind, op, backend, case, dtype) in common "
+                "(different specs, shapes or dtypes); every row is listed as unmatched"]
+    return []
+
+
+def compare_runs(frame: pd.DataFrame, base_run: str, new_run: str, *, metric: str = "latency_us",
+                 threshold: float = 0.05) -> Comparison:
+    """``new_run`` against ``base_run`` (run ids present in ``frame``)."""
+    base, new = _run(frame, base_run), _run(frame, new_run)
+    rows, unmatched = _join(base, new, RUN_KEYS, metric, threshold)
+    notes = _spec_notes(base, new) + _unjoinable_note(unmatched, rows)
+    return Comparison(base_run, new_run, metric, threshold, rows, _geomeans(rows), unmatched,
+                      _failures(new), notes)
+
+
+def compare_backends(frame: pd.DataFrame, run_id: str, baseline: str, *, metric: str = "latency_us",
+                     threshold: float = 0.05) -> Comparison:
+    """Every other backend of ``run_id`` against ``baseline`` at the same (kind, op, case, dtype)."""
+    run = _run(frame, run_id)
+    if baseline not in set(run["backend"]):
+        raise KbenchError(f"Run {run_id} has no rows for backend {baseline!r}.",
+                          f"Backends in it: {', '.join(sorted(set(run['backend'].dropna())))}.")
+    base = run[run["backend"] == baseline]
+    new = run[run["backend"] != baseline]
+    pieces = [_join(base, group, BACKEND_KEYS, metric, threshold) for _, group in new.groupby("backend")]
+    rows = pd.concat([p[0] for p in pieces], ignore_index=True) if pieces else _join(base, new, BACKEND_KEYS, metric, threshold)[0]
+    # Baseline rows with no counterpart in any backend, and other backends' rows with no baseline.
+    matched_keys = set(map(tuple, rows[list(BACKEND_KEYS)].to_numpy().tolist()))
+    timed = _timed(run, metric)
+    lonely = timed[[tuple(r) not in matched_keys for r in timed[list(BACKEND_KEYS)].to_numpy().tolist()]]
+    unmatched = lonely.assign(side=lonely["backend"].map(lambda b: "base only" if b == baseline else "new only"))
+    unmatched = unmatched[["side", "kind", "op", "backend", "case", "dtype"]].reset_index(drop=True)
+    notes = _unjoinable_note(unmatched, rows)
+    return Comparison(f"{run_id} [{baseline}]", f"{run_id} [other backends]", metric, threshold, rows,
+                      _geomeans(rows), unmatched, _failures(run), notes)

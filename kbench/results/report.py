@@ -1,0 +1,231 @@
+"""Tables for people: a run's results and a comparison, on a terminal or as Markdown/CSV/JSON/HTML.
+
+FAIL is shown wherever a row failed, in every table.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from kbench.results.compare import Comparison
+from kbench.results.record import json_safe
+
+FORMATS = ("markdown", "csv", "json", "html")
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number with ``digits`` significant digits, '-' for missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf"
+        return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
+    return str(value)
+
+
+def _status(status: Any) -> str:
+    return {"PASS": "[green]PASS[/]", "FAIL": "[bold red]FAIL[/]", "SKIP": "[yellow]SKIP[/]"}.get(status, fmt(status))
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.0f}%"
+
+
+# -- a run --------------------------------------------------------------------------------
+
+def print_run(record: dict, console: Console) -> None:
+    """The op table, the pipeline check, prefill and decode tables, then the verdict."""
+    rows = record["rows"]
+    ops = [r for r in rows if r["kind"] == "op"]
+    if ops:
+        console.print(_op_table(ops))
+    checks = [r for r in rows if r["kind"] == "check"]
+    if checks:
+        console.print(_check_table(checks))
+    prefill = [r for r in rows if r["kind"] == "prefill"]
+    if prefill:
+        console.print(_prefill_table(prefill))
+    decode = [r for r in rows if r["kind"] == "decode"]
+    if decode:
+        console.print(_decode_table(decode))
+    failed = [r for r in rows if r.get("status") == "FAIL"]
+    for row in failed:
+        console.print(f"[bold red]FAIL[/] {row['kind']} {row['op']} [{row['backend']}] {row.get('case') or ''}: "
+                      f"{row.get('note') or ''}", highlight=False)
+    verdict = "[bold red]FAIL[/]" if failed else "[bold green]PASS[/]"
+    console.print(f"{verdict}  run {record['run_id']}", highlight=False)
+
+
+def _op_table(rows: list[dict]) -> Table:
+    table = Table(title="ops at the model's shapes (latency as called; kernel = CUDA-graph replay)")
+    for column in ("op", "case", "dtype", "backend", "status", "latency µs", "kernel µs", "TFLOP/s", "GB/s",
+                   "% peak", "vs reference"):
+        table.add_column(column, justify="right" if column not in ("op", "case", "dtype", "backend") else "left")
+    reference = {(r["op"], r["case"], r["dtype"]): r for r in rows if r["backend"] == "reference"}
+    for row in rows:
+        ref = reference.get((row["op"], row["case"], row["dtype"]))
+        speedup = "-"
+        if ref is not None and row["backend"] != "reference" and row.get("latency_us") and ref.get("latency_us"):
+            speedup = f"{ref['latency_us'] / row['latency_us']:.2f}x"
+        peak = max((v for v in (row.get("frac_peak_bw"), row.get("frac_peak_flops")) if v is not None), default=None)
+        table.add_row(row["op"], row["case"], row["dtype"], row["backend"], _status(row["status"]),
+                      fmt(row.get("latency_us")), fmt(row.get("graph_latency_us")), fmt(row.get("tflops")),
+                      fmt(row.get("gbps")), _pct(peak), speedup)
+    return table
+
+
+def _check_table(rows: list[dict]) -> Table:
+    table = Table(title="pipeline vs all-reference pipeline (teacher-forced)")
+    for column in ("case", "dtype", "backends", "status", "max logit err", "greedy agreement", "note"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["case"], row["dtype"], row.get("backends") or row["backend"], _status(row["status"]),
+                      fmt(row.get("max_abs_err")), _pct(row.get("token_agreement")), row.get("note") or "")
+    return table
+
+
+def _memory(row: dict) -> str:
+    value = row.get("peak_memory_bytes")
+    return "n/a" if value is None else f"{value / 2**30:.2f} GiB"
+
+
+def _prefill_table(rows: list[dict]) -> Table:
+    table = Table(title="prefill")
+    for column in ("backend", "case", "dtype", "status", "latency ms", "p20-p80 ms", "TTFT ms", "tokens/s", "peak mem"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["backend"], row["case"], row["dtype"], _status(row["status"]),
+                      fmt(_ms(row.get("latency_us"))), f"{fmt(_ms(row.get('p20_us')))}-{fmt(_ms(row.get('p80_us')))}",
+                      fmt(_ms(row.get("ttft_us"))), fmt(row.get("tokens_per_s")), _memory(row))
+    return table
+
+
+def _decode_table(rows: list[dict]) -> Table:
+    table = Table(title="decode (per token; roofline = (weights + KV) bytes per step / copy bandwidth)")
+    for column in ("backend", "case", "dtype", "status", "ms/token", "tokens/s", "roofline", "graph", "peak mem"):
+        table.add_column(column)
+    for row in rows:
+        graph = "yes" if row.get("cuda_graph") else (row.get("cuda_graph_note") or "no")
+        table.add_row(row["backend"], row["case"], row["dtype"], _status(row["status"]), fmt(_ms(row.get("latency_us"))),
+                      fmt(row.get("tokens_per_s")), _pct(row.get("frac_peak_bw")), graph, _memory(row))
+    return table
+
+
+def _ms(us: Any) -> float | None:
+    return None if us is None else us / 1000.0
+
+
+# -- a comparison --------------------------------------------------------------------------
+
+def _rows_for_output(comparison: Comparison) -> pd.DataFrame:
+    rows = comparison.rows.rename(columns={"base": f"base_{comparison.metric}", "new": f"new_{comparison.metric}"})
+    return rows
+
+
+def print_comparison(comparison: Comparison, console: Console) -> None:
+    table = Table(title=f"{comparison.new_label} vs {comparison.base_label} ({comparison.metric}; speedup = base / new)")
+    for column in ("kind", "op", "backend", "case", "dtype", "base", "new", "speedup", "status"):
+        table.add_column(column)
+    for row in comparison.rows.itertuples():
+        label = f"{row.speedup:.3f}x" if isinstance(row.speedup, float) and math.isfinite(row.speedup) else "-"
+        if row.regression:
+            label = f"[bold red]{label} REGRESSION[/]"
+        backend = row.backend if row.base_backend == row.backend else f"{row.backend} vs {row.base_backend}"
+        table.add_row(row.kind, row.op, backend, row.case, row.dtype, fmt(row.base), fmt(row.new), label,
+                      _status(row.new_status))
+    console.print(table)
+    means = Table(title="geometric mean speedup")
+    for column in ("kind", "op", "backend", "rows", "geomean", "regressions"):
+        means.add_column(column)
+    for row in comparison.geomeans.itertuples():
+        means.add_row(row.kind, row.op, row.backend, str(row.rows), f"{fmt(row.geomean_speedup)}x", str(row.regressions))
+    console.print(means)
+    for note in comparison.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if not comparison.unmatched.empty:
+        console.print(f"[yellow]{len(comparison.unmatched)} rows could not be joined:[/]")
+        for row in comparison.unmatched.itertuples():
+            console.print(f"  {row.side}: {row.kind} {row.op} [{row.backend}] {row.case} {row.dtype}", highlight=False)
+    for row in comparison.failures.itertuples():
+        console.print(f"[bold red]FAIL[/] {row.kind} {row.op} [{row.backend}] {row.case}: {row.note or ''}", highlight=False)
+    if not comparison.regressions.empty:
+        console.print(f"[bold red]{len(comparison.regressions)} regression(s) past {comparison.threshold:.1%}[/]")
+
+
+def comparison_dict(comparison: Comparison) -> dict:
+    return json_safe({
+        "base": comparison.base_label,
+        "new": comparison.new_label,
+        "metric": comparison.metric,
+        "threshold": comparison.threshold,
+        "ok": comparison.ok,
+        "regressions": len(comparison.regressions),
+        "notes": comparison.notes,
+        "rows": comparison.rows.to_dict(orient="records"),
+        "geomeans": comparison.geomeans.to_dict(orient="records"),
+        "unmatched": comparison.unmatched.to_dict(orient="records"),
+        "failures": comparison.failures.to_dict(orient="records"),
+    })
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "(none)\n"
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+    lines = [header, rule]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(fmt(v, 4).replace("|", "\\|") for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render(comparison: Comparison, output_format: str) -> str:
+    """The comparison as ``markdown``, ``csv`` (one table, ``section`` column), ``json`` or ``html``."""
+    rows = _rows_for_output(comparison)
+    title = f"{comparison.new_label} vs {comparison.base_label}"
+    if output_format == "json":
+        return json.dumps(comparison_dict(comparison), indent=1, allow_nan=False) + "\n"
+    if output_format == "csv":
+        sections = [rows.assign(section="row"), comparison.geomeans.assign(section="geomean"),
+                    comparison.unmatched.assign(section="unmatched"), comparison.failures.assign(section="failure")]
+        frame = pd.concat([s for s in sections if not s.empty], ignore_index=True)
+        if frame.empty:
+            frame = pd.DataFrame(columns=["section"])
+        frame = frame[["section"] + [c for c in frame.columns if c != "section"]]
+        buffer = io.StringIO()
+        frame.to_csv(buffer, index=False)
+        return buffer.getvalue()
+    if output_format == "markdown":
+        parts = [f"# {title}\n", f"Metric `{comparison.metric}`, speedup = base / new, regression threshold "
+                                 f"{comparison.threshold:.1%}.\n", "## Rows\n", _markdown_table(rows),
+                 "## Geometric means\n", _markdown_table(comparison.geomeans)]
+        parts += [f"> note: {note}\n" for note in comparison.notes]
+        if not comparison.unmatched.empty:
+            parts += ["## Unmatched rows\n", _markdown_table(comparison.unmatched)]
+        if not comparison.failures.empty:
+            parts += ["## FAIL rows\n", _markdown_table(comparison.failures)]
+        return "\n".join(parts)
+    if output_format == "html":
+        parts = [f"<h1>{html.escape(title)}</h1>",
+                 f"<p>Metric <code>{html.escape(comparison.metric)}</code>, speedup = base / new, "
+                 f"regression threshold {comparison.threshold:.1%}.</p>",
+                 "<h2>Rows</h2>", rows.to_html(index=False, na_rep="-"),
+                 "<h2>Geometric means</h2>", comparison.geomeans.to_html(index=False, na_rep="-")]
+        parts += [f"<p>note: {html.escape(note)}</p>" for note in comparison.notes]
+        if not comparison.unmatched.empty:
+            parts += ["<h2>Unmatched rows</h2>", comparison.unmatched.to_html(index=False, na_rep="-")]
+        if not comparison.failures.empty:
+            parts += ["<h2>FAIL rows</h2>", comparison.failures.to_html(index=False, na_rep="-")]
+        return "<!DOCTYPE html>\n<html><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    raise ValueError(f"unknown format {output_format!r}; one of {FORMATS}")
