@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
+import torch
 import triton
+import triton.language as tl
 
 # kernel name -> shape key -> config description; filled as kernels launch.
 _HEURISTIC_CONFIGS: dict[str, dict[str, str]] = {}
@@ -80,3 +82,19 @@ def chosen_configs() -> dict[str, dict[str, str]]:
         if chosen:
             configs.setdefault(name, {}).update(chosen)
     return configs
+
+
+@triton.jit
+def dot(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """a @ b with float32 accumulation; IEEE for float32 inputs, UPCAST on the interpreter for
+    bfloat16 (whose tl.dot there returns garbage in triton 3.9)."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
+
+
+def dot_flags(dtype: torch.dtype) -> dict:
+    """The IEEE / UPCAST constexprs of ``dot`` for inputs of ``dtype``."""
+    return {"IEEE": dtype == torch.float32, "UPCAST": dtype == torch.bfloat16 and interpreting()}
