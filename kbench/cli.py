@@ -71,8 +71,10 @@ def list_command(as_json: bool, op_filter: str | None):
         console.print(f"[red]plugin {name!r} failed to load:[/] {error}", highlight=False)
 
 
+from kbench.bench_command import bench_command  # noqa: E402
 from kbench.scaffold import new_plugin_command  # noqa: E402
 
+cli.add_command(bench_command)
 cli.add_command(new_plugin_command)
 
 

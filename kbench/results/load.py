@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from kbench.errors import KbenchError
+from kbench.results.pytest_benchmark import frame_from_pytest_benchmark, is_pytest_benchmark
 from kbench.results.record import ROW_KEYS, SCHEMA_VERSION
 
 DEFAULT_RESULTS_DIR = Path("results")
@@ -63,6 +64,7 @@ def frame_from_record(data: dict, path: Path) -> pd.DataFrame:
 # (name, detect(parsed json) -> bool, read(parsed json, path) -> DataFrame with ROW_KEYS + RUN_COLUMNS)
 READERS: tuple[tuple[str, Callable[[Any], bool], Callable[[Any, Path], pd.DataFrame]], ...] = (
     ("kbench run record", is_run_record, frame_from_record),
+    ("pytest-benchmark JSON", is_pytest_benchmark, frame_from_pytest_benchmark),
 )
 
 

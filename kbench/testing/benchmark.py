@@ -139,6 +139,8 @@ class KbenchBenchmark:
             "correct": check.ok,
             "max_abs_err": check.max_abs_err,
             "max_rel_err": check.max_rel_err,
+            "flops": float(op_def.flops(case)),
+            "bytes": float(op_def.bytes(case, dtype)),
             "tflops": op_def.flops(case) / seconds / 1e12 if seconds else math.nan,
             "gbps": op_def.bytes(case, dtype) / seconds / 1e9 if seconds else math.nan,
             **timing.as_dict(),

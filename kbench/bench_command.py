@@ -1,0 +1,224 @@
+"""``kbench bench OP --backend NAME [--vs OTHER ...]``: the kernel author's inner loop.
+
+One op, a few backends, a shape sweep from the command line; correctness, then timing, with
+the same rows, record and tables as ``kbench run`` (``kbench.bench.sweep.op_rows``,
+``kbench.results``)::
+
+    kbench bench rmsnorm --backend triton --vs torch --tokens 1,16,256,4096 --hidden 4096
+    kbench bench rope --backend triton --spec model_specs/llama2-7b.yaml
+
+Shape dimensions are the op's case dimensions, given as ``--DIM v1,v2,...`` (``--kv-heads``
+and ``--kv_heads`` are the same); every dimension not given keeps the value of the op's
+first test case, and several swept dimensions give their cross product. A list-valued
+dimension takes its elements joined by ``/`` (``--seq-lens 128/512,1024/1024``). With
+``--spec`` the cases are the shapes that model runs instead.
+
+Exit status: 0 if every row passed (or was skipped with a reason), 1 if any FAIL, 2 for a
+mistake on the command line (unknown op, backend or dimension: the closest match is named).
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kbench.errors import KbenchError, unknown_name
+
+
+def parse_dim_args(args: list[str]) -> dict[str, list[str]]:
+    """``['--tokens', '1,16', '--hidden=4096']`` -> ``{'tokens': ['1', '16'], 'hidden': ['4096']}``."""
+    dims: dict[str, list[str]] = {}
+    position = 0
+    while position < len(args):
+        arg = args[position]
+        if not arg.startswith("--") or arg == "--":
+            raise KbenchError(f"Unexpected argument {arg!r}.",
+                              "Shape dimensions are given as --DIM v1,v2,... (e.g. --tokens 1,16,256 --hidden 4096).")
+        if "=" in arg:
+            name, text = arg[2:].split("=", 1)
+        else:
+            if position + 1 >= len(args) or args[position + 1].startswith("--"):
+                raise KbenchError(f"{arg} needs values.", f"Write e.g. {arg} 1,16,256.")
+            name, text = arg[2:], args[position + 1]
+            position += 1
+        position += 1
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        if not values:
+            raise KbenchError(f"--{name} has no values.", f"Write e.g. --{name} 1,16,256.")
+        dims[name.replace("-", "_")] = values
+    return dims
+
+
+def parse_value(text: str, default: Any, dim: str) -> Any:
+    """``text`` converted to the type of the dimension's default value."""
+    if isinstance(default, (list, tuple)):
+        element = default[0] if default else 0
+        return type(default)(parse_value(part, element, dim) for part in text.split("/") if part)
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        kind = {bool: "true or false", int: "an integer", float: "a number"}[type(default)]
+        raise KbenchError(f"--{dim.replace('_', '-')} value {text!r} is not {kind}.",
+                          f"The op's first test case has {dim}={default!r}.") from None
+    return text
+
+
+def sweep_cases(op, dim_values: dict[str, list[str]]) -> list:
+    """The cross product of the given dimension values over the op's first test case."""
+    from kbench.ops.base import Case
+
+    base = op.test_cases[0] if op.test_cases else Case(op.name)
+    known = base.keys()
+    for dim in dim_values:
+        if dim not in known:
+            raise unknown_name(f"dimension of {op.name}", dim, known)
+    axes = [[(dim, parse_value(text, base[dim], dim)) for text in texts] for dim, texts in dim_values.items()]
+    return [base.replace(**dict(combo)) for combo in itertools.product(*axes)]
+
+
+def get_backend(registry, op_name: str, backend: str):
+    """The implementation, or KbenchError with the closest backend and any plugin load errors."""
+    try:
+        return registry.get(op_name, backend)
+    except KbenchError as error:
+        if registry.plugin_errors:
+            failed = "; ".join(f"plugin {n!r} failed to load: {e}" for n, e in registry.plugin_errors.items())
+            raise KbenchError(error.message, f"{error.fix} ({failed})") from None
+        raise
+
+
+def bench_record(op_name: str, backends: list[str], rows: list[dict], registry, device: str,
+                 spec=None, ceilings: dict | None = None) -> dict:
+    """A run record (``kbench.results.record``) holding one op's sweep."""
+    from kbench.env import environment
+    from kbench.results.record import SCHEMA_VERSION, new_run_id, record_status
+
+    name = spec.name if spec is not None else f"bench-{op_name}"
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": new_run_id(name),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": ["kbench", *sys.argv[1:]],
+        "spec": spec.to_dict() if spec is not None else None,
+        "spec_name": name,
+        "backends": {
+            b: {"ops": {op_name: {"plugin": registry.get(op_name, b).plugin, "version": registry.get(op_name, b).version}}}
+            for b in backends
+        },
+        "plugins": dict(registry.plugins),
+        "plugin_errors": dict(registry.plugin_errors),
+        "env": environment(device),
+        "ceilings": ceilings or {},
+        "status": record_status(rows),
+        "rows": rows,
+    }
+
+
+@click.command("bench", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("op_name", metavar="OP")
+@click.option("--backend", "backend", required=True, help="The backend under test.")
+@click.option("--vs", "others", multiple=True, help="Backends to compare with (repeatable), e.g. --vs reference.")
+@click.option("--spec", "spec_path", type=click.Path(dir_okay=False), default=None,
+              help="Take the op's cases from this model spec instead of --DIM values.")
+@click.option("--dtype", default=None, help="bfloat16, float16 or float32 (default: the spec's, else bf16 on CUDA, fp32 on CPU).")
+@click.option("--device", default=None, help="cuda or cpu (default: the spec's, else cuda if present).")
+@click.option("--warmup-ms", type=float, default=None, help="Warm-up time per measurement (default 25).")
+@click.option("--rep-ms", type=float, default=None, help="Repetition time per measurement (default 100).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results",
+              help="Where the run record is written (default: results/).")
+@click.option("--no-record", is_flag=True, help="Print the tables, write no record.")
+@click.pass_context
+def bench_command(ctx, op_name, backend, others, spec_path, dtype, device, warmup_ms, rep_ms, out_dir, no_record):
+    """Check and time one OP for --backend (and each --vs) over a shape sweep.
+
+    Dimensions: --DIM v1,v2,... for any of the op's case dimensions (see `kbench list --op OP`
+    and the op's docstring), e.g. --tokens 1,16,256,4096 --hidden 4096.
+    """
+    import torch
+    from rich.console import Console
+
+    from kbench.bench.sweep import op_rows
+    from kbench.ops.base import parse_dtype
+    from kbench.plugins import get_registry
+    from kbench.results.report import print_run
+    from kbench.spec import BenchConfig, Overrides, load_spec, op_cases
+
+    console = Console()
+    registry = get_registry()
+    op = registry.op(op_name)
+    backends = list(dict.fromkeys([backend, *others]))
+    for name in backends:
+        get_backend(registry, op.name, name)
+    dim_values = parse_dim_args(ctx.args)
+
+    spec = None
+    if spec_path:
+        if dim_values:
+            raise KbenchError("Give either --spec or --DIM values, not both.",
+                              f"Dropped: {', '.join('--' + d for d in dim_values)}.")
+        spec = load_spec(spec_path, Overrides(dtype=dtype, device=device))
+        cases = op_cases(spec, registry).get(op.name)
+        if not cases:
+            raise KbenchError(f"The spec {spec_path} runs no {op.name} cases.", "Pass the op's dimensions as --DIM values.")
+        dtype, device = spec.dtype, spec.device
+        bench = spec.bench
+    else:
+        cases = sweep_cases(op, dim_values)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = parse_dtype(dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
+        bench = BenchConfig()
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise KbenchError("--device cuda, but torch sees no CUDA device here.", "Use --device cpu.")
+    bench = BenchConfig(**{**bench.__dict__, **{k: v for k, v in (("warmup_ms", warmup_ms), ("rep_ms", rep_ms))
+                                                 if v is not None}})
+
+    ceilings = {}
+    if torch.device(device).type == "cuda":
+        from kbench.env import measure_ceilings
+
+        ceilings = measure_ceilings(device)
+    with console.status(f"{op.name}: checking and timing") as status:
+        rows = op_rows(registry, op.name, backends, cases, dtype, device, bench,
+                       progress=lambda text: status.update(text), ceilings=ceilings)
+    record = bench_record(op.name, backends, rows, registry, device, spec, ceilings)
+    print_run(record, console)
+    for row in rows:
+        if row["status"] == "SKIP":
+            console.print(f"[yellow]SKIP[/] {row['op']} [{row['backend']}] {row['case']}: {row['note']}", highlight=False)
+    if not no_record:
+        from kbench.results.record import write_record
+
+        path = write_record(record, out_dir)
+        console.print(f"record: {path}", highlight=False)
+        if others:
+            _print_speedups(path, record["run_id"], backends, console)
+    if record["status"] == "FAIL":
+        sys.exit(1)
+
+
+def _print_speedups(path: Path, run_id: str, backends: list[str], console) -> None:
+    """--backend against each --vs that was timed: the comparison table of ``kbench compare``."""
+    from kbench.results import compare_backends, load
+    from kbench.results.report import print_comparison
+
+    frame = load([path])
+    for other in backends[1:]:
+        pair = frame[frame["backend"].isin([backends[0], other])]
+        if pair[pair["backend"] == other]["latency_us"].isna().all():
+            notes = sorted(set(pair[pair["backend"] == other]["note"].dropna()))
+            console.print(f"no speedups against {other}: it was not timed ({'; '.join(notes) or 'no rows'})",
+                          highlight=False)
+            continue
+        print_comparison(compare_backends(pair, run_id, baseline=other), console)
