@@ -484,7 +484,8 @@ def _read_workload(reader: _Reader, raw: Any, model: ModelConfig) -> Workload:
     )
     longest = max(workload.prompt_len) + workload.decode_steps
     if longest > model.max_seq_len:
-        raise reader.error("workload.prompt_len",
+        key = "workload.decode_steps" if "workload.decode_steps" in reader.origins else "workload.prompt_len"
+        raise reader.error(key,
                            f"the longest prompt ({max(workload.prompt_len)}) plus decode_steps ({workload.decode_steps}) "
                            f"is {longest} tokens, more than model.max_seq_len {model.max_seq_len}.",
                            "Shorten the prompts or decode_steps, or raise model.max_seq_len.")
