@@ -1,0 +1,77 @@
+"""A throw-away virtual environment for testing that a plugin installs and registers.
+
+``PluginEnvironment.create(path)`` makes a venv that sees this interpreter's packages
+(``--system-site-packages``: kbench, torch, pytest are not downloaded again) and gets its
+own ``kbench`` and ``pytest`` commands, so ``pip install -e my-plugin`` there changes
+nothing outside it, offline. Deleting the folder removes every install made there::
+
+    env = PluginEnvironment.create(tmp_path / "venv")
+    env.pip_install_editable(plugin_dir)
+    env.run("kbench list --op rmsnorm", cwd=plugin_dir).check_returncode()
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import venv
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+LAUNCHERS = {
+    "kbench": "from kbench.cli import main\nsys.exit(main())",
+    "pytest": "import pytest\nsys.exit(pytest.console_main())",
+}
+# Offline and fast: the packages a plugin needs are already in the parent environment.
+PIP_INSTALL_OFFLINE = "-m pip install --quiet --no-deps --no-build-isolation --no-index"
+
+
+@dataclass(frozen=True)
+class PluginEnvironment:
+    """A venv at ``path`` layered over the running interpreter's site-packages."""
+
+    path: Path
+
+    @classmethod
+    def create(cls, path: str | os.PathLike) -> PluginEnvironment:
+        path = Path(path)
+        # No pip of its own: the parent's pip (visible through system site-packages) installs here.
+        venv.EnvBuilder(system_site_packages=True, with_pip=False, symlinks=os.name != "nt").create(path)
+        env = cls(path)
+        for name, body in LAUNCHERS.items():
+            launcher = env.bin / name
+            launcher.write_text(f"#!{env.python}\nimport sys\n{body}\n")
+            launcher.chmod(0o755)
+        return env
+
+    @property
+    def bin(self) -> Path:
+        return self.path / ("Scripts" if os.name == "nt" else "bin")
+
+    @property
+    def python(self) -> Path:
+        return self.bin / "python"
+
+    def environ(self) -> dict[str, str]:
+        """The parent's environment with this venv activated (and Triton's interpreter if no GPU)."""
+        env = dict(os.environ)
+        env["VIRTUAL_ENV"] = str(self.path)
+        env["PATH"] = f"{self.bin}{os.pathsep}{env.get('PATH', '')}"
+        env.pop("PYTHONHOME", None)
+        env.pop("KBENCH_PLUGINS", None)
+        if not torch.cuda.is_available():
+            env.setdefault("TRITON_INTERPRET", "1")
+        return env
+
+    def run(self, command: str, cwd: str | os.PathLike, timeout: float = 300) -> subprocess.CompletedProcess:
+        """``command`` in bash with the venv active; stdout and stderr together in ``.stdout``."""
+        return subprocess.run(["bash", "-c", command], cwd=cwd, env=self.environ(), text=True, timeout=timeout,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def pip_install_editable(self, project: str | os.PathLike) -> None:
+        result = self.run(f"{self.python} {PIP_INSTALL_OFFLINE} -e {project}", cwd=project)
+        if result.returncode:
+            raise RuntimeError(f"pip install -e {project} failed:\n{result.stdout}")
+
