@@ -86,8 +86,13 @@ def hf_model(weights: Weights, dtype: torch.dtype, device: torch.device, attenti
     if m.tie_embeddings:
         model.tie_weights()
     # buffers (rotary inv_freq) were created on meta: rebuild them on the real device
-    model.model.rotary_emb = type(model.model.rotary_emb)(config=config, device=device)
-    return model.to(device=device).eval()
+    with torch.device(device):
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
+    model = model.to(device=device).eval()
+    still_meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if still_meta:
+        raise RuntimeError(f"HF model tensors left uninitialised: {still_meta}")
+    return model
 
 
 class HFBaseline:
