@@ -231,7 +231,7 @@ def _spec_cases():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize(("model", "case"), list(_spec_cases()),
-                         ids=[f"{m}-{c.op.removeprefix('attention_')}-{c.label}".replace(" ", ",")
+                         ids=[f"{m}-{c.op}-{c.label}".replace(" ", ",")
                               for m, c in _spec_cases()])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_flash_matches_reference_at_spec_shapes(registry, backend, model, case, dtype):
