@@ -1,0 +1,126 @@
+"""JIT build of the CUDA kernels in ``csrc/`` with ``torch.utils.cpp_extension``, cached on disk.
+
+The kernels register themselves as the torch op library ``kbench_cuda`` (``torch.ops.kbench_cuda.*``)
+when the built library is loaded. The build directory is
+``~/.cache/kbench/cuda/<key>`` (``$KBENCH_CUDA_CACHE/<key>`` if set), where ``key`` hashes the
+sources, torch's and CUDA's versions, Python's version and the GPU's compute capability: a
+second run, in this or another process, loads the library built by the first (a fresh build
+took about 35 s on the H100 machine). ``KBENCH_CUDA_VERBOSE=1`` prints the compiler's output.
+
+``load()`` never raises: it returns why the kernels cannot run here (no GPU, no nvcc, no ninja,
+or the compiler's own error message), or None once the ops are registered.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+CSRC = Path(__file__).parent / "csrc"
+SOURCE_SUFFIXES = (".cu", ".cuh", ".cpp", ".h")
+CACHE_ENV = "KBENCH_CUDA_CACHE"
+VERBOSE_ENV = "KBENCH_CUDA_VERBOSE"
+LIBRARY = "kbench_cuda"
+# How much of a failed build's output a reason carries: enough for the first errors.
+MAX_REASON_CHARS = 2000
+
+
+def source_files() -> list[Path]:
+    """Every file of csrc/ that takes part in the build, sorted by name."""
+    return sorted(p for p in CSRC.iterdir() if p.suffix in SOURCE_SUFFIXES)
+
+
+def compiled_sources() -> list[Path]:
+    """The translation units: the .cu kernels and the torch binding."""
+    return [p for p in source_files() if p.suffix in (".cu", ".cpp")]
+
+
+def build_key(capability: tuple[int, int]) -> str:
+    """16 hex digits identifying one build: sources, torch, CUDA, Python and the GPU's arch."""
+    digest = hashlib.sha256()
+    for path in source_files():
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    for part in (torch.__version__, torch.version.cuda, f"sm_{capability[0]}{capability[1]}", sys.version):
+        digest.update(str(part).encode())
+    return digest.hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "kbench" / "cuda")
+
+
+def nvcc_flags(capability: tuple[int, int]) -> list[str]:
+    """Flags for the .cu files: the GPU's own arch only (no PTX for others, no fast math:
+    rope needs full-precision sincosf for angles in the thousands of radians)."""
+    arch = f"{capability[0]}{capability[1]}"
+    return ["-O3", "-std=c++17", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-lineinfo"]
+
+
+def _nvcc() -> str | None:
+    from torch.utils import cpp_extension
+
+    home = cpp_extension.CUDA_HOME
+    if home and (Path(home) / "bin" / "nvcc").exists():
+        return str(Path(home) / "bin" / "nvcc")
+    return shutil.which("nvcc")
+
+
+def compiler_message(error: BaseException) -> str:
+    """The informative part of a failed build's output: its error lines, else its tail."""
+    text = str(error)
+    errors = [line.strip() for line in text.splitlines() if re.search(r"\berror\b", line, re.IGNORECASE)]
+    message = "\n".join(errors) if errors else text
+    if len(message) > MAX_REASON_CHARS:
+        message = message[:MAX_REASON_CHARS] + " ..."
+    return message
+
+
+def environment_reason() -> str | None:
+    """Why no build can be attempted here (no GPU, no nvcc, no ninja), or None."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is built without CUDA"
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    if _nvcc() is None:
+        return "nvcc not found (install the CUDA toolkit or set CUDA_HOME)"
+    from torch.utils import cpp_extension
+
+    if not cpp_extension.is_ninja_available():
+        return "ninja not found (pip install ninja)"
+    return None
+
+
+@functools.cache
+def load() -> str | None:
+    """Build (or reuse) and load the kernels once per process; the reason they cannot run, or None."""
+    reason = environment_reason()
+    if reason:
+        return reason
+    from torch.utils import cpp_extension
+
+    capability = torch.cuda.get_device_capability()
+    key = build_key(capability)
+    build_dir = cache_root() / key
+    build_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cpp_extension.load(
+            name=f"{LIBRARY}_{key}",
+            sources=[str(p) for p in compiled_sources()],
+            extra_cflags=["-O3", "-std=c++17"],
+            extra_cuda_cflags=nvcc_flags(capability),
+            extra_include_paths=[str(CSRC)],
+            build_directory=str(build_dir),
+            is_python_module=False,
+            verbose=os.environ.get(VERBOSE_ENV) == "1",
+        )
+    except Exception as error:  # a failed build makes the backend unavailable, never crashes a run
+        return f"CUDA build failed in {build_dir}: {compiler_message(error)}"
+    return None

@@ -1,0 +1,282 @@
+// attention_decode: one query token per sequence against its KV cache (contiguous or paged).
+//
+// Grid (splits, kv_heads, batch): a block reads one KV head of one sequence over one slice of
+// its context, once, for all `group` query heads that share it (GQA/MQA), so K/V bytes are
+// read once per call. Inside the block, a token is read by LANES threads (16 bytes each);
+// a warp holds 32 / LANES tokens, and each thread keeps a running softmax (max, sum, output)
+// per query head in fp32 over the tokens it sees, UNROLL tokens' K and V in flight at once.
+// The block then merges its slots; with one split it writes `out`, otherwise a normalised
+// partial output and its log-sum-exp, which `combine_kernel` merges (split-KV). The number of
+// splits depends only on shapes known on the host (no read of cache_seqlens, no sync).
+#include "common.cuh"
+#include "launchers.h"
+
+namespace kbench {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kUnroll = 4;
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct DecodeArgs {
+    const void* q;             // [batch, heads, head_dim]
+    const void* k_cache;       // contiguous [batch, capacity, kv_heads, head_dim] or paged blocks
+    const void* v_cache;
+    const int* cache_seqlens;  // [batch]
+    const int* block_table;    // [batch, max_blocks] or null (contiguous)
+    void* out;                 // [batch, heads, head_dim]
+    float* partial_out;        // [batch, heads, splits, head_dim] when splits > 1
+    float* partial_lse;        // [batch, heads, splits]
+    int64_t cache_stride;      // elements between sequences (contiguous) or blocks (paged)
+    int heads, kv_heads, group, head_dim;
+    int max_blocks, block_size;
+    int splits, tokens_per_split;
+    float scale_log2;          // scale * log2(e): scores kept in the base-2 domain
+};
+
+__host__ __device__ constexpr int pow2_at_least(int n) {
+    int p = 1;
+    while (p < n) p <<= 1;
+    return p;
+}
+
+template <typename T, int HEAD_DIM, int GROUP>
+__global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeArgs args) {
+    constexpr int VEC = kVec16<T>;
+    constexpr int LANES = pow2_at_least(HEAD_DIM / VEC);  // threads per token
+    static_assert(LANES <= 32, "head_dim too large for one warp per token");
+    constexpr int SLOTS_PER_WARP = 32 / LANES;
+    constexpr int SLOTS = SLOTS_PER_WARP * kWarps;
+    __shared__ float merge_acc[kWarps][GROUP][HEAD_DIM];
+    __shared__ float merge_m[kWarps][GROUP], merge_l[kWarps][GROUP];
+
+    const int split = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int dim_lane = lane % LANES, slot = warp * SLOTS_PER_WARP + lane / LANES;
+    const int dim = dim_lane * VEC;
+    const bool has_dim = dim < HEAD_DIM;
+    const int seqlen = args.cache_seqlens[b];
+    const int start = split * args.tokens_per_split;
+    const int end = min(start + args.tokens_per_split, seqlen);
+
+    float qf[GROUP][VEC];
+#pragma unroll
+    for (int g = 0; g < GROUP; ++g) {
+        const bool real = g < args.group && has_dim;
+        Vec<T, VEC> qv;
+        if (real) qv = load_vec<T, VEC>(static_cast<const T*>(args.q) +
+                                        (static_cast<int64_t>(b) * args.heads + kv_head * args.group + g) * HEAD_DIM + dim);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) qf[g][e] = real ? to_float(qv.v[e]) * args.scale_log2 : 0.f;
+    }
+    float m[GROUP], l[GROUP], acc[GROUP][VEC];
+#pragma unroll
+    for (int g = 0; g < GROUP; ++g) {
+        m[g] = -INFINITY;
+        l[g] = 0.f;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) acc[g][e] = 0.f;
+    }
+
+    const T* k_base = static_cast<const T*>(args.k_cache);
+    const T* v_base = static_cast<const T*>(args.v_cache);
+    const int64_t row_stride = static_cast<int64_t>(args.kv_heads) * HEAD_DIM;
+    const int64_t head_offset = static_cast<int64_t>(kv_head) * HEAD_DIM + dim;
+    for (int t0 = start + slot; t0 < end; t0 += SLOTS * kUnroll) {
+        Vec<T, VEC> kv[kUnroll], vv[kUnroll];
+        bool valid[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            const int t = t0 + u * SLOTS;
+            valid[u] = t < end;
+            if (valid[u] && has_dim) {
+                int64_t offset;
+                if (args.block_table != nullptr) {
+                    const int block = args.block_table[static_cast<int64_t>(b) * args.max_blocks + t / args.block_size];
+                    offset = block * args.cache_stride + (t % args.block_size) * row_stride + head_offset;
+                } else {
+                    offset = b * args.cache_stride + t * row_stride + head_offset;
+                }
+                kv[u] = load_vec_stream<T, VEC>(k_base + offset);
+                vv[u] = load_vec_stream<T, VEC>(v_base + offset);
+            } else {
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) kv[u].v[e] = vv[u].v[e] = from_float<T>(0.f);
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < GROUP; ++g) {
+            float s[kUnroll];
+            float s_max = m[g];
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+                float dot = 0.f;
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) dot += qf[g][e] * to_float(kv[u].v[e]);
+#pragma unroll
+                for (int offset = LANES / 2; offset > 0; offset >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+                s[u] = valid[u] ? dot : -INFINITY;
+                s_max = fmaxf(s_max, s[u]);
+            }
+            if (s_max == -INFINITY) continue;  // nothing seen yet by this slot
+            const float correction = exp2f(m[g] - s_max);
+            m[g] = s_max;
+            l[g] *= correction;
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) acc[g][e] *= correction;
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+                const float p = exp2f(s[u] - s_max);
+                l[g] += p;
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) acc[g][e] += p * to_float(vv[u].v[e]);
+            }
+        }
+    }
+
+    // Merge the slots of each warp (lanes with the same dim_lane), then the warps.
+#pragma unroll
+    for (int offset = LANES; offset < 32; offset <<= 1) {
+#pragma unroll
+        for (int g = 0; g < GROUP; ++g) {
+            const float m_other = __shfl_xor_sync(0xffffffffu, m[g], offset);
+            const float l_other = __shfl_xor_sync(0xffffffffu, l[g], offset);
+            const float m_new = fmaxf(m[g], m_other);
+            const float c_self = m_new == -INFINITY ? 0.f : exp2f(m[g] - m_new);
+            const float c_other = m_new == -INFINITY ? 0.f : exp2f(m_other - m_new);
+            l[g] = l[g] * c_self + l_other * c_other;
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+                const float a_other = __shfl_xor_sync(0xffffffffu, acc[g][e], offset);
+                acc[g][e] = acc[g][e] * c_self + a_other * c_other;
+            }
+            m[g] = m_new;
+        }
+    }
+    if (lane < LANES) {
+#pragma unroll
+        for (int g = 0; g < GROUP; ++g) {
+            if (has_dim) {
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) merge_acc[warp][g][dim + e] = acc[g][e];
+            }
+            if (lane == 0) {
+                merge_m[warp][g] = m[g];
+                merge_l[warp][g] = l[g];
+            }
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < args.group * HEAD_DIM; i += blockDim.x) {
+        const int g = i / HEAD_DIM, d = i - g * HEAD_DIM;
+        float m_all = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, merge_m[w][g]);
+        float l_all = 0.f, a_all = 0.f;
+        if (m_all != -INFINITY) {
+#pragma unroll
+            for (int w = 0; w < kWarps; ++w) {
+                const float c = exp2f(merge_m[w][g] - m_all);
+                l_all += merge_l[w][g] * c;
+                a_all += merge_acc[w][g][d] * c;
+            }
+        }
+        const int head = kv_head * args.group + g;
+        const int64_t bh = static_cast<int64_t>(b) * args.heads + head;
+        if (args.splits == 1) {
+            static_cast<T*>(args.out)[bh * HEAD_DIM + d] = from_float<T>(a_all / l_all);
+        } else {
+            args.partial_out[(bh * args.splits + split) * HEAD_DIM + d] = l_all > 0.f ? a_all / l_all : 0.f;
+            if (d == 0) args.partial_lse[bh * args.splits + split] = l_all > 0.f ? m_all + log2f(l_all) : -INFINITY;
+        }
+    }
+}
+
+// out[b, h] = sum_s 2^(lse_s - max) * partial_s / sum_s 2^(lse_s - max). Grid (heads, batch).
+template <typename T>
+__global__ void combine_kernel(const float* __restrict__ partial_out, const float* __restrict__ partial_lse,
+                               T* __restrict__ out, int heads, int head_dim, int splits) {
+    extern __shared__ float weights[];  // [splits]
+    __shared__ float scratch[32];
+    const int64_t bh = static_cast<int64_t>(blockIdx.y) * heads + blockIdx.x;
+    const float* lse = partial_lse + bh * splits;
+    float local_max = -INFINITY;
+    for (int s = threadIdx.x; s < splits; s += blockDim.x) local_max = fmaxf(local_max, lse[s]);
+    const float lse_max = block_max(local_max, scratch);
+    float local_sum = 0.f;
+    for (int s = threadIdx.x; s < splits; s += blockDim.x) {
+        const float w = lse[s] == -INFINITY ? 0.f : exp2f(lse[s] - lse_max);
+        weights[s] = w;
+        local_sum += w;
+    }
+    const float total = block_sum(local_sum, scratch);  // its barriers publish `weights`
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float value = 0.f;
+        for (int s = 0; s < splits; ++s) value += weights[s] * partial_out[(bh * splits + s) * head_dim + d];
+        out[bh * head_dim + d] = from_float<T>(value / total);
+    }
+}
+
+template <typename T, int HEAD_DIM>
+cudaError_t launch_head_dim(const DecodeArgs& args, int batch, int group_bucket, cudaStream_t stream) {
+    const dim3 grid(args.splits, args.kv_heads, batch);
+    const int threads = kWarps * 32;
+    switch (group_bucket) {
+        case 1: decode_kernel<T, HEAD_DIM, 1><<<grid, threads, 0, stream>>>(args); break;
+        case 2: decode_kernel<T, HEAD_DIM, 2><<<grid, threads, 0, stream>>>(args); break;
+        case 4: decode_kernel<T, HEAD_DIM, 4><<<grid, threads, 0, stream>>>(args); break;
+        case 8: decode_kernel<T, HEAD_DIM, 8><<<grid, threads, 0, stream>>>(args); break;
+        default: return cudaErrorInvalidValue;
+    }
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess || args.splits == 1) return err;
+    combine_kernel<T><<<dim3(args.heads, batch), 128, sizeof(float) * args.splits, stream>>>(
+        args.partial_out, args.partial_lse, static_cast<T*>(args.out), args.heads, HEAD_DIM, args.splits);
+    return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_decode_t(const DecodeArgs& args, int batch, cudaStream_t stream) {
+    const int bucket = pow2_at_least(args.group);
+    switch (args.head_dim) {
+        case 64: return launch_head_dim<T, 64>(args, batch, bucket, stream);
+        case 80: return launch_head_dim<T, 80>(args, batch, bucket, stream);
+        case 128: return launch_head_dim<T, 128>(args, batch, bucket, stream);
+        default: return cudaErrorInvalidValue;
+    }
+}
+
+}  // namespace
+
+bool attention_decode_supported(int head_dim, int group) {
+    return (head_dim == 64 || head_dim == 80 || head_dim == 128) && group >= 1 && group <= 8;
+}
+
+int attention_decode_splits(int batch, int kv_heads, int capacity, int multiprocessors) {
+    // Enough blocks for about four per multiprocessor, each slice at least 64 tokens.
+    const int blocks = batch * kv_heads;
+    const int wanted = (4 * multiprocessors + blocks - 1) / blocks;
+    const int most = (capacity + 63) / 64;
+    int splits = wanted < most ? wanted : most;
+    return splits < 1 ? 1 : splits;
+}
+
+int attention_decode_tokens_per_split(int capacity, int splits) {
+    const int tokens = (capacity + splits - 1) / splits;
+    return (tokens + 31) / 32 * 32;
+}
+
+cudaError_t launch_attention_decode(const void* q, const void* k_cache, const void* v_cache, const int* cache_seqlens,
+                                    const int* block_table, void* out, float* partial_out, float* partial_lse,
+                                    int batch, int heads, int kv_heads, int head_dim, int64_t cache_stride,
+                                    int max_blocks, int block_size, int splits, int tokens_per_split, float scale,
+                                    DType dtype, cudaStream_t stream) {
+    if (batch == 0) return cudaSuccess;
+    DecodeArgs args{q, k_cache, v_cache, cache_seqlens, block_table, out, partial_out, partial_lse, cache_stride,
+                    heads, kv_heads, heads / kv_heads, head_dim, max_blocks, block_size, splits, tokens_per_split,
+                    scale * kLog2e};
+    KBENCH_DISPATCH_FLOAT(dtype, return launch_decode_t<scalar_t>(args, batch, stream));
+    return cudaSuccess;
+}
+
+}  // namespace kbench

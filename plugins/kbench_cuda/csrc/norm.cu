@@ -1,0 +1,107 @@
+// rmsnorm and add_rmsnorm: one block per row, the row held in registers, one pass.
+//
+// Numerics follow HF LlamaRMSNorm (kbench/ops/norm.py): the sum of squares and the
+// normalisation in fp32, the normalised row rounded to T, then multiplied by the weight in
+// T. add_rmsnorm first rounds x + residual to T (what HF's `residual + hidden_states`
+// stores) and normalises that rounded row.
+#include "common.cuh"
+#include "launchers.h"
+
+namespace kbench {
+namespace {
+
+// VEC elements per access (16 bytes, or 1 when the row is not 16-byte aligned);
+// VPT accesses per thread, so a block of `blockDim.x` threads holds VEC * VPT * blockDim.x
+// elements of the row in registers.
+template <typename T, int VEC, int VPT, bool ADD>
+__global__ void rmsnorm_kernel(const T* __restrict__ x, T* __restrict__ residual, const T* __restrict__ weight,
+                               T* __restrict__ out, int hidden, float eps) {
+    __shared__ float scratch[32];
+    const int64_t row_offset = static_cast<int64_t>(blockIdx.x) * hidden;
+    float values[VPT][VEC];
+    float sum_sq = 0.f;
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) {
+        const int col = (i * blockDim.x + threadIdx.x) * VEC;
+        if (col < hidden) {
+            Vec<T, VEC> xv = load_vec_stream<T, VEC>(x + row_offset + col);
+            if constexpr (ADD) {
+                Vec<T, VEC> rv = load_vec_stream<T, VEC>(residual + row_offset + col);
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) rv.v[e] = from_float<T>(to_float(rv.v[e]) + to_float(xv.v[e]));
+                store_vec<T, VEC>(residual + row_offset + col, rv);
+                xv = rv;
+            }
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+                values[i][e] = to_float(xv.v[e]);
+                sum_sq += values[i][e] * values[i][e];
+            }
+        }
+    }
+    const float rstd = rsqrtf(block_sum(sum_sq, scratch) / static_cast<float>(hidden) + eps);
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) {
+        const int col = (i * blockDim.x + threadIdx.x) * VEC;
+        if (col < hidden) {
+            const Vec<T, VEC> wv = load_vec<T, VEC>(weight + col);
+            Vec<T, VEC> ov;
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+                ov.v[e] = from_float<T>(to_float(wv.v[e]) * round_to<T>(values[i][e] * rstd));
+            }
+            store_vec<T, VEC>(out + row_offset + col, ov);
+        }
+    }
+}
+
+template <typename T, int VEC, bool ADD>
+cudaError_t launch_with_vec(const void* x, void* residual, const void* weight, void* out, int tokens, int hidden,
+                            float eps, cudaStream_t stream) {
+    const int accesses = hidden / VEC;
+    // Fewest accesses per thread that keep the block within 256 threads (room for several
+    // blocks per SM), up to 8 per thread with blocks of up to 1024 threads.
+    int per_thread = 1;
+    while (per_thread < 8 && (accesses + per_thread - 1) / per_thread > 256) per_thread *= 2;
+    int threads = (accesses + per_thread - 1) / per_thread;
+    threads = (threads + 31) / 32 * 32;
+    if (threads > 1024) return cudaErrorInvalidConfiguration;
+    const T* xp = static_cast<const T*>(x);
+    T* rp = static_cast<T*>(residual);
+    const T* wp = static_cast<const T*>(weight);
+    T* op = static_cast<T*>(out);
+    switch (per_thread) {
+        case 1: rmsnorm_kernel<T, VEC, 1, ADD><<<tokens, threads, 0, stream>>>(xp, rp, wp, op, hidden, eps); break;
+        case 2: rmsnorm_kernel<T, VEC, 2, ADD><<<tokens, threads, 0, stream>>>(xp, rp, wp, op, hidden, eps); break;
+        case 4: rmsnorm_kernel<T, VEC, 4, ADD><<<tokens, threads, 0, stream>>>(xp, rp, wp, op, hidden, eps); break;
+        default: rmsnorm_kernel<T, VEC, 8, ADD><<<tokens, threads, 0, stream>>>(xp, rp, wp, op, hidden, eps); break;
+    }
+    return cudaGetLastError();
+}
+
+template <typename T, bool ADD>
+cudaError_t launch_norm(const void* x, void* residual, const void* weight, void* out, int tokens, int hidden,
+                        float eps, cudaStream_t stream) {
+    if (tokens == 0) return cudaSuccess;
+    constexpr int kVec = kVec16<T>;
+    const bool vectorised = hidden % kVec == 0 && aligned16(x) && aligned16(weight) && aligned16(out) &&
+                            (!ADD || aligned16(residual));
+    if (vectorised) return launch_with_vec<T, kVec, ADD>(x, residual, weight, out, tokens, hidden, eps, stream);
+    return launch_with_vec<T, 1, ADD>(x, residual, weight, out, tokens, hidden, eps, stream);
+}
+
+}  // namespace
+
+cudaError_t launch_rmsnorm(const void* x, const void* weight, void* out, int tokens, int hidden, float eps,
+                           DType dtype, cudaStream_t stream) {
+    KBENCH_DISPATCH_FLOAT(dtype, return launch_norm<scalar_t, false>(x, nullptr, weight, out, tokens, hidden, eps, stream));
+    return cudaSuccess;
+}
+
+cudaError_t launch_add_rmsnorm(const void* x, void* residual, const void* weight, void* out, int tokens, int hidden,
+                               float eps, DType dtype, cudaStream_t stream) {
+    KBENCH_DISPATCH_FLOAT(dtype, return launch_norm<scalar_t, true>(x, residual, weight, out, tokens, hidden, eps, stream));
+    return cudaSuccess;
+}
+
+}  // namespace kbench

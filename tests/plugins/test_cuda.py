@@ -1,0 +1,170 @@
+"""The ``cuda`` backend: its sources compile, it degrades to "unavailable" with a reason,
+and on a GPU it matches the references at every shape of the shipped model specs."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from kbench_cuda import build
+
+from kbench.bench.check import check_implementation
+from kbench.config import ModelConfig, RopeConfig, SamplingConfig, Workload
+
+NVCC = shutil.which("nvcc")
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
+def test_every_kernel_source_compiles_for_sm90(tmp_path):
+    """Each .cu includes only CUDA headers, so nvcc alone catches syntax and type errors."""
+    sources = [p for p in build.compiled_sources() if p.suffix == ".cu"]
+    assert sources, "no .cu sources found"
+
+    def compile_one(source: Path) -> tuple[Path, subprocess.CompletedProcess]:
+        cmd = [NVCC, "-c", "-arch=sm_90", "-std=c++17", "-O3", f"-I{build.CSRC}", str(source),
+               "-o", str(tmp_path / f"{source.stem}.o")]
+        return source, subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+    workers = max(1, min(len(sources), os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(compile_one, sources))
+    failures = [f"{source.name}:\n{result.stderr[-3000:]}" for source, result in results if result.returncode]
+    assert not failures, "\n\n".join(failures)
+
+
+def test_without_cuda_every_op_is_listed_unavailable_with_a_reason(registry):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    impls = {op: impl for (op, backend), impl in registry.implementations.items() if backend == "cuda"}
+    assert {"rmsnorm", "add_rmsnorm"} <= set(impls)
+    for op, impl in impls.items():
+        case = registry.op(op).test_cases[0]
+        reason = impl.reason(case, torch.float32, "cpu")
+        assert reason, f"{op}/cuda claims it can run without CUDA"
+
+
+def test_missing_nvcc_is_a_reason_not_an_error(monkeypatch):
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(build, "_nvcc", lambda: None)
+    build.load.cache_clear()
+    try:
+        assert "nvcc not found" in build.load()
+    finally:
+        build.load.cache_clear()
+
+
+def test_failed_build_reason_carries_the_compiler_error(monkeypatch, tmp_path):
+    from torch.utils import cpp_extension
+
+    def failing_load(**kwargs):
+        raise RuntimeError("Error building extension 'kbench_cuda':\n[1/2] nvcc ...\n"
+                           "norm.cu(12): error: identifier \"oops\" is undefined\nninja: build stopped")
+
+    monkeypatch.setenv(build.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(build, "environment_reason", lambda: None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args: (9, 0))
+    monkeypatch.setattr(cpp_extension, "load", failing_load)
+    build.load.cache_clear()
+    try:
+        reason = build.load()
+    finally:
+        build.load.cache_clear()
+    assert reason.startswith("CUDA build failed")
+    assert 'identifier "oops" is undefined' in reason
+
+
+def test_build_key_changes_with_the_gpu_architecture():
+    assert build.build_key((9, 0)) != build.build_key((8, 0))
+    assert build.build_key((9, 0)) == build.build_key((9, 0))
+
+
+# -- on a GPU: every shape of the shipped specs -----------------------------------------------
+
+LLAMA3_ROPE = RopeConfig(theta=500000.0, scaling="llama3", factor=8.0, low_freq_factor=1.0,
+                         high_freq_factor=4.0, original_max_position=8192)
+MODELS = (
+    ModelConfig("llama2-7b", vocab=32000, hidden=4096, intermediate=11008, layers=32, heads=32, kv_heads=32,
+                head_dim=128),
+    ModelConfig("llama2-13b", vocab=32000, hidden=5120, intermediate=13824, layers=40, heads=40, kv_heads=40,
+                head_dim=128),
+    ModelConfig("llama2-70b", vocab=32000, hidden=8192, intermediate=28672, layers=80, heads=64, kv_heads=8,
+                head_dim=128),
+    ModelConfig("llama3-8b", vocab=128256, hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8,
+                head_dim=128, rope=LLAMA3_ROPE, norm_eps=1e-5, max_seq_len=8192),
+)
+# Short prompts keep the references fast; a long paged context exercises split-KV decode.
+WORKLOADS = (
+    Workload(batch=(1, 4), prompt_len=(100,), decode_steps=8,
+             sampling=SamplingConfig(temperature=0.8, top_k=50, top_p=0.9)),
+    Workload(batch=(3,), prompt_len=(1000,), decode_steps=4, kv_layout="paged", block_size=16,
+             sampling=SamplingConfig(temperature=0.0)),
+    Workload(batch=(8,), prompt_len=(2,), decode_steps=2, sampling=SamplingConfig(temperature=1.0, top_p=0.95)),
+)
+OPS = ("rmsnorm", "add_rmsnorm", "rope", "swiglu", "sample", "topk", "attention_decode")
+
+
+def _spec_params():
+    from kbench.plugins import get_registry
+
+    registry = get_registry()
+    seen = set()
+    for model in MODELS:
+        for workload in WORKLOADS:
+            for op_name in OPS:
+                if op_name not in registry.ops:
+                    continue
+                op = registry.ops[op_name]
+                for case in op.cases_for(model, workload):
+                    for dtype in op.dtypes:
+                        key = (op_name, case, dtype)
+                        if key not in seen:
+                            seen.add(key)
+                            yield pytest.param(op_name, case, dtype,
+                                               id=f"{model.name}-{op_name}-{case.label}-{dtype}".replace(" ", ","))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("op_name", "case", "dtype"), list(_spec_params()))
+def test_cuda_matches_reference_at_model_shapes(registry, op_name, case, dtype):
+    reason = registry.get(op_name, "cuda").reason(case, dtype, "cuda")
+    if reason:
+        pytest.fail(f"cuda cannot run {op_name} {case.label}: {reason}")
+    check = check_implementation(registry, op_name, "cuda", case, dtype, "cuda", seed=3)
+    assert check.ok, f"{op_name} {case.label} {dtype}: {check.summary()}"
+
+
+@pytest.mark.gpu
+def test_ops_run_inside_a_cuda_graph(registry):
+    """Captured once and replayed on new inputs, the graph gives the reference's output."""
+    if registry.get("rmsnorm", "cuda").unavailable_reason():
+        pytest.skip(registry.get("rmsnorm", "cuda").unavailable_reason())
+    x = torch.randn(64, 4096, device="cuda", dtype=torch.bfloat16)
+    weight = torch.randn(4096, device="cuda", dtype=torch.bfloat16)
+    fn = registry.get("rmsnorm", "cuda").fn
+    fn(x=x, weight=weight, eps=1e-5)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(x=x, weight=weight, eps=1e-5)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    expected = registry.op("rmsnorm").reference(x=x, weight=weight, eps=1e-5)
+    torch.testing.assert_close(out, expected, atol=2e-2, rtol=1.6e-2)
+
+
+@pytest.mark.gpu
+def test_ops_compile_with_torch_compile(registry):
+    """The fake implementations let torch.compile trace the custom ops (fullgraph)."""
+    if registry.get("swiglu", "cuda").unavailable_reason():
+        pytest.skip(registry.get("swiglu", "cuda").unavailable_reason())
+    fn = registry.get("swiglu", "cuda").fn
+    compiled = torch.compile(lambda gate, up: fn(gate=gate, up=up) * 2, fullgraph=True)
+    gate = torch.randn(16, 256, device="cuda", dtype=torch.float16)
+    up = torch.randn(16, 256, device="cuda", dtype=torch.float16)
+    expected = registry.op("swiglu").reference(gate=gate, up=up) * 2
+    torch.testing.assert_close(compiled(gate, up), expected, atol=2e-3, rtol=2e-3)
