@@ -260,14 +260,16 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const T* __restrict__ 
         for (int i = 0; i < warp; ++i) before += sh.tile_sum[i];
         float tile_total = 0.f;
         for (int i = 0; i < static_cast<int>(blockDim.x >> 5); ++i) tile_total += sh.tile_sum[i];
+        // The first element of positive weight whose cumulative weight exceeds x; the
+        // lowest such index over the block (threads past the crossing report later ones).
         const float start = before + inclusive - part;
-        if (v < vectors && start + part > x && start <= x) {
+        if (v < vectors) {
             float c = start;
             int found = -1;
 #pragma unroll
             for (int e = 0; e < VEC; ++e) {
                 c += w[e];
-                if (found < 0 && c > x) found = v * VEC + e;
+                if (found < 0 && w[e] > 0.f && c > x) found = v * VEC + e;
             }
             if (found >= 0) atomicMin(reinterpret_cast<unsigned*>(&sh.token), static_cast<unsigned>(found));
         }
