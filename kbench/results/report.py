@@ -47,18 +47,21 @@ def _pct(value: Any) -> str:
 def print_run(record: dict, console: Console) -> None:
     """The op table, the pipeline check, prefill and decode tables, then the verdict."""
     rows = record["rows"]
+    spec = record.get("spec") or {}
+    where = f"{spec.get('dtype', '')} on {spec.get('device', '')}"
+    backends = " ".join(f"{family}={choice['backend']}" for family, choice in (record.get("backends") or {}).items())
     ops = [r for r in rows if r["kind"] == "op"]
     if ops:
-        console.print(_op_table(ops))
+        console.print(_op_table(ops, where))
     checks = [r for r in rows if r["kind"] == "check"]
     if checks:
-        console.print(_check_table(checks))
+        console.print(_check_table(checks, backends))
     prefill = [r for r in rows if r["kind"] == "prefill"]
     if prefill:
-        console.print(_prefill_table(prefill))
+        console.print(_prefill_table(prefill, where))
     decode = [r for r in rows if r["kind"] == "decode"]
     if decode:
-        console.print(_decode_table(decode))
+        console.print(_decode_table(decode, where))
     failed = [r for r in rows if r.get("status") == "FAIL"]
     for row in failed:
         console.print(f"[bold red]FAIL[/] {row['kind']} {row['op']} [{row['backend']}] {row.get('case') or ''}: "
@@ -67,11 +70,30 @@ def print_run(record: dict, console: Console) -> None:
     console.print(f"{verdict}  run {record['run_id']}", highlight=False)
 
 
-def _op_table(rows: list[dict]) -> Table:
-    table = Table(title="ops at the model's shapes (latency as called; kernel = CUDA-graph replay)")
-    for column in ("op", "case", "dtype", "backend", "status", "latency µs", "kernel µs", "TFLOP/s", "GB/s",
-                   "% peak", "vs reference"):
-        table.add_column(column, justify="right" if column not in ("op", "case", "dtype", "backend") else "left")
+def _shape(row: dict) -> dict:
+    shape = row.get("shape")
+    if isinstance(shape, str):
+        shape = json.loads(shape)
+    return shape if isinstance(shape, dict) else {}
+
+
+def short_case(row: dict) -> str:
+    """The integer dimensions of a case ('tokens=4 hidden=128'); the full label is in the record."""
+    shape = _shape(row)
+    if not shape:
+        return str(row.get("case") or "")
+    return " ".join(f"{k}={v}" for k, v in shape.items() if isinstance(v, int) and not isinstance(v, bool))
+
+
+def _batch_prompt(row: dict) -> tuple[str, str]:
+    shape = _shape(row)
+    return str(shape.get("batch", "-")), str(shape.get("prompt_len", "-"))
+
+
+def _op_table(rows: list[dict], where: str) -> Table:
+    table = Table(title=f"ops at the model's shapes, {where}: µs as called (kernel µs: CUDA-graph replay)")
+    for column in ("op", "case", "backend", "status", "µs", "kernel µs", "TFLOP/s", "GB/s", "peak", "speedup"):
+        table.add_column(column, justify="left" if column in ("op", "case", "backend") else "right")
     reference = {(r["op"], r["case"], r["dtype"]): r for r in rows if r["backend"] == "reference"}
     for row in rows:
         ref = reference.get((row["op"], row["case"], row["dtype"]))
@@ -79,19 +101,19 @@ def _op_table(rows: list[dict]) -> Table:
         if ref is not None and row["backend"] != "reference" and row.get("latency_us") and ref.get("latency_us"):
             speedup = f"{ref['latency_us'] / row['latency_us']:.2f}x"
         peak = max((v for v in (row.get("frac_peak_bw"), row.get("frac_peak_flops")) if v is not None), default=None)
-        table.add_row(row["op"], row["case"], row["dtype"], row["backend"], _status(row["status"]),
+        table.add_row(row["op"], short_case(row), row["backend"], _status(row["status"]),
                       fmt(row.get("latency_us")), fmt(row.get("graph_latency_us")), fmt(row.get("tflops")),
                       fmt(row.get("gbps")), _pct(peak), speedup)
     return table
 
 
-def _check_table(rows: list[dict]) -> Table:
-    table = Table(title="pipeline vs all-reference pipeline (teacher-forced)")
-    for column in ("case", "dtype", "backends", "status", "max logit err", "greedy agreement", "note"):
+def _check_table(rows: list[dict], backends: str) -> Table:
+    table = Table(title=f"pipeline vs all-reference pipeline, teacher-forced ({backends})")
+    for column in ("batch", "prompt", "steps", "status", "max logit err", "rel err", "greedy agree"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["case"], row["dtype"], row.get("backends") or row["backend"], _status(row["status"]),
-                      fmt(row.get("max_abs_err")), _pct(row.get("token_agreement")), row.get("note") or "")
+        table.add_row(*_batch_prompt(row), str(_shape(row).get("decode_steps", "-")), _status(row["status"]), fmt(row.get("max_abs_err")),
+                      fmt(row.get("max_rel_err")), _pct(row.get("token_agreement")))
     return table
 
 
@@ -100,25 +122,25 @@ def _memory(row: dict) -> str:
     return "n/a" if value is None else f"{value / 2**30:.2f} GiB"
 
 
-def _prefill_table(rows: list[dict]) -> Table:
-    table = Table(title="prefill")
-    for column in ("backend", "case", "dtype", "status", "latency ms", "p20-p80 ms", "TTFT ms", "tokens/s", "peak mem"):
+def _prefill_table(rows: list[dict], where: str) -> Table:
+    table = Table(title=f"prefill, {where}")
+    for column in ("backend", "batch", "prompt", "status", "ms", "TTFT ms", "tok/s", "peak mem"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["backend"], row["case"], row["dtype"], _status(row["status"]),
-                      fmt(_ms(row.get("latency_us"))), f"{fmt(_ms(row.get('p20_us')))}-{fmt(_ms(row.get('p80_us')))}",
+        table.add_row(row["backend"], *_batch_prompt(row), _status(row["status"]), fmt(_ms(row.get("latency_us"))),
                       fmt(_ms(row.get("ttft_us"))), fmt(row.get("tokens_per_s")), _memory(row))
     return table
 
 
-def _decode_table(rows: list[dict]) -> Table:
-    table = Table(title="decode (per token; roofline = (weights + KV) bytes per step / copy bandwidth)")
-    for column in ("backend", "case", "dtype", "status", "ms/token", "tokens/s", "roofline", "graph", "peak mem"):
+def _decode_table(rows: list[dict], where: str) -> Table:
+    steps = _shape(rows[0]).get("decode_steps", "?")
+    table = Table(title=f"decode, {where}, {steps} steps: per token; roofline = (weights + KV bytes) per step / copy GB/s")
+    for column in ("backend", "batch", "prompt", "status", "ms/tok", "tok/s", "GB/s", "roofline", "graph", "mem"):
         table.add_column(column)
     for row in rows:
-        graph = "yes" if row.get("cuda_graph") else (row.get("cuda_graph_note") or "no")
-        table.add_row(row["backend"], row["case"], row["dtype"], _status(row["status"]), fmt(_ms(row.get("latency_us"))),
-                      fmt(row.get("tokens_per_s")), _pct(row.get("frac_peak_bw")), graph, _memory(row))
+        table.add_row(row["backend"], *_batch_prompt(row), _status(row["status"]), fmt(_ms(row.get("latency_us"))),
+                      fmt(row.get("tokens_per_s")), fmt(row.get("gbps")), _pct(row.get("frac_peak_bw")),
+                      "yes" if row.get("cuda_graph") else "no", _memory(row))
     return table
 
 

@@ -1,0 +1,429 @@
+"""``kbench run SPEC``: correctness and speed of the chosen backends, op by op and end to end.
+
+``run()`` reads top to bottom; each step is a function named after what it does:
+
+1. resolve the spec and the backends (``load_spec``, ``check_backends``);
+2. measure the device's ceilings (copy bandwidth, bf16 matmul) on CUDA;
+3. check every chosen backend against the reference at the model's own shapes and time
+   it there (and the reference, so the table shows the speedup);
+4. build the pipeline and check it against the all-reference pipeline, teacher-forced:
+   both see the same prompt and then the reference's greedy tokens, so one early
+   difference cannot snowball; max logit error and greedy-token agreement per step;
+5. time prefill (latency per batch x prompt length, time to first token) and decode
+   (per-token latency, tokens/s, fraction of the copy-bandwidth roofline), with peak memory;
+   optionally the same for baselines (``hf``: transformers' LLaMA; ``reference``);
+6. write the run record and print the tables.
+
+A FAIL anywhere is FAIL in every table: the end-to-end rows of a pipeline that uses a
+failing backend are FAIL too, and the run's status (exit code 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+import kbench
+from kbench.bench.sweep import op_rows
+from kbench.bench.timing import Timing, measure
+from kbench.env import environment, measure_ceilings
+from kbench.errors import KbenchError
+from kbench.ops.base import dtype_name
+from kbench.plugins import get_registry
+from kbench.registry import REFERENCE, Registry
+from kbench.results.record import SCHEMA_VERSION, make_row, new_run_id, record_status, write_record
+from kbench.results.report import print_run
+from kbench.spec import PIPELINE_OPS, Overrides, Spec, check_backends, load_spec, op_cases
+
+BASELINES = ("hf", "reference")
+PROMPT_SEED = 1234
+PIPELINE = "pipeline"
+# Pipeline check: max |logit error| allowed, relative to the largest reference logit of the step.
+LOGIT_RTOL = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 5e-2}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What ``kbench run`` does besides the spec: where to write, which parts, which baselines."""
+
+    out_dir: Path = Path("results")
+    baselines: tuple[str, ...] = ()
+    skip_ops: bool = False
+    skip_e2e: bool = False
+    command: tuple[str, ...] = ()
+
+
+@dataclass
+class RunResult:
+    record: dict
+    path: Path
+
+    @property
+    def failed(self) -> bool:
+        return self.record["status"] == "FAIL"
+
+
+def run(spec_path: str | Path, overrides: Overrides | None, options: RunOptions, console: Console,
+        progress_console: Console | None = None) -> RunResult:
+    """The whole ``kbench run``; KbenchError (nothing written) for a user mistake."""
+    spec = load_spec(spec_path, overrides)
+    registry = get_registry()
+    check_backends(spec, registry)
+    check_baselines(options.baselines)
+    record = start_record(spec, registry, options.command)
+    rows: list[dict] = []
+    with progress_display(progress_console or console) as progress:
+        progress("measuring device ceilings")
+        record["ceilings"] = measure_ceilings(spec.device)
+        if not options.skip_ops:
+            rows += check_and_time_ops(spec, registry, record["ceilings"], progress)
+        if not options.skip_e2e:
+            rows += check_and_time_pipeline(spec, registry, record["ceilings"], options.baselines, progress)
+    rows = mark_pipeline_failures(spec, rows)
+    record["rows"] = rows
+    record["status"] = record_status(rows)
+    path = write_record(record, options.out_dir)
+    print_run(record, console)
+    console.print(f"record: {path}", highlight=False)
+    return RunResult(record, path)
+
+
+# -- 1. spec, backends, record header ---------------------------------------------------
+
+def check_baselines(baselines: Sequence[str]) -> None:
+    for name in baselines:
+        if name not in BASELINES:
+            raise KbenchError(f"Unknown baseline {name!r}.", f"Baselines: {', '.join(BASELINES)}.")
+        if name == "hf":
+            try:
+                import transformers  # noqa: F401
+            except ImportError:
+                raise KbenchError("--baseline hf needs transformers.", "pip install 'kbench[hf]'.") from None
+
+
+def chosen_backends(spec: Spec, registry: Registry) -> dict:
+    """family -> {backend, ops: {op: {plugin, version}}} for the record."""
+    chosen = {}
+    for family, backend in spec.backends.items():
+        ops = {}
+        for op in registry.ops_of_family(family):
+            impl = registry.implementations.get((op.name, backend))
+            if impl is not None:
+                version = impl.version or registry.plugins.get(impl.plugin)
+                if impl.plugin == "kbench-core":
+                    version = version or kbench.__version__
+                ops[op.name] = {"plugin": impl.plugin, "version": version}
+        chosen[family] = {"backend": backend, "ops": ops}
+    return chosen
+
+
+def start_record(spec: Spec, registry: Registry, command: Sequence[str]) -> dict:
+    now = datetime.now(timezone.utc)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": new_run_id(spec.name, now),
+        "created": now.isoformat(),
+        "command": list(command),
+        "spec": spec.to_dict(),
+        "backends": chosen_backends(spec, registry),
+        "plugins": dict(registry.plugins),
+        "plugin_errors": dict(registry.plugin_errors),
+        "env": environment(spec.device),
+        "ceilings": {},
+        "status": None,
+        "rows": [],
+    }
+
+
+@contextmanager
+def progress_display(console: Console) -> Iterator[Callable[[str], None]]:
+    """A transient spinner with the current step; yields ``progress(text)``."""
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("starting", total=None)
+        yield lambda text: progress.update(task, description=text)
+
+
+# -- 3. ops at the model's shapes ---------------------------------------------------------
+
+def check_and_time_ops(spec: Spec, registry: Registry, ceilings: dict, progress) -> list[dict]:
+    """Check and time the chosen backend (and the reference) on every op case of the model."""
+    rows = []
+    for op_name, cases in op_cases(spec, registry).items():
+        op = registry.op(op_name)
+        if spec.dtype not in op.dtypes:
+            continue
+        chosen = spec.backends.get(op.family, REFERENCE)
+        backends = [b for b in dict.fromkeys([REFERENCE, chosen]) if (op_name, b) in registry.implementations]
+        rows += op_rows(registry, op_name, backends, cases, spec.dtype, spec.device, spec.bench,
+                        lambda text: progress(f"ops: {text}"), ceilings=ceilings)
+    return rows
+
+
+# -- 4-5. the pipeline ------------------------------------------------------------------
+
+def check_and_time_pipeline(spec: Spec, registry: Registry, ceilings: dict, baselines: Sequence[str],
+                            progress) -> list[dict]:
+    """Check the assembled pipeline, then time it (and each baseline) over the workload."""
+    from kbench.model import build_pipeline, load_weights
+
+    progress("loading weights")
+    weights = load_weights(spec)
+    pipeline = build_pipeline(spec, registry, weights)
+    rows = check_pipeline(spec, registry, weights, pipeline, progress)
+    models = [(PIPELINE, pipeline)]
+    for name in baselines:
+        progress(f"building baseline {name}")
+        models.append((name, build_baseline(name, spec, registry, weights)))
+    for label, model in models:
+        rows += time_prefill(spec, model, label, progress)
+        rows += time_decode(spec, model, label, weights, ceilings, progress)
+    return rows
+
+
+def build_baseline(name: str, spec: Spec, registry: Registry, weights):
+    if name == "hf":
+        from kbench.model.hf_baseline import HFBaseline
+
+        return HFBaseline(spec, weights)
+    from kbench.model import build_pipeline
+
+    return build_pipeline(spec, registry, weights, {family: REFERENCE for family in spec.backends})
+
+
+def backends_label(spec: Spec) -> str:
+    return " ".join(f"{family}={backend}" for family, backend in spec.backends.items())
+
+
+def workload_pairs(spec: Spec) -> list[tuple[int, int]]:
+    return [(batch, prompt_len) for batch in spec.workload.batch for prompt_len in spec.workload.prompt_len]
+
+
+def check_pipeline(spec: Spec, registry: Registry, weights, pipeline, progress) -> list[dict]:
+    """Teacher-forced comparison with the all-reference pipeline at every (batch, prompt_len)."""
+    from kbench.model import build_pipeline, random_prompts
+
+    steps = spec.workload.decode_steps
+    all_reference = all(backend == REFERENCE for backend in spec.backends.values())
+    reference = None if all_reference else build_pipeline(spec, registry, weights,
+                                                          {family: REFERENCE for family in spec.backends})
+    rows = []
+    for batch, prompt_len in workload_pairs(spec):
+        progress(f"checking pipeline: batch={batch} prompt_len={prompt_len}")
+        row = make_row("check", PIPELINE, PIPELINE, case=f"batch={batch} prompt_len={prompt_len} decode_steps={steps}",
+                       dtype=dtype_name(spec.dtype), device=spec.device,
+                       shape={"batch": batch, "prompt_len": prompt_len, "decode_steps": steps},
+                       backends=backends_label(spec))
+        if reference is None:
+            row.update(status="PASS", max_abs_err=0.0, max_rel_err=0.0, token_agreement=1.0,
+                       note="every backend is the reference: nothing to compare")
+        else:
+            prompts = random_prompts(spec.model.vocab, batch, prompt_len, PROMPT_SEED)
+            row.update(teacher_forced_check(pipeline, reference, prompts, steps, spec.dtype))
+        rows.append(row)
+    del reference
+    return rows
+
+
+@torch.inference_mode()
+def teacher_forced_check(pipeline, reference, prompts, steps: int, dtype: torch.dtype) -> dict:
+    """Feed both pipelines the prompts, then the reference's greedy token for ``steps`` steps.
+
+    Per step: |logit error| relative to the step's largest reference logit, and whether the
+    argmax agrees. A disagreement is an error only where the reference's top logit beats
+    the pipeline's choice by more than the tolerance (otherwise it is a near-tie).
+    """
+    rtol = LOGIT_RTOL.get(dtype, 5e-2)
+    max_abs = max_rel = 0.0
+    agree = total = real_mismatches = 0
+    new_logits, ref_logits = pipeline.prefill(prompts), reference.prefill(prompts)
+    for step in range(steps + 1):
+        new64, ref64 = new_logits.double(), ref_logits.double()
+        scale = ref64.abs().amax(dim=-1).clamp_min(1e-6)
+        error = (new64 - ref64).abs()
+        if not torch.isfinite(new64).all():
+            return {"status": "FAIL", "max_abs_err": math.inf, "max_rel_err": math.inf,
+                    "token_agreement": agree / max(total, 1), "note": f"non-finite logits at step {step}"}
+        max_abs = max(max_abs, error.max().item())
+        max_rel = max(max_rel, (error.amax(dim=-1) / scale).max().item())
+        ref_tokens, new_tokens = ref64.argmax(-1), new64.argmax(-1)
+        same = ref_tokens == new_tokens
+        agree += int(same.sum())
+        total += same.numel()
+        margin = ref64.gather(-1, ref_tokens[:, None]) - ref64.gather(-1, new_tokens[:, None])
+        real_mismatches += int(((margin[:, 0] > rtol * scale) & ~same).sum())
+        if step < steps:
+            new_logits, ref_logits = pipeline.decode_step(ref_tokens), reference.decode_step(ref_tokens)
+    ok = max_rel <= rtol and real_mismatches == 0
+    note = None if ok else (f"max logit error {max_rel:.3g} of the largest logit (allowed {rtol:g}); "
+                            f"{real_mismatches} greedy tokens differ beyond a near-tie")
+    return {"status": "PASS" if ok else "FAIL", "max_abs_err": max_abs, "max_rel_err": max_rel,
+            "token_agreement": agree / total, "tokens_compared": total, "note": note}
+
+
+def _peak_memory_start(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_memory_bytes(device: str) -> int | None:
+    """Peak bytes torch allocated on CUDA since ``_peak_memory_start``; None (n/a) on a CPU."""
+    return torch.cuda.max_memory_allocated() if torch.device(device).type == "cuda" else None
+
+
+def _timing_fields(timing: Timing, per: int = 1) -> dict:
+    return {"latency_us": timing.median_us / per, "p20_us": timing.p20_us / per, "p80_us": timing.p80_us / per,
+            "min_us": timing.min_us / per, "mean_us": timing.mean_us / per, "reps": timing.reps,
+            "method": timing.method}
+
+
+def time_prefill(spec: Spec, model, label: str, progress) -> list[dict]:
+    """Prefill rows for every (batch, prompt_len) of the workload."""
+    rows = []
+    for batch, prompt_len in workload_pairs(spec):
+        progress(f"prefill [{label}]: batch={batch} prompt_len={prompt_len}")
+        rows.append(prefill_row(spec, model, label, batch, prompt_len))
+    return rows
+
+
+@torch.inference_mode()
+def prefill_row(spec: Spec, model, label: str, batch: int, prompt_len: int) -> dict:
+    """Latency of one prefill of ``batch`` prompts of ``prompt_len`` tokens, and time to first token.
+
+    TTFT is the prefill plus choosing the first token (the pipeline's sampling op; argmax
+    for a baseline without one), prompts starting on the host.
+    """
+    from kbench.model import random_prompts
+
+    bench = spec.bench
+    prompts = random_prompts(spec.model.vocab, batch, prompt_len, PROMPT_SEED)
+    model.reset(batch, prompt_len + spec.workload.decode_steps)
+    _peak_memory_start(spec.device)
+    prefill = measure(lambda: model.prefill(prompts), device=spec.device, warmup_ms=bench.warmup_ms,
+                      rep_ms=bench.rep_ms, flush_l2=False)
+    peak = _peak_memory_bytes(spec.device)
+    first = measure(lambda: first_token(model, prompts), device=spec.device, warmup_ms=bench.warmup_ms,
+                    rep_ms=bench.rep_ms, flush_l2=False)
+    return make_row(
+        "prefill", "prefill", label, case=f"batch={batch} prompt_len={prompt_len}", dtype=dtype_name(spec.dtype),
+        device=spec.device, shape={"batch": batch, "prompt_len": prompt_len}, status="PASS",
+        **_timing_fields(prefill), ttft_us=first.median_us,
+        tokens_per_s=batch * prompt_len / (prefill.median_us * 1e-6), peak_memory_bytes=peak,
+        backends=backends_label(spec) if label == PIPELINE else label,
+    )
+
+
+def first_token(model, prompts) -> torch.Tensor:
+    if hasattr(model, "generate"):
+        return model.generate(prompts, 1)
+    return model.prefill(prompts).argmax(-1)
+
+
+def decode_bytes_per_step(spec: Spec, weights, batch: int, prompt_len: int) -> float:
+    """Bytes one decode step must read, averaged over the timed steps: every weight but the
+    embedding table (a step reads ``batch`` of its rows), plus K and V of every cached token.
+    """
+    model, steps = spec.model, spec.workload.decode_steps
+    weight_bytes = weights.nbytes
+    if weights.lm_head.data_ptr() != weights.embedding.data_ptr():
+        weight_bytes -= weights.embedding.numel() * weights.embedding.element_size()
+    kv_per_token = 2 * model.layers * model.kv_heads * model.head_dim * spec.dtype.itemsize
+    # step i (0-based) attends over prompt_len + i + 1 tokens per sequence
+    mean_context = prompt_len + 1 + (steps - 1) / 2
+    return weight_bytes + kv_per_token * batch * mean_context
+
+
+def time_decode(spec: Spec, model, label: str, weights, ceilings: dict, progress) -> list[dict]:
+    """Decode rows for every (batch, prompt_len) of the workload."""
+    rows = []
+    for batch, prompt_len in workload_pairs(spec):
+        progress(f"decode [{label}]: batch={batch} prompt_len={prompt_len} steps={spec.workload.decode_steps}")
+        rows.append(decode_row(spec, model, label, weights, ceilings, batch, prompt_len))
+    return rows
+
+
+@torch.inference_mode()
+def decode_row(spec: Spec, model, label: str, weights, ceilings: dict, batch: int, prompt_len: int) -> dict:
+    """Per-token latency of ``decode_steps`` steps after a prefill (the prefill is not timed).
+
+    Under ``bench.cuda_graphs`` on CUDA the pipeline replays a captured decode step.
+    Roofline: bytes a step must read / step time, as a fraction of the measured copy bandwidth.
+    """
+    from kbench.model import random_prompts
+
+    bench, steps = spec.bench, spec.workload.decode_steps
+    prompts = random_prompts(spec.model.vocab, batch, prompt_len, PROMPT_SEED)
+    tokens = torch.stack([p[-1] for p in prompts]).to(spec.device)
+    model.reset(batch, prompt_len + steps)
+    model.prefill(prompts)
+    graph, graph_note = capture_decode(spec, model)
+
+    def decode_steps():
+        for _ in range(steps):
+            model.decode_step(tokens)
+
+    _peak_memory_start(spec.device)
+    timing = measure(decode_steps, device=spec.device, warmup_ms=bench.warmup_ms, rep_ms=bench.rep_ms,
+                     flush_l2=False, reset=lambda: model.prefill(prompts))
+    peak = _peak_memory_bytes(spec.device)
+    if graph:
+        model.drop_decode_graph()
+    step_s = timing.median_us * 1e-6 / steps
+    bytes_per_step = decode_bytes_per_step(spec, weights, batch, prompt_len)
+    gbps = bytes_per_step / step_s / 1e9
+    copy_gbps = ceilings.get("copy_gbps")
+    return make_row(
+        "decode", "decode", label, case=f"batch={batch} prompt_len={prompt_len} steps={steps}",
+        dtype=dtype_name(spec.dtype), device=spec.device,
+        shape={"batch": batch, "prompt_len": prompt_len, "decode_steps": steps}, status="PASS",
+        **_timing_fields(timing, per=steps), bytes=bytes_per_step, gbps=gbps, throughput_basis=timing.method,
+        frac_peak_bw=gbps / copy_gbps if copy_gbps else None, tokens_per_s=batch / step_s,
+        peak_memory_bytes=peak, cuda_graph=graph, cuda_graph_note=graph_note,
+        backends=backends_label(spec) if label == PIPELINE else label,
+    )
+
+
+def capture_decode(spec: Spec, model) -> tuple[bool, str | None]:
+    """Capture the decode step when the spec asks for CUDA graphs; (captured, why not)."""
+    if not spec.bench.cuda_graphs:
+        return False, "bench.cuda_graphs is off"
+    if torch.device(spec.device).type != "cuda":
+        return False, "CUDA graphs need a CUDA device"
+    if not hasattr(model, "capture_decode_graph"):
+        return False, "this baseline runs eagerly"
+    if model.cuda_graph_blocker:
+        return False, f"{model.cuda_graph_blocker} cannot be captured"
+    try:
+        model.capture_decode_graph()
+    except KbenchError as error:
+        return False, error.message
+    return True, None
+
+
+# -- FAIL everywhere ----------------------------------------------------------------------
+
+def mark_pipeline_failures(spec: Spec, rows: list[dict]) -> list[dict]:
+    """Prefill and decode rows of the pipeline become FAIL when a backend it uses failed its
+    op check or the pipeline failed its end-to-end check.
+    """
+    family_of = {op: family for family, ops in PIPELINE_OPS.items() for op in ops}
+    failed = sorted({f"{r['op']}/{r['backend']}" for r in rows
+                     if r["kind"] == "op" and r["status"] == "FAIL" and r["op"] in family_of
+                     and r["backend"] == spec.backends.get(family_of[r["op"]])})
+    if any(r["kind"] == "check" and r["status"] == "FAIL" for r in rows):
+        failed.append("end-to-end check")
+    if not failed:
+        return rows
+    note = f"pipeline uses a failing part: {', '.join(failed)}"
+    return [{**r, "status": "FAIL", "note": note} if r["kind"] in ("prefill", "decode") and r["backend"] == PIPELINE
+            else r for r in rows]
+

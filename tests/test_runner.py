@@ -1,0 +1,99 @@
+"""The steps of kbench.runner that carry judgement: the pipeline check, roofline bytes, FAIL marking."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from kbench.model import load_weights
+from kbench.results import make_row
+from kbench.runner import decode_bytes_per_step, mark_pipeline_failures, teacher_forced_check
+from kbench.spec import Overrides, load_spec
+
+TINY = Path(__file__).resolve().parent.parent / "model_specs" / "tiny-llama.yaml"
+
+
+class ScriptedModel:
+    """prefill/decode_step return the next [batch, vocab] logits of a script."""
+
+    def __init__(self, logits: list[list[list[float]]]):
+        self.logits = [torch.tensor(step) for step in logits]
+        self.fed: list[torch.Tensor] = []
+
+    def prefill(self, prompts):
+        self.step = 0
+        return self.logits[0]
+
+    def decode_step(self, tokens):
+        self.fed.append(tokens)
+        self.step += 1
+        return self.logits[self.step]
+
+
+REFERENCE_SCRIPT = [[[1.0, 0.5, 0.0]], [[0.0, 2.0, 1.0]], [[0.2, 0.1, 3.0]]]
+
+
+def test_identical_pipelines_agree_on_every_token():
+    pipeline, reference = ScriptedModel(REFERENCE_SCRIPT), ScriptedModel(REFERENCE_SCRIPT)
+    result = teacher_forced_check(pipeline, reference, prompts=None, steps=2, dtype=torch.float32)
+    assert result["status"] == "PASS" and result["max_abs_err"] == 0.0
+    assert result["token_agreement"] == 1.0 and result["tokens_compared"] == 3
+
+
+def test_both_pipelines_are_fed_the_reference_greedy_tokens():
+    wrong = [[[0.0, 0.0, 9.0]]] * 3  # would pick token 2 every step
+    pipeline, reference = ScriptedModel(wrong), ScriptedModel(REFERENCE_SCRIPT)
+    teacher_forced_check(pipeline, reference, prompts=None, steps=2, dtype=torch.float32)
+    assert [int(t) for t in pipeline.fed] == [0, 1] == [int(t) for t in reference.fed]
+
+
+def test_near_tie_flip_is_not_an_error_but_lowers_agreement():
+    reference_script = [[[1.0, 0.99995, 0.0]]]
+    flipped = [[[0.99995, 1.0, 0.0]]]
+    result = teacher_forced_check(ScriptedModel(flipped), ScriptedModel(reference_script), None, 0, torch.float32)
+    assert result["status"] == "PASS"  # |error| 5e-5 of the largest logit, allowed 1e-3
+    assert result["token_agreement"] == 0.0 and result["max_abs_err"] == pytest.approx(5e-5, rel=1e-3)
+
+
+def test_wrong_logits_fail_with_the_relative_error():
+    wrong = [[[1.0, 0.5, 0.0]], [[0.0, 2.0, 1.5]], [[0.2, 0.1, 3.0]]]  # 0.5 off where the top logit is 2
+    result = teacher_forced_check(ScriptedModel(wrong), ScriptedModel(REFERENCE_SCRIPT), None, 2, torch.float32)
+    assert result["status"] == "FAIL"
+    assert result["max_abs_err"] == pytest.approx(0.5) and result["max_rel_err"] == pytest.approx(0.25)
+
+
+def test_non_finite_logits_fail():
+    nan = [[[float("nan"), 0.0, 0.0]]]
+    result = teacher_forced_check(ScriptedModel(nan), ScriptedModel([[[1.0, 0.0, 0.0]]]), None, 0, torch.float32)
+    assert result["status"] == "FAIL" and "non-finite" in result["note"]
+
+
+def test_decode_bytes_count_weights_but_the_embedding_table_and_the_mean_kv_read():
+    spec = load_spec(TINY, Overrides(decode_steps=2))
+    weights = load_weights(spec)
+    model = spec.model  # vocab 512, hidden 128, intermediate 352, 2 layers, 4 heads, 2 kv heads, head_dim 32
+    assert (model.vocab, model.hidden, model.intermediate, model.layers, model.kv_heads, model.head_dim) == (
+        512, 128, 352, 2, 2, 32)
+    per_layer = 128 + (4 * 32 + 2 * 2 * 32) * 128 + 128 * 128 + 128 + 2 * 352 * 128 + 128 * 352
+    weight_bytes = (2 * per_layer + 128 + 512 * 128) * 4  # layers, final norm, lm_head in float32
+    kv_bytes = 2 * 2 * 2 * 32 * 4 * 2 * (8 + 1 + 0.5)  # K+V, layers, kv heads, head_dim, fp32, batch 2, mean context
+    assert decode_bytes_per_step(spec, weights, batch=2, prompt_len=8) == weight_bytes + kv_bytes
+
+
+def test_failing_chosen_backend_fails_the_pipeline_rows_but_not_baselines():
+    spec = load_spec(TINY, Overrides(backends={"norm": "triton"}))
+    rows = [
+        make_row("op", "rmsnorm", "triton", status="FAIL"),
+        make_row("op", "swiglu", "triton", status="FAIL"),
+        make_row("prefill", "prefill", "pipeline", status="PASS"),
+        make_row("decode", "decode", "hf", status="PASS"),
+    ]
+    marked = mark_pipeline_failures(spec, rows)
+    assert [r["status"] for r in marked] == ["FAIL", "FAIL", "FAIL", "PASS"]
+    assert "rmsnorm/triton" in marked[2]["note"]
+
+
+def test_a_failing_op_outside_the_pipeline_leaves_it_passing():
+    spec = load_spec(TINY, Overrides(backends={"ffn": "triton"}))
+    rows = [make_row("op", "swiglu", "triton", status="FAIL"), make_row("prefill", "prefill", "pipeline", status="PASS")]
+    assert mark_pipeline_failures(spec, rows)[1]["status"] == "PASS"
