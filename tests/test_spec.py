@@ -252,3 +252,11 @@ def test_cuda_device_without_cuda_is_an_error(tmp_path):
     with pytest.raises(KbenchError, match="no CUDA device") as info:
         check_backends(spec, _registry())
     assert "--device cpu" in info.value.fix
+
+
+def test_weights_shorthand_and_record(tmp_path):
+    spec = load_spec(write(tmp_path, changed(weights="random")))
+    assert (spec.weights.kind, spec.weights.seed, spec.weights.path) == ("random", 0, None)
+    record = spec.to_dict()
+    assert record["dtype"] == "float32" and record["model"]["kv_heads"] == 2 and record["backends"]["ffn"] == "reference"
+    assert record["workload"]["batch"] == [1, 2] or record["workload"]["batch"] == (1, 2)

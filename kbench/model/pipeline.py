@@ -256,10 +256,17 @@ class Pipeline:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            self._decode(static_tokens)
+            syncing_op = self._decode_finding_host_sync(static_tokens)
         torch.cuda.current_stream().wait_stream(stream)
         self.positions.copy_(saved[0])
         self.cache_seqlens.copy_(saved[1])
+        if syncing_op:
+            impl = self.implementations[syncing_op]
+            self.cuda_graph_blocker = f"{syncing_op}/{impl.backend} ({impl.plugin}; synchronises with the host)"
+            raise KbenchError(f"{self.cuda_graph_blocker} cannot be captured in a CUDA graph, although registered "
+                              "with cuda_graphs=True.",
+                              "Choose another backend for it, or set bench.cuda_graphs: false; its plugin should "
+                              "register it with cuda_graphs=False.")
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
@@ -270,6 +277,38 @@ class Pipeline:
                               "host or allocates by data although registered with cuda_graphs=True.",
                               "Set bench.cuda_graphs: false, and report the backend's cuda_graphs flag.") from error
         self._graph = (graph, static_tokens, static_logits)
+
+    def _decode_finding_host_sync(self, tokens: torch.Tensor) -> str | None:
+        """Run one eager decode step with torch's sync debug mode set to error; the op whose
+        call synchronised with the host (and so would break capture), or None."""
+        attributes = {"_rmsnorm": "rmsnorm", "_add_rmsnorm": "add_rmsnorm", "_rope": "rope", "_ffn": "ffn",
+                      "_attention_decode": "attention_decode"}
+        current: list[str | None] = [None]
+
+        def traced(fn, op):
+            def call(**inputs):
+                current[0] = op
+                out = fn(**inputs)
+                current[0] = None
+                return out
+            return call
+
+        originals = {attribute: getattr(self, attribute) for attribute in attributes}
+        for attribute, op in attributes.items():
+            setattr(self, attribute, traced(originals[attribute], op))
+        previous = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            self._decode(tokens)
+        except RuntimeError:
+            if current[0] is None:
+                raise
+            return current[0]
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+            for attribute, fn in originals.items():
+                setattr(self, attribute, fn)
+        return None
 
     def drop_decode_graph(self) -> None:
         """Go back to eager decode steps."""
