@@ -9,6 +9,7 @@ from kbench.config import SamplingConfig
 from kbench.errors import KbenchError
 from kbench.model import build_pipeline, load_weights, random_prompts
 from kbench.ops import BUILTIN_OPS
+from kbench.ops.attention import logical_cache
 from kbench.registry import Implementation, Registry
 from kbench.spec import PIPELINE_OPS, Overrides, load_spec
 
@@ -157,14 +158,43 @@ def test_cuda_graph_blocker_names_the_implementation(tmp_path):
         pipeline.capture_decode_graph()
 
 
+def _masked_attention_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale):
+    """Decode attention over the whole cache with a length mask: no host sync, so capturable."""
+    keys, values = logical_cache(k_cache, block_table), logical_cache(v_cache, block_table)
+    group = q.shape[1] // keys.shape[2]
+    keys, values = keys.repeat_interleave(group, dim=2).float(), values.repeat_interleave(group, dim=2).float()
+    scores = torch.einsum("bhd,bshd->bhs", q.float(), keys) * scale
+    visible = torch.arange(keys.shape[1], device=q.device)[None, :] < cache_seqlens[:, None]
+    scores = scores.masked_fill(~visible[:, None, :], float("-inf"))
+    return torch.einsum("bhs,bshd->bhd", scores.softmax(-1), values).to(q.dtype)
+
+
+def _graph_safe_registry() -> Registry:
+    registry = Registry()
+    for op in BUILTIN_OPS:
+        registry.add_op(op, "kbench-core")
+    registry.add_implementation(Implementation("attention_decode", "masked", _masked_attention_decode, "test"))
+    registry.add_implementation(Implementation("attention_prefill", "masked", registry.ops["attention_prefill"].reference,
+                                               "test"))
+    return registry
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "paged"])
+def test_masked_decode_used_for_graphs_matches_the_pipeline(tmp_path, registry, layout):
+    spec = load_spec(write_spec(tmp_path, workload={**WORKLOAD, "kv_layout": layout}))
+    weights = load_weights(spec)
+    prompts = _prompts(spec.model.vocab, [5, 9, 2])
+    masked = build_pipeline(spec, _graph_safe_registry(), weights, {"attention": "masked"}).generate(prompts, 5)
+    assert torch.equal(masked, build_pipeline(spec, registry, weights).generate(prompts, 5))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", ["contiguous", "paged"])
-def test_cuda_graph_decode_matches_eager(tmp_path, registry, layout):
+def test_cuda_graph_decode_matches_eager(tmp_path, layout):
     spec = load_spec(write_spec(tmp_path, device="cuda", workload={**WORKLOAD, "kv_layout": layout}))
-    weights = load_weights(spec)
-    eager, graphed = build_pipeline(spec, registry, weights), build_pipeline(spec, registry, weights)
-    if graphed.cuda_graph_blocker:
-        pytest.skip(f"{graphed.cuda_graph_blocker} cannot be captured")
+    weights, graph_safe = load_weights(spec), _graph_safe_registry()
+    eager = build_pipeline(spec, graph_safe, weights, {"attention": "masked"})
+    graphed = build_pipeline(spec, graph_safe, weights, {"attention": "masked"})
     prompts = _prompts(spec.model.vocab, [5, 9, 2])
     token_a = eager.prefill(prompts).argmax(-1)
     token_b = graphed.prefill(prompts).argmax(-1)
@@ -176,3 +206,22 @@ def test_cuda_graph_decode_matches_eager(tmp_path, registry, layout):
     graphed.prefill(prompts)  # same batch and capacity: the graph stays valid after a new prefill
     eager.prefill(prompts)
     torch.testing.assert_close(graphed.decode_step(token_a), eager.decode_step(token_a), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_capture_names_an_op_that_syncs_with_the_host(tmp_path):
+    spec = load_spec(write_spec(tmp_path, device="cuda", workload=WORKLOAD))
+    registry = _graph_safe_registry()
+
+    def syncing_decode(**inputs):
+        inputs["cache_seqlens"].max().item()
+        return _masked_attention_decode(**inputs)
+
+    registry.add_implementation(Implementation("attention_decode", "syncing", syncing_decode, "test"))
+    registry.add_implementation(Implementation("attention_prefill", "syncing",
+                                               registry.ops["attention_prefill"].reference, "test"))
+    pipeline = build_pipeline(spec, registry, load_weights(spec), {"attention": "syncing"})
+    pipeline.prefill(_prompts(spec.model.vocab, [3, 4, 5]))
+    with pytest.raises(KbenchError, match="attention_decode/syncing"):
+        pipeline.capture_decode_graph()
+    assert pipeline.cuda_graph_blocker.startswith("attention_decode/syncing")
