@@ -99,24 +99,42 @@ def get_backend(registry, op_name: str, backend: str):
         raise
 
 
-def bench_record(op_name: str, backends: list[str], rows: list[dict], registry, device: str,
-                 spec=None, ceilings: dict | None = None) -> dict:
-    """A run record (``kbench.results.record``) holding one op's sweep."""
+def bench_record(op_name: str, backends: list[str], rows: list[dict], registry, device: str, dtype,
+                 bench, spec=None, ceilings: dict | None = None) -> dict:
+    """A run record (``kbench.results.record``) holding one op's sweep.
+
+    ``backends`` has the run record's shape, for the op's family: the backend under test,
+    its plugin and version, and the ones it was compared with under ``vs``.
+    """
+    import dataclasses
+
+    import kbench
     from kbench.env import environment
+    from kbench.ops.base import dtype_name
     from kbench.results.record import SCHEMA_VERSION, new_run_id, record_status
 
+    def provenance(backend: str) -> dict:
+        impl = registry.get(op_name, backend)
+        version = impl.version or registry.plugins.get(impl.plugin)
+        if impl.plugin == "kbench-core":
+            version = version or kbench.__version__
+        return {"plugin": impl.plugin, "version": version}
+
     name = spec.name if spec is not None else f"bench-{op_name}"
+    now = datetime.now(timezone.utc)
+    family = registry.op(op_name).family
     return {
         "schema_version": SCHEMA_VERSION,
-        "run_id": new_run_id(name),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_id": new_run_id(name, now),
+        "created": now.isoformat(),
         "command": ["kbench", *sys.argv[1:]],
-        "spec": spec.to_dict() if spec is not None else None,
-        "spec_name": name,
-        "backends": {
-            b: {"ops": {op_name: {"plugin": registry.get(op_name, b).plugin, "version": registry.get(op_name, b).version}}}
-            for b in backends
+        "spec": spec.to_dict() if spec is not None else {
+            "name": name, "dtype": dtype_name(dtype), "device": str(device), "bench": dataclasses.asdict(bench),
         },
+        "backends": {family: {
+            "backend": backends[0], "ops": {op_name: provenance(backends[0])},
+            "vs": {other: {"ops": {op_name: provenance(other)}} for other in backends[1:]},
+        }},
         "plugins": dict(registry.plugins),
         "plugin_errors": dict(registry.plugin_errors),
         "env": environment(device),
@@ -192,7 +210,7 @@ def bench_command(ctx, op_name, backend, others, spec_path, dtype, device, warmu
     with console.status(f"{op.name}: checking and timing") as status:
         rows = op_rows(registry, op.name, backends, cases, dtype, device, bench,
                        progress=lambda text: status.update(text), ceilings=ceilings)
-    record = bench_record(op.name, backends, rows, registry, device, spec, ceilings)
+    record = bench_record(op.name, backends, rows, registry, device, dtype, bench, spec, ceilings)
     print_run(record, console)
     for row in rows:
         if row["status"] == "SKIP":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import textwrap
 import venv
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,3 +76,20 @@ class PluginEnvironment:
         if result.returncode:
             raise RuntimeError(f"pip install -e {project} failed:\n{result.stdout}")
 
+
+
+def write_plugin_dist(site: str | os.PathLike, name: str, source: str) -> str:
+    """Make module ``kbench_fake_<name>`` (``source``) an installed plugin ``name`` in folder ``site``.
+
+    Writes the module and a minimal ``*.dist-info`` with a ``kbench`` entry point: with
+    ``site`` on ``sys.path`` (or ``PYTHONPATH``) ``importlib.metadata`` finds it exactly as
+    it finds a pip-installed plugin. Returns the module name.
+    """
+    site = Path(site)
+    module = f"kbench_fake_{name.replace('-', '_')}"
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    dist_info = site / f"{module}-0.1.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text(f"[kbench]\n{name} = {module}\n")
+    return module

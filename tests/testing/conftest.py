@@ -4,12 +4,11 @@ Put on ``sys.path`` (and ``PYTHONPATH`` for subprocesses), they are found by
 ``importlib.metadata.entry_points`` exactly as an installed plugin is.
 """
 
-import textwrap
-
 import pytest
 from fake_plugins import WRONG_RMSNORM
 
 from kbench.plugins import get_registry
+from kbench.testing.environment import write_plugin_dist
 
 
 @pytest.fixture
@@ -21,16 +20,7 @@ def plugin_dist(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(site))
     get_registry.cache_clear()
 
-    def install(name: str, source: str) -> str:
-        module = f"kbench_fake_{name.replace('-', '_')}"
-        (site / f"{module}.py").write_text(textwrap.dedent(source))
-        dist_info = site / f"{module}-0.1.dist-info"
-        dist_info.mkdir()
-        (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
-        (dist_info / "entry_points.txt").write_text(f"[kbench]\n{name} = {module}\n")
-        return module
-
-    yield install
+    yield lambda name, source: write_plugin_dist(site, name, source)
     get_registry.cache_clear()
 
 
