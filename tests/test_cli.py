@@ -119,3 +119,11 @@ def test_list_still_works():
     result = CliRunner().invoke(cli, ["list", "--json"])
     assert result.exit_code == 0
     assert any(row["op"] == "rmsnorm" for row in json.loads(result.stdout)["implementations"])
+
+
+@pytest.mark.gpu
+def test_env_measures_ceilings_on_cuda():
+    result = CliRunner().invoke(cli, ["env", "--json", "--device", "cuda"])
+    assert result.exit_code == 0, result.output
+    ceilings = json.loads(result.stdout)["ceilings"]
+    assert ceilings["copy_gbps"] > 100 and ceilings["matmul_bf16_tflops"] > 10

@@ -76,3 +76,12 @@ def test_inplace_inputs_are_restored_before_every_timed_call():
     pristine = inputs["residual"].double().sum().item()
     assert len(seen_sums) > 10
     assert all(s == pytest.approx(pristine) for s in seen_sums)
+
+
+@pytest.mark.gpu
+def test_gpu_rows_report_kernel_time_beside_time_as_called():
+    registry = _registry()
+    bench = SimpleNamespace(warmup_ms=2.0, rep_ms=10.0, flush_l2=True, cuda_graphs=True)
+    (row,) = op_rows(registry, "rmsnorm", ["reference"], CASES[:1], torch.bfloat16, "cuda", bench)
+    assert row["method"] == "cuda-events" and row["graph_method"] == "cuda-graph"
+    assert row["graph_latency_us"] > 0 and row["graph_calls"] >= 1 and row["throughput_basis"] == "graph"

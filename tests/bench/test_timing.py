@@ -97,3 +97,49 @@ def test_sleeping_call_is_timed_at_least_as_long_as_it_sleeps():
     assert 2000.0 <= timing.min_us <= timing.p20_us <= timing.median_us <= timing.p80_us
     assert timing.median_us < 100_000.0
     assert timing.reps >= MIN_REPS
+
+
+@pytest.mark.gpu
+def test_cuda_events_time_a_large_copy_at_a_plausible_bandwidth():
+    import torch
+
+    src = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
+    dst = torch.empty_like(src)
+    timing = measure(lambda: dst.copy_(src), device="cuda", warmup_ms=5, rep_ms=20)
+    gbps = 2 * src.numel() / (timing.median_us * 1e-6) / 1e9
+    assert timing.method == "cuda-events" and timing.reps >= MIN_REPS
+    assert 50 < gbps < 20_000
+
+
+@pytest.mark.gpu
+def test_graph_replay_takes_launch_overhead_out_of_a_tiny_kernel():
+    import torch
+
+    x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
+    weight = torch.ones(4096, device="cuda", dtype=torch.bfloat16)
+
+    def rmsnorm():
+        return torch.nn.functional.rms_norm(x, (4096,), weight, 1e-5)
+
+    called = measure(rmsnorm, device="cuda", warmup_ms=5, rep_ms=20)
+    kernel = measure(rmsnorm, device="cuda", warmup_ms=5, rep_ms=20, cuda_graph=True)
+    assert kernel.method == "cuda-graph" and kernel.calls_per_rep > 1
+    assert kernel.median_us < called.median_us
+
+
+@pytest.mark.gpu
+def test_reset_restores_in_place_inputs_before_each_graph_replay():
+    import torch
+
+    pristine = torch.zeros(1024, device="cuda")
+    work = pristine.clone()
+    seen = torch.zeros(1, device="cuda")
+
+    def accumulate():
+        work.add_(1.0)
+        seen.copy_(work.max())
+
+    measure(accumulate, device="cuda", warmup_ms=1, rep_ms=2, cuda_graph=True, graph_calls=3,
+            reset=lambda: work.copy_(pristine))
+    torch.cuda.synchronize()
+    assert seen.item() == 3.0  # three calls per replay, each replay starting from zeros
