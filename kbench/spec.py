@@ -222,6 +222,9 @@ def _read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
         mark = getattr(error, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or str(error)
+        context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+        if context and context_mark is not None and mark is not None and context_mark.line != mark.line:
+            problem += f" ({context} started at line {context_mark.line + 1})"
         raise KbenchError(f"{path}{line}: invalid YAML: {problem}.",
                           "Fix the syntax at that line (indentation, a missing ':' or an unclosed bracket).") from None
     if data is None:
