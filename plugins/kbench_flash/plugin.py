@@ -54,9 +54,14 @@ def _best_available() -> str | None:
 def best_fn(op: str):
     """The ``flash`` callable: picks the generation per call from what the inputs are."""
 
+    chosen = {}  # the choice per call signature: no Python work beyond a lookup on the hot path
+
     def call(**inputs):
         q = inputs["q"]
-        kernel, reason = choose(op, q.dtype, q.shape[-1], q.device, _call_block_size(op, inputs))
+        key = (q.dtype, q.shape[-1], q.device, _call_block_size(op, inputs))
+        if key not in chosen:
+            chosen[key] = choose(op, *key)
+        kernel, reason = chosen[key]
         if kernel is None:
             raise KbenchError(f"flash cannot run {op} here: {reason}.")
         return getattr(kernel, op.removeprefix("attention_"))(**inputs)

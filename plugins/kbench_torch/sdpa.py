@@ -18,7 +18,8 @@ Decode: the cache as ``[batch, capacity, kv_heads, head_dim]`` (the paged layout
 that first, a copy of every block of the batch), and a boolean mask ``position < cache_seqlens``.
 
 GQA/MQA pass ``enable_gqa=True`` (torch >= 2.5), which shares KV heads without copying them;
-older torch repeats them.
+``sdpa-efficient`` (whose kernel refuses ``enable_gqa``) and older torch get the KV heads
+repeated, a copy that its timings include.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ except ImportError:  # torch < 2.3
     SDPBackend = sdpa_kernel = None
 
 HAS_ENABLE_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+# torch's memory-efficient kernel rejects enable_gqa (seen on torch 2.11): it gets repeated KV heads.
+_EFFICIENT = SDPBackend.EFFICIENT_ATTENTION if SDPBackend is not None else None
 CUDA_ONLY = {"sdpa-efficient", "sdpa-cudnn"}
 
 
@@ -56,7 +59,7 @@ def _sdpa(kernel, q, k, v, **kwargs) -> torch.Tensor:
     """SDPA on ``[batch, heads, seq, head_dim]`` views, GQA handled, optionally pinned to ``kernel``."""
     group = q.shape[1] // k.shape[1]
     if group > 1:
-        if HAS_ENABLE_GQA:
+        if HAS_ENABLE_GQA and kernel != _EFFICIENT:
             kwargs["enable_gqa"] = True
         else:
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)

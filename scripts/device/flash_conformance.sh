@@ -4,7 +4,9 @@
 # Run from the project root on the device tool's machine, after FA4 was staged there with
 # /work/shared/device/fa4-wheels.sh (without it the flash backends report "not installed"):
 #
-#   bash scripts/device/flash_conformance.sh [bench|tests|all] [seconds for pytest]
+#   bash scripts/device/flash_conformance.sh [bench|decode|tests|all] [seconds for pytest]
+#
+# bench: prefill timings; decode: decode timings; tests: the attention tests (KBENCH_K narrows -k).
 #
 # FA4 compiles each kernel variant on first use; its disk cache (/tmp/fa4/cache) lets a later call
 # on the same warm machine pick up where a timed-out one stopped. Logs go to $OUT (or /tmp/kbench-out).
@@ -60,6 +62,33 @@ for case in cases:
         first_s = time.perf_counter() - first
         ms = triton.testing.do_bench(lambda impl=impl: impl(**inputs), warmup=50, rep=200)
         print(f"  {backend:12s} {ms * 1e3:9.1f} us  {op.flops(case) / ms / 1e9:7.1f} TFLOP/s  (first call {first_s:.1f} s)")
+PY
+fi
+
+if [ "$what" = decode ]; then
+  python3 - <<'PY' 2>&1 | tee "$out/decode.txt"
+import torch
+import triton.testing
+
+from kbench.ops.base import Case
+from kbench.plugins import get_registry
+
+registry = get_registry()
+op = registry.op("attention_decode")
+for layout in ("paged", "contiguous"):
+    case = Case("attention_decode", batch=32, context=4096, heads=32, kv_heads=8, head_dim=128, layout=layout,
+                block_size=256)
+    inputs = op.make_inputs(case, torch.bfloat16, torch.device("cuda"), 0)
+    print(f"decode {case.label} bf16, {op.bytes(case, torch.bfloat16) / 1e6:.1f} MB moved per call")
+    for backend in ("flash-fa4", "flash", "sdpa-cudnn", "sdpa-efficient", "sdpa"):
+        impl = registry.get("attention_decode", backend)
+        reason = impl.reason(case, torch.bfloat16, "cuda")
+        if reason:
+            print(f"  {backend:14s} skipped: {reason}")
+            continue
+        impl(**inputs)
+        ms = triton.testing.do_bench(lambda impl=impl: impl(**inputs), warmup=50, rep=200)
+        print(f"  {backend:14s} {ms * 1e3:8.1f} us  {op.bytes(case, torch.bfloat16) / ms / 1e6:7.1f} GB/s")
 PY
 fi
 

@@ -80,7 +80,7 @@ def test_sdpa_matches_reference_at_model_shapes(registry, backend, case, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["sdpa", "sdpa-efficient"])
-def test_uneven_prefill_and_decode_replay_in_a_cuda_graph(registry, backend):
+def test_uneven_attention_prefill_and_decode_replay_in_a_cuda_graph(registry, backend):
     for op, case in [(ATTENTION_PREFILL, uneven_case()), (ATTENTION_DECODE, ATTENTION_DECODE.test_cases[2])]:
         impl = registry.get(op.name, backend)
         inputs = op.make_inputs(case, torch.bfloat16, "cuda", 0)
