@@ -184,7 +184,7 @@ def check_and_time_pipeline(spec: Spec, registry: Registry, ceilings: dict, base
         progress(f"building baseline {name}")
         models.append((name, build_baseline(name, spec, registry, weights)))
     for label, model in models:
-        rows += time_prefill(spec, model, label, progress)
+        rows += time_prefill(spec, model, label, ceilings, progress)
         rows += time_decode(spec, model, label, weights, ceilings, progress)
     return rows
 
@@ -227,7 +227,12 @@ def check_pipeline(spec: Spec, registry: Registry, weights, pipeline, progress) 
                        note="every backend is the reference: nothing to compare")
         else:
             prompts = random_prompts(spec.model.vocab, batch, prompt_len, PROMPT_SEED)
-            row.update(teacher_forced_check(pipeline, reference, prompts, steps, spec.dtype))
+            try:
+                row.update(teacher_forced_check(pipeline, reference, prompts, steps, spec.dtype))
+            except KbenchError:
+                raise
+            except Exception as error:
+                row = crash_row("check", spec, PIPELINE, batch, prompt_len, error)
         rows.append(row)
     del reference
     return rows
@@ -286,21 +291,49 @@ def _timing_fields(timing: Timing, per: int = 1) -> dict:
             "method": timing.method}
 
 
-def time_prefill(spec: Spec, model, label: str, progress) -> list[dict]:
+def time_prefill(spec: Spec, model, label: str, ceilings: dict, progress) -> list[dict]:
     """Prefill rows for every (batch, prompt_len) of the workload."""
     rows = []
     for batch, prompt_len in workload_pairs(spec):
         progress(f"prefill [{label}]: batch={batch} prompt_len={prompt_len}")
-        rows.append(prefill_row(spec, model, label, batch, prompt_len))
+        try:
+            rows.append(prefill_row(spec, model, label, ceilings, batch, prompt_len))
+        except KbenchError:
+            raise
+        except Exception as error:  # a crashing backend is a FAIL row, not a lost run
+            rows.append(crash_row("prefill", spec, label, batch, prompt_len, error))
     return rows
 
 
+def crash_row(kind: str, spec: Spec, label: str, batch: int, prompt_len: int, error: Exception) -> dict:
+    steps = spec.workload.decode_steps
+    shape = {"batch": batch, "prompt_len": prompt_len} | ({"decode_steps": steps} if kind != "prefill" else {})
+    case = f"batch={batch} prompt_len={prompt_len}" + {"prefill": "", "decode": f" steps={steps}",
+                                                        "check": f" decode_steps={steps}"}[kind]
+    return make_row(kind, kind if kind != "check" else PIPELINE, label, case=case, dtype=dtype_name(spec.dtype),
+                    device=spec.device, shape=shape, status="FAIL", note=f"raised {type(error).__name__}: {error}",
+                    backends=backends_label(spec) if label == PIPELINE else label)
+
+
+def prefill_flops(spec: Spec, batch: int, prompt_len: int) -> float:
+    """FLOPs of one prefill: 2 per weight per token in the layers' matmuls, the LM head on the
+    last position of each prompt, and causal attention (QK^T and PV over prompt_len(prompt_len+1)/2 pairs).
+    """
+    m = spec.model
+    layer_weights = (m.heads + 2 * m.kv_heads) * m.head_dim * m.hidden + m.hidden * m.heads * m.head_dim \
+        + 3 * m.hidden * m.intermediate
+    tokens = batch * prompt_len
+    attention = 4 * m.heads * m.head_dim * batch * prompt_len * (prompt_len + 1) / 2
+    return m.layers * (2 * layer_weights * tokens + attention) + 2 * batch * m.vocab * m.hidden
+
+
 @torch.inference_mode()
-def prefill_row(spec: Spec, model, label: str, batch: int, prompt_len: int) -> dict:
+def prefill_row(spec: Spec, model, label: str, ceilings: dict, batch: int, prompt_len: int) -> dict:
     """Latency of one prefill of ``batch`` prompts of ``prompt_len`` tokens, and time to first token.
 
     TTFT is the prefill plus choosing the first token (the pipeline's sampling op; argmax
-    for a baseline without one), prompts starting on the host.
+    for a baseline without one), prompts starting on the host. TFLOP/s from ``prefill_flops``,
+    as a fraction of the measured bf16 matmul ceiling.
     """
     from kbench.model import random_prompts
 
@@ -313,10 +346,14 @@ def prefill_row(spec: Spec, model, label: str, batch: int, prompt_len: int) -> d
     peak = _peak_memory_bytes(spec.device)
     first = measure(lambda: first_token(model, prompts), device=spec.device, warmup_ms=bench.warmup_ms,
                     rep_ms=bench.rep_ms, flush_l2=False)
+    flops = prefill_flops(spec, batch, prompt_len)
+    tflops = flops / (prefill.median_us * 1e-6) / 1e12
+    matmul_tflops = ceilings.get("matmul_bf16_tflops")
     return make_row(
         "prefill", "prefill", label, case=f"batch={batch} prompt_len={prompt_len}", dtype=dtype_name(spec.dtype),
         device=spec.device, shape={"batch": batch, "prompt_len": prompt_len}, status="PASS",
-        **_timing_fields(prefill), ttft_us=first.median_us,
+        **_timing_fields(prefill), ttft_us=first.median_us, flops=flops, tflops=tflops,
+        throughput_basis=prefill.method, frac_peak_flops=tflops / matmul_tflops if matmul_tflops else None,
         tokens_per_s=batch * prompt_len / (prefill.median_us * 1e-6), peak_memory_bytes=peak,
         backends=backends_label(spec) if label == PIPELINE else label,
     )
@@ -347,7 +384,12 @@ def time_decode(spec: Spec, model, label: str, weights, ceilings: dict, progress
     rows = []
     for batch, prompt_len in workload_pairs(spec):
         progress(f"decode [{label}]: batch={batch} prompt_len={prompt_len} steps={spec.workload.decode_steps}")
-        rows.append(decode_row(spec, model, label, weights, ceilings, batch, prompt_len))
+        try:
+            rows.append(decode_row(spec, model, label, weights, ceilings, batch, prompt_len))
+        except KbenchError:
+            raise
+        except Exception as error:
+            rows.append(crash_row("decode", spec, label, batch, prompt_len, error))
     return rows
 
 

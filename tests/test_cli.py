@@ -75,6 +75,21 @@ def test_failing_backend_is_fail_in_every_table_and_exits_1(tmp_path, registry_w
     assert "FAIL" in result.stdout
 
 
+def test_backend_that_crashes_inside_the_pipeline_gives_fail_rows_and_a_record(tmp_path, monkeypatch,
+                                                                             registry_with_broken_norm):
+    def explode(**inputs):
+        raise RuntimeError("kernel exploded")
+
+    for op in ("rmsnorm", "add_rmsnorm"):
+        registry_with_broken_norm.add_implementation(Implementation(op, "crash", explode, plugin="test-crash"))
+    result = _run(*SMALL, "--norm", "crash", "--skip-ops", "--out", str(tmp_path))
+    assert result.exit_code == 1, result.output
+    (record,) = _records(tmp_path)
+    e2e = [r for r in record["rows"] if r["kind"] in ("check", "prefill", "decode")]
+    assert len(e2e) == 3 * 2 and all(r["status"] == "FAIL" for r in e2e)
+    assert all("kernel exploded" in r["note"] or "failing part" in r["note"] for r in e2e)
+
+
 def test_skip_flags_run_one_part(tmp_path):
     result = _run(*SMALL, "--skip-e2e", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output

@@ -97,3 +97,14 @@ def test_a_failing_op_outside_the_pipeline_leaves_it_passing():
     spec = load_spec(TINY, Overrides(backends={"ffn": "triton"}))
     rows = [make_row("op", "swiglu", "triton", status="FAIL"), make_row("prefill", "prefill", "pipeline", status="PASS")]
     assert mark_pipeline_failures(spec, rows)[1]["status"] == "PASS"
+
+
+def test_prefill_flops_count_matmuls_causal_attention_and_the_last_position_lm_head():
+    from kbench.runner import prefill_flops
+
+    spec = load_spec(TINY)
+    matmul_weights = 128 * 128 + 2 * (64 * 128) + 128 * 128 + 2 * 352 * 128 + 352 * 128  # q, k, v, o, gate/up, down
+    tokens = 2 * 8
+    attention = 2 * 4 * (8 * 9 // 2) * (2 * 32 + 2 * 32)  # sequences, heads, causal pairs, QK^T + PV per pair
+    expected = 2 * (2 * matmul_weights * tokens + attention) + 2 * 2 * 512 * 128
+    assert prefill_flops(spec, batch=2, prompt_len=8) == expected

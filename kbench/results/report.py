@@ -123,12 +123,13 @@ def _memory(row: dict) -> str:
 
 
 def _prefill_table(rows: list[dict], where: str) -> Table:
-    table = Table(title=f"prefill, {where}")
-    for column in ("backend", "batch", "prompt", "status", "ms", "TTFT ms", "tok/s", "peak mem"):
+    table = Table(title=f"prefill, {where}: peak = fraction of measured bf16 matmul TFLOP/s")
+    for column in ("backend", "batch", "prompt", "status", "ms", "TTFT ms", "tok/s", "TFLOP/s", "peak", "mem"):
         table.add_column(column)
     for row in rows:
         table.add_row(row["backend"], *_batch_prompt(row), _status(row["status"]), fmt(_ms(row.get("latency_us"))),
-                      fmt(_ms(row.get("ttft_us"))), fmt(row.get("tokens_per_s")), _memory(row))
+                      fmt(_ms(row.get("ttft_us"))), fmt(row.get("tokens_per_s")), fmt(row.get("tflops")),
+                      _pct(row.get("frac_peak_flops")), _memory(row))
     return table
 
 
