@@ -131,6 +131,11 @@ def _spec_notes(base: pd.DataFrame, new: pd.DataFrame) -> list[str]:
             a, b = base[column].iloc[0], new[column].iloc[0]
             if a != b and not (pd.isna(a) and pd.isna(b)):
                 notes.append(f"different {what}: {a} (base) vs {b} (new)")
+    if "backends" in base and "backends" in new:
+        a, b = (set(side.loc[side["backend"] == "pipeline", "backends"].dropna()) for side in (base, new))
+        if a and b and a != b:
+            notes.append(f"the pipelines use different backends: {', '.join(sorted(a))} (base) vs "
+                         f"{', '.join(sorted(b))} (new)")
     return notes
 
 

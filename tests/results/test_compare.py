@@ -113,3 +113,17 @@ def test_every_format_parses_back_with_every_compared_row(two_runs, output_forma
         counter.feed(text)
         assert counter.tables == 3  # rows, geomeans, unmatched
         assert counter.rows == (1 + 5) + (1 + 4) + (1 + 2)
+
+
+def test_pipelines_with_different_backends_are_joined_and_the_difference_noted(tmp_path, synthetic):
+    def prefill(backends, latency_us):
+        return dict(synthetic.row("prefill", "prefill", "pipeline", "batch=1 prompt_len=8", latency_us),
+                    backends=backends)
+
+    write_record(synthetic.record("20261123T080000Z-t-000001", "2026-11-23T08:00:00+00:00",
+                                  [prefill("norm=reference", 100.0)]), tmp_path)
+    write_record(synthetic.record("20261123T090000Z-t-000002", "2026-11-23T09:00:00+00:00",
+                                  [prefill("norm=triton", 50.0)]), tmp_path)
+    comparison = compare_runs(load(results_dir=tmp_path), "20261123T080000Z-t-000001", "20261123T090000Z-t-000002")
+    assert comparison.rows["speedup"].tolist() == [2.0]
+    assert any("norm=reference (base) vs norm=triton (new)" in note for note in comparison.notes)
