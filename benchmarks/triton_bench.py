@@ -1,0 +1,210 @@
+"""Time the ``triton`` backend's kernels against torch.compile / SDPA / the reference.
+
+    python benchmarks/triton_bench.py [--ops rmsnorm,attention_decode] [--quick] [--out DIR]
+
+Every timing is ``triton.testing.do_bench`` (median, L2 flushed between repetitions). GB/s
+counts the op's own ``bytes(case, dtype)``, TFLOP/s its ``flops(case)``; ``%copy`` is the
+fraction of the 3.0 TB/s device-to-device copy measured on the H100 machine. Each Triton
+output is also compared with the baseline's under the op's tolerance (``check``). Inputs are
+drawn on the GPU in bfloat16 and follow the ops' contracts. ``--out`` receives the table as
+JSON and the configs the autotuner chose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import triton
+
+from kbench.config import RopeConfig
+from kbench.ops.base import Case
+from kbench.ops.rope import rope_inv_freq
+from kbench.plugins import get_registry
+
+COPY_GBPS = 3000.0
+DTYPE = torch.bfloat16
+LLAMA2 = {"hidden": 4096, "intermediate": 11008, "heads": 32, "kv_heads": 32, "head_dim": 128, "vocab": 32000}
+LLAMA3 = {"hidden": 4096, "intermediate": 14336, "heads": 32, "kv_heads": 8, "head_dim": 128, "vocab": 128256}
+
+
+def _randn(*shape, scale=1.0):
+    return torch.randn(*shape, device="cuda", dtype=torch.float32).mul_(scale).to(DTYPE)
+
+
+def cases(quick: bool) -> dict[str, list[Case]]:
+    """The target shapes of the issue, per op (``--quick``: the largest and one small)."""
+    tokens = [1, 256, 4096, 32768] if not quick else [4096, 32768]
+    out = {
+        "rmsnorm": [Case("rmsnorm", tokens=t, hidden=4096) for t in tokens],
+        "add_rmsnorm": [Case("add_rmsnorm", tokens=t, hidden=4096) for t in tokens],
+        "rope": [Case("rope", tokens=t, heads=32, kv_heads=kv, head_dim=128, seq_len=4096, style=style)
+                 for t in tokens[-1 if quick else -2:] for kv in (32, 8) for style in ("half", "interleaved")],
+        "swiglu": [Case("swiglu", tokens=t, intermediate=11008) for t in tokens],
+        "ffn": [Case("ffn", tokens=t, hidden=4096, intermediate=11008) for t in (16, 4096)],
+        "attention_prefill": [
+            Case("attention_prefill", batch=b, seq_len=n, **_attn(model))
+            for model in (LLAMA2, LLAMA3) for b, n in ((4, 4096), (1, 8192), (16, 512))[: 2 if quick else 3]
+        ],
+        "attention_decode": [
+            Case("attention_decode", batch=b, context=c, layout=layout, block_size=256, **_attn(model))
+            for model in (LLAMA2, LLAMA3) for b in ((1, 64) if quick else (1, 16, 64))
+            for c in ((512, 8192) if quick else (512, 2048, 8192)) for layout in ("contiguous",)
+        ] + [Case("attention_decode", batch=16, context=4096, layout="paged", block_size=16, **_attn(LLAMA3))],
+        "sample": [
+            Case("sample", batch=64, vocab=v, temperature=t, top_k=k, top_p=p)
+            for v in (32000, 128256) for t, k, p in ((0.0, 0, 1.0), (1.0, 0, 1.0), (0.8, 50, 1.0), (0.8, 0, 0.9),
+                                                     (0.8, 50, 0.95))
+        ],
+        "topk": [Case("topk", batch=64, vocab=v, k=50) for v in (32000, 128256)],
+    }
+    first = ("attention_prefill", "attention_decode", "sample", "topk")
+    return {name: out[name] for name in (*first, *(n for n in out if n not in first))}
+
+
+def _attn(model):
+    return {k: model[k] for k in ("heads", "kv_heads", "head_dim")}
+
+
+def inputs_for(case: Case) -> dict:
+    """The op's keyword arguments for ``case``, drawn on the GPU."""
+    op = case.op
+    if op in ("rmsnorm", "add_rmsnorm"):
+        inputs = {"x": _randn(case["tokens"], case["hidden"]), "weight": 1 + _randn(case["hidden"], scale=0.1),
+                  "eps": 1e-5}
+        if op == "add_rmsnorm":
+            inputs["residual"] = _randn(case["tokens"], case["hidden"])
+        return inputs
+    if op == "rope":
+        tokens, head_dim = case["tokens"], case["head_dim"]
+        return {"q": _randn(tokens, case["heads"], head_dim), "k": _randn(tokens, case["kv_heads"], head_dim),
+                "positions": torch.arange(tokens, device="cuda") % case["seq_len"],
+                "inv_freq": rope_inv_freq(head_dim, RopeConfig(), case["seq_len"]).cuda(), "style": case["style"]}
+    if op == "swiglu":
+        shape = (case["tokens"], case["intermediate"])
+        return {"gate": _randn(*shape, scale=2.0), "up": _randn(*shape)}
+    if op == "ffn":
+        hidden, intermediate = case["hidden"], case["intermediate"]
+        return {"x": _randn(case["tokens"], hidden), "w_gate_up": _randn(2 * intermediate, hidden, scale=hidden ** -0.5),
+                "w_down": _randn(hidden, intermediate, scale=intermediate ** -0.5)}
+    if op == "attention_prefill":
+        batch, seq_len = case["batch"], case["seq_len"]
+        tokens = batch * seq_len
+        return {"q": _randn(tokens, case["heads"], case["head_dim"]),
+                "k": _randn(tokens, case["kv_heads"], case["head_dim"]),
+                "v": _randn(tokens, case["kv_heads"], case["head_dim"]),
+                "cu_seqlens": torch.arange(0, tokens + 1, seq_len, device="cuda", dtype=torch.int32),
+                "max_seqlen": seq_len, "scale": case["head_dim"] ** -0.5}
+    if op == "attention_decode":
+        batch, context, kv_heads, head_dim = case["batch"], case["context"], case["kv_heads"], case["head_dim"]
+        inputs = {"q": _randn(batch, case["heads"], head_dim),
+                  "cache_seqlens": torch.full((batch,), context, device="cuda", dtype=torch.int32),
+                  "block_table": None, "scale": head_dim ** -0.5}
+        if case["layout"] == "paged":
+            block_size = case["block_size"]
+            blocks = batch * triton.cdiv(context, block_size)
+            inputs["block_table"] = torch.randperm(blocks, device="cuda", dtype=torch.int32).view(batch, -1)
+            shape = (blocks, block_size, kv_heads, head_dim)
+        else:
+            shape = (batch, context, kv_heads, head_dim)
+        inputs["k_cache"], inputs["v_cache"] = _randn(*shape), _randn(*shape)
+        return inputs
+    if op == "sample":
+        batch = case["batch"]
+        return {"logits": _randn(batch, case["vocab"], scale=3.0), "uniforms": torch.rand(batch, device="cuda"),
+                "temperature": case["temperature"], "top_k": case["top_k"], "top_p": case["top_p"]}
+    if op == "topk":
+        return {"logits": _randn(case["batch"], case["vocab"], scale=3.0), "k": case["k"]}
+    raise ValueError(op)
+
+
+BASELINES = {
+    "attention_prefill": ("sdpa-flash", "sdpa"),
+    "attention_decode": ("sdpa-flash", "sdpa"),
+    "ffn": ("reference",),
+    "sample": ("compile", "reference"),
+    "topk": ("compile", "reference"),
+}
+
+
+def _clone(inputs):
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def bench_case(registry, case: Case, baselines: tuple[str, ...]) -> list[dict]:
+    op = registry.op(case.op)
+    inputs = inputs_for(case)
+    rows = []
+    triton_out = registry.get(case.op, "triton")(**_clone(inputs))
+    for backend in ("triton", *baselines):
+        try:
+            impl = registry.resolve(case.op, backend, case, DTYPE, "cuda")
+        except Exception as error:  # a baseline that cannot run here is reported, not fatal
+            rows.append({"op": case.op, "case": case.label, "backend": backend, "error": str(error)[:120]})
+            continue
+        check = ""
+        if backend != "triton":
+            out = impl(**_clone(inputs))
+            check = "PASS" if op.compare(triton_out, out, op.tolerance(DTYPE)).ok else "FAIL"
+        ms = triton.testing.do_bench(lambda impl=impl: impl(**inputs), warmup=25, rep=100, return_mode="median")
+        nbytes, flops = op.bytes(case, DTYPE), op.flops(case)
+        rows.append({"op": case.op, "case": case.label, "backend": backend, "us": ms * 1e3,
+                     "gbps": nbytes / ms / 1e6, "tflops": flops / ms / 1e9,
+                     "pct_copy": 100 * nbytes / ms / 1e6 / COPY_GBPS, "check_vs_triton": check})
+    base = next((r for r in rows[1:] if "us" in r), None)
+    if base and "us" in rows[0]:
+        rows[0]["speedup"] = base["us"] / rows[0]["us"]
+    return rows
+
+
+def print_row(row: dict) -> None:
+    if "error" in row:
+        print(f"{row['op']:<18} {row['case'][:62]:<62} {row['backend']:<11} {row['error']}", flush=True)
+        return
+    speedup = f"{row['speedup']:.2f}x" if "speedup" in row else ""
+    print(f"{row['op']:<18} {row['case'][:62]:<62} {row['backend']:<11} {row['us']:>10.1f} {row['gbps']:>8.0f} "
+          f"{row['tflops']:>7.1f} {row['pct_copy']:>6.1f}% {row['check_vs_triton']:<5} {speedup}", flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", default="")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile where it is not the baseline")
+    parser.add_argument("--budget-s", type=float, default=math.inf, help="stop starting new cases after this")
+    parser.add_argument("--out", default=os.environ.get("OUT", ""))
+    args = parser.parse_args(argv)
+    registry = get_registry()
+    wanted = [o for o in args.ops.split(",") if o]
+    started = time.time()
+    rows = []
+    print(f"{'op':<18} {'case':<62} {'backend':<11} {'us':>10} {'GB/s':>8} {'TFLOP/s':>7} {'%copy':>7} check speedup")
+    for op_name, op_cases in cases(args.quick).items():
+        if wanted and op_name not in wanted:
+            continue
+        for case in op_cases:
+            if time.time() - started > args.budget_s:
+                print(f"budget spent: skipping {case}")
+                continue
+            for row in bench_case(registry, case, BASELINES.get(op_name, ("compile",))):
+                print_row(row)
+                rows.append(row)
+            torch.cuda.empty_cache()
+    from kbench_triton.plugin import tuned_configs
+
+    configs = tuned_configs()
+    print(json.dumps(configs, indent=1))
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "triton_bench.json"), "w") as f:
+            json.dump({"rows": rows, "tuned_configs": configs, "device": torch.cuda.get_device_name()}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
