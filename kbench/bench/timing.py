@@ -6,8 +6,9 @@
   and repetition counts follow from ``warmup_ms`` and ``rep_ms``. Before every repetition,
   outside the timed region, ``reset()`` runs (restoring inputs an in-place op overwrote)
   and a buffer larger than L2 is overwritten, so no repetition finds its inputs in cache.
-  Each repetition has its own pair of events; the host synchronizes once at the end.
-  This is the time of the call as a user makes it: Python, launch and kernel.
+  Each repetition has its own pair of events, recorded on an idle GPU (the host
+  synchronizes before each start event), so the pair spans the host's dispatch as well as
+  the kernels: the time of the call as a user makes it, Python and launch included.
 - **CUDA graph replay** (``cuda_graph=True``, ``method="cuda-graph"``): ``graph_calls``
   calls are captured into one graph, the graph is replayed and the time divided by the
   number of calls: the GPU time of the kernels without Python or launch overhead. Within a
@@ -163,6 +164,10 @@ def _measure_cuda_events(fn, device, warmup_ms, rep_ms, flush_l2, reset) -> Timi
                 reset()
             if flush is not None:
                 flush.zero_()
+            # An idle GPU at the start event: the pair then spans the host's dispatch of the
+            # call as well as its kernels. Without this the flush still running would hide
+            # the launch overhead that "as called" is meant to include.
+            torch.cuda.synchronize()
 
         _call(fn, reset)
         torch.cuda.synchronize()
