@@ -221,6 +221,8 @@ class Pipeline:
         """``steps`` new tokens per prompt, ``[batch, steps]`` int64: one from the prefill,
         then ``steps - 1`` decode steps. Uniforms for sampling are drawn up front from ``seed``.
         """
+        if steps < 1:
+            raise KbenchError(f"generate needs steps >= 1, got {steps}.")
         sampling = sampling or self.spec.workload.sampling
         batch = len(prompts)
         uniforms = torch.rand((steps, batch), generator=torch.Generator().manual_seed(seed)).to(self.device)
