@@ -213,13 +213,26 @@ def supports_fn(name: str, kernel):
     return supports
 
 
+def available_fn(name: str):
+    """available() for one SDPA backend: the CUDA-only kernels need a GPU in this process."""
+
+    def available():
+        if name in CUDA_ONLY and not torch.cuda.is_available():
+            return f"torch's {name.removeprefix('sdpa-')} SDPA kernel needs a CUDA device and none is visible"
+        if name == "sdpa-cudnn" and not torch.backends.cudnn.is_available():
+            return "this torch build has no cuDNN"
+        return None
+
+    return available
+
+
 def register_all(register):
     version = torch.__version__
     for name, kernel in _kernels().items():
         what = "torch chooses the kernel" if kernel is None else f"pinned to {kernel.name}"
         register("attention_prefill", name, prefill_fn(kernel), supports=supports_fn(name, kernel),
-                 cuda_graphs=name != "sdpa-flash", version=version,
+                 available=available_fn(name), cuda_graphs=name != "sdpa-flash", version=version,
                  description=f"F.scaled_dot_product_attention, {what}")
         register("attention_decode", name, decode_fn(kernel), supports=supports_fn(name, kernel),
-                 version=version,
+                 available=available_fn(name), version=version,
                  description=f"F.scaled_dot_product_attention with a length mask, {what}")
