@@ -36,6 +36,7 @@ from kbench.bench.sweep import op_rows
 from kbench.bench.timing import Timing, measure
 from kbench.env import environment, measure_ceilings
 from kbench.errors import KbenchError
+from kbench.model import build_pipeline, load_weights, random_prompts
 from kbench.ops.base import dtype_name
 from kbench.plugins import get_registry
 from kbench.registry import REFERENCE, Registry
@@ -86,7 +87,13 @@ def run(spec_path: str | Path, overrides: Overrides | None, options: RunOptions,
         if not options.skip_ops:
             rows += check_and_time_ops(spec, registry, record["ceilings"], progress)
         if not options.skip_e2e:
-            rows += check_and_time_pipeline(spec, registry, record["ceilings"], options.baselines, progress)
+            progress("loading weights")
+            weights = load_weights(spec)
+            pipeline = build_pipeline(spec, registry, weights)
+            rows += check_pipeline(spec, registry, weights, pipeline, progress)
+            for label, model in [(PIPELINE, pipeline), *build_baselines(spec, registry, weights, options.baselines)]:
+                rows += time_prefill(spec, model, label, record["ceilings"], progress)
+                rows += time_decode(spec, model, label, weights, record["ceilings"], progress)
     rows = mark_pipeline_failures(spec, rows)
     record["rows"] = rows
     record["status"] = record_status(rows)
@@ -170,33 +177,22 @@ def check_and_time_ops(spec: Spec, registry: Registry, ceilings: dict, progress)
 
 # -- 4-5. the pipeline ------------------------------------------------------------------
 
-def check_and_time_pipeline(spec: Spec, registry: Registry, ceilings: dict, baselines: Sequence[str],
-                            progress) -> list[dict]:
-    """Check the assembled pipeline, then time it (and each baseline) over the workload."""
-    from kbench.model import build_pipeline, load_weights
+def build_baselines(spec: Spec, registry: Registry, weights, names: Sequence[str]) -> list[tuple[str, object]]:
+    """(label, model) for each baseline: ``hf`` (transformers' LLaMA on the same weights) or
+    ``reference`` (the all-reference pipeline)."""
+    baselines = []
+    for name in names:
+        if name == "hf":
+            from kbench.model.hf_baseline import HFBaseline
 
-    progress("loading weights")
-    weights = load_weights(spec)
-    pipeline = build_pipeline(spec, registry, weights)
-    rows = check_pipeline(spec, registry, weights, pipeline, progress)
-    models = [(PIPELINE, pipeline)]
-    for name in baselines:
-        progress(f"building baseline {name}")
-        models.append((name, build_baseline(name, spec, registry, weights)))
-    for label, model in models:
-        rows += time_prefill(spec, model, label, ceilings, progress)
-        rows += time_decode(spec, model, label, weights, ceilings, progress)
-    return rows
+            baselines.append((name, HFBaseline(spec, weights)))
+        else:
+            baselines.append((name, build_pipeline(spec, registry, weights, all_reference(spec))))
+    return baselines
 
 
-def build_baseline(name: str, spec: Spec, registry: Registry, weights):
-    if name == "hf":
-        from kbench.model.hf_baseline import HFBaseline
-
-        return HFBaseline(spec, weights)
-    from kbench.model import build_pipeline
-
-    return build_pipeline(spec, registry, weights, {family: REFERENCE for family in spec.backends})
+def all_reference(spec: Spec) -> dict[str, str]:
+    return {family: REFERENCE for family in spec.backends}
 
 
 def backends_label(spec: Spec) -> str:
@@ -209,12 +205,9 @@ def workload_pairs(spec: Spec) -> list[tuple[int, int]]:
 
 def check_pipeline(spec: Spec, registry: Registry, weights, pipeline, progress) -> list[dict]:
     """Teacher-forced comparison with the all-reference pipeline at every (batch, prompt_len)."""
-    from kbench.model import build_pipeline, random_prompts
-
     steps = spec.workload.decode_steps
-    all_reference = all(backend == REFERENCE for backend in spec.backends.values())
-    reference = None if all_reference else build_pipeline(spec, registry, weights,
-                                                          {family: REFERENCE for family in spec.backends})
+    chose_reference = all(backend == REFERENCE for backend in spec.backends.values())
+    reference = None if chose_reference else build_pipeline(spec, registry, weights, all_reference(spec))
     rows = []
     for batch, prompt_len in workload_pairs(spec):
         progress(f"checking pipeline: batch={batch} prompt_len={prompt_len}")
@@ -335,8 +328,6 @@ def prefill_row(spec: Spec, model, label: str, ceilings: dict, batch: int, promp
     for a baseline without one), prompts starting on the host. TFLOP/s from ``prefill_flops``,
     as a fraction of the measured bf16 matmul ceiling.
     """
-    from kbench.model import random_prompts
-
     bench = spec.bench
     prompts = random_prompts(spec.model.vocab, batch, prompt_len, PROMPT_SEED)
     model.reset(batch, prompt_len + spec.workload.decode_steps)
@@ -400,8 +391,6 @@ def decode_row(spec: Spec, model, label: str, weights, ceilings: dict, batch: in
     Under ``bench.cuda_graphs`` on CUDA the pipeline replays a captured decode step.
     Roofline: bytes a step must read / step time, as a fraction of the measured copy bandwidth.
     """
-    from kbench.model import random_prompts
-
     bench, steps = spec.bench, spec.workload.decode_steps
     prompts = random_prompts(spec.model.vocab, batch, prompt_len, PROMPT_SEED)
     tokens = torch.stack([p[-1] for p in prompts]).to(spec.device)
