@@ -69,7 +69,8 @@ class Registry:
             raise KbenchError(f"Plugin {plugin!r} declares op {op.name!r}, which already exists.")
         self.ops[op.name] = op
         self.implementations[(op.name, REFERENCE)] = Implementation(
-            op.name, REFERENCE, op.reference, plugin, description="plain PyTorch, HF LLaMA numerics"
+            op.name, REFERENCE, op.reference, plugin, cuda_graphs=op.reference_cuda_graphs,
+            description="plain PyTorch, HF LLaMA numerics",
         )
 
     def add_implementation(self, impl: Implementation) -> None:

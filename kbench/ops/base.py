@@ -14,6 +14,8 @@ An op is a contract, not a kernel. ``Op`` bundles, for one op:
   says what was wrong instead of failing deep inside torch;
 - ``inplace``: the names of inputs an implementation may overwrite (the harness clones
   inputs before every correctness call);
+- ``reference_cuda_graphs``: False when the reference syncs with the host (e.g. loops over
+  ``cu_seqlens.tolist()``), so a decode step using it cannot be captured as a CUDA graph;
 - ``test_cases``: small cases (fast on a CPU, odd sizes included) that every backend's
   conformance test runs.
 """
@@ -237,6 +239,7 @@ class Op:
     dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
     inplace: tuple[str, ...] = ()
     test_cases: tuple[Case, ...] = ()
+    reference_cuda_graphs: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
