@@ -1,0 +1,1 @@
+"""kbench backend 'liger': Liger-Kernel's Triton kernels behind kbench's op contracts."""
