@@ -1,6 +1,7 @@
 """`kbench bench`: shape sweeps from the command line, the run record it writes, its exit status."""
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -145,3 +146,21 @@ def test_sweep_cases_keep_dimensions_not_given():
     first = op.test_cases[0]
     assert cases == [first.replace(tokens=2), first.replace(tokens=3)]
     assert sweep_cases(op, {}) == [first] and isinstance(cases[0], Case)
+
+
+def test_cases_from_a_spec_are_the_shapes_the_model_runs(plugins, tmp_path):
+    from kbench.spec import load_spec, op_cases
+
+    spec_path = Path(__file__).resolve().parent.parent / "model_specs" / "tiny-llama.yaml"
+    result = bench("rmsnorm", "--backend", "torch", "--spec", str(spec_path), out=tmp_path)
+    assert result.exit_code == 0, result.output
+    record = only_record(tmp_path)
+    expected = op_cases(load_spec(spec_path), get_registry())["rmsnorm"]
+    assert [row["case"] for row in record["rows"]] == [case.label for case in expected]
+    assert record["spec"]["name"] == "tiny-llama"
+
+
+def test_spec_and_dimension_flags_together_are_refused(plugins):
+    spec_path = Path(__file__).resolve().parent.parent / "model_specs" / "tiny-llama.yaml"
+    result = bench("rmsnorm", "--backend", "torch", "--spec", str(spec_path), "--tokens", "3")
+    assert result.exit_code == 2 and "either --spec or --DIM values" in text(result)

@@ -80,3 +80,23 @@ def test_plain_pytest_benchmark_entries_become_rows_named_after_the_test():
 def test_only_pytest_benchmark_files_are_detected():
     assert is_pytest_benchmark({"machine_info": {}, "benchmarks": []})
     assert not is_pytest_benchmark({"schema_version": 1, "rows": [], "run_id": "x"})
+
+
+def test_kbench_compare_reads_pytest_benchmark_files(pytester, monkeypatch):
+    from click.testing import CliRunner
+
+    from kbench.cli import cli
+
+    monkeypatch.setenv("KBENCH_PLUGINS", "torch")
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.parametrize("backend", ["reference", "torch"])
+        def test_rmsnorm(kbench_benchmark, backend):
+            kbench_benchmark("rmsnorm", backend, {"tokens": 8, "hidden": 128}, warmup_ms=1, rep_ms=5)
+    """)
+    pytester.runpytest("-p", "no:cacheprovider", "--kbench-device", "cpu", "--benchmark-json=out.json").assert_outcomes(passed=2)
+    result = CliRunner().invoke(cli, ["compare", "--baseline", "reference", "--format", "csv",
+                                      str(pytester.path / "out.json")])
+    assert result.exit_code in (0, 1), result.output  # 1: torch slower than reference on this machine
+    assert "row,op,rmsnorm,torch,reference,tokens=8 hidden=128 eps=1e-05,float32," in result.output
