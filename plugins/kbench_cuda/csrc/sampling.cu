@@ -8,6 +8,11 @@
 //   top-k: weight 1, target k          -> v = the k-th largest value (with multiplicity);
 //   top-p: weight p, target top_p      -> v = the smallest kept probability (whole tie
 //                                         groups kept, as kbench/ops/sampling.py states).
+// Masses are summed as 32-bit fixed point (p * 2^31, rounded): integer shared-memory
+// atomics are native where float ones are compare-and-swap loops that stall on the few
+// crowded bins of a peaked distribution, and the sum is exact and order-independent (each
+// term carries at most 2^-32 of rounding, ~1e-7 in all over 128K terms, below the float32
+// cumsum's own error).
 // The row is re-read from L2 on every pass (a 128256-token fp32 row is 501 KiB, more than
 // shared memory); values are recomputed identically each time, so every pass sees the same
 // numbers. Math follows kbench/ops/sampling.py; s = logit * (1 / temperature) as torch's
@@ -49,27 +54,29 @@ struct Row {
     }
 };
 
+constexpr float kMassScale = 2147483648.f;  // 2^31: a total mass of 1 fits in 32 bits
+
 struct RadixShared {
-    float weight[kBins];
+    uint32_t weight[kBins];
     uint32_t count[kBins];
-    float scratch[32];
+    uint32_t scratch[32];
     uint32_t prefix;
-    float above;
+    uint32_t above;
     int chosen;
 };
 
 // The smallest present key v of value(s) over the row with
 // sum of weight over elements whose key is > v  <  target, where the weight is 1 (COUNT) or
-// the value itself (a probability mass).
+// the value itself in fixed point (a probability mass, target = top_p * 2^31).
 template <bool COUNT, typename RowT, typename ValueFn>
-__device__ uint32_t radix_select(const RowT& row, ValueFn value, float target, RadixShared& sh) {
+__device__ uint32_t radix_select(const RowT& row, ValueFn value, uint32_t target, RadixShared& sh) {
     if (threadIdx.x == 0) {
         sh.prefix = 0;
-        sh.above = 0.f;
+        sh.above = 0;
     }
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int b = threadIdx.x; b < kBins; b += blockDim.x) {
-            sh.weight[b] = 0.f;
+            sh.weight[b] = 0;
             sh.count[b] = 0;
         }
         __syncthreads();
@@ -81,32 +88,31 @@ __device__ uint32_t radix_select(const RowT& row, ValueFn value, float target, R
             if ((key & high_mask) != prefix) return;
             const uint32_t bin = (key >> shift) & 0xffu;
             atomicAdd(&sh.count[bin], 1u);
-            if constexpr (!COUNT) atomicAdd(&sh.weight[bin], x);
+            if constexpr (!COUNT) atomicAdd(&sh.weight[bin], __float2uint_rn(x * kMassScale));
         });
         __syncthreads();
         // Threads 0..255 own one bin each (highest bin first): an inclusive scan of the
         // weight from the top bin down gives, for each bin, the weight above it.
         const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-        float w = 0.f;
-        uint32_t n = 0;
+        uint32_t w = 0, n = 0;
         const int bin = kBins - 1 - threadIdx.x;
         if (threadIdx.x < kBins) {
             n = sh.count[bin];
-            w = COUNT ? static_cast<float>(n) : sh.weight[bin];
+            w = COUNT ? n : sh.weight[bin];
         }
-        float inclusive = w;
+        uint32_t inclusive = w;
 #pragma unroll
         for (int offset = 1; offset < 32; offset <<= 1) {
-            const float other = __shfl_up_sync(0xffffffffu, inclusive, offset);
+            const uint32_t other = __shfl_up_sync(0xffffffffu, inclusive, offset);
             if (lane >= offset) inclusive += other;
         }
         if (lane == 31 && warp < kBins / 32) sh.scratch[warp] = inclusive;
         if (threadIdx.x == 0) sh.chosen = -1;
         __syncthreads();
-        float warp_offset = 0.f;
+        uint32_t warp_offset = 0;
         if (threadIdx.x < kBins)
             for (int i = 0; i < warp; ++i) warp_offset += sh.scratch[i];
-        const float above_bin = sh.above + warp_offset + inclusive - w;
+        const uint32_t above_bin = sh.above + warp_offset + inclusive - w;
         // Bins qualify from the top down; the lowest qualifying non-empty bin holds v.
         if (threadIdx.x < kBins && n > 0 && above_bin < target) atomicMax(&sh.chosen, threadIdx.x);
         __syncthreads();
@@ -189,7 +195,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const T* __restrict__ 
     // top-k: keep s >= the k-th largest s.
     float kth = -INFINITY;
     if (top_k > 0 && top_k < vocab) {
-        kth = key_value(radix_select<true>(row, [](float s) { return s; }, static_cast<float>(top_k), sh.radix));
+        kth = key_value(radix_select<true>(row, [](float s) { return s; }, static_cast<uint32_t>(top_k), sh.radix));
     }
     // top-p: p = exp(s - max) / z over the top-k survivors (divided, as torch's softmax);
     // keep p >= the cut.
@@ -200,7 +206,8 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const T* __restrict__ 
         row.for_each([&](int, float s) { z_part += s >= kth ? expf(s - max_s) : 0.f; });
         z = block_sum(z_part, sh.scratch);
         auto prob = [=](float s) { return s >= kth ? expf(s - max_s) / z : 0.f; };
-        p_cut = key_value(radix_select<false>(row, prob, top_p, sh.radix));
+        const uint32_t target = static_cast<uint32_t>(fminf(top_p, 1.f) * kMassScale);
+        p_cut = key_value(radix_select<false>(row, prob, target, sh.radix));
     }
     // The weight drawn from: p (unnormalised when top-p is off: the inverse CDF is scale-free).
     auto weight = [=](float s) -> float {
@@ -301,7 +308,7 @@ __global__ void __launch_bounds__(kThreads) topk_kernel(const T* __restrict__ lo
     __shared__ TopkShared sh;
     const int row_index = blockIdx.x;
     Row<T, VEC> row{logits + static_cast<int64_t>(row_index) * vocab, vocab, 1.f};
-    const uint32_t kth = radix_select<true>(row, [](float s) { return s; }, static_cast<float>(k), sh.radix);
+    const uint32_t kth = radix_select<true>(row, [](float s) { return s; }, static_cast<uint32_t>(k), sh.radix);
     if (threadIdx.x == 0) sh.above_count = 0;
     __syncthreads();
     // Elements strictly above the k-th: fewer than k of them, order fixed by the sort below.
