@@ -40,6 +40,28 @@ __host__ __device__ constexpr int pow2_at_least(int n) {
     return p;
 }
 
+// Sums v[g] over the LANES lanes of a token for every g, with GROUP - 1 + log2(LANES / GROUP)
+// shuffles instead of GROUP * log2(LANES): each exchange on a high lane bit hands half of
+// the heads to the partner. Returns the total of head g = (this lane's index within the token)
+// / (LANES / GROUP); the lanes of head g are g * LANES / GROUP onwards.
+template <int GROUP, int LANES>
+__device__ __forceinline__ float reduce_group(float (&v)[GROUP], int lane) {
+#pragma unroll
+    for (int n = GROUP, offset = LANES / 2; n > 1; n >>= 1, offset >>= 1) {
+        const bool upper = lane & offset;
+#pragma unroll
+        for (int i = 0; i < n / 2; ++i) {
+            const float send = upper ? v[i] : v[i + n / 2];
+            const float keep = upper ? v[i + n / 2] : v[i];
+            v[i] = keep + __shfl_xor_sync(0xffffffffu, send, offset);
+        }
+    }
+    float total = v[0];
+#pragma unroll
+    for (int offset = LANES / (2 * GROUP); offset > 0; offset >>= 1) total += __shfl_xor_sync(0xffffffffu, total, offset);
+    return total;
+}
+
 template <typename T, int HEAD_DIM, int GROUP>
 __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeArgs args) {
     constexpr int VEC = kVec16<T>;
@@ -54,6 +76,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeArgs args) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int dim_lane = lane % LANES, slot = warp * SLOTS_PER_WARP + lane / LANES;
     const int dim = dim_lane * VEC;
+    const int token_lane0 = lane - dim_lane;  // first lane of this thread's token
     const bool has_dim = dim < HEAD_DIM;
     const int seqlen = args.cache_seqlens[b];
     const int start = split * args.tokens_per_split;
@@ -104,20 +127,29 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeArgs args) {
                 for (int e = 0; e < VEC; ++e) kv[u].v[e] = vv[u].v[e] = from_float<T>(0.f);
             }
         }
+        // Scores of every (head, token): partial dots reduced across the token's lanes.
+        float scores[GROUP][kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            float part[GROUP];
+#pragma unroll
+            for (int g = 0; g < GROUP; ++g) {
+                part[g] = 0.f;
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) part[g] += qf[g][e] * to_float(kv[u].v[e]);
+            }
+            const float held = reduce_group<GROUP, LANES>(part, lane);
+#pragma unroll
+            for (int g = 0; g < GROUP; ++g) {
+                const float score = GROUP == 1 ? held : __shfl_sync(0xffffffffu, held, token_lane0 + g * (LANES / GROUP));
+                scores[g][u] = valid[u] ? score : -INFINITY;
+            }
+        }
 #pragma unroll
         for (int g = 0; g < GROUP; ++g) {
-            float s[kUnroll];
             float s_max = m[g];
 #pragma unroll
-            for (int u = 0; u < kUnroll; ++u) {
-                float dot = 0.f;
-#pragma unroll
-                for (int e = 0; e < VEC; ++e) dot += qf[g][e] * to_float(kv[u].v[e]);
-#pragma unroll
-                for (int offset = LANES / 2; offset > 0; offset >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
-                s[u] = valid[u] ? dot : -INFINITY;
-                s_max = fmaxf(s_max, s[u]);
-            }
+            for (int u = 0; u < kUnroll; ++u) s_max = fmaxf(s_max, scores[g][u]);
             if (s_max == -INFINITY) continue;  // nothing seen yet by this slot
             const float correction = exp2f(m[g] - s_max);
             m[g] = s_max;
@@ -126,7 +158,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeArgs args) {
             for (int e = 0; e < VEC; ++e) acc[g][e] *= correction;
 #pragma unroll
             for (int u = 0; u < kUnroll; ++u) {
-                const float p = exp2f(s[u] - s_max);
+                const float p = exp2f(scores[g][u] - s_max);
                 l[g] += p;
 #pragma unroll
                 for (int e = 0; e < VEC; ++e) acc[g][e] += p * to_float(vv[u].v[e]);
@@ -193,10 +225,12 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeArgs args) {
 }
 
 // out[b, h] = sum_s 2^(lse_s - max) * partial_s / sum_s 2^(lse_s - max). Grid (heads, batch).
+constexpr int kMaxSplits = 256;
+
 template <typename T>
 __global__ void combine_kernel(const float* __restrict__ partial_out, const float* __restrict__ partial_lse,
                                T* __restrict__ out, int heads, int head_dim, int splits) {
-    extern __shared__ float weights[];  // [splits]
+    __shared__ float weights[kMaxSplits + 4];  // + 4: room for a vectorised read past the end
     __shared__ float scratch[32];
     const int64_t bh = static_cast<int64_t>(blockIdx.y) * heads + blockIdx.x;
     const float* lse = partial_lse + bh * splits;
@@ -230,7 +264,7 @@ cudaError_t launch_head_dim(const DecodeArgs& args, int batch, int group_bucket,
     }
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess || args.splits == 1) return err;
-    combine_kernel<T><<<dim3(args.heads, batch), 128, sizeof(float) * args.splits, stream>>>(
+    combine_kernel<T><<<dim3(args.heads, batch), 128, 0, stream>>>(
         args.partial_out, args.partial_lse, static_cast<T*>(args.out), args.heads, HEAD_DIM, args.splits);
     return cudaGetLastError();
 }
@@ -258,6 +292,7 @@ int attention_decode_splits(int batch, int kv_heads, int capacity, int multiproc
     const int wanted = (4 * multiprocessors + blocks - 1) / blocks;
     const int most = (capacity + 63) / 64;
     int splits = wanted < most ? wanted : most;
+    splits = splits < kMaxSplits ? splits : kMaxSplits;
     return splits < 1 ? 1 : splits;
 }
 
