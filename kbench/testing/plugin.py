@@ -9,6 +9,8 @@ figures, with no traceback (the figures are the diagnosis).
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 # Every pytest run in an environment with kbench installed loads this module: torch and the
@@ -62,21 +64,13 @@ class ConformanceItem(pytest.Item):
 class ConformanceSuite(pytest.Collector):
     """The suite of one backend: a collector hung off the session, not off a file."""
 
-    def __init__(self, *, backend: str, device: str, **kwargs):
+    def __init__(self, *, cases: list, device: str, **kwargs):
         super().__init__(**kwargs)
-        self.backend = backend
+        self.cases = cases
         self.device = device
 
     def collect(self):
-        from kbench.errors import KbenchError
-        from kbench.plugins import get_registry
-        from kbench.testing.conformance import conformance_cases
-
-        try:
-            items = conformance_cases(self.backend, get_registry())
-        except KbenchError as error:
-            raise pytest.UsageError(f"--kbench-backend: {error}") from None
-        return [ConformanceItem.from_parent(self, name=item.id, item=item, device=self.device) for item in items]
+        return [ConformanceItem.from_parent(self, name=item.id, item=item, device=self.device) for item in self.cases]
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -84,12 +78,20 @@ def pytest_collection_modifyitems(session, config, items):
     # tryfirst: our items must exist before -k/-m deselection and --lf filtering look at the list.
     if not config.getoption("kbench_backend"):
         return
-    from kbench.testing.conformance import default_device
+    from kbench.errors import KbenchError
+    from kbench.plugins import get_registry
+    from kbench.testing.conformance import conformance_cases, default_device
 
     device = config.getoption("kbench_device") or default_device()
     for backend in config.getoption("kbench_backend"):
-        suite = ConformanceSuite.from_parent(session, name=f"kbench[{backend}]", backend=backend, device=device)
-        items.extend(suite.collect())
+        try:
+            cases = conformance_cases(backend, get_registry())
+        except KbenchError as error:
+            raise pytest.UsageError(f"--kbench-backend: {error}") from None
+        name = f"kbench[{backend}]"
+        suite = ConformanceSuite.from_parent(session, name=name, nodeid=name, cases=cases, device=device)
+        # genitems reports the collection as for a test file ("collected N items" counts these).
+        items.extend(session.genitems(suite))
 
 
 @pytest.fixture(scope="session")
@@ -108,18 +110,24 @@ def kbench_device(pytestconfig) -> str:
     return pytestconfig.getoption("kbench_device") or default_device()
 
 
-@pytest.fixture
-def kbench_benchmark(request, kbench_registry, kbench_device):
-    """Time a kbench op with kbench's timer; stored by pytest-benchmark when it is installed.
+def _with_pytest_benchmark(kbench_registry, kbench_device, benchmark):
+    from kbench.testing.benchmark import KbenchBenchmark
+
+    return KbenchBenchmark(kbench_registry, kbench_device, benchmark)
+
+
+def _without_pytest_benchmark(kbench_registry, kbench_device):
+    return _with_pytest_benchmark(kbench_registry, kbench_device, None)
+
+
+# With pytest-benchmark installed, ``benchmark`` is a declared dependency, so its options
+# apply to tests using this fixture as to its own (--benchmark-only runs them, --benchmark-skip
+# skips them); without it the fixture still times and returns the Timing.
+_fixture = _with_pytest_benchmark if importlib.util.find_spec("pytest_benchmark") else _without_pytest_benchmark
+_fixture.__doc__ = """Time a kbench op with kbench's timer; stored by pytest-benchmark when it is installed.
 
     ``kbench_benchmark(op, backend, case=None, *, dtype=None, warmup_ms=25, rep_ms=100,
     cuda_graph=False) -> Timing``; ``case`` is a ``Case`` or a dict of dims overriding the
     op's first test case. See ``kbench.testing.benchmark``.
     """
-    from kbench.testing.benchmark import KbenchBenchmark
-
-    try:
-        benchmark = request.getfixturevalue("benchmark")
-    except pytest.FixtureLookupError:
-        benchmark = None
-    return KbenchBenchmark(kbench_registry, kbench_device, benchmark)
+kbench_benchmark = pytest.fixture(_fixture, name="kbench_benchmark")
