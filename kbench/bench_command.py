@@ -83,7 +83,7 @@ def sweep_cases(op, dim_values: dict[str, list[str]]) -> list:
     known = base.keys()
     for dim in dim_values:
         if dim not in known:
-            raise unknown_name(f"dimension of {op.name}", dim, known)
+            raise unknown_name(f"{op.name} dimension", dim, known)
     axes = [[(dim, parse_value(text, base[dim], dim)) for text in texts] for dim, texts in dim_values.items()]
     return [base.replace(**dict(combo)) for combo in itertools.product(*axes)]
 
@@ -161,8 +161,9 @@ def bench_record(op_name: str, backends: list[str], rows: list[dict], registry, 
 def bench_command(ctx, op_name, backend, others, spec_path, dtype, device, warmup_ms, rep_ms, out_dir, no_record):
     """Check and time one OP for --backend (and each --vs) over a shape sweep.
 
-    Dimensions: --DIM v1,v2,... for any of the op's case dimensions (see `kbench list --op OP`
-    and the op's docstring), e.g. --tokens 1,16,256,4096 --hidden 4096.
+    Dimensions: --DIM v1,v2,... for any dimension of the op's test cases (the op's docstring
+    describes them; an unknown --DIM lists them), e.g. --tokens 1,16,256,4096 --hidden 4096.
+    Dimensions not given keep the op's first test case.
     """
     import torch
     from rich.console import Console
