@@ -31,9 +31,10 @@ import pytest
 import torch
 
 from kbench.bench import timing as timing_module
-from kbench.bench.check import check_implementation, clone_inputs
+from kbench.bench.check import check_implementation
 from kbench.ops.base import Case, dtype_name, parse_dtype
 from kbench.registry import Registry
+from kbench.spec import BenchConfig
 from kbench.testing.conformance import ConformanceFailure
 
 SOURCE = "kbench"
@@ -48,24 +49,28 @@ def resolve_case(registry: Registry, op_name: str, case: Case | Mapping[str, Any
     return base.replace(**dict(case or {}))
 
 
-def _measure_with_samples(fn, **kwargs) -> tuple[timing_module.Timing, list[float]]:
-    """``measure(fn)`` plus its per-repetition samples in µs per call.
+def time_with_samples(*args, **kwargs) -> tuple[timing_module.Timing, list[float]]:
+    """``kbench.bench.sweep.time_op(...)`` (what ``kbench run`` times with) plus its
+    per-repetition samples in µs per call.
 
-    ``Timing`` keeps only statistics; the samples pass through ``summarize``, so they are
-    read there for the duration of the call.
+    ``Timing`` keeps only statistics; the samples pass through ``summarize`` in the module
+    of the ``measure`` that ``time_op`` calls, so they are read there during the call.
     """
+    from kbench.bench import sweep
+
+    namespace = sweep.measure.__globals__
+    summarize = namespace["summarize"]
     captured: list[list[float]] = []
-    summarize = timing_module.summarize
 
     def keep(samples_us, method, calls_per_rep=1):
         captured.append(list(samples_us))
         return summarize(samples_us, method, calls_per_rep)
 
-    timing_module.summarize = keep
+    namespace["summarize"] = keep
     try:
-        result = timing_module.measure(fn, **kwargs)
+        result = sweep.time_op(*args, **kwargs)
     finally:
-        timing_module.summarize = summarize
+        namespace["summarize"] = summarize
     return result, captured[-1]
 
 
@@ -107,16 +112,9 @@ class KbenchBenchmark:
         op_def = registry.op(op)
         impl = registry.get(op, backend)
         inputs = op_def.make_inputs(case, dtype, torch.device(self.device), seed)
-        working = clone_inputs(inputs)
-
-        def restore():
-            for name in op_def.inplace:
-                working[name].copy_(inputs[name])
-
-        timing, samples_us = _measure_with_samples(
-            lambda: impl(**working), device=self.device, warmup_ms=warmup_ms, rep_ms=rep_ms,
-            flush_l2=flush_l2, cuda_graph=cuda_graph, reset=restore if op_def.inplace else None,
-        )
+        bench = BenchConfig(warmup_ms=warmup_ms, rep_ms=rep_ms, flush_l2=flush_l2)
+        timing, samples_us = time_with_samples(impl, op_def, inputs, torch.device(self.device), bench,
+                                               cuda_graph=cuda_graph)
         if self.benchmark is not None:
             self._store(op_def, backend, case, dtype, timing, samples_us, check)
         return timing
