@@ -136,37 +136,55 @@ def _clone(inputs):
     return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
+GRAPH_OPS = ("attention_decode", "sample", "topk")
+
+
+def _time(fn, graph: bool) -> dict:
+    """Median of do_bench (L2 flushed); for decode-sized ops also a CUDA-graph replay (kernel time)."""
+    times = {"us": triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3}
+    if graph:
+        times["graph_us"] = triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median") * 1e3
+    return times
+
+
 def bench_case(registry, case: Case, baselines: tuple[str, ...]) -> list[dict]:
     op = registry.op(case.op)
     inputs = inputs_for(case)
     rows = []
-    triton_out = registry.get(case.op, "triton")(**_clone(inputs))
+    triton_out = None
     for backend in ("triton", *baselines):
+        row = {"op": case.op, "case": case.label, "backend": backend}
         try:
             impl = registry.resolve(case.op, backend, case, DTYPE, "cuda")
-        except Exception as error:  # a baseline that cannot run here is reported, not fatal
-            rows.append({"op": case.op, "case": case.label, "backend": backend, "error": str(error)[:120]})
-            continue
-        check = ""
-        if backend != "triton":
             out = impl(**_clone(inputs))
-            check = "PASS" if op.compare(triton_out, out, op.tolerance(DTYPE)).ok else "FAIL"
-        ms = triton.testing.do_bench(lambda impl=impl: impl(**inputs), warmup=25, rep=100, return_mode="median")
-        nbytes, flops = op.bytes(case, DTYPE), op.flops(case)
-        rows.append({"op": case.op, "case": case.label, "backend": backend, "us": ms * 1e3,
-                     "gbps": nbytes / ms / 1e6, "tflops": flops / ms / 1e9,
-                     "pct_copy": 100 * nbytes / ms / 1e6 / COPY_GBPS, "check_vs_triton": check})
+            if backend == "triton":
+                triton_out = out
+                row["check_vs_triton"] = ""
+            elif triton_out is not None:
+                row["check_vs_triton"] = "PASS" if op.compare(triton_out, out, op.tolerance(DTYPE)).ok else "FAIL"
+            row |= _time(lambda impl=impl: impl(**inputs), case.op in GRAPH_OPS)
+        except Exception as error:  # a baseline that cannot run here is reported, never fatal
+            row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:100] if str(error) else ''}"
+            rows.append(row)
+            continue
+        nbytes, flops, ms = op.bytes(case, DTYPE), op.flops(case), row["us"] / 1e3
+        row |= {"gbps": nbytes / ms / 1e6, "tflops": flops / ms / 1e9, "pct_copy": 100 * nbytes / ms / 1e6 / COPY_GBPS}
+        rows.append(row)
     base = next((r for r in rows[1:] if "us" in r), None)
     if base and "us" in rows[0]:
         rows[0]["speedup"] = base["us"] / rows[0]["us"]
+        if "graph_us" in rows[0] and "graph_us" in base:
+            rows[0]["graph_speedup"] = base["graph_us"] / rows[0]["graph_us"]
     return rows
 
 
 def print_row(row: dict) -> None:
     if "error" in row:
-        print(f"{row['op']:<18} {row['case'][:62]:<62} {row['backend']:<11} {row['error']}", flush=True)
+        print(f"{row['op']:<18} {row['case'][:62]:<62} {row['backend']:<11} {row['error'][:90]}", flush=True)
         return
     speedup = f"{row['speedup']:.2f}x" if "speedup" in row else ""
+    if "graph_us" in row:
+        speedup += f" graph {row['graph_us']:.1f}us" + (f" {row['graph_speedup']:.2f}x" if "graph_speedup" in row else "")
     print(f"{row['op']:<18} {row['case'][:62]:<62} {row['backend']:<11} {row['us']:>10.1f} {row['gbps']:>8.0f} "
           f"{row['tflops']:>7.1f} {row['pct_copy']:>6.1f}% {row['check_vs_triton']:<5} {speedup}", flush=True)
 
@@ -195,15 +213,21 @@ def main(argv=None) -> int:
                 print_row(row)
                 rows.append(row)
             torch.cuda.empty_cache()
+            _write(args.out, rows)
+    print(json.dumps(_write(args.out, rows), indent=1))
+    return 0
+
+
+def _write(out: str, rows: list[dict]) -> dict:
+    """Rewrite the JSON record (after every case, so a run cut short keeps what it measured)."""
     from kbench_triton.plugin import tuned_configs
 
     configs = tuned_configs()
-    print(json.dumps(configs, indent=1))
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "triton_bench.json"), "w") as f:
+    if out:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "triton_bench.json"), "w") as f:
             json.dump({"rows": rows, "tuned_configs": configs, "device": torch.cuda.get_device_name()}, f, indent=1)
-    return 0
+    return configs
 
 
 if __name__ == "__main__":

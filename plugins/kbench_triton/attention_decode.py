@@ -26,7 +26,10 @@ from kbench_triton.common import TunedKernel, dot, dot_flags, interpreting, laun
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
-MIN_TOKENS_PER_SPLIT = 256
+MIN_TOKENS_PER_SPLIT = 128
+# programs per SM to aim for: one program streams ~10 GB/s alone (latency-bound), so a
+# single wave of 132 leaves HBM idle; measured at batch 1, context 8192 (notes/triton.md)
+PROGRAMS_PER_SM = 4
 
 
 @triton.jit
@@ -109,10 +112,20 @@ _CONFIGS = [
     triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s)
     for n, w, s in [(64, 4, 3), (64, 4, 4), (128, 4, 3), (128, 8, 3), (32, 4, 4), (64, 8, 4)]
 ]
+SHORT_CAPACITY = 256
+
+
+def _prune(configs, named_args, **kwargs):
+    """Short caches (tests, first decode steps) take the first config untuned."""
+    if {**named_args, **kwargs}["capacity_bucket"] <= SHORT_CAPACITY:
+        return configs[:1]
+    return configs
+
+
 SPLIT = TunedKernel(
     "attention_decode_split", _split_kernel, _CONFIGS,
     ["capacity_bucket", "NUM_SPLITS", "GROUP", "HEAD_DIM", "PAGED", "PAGE_SIZE"],
-    triton.Config({"BLOCK_N": 16}),
+    triton.Config({"BLOCK_N": 16}), _prune,
 )
 
 
@@ -122,12 +135,12 @@ def _sm_count(device_index: int) -> int:
 
 
 def num_splits(batch: int, kv_heads: int, capacity: int, device: torch.device) -> int:
-    """Splits per (sequence, kv head): about two waves of programs, at least 256 keys each.
+    """Splits per (sequence, kv head): about PROGRAMS_PER_SM programs per SM, >= 128 keys each.
 
     Host shapes only (never the lengths on the device), so the choice is graph-capturable.
     """
     sms = 4 if device.type != "cuda" or interpreting() else _sm_count(device.index or 0)
-    wanted = triton.cdiv(2 * sms, batch * kv_heads)
+    wanted = triton.cdiv(PROGRAMS_PER_SM * sms, batch * kv_heads)
     return max(1, min(wanted, MAX_SPLITS, triton.cdiv(capacity, MIN_TOKENS_PER_SPLIT)))
 
 

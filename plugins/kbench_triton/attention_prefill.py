@@ -92,10 +92,18 @@ def _configs(head_dim_max: int) -> list[triton.Config]:
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
 
 
+def _prune(configs, named_args, **kwargs):
+    """Short sequences (tests, tiny prompts) take the smallest tile untuned: tuning costs more."""
+    if {**named_args, **kwargs}["max_seqlen_bucket"] <= SHORT_SEQLEN:
+        return configs[-1:]
+    return configs
+
+
+SHORT_SEQLEN = 256
 _KEY = ["max_seqlen_bucket", "GROUP", "HEAD_DIM"]
 _INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 32, "BLOCK_N": 16})
-PREFILL = TunedKernel("attention_prefill", _prefill_kernel, _configs(128), _KEY, _INTERPRETER_CONFIG)
-PREFILL_WIDE = TunedKernel("attention_prefill_d256", _prefill_kernel, _configs(256), _KEY, _INTERPRETER_CONFIG)
+PREFILL = TunedKernel("attention_prefill", _prefill_kernel, _configs(128), _KEY, _INTERPRETER_CONFIG, _prune)
+PREFILL_WIDE = TunedKernel("attention_prefill_d256", _prefill_kernel, _configs(256), _KEY, _INTERPRETER_CONFIG, _prune)
 
 
 def attention_prefill(q, k, v, cu_seqlens, max_seqlen, scale):

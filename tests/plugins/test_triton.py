@@ -1,0 +1,163 @@
+"""The ``triton`` backend beyond the conformance cases: in-place writes, paged caches with
+shuffled block tables, split counts, sampling fallbacks, ties, odd sizes, config exposure.
+
+Runs on the CPU through ``TRITON_INTERPRET=1`` (set by tests/conftest.py) with small shapes.
+"""
+
+import itertools
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from kbench_triton import plugin  # noqa: E402
+from kbench_triton.attention_decode import attention_decode  # noqa: E402
+from kbench_triton.attention_prefill import attention_prefill  # noqa: E402
+from kbench_triton.ffn import swiglu  # noqa: E402
+from kbench_triton.norm import rmsnorm  # noqa: E402
+from kbench_triton.rope import rope  # noqa: E402
+from kbench_triton.sampling import CANDIDATES, sample, topk  # noqa: E402
+
+from kbench.ops.attention import attention_decode_reference, attention_prefill_reference  # noqa: E402
+from kbench.ops.base import Case  # noqa: E402
+from kbench.ops.norm import rmsnorm_reference  # noqa: E402
+from kbench.ops.rope import rope_reference  # noqa: E402
+from kbench.ops.sampling import sample_reference, topk_reference  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _randn(*shape, dtype=torch.float32, scale=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g) * scale).to(device=DEVICE, dtype=dtype)
+
+
+@pytest.mark.parametrize("style", ["half", "interleaved"])
+def test_rope_rotates_q_and_k_in_place(style):
+    q, k = _randn(5, 4, 32), _randn(5, 2, 32, seed=1)
+    positions = torch.tensor([0, 3, 7, 1000, 40000], device=DEVICE)
+    inv_freq = (1.0 / 10000 ** (torch.arange(0, 32, 2).float() / 32)).to(DEVICE)
+    expected_q, expected_k = rope_reference(q.clone(), k.clone(), positions, inv_freq, style)
+    out_q, out_k = rope(q, k, positions, inv_freq, style)
+    assert out_q.data_ptr() == q.data_ptr() and out_k.data_ptr() == k.data_ptr()
+    torch.testing.assert_close(q, expected_q, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(k, expected_k, atol=1e-5, rtol=1e-5)
+
+
+def test_rope_keeps_the_norm_of_each_pair():
+    q, k = _randn(3, 3, 16), _randn(3, 1, 16, seed=2)
+    before = q.unflatten(-1, (2, 8)).pow(2).sum(-2)
+    rope(q, k, torch.tensor([5, 6, 7], device=DEVICE), torch.rand(8, device=DEVICE), "half")
+    torch.testing.assert_close(q.unflatten(-1, (2, 8)).pow(2).sum(-2), before, atol=1e-4, rtol=1e-5)
+
+
+def test_rmsnorm_odd_hidden_matches_reference():
+    x, weight = _randn(3, 1000), _randn(1000, seed=1)
+    torch.testing.assert_close(rmsnorm(x, weight, 1e-6), rmsnorm_reference(x, weight, 1e-6), atol=1e-5, rtol=1e-5)
+
+
+def test_swiglu_reads_strided_halves_of_a_fused_projection():
+    gate_up = _randn(4, 2 * 300, scale=2.0)
+    gate, up = gate_up[:, :300], gate_up[:, 300:]
+    expected = torch.nn.functional.silu(gate.double()) * up.double()
+    torch.testing.assert_close(swiglu(gate, up).double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_prefill_uneven_lengths_and_gqa_match_reference():
+    lengths = [1, 45, 20]
+    cu_seqlens = torch.tensor([0, *itertools.accumulate(lengths)], device=DEVICE, dtype=torch.int32)
+    tokens = sum(lengths)
+    q, k, v = _randn(tokens, 6, 96), _randn(tokens, 2, 96, seed=1), _randn(tokens, 2, 96, seed=2)
+    out = attention_prefill(q, k, v, cu_seqlens, max(lengths), 96 ** -0.5)
+    expected = attention_prefill_reference(q, k, v, cu_seqlens, max(lengths), 96 ** -0.5)
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
+
+
+def _decode_inputs(batch=3, heads=4, kv_heads=2, head_dim=32, capacity=48, lengths=(5, 48, 17)):
+    q = _randn(batch, heads, head_dim)
+    k_cache, v_cache = _randn(batch, capacity, kv_heads, head_dim, seed=1), _randn(batch, capacity, kv_heads, head_dim, seed=2)
+    seqlens = torch.tensor(lengths, device=DEVICE, dtype=torch.int32)
+    return q, k_cache, v_cache, seqlens
+
+
+@pytest.mark.parametrize("splits", [1, 2, 5, 16])
+def test_decode_agrees_for_every_split_count(splits):
+    # 16 splits of a 5-token sequence leave most splits empty: they must weigh nothing
+    q, k_cache, v_cache, seqlens = _decode_inputs()
+    expected = attention_decode_reference(q, k_cache, v_cache, seqlens, None, 0.2)
+    out = attention_decode(q, k_cache, v_cache, seqlens, None, 0.2, splits=splits)
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
+
+
+def test_paged_decode_with_shuffled_block_table_matches_contiguous_cache():
+    q, k_cache, v_cache, seqlens = _decode_inputs()
+    batch, capacity, kv_heads, head_dim = k_cache.shape
+    block_size = 8
+    blocks_per_seq = capacity // block_size
+    block_table = torch.randperm(batch * blocks_per_seq, generator=torch.Generator().manual_seed(3))
+    block_table = block_table.to(device=DEVICE, dtype=torch.int32).view(batch, blocks_per_seq)
+    paged_k = torch.empty(batch * blocks_per_seq, block_size, kv_heads, head_dim, device=DEVICE)
+    paged_v = torch.empty_like(paged_k)
+    for b in range(batch):
+        for j in range(blocks_per_seq):
+            rows = slice(j * block_size, (j + 1) * block_size)
+            paged_k[block_table[b, j]] = k_cache[b, rows]
+            paged_v[block_table[b, j]] = v_cache[b, rows]
+    expected = attention_decode_reference(q, k_cache, v_cache, seqlens, None, 0.2)
+    for splits in (1, 3):
+        out = attention_decode(q, paged_k, paged_v, seqlens, block_table, 0.2, splits=splits)
+        torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
+
+
+def test_topk_orders_ties_by_ascending_index():
+    logits = torch.randint(0, 4, (3, 700), generator=torch.Generator().manual_seed(0)).to(DEVICE, torch.bfloat16)
+    values, indices = topk(logits, 37)
+    expected_values, expected_indices = topk_reference(logits, 37)
+    assert torch.equal(indices, expected_indices) and torch.equal(values, expected_values)
+
+
+def test_sample_top_p_wider_than_the_candidates_takes_the_bisection_path():
+    # a flat distribution: top-p 0.99 keeps nearly all 3000 tokens, more than CANDIDATES
+    logits = _randn(2, 3000, scale=0.1)
+    uniforms = torch.tensor([0.3, 0.9], device=DEVICE)
+    kept = (torch.softmax(logits, -1) > 0).sum(-1)
+    assert (kept > CANDIDATES).all()
+    assert torch.equal(sample(logits, uniforms, 1.0, 0, 0.99), sample_reference(logits, uniforms, 1.0, 0, 0.99))
+
+
+def test_sample_top_k_ties_past_the_scratch_row_take_the_bisection_path():
+    # 5 distinct values over 3000 tokens: the top-k threshold ties with ~600 tokens (> scratch)
+    logits = torch.randint(0, 5, (2, 3000), generator=torch.Generator().manual_seed(1)).float().to(DEVICE)
+    uniforms = torch.tensor([0.25, 0.75], device=DEVICE)
+    for top_p in (1.0, 0.5):
+        expected = sample_reference(logits, uniforms, 0.7, 10, top_p)
+        assert torch.equal(sample(logits, uniforms, 0.7, 10, top_p), expected)
+
+
+def test_sample_draws_each_token_at_its_cdf_boundaries():
+    # u just below and above a CDF step picks the tokens on either side of it
+    logits = torch.log(torch.tensor([[0.25, 0.25, 0.5]], device=DEVICE))
+    probs = torch.softmax(logits, -1)
+    for u, token in ((0.0, 0), (0.2499, 0), (0.2501, 1), (0.4999, 1), (0.5001, 2), (0.9999, 2)):
+        assert sample(logits, torch.tensor([u], device=DEVICE), 1.0, 0, 1.0).item() == token, (u, probs)
+
+
+def test_supports_names_what_cannot_run(monkeypatch):
+    assert plugin.available() is None
+    wide = Case("attention_decode", batch=1, heads=4, kv_heads=4, head_dim=512)
+    assert "head_dim 512" in plugin.supports_attention(wide, torch.bfloat16, torch.device(DEVICE))
+    assert "k 2000" in plugin.supports_sampling(Case("topk", batch=1, vocab=4000, k=2000), torch.float32,
+                                                  torch.device(DEVICE))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    reason = plugin.supports_elementwise(Case("rmsnorm", tokens=1, hidden=8), torch.float32, torch.device("cpu"))
+    assert reason == "no CUDA device (set TRITON_INTERPRET=1 to run on the CPU interpreter)"
+
+
+def test_tuned_configs_name_the_config_of_each_launch():
+    rmsnorm(_randn(2, 64), _randn(64), 1e-5)
+    attention_decode(*_decode_inputs(), None, 0.2)
+    configs = plugin.tuned_configs()
+    assert configs["rmsnorm"]["64,float32"] == "BLOCK=64 num_warps=1"
+    assert any("NUM_SPLITS" in text for text in configs["attention_decode_splits"].values())
+    assert all(isinstance(text, str) for by_key in configs.values() for text in by_key.values())
