@@ -14,8 +14,10 @@
 # on it (`pytest --kbench-backend liger`); then for rmsnorm, add_rmsnorm, rope and swiglu
 # `kbench bench OP --backend liger --vs triton --vs cuda --spec model_specs/llama2-7b.yaml`
 # (correctness first, then CUDA-event and CUDA-graph timings at the shapes Llama 2 7B runs)
-# and `kbench compare --baseline triton` of each record. The cuda backend JIT-builds its
-# extension on first use (a minute or more, cached for the later ops).
+# and `kbench compare --baseline triton` of each record; last, docs/writing-a-backend-plugin.md
+# and `kbench new-plugin` followed on the GPU (tests/test_tutorial.py, tests/test_scaffold.py).
+# The cuda backend JIT-builds its extension on first use (a minute or more, cached for the
+# later ops).
 #
 # Back in $OUT: log.txt (everything printed) and one run record per op under results/.
 set -uo pipefail
@@ -51,4 +53,6 @@ for record in "$out"/results/*.json; do
   kbench compare --baseline triton "$record"
   kbench compare --baseline triton --metric kernel_us "$record"
 done
+echo "== the plugin tutorial and the scaffold, followed on the GPU (their checks run on cuda here)"
+timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_tutorial.py tests/test_scaffold.py
 echo "== done"
