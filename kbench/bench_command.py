@@ -90,13 +90,12 @@ def sweep_cases(op, dim_values: dict[str, list[str]]) -> list:
 
 def get_backend(registry, op_name: str, backend: str):
     """The implementation, or KbenchError with the closest backend and any plugin load errors."""
+    from kbench.testing.conformance import with_plugin_errors
+
     try:
         return registry.get(op_name, backend)
     except KbenchError as error:
-        if registry.plugin_errors:
-            failed = "; ".join(f"plugin {n!r} failed to load: {e}" for n, e in registry.plugin_errors.items())
-            raise KbenchError(error.message, f"{error.fix} ({failed})") from None
-        raise
+        raise with_plugin_errors(error, registry) from None
 
 
 def bench_record(op_name: str, backends: list[str], rows: list[dict], registry, device: str, dtype,

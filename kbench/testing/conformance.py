@@ -52,27 +52,31 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def with_plugin_errors(error: KbenchError, registry: Registry) -> KbenchError:
+    """``error`` (an unknown backend, say) with the plugins that failed to load appended to its fix:
+    the backend asked for may be one of theirs."""
+    if not registry.plugin_errors:
+        return error
+    failed = "; ".join(f"plugin {name!r} failed to load: {reason}" for name, reason in registry.plugin_errors.items())
+    return KbenchError(error.message, f"{error.fix} ({failed})" if error.fix else f"({failed})")
+
+
 def backend_ops(registry: Registry, backend: str) -> list[str]:
     """The ops ``backend`` registers; KbenchError with the closest match if it registers none."""
     ops = sorted(op for (op, name) in registry.implementations if name == backend)
-    if ops:
-        return ops
-    if registry.plugin_errors:
-        errors = "; ".join(f"plugin {name!r} failed to load: {error}" for name, error in registry.plugin_errors.items())
-        error = unknown_name("backend", backend, registry.backends())
-        raise KbenchError(error.message, f"{error.fix} ({errors})")
-    raise unknown_name("backend", backend, registry.backends())
+    if not ops:
+        raise with_plugin_errors(unknown_name("backend", backend, registry.backends()), registry)
+    return ops
 
 
-def conformance_cases(backend: str, registry: Registry | None = None, ops: list[str] | None = None) -> list[ConformanceCase]:
+def conformance_cases(backend: str, registry: Registry | None = None) -> list[ConformanceCase]:
     """Every (op, test case, dtype) of the suite for ``backend``, in a stable order.
 
     ``registry`` defaults to the process-wide one (every installed plugin).
     """
     registry = registry or get_registry()
-    chosen = backend_ops(registry, backend) if ops is None else ops
     items = []
-    for op_name in chosen:
+    for op_name in backend_ops(registry, backend):
         op = registry.op(op_name)
         for case in op.test_cases:
             for dtype in op.dtypes:
