@@ -286,19 +286,60 @@ bool attention_decode_supported(int head_dim, int group) {
     return (head_dim == 64 || head_dim == 80 || head_dim == 128) && group >= 1 && group <= 8;
 }
 
-int attention_decode_splits(int batch, int kv_heads, int capacity, int multiprocessors) {
-    // Enough blocks for about four per multiprocessor, each slice at least 64 tokens.
-    const int blocks = batch * kv_heads;
-    const int wanted = (4 * multiprocessors + blocks - 1) / blocks;
-    const int most = (capacity + 63) / 64;
-    int splits = wanted < most ? wanted : most;
-    splits = splits < kMaxSplits ? splits : kMaxSplits;
-    return splits < 1 ? 1 : splits;
+namespace {
+
+template <typename T, int HEAD_DIM>
+const void* decode_kernel_for(int group_bucket) {
+    switch (group_bucket) {
+        case 1: return reinterpret_cast<const void*>(decode_kernel<T, HEAD_DIM, 1>);
+        case 2: return reinterpret_cast<const void*>(decode_kernel<T, HEAD_DIM, 2>);
+        case 4: return reinterpret_cast<const void*>(decode_kernel<T, HEAD_DIM, 4>);
+        default: return reinterpret_cast<const void*>(decode_kernel<T, HEAD_DIM, 8>);
+    }
 }
 
-int attention_decode_tokens_per_split(int capacity, int splits) {
-    const int tokens = (capacity + splits - 1) / splits;
-    return (tokens + 31) / 32 * 32;
+template <typename T>
+const void* decode_kernel_for(int head_dim, int group_bucket) {
+    switch (head_dim) {
+        case 64: return decode_kernel_for<T, 64>(group_bucket);
+        case 80: return decode_kernel_for<T, 80>(group_bucket);
+        default: return decode_kernel_for<T, 128>(group_bucket);
+    }
+}
+
+}  // namespace
+
+cudaError_t attention_decode_plan(int batch, int heads, int kv_heads, int head_dim, int capacity, DType dtype,
+                                  int* splits, int* tokens_per_split) {
+    const void* kernel = nullptr;
+    const int bucket = pow2_at_least(heads / kv_heads);
+    KBENCH_DISPATCH_FLOAT(dtype, kernel = decode_kernel_for<scalar_t>(head_dim, bucket));
+    int device = 0, multiprocessors = 0, per_sm = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device);
+    if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * 32, 0);
+    if (err != cudaSuccess) return err;
+    // Blocks do equal work (a full slice each), so they run in waves of `resident`: take the
+    // fewest splits whose last wave is at least 90% full, else the most (each >= 64 tokens).
+    const int64_t resident = static_cast<int64_t>(per_sm > 0 ? per_sm : 1) * multiprocessors;
+    const int64_t base = static_cast<int64_t>(batch) * kv_heads;
+    int most = (capacity + 63) / 64;
+    most = most < kMaxSplits ? most : kMaxSplits;
+    most = most < 1 ? 1 : most;
+    int chosen = most;
+    for (int s = 1; s <= most; ++s) {
+        const int64_t blocks = base * s;
+        const int64_t waves = (blocks + resident - 1) / resident;
+        if (blocks * 10 >= waves * resident * 9) {
+            chosen = s;
+            break;
+        }
+    }
+    int tokens = (capacity + chosen - 1) / chosen;
+    tokens = (tokens + 31) / 32 * 32;
+    *tokens_per_split = tokens;
+    *splits = (capacity + tokens - 1) / tokens;  // no slice left empty by the rounding
+    return cudaSuccess;
 }
 
 cudaError_t launch_attention_decode(const void* q, const void* k_cache, const void* v_cache, const int* cache_seqlens,

@@ -44,13 +44,6 @@ void check_same(const at::Tensor& a, const at::Tensor& b, const char* name, cons
 
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
 
-int multiprocessors(const at::Device& device) {
-    int count = 0;
-    const cudaError_t err = cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device.index());
-    TORCH_CHECK(err == cudaSuccess, "cudaDeviceGetAttribute: ", cudaGetErrorString(err));
-    return count;
-}
-
 at::Tensor rmsnorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
     check_cuda_tensor(x, "x", "rmsnorm");
     check_same(x, weight, "weight", "rmsnorm");
@@ -191,8 +184,10 @@ at::Tensor attention_decode(const at::Tensor& q, const at::Tensor& k_cache, cons
     } else {
         TORCH_CHECK(k_cache.size(0) == batch, op, ": a contiguous cache is [batch, max_seq_len, kv_heads, head_dim]");
     }
-    const int splits = attention_decode_splits(batch, kv_heads, capacity, multiprocessors(q.device()));
-    const int tokens_per_split = attention_decode_tokens_per_split(capacity, splits);
+    int splits = 1, tokens_per_split = capacity;
+    check_launch(attention_decode_plan(batch, heads, kv_heads, head_dim, capacity, dtype_of(q, op), &splits,
+                                       &tokens_per_split),
+                 op);
     at::Tensor out = at::empty_like(qc);
     at::Tensor partial_out, partial_lse;
     if (splits > 1) {

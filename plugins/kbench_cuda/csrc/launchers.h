@@ -48,8 +48,10 @@ cudaError_t launch_topk(const void* logits, void* values, int64_t* indices, int 
 // partial_out [batch, heads, splits, head_dim] and partial_lse [batch, heads, splits] float32
 // are scratch.
 bool attention_decode_supported(int head_dim, int group);
-int attention_decode_splits(int batch, int kv_heads, int capacity, int multiprocessors);
-int attention_decode_tokens_per_split(int capacity, int splits);
+// How many slices of the context each (sequence, kv head) is split into, and their length,
+// from shapes alone: enough blocks to fill the GPU's resident slots in near-full waves.
+cudaError_t attention_decode_plan(int batch, int heads, int kv_heads, int head_dim, int capacity, DType dtype,
+                                  int* splits, int* tokens_per_split);
 cudaError_t launch_attention_decode(const void* q, const void* k_cache, const void* v_cache, const int* cache_seqlens,
                                     const int* block_table, void* out, float* partial_out, float* partial_lse,
                                     int batch, int heads, int kv_heads, int head_dim, int64_t cache_stride,
