@@ -314,14 +314,28 @@ cudaError_t attention_decode_plan(int batch, int heads, int kv_heads, int head_d
     const void* kernel = nullptr;
     const int bucket = pow2_at_least(heads / kv_heads);
     KBENCH_DISPATCH_FLOAT(dtype, kernel = decode_kernel_for<scalar_t>(head_dim, bucket));
-    int device = 0, multiprocessors = 0, per_sm = 0;
+    int device = 0;
     cudaError_t err = cudaGetDevice(&device);
-    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device);
-    if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * 32, 0);
     if (err != cudaSuccess) return err;
+    // Resident blocks of each kernel on each device, asked once (the query costs microseconds,
+    // as much as a decode step's kernel).
+    static int resident_cache[16][3][4][4];  // [device][dtype][head_dim 64/80/128][log2 group]
+    const int dtype_index = static_cast<int>(dtype);
+    const int hd_index = head_dim == 64 ? 0 : head_dim == 80 ? 1 : 2;
+    const int group_index = bucket == 1 ? 0 : bucket == 2 ? 1 : bucket == 4 ? 2 : 3;
+    int* cached = device < 16 ? &resident_cache[device][dtype_index][hd_index][group_index] : nullptr;
+    int resident_blocks = cached ? *cached : 0;
+    if (resident_blocks == 0) {
+        int multiprocessors = 0, per_sm = 0;
+        err = cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device);
+        if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * 32, 0);
+        if (err != cudaSuccess) return err;
+        resident_blocks = (per_sm > 0 ? per_sm : 1) * multiprocessors;
+        if (cached) *cached = resident_blocks;
+    }
     // Blocks do equal work (a full slice each), so they run in waves of `resident`: take the
     // fewest splits whose last wave is at least 90% full, else the most (each >= 64 tokens).
-    const int64_t resident = static_cast<int64_t>(per_sm > 0 ? per_sm : 1) * multiprocessors;
+    const int64_t resident = resident_blocks;
     const int64_t base = static_cast<int64_t>(batch) * kv_heads;
     int most = (capacity + 63) / 64;
     most = most < kMaxSplits ? most : kMaxSplits;
