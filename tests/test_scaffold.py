@@ -1,5 +1,8 @@
 """`kbench new-plugin`: the generated package installs, registers its backend, and its tests pass."""
 
+import shutil
+import subprocess
+
 import pytest
 from click.testing import CliRunner
 
@@ -46,6 +49,16 @@ def test_generated_tests_pass_as_generated(installed_plugin):
 def test_generated_plugin_passes_the_conformance_suite(installed_plugin):
     env, plugin = installed_plugin
     result = env.run("pytest -q -p no:cacheprovider --kbench-backend scaffolded -m kbench_conformance", cwd=plugin)
+    assert result.returncode == 0, result.stdout
+
+
+def test_generated_code_is_lint_clean_with_ruffs_defaults(tmp_path):
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed")
+    new_plugin("linted", tmp_path / "kbench-linted")
+    result = subprocess.run([ruff, "check", "--isolated", "--select", "E,F,W,I,B,UP", str(tmp_path / "kbench-linted")],
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
 
