@@ -19,6 +19,8 @@ The venv lives in a temporary folder, so nothing the page installs outlives the 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +106,11 @@ def test_following_the_tutorial_yields_a_listed_plugin_that_passes_its_checks(tm
     assert env is not None, "the page has no setup block"
     listed = env.run("kbench list --json --op rmsnorm", cwd=cwd)
     assert '"backend": "mykernels"' in listed.stdout and '"available": true' in listed.stdout
+    ruff = shutil.which("ruff")
+    if ruff:  # the page's code is code to copy: lint-clean under ruff's defaults, kbench as third party
+        linted = subprocess.run([ruff, "check", "--isolated", "--select", "E,F,W,I,B,UP", "--exclude", ".venv", "."],
+                                cwd=cwd, capture_output=True, text=True)
+        assert linted.returncode == 0, linted.stdout
 
 
 @pytest.mark.parametrize(("body", "commands", "expected"), [

@@ -9,7 +9,7 @@ and in a plugin's own tests::
 
     from kbench.testing import assert_conforms, conformance_cases
 
-    @pytest.mark.parametrize("item", conformance_cases("mybackend"), ids=lambda item: item.id)
+    @pytest.mark.parametrize("item", conformance_cases("mybackend"), ids=str)
     def test_mybackend_conforms(item):
         assert_conforms(item)
 

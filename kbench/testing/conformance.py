@@ -40,11 +40,16 @@ class ConformanceCase:
 
     @property
     def id(self) -> str:
-        """'rmsnorm-tokens=37,hidden=320,eps=1e-06-float32': a pytest id without spaces."""
+        """'rmsnorm-tokens=37,hidden=320,eps=1e-06-float32': a pytest id (``ids=str`` gives it)."""
         return f"{self.op}-{self.case.label.replace(' ', ',')}-{dtype_name(self.dtype)}"
 
-    def __str__(self) -> str:
+    @property
+    def description(self) -> str:
+        """'rmsnorm/mybackend tokens=37 hidden=320 eps=1e-06 float32': for messages."""
         return f"{self.op}/{self.backend} {self.case.label} {dtype_name(self.dtype)}"
+
+    def __str__(self) -> str:
+        return self.id
 
 
 def default_device() -> str:
@@ -112,12 +117,12 @@ def run_conformance(registry: Registry, item: ConformanceCase, device: str, seed
     """
     check = check_implementation(registry, item.op, item.backend, item.case, item.dtype, device, seed=seed)
     if not check.ok:
-        raise ConformanceFailure(f"{item} on {device}: {check.summary()}")
+        raise ConformanceFailure(f"{item.description} on {device}: {check.summary()}")
     written = written_inputs(registry, item, device, seed)
     if written:
         allowed = ", ".join(registry.op(item.op).inplace) or "none"
         raise ConformanceFailure(
-            f"{item} on {device}: FAIL wrote input(s) {', '.join(written)} in place "
+            f"{item.description} on {device}: FAIL wrote input(s) {', '.join(written)} in place "
             f"(the {item.op} contract allows: {allowed})"
         )
     return check
@@ -128,7 +133,7 @@ def assert_conforms(item: ConformanceCase, registry: Registry | None = None, dev
 
     This is the whole body of a plugin's own conformance test::
 
-        @pytest.mark.parametrize("item", conformance_cases("mybackend"), ids=lambda item: item.id)
+        @pytest.mark.parametrize("item", conformance_cases("mybackend"), ids=str)
         def test_mybackend_conforms(item):
             assert_conforms(item)
     """

@@ -58,7 +58,7 @@ class ConformanceItem(pytest.Item):
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self):
-        return self.path, None, f"kbench conformance {self.conformance}"
+        return self.path, None, f"kbench conformance {self.conformance.description}"
 
 
 class ConformanceSuite(pytest.Collector):

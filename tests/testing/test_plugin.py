@@ -69,7 +69,7 @@ def test_assert_conforms_in_a_plugins_own_tests(pytester, wrong_plugin):
         import pytest
         from kbench.testing import assert_conforms, conformance_cases
 
-        @pytest.mark.parametrize("item", conformance_cases("wrongnorm"), ids=lambda item: item.id)
+        @pytest.mark.parametrize("item", conformance_cases("wrongnorm"), ids=str)
         def test_wrongnorm_conforms(item):
             assert_conforms(item, device="cpu")
     """)
