@@ -1,6 +1,6 @@
 """Time the ``triton`` backend's kernels against torch.compile / SDPA / the reference.
 
-    python benchmarks/triton_bench.py [--ops rmsnorm,attention_decode] [--quick] [--out DIR]
+    python benchmarks/triton_bench.py [--ops rmsnorm,attention_decode] [--quick] [--sweep] [--out DIR]
 
 Every timing is ``triton.testing.do_bench`` (median, L2 flushed between repetitions). GB/s
 counts the op's own ``bytes(case, dtype)``, TFLOP/s its ``flops(case)``; ``%copy`` is the
@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import time
+from functools import partial
 
 import torch
 import triton
@@ -186,7 +187,67 @@ def print_row(row: dict) -> None:
     if "graph_us" in row:
         speedup += f" graph {row['graph_us']:.1f}us" + (f" {row['graph_speedup']:.2f}x" if "graph_speedup" in row else "")
     print(f"{row['op']:<18} {row['case'][:62]:<62} {row['backend']:<11} {row['us']:>10.1f} {row['gbps']:>8.0f} "
-          f"{row['tflops']:>7.1f} {row['pct_copy']:>6.1f}% {row['check_vs_triton']:<5} {speedup}", flush=True)
+          f"{row['tflops']:>7.1f} {row['pct_copy']:>6.1f}% {row.get('check_vs_triton', ''):<5} {speedup}", flush=True)
+
+
+def _gbps(ms: float, nbytes: float) -> str:
+    return f"{ms * 1e3:8.1f}us {nbytes / ms / 1e6:6.0f} GB/s {100 * nbytes / ms / 1e6 / COPY_GBPS:5.1f}%"
+
+
+def _launch_ms(kernel, grid, *args, **kwargs) -> float:
+    return triton.testing.do_bench(lambda: kernel[grid](*args, **kwargs), warmup=25, rep=100, return_mode="median")
+
+
+def sweep() -> None:
+    """Launch parameters of the bandwidth-bound kernels, timed directly (tuning aid)."""
+    from kbench_triton import attention_decode as decode
+    from kbench_triton import ffn, norm
+    from kbench_triton import rope as rope_module
+
+    hidden = 4096
+    for tokens in (4096, 32768):
+        x, weight = _randn(tokens, hidden), _randn(hidden)
+        out = torch.empty_like(x)
+        for warps in (4, 8, 16):
+            ms = _launch_ms(norm._rmsnorm_kernel, (tokens,), x, x, weight, out, hidden, hidden, hidden, hidden, 1e-5,
+                            HAS_RESIDUAL=False, BLOCK=hidden, num_warps=warps)
+            print(f"sweep rmsnorm tokens={tokens} warps={warps} {_gbps(ms, 2 * x.numel() * 2)}", flush=True)
+    tokens, intermediate = 32768, 11008
+    gate, up = _randn(tokens, intermediate), _randn(tokens, intermediate)
+    out = torch.empty_like(gate)
+    for block in (1024, 2048, 4096, 8192):
+        for warps in (4, 8):
+            ms = _launch_ms(ffn._swiglu_kernel, (tokens, triton.cdiv(intermediate, block)), gate, up, out,
+                            intermediate, intermediate, intermediate, intermediate, BLOCK=block, num_warps=warps)
+            print(f"sweep swiglu BLOCK={block} warps={warps} {_gbps(ms, 3 * gate.numel() * 2)}", flush=True)
+    gate = up = out = None
+    positions = torch.arange(tokens, device="cuda") % 4096
+    inv_freq = rope_inv_freq(128, RopeConfig(), 4096).cuda()
+    for kv_heads in (32, 8):
+        q, k = _randn(tokens, 32, 128), _randn(tokens, kv_heads, 128)
+        nbytes = 2 * (q.numel() + k.numel()) * 2
+        for block_heads in (4, 8, 16, 32):
+            for warps in (2, 4, 8):
+                ms = _launch_ms(rope_module._rope_kernel, (tokens,), q, k, positions, inv_freq, *q.stride(),
+                                *k.stride(), 32, kv_heads, HALF=64, INTERLEAVED=False, PRECISE_TRIG=True,
+                                BLOCK_HEADS=block_heads, BLOCK_HALF=64, num_warps=warps)
+                print(f"sweep rope kv_heads={kv_heads} BLOCK_HEADS={block_heads} warps={warps} {_gbps(ms, nbytes)}",
+                      flush=True)
+    default = decode.PROGRAMS_PER_SM
+    for kv_heads, batch, context in ((32, 1, 8192), (8, 1, 8192), (8, 4, 2048), (32, 1, 512)):
+        case = Case("attention_decode", batch=batch, context=context, layout="contiguous", block_size=256,
+                    heads=32, kv_heads=kv_heads, head_dim=128)
+        inputs = inputs_for(case)
+        nbytes = 2 * batch * context * kv_heads * 128 * 2
+        for per_sm in (2, 4, 8, 16):
+            decode.PROGRAMS_PER_SM = per_sm
+            decode.attention_decode(**inputs)
+            ms = triton.testing.do_bench_cudagraph(partial(decode.attention_decode, **inputs), rep=100,
+                                                   return_mode="median")
+            splits = decode.num_splits(batch, kv_heads, context, torch.device("cuda"))
+            print(f"sweep decode kv_heads={kv_heads} batch={batch} context={context} per_sm={per_sm} "
+                  f"splits={splits} graph {_gbps(ms, nbytes)}", flush=True)
+    decode.PROGRAMS_PER_SM = default
 
 
 def main(argv=None) -> int:
@@ -196,7 +257,10 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile where it is not the baseline")
     parser.add_argument("--budget-s", type=float, default=math.inf, help="stop starting new cases after this")
     parser.add_argument("--out", default=os.environ.get("OUT", ""))
+    parser.add_argument("--sweep", action="store_true", help="time launch-parameter variants first")
     args = parser.parse_args(argv)
+    if args.sweep:
+        sweep()
     registry = get_registry()
     wanted = [o for o in args.ops.split(",") if o]
     started = time.time()

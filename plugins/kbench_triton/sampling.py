@@ -76,7 +76,7 @@ def _nth_largest_key(row_ptr, vocab, n, temperature, SCALE: tl.constexpr, BLOCK:
     prefix = tl.full([], 0, tl.uint32)
     remaining = n
     for step in tl.static_range(4):
-        shift: tl.constexpr = 24 - 8 * step
+        shift = 24 - 8 * step
         hist = tl.zeros([2 * 256], dtype=tl.int32)
         for start in range(0, vocab, BLOCK):
             offs = start + tl.arange(0, BLOCK)
@@ -89,9 +89,9 @@ def _nth_largest_key(row_ptr, vocab, n, temperature, SCALE: tl.constexpr, BLOCK:
             hist += tl.histogram(tl.where(match, digit, digit + 256), 2 * 256)
         hist = tl.where(bins < 256, hist, 0)
         at_least = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist  # keys whose byte >= bin
-        digit = tl.max(tl.where((at_least >= remaining) & (bins < 256), bins, 0), 0)
-        remaining -= tl.sum(tl.where(bins > digit, hist, 0), 0)
-        prefix = (prefix << 8) | digit.to(tl.uint32)
+        chosen = tl.max(tl.where((at_least >= remaining) & (bins < 256), bins, 0), 0)
+        remaining -= tl.sum(tl.where(bins > chosen, hist, 0), 0)
+        prefix = (prefix << 8) | chosen.to(tl.uint32)
     return prefix, remaining
 
 
@@ -189,7 +189,10 @@ def _sample_kernel(logits_ptr, uniforms_ptr, out_ptr, scratch_s_ptr, scratch_ind
             s = _load_scores(row_ptr, offs, mask, temperature, True)
             chosen = mask & (_ordered_key(s) >= cut)
             if USE_TOPP:
-                partial += tl.where(chosen | (not USE_TOPK), _exp(s - row_max, PRECISE), 0.0)
+                if USE_TOPK:
+                    partial += tl.where(chosen, _exp(s - row_max, PRECISE), 0.0)
+                else:
+                    partial += _exp(s - row_max, PRECISE)  # exp(-inf) = 0 past the vocab
             position = found + tl.cumsum(chosen.to(tl.int32), 0) - 1
             store = chosen & (position < CAP)
             tl.store(scratch_s_ptr + row * CAP + position, s, mask=store)
@@ -198,46 +201,47 @@ def _sample_kernel(logits_ptr, uniforms_ptr, out_ptr, scratch_s_ptr, scratch_ind
         if USE_TOPP:
             denominator = tl.sum(partial, 0)
 
-    token = big
-    done = False
-    if (USE_TOPK or USE_TOPP) and found <= CAP:
-        tl.debug_barrier()
-        slots = tl.arange(0, CAP)
-        valid = slots < found
-        s = tl.load(scratch_s_ptr + row * CAP + slots, mask=valid, other=float("-inf"))
-        index = tl.load(scratch_index_ptr + row * CAP + slots, mask=valid, other=big)
-        p = tl.where(valid, _exp(s - row_max, PRECISE) / denominator, 0.0)
-        keep = valid
-        done = True
-        if USE_TOPP:
-            # the same threshold search as below, on the candidates held in registers
-            lo = 0
-            hi = 0x3F800000
-            while lo < hi:
-                mid = (lo + hi) // 2
-                y = mid.to(tl.int32).to(tl.float32, bitcast=True)
-                if tl.sum(tl.where(p > y, p, 0.0), 0) < top_p:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            threshold = lo.to(tl.int32).to(tl.float32, bitcast=True)
-            keep = valid & (p >= threshold)
-            if not USE_TOPK:
-                # a candidate below the threshold proves no token outside could be kept
-                done = tl.sum((valid & (p < threshold)).to(tl.int32), 0) > 0
-        weights = tl.where(keep, p, 0.0)
-        running = tl.cumsum(weights, 0)
-        total = tl.max(running, 0)
-        first_above = tl.min(tl.where(valid & (running > x_fraction * total), index, big), 0)
-        first_full = tl.min(tl.where(valid & (running >= total), index, big), 0)
-        token = tl.minimum(first_above, first_full)
+    token = tl.full([], big, tl.int32)
+    done = tl.zeros([], dtype=tl.int32)
+    if USE_TOPK or USE_TOPP:
+        if found <= CAP:
+            tl.debug_barrier()
+            slots = tl.arange(0, CAP)
+            valid = slots < found
+            s = tl.load(scratch_s_ptr + row * CAP + slots, mask=valid, other=float("-inf"))
+            index = tl.load(scratch_index_ptr + row * CAP + slots, mask=valid, other=big)
+            p = tl.where(valid, _exp(s - row_max, PRECISE) / denominator, 0.0)
+            keep = valid
+            done = tl.full([], 1, tl.int32)
+            if USE_TOPP:
+                # the same threshold search as below, on the candidates held in registers
+                lo = tl.zeros([], dtype=tl.int32)
+                hi = tl.full([], 0x3F800000, tl.int32)
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    y = mid.to(tl.int32).to(tl.float32, bitcast=True)
+                    if tl.sum(tl.where(p > y, p, 0.0), 0) < top_p:
+                        hi = mid
+                    else:
+                        lo = mid + 1
+                threshold = lo.to(tl.int32).to(tl.float32, bitcast=True)
+                keep = valid & (p >= threshold)
+                if not USE_TOPK:
+                    # a candidate below the threshold proves no token outside could be kept
+                    done = (tl.sum((valid & (p < threshold)).to(tl.int32), 0) > 0).to(tl.int32)
+            weights = tl.where(keep, p, 0.0)
+            running = tl.cumsum(weights, 0)
+            total = tl.max(running, 0)
+            first_above = tl.min(tl.where(valid & (running > x_fraction * total), index, big), 0)
+            first_full = tl.min(tl.where(valid & (running >= total), index, big), 0)
+            token = tl.minimum(first_above, first_full)
 
-    if not done:
+    if done == 0:
         threshold = 0.0
         if USE_TOPP:
             # smallest probability bit pattern y with (mass of p > y) < top_p: an element's p
-            lo = 0
-            hi = 0x3F800000  # 1.0: nothing is more probable, mass 0 < top_p
+            lo = tl.zeros([], dtype=tl.int32)
+            hi = tl.full([], 0x3F800000, tl.int32)  # 1.0: nothing is more probable, mass 0 < top_p
             while lo < hi:
                 mid = (lo + hi) // 2
                 y = mid.to(tl.int32).to(tl.float32, bitcast=True)
@@ -273,9 +277,13 @@ def _sample_kernel(logits_ptr, uniforms_ptr, out_ptr, scratch_s_ptr, scratch_ind
     tl.store(out_ptr + row, token.to(tl.int64))
 
 
+# One program streams a whole row, latency-bound: wide steps keep more bytes in flight.
+NUM_WARPS = 16
+
+
 def _block(vocab: int) -> int:
-    # 4096 scores per step: 16 per thread at 8 warps, few steps per row
-    return min(4096, triton.next_power_of_2(vocab))
+    # 8192 scores per step: 16 per thread at 16 warps
+    return min(8192, triton.next_power_of_2(vocab))
 
 
 def topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -287,10 +295,10 @@ def topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     k_pad = triton.next_power_of_2(k)
     scratch = torch.empty((batch, k_pad), dtype=torch.int64, device=logits.device)
     block = _block(vocab)
-    launch_config("topk", (vocab, k), BLOCK=block, num_warps=8)
+    launch_config("topk", (vocab, k), BLOCK=block, num_warps=NUM_WARPS)
     if batch:
         _topk_kernel[(batch,)](logits, values, indices, scratch, logits.stride(0), vocab, k,
-                               K_PAD=k_pad, BLOCK=block, num_warps=8)
+                               K_PAD=k_pad, BLOCK=block, num_warps=NUM_WARPS)
     return values, indices
 
 
@@ -303,8 +311,8 @@ def sample(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top
     if batch == 0:
         return tokens
     if temperature == 0:
-        launch_config("sample_greedy", (vocab,), BLOCK=block, num_warps=8)
-        _greedy_kernel[(batch,)](logits, tokens, logits.stride(0), vocab, BLOCK=block, num_warps=8)
+        launch_config("sample_greedy", (vocab,), BLOCK=block, num_warps=NUM_WARPS)
+        _greedy_kernel[(batch,)](logits, tokens, logits.stride(0), vocab, BLOCK=block, num_warps=NUM_WARPS)
         return tokens
     use_topk = 0 < top_k < vocab
     use_topp = top_p < 1.0
@@ -312,10 +320,10 @@ def sample(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top
     cap = max(256, 2 * triton.next_power_of_2(candidates))
     scratch_s = torch.empty((batch, cap), dtype=torch.float32, device=logits.device)
     scratch_index = torch.empty((batch, cap), dtype=torch.int32, device=logits.device)
-    launch_config("sample", (vocab, top_k, top_p < 1.0), BLOCK=block, CAP=cap, num_warps=8)
+    launch_config("sample", (vocab, top_k, top_p < 1.0), BLOCK=block, CAP=cap, num_warps=NUM_WARPS)
     _sample_kernel[(batch,)](
         logits, uniforms, tokens, scratch_s, scratch_index, logits.stride(0), vocab,
         float(temperature), float(top_p), candidates,
-        USE_TOPK=use_topk, USE_TOPP=use_topp, CAP=cap, PRECISE=not interpreting(), BLOCK=block, num_warps=8,
+        USE_TOPK=use_topk, USE_TOPP=use_topp, CAP=cap, PRECISE=not interpreting(), BLOCK=block, num_warps=NUM_WARPS,
     )
     return tokens
