@@ -202,6 +202,8 @@ def bench_command(ctx, op_name, backend, others, spec_path, dtype, device, warmu
     bench = BenchConfig(**{**bench.__dict__, **{k: v for k, v in (("warmup_ms", warmup_ms), ("rep_ms", rep_ms))
                                                  if v is not None}})
 
+    if all(get_backend(registry, op.name, backend).reason(case, dtype, device) for case in cases):
+        registry.resolve(op.name, backend, cases[0], dtype, device)  # raises: the reason, and who can
     ceilings = {}
     if torch.device(device).type == "cuda":
         from kbench.env import measure_ceilings

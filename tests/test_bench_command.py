@@ -101,6 +101,14 @@ def test_a_plugin_that_raises_on_import_is_listed_and_the_others_still_run(plugi
     assert only_record(tmp_path)["plugin_errors"]["broken"].startswith("RuntimeError")
 
 
+def test_a_backend_that_can_run_none_of_the_cases_is_an_error_with_its_reason(plugins):
+    plugins("halfnorm", HALF_SCALED_RMSNORM.replace("rmsnorm)", "rmsnorm, supports=lambda c, d, v: 'float32 only')"))
+    result = bench("rmsnorm", "--backend", "halfnorm", "--vs", "torch", "--tokens", "4", "--hidden", "64")
+    assert result.exit_code == 2, result.output
+    assert "Backend 'halfnorm' cannot run rmsnorm" in text(result) and "float32 only" in text(result)
+    assert "Backends that can: reference" in text(result)
+
+
 def test_unknown_backend_of_a_broken_plugin_names_the_import_error(plugins):
     plugins("broken", "raise RuntimeError('cannot import me')\n")
     result = bench("rmsnorm", "--backend", "broken")
