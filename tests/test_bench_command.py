@@ -1,6 +1,7 @@
 """`kbench bench`: shape sweeps from the command line, the run record it writes, its exit status."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,10 @@ def plugins(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setenv("KBENCH_PLUGINS", "torch,halfnorm,broken")
     get_registry.cache_clear()
-    yield lambda name, source: write_plugin_dist(site, name, source)
+    modules = []
+    yield lambda name, source: modules.append(write_plugin_dist(site, name, source))
+    for module in modules:  # the next test's plugin of the same name must be imported afresh
+        sys.modules.pop(module, None)
     get_registry.cache_clear()
 
 

@@ -4,6 +4,8 @@ Put on ``sys.path`` (and ``PYTHONPATH`` for subprocesses), they are found by
 ``importlib.metadata.entry_points`` exactly as an installed plugin is.
 """
 
+import sys
+
 import pytest
 from fake_plugins import WRONG_RMSNORM
 
@@ -20,7 +22,15 @@ def plugin_dist(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(site))
     get_registry.cache_clear()
 
-    yield lambda name, source: write_plugin_dist(site, name, source)
+    modules = []
+
+    def install(name, source):
+        modules.append(write_plugin_dist(site, name, source))
+        return modules[-1]
+
+    yield install
+    for module in modules:  # the next test's plugin of the same name must be imported afresh
+        sys.modules.pop(module, None)
     get_registry.cache_clear()
 
 
