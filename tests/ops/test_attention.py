@@ -90,18 +90,24 @@ def decode_case(lengths, heads=8, kv_heads=2, head_dim=64, layout="contiguous", 
                 heads=heads, kv_heads=kv_heads, head_dim=head_dim, layout=layout, block_size=block_size)
 
 
+def sequence_cache(inputs, b, length):
+    """Sequence b's K and V rows [length, kv_heads, head_dim], looked up token by token."""
+    table = inputs["block_table"]
+    if table is None:
+        return inputs["k_cache"][b, :length], inputs["v_cache"][b, :length]
+    block_size = inputs["k_cache"].shape[1]
+    rows = [(table[b, t // block_size].item(), t % block_size) for t in range(length)]
+    return (torch.stack([inputs["k_cache"][blk, r] for blk, r in rows]),
+            torch.stack([inputs["v_cache"][blk, r] for blk, r in rows]))
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "paged"])
 def test_decode_matches_last_row_of_prefill(layout):
     case = decode_case([9, 1, 30], layout=layout, block_size=8)
     inputs = ATTENTION_DECODE.make_inputs(case, torch.float32, "cpu", 5)
     out = attention_decode_reference(**inputs)
     for b, length in enumerate(context_lengths(case)):
-        if layout == "contiguous":
-            keys, values = inputs["k_cache"][b, :length], inputs["v_cache"][b, :length]
-        else:
-            rows = [(inputs["block_table"][b, t // 8].item(), t % 8) for t in range(length)]
-            keys = torch.stack([inputs["k_cache"][blk, r] for blk, r in rows])
-            values = torch.stack([inputs["v_cache"][blk, r] for blk, r in rows])
+        keys, values = sequence_cache(inputs, b, length)
         # The same sequence prefilled with the new token's query in its last row.
         q = torch.cat([torch.zeros(length - 1, *inputs["q"].shape[1:]), inputs["q"][b][None]])
         prefill = attention_prefill_reference(q, keys, values, torch.tensor([0, length], dtype=torch.int32),
@@ -237,3 +243,24 @@ def test_valid_inputs_pass_validation():
     ATTENTION_PREFILL.validate(_prefill_inputs())
     ATTENTION_DECODE.validate(_decode_inputs("paged"))
     ATTENTION_DECODE.validate(_decode_inputs("contiguous"))
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    head_dim=st.sampled_from([64, 80, 128, 256]),
+    kv_heads=st.sampled_from([1, 2]),
+    group=st.sampled_from([1, 4, 8]),
+    lengths=st.lists(st.integers(1, 40), min_size=1, max_size=3),
+    layout=st.sampled_from(["contiguous", "paged"]),
+    block_size=st.sampled_from([1, 8, 16]),
+)
+def test_decode_matches_sdpa_over_shapes(head_dim, kv_heads, group, lengths, layout, block_size):
+    case = decode_case(lengths, heads=kv_heads * group, kv_heads=kv_heads, head_dim=head_dim, layout=layout,
+                       block_size=block_size)
+    inputs = ATTENTION_DECODE.make_inputs(case, torch.float32, "cpu", 1)
+    ATTENTION_DECODE.validate(inputs)
+    out = attention_decode_reference(**inputs)
+    for b, length in enumerate(lengths):
+        keys, values = sequence_cache(inputs, b, length)
+        expected = sdpa_math_float64(inputs["q"][b][None], keys, values, inputs["scale"], causal=False)[0]
+        torch.testing.assert_close(out[b].double(), expected, atol=1e-5, rtol=1e-5)
