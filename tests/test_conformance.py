@@ -16,7 +16,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 def _params():
     registry = get_registry()
-    for (op_name, backend), impl in sorted(registry.implementations.items()):
+    for op_name, backend in sorted(registry.implementations):
         op = registry.ops[op_name]
         for case in op.test_cases:
             for dtype in op.dtypes:
