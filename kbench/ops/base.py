@@ -157,7 +157,7 @@ def compare_close(out: Any, ref: Any, tol: Tolerance) -> Check:
     max_abs = max_rel = 0.0
     ok = True
     details = []
-    for index, (o, r) in enumerate(zip(outs, refs)):
+    for index, (o, r) in enumerate(zip(outs, refs, strict=True)):
         if not isinstance(o, torch.Tensor):
             return Check(False, math.inf, math.inf, detail=f"output {index} is {type(o).__name__}, not a tensor")
         if o.shape != r.shape:
@@ -204,7 +204,7 @@ def expect_tensor(name: str, value: Any, *, dtype: torch.dtype | tuple[torch.dty
     if ndim is not None and value.ndim != ndim:
         raise KbenchError(f"{where}{name} must have {ndim} dimensions, got shape {tuple(value.shape)}.")
     if shape is not None:
-        if value.ndim != len(shape) or any(s is not None and s != v for s, v in zip(shape, value.shape)):
+        if value.ndim != len(shape) or any(s is not None and s != v for s, v in zip(shape, value.shape, strict=True)):
             want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
             raise KbenchError(f"{where}{name} has shape {list(value.shape)}, expected {want}.")
 
