@@ -39,22 +39,16 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, T* __restrict__ residual
             }
         }
     }
-    // The weight is loaded before the reduction so its latency hides behind the barriers.
-    Vec<T, VEC> weights[VPT];
-#pragma unroll
-    for (int i = 0; i < VPT; ++i) {
-        const int col = (i * blockDim.x + threadIdx.x) * VEC;
-        if (col < hidden) weights[i] = load_vec<T, VEC>(weight + col);
-    }
     const float rstd = rsqrtf(block_sum(sum_sq, scratch) / static_cast<float>(hidden) + eps);
 #pragma unroll
     for (int i = 0; i < VPT; ++i) {
         const int col = (i * blockDim.x + threadIdx.x) * VEC;
         if (col < hidden) {
+            const Vec<T, VEC> wv = load_vec<T, VEC>(weight + col);
             Vec<T, VEC> ov;
 #pragma unroll
             for (int e = 0; e < VEC; ++e) {
-                ov.v[e] = from_float<T>(to_float(weights[i].v[e]) * round_to<T>(values[i][e] * rstd));
+                ov.v[e] = from_float<T>(to_float(wv.v[e]) * round_to<T>(values[i][e] * rstd));
             }
             store_vec<T, VEC>(out + row_offset + col, ov);
         }
