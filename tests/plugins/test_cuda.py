@@ -105,6 +105,9 @@ WORKLOADS = (
     Workload(batch=(3,), prompt_len=(1000,), decode_steps=4, kv_layout="paged", block_size=16,
              sampling=SamplingConfig(temperature=0.0)),
     Workload(batch=(8,), prompt_len=(2,), decode_steps=2, sampling=SamplingConfig(temperature=1.0, top_p=0.95)),
+    # every sampling mode: temperature alone, top-k alone
+    Workload(batch=(5,), prompt_len=(2,), decode_steps=1, sampling=SamplingConfig(temperature=0.7)),
+    Workload(batch=(2,), prompt_len=(3,), decode_steps=1, sampling=SamplingConfig(temperature=1.0, top_k=20)),
 )
 OPS = ("rmsnorm", "add_rmsnorm", "rope", "swiglu", "sample", "topk", "attention_decode")
 
