@@ -155,6 +155,8 @@ def attention_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale, spl
 
     ``splits`` overrides the heuristic split count (tests use it to cover every path).
     """
+    # the kernels take any other strides, but a head's elements must be adjacent
+    q, k_cache, v_cache = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k_cache, v_cache))
     batch, heads, head_dim = q.shape
     kv_heads = k_cache.shape[2]
     paged = block_table is not None

@@ -108,6 +108,8 @@ PREFILL_WIDE = TunedKernel("attention_prefill_d256", _prefill_kernel, _configs(2
 
 def attention_prefill(q, k, v, cu_seqlens, max_seqlen, scale):
     """q: [tokens, heads, head_dim], k, v: [tokens, kv_heads, head_dim] -> [tokens, heads, head_dim]."""
+    # the kernel takes any token and head strides, but a head's elements must be adjacent
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     tokens, heads, head_dim = q.shape
     kv_heads = k.shape[1]
     batch = cu_seqlens.shape[0] - 1
