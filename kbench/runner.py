@@ -37,12 +37,13 @@ from kbench.bench.timing import Timing, measure
 from kbench.env import environment, measure_ceilings
 from kbench.errors import KbenchError
 from kbench.model import build_pipeline, load_weights, random_prompts
+from kbench.ops import FAMILIES
 from kbench.ops.base import dtype_name
 from kbench.plugins import get_registry
 from kbench.registry import REFERENCE, Registry
 from kbench.results.record import SCHEMA_VERSION, make_row, new_run_id, record_status, write_record
 from kbench.results.report import print_run
-from kbench.spec import PIPELINE_OPS, Overrides, Spec, check_backends, load_spec, op_cases
+from kbench.spec import PIPELINE_OPS, Overrides, Spec, backend_for, check_backends, load_spec, op_cases
 
 BASELINES = ("hf", "reference")
 PROMPT_SEED = 1234
@@ -117,17 +118,19 @@ def check_baselines(baselines: Sequence[str]) -> None:
 
 
 def chosen_backends(spec: Spec, registry: Registry) -> dict:
-    """family -> {backend, ops: {op: {plugin, version}}} for the record."""
+    """family -> {backend, ops: {op: {backend, plugin, version}}} for the record."""
     chosen = {}
-    for family, backend in spec.backends.items():
+    for family in FAMILIES:
+        backend = spec.backends.get(family, REFERENCE)
         ops = {}
         for op in registry.ops_of_family(family):
-            impl = registry.implementations.get((op.name, backend))
+            op_backend = backend_for(spec.backends, op.name, family)
+            impl = registry.implementations.get((op.name, op_backend))
             if impl is not None:
                 version = impl.version or registry.plugins.get(impl.plugin)
                 if impl.plugin == "kbench-core":
                     version = version or kbench.__version__
-                ops[op.name] = {"plugin": impl.plugin, "version": version}
+                ops[op.name] = {"backend": op_backend, "plugin": impl.plugin, "version": version}
         chosen[family] = {"backend": backend, "ops": ops}
     return chosen
 
@@ -168,7 +171,7 @@ def check_and_time_ops(spec: Spec, registry: Registry, ceilings: dict, progress)
         op = registry.op(op_name)
         if spec.dtype not in op.dtypes:
             continue
-        chosen = spec.backends.get(op.family, REFERENCE)
+        chosen = backend_for(spec.backends, op_name, op.family)
         backends = [b for b in dict.fromkeys([REFERENCE, chosen]) if (op_name, b) in registry.implementations]
         rows += op_rows(registry, op_name, backends, cases, spec.dtype, spec.device, spec.bench,
                         lambda text: progress(f"ops: {text}"), ceilings=ceilings)
@@ -449,7 +452,7 @@ def mark_pipeline_failures(spec: Spec, rows: list[dict]) -> list[dict]:
     family_of = {op: family for family, ops in PIPELINE_OPS.items() for op in ops}
     failed = sorted({f"{r['op']}/{r['backend']}" for r in rows
                      if r["kind"] == "op" and r["status"] == "FAIL" and r["op"] in family_of
-                     and r["backend"] == spec.backends.get(family_of[r["op"]])})
+                     and r["backend"] == backend_for(spec.backends, r["op"], family_of[r["op"]])})
     if any(r["kind"] == "check" and r["status"] == "FAIL" for r in rows):
         failed.append("end-to-end check")
     if not failed:

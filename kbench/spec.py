@@ -19,7 +19,8 @@ with which backend per op family, and what workload to time::
     weights: {kind: random, seed: 0}     # or {kind: hf, path: ./Llama-3-8B}; or just `random`
     dtype: bfloat16
     device: cuda
-    backends: {attention: flash}         # every other family: reference
+    backends: {attention: flash}         # every other family: reference; an op name
+                                         # (attention_decode: cuda) overrides its family
     workload:
       batch: [1, 8, 32]
       prompt_len: [128, 1024]
@@ -62,6 +63,13 @@ PIPELINE_OPS: dict[str, tuple[str, ...]] = {
     "ffn": ("ffn",),
     "sampling": ("sample",),
 }
+# op -> family for the ops the pipeline calls; an op name may also be a key of ``backends``.
+OP_FAMILY: dict[str, str] = {op: family for family, ops in PIPELINE_OPS.items() for op in ops}
+
+
+def backend_for(backends: Mapping[str, str], op: str, family: str) -> str:
+    """The backend ``op`` runs on: its own entry if the spec names one, else its family's."""
+    return backends.get(op) or backends.get(family) or "reference"
 
 ROPE_STYLES = ("half", "interleaved")
 ROPE_SCALINGS = ("none", "linear", "dynamic", "llama3")
@@ -168,7 +176,8 @@ class Overrides:
             family, sep, name = assignment.partition("=")
             if not sep or not family.strip() or not name.strip():
                 raise KbenchError(f"--backend {assignment!r} is not of the form family=name.",
-                                  f"Write e.g. --backend attention=flash (families: {', '.join(FAMILIES)}).")
+                                  f"Write e.g. --backend attention=flash or --backend attention_decode=cuda "
+                                  f"(families: {', '.join(FAMILIES)}).")
             backends[family.strip()] = name.strip()
         return cls(backends=backends,
                    batch=parse_int_list(batch, "--batch") if batch else None,
@@ -453,7 +462,7 @@ def _divisors_hint(n: int) -> str:
 
 
 def _read_backends(reader: _Reader, raw: Any) -> dict[str, str]:
-    section = reader.mapping(raw, "backends", FAMILIES)
+    section = reader.mapping(raw, "backends", (*FAMILIES, *OP_FAMILY))
     backends = {family: "reference" for family in FAMILIES}
     for family, name in section.items():
         if not isinstance(name, str) or not name.strip():
@@ -603,27 +612,31 @@ def check_device(spec: Spec) -> None:
 def check_backends(spec: Spec, registry) -> None:
     """Every chosen backend implements the pipeline's ops of its family and can run every
     case the spec produces, in the spec's dtype on its device; KbenchError otherwise, with
-    the reason and the backends that can.
+    the reason and the backends that can. An op-level entry (``attention_decode: cuda``)
+    overrides its family's backend for that op only.
     """
     check_device(spec)
-    for family, backend in spec.backends.items():
-        key = f"backends.{family}"
+    for family in FAMILIES:
         ops = registry.ops_of_family(family)
         if not ops:
             continue
         family_backends = sorted({b for (o, b) in registry.implementations if registry.ops[o].family == family})
+        backend = spec.backends.get(family, "reference")
         if backend not in family_backends:
             guess = closest(backend, family_backends)
             hint = f"Did you mean {guess!r}? " if guess else ""
-            raise KbenchError(f"{spec.where(key)}: unknown {family} backend {backend!r}.",
+            raise KbenchError(f"{spec.where(f'backends.{family}')}: unknown {family} backend {backend!r}.",
                               f"{hint}{family} backends: {', '.join(family_backends)} (`kbench list` shows why some cannot run).")
         for op in ops:
+            own = op.name in spec.backends
+            key = f"backends.{op.name}" if own else f"backends.{family}"
+            backend = backend_for(spec.backends, op.name, family)
             if (op.name, backend) not in registry.implementations:
-                if op.name in PIPELINE_OPS.get(family, ()):
-                    complete = [b for b in family_backends
-                                if all((o, b) in registry.implementations for o in PIPELINE_OPS[family] if o in registry.ops)]
+                if own or op.name in PIPELINE_OPS.get(family, ()):
+                    have = registry.backends(op.name)
                     raise KbenchError(f"{spec.where(key)}: backend {backend!r} has no {op.name}, which the pipeline needs.",
-                                      f"Backends with every {family} op the pipeline uses: {', '.join(complete)}.")
+                                      f"Backends with {op.name}: {', '.join(have)}; choose one for this op alone with "
+                                      f"'backends: {{{op.name}: NAME}}' or --backend {op.name}=NAME.")
                 continue
             if spec.dtype not in op.dtypes:
                 raise KbenchError(f"{spec.where('dtype')}: {op.name} does not support {dtype_name(spec.dtype)}.",
@@ -646,7 +659,7 @@ def _spread(cases: list[Case], limit: int | None) -> list[Case]:
 
 def op_cases(spec: Spec, registry, families: Iterable[str] | None = None) -> dict[str, list[Case]]:
     """The shapes the model runs, per op (``Op.cases_for``), at most ``bench.max_op_cases`` each."""
-    wanted = set(families or spec.backends)
+    wanted = set(families or FAMILIES)
     return {
         op.name: _spread(op.cases_for(spec.model, spec.workload), spec.bench.max_op_cases)
         for op in registry.ops.values()
@@ -661,6 +674,6 @@ def shipped_specs(folder: str | Path | None = None) -> list[Path]:
 
 
 __all__: list[str] = [
-    "BenchConfig", "Overrides", "PIPELINE_OPS", "Spec", "WeightsSpec", "check_backends", "check_device",
+    "BenchConfig", "OP_FAMILY", "Overrides", "PIPELINE_OPS", "backend_for", "Spec", "WeightsSpec", "check_backends", "check_device",
     "load_spec", "op_cases", "parse_int_list", "shipped_specs",
 ]

@@ -11,7 +11,7 @@ import yaml
 from kbench.errors import KbenchError
 from kbench.ops import BUILTIN_OPS
 from kbench.registry import Implementation, Registry
-from kbench.spec import Overrides, check_backends, load_spec, op_cases, shipped_specs
+from kbench.spec import Overrides, backend_for, check_backends, load_spec, op_cases, shipped_specs
 
 TINY = {
     "name": "t",
@@ -227,7 +227,7 @@ def _registry() -> Registry:
     ("flsh", "unknown attention backend 'flsh'", "attention backends: half-only, missing-lib"),
     ("missing-lib", "needs the imaginary library", "Backends that can: reference"),
     ("half-only", "float32 not supported", "Backends that can: reference"),
-    ("prefill-only", "has no attention_decode", "Backends with every attention op"),
+    ("prefill-only", "has no attention_decode", "Backends with attention_decode: reference"),
 ])
 def test_unusable_backend_names_reason_and_alternatives(tmp_path, backend, words, fix_words):
     path = write(tmp_path, changed(backends={"attention": backend}))
@@ -260,3 +260,21 @@ def test_weights_shorthand_and_record(tmp_path):
     record = spec.to_dict()
     assert record["dtype"] == "float32" and record["model"]["kv_heads"] == 2 and record["backends"]["ffn"] == "reference"
     assert record["workload"]["batch"] == [1, 2] or record["workload"]["batch"] == (1, 2)
+
+
+def test_op_level_backend_overrides_its_family_for_that_op_only(tmp_path):
+    registry = _registry()
+    registry.add_implementation(Implementation("attention_decode", "decode-only",
+                                               registry.ops["attention_decode"].reference, "test-plugin"))
+    spec = load_spec(write(tmp_path, TINY), Overrides.from_cli(backend=("attention_decode=decode-only",)))
+    check_backends(spec, registry)
+    assert backend_for(spec.backends, "attention_decode", "attention") == "decode-only"
+    assert backend_for(spec.backends, "attention_prefill", "attention") == "reference"
+
+
+def test_op_level_backend_without_that_op_is_an_error(tmp_path):
+    spec = load_spec(write(tmp_path, changed(backends={"attention_decode": "prefill-only"})))
+    with pytest.raises(KbenchError) as info:
+        check_backends(spec, _registry())
+    assert "backends.attention_decode" in info.value.message
+    assert "--backend attention_decode=NAME" in info.value.fix

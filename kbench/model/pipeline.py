@@ -33,8 +33,8 @@ from kbench.errors import KbenchError
 from kbench.model.kv_cache import KVCache
 from kbench.model.weights import Weights
 from kbench.ops.rope import rope_inv_freq
-from kbench.registry import REFERENCE, Implementation, Registry
-from kbench.spec import PIPELINE_OPS, Spec
+from kbench.registry import Implementation, Registry
+from kbench.spec import PIPELINE_OPS, Spec, backend_for
 
 
 def random_prompts(vocab: int, batch: int, prompt_len: int, seed: int) -> list[torch.Tensor]:
@@ -64,7 +64,7 @@ class Pipeline:
         self.dtype, self.device = spec.dtype, torch.device(spec.device)
         self.backends = dict(backends)
         self.implementations: dict[str, Implementation] = {
-            op: registry.get(op, self.backends.get(family, REFERENCE))
+            op: registry.get(op, backend_for(self.backends, op, family))
             for family, ops in PIPELINE_OPS.items() for op in ops
         }
         impl = self.implementations

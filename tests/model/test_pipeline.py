@@ -225,3 +225,11 @@ def test_capture_names_an_op_that_syncs_with_the_host(tmp_path):
     with pytest.raises(KbenchError, match="attention_decode/syncing"):
         pipeline.capture_decode_graph()
     assert pipeline.cuda_graph_blocker.startswith("attention_decode/syncing")
+
+
+
+def test_op_level_backend_choice_reaches_the_pipeline(tmp_path, registry):
+    spec = load_spec(write_spec(tmp_path, workload=WORKLOAD), Overrides.from_cli(backend=("attention_decode=sdpa",)))
+    pipeline = _pipeline(spec, registry)
+    assert pipeline.implementations["attention_decode"].backend == "sdpa"
+    assert pipeline.implementations["attention_prefill"].backend == "reference"
