@@ -35,6 +35,18 @@ def swiglu(gate, up):
     return _ops().swiglu.default(gate, up)
 
 
+def ffn(x, w_gate_up, w_down):
+    """down(silu(gate(x)) * up(x)): cuBLAS GEMMs around the CUDA swiglu kernel.
+
+    gate and up come from two GEMMs on the contiguous row blocks of ``w_gate_up`` rather than
+    one GEMM and two strided halves, which the kernel would have to copy first.
+    """
+    intermediate = w_gate_up.shape[0] // 2
+    gate = torch.nn.functional.linear(x, w_gate_up[:intermediate])
+    up = torch.nn.functional.linear(x, w_gate_up[intermediate:])
+    return torch.nn.functional.linear(swiglu(gate, up), w_down)
+
+
 def sample(logits, uniforms, temperature, top_k, top_p):
     return _ops().sample.default(logits, uniforms, float(temperature), int(top_k), float(top_p))
 

@@ -5,7 +5,8 @@ called through ``torch.ops.kbench_cuda.*``, so they run under CUDA graphs and to
 Where no GPU, no nvcc or no ninja is present, or the build fails, every op of this backend is
 listed as unavailable with that reason (the compiler's message for a failed build).
 
-Ops: rmsnorm, add_rmsnorm, rope, swiglu, sample, topk, attention_decode. No call
+Ops: rmsnorm, add_rmsnorm, rope, swiglu, ffn (cuBLAS GEMMs around swiglu), sample, topk,
+attention_decode (no attention_prefill: choose another backend for it). No call
 synchronises with the host or allocates a size that depends on data.
 """
 
@@ -78,6 +79,7 @@ IMPLEMENTATIONS = {
     "add_rmsnorm": (kernels.add_rmsnorm, supports_norm),
     "rope": (kernels.rope, supports_any),
     "swiglu": (kernels.swiglu, supports_any),
+    "ffn": (kernels.ffn, supports_any),
     "sample": (kernels.sample, supports_any),
     "topk": (kernels.topk, supports_topk),
     "attention_decode": (kernels.attention_decode, supports_attention_decode),
