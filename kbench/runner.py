@@ -92,9 +92,12 @@ def run(spec_path: str | Path, overrides: Overrides | None, options: RunOptions,
             weights = load_weights(spec)
             pipeline = build_pipeline(spec, registry, weights)
             rows += check_pipeline(spec, registry, weights, pipeline, progress)
-            for label, model in [(PIPELINE, pipeline), *build_baselines(spec, registry, weights, options.baselines)]:
-                rows += time_prefill(spec, model, label, record["ceilings"], progress)
-                rows += time_decode(spec, model, label, weights, record["ceilings"], progress)
+            rows += time_end_to_end(spec, pipeline, PIPELINE, weights, record["ceilings"], progress)
+            del pipeline  # one model's weights and KV cache on the device at a time
+            for name in options.baselines:
+                baseline = build_baseline(spec, registry, weights, name)
+                rows += time_end_to_end(spec, baseline, name, weights, record["ceilings"], progress)
+                del baseline
     rows = mark_pipeline_failures(spec, rows)
     record["rows"] = rows
     record["status"] = record_status(rows)
@@ -180,18 +183,24 @@ def check_and_time_ops(spec: Spec, registry: Registry, ceilings: dict, progress)
 
 # -- 4-5. the pipeline ------------------------------------------------------------------
 
-def build_baselines(spec: Spec, registry: Registry, weights, names: Sequence[str]) -> list[tuple[str, object]]:
-    """(label, model) for each baseline: ``hf`` (transformers' LLaMA on the same weights) or
-    ``reference`` (the all-reference pipeline)."""
-    baselines = []
-    for name in names:
-        if name == "hf":
-            from kbench.model.hf_baseline import HFBaseline
+def build_baseline(spec: Spec, registry: Registry, weights, name: str):
+    """``hf`` (transformers' LLaMA on the same weights) or ``reference`` (the all-reference
+    pipeline)."""
+    if name == "hf":
+        from kbench.model.hf_baseline import HFBaseline
 
-            baselines.append((name, HFBaseline(spec, weights)))
-        else:
-            baselines.append((name, build_pipeline(spec, registry, weights, all_reference(spec))))
-    return baselines
+        return HFBaseline(spec, weights)
+    return build_pipeline(spec, registry, weights, all_reference(spec))
+
+
+def time_end_to_end(spec: Spec, model, label: str, weights, ceilings: dict, progress) -> list[dict]:
+    """Prefill then decode rows of one model, and its device memory released afterwards."""
+    rows = time_prefill(spec, model, label, ceilings, progress)
+    rows += time_decode(spec, model, label, weights, ceilings, progress)
+    model.reset(1, 1)  # drop the workload's KV cache before the next model allocates its own
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return rows
 
 
 def all_reference(spec: Spec) -> dict[str, str]:
