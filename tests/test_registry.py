@@ -74,3 +74,11 @@ def test_call_with_wrong_inputs_is_a_one_line_error(small_registry, inputs, mess
     good = RMSNORM.make_inputs(Case("rmsnorm", tokens=3, hidden=16, eps=1e-5), torch.float32, "cpu", 0)
     with pytest.raises(KbenchError, match=message):
         small_registry.call("rmsnorm", "reference", **inputs(good))
+
+
+def test_attention_references_are_not_graph_capturable(registry):
+    # they loop over cu_seqlens / cache_seqlens on the host, so a decode step using them
+    # must name them as the CUDA-graph blocker
+    for op in ("attention_prefill", "attention_decode"):
+        assert registry.get(op, "reference").cuda_graphs is False
+    assert registry.get("rmsnorm", "reference").cuda_graphs is True

@@ -341,6 +341,7 @@ def _decode(**dims) -> Case:
 
 
 ATTENTION_PREFILL = Op(
+    reference_cuda_graphs=False,  # the reference loops over cu_seqlens.tolist()
     name="attention_prefill",
     family="attention",
     doc="q: [tokens, heads, head_dim], k, v: [tokens, kv_heads, head_dim], cu_seqlens: [batch + 1] -> "
@@ -361,6 +362,7 @@ ATTENTION_PREFILL = Op(
 )
 
 ATTENTION_DECODE = Op(
+    reference_cuda_graphs=False,  # the reference loops over cache_seqlens.tolist()
     name="attention_decode",
     family="attention",
     doc="q: [batch, heads, head_dim], k_cache, v_cache: [batch, max_seq_len, kv_heads, head_dim] or "
