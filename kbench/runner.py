@@ -21,6 +21,7 @@ failing backend are FAIL too, and the run's status (exit code 1).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -158,7 +159,15 @@ def start_record(spec: Spec, registry: Registry, command: Sequence[str]) -> dict
 
 @contextmanager
 def progress_display(console: Console) -> Iterator[Callable[[str], None]]:
-    """A transient spinner with the current step; yields ``progress(text)``."""
+    """A transient spinner with the current step; yields ``progress(text)``.
+
+    When the output is not a terminal (a log file, CI, a remote GPU job) each step is printed
+    as a plain line with the elapsed time instead, so a slow step can be seen afterwards.
+    """
+    if not console.is_terminal:
+        start = time.perf_counter()
+        yield lambda text: console.print(f"[{time.perf_counter() - start:7.1f}s] {text}", highlight=False)
+        return
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("starting", total=None)

@@ -11,8 +11,9 @@ Prefill (packed varlen ``q: [tokens, heads, head_dim]``):
   ``[batch, heads, seq_len, head_dim]`` (no copy) with ``is_causal=True``;
 - uneven lengths: the sequences are gathered into ``[batch, max_seqlen]`` slots on the device and
   run with a boolean mask (causal and key-in-sequence), then scattered back; no host sync.
-  CUDA's flash kernel takes no mask, so ``sdpa-flash`` loops over the sequences instead, which
-  reads ``cu_seqlens`` on the host (a sync): it is registered with ``cuda_graphs=False``.
+  CUDA's flash kernel takes no mask, so ``sdpa-flash`` loops over the sequences instead (prefill
+  with uneven lengths, and decode over each sequence's cache length), which
+  reads the lengths on the host (a sync): it is registered with ``cuda_graphs=False``.
 
 Decode: the cache as ``[batch, capacity, kv_heads, head_dim]`` (the paged layout is gathered into
 that first, a copy of every block of the batch), and a boolean mask ``position < cache_seqlens``.
@@ -133,10 +134,21 @@ def prefill_fn(kernel):
 # -- decode ---------------------------------------------------------------------------------
 
 
+def _decode_per_sequence(kernel, q, keys, values, cache_seqlens, scale):
+    """One unmasked call per sequence over its own cache length; reads the lengths on the host (a sync)."""
+    out = torch.empty_like(q)
+    for b, length in enumerate(cache_seqlens.tolist()):
+        out[b] = _sdpa(kernel, q[b:b + 1, :, None], keys[b:b + 1, :, :length], values[b:b + 1, :, :length],
+                       scale=scale)[0, :, 0]
+    return out
+
+
 def decode_fn(kernel):
     def attention_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale):
         keys = logical_cache(k_cache, block_table).transpose(1, 2)      # [batch, kv_heads, capacity, d]
         values = logical_cache(v_cache, block_table).transpose(1, 2)
+        if not _takes_mask(kernel, q.device):
+            return _decode_per_sequence(kernel, q, keys, values, cache_seqlens, scale)
         position = torch.arange(keys.shape[2], device=q.device)
         mask = (position[None, :] < cache_seqlens[:, None])[:, None, None, :]
         out = _sdpa(kernel, q[:, :, None], keys, values, attn_mask=mask, scale=scale)
@@ -186,9 +198,6 @@ def supports_fn(name: str, kernel):
                 return f"torch's flash kernel needs sm_80 or newer, this GPU is {sm}"
             if head_dim > 256:
                 return f"torch's flash kernel takes head_dim <= 256, got {head_dim}"
-            if case.op == "attention_decode":
-                return ("torch's flash kernel takes no attention mask, so it cannot honour per-sequence "
-                        "cache lengths; use sdpa-efficient or sdpa-cudnn")
         elif name == "sdpa-efficient":
             alignment = 4 if dtype == torch.float32 else 8
             if head_dim % alignment:

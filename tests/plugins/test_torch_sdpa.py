@@ -96,3 +96,21 @@ def test_uneven_attention_prefill_and_decode_replay_in_a_cuda_graph(registry, ba
         graph.replay()
         torch.cuda.synchronize()
         torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "paged"])
+def test_flash_decode_path_loops_over_cache_lengths_like_the_reference(layout):
+    # sdpa-flash takes no mask on CUDA, so decode slices each sequence's cache; the same
+    # code with torch's default kernel runs here
+    from kbench_torch.sdpa import _decode_per_sequence, logical_cache
+
+    from kbench.ops.attention import ATTENTION_DECODE
+    from kbench.ops.base import Case
+
+    case = Case("attention_decode", batch=3, context=40, heads=8, kv_heads=2, head_dim=32, layout=layout,
+                block_size=16, random_lengths=True)
+    inputs = ATTENTION_DECODE.make_inputs(case, torch.float32, torch.device("cpu"), 0)
+    keys = logical_cache(inputs["k_cache"], inputs["block_table"]).transpose(1, 2)
+    values = logical_cache(inputs["v_cache"], inputs["block_table"]).transpose(1, 2)
+    out = _decode_per_sequence(None, inputs["q"], keys, values, inputs["cache_seqlens"], inputs["scale"])
+    torch.testing.assert_close(out, ATTENTION_DECODE.reference(**inputs), atol=1e-5, rtol=1e-5)
