@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU records under results/examples/, made on the device machine in two phases.
+# The GPU records under results/examples/, made on the device machine: 'all' in one call,
+# or the same work split in two phases with more shapes:
 #
 #   e2e      llama2-7b end to end: all reference, --attention sdpa-flash, --attention flash
 #            with the transformers baseline (FA4 staged first: shared/device/fa4-wheels.sh)
@@ -9,7 +10,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and
 # the log go to $OUT (the device tool brings them back).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh e2e|kernels}
+phase=${1:?usage: gpu_runs.sh all|e2e|kernels}
 export PYTHONUNBUFFERED=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
 records=$OUT/records
@@ -31,6 +32,25 @@ latest() { ls -t "$records"/*"$1"*.json 2>/dev/null | head -1; }
 spec=model_specs/llama2-7b.yaml
 
 case $phase in
+all)  # everything the issues record, in one device call of under 10 minutes
+    short=(--batch 1,64 --prompt-len 512)
+    step 170 kbench run $spec --attention flash --baseline hf --prompt-len 512 --out "$records"
+    flash=$(latest llama2-7b)
+    step 110 kbench run $spec "${short[@]}" --out "$records"
+    ref=$(latest llama2-7b)
+    step 90 kbench run $spec --attention sdpa-flash "${short[@]}" --out "$records"
+    sdpa=$(latest llama2-7b)
+    step 100 kbench run $spec --norm triton --rope triton --attention triton --ffn triton --sampling triton \
+        "${short[@]}" --out "$records"
+    triton=$(latest llama2-7b)
+    step 90 kbench run $spec --norm cuda --rope cuda --ffn cuda --sampling cuda --attention flash \
+        --backend attention_decode=cuda "${short[@]}" --out "$records"
+    cuda=$(latest llama2-7b)
+    step 20 kbench compare "$ref" "$sdpa" --format markdown --output "$OUT/compare-reference-vs-sdpa-flash.md"
+    step 20 kbench compare "$triton" "$cuda" --format markdown --output "$OUT/compare-triton-vs-cuda.md"
+    step 20 kbench compare "$ref" "$sdpa"
+    step 20 kbench compare "$triton" "$cuda"
+    ;;
 e2e)
     step 200 kbench run $spec --out "$records"
     ref=$(latest llama2-7b)
