@@ -20,6 +20,7 @@ failing backend are FAIL too, and the run's status (exit code 1).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -51,6 +52,10 @@ PROMPT_SEED = 1234
 PIPELINE = "pipeline"
 # Pipeline check: max |logit error| allowed, relative to the largest reference logit of the step.
 LOGIT_RTOL = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 5e-2}
+# In 16 bits a pipeline may be this many times further from the float32 oracle than the
+# 16-bit reference pipeline is (kernels round differently, not necessarily worse).
+ERROR_FACTOR = 2.0
+CHECK_MAX_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -225,66 +230,100 @@ def workload_pairs(spec: Spec) -> list[tuple[int, int]]:
 
 
 def check_pipeline(spec: Spec, registry: Registry, weights, pipeline, progress) -> list[dict]:
-    """Teacher-forced comparison with the all-reference pipeline at every (batch, prompt_len)."""
+    """Teacher-forced comparison with an oracle at every (batch, prompt_len).
+
+    In float32 the oracle is the all-reference pipeline and the pipeline must match it to
+    ``LOGIT_RTOL``. In bfloat16/float16 the reference itself rounds (HF eager keeps the
+    attention scores in 16 bits), so a kernel that keeps more precision differs from it by as
+    much as the reference differs from exact arithmetic. There the oracle is the all-reference
+    pipeline in float32 on the same weights, and the pipeline must be no further from it than
+    ``ERROR_FACTOR`` times the 16-bit reference pipeline (or ``LOGIT_RTOL``, whichever is larger).
+    The oracle sees at most ``CHECK_MAX_BATCH`` prompts of each batch, to bound its memory.
+    """
     steps = spec.workload.decode_steps
-    chose_reference = all(backend == REFERENCE for backend in spec.backends.values())
-    reference = None if chose_reference else build_pipeline(spec, registry, weights, all_reference(spec))
+    if all(backend == REFERENCE for backend in spec.backends.values()):
+        return [check_row(spec, batch, prompt_len, status="PASS", max_abs_err=0.0, max_rel_err=0.0,
+                          token_agreement=1.0, note="every backend is the reference: nothing to compare")
+                for batch, prompt_len in workload_pairs(spec)]
+    low_precision = spec.dtype != torch.float32
+    reference = build_pipeline(spec, registry, weights, all_reference(spec)) if low_precision else None
+    oracle_spec = dataclasses.replace(spec, dtype=torch.float32)
+    oracle_weights = weights.to(torch.float32) if low_precision else weights
+    oracle = build_pipeline(oracle_spec, registry, oracle_weights, all_reference(spec))
     rows = []
     for batch, prompt_len in workload_pairs(spec):
         progress(f"checking pipeline: batch={batch} prompt_len={prompt_len}")
-        row = make_row("check", PIPELINE, PIPELINE, case=f"batch={batch} prompt_len={prompt_len} decode_steps={steps}",
-                       dtype=dtype_name(spec.dtype), device=spec.device,
-                       shape={"batch": batch, "prompt_len": prompt_len, "decode_steps": steps},
-                       backends=backends_label(spec))
-        if reference is None:
-            row.update(status="PASS", max_abs_err=0.0, max_rel_err=0.0, token_agreement=1.0,
-                       note="every backend is the reference: nothing to compare")
-        else:
-            prompts = random_prompts(spec.model.vocab, batch, prompt_len, PROMPT_SEED)
-            try:
-                row.update(teacher_forced_check(pipeline, reference, prompts, steps, spec.dtype))
-            except KbenchError:
-                raise
-            except Exception as error:
-                row = crash_row("check", spec, PIPELINE, batch, prompt_len, error)
-        rows.append(row)
-    del reference
+        prompts = random_prompts(spec.model.vocab, batch, prompt_len, PROMPT_SEED)[:CHECK_MAX_BATCH]
+        try:
+            fields = teacher_forced_check(pipeline, oracle, reference, prompts, steps, spec.dtype)
+        except KbenchError:
+            raise
+        except Exception as error:
+            rows.append(crash_row("check", spec, PIPELINE, batch, prompt_len, error))
+            continue
+        rows.append(check_row(spec, batch, prompt_len, checked_batch=len(prompts), **fields))
+    del reference, oracle, oracle_weights
     return rows
 
 
-@torch.inference_mode()
-def teacher_forced_check(pipeline, reference, prompts, steps: int, dtype: torch.dtype) -> dict:
-    """Feed both pipelines the prompts, then the reference's greedy token for ``steps`` steps.
+def check_row(spec: Spec, batch: int, prompt_len: int, **fields) -> dict:
+    steps = spec.workload.decode_steps
+    return make_row("check", PIPELINE, PIPELINE, case=f"batch={batch} prompt_len={prompt_len} decode_steps={steps}",
+                    dtype=dtype_name(spec.dtype), device=spec.device,
+                    shape={"batch": batch, "prompt_len": prompt_len, "decode_steps": steps},
+                    backends=backends_label(spec), **fields)
 
-    Per step: |logit error| relative to the step's largest reference logit, and whether the
-    argmax agrees. A disagreement is an error only where the reference's top logit beats
-    the pipeline's choice by more than the tolerance (otherwise it is a near-tie).
+
+def _step_errors(logits: torch.Tensor, oracle64: torch.Tensor, scale: torch.Tensor) -> tuple[float, float]:
+    error = (logits.double() - oracle64).abs()
+    return error.max().item(), (error.amax(dim=-1) / scale).max().item()
+
+
+@torch.inference_mode()
+def teacher_forced_check(pipeline, oracle, reference, prompts, steps: int, dtype: torch.dtype) -> dict:
+    """Feed every pipeline the prompts, then the oracle's greedy token for ``steps`` steps.
+
+    Per step: |logit error| against the oracle, relative to the step's largest oracle logit,
+    for the pipeline and (in 16 bits) for the reference pipeline of the same dtype. Allowed:
+    ``max(LOGIT_RTOL, ERROR_FACTOR * reference error)``. A greedy token that differs from the
+    oracle's is an error only where the oracle's margin between the two exceeds that allowance
+    (otherwise it is a near-tie that rounding alone can flip).
     """
-    rtol = LOGIT_RTOL.get(dtype, 5e-2)
-    max_abs = max_rel = 0.0
-    agree = total = real_mismatches = 0
-    new_logits, ref_logits = pipeline.prefill(prompts), reference.prefill(prompts)
+    floor = LOGIT_RTOL.get(dtype, 5e-2)
+    max_abs = max_rel = reference_rel = 0.0
+    margins = []
+    agree = total = 0
+    logits, oracle_logits = pipeline.prefill(prompts), oracle.prefill(prompts)
+    reference_logits = reference.prefill(prompts) if reference is not None else None
     for step in range(steps + 1):
-        new64, ref64 = new_logits.double(), ref_logits.double()
-        scale = ref64.abs().amax(dim=-1).clamp_min(1e-6)
-        error = (new64 - ref64).abs()
-        if not torch.isfinite(new64).all():
+        oracle64 = oracle_logits.double()
+        scale = oracle64.abs().amax(dim=-1).clamp_min(1e-6)
+        if not torch.isfinite(logits).all():
             return {"status": "FAIL", "max_abs_err": math.inf, "max_rel_err": math.inf,
                     "token_agreement": agree / max(total, 1), "note": f"non-finite logits at step {step}"}
-        max_abs = max(max_abs, error.max().item())
-        max_rel = max(max_rel, (error.amax(dim=-1) / scale).max().item())
-        ref_tokens, new_tokens = ref64.argmax(-1), new64.argmax(-1)
-        same = ref_tokens == new_tokens
+        step_abs, step_rel = _step_errors(logits, oracle64, scale)
+        max_abs, max_rel = max(max_abs, step_abs), max(max_rel, step_rel)
+        if reference_logits is not None:
+            reference_rel = max(reference_rel, _step_errors(reference_logits, oracle64, scale)[1])
+        oracle_tokens, tokens = oracle64.argmax(-1), logits.argmax(-1)
+        same = oracle_tokens == tokens
         agree += int(same.sum())
         total += same.numel()
-        margin = ref64.gather(-1, ref_tokens[:, None]) - ref64.gather(-1, new_tokens[:, None])
-        real_mismatches += int(((margin[:, 0] > rtol * scale) & ~same).sum())
+        gap = oracle64.gather(-1, oracle_tokens[:, None])[:, 0] - oracle64.gather(-1, tokens[:, None])[:, 0]
+        margins.append((gap / scale)[~same])
         if step < steps:
-            new_logits, ref_logits = pipeline.decode_step(ref_tokens), reference.decode_step(ref_tokens)
-    ok = max_rel <= rtol and real_mismatches == 0
-    note = None if ok else (f"max logit error {max_rel:.3g} of the largest logit (allowed {rtol:g}); "
-                            f"{real_mismatches} greedy tokens differ beyond a near-tie")
+            logits, oracle_logits = pipeline.decode_step(oracle_tokens), oracle.decode_step(oracle_tokens)
+            if reference is not None:
+                reference_logits = reference.decode_step(oracle_tokens)
+    allowed = max(floor, ERROR_FACTOR * reference_rel)
+    real_mismatches = int((torch.cat(margins) > allowed).sum()) if margins else 0
+    ok = max_rel <= allowed and real_mismatches == 0
+    basis = (f"{ERROR_FACTOR:g}x the {dtype_name(dtype)} reference's own error {reference_rel:.3g}"
+             if reference is not None else "float32 tolerance")
+    note = (f"max logit error {max_rel:.3g} of the largest logit, allowed {allowed:.3g} ({basis}); "
+            f"{real_mismatches} greedy tokens differ from the float32 oracle beyond a near-tie")
     return {"status": "PASS" if ok else "FAIL", "max_abs_err": max_abs, "max_rel_err": max_rel,
+            "reference_rel_err": reference_rel if reference is not None else None, "allowed_rel_err": allowed,
             "token_agreement": agree / total, "tokens_compared": total, "note": note}
 
 

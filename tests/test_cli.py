@@ -142,3 +142,32 @@ def test_env_measures_ceilings_on_cuda():
     assert result.exit_code == 0, result.output
     ceilings = json.loads(result.stdout)["ceilings"]
     assert ceilings["copy_gbps"] > 100 and ceilings["matmul_bf16_tflops"] > 10
+
+
+@pytest.mark.parametrize(("causal", "status"), [(True, "PASS"), (False, "FAIL")])
+def test_bf16_end_to_end_check_passes_an_exact_kernel_and_fails_a_wrong_one(
+        tmp_path, registry_with_broken_norm, causal, status):
+    # attention in float32 (more exact than the bf16 reference) must pass; the same kernel
+    # without the causal mask must fail the end-to-end check even though bf16 is noisy
+    import torch
+    import torch.nn.functional as F
+
+    def prefill(q, k, v, cu_seqlens, max_seqlen, scale):
+        out = torch.empty_like(q)
+        bounds = cu_seqlens.tolist()
+        group = q.shape[1] // k.shape[1]
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+            qs, ks, vs = (t[start:end].transpose(0, 1).float() for t in (q, k, v))
+            ks, vs = ks.repeat_interleave(group, 0), vs.repeat_interleave(group, 0)
+            out[start:end] = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal,
+                                                            scale=scale).transpose(0, 1).to(q.dtype)
+        return out
+
+    registry_with_broken_norm.add_implementation(Implementation("attention_prefill", "probe", prefill, plugin="t"))
+    result = _run(*SMALL, "--dtype", "bf16", "--backend", "attention_prefill=probe", "--skip-ops",
+                  "--out", str(tmp_path))
+    (record,) = _records(tmp_path)
+    checks = [r for r in record["rows"] if r["kind"] == "check"]
+    assert checks and {r["status"] for r in checks} == {status}, [r["note"] for r in checks]
+    assert all("raised" not in (r["note"] or "") for r in checks)
+    assert result.exit_code == (0 if status == "PASS" else 1)

@@ -35,7 +35,7 @@ REFERENCE_SCRIPT = [[[1.0, 0.5, 0.0]], [[0.0, 2.0, 1.0]], [[0.2, 0.1, 3.0]]]
 
 def test_identical_pipelines_agree_on_every_token():
     pipeline, reference = ScriptedModel(REFERENCE_SCRIPT), ScriptedModel(REFERENCE_SCRIPT)
-    result = teacher_forced_check(pipeline, reference, prompts=None, steps=2, dtype=torch.float32)
+    result = teacher_forced_check(pipeline, reference, None, prompts=None, steps=2, dtype=torch.float32)
     assert result["status"] == "PASS" and result["max_abs_err"] == 0.0
     assert result["token_agreement"] == 1.0 and result["tokens_compared"] == 3
 
@@ -43,28 +43,58 @@ def test_identical_pipelines_agree_on_every_token():
 def test_both_pipelines_are_fed_the_reference_greedy_tokens():
     wrong = [[[0.0, 0.0, 9.0]]] * 3  # would pick token 2 every step
     pipeline, reference = ScriptedModel(wrong), ScriptedModel(REFERENCE_SCRIPT)
-    teacher_forced_check(pipeline, reference, prompts=None, steps=2, dtype=torch.float32)
+    teacher_forced_check(pipeline, reference, None, prompts=None, steps=2, dtype=torch.float32)
     assert [int(t) for t in pipeline.fed] == [0, 1] == [int(t) for t in reference.fed]
 
 
 def test_near_tie_flip_is_not_an_error_but_lowers_agreement():
     reference_script = [[[1.0, 0.99995, 0.0]]]
     flipped = [[[0.99995, 1.0, 0.0]]]
-    result = teacher_forced_check(ScriptedModel(flipped), ScriptedModel(reference_script), None, 0, torch.float32)
+    result = teacher_forced_check(ScriptedModel(flipped), ScriptedModel(reference_script), None, None, 0, torch.float32)
     assert result["status"] == "PASS"  # |error| 5e-5 of the largest logit, allowed 1e-3
     assert result["token_agreement"] == 0.0 and result["max_abs_err"] == pytest.approx(5e-5, rel=1e-3)
 
 
 def test_wrong_logits_fail_with_the_relative_error():
     wrong = [[[1.0, 0.5, 0.0]], [[0.0, 2.0, 1.5]], [[0.2, 0.1, 3.0]]]  # 0.5 off where the top logit is 2
-    result = teacher_forced_check(ScriptedModel(wrong), ScriptedModel(REFERENCE_SCRIPT), None, 2, torch.float32)
+    result = teacher_forced_check(ScriptedModel(wrong), ScriptedModel(REFERENCE_SCRIPT), None, None, 2, torch.float32)
     assert result["status"] == "FAIL"
     assert result["max_abs_err"] == pytest.approx(0.5) and result["max_rel_err"] == pytest.approx(0.25)
 
 
+ORACLE = [[[10.0, 2.0, 0.0]]]  # float32 oracle; largest logit 10
+
+
+@pytest.mark.parametrize(("pipeline_logits", "status"), [
+    ([[[10.0, 3.5, 0.0]]], "PASS"),   # 0.15 of the largest logit: within 2x the reference's 0.1
+    ([[[10.0, 5.0, 0.0]]], "FAIL"),   # 0.3: further from the oracle than rounding explains
+])
+def test_16_bit_pipeline_is_judged_against_the_reference_own_error(pipeline_logits, status):
+    reference_16 = ScriptedModel([[[10.0, 3.0, 0.0]]])  # 0.1 of the largest logit off the oracle
+    result = teacher_forced_check(ScriptedModel(pipeline_logits), ScriptedModel(ORACLE), reference_16, None, 0,
+                                  torch.bfloat16)
+    assert result["status"] == status
+    assert result["reference_rel_err"] == pytest.approx(0.1) and result["allowed_rel_err"] == pytest.approx(0.2)
+
+
+def test_16_bit_check_has_a_floor_when_the_reference_is_exact():
+    result = teacher_forced_check(ScriptedModel([[[10.0, 2.4, 0.0]]]), ScriptedModel(ORACLE), ScriptedModel(ORACLE),
+                                  None, 0, torch.bfloat16)
+    assert result["status"] == "PASS" and result["allowed_rel_err"] == pytest.approx(0.05)
+
+
+def test_greedy_flip_beyond_the_allowance_fails_even_with_small_logit_error():
+    oracle = [[[1.0, 0.92, 0.0, 0.0]]]
+    flipped = [[[0.96, 0.961, 0.0, 0.0]]]  # errors of 4% (allowed 5%), but token 1 wins a margin of 8%
+    result = teacher_forced_check(ScriptedModel(flipped), ScriptedModel(oracle), ScriptedModel(oracle), None, 0,
+                                  torch.bfloat16)
+    assert result["max_rel_err"] < result["allowed_rel_err"]
+    assert result["status"] == "FAIL" and "1 greedy tokens differ" in result["note"]
+
+
 def test_non_finite_logits_fail():
     nan = [[[float("nan"), 0.0, 0.0]]]
-    result = teacher_forced_check(ScriptedModel(nan), ScriptedModel([[[1.0, 0.0, 0.0]]]), None, 0, torch.float32)
+    result = teacher_forced_check(ScriptedModel(nan), ScriptedModel([[[1.0, 0.0, 0.0]]]), None, None, 0, torch.float32)
     assert result["status"] == "FAIL" and "non-finite" in result["note"]
 
 

@@ -19,6 +19,7 @@ every linear layer and the embedding, ones for the norms.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,18 @@ class Weights:
         for layer in self.layers:
             tensors += [layer.attn_norm, layer.wqkv, layer.wo, layer.ffn_norm, layer.w_gate_up, layer.w_down]
         return tensors
+
+    def to(self, dtype: torch.dtype) -> Weights:
+        """A copy in ``dtype`` (a tied lm_head stays tied)."""
+        def cast(t):
+            return t.to(dtype)
+
+        embedding = cast(self.embedding)
+        tied = self.lm_head.data_ptr() == self.embedding.data_ptr()
+        layers = [LayerWeights(*(cast(getattr(layer, f.name)) for f in dataclasses.fields(LayerWeights)))
+                  for layer in self.layers]
+        return Weights(self.model, embedding, layers, cast(self.norm), embedding if tied else cast(self.lm_head),
+                       f"{self.source} as {str(dtype).removeprefix('torch.')}")
 
     @property
     def nbytes(self) -> int:
