@@ -213,6 +213,7 @@ def bench_command(ctx, op_name, backend, others, spec_path, dtype, device, warmu
         rows = op_rows(registry, op.name, backends, cases, dtype, device, bench,
                        progress=lambda text: status.update(text), ceilings=ceilings)
     record = bench_record(op.name, backends, rows, registry, device, dtype, bench, spec, ceilings)
+    record["plugin_details"] = registry.plugin_details()
     print_run(record, console)
     for row in rows:
         if row["status"] == "SKIP":

@@ -1,4 +1,4 @@
-"""The whole plugin contract of kbench: two hooks.
+"""The whole plugin contract of kbench: three hooks.
 
 A plugin is a module with ``@kbench.hookimpl`` functions named after the hooks below,
 found through the ``kbench`` entry-point group::
@@ -45,4 +45,15 @@ def register_backends(register):
 
     Never raise from here for a missing dependency: register and return the reason from
     ``available`` instead, so ``kbench list`` can show it.
+    """
+
+
+@hookspec
+def record_details():
+    """Optional: what this plugin chose while the run ran, for the run record.
+
+    Called once at the end of ``kbench run`` / ``kbench bench``; return a JSON-able dict
+    (e.g. ``{"tuned_configs": {kernel: {shape key: config}}}`` for autotuned kernels) or
+    None. It is stored under ``record["plugin_details"][plugin name]``. An exception here is
+    recorded as the plugin's detail, never fatal.
     """

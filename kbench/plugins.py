@@ -86,6 +86,8 @@ def build_registry() -> Registry:
             hookimpl.function(register=register)
         except Exception as error:
             registry.plugin_errors[name] = _error_line(error)
+    for hookimpl in pm.hook.record_details.get_hookimpls():
+        registry.detail_hooks[hookimpl.plugin_name] = hookimpl.function
     return registry
 
 

@@ -62,6 +62,7 @@ class Registry:
         self.implementations: dict[tuple[str, str], Implementation] = {}
         self.plugin_errors: dict[str, str] = {}
         self.plugins: dict[str, str | None] = {}
+        self.detail_hooks: dict[str, Callable[[], Any]] = {}
 
     # -- registration (called by kbench.plugins while loading) --
     def add_op(self, op: Op, plugin: str) -> None:
@@ -86,6 +87,18 @@ class Registry:
                 f"Plugin {impl.plugin!r} registers {impl.op}/{impl.backend}, already registered by {other!r}."
             )
         self.implementations[key] = impl
+
+    def plugin_details(self) -> dict[str, Any]:
+        """plugin name -> what its ``record_details`` hook returned (errors as a string)."""
+        details = {}
+        for name, hook in self.detail_hooks.items():
+            try:
+                value = hook()
+            except Exception as error:  # a reporting hook must never lose a run
+                value = f"record_details raised {type(error).__name__}: {error}"
+            if value is not None:
+                details[name] = value
+        return details
 
     # -- lookup --
     def op(self, name: str) -> Op:

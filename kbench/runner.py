@@ -107,6 +107,7 @@ def run(spec_path: str | Path, overrides: Overrides | None, options: RunOptions,
     rows = mark_pipeline_failures(spec, rows)
     record["rows"] = rows
     record["status"] = record_status(rows)
+    record["plugin_details"] = registry.plugin_details()
     path = write_record(record, options.out_dir)
     print_run(record, console)
     console.print(f"record: {path}", highlight=False)

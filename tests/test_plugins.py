@@ -82,3 +82,26 @@ def test_builtin_plugins_load_through_entry_points():
     registry = plugins.build_registry()
     assert "torch" in registry.plugins
     assert registry.get("rmsnorm", "torch").plugin == "torch"
+
+
+def test_record_details_hook_is_collected_and_its_errors_contained(fake_entry_points, monkeypatch):
+    module = types.ModuleType("kbench_test_details_plugin")
+
+    @kbench.hookimpl
+    def record_details():
+        return {"tuned_configs": {"rmsnorm": {"4096": "BLOCK 1024, 8 warps"}}}
+
+    module.record_details = record_details
+    broken = types.ModuleType("kbench_test_broken_details")
+
+    @kbench.hookimpl
+    def record_details_broken():
+        raise RuntimeError("no state")
+
+    broken.record_details = record_details_broken
+    for m in (module, broken):
+        monkeypatch.setitem(sys.modules, m.__name__, m)
+    fake_entry_points(_entry_point("tuned", module.__name__), _entry_point("broken", broken.__name__))
+    details = plugins.build_registry().plugin_details()
+    assert details["tuned"] == {"tuned_configs": {"rmsnorm": {"4096": "BLOCK 1024, 8 warps"}}}
+    assert "RuntimeError: no state" in details["broken"]

@@ -136,6 +136,12 @@ def tuned_configs() -> dict[str, dict[str, str]]:
 
 
 @kbench.hookimpl
+def record_details():
+    configs = tuned_configs()
+    return {"tuned_configs": configs} if configs else None
+
+
+@kbench.hookimpl
 def register_backends(register):
     known_ops = {op.name for op in BUILTIN_OPS}
     version = _triton_version()
