@@ -9,7 +9,6 @@ rectangular; padding would change what is measured).
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 from collections.abc import Sequence
 
@@ -54,7 +53,10 @@ def hf_config(model, dtype: torch.dtype):
 
 
 def best_attention(device: torch.device, dtype: torch.dtype) -> str:
-    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and importlib.util.find_spec("flash_attn"):
+    # FA4 installs a namespace package `flash_attn` without FA2's kernels: ask transformers.
+    from transformers.utils import is_flash_attn_2_available
+
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and is_flash_attn_2_available():
         return "flash_attention_2"
     return "sdpa"
 
