@@ -77,12 +77,23 @@ def _shape(row: dict) -> dict:
     return shape if isinstance(shape, dict) else {}
 
 
+# Float settings worth a column inch; others (eps, theta, scale factors) stay in the record.
+SHOWN_FLOATS = ("temperature", "top_p")
+
+
 def short_case(row: dict) -> str:
-    """The integer dimensions of a case ('tokens=4 hidden=128'); the full label is in the record."""
+    """The sizes and named settings of a case ('tokens=4 hidden=128 style=half'); the full
+    label is in the record."""
     shape = _shape(row)
     if not shape:
         return str(row.get("case") or "")
-    return " ".join(f"{k}={v}" for k, v in shape.items() if isinstance(v, int) and not isinstance(v, bool))
+
+    def shown(key, value):
+        if isinstance(value, bool):
+            return False
+        return isinstance(value, (int, str)) or (isinstance(value, float) and key in SHOWN_FLOATS)
+
+    return " ".join(f"{k}={v}" for k, v in shape.items() if shown(k, v))
 
 
 def _batch_prompt(row: dict) -> tuple[str, str]:
