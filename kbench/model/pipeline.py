@@ -124,15 +124,16 @@ class Pipeline:
         """Every decoder layer on ``x: [tokens, hidden]``; returns (ffn_out, residual) of the last."""
         m = self.model
         tokens, eps = x.shape[0], m.norm_eps
+        qkv_rows = [m.heads * m.head_dim, m.kv_heads * m.head_dim, m.kv_heads * m.head_dim]
         residual, ffn_out = x, None
         for index, layer in enumerate(self.weights.layers):
             if ffn_out is None:
                 h = self._rmsnorm(x=x, weight=layer.attn_norm, eps=eps)
             else:
                 h, residual = self._add_rmsnorm(x=ffn_out, residual=residual, weight=layer.attn_norm, eps=eps)
-            qkv = F.linear(h, layer.wqkv).view(tokens, m.heads + 2 * m.kv_heads, m.head_dim)
-            # contiguous copies: every backend's contract takes dense q, k, v
-            q, k, v = (t.contiguous() for t in qkv.split([m.heads, m.kv_heads, m.kv_heads], dim=1))
+            # One GEMM per row block of wqkv (contiguous views): q, k, v come out dense, as every
+            # backend's contract wants, without the three copies that splitting one output needs.
+            q, k, v = (F.linear(h, w).view(tokens, -1, m.head_dim) for w in layer.wqkv.split(qkv_rows))
             q, k = self._rope(q=q, k=k, positions=positions, inv_freq=self.inv_freq, style=m.rope.style)
             self.cache.write(index, slots, k, v)
             attn = attend(index, q, k, v).reshape(tokens, m.heads * m.head_dim)
