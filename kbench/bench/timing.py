@@ -30,6 +30,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 ESTIMATE_CALLS = 5
+# The estimate stops early once its calls add up to this: a 1 s prefill needs one call to
+# know it is slow, not five.
+ESTIMATE_BUDGET_US = 100_000.0
 MIN_REPS = 5
 MAX_REPS = 10_000
 MIN_FLUSH_BYTES = 256 * 2**20
@@ -81,6 +84,14 @@ def summarize(samples_us: list[float], method: str, calls_per_rep: int = 1) -> T
     )
 
 
+def estimate(sample_us: Callable[[], float]) -> float:
+    """Mean of up to ``ESTIMATE_CALLS`` samples, fewer once they add up to ``ESTIMATE_BUDGET_US``."""
+    samples = []
+    while len(samples) < ESTIMATE_CALLS and sum(samples) < ESTIMATE_BUDGET_US:
+        samples.append(sample_us())
+    return sum(samples) / len(samples)
+
+
 def repetitions(budget_ms: float, estimate_us: float, minimum: int) -> int:
     """How many calls of ``estimate_us`` fit in ``budget_ms``, clamped to [minimum, MAX_REPS]."""
     if estimate_us <= 0:
@@ -128,7 +139,7 @@ def _measure_host(fn, warmup_ms, rep_ms, reset, timer) -> Timing:
         fn()
         return (timer() - start) * 1e6
 
-    estimate_us = sum(timed_call() for _ in range(ESTIMATE_CALLS)) / ESTIMATE_CALLS
+    estimate_us = estimate(timed_call)
     for _ in range(repetitions(warmup_ms, estimate_us, 0)):
         timed_call()
     samples = [timed_call() for _ in range(repetitions(rep_ms, estimate_us, MIN_REPS))]
@@ -171,7 +182,7 @@ def _measure_cuda_events(fn, device, warmup_ms, rep_ms, flush_l2, reset) -> Timi
 
         _call(fn, reset)
         torch.cuda.synchronize()
-        estimate_us = 1000.0 * sum(_event_samples(fn, ESTIMATE_CALLS, before)) / ESTIMATE_CALLS
+        estimate_us = estimate(lambda: 1000.0 * _event_samples(fn, 1, before)[0])
         for _ in range(repetitions(warmup_ms, estimate_us, 0)):
             _call(fn, reset)
         samples_ms = _event_samples(fn, repetitions(rep_ms, estimate_us, MIN_REPS), before)
@@ -190,7 +201,7 @@ def _measure_cuda_graph(fn, device, warmup_ms, rep_ms, reset, graph_calls) -> Ti
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
         if graph_calls is None:
-            estimate_us = 1000.0 * sum(_event_samples(fn, ESTIMATE_CALLS, reset)) / ESTIMATE_CALLS
+            estimate_us = estimate(lambda: 1000.0 * _event_samples(fn, 1, reset)[0])
             graph_calls = int(min(MAX_GRAPH_CALLS, max(1, GRAPH_REPLAY_TARGET_US / max(estimate_us, 1e-3))))
         if reset is not None:
             reset()
@@ -200,7 +211,7 @@ def _measure_cuda_graph(fn, device, warmup_ms, rep_ms, reset, graph_calls) -> Ti
                 fn()
         graph.replay()
         torch.cuda.synchronize()
-        replay_us = 1000.0 * sum(_event_samples(graph.replay, ESTIMATE_CALLS, reset)) / ESTIMATE_CALLS
+        replay_us = estimate(lambda: 1000.0 * _event_samples(graph.replay, 1, reset)[0])
         for _ in range(repetitions(warmup_ms, replay_us, 0)):
             _call(graph.replay, reset)
         samples_ms = _event_samples(graph.replay, repetitions(rep_ms, replay_us, MIN_REPS), reset)
