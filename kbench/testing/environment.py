@@ -13,7 +13,9 @@ nothing outside it, offline. Deleting the folder removes every install made ther
 from __future__ import annotations
 
 import os
+import site
 import subprocess
+import sys
 import textwrap
 import venv
 from dataclasses import dataclass
@@ -41,11 +43,21 @@ class PluginEnvironment:
         # No pip of its own: the parent's pip (visible through system site-packages) installs here.
         venv.EnvBuilder(system_site_packages=True, with_pip=False, symlinks=os.name != "nt").create(path)
         env = cls(path)
+        if sys.prefix != sys.base_prefix:
+            # This interpreter is itself a venv: the new one's "system" packages would be the base
+            # interpreter's, not ours, so add our site-packages (and their .pth files) by hand.
+            env._link_parent_site_packages()
         for name, body in LAUNCHERS.items():
             launcher = env.bin / name
             launcher.write_text(f"#!{env.python}\nimport sys\n{body}\n")
             launcher.chmod(0o755)
         return env
+
+    def _link_parent_site_packages(self) -> None:
+        own = subprocess.run([str(self.python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             text=True, capture_output=True, check=True).stdout.strip()
+        lines = [f"import site; site.addsitedir({folder!r})" for folder in site.getsitepackages()]
+        Path(own, "_kbench_parent_site.pth").write_text("\n".join(lines) + "\n")
 
     @property
     def bin(self) -> Path:
