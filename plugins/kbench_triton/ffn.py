@@ -3,7 +3,9 @@
 ``swiglu`` follows ``kbench.ops.ffn``: silu computed in float32 and rounded to the dtype (as
 torch's ``F.silu`` on a bf16 tensor), then the product rounded again. ``ffn`` runs the two
 GEMMs through cuBLAS (``F.linear``) and reads gate and up straight out of the fused
-``[tokens, 2 * intermediate]`` projection, so the split never copies.
+``[tokens, 2 * intermediate]`` projection, so the split never copies. With at most
+``gemv.MAX_ROWS`` tokens (decode) it uses the skinny kernels of ``kbench_triton.gemv``
+instead: the activation fused into the gate/up product, then the down product.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from kbench_triton import gemv
 from kbench_triton.common import launch_config
 
 
@@ -50,7 +53,10 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 
 def ffn(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
-    """down(silu(gate(x)) * up(x)): cuBLAS GEMMs around the Triton activation."""
+    """down(silu(gate(x)) * up(x)): cuBLAS GEMMs around the Triton activation, or the skinny
+    decode kernels for a few tokens."""
+    if x.shape[0] <= gemv.MAX_ROWS and x.dim() == 2:
+        return gemv.linear(gemv.swiglu_linear(x, w_gate_up), w_down)
     intermediate = w_gate_up.shape[0] // 2
     gate_up = F.linear(x, w_gate_up)
     return F.linear(swiglu(gate_up[:, :intermediate], gate_up[:, intermediate:]), w_down)

@@ -2,6 +2,7 @@
 # The GPU records under results/examples/, made on the device machine, one phase per call
 # (each fits in one 10-minute call; measured on the H100: a llama2-7b run takes 150-300 s).
 #
+#   smoke      every mix on a 2-layer llama2-7b, and a decode-step profile
 #   flash      kbench run llama2-7b --attention flash --baseline hf (issue 6)
 #   reference  all-reference and --attention sdpa-flash, and their compare (issue 3)
 #   kernels    triton everywhere, cuda (+ flash prefill), and their compare (issues 4, 5)
@@ -13,7 +14,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh flash|reference|kernels|sweeps|tests}
+phase=${1:?usage: gpu_runs.sh smoke|flash|reference|kernels|sweeps|tests}
 export PYTHONUNBUFFERED=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
 records=$OUT/records
@@ -34,6 +35,20 @@ latest() { ls -t "$records"/*"$1"*.json 2>/dev/null | head -1; }
 spec=model_specs/llama2-7b.yaml
 
 case $phase in
+smoke)  # every backend mix through a 2-layer llama2-7b, and where a decode step's time goes
+    fast=(--backend norm=triton --backend rope=triton --backend attention=triton --backend ffn=triton
+          --backend sampling=triton)
+    step 150 python3 scripts/device/profile_decode.py $spec "${fast[@]}" --batch 1,64 --gemms
+    step 90 python3 scripts/device/profile_decode.py $spec --backend norm=cuda --backend rope=cuda \
+        --backend ffn=cuda --backend attention=triton --backend attention_decode=cuda --batch 1
+    tiny=(--layers 2 --batch 1,4 --prompt-len 128 --decode-steps 8 --out /tmp/smoke)
+    step 90 kbench run $spec "${tiny[@]}"
+    step 90 kbench run $spec --attention sdpa-flash "${tiny[@]}"
+    step 120 kbench run $spec --norm triton --rope triton --attention triton --ffn triton --sampling triton "${tiny[@]}"
+    step 120 kbench run $spec --norm cuda --rope cuda --ffn cuda --sampling cuda --attention triton \
+        --backend attention_decode=cuda "${tiny[@]}"
+    step 90 kbench run $spec --norm compile --rope compile --ffn compile --sampling compile --attention sdpa "${tiny[@]}"
+    ;;
 flash)
     step 540 kbench run $spec --attention flash --baseline hf --prompt-len 512 --out "$records"
     ;;

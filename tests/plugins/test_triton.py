@@ -161,3 +161,30 @@ def test_tuned_configs_name_the_config_of_each_launch():
     assert configs["rmsnorm"]["64,float32"] == "BLOCK=64 num_warps=1"
     assert any("NUM_SPLITS" in text for text in configs["attention_decode_splits"].values())
     assert all(isinstance(text, str) for by_key in configs.values() for text in by_key.values())
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_skinny_gemms_match_cublas_and_the_reference_ffn(rows, dtype):
+    from kbench_triton.ffn import ffn
+    from kbench_triton.gemv import linear, swiglu_linear
+
+    from kbench.ops.ffn import ffn_reference, swiglu_reference
+
+    hidden, intermediate = 72, 40  # odd multiples: masked K and N tails
+    x = _randn(rows, hidden, dtype=dtype)
+    w_gate_up = _randn(2 * intermediate, hidden, dtype=dtype, scale=hidden ** -0.5, seed=1)
+    w_down = _randn(hidden, intermediate, dtype=dtype, scale=intermediate ** -0.5, seed=2)
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    expected = x.double() @ w_gate_up.double().T
+    torch.testing.assert_close(linear(x, w_gate_up).double(), expected, **tol)
+    gate, up = (x.float() @ w_gate_up.float().T).to(dtype).chunk(2, dim=-1)
+    torch.testing.assert_close(swiglu_linear(x, w_gate_up), swiglu_reference(gate, up), **tol)
+    torch.testing.assert_close(ffn(x, w_gate_up, w_down), ffn_reference(x, w_gate_up, w_down), **tol)
+
+
+def test_skinny_gemm_refuses_too_many_rows():
+    from kbench_triton.gemv import MAX_ROWS, linear
+
+    with pytest.raises(ValueError, match="at most"):
+        linear(_randn(MAX_ROWS + 1, 16), _randn(16, 16))
