@@ -13,6 +13,8 @@ or the compiler's own error message), or None once the ops are registered.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import os
@@ -98,6 +100,24 @@ def environment_reason() -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def build_lock(build_dir: Path):
+    """Hold an exclusive lock on ``build_dir`` for one build, and clear a stale torch lock.
+
+    torch's own lock is a plain file that a killed build (a timeout, Ctrl-C) leaves behind, after
+    which every later build waits on it forever. Ours is a ``flock``, released by the kernel when
+    its process dies; holding it, no other kbench process is building here, so a torch lock
+    file that remains is stale and goes.
+    """
+    with open(build_dir / ".kbench-build.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        (build_dir / "lock").unlink(missing_ok=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @functools.cache
 def load() -> str | None:
     """Build (or reuse) and load the kernels once per process; the reason they cannot run, or None."""
@@ -111,16 +131,17 @@ def load() -> str | None:
     build_dir = cache_root() / key
     build_dir.mkdir(parents=True, exist_ok=True)
     try:
-        cpp_extension.load(
-            name=f"{LIBRARY}_{key}",
-            sources=[str(p) for p in compiled_sources()],
-            extra_cflags=["-O3", "-std=c++17"],
-            extra_cuda_cflags=nvcc_flags(capability),
-            extra_include_paths=[str(CSRC)],
-            build_directory=str(build_dir),
-            is_python_module=False,
-            verbose=os.environ.get(VERBOSE_ENV) == "1",
-        )
+        with build_lock(build_dir):
+            cpp_extension.load(
+                name=f"{LIBRARY}_{key}",
+                sources=[str(p) for p in compiled_sources()],
+                extra_cflags=["-O3", "-std=c++17"],
+                extra_cuda_cflags=nvcc_flags(capability),
+                extra_include_paths=[str(CSRC)],
+                build_directory=str(build_dir),
+                is_python_module=False,
+                verbose=os.environ.get(VERBOSE_ENV) == "1",
+            )
     except Exception as error:  # a failed build makes the backend unavailable, never crashes a run
         return f"CUDA build failed in {build_dir}: {compiler_message(error)}"
     return None

@@ -3,6 +3,7 @@
 # (each fits in one 10-minute call; measured on the H100: a llama2-7b run takes 150-300 s).
 #
 #   smoke      every mix on a 2-layer llama2-7b, and a decode-step profile
+#   probe      the decode-step profiles of the triton and cuda mixes, and a 2-layer cuda run
 #   flash      kbench run llama2-7b --attention flash --baseline hf (issue 6)
 #   reference  all-reference and --attention sdpa-flash, and their compare (issue 3)
 #   kernels    triton everywhere, cuda (+ flash prefill), and their compare (issues 4, 5)
@@ -15,7 +16,8 @@
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
 phase=${1:?usage: gpu_runs.sh smoke|flash|reference|kernels|sweeps|tests}
-export PYTHONUNBUFFERED=1 COLUMNS=170
+# a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
+export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
 records=$OUT/records
 mkdir -p "$records"
@@ -27,7 +29,7 @@ started=$SECONDS
 step() {  # step LIMIT_S command...: run with a time limit, report its exit status
     local limit=$1; shift
     echo; echo "=== [$((SECONDS - started))s] $* (limit ${limit}s)"
-    timeout --kill-after=10 "$limit" "$@" 2>&1 | grep -v "UserWarning: Argument aux_data\|exe_args, func_types"
+    timeout --signal=ABRT --kill-after=10 "$limit" "$@" 2>&1 | grep -v "UserWarning: Argument aux_data\|exe_args, func_types"
     echo "=== exit ${PIPESTATUS[0]}"
 }
 
@@ -47,7 +49,15 @@ smoke)  # every backend mix through a 2-layer llama2-7b, and where a decode step
     step 120 kbench run $spec --norm triton --rope triton --attention triton --ffn triton --sampling triton "${tiny[@]}"
     step 120 kbench run $spec --norm cuda --rope cuda --ffn cuda --sampling cuda --attention triton \
         --backend attention_decode=cuda "${tiny[@]}"
-    step 90 kbench run $spec --norm compile --rope compile --ffn compile --sampling compile --attention sdpa "${tiny[@]}"
+    step 90 kbench run $spec --norm compile --rope compile --sampling compile --attention sdpa "${tiny[@]}"
+    ;;
+probe)  # where a decode step's time goes, and the cuda mix end to end on 2 layers
+    step 150 python3 scripts/device/profile_decode.py $spec --backend norm=triton --backend rope=triton \
+        --backend attention=triton --backend ffn=triton --backend sampling=triton --batch 1,64 --gemms
+    step 120 python3 scripts/device/profile_decode.py $spec --backend norm=cuda --backend rope=cuda \
+        --backend ffn=cuda --backend attention=triton --backend attention_decode=cuda --batch 1
+    step 120 kbench run $spec --norm cuda --rope cuda --ffn cuda --sampling cuda --attention triton \
+        --backend attention_decode=cuda --layers 2 --batch 1,4 --prompt-len 128 --decode-steps 8 --out /tmp/smoke
     ;;
 flash)
     step 540 kbench run $spec --attention flash --baseline hf --prompt-len 512 --out "$records"

@@ -171,3 +171,16 @@ def test_ops_compile_with_torch_compile(registry):
     up = torch.randn(16, 256, device="cuda", dtype=torch.float16)
     expected = registry.op("swiglu").reference(gate=gate, up=up) * 2
     torch.testing.assert_close(compiled(gate, up), expected, atol=2e-3, rtol=2e-3)
+
+
+def test_build_lock_clears_a_stale_torch_lock_and_excludes_a_second_builder(tmp_path):
+    import fcntl
+
+    (tmp_path / "lock").write_text("")  # what a build killed by a timeout leaves behind
+    with build.build_lock(tmp_path):
+        assert not (tmp_path / "lock").exists()
+        with open(tmp_path / ".kbench-build.lock") as other:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(tmp_path / ".kbench-build.lock") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released once the build is over
