@@ -42,8 +42,10 @@ class KVCache:
             self.block_table = order.view(batch, blocks_per_seq).to(device=device, dtype=torch.int32)
         else:
             raise ValueError(f"unknown kv layout {layout!r}")
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # K and V of a layer side by side in one allocation, so that a decode step can write
+        # both with one scatter (see ``write``); ``k`` and ``v`` are views of it.
+        self.kv = torch.zeros((shape[0], 2, *shape[1:]), dtype=dtype, device=device)
+        self.k, self.v = self.kv[:, 0], self.kv[:, 1]
 
     @property
     def nbytes(self) -> int:
@@ -58,6 +60,27 @@ class KVCache:
         return blocks.long(), torch.remainder(positions, self.block_size)
 
     def write(self, layer: int, slots: tuple[torch.Tensor, torch.Tensor], k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store ``k, v: [tokens, kv_heads, head_dim]`` at ``slots`` (from ``slot_index``)."""
-        self.k[layer].index_put_(slots, k)
-        self.v[layer].index_put_(slots, v)
+        """Store ``k, v: [tokens, kv_heads, head_dim]`` at ``slots`` (from ``slot_index``).
+
+        Where ``v`` lies at a fixed offset after ``k`` in one buffer with the same strides (a
+        decode token's k and v straight out of the fused wqkv product), both go in one scatter:
+        at batch 1 a step is made of launches, and this saves one per layer.
+        """
+        pair = _as_pair(k, v)
+        if pair is not None:
+            first, second = slots
+            self.kv[layer][:, first, second] = pair
+        else:
+            self.k[layer].index_put_(slots, k)
+            self.v[layer].index_put_(slots, v)
+
+
+def _as_pair(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
+    """``[2, *k.shape]`` viewing k then v, when v is k moved by a constant offset; else None."""
+    if (k.shape != v.shape or k.stride() != v.stride() or k.dtype != v.dtype or k.device != v.device
+            or k.untyped_storage().data_ptr() != v.untyped_storage().data_ptr()):
+        return None
+    offset = v.storage_offset() - k.storage_offset()
+    if offset <= 0:
+        return None
+    return k.as_strided((2, *k.shape), (offset, *k.stride()), k.storage_offset())

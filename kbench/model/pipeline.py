@@ -71,6 +71,12 @@ class Pipeline:
             op: registry.get(op, backend_for(self.backends, op, family))
             for family, ops in PIPELINE_OPS.items() for op in ops
         }
+        for op, implementation in self.implementations.items():
+            # asking also loads what the backend needs (the cuda backend builds its kernels here)
+            reason = implementation.unavailable_reason()
+            if reason is not None:
+                raise KbenchError(f"{op}: backend {implementation.backend!r} cannot run here: {reason}",
+                                  f"Choose another backend for {op} (kbench list shows what runs here).")
         impl = self.implementations
         self._rmsnorm, self._add_rmsnorm = impl["rmsnorm"].fn, impl["add_rmsnorm"].fn
         self._rope, self._ffn, self._sample = impl["rope"].fn, impl["ffn"].fn, impl["sample"].fn

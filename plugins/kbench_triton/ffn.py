@@ -4,8 +4,10 @@
 torch's ``F.silu`` on a bf16 tensor), then the product rounded again. ``ffn`` runs the two
 GEMMs through cuBLAS (``F.linear``) and reads gate and up straight out of the fused
 ``[tokens, 2 * intermediate]`` projection, so the split never copies. With at most
-``gemv.MAX_ROWS`` tokens (decode) it uses the skinny kernels of ``kbench_triton.gemv``
-instead: the activation fused into the gate/up product, then the down product.
+``gemv.MAX_ROWS`` tokens (decode) the gate/up product is the skinny kernel of
+``kbench_triton.gemv`` with the activation fused into it, and the down product stays with
+cuBLAS: on the H100, llama2-7b's w_down at 1 to 8 rows took 47 us with cuBLAS against 58-61 us
+with the skinny kernel (scripts/device/profile_decode.py --gemms).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def ffn(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor) -> torch
     """down(silu(gate(x)) * up(x)): cuBLAS GEMMs around the Triton activation, or the skinny
     decode kernels for a few tokens."""
     if x.shape[0] <= gemv.MAX_ROWS and x.dim() == 2:
-        return gemv.linear(gemv.swiglu_linear(x, w_gate_up), w_down)
+        return F.linear(gemv.swiglu_linear(x, w_gate_up), w_down)
     intermediate = w_gate_up.shape[0] // 2
     gate_up = F.linear(x, w_gate_up)
     return F.linear(swiglu(gate_up[:, :intermediate], gate_up[:, intermediate:]), w_down)

@@ -4,10 +4,10 @@
 #
 #   smoke      every mix on a 2-layer llama2-7b, and a decode-step profile
 #   probe      the decode-step profiles of the triton and cuda mixes, and a 2-layer cuda run
-#   flash      kbench run llama2-7b --attention flash --baseline hf (issue 6)
 #   reference  all-reference and --attention sdpa-flash, and their compare (issue 3)
-#   kernels    triton everywhere, cuda (+ flash prefill), and their compare (issues 4, 5)
-#   sweeps     op sweeps at the issues' target shapes, and liger vs triton vs cuda (issues 4, 5, 7)
+#   kernels    triton everywhere, cuda everywhere, sdpa-flash, and triton vs cuda (issues 3, 4, 5)
+#   flash      flash + the fastest mix beside hf, FA4 prefill, liger vs triton and cuda (issues 6, 7)
+#   sweeps     decode attention and sampling sweeps at the issues' target shapes (issues 4, 5)
 #   tests      every gpu-marked test and the conformance suite on the GPU (issue 2)
 #
 # FA4 first (flash, kernels, sweeps): shared/device/fa4-wheels.sh, two calls; then start each
@@ -59,9 +59,6 @@ probe)  # where a decode step's time goes, and the cuda mix end to end on 2 laye
     step 120 kbench run $spec --norm cuda --rope cuda --ffn cuda --sampling cuda --attention triton \
         --backend attention_decode=cuda --layers 2 --batch 1,4 --prompt-len 128 --decode-steps 8 --out /tmp/smoke
     ;;
-flash)
-    step 540 kbench run $spec --attention flash --baseline hf --prompt-len 512 --out "$records"
-    ;;
 reference)
     short=(--batch 1,64 --prompt-len 512)
     step 260 kbench run $spec "${short[@]}" --out "$records"
@@ -71,34 +68,43 @@ reference)
     step 20 kbench compare "$ref" "$sdpa" --format markdown --output "$OUT/compare-reference-vs-sdpa-flash.md"
     step 20 kbench compare "$ref" "$sdpa"
     ;;
-kernels)
+kernels)  # triton everywhere, cuda everywhere it has kernels, and the sdpa-flash pipeline (issues 3-5)
     short=(--batch 1,64 --prompt-len 512)
-    step 260 kbench run $spec --norm triton --rope triton --attention triton --ffn triton --sampling triton \
+    step 250 kbench run $spec --norm triton --rope triton --attention triton --ffn triton --sampling triton \
         "${short[@]}" --out "$records"
     triton=$(latest llama2-7b)
-    step 240 kbench run $spec --norm cuda --rope cuda --ffn cuda --sampling cuda --attention flash \
-        --backend attention_decode=cuda "${short[@]}" --out "$records"
-    cuda=$(latest llama2-7b)
+    step 100 kbench run $spec --attention sdpa-flash --skip-ops "${short[@]}" --out "$records"
+    step 220 kbench run $spec --norm cuda --rope cuda --ffn cuda --attention cuda --sampling cuda \
+        --backend attention_prefill=triton "${short[@]}" --out "$records"
+    cuda=$(ls -t "$records"/*.json | head -1)
     step 20 kbench compare "$triton" "$cuda" --format markdown --output "$OUT/compare-triton-vs-cuda.md"
-    step 20 kbench compare "$triton" "$cuda"
+    ;;
+flash)  # the fastest mix with flash attention beside transformers, FA4 prefill at the issue's shape,
+        # and liger against triton and cuda (issues 6, 7); FA4 staged first, liger's wheel in .whl/
+    # decode attention from triton: split-KV keeps all SMs busy at batch 1, where FA4 runs one
+    # block per head (the decode bench below puts the two side by side)
+    step 330 kbench run $spec --attention flash --backend attention_decode=triton --norm triton --rope triton \
+        --ffn triton --sampling triton --baseline hf --batch 1,8,32,64 --prompt-len 512 --out "$records"
+    step 60 kbench bench attention_prefill --backend flash --vs sdpa-flash --vs triton \
+        --batch 4 --seq-len 4096 --heads 32 --kv-heads 32 --head-dim 128 --out "$records"
+    step 60 kbench bench attention_decode --backend flash --vs triton --vs cuda --vs sdpa \
+        --batch 1,64 --context 544,4096 --heads 32 --kv-heads 32 --head-dim 128 --out "$records"
+    if python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/liger-site .whl/liger_kernel-*.whl \
+        && python3 -m pip install -q --no-deps --no-build-isolation -e examples/kbench-liger >/dev/null 2>&1; then
+        export PYTHONPATH=/tmp/liger-site${PYTHONPATH:+:$PYTHONPATH}
+        step 45 kbench bench rmsnorm --backend liger --vs triton --vs cuda --tokens 4096,32768 --hidden 4096 \
+            --out "$records"
+        step 45 kbench bench swiglu --backend liger --vs triton --vs cuda --tokens 4096,32768 --intermediate 11008 \
+            --out "$records"
+        step 45 kbench bench rope --backend liger --vs triton --vs cuda --tokens 4096,32768 --heads 32 \
+            --kv-heads 32 --head-dim 128 --style half --scaling none --out "$records"
+    fi
     ;;
 sweeps)
     step 150 kbench bench attention_decode --backend triton --vs cuda --vs sdpa --vs flash \
         --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
-    step 80 kbench bench attention_prefill --backend triton --vs sdpa-flash --vs flash \
-        --batch 4 --seq-len 1024,4096 --heads 32 --kv-heads 32 --head-dim 128 --out "$records"
     step 80 kbench bench sample --backend triton --vs cuda --vs reference \
         --batch 64 --vocab 32000,128256 --temperature 0.8 --top-k 50 --top-p 0.95 --out "$records"
-    if python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/liger-site .whl/liger_kernel-*.whl \
-        && python3 -m pip install -q --no-deps --no-build-isolation -e examples/kbench-liger >/dev/null 2>&1; then
-        export PYTHONPATH=/tmp/liger-site${PYTHONPATH:+:$PYTHONPATH}
-        step 60 kbench bench rmsnorm --backend liger --vs triton --vs cuda --tokens 64,4096,32768 --hidden 4096 \
-            --out "$records"
-        step 60 kbench bench swiglu --backend liger --vs triton --vs cuda --tokens 64,4096,32768 --intermediate 11008 \
-            --out "$records"
-        step 60 kbench bench rope --backend liger --vs triton --vs cuda --tokens 64,4096,32768 --heads 32 \
-            --kv-heads 32 --head-dim 128 --style half --scaling none --out "$records"
-    fi
     ;;
 tests)
     step 280 python3 -m pytest -q -p no:cacheprovider -m gpu tests

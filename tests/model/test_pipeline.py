@@ -150,6 +150,19 @@ def test_every_family_call_goes_through_the_chosen_backend(tmp_path, registry):
     assert pipeline.cuda_graph_blocker is None
 
 
+def test_a_backend_that_cannot_run_here_is_refused_when_the_pipeline_is_built(tmp_path):
+    spec = load_spec(write_spec(tmp_path, workload=WORKLOAD))
+    registry = Registry()
+    for op in BUILTIN_OPS:
+        registry.add_op(op, "kbench-core")
+    loaded = []
+    registry.add_implementation(Implementation("rope", "absent", registry.ops["rope"].reference, "test",
+                                               available=lambda: loaded.append(1) or "needs a library"))
+    with pytest.raises(KbenchError, match="rope: backend 'absent' cannot run here: needs a library"):
+        build_pipeline(spec, registry, load_weights(spec), {"rope": "absent"})
+    assert loaded == [1]
+
+
 def test_cuda_graph_blocker_names_the_implementation(tmp_path):
     spec = load_spec(write_spec(tmp_path, workload=WORKLOAD))
     pipeline = build_pipeline(spec, _spy_registry([], cuda_graphs=False), load_weights(spec), {"attention": "spy"})

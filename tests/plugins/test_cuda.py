@@ -184,3 +184,18 @@ def test_build_lock_clears_a_stale_torch_lock_and_excludes_a_second_builder(tmp_
                 fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
     with open(tmp_path / ".kbench-build.lock") as other:
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released once the build is over
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["contiguous", "paged"])
+@pytest.mark.parametrize("kv_heads", [32, 8])
+def test_decode_at_every_length_residue(registry, layout, kv_heads):
+    """Lengths that end a split slice on every slot of a warp: a loop whose pass count differs
+    between the lanes of one warp hung here (llama2-7b, prompt 128, first decode step: 129)."""
+    from kbench.ops.base import Case
+
+    lengths = (1, 2, 3, 5, 17, 31, 33, 64, 100, 129, 130, 255, 257, 513)
+    case = Case("attention_decode", {"batch": len(lengths), "context": max(lengths), "context_lens": lengths, "heads": 32,
+                 "kv_heads": kv_heads, "head_dim": 128, "layout": layout, "block_size": 16})
+    check = check_implementation(registry, "attention_decode", "cuda", case, torch.bfloat16, "cuda", seed=5)
+    assert check.ok, check.summary()

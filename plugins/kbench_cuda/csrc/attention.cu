@@ -105,7 +105,12 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeArgs args) {
     const T* v_base = static_cast<const T*>(args.v_cache);
     const int64_t row_stride = static_cast<int64_t>(args.kv_heads) * HEAD_DIM;
     const int64_t head_offset = static_cast<int64_t>(kv_head) * HEAD_DIM + dim;
-    for (int t0 = start + slot; t0 < end; t0 += SLOTS * kUnroll) {
+    // The loop runs on the warp's first slot, so every lane of a warp makes the same number of
+    // passes: its full-mask shuffles would hang with lanes that had left the loop (a slice whose
+    // token count leaves one slot of a warp a pass more than the other did exactly that).
+    const int first_slot = warp * SLOTS_PER_WARP;
+    for (int w0 = start + first_slot; w0 < end; w0 += SLOTS * kUnroll) {
+        const int t0 = w0 + (slot - first_slot);
         Vec<T, VEC> kv[kUnroll], vv[kUnroll];
         bool valid[kUnroll];
 #pragma unroll
