@@ -44,7 +44,7 @@ class FlashKernel:
     sm_ok: Callable[[int], bool]      # compute capability major -> runs here?
     sm_needed: str
     head_dim_reason: Callable[[int, int], str | None]   # (head_dim, sm major) -> reason
-    page_size_reason: Callable[[int, int], str | None]  # (block_size, sm major) -> reason
+    page_size_reason: Callable[[int, int, int], str | None]  # (block_size, head_dim, sm major) -> reason
 
     def api(self):
         return importlib.import_module(self.module)
@@ -90,7 +90,7 @@ class FlashKernel:
         if reason:
             return f"{self.label}: {reason}"
         if op == "attention_decode" and block_size is not None:
-            reason = self.page_size_reason(block_size, major)
+            reason = self.page_size_reason(block_size, head_dim, major)
             if reason:
                 return f"{self.label}: {reason}"
         return None
@@ -128,7 +128,7 @@ def _fa2_head_dim(head_dim: int, major: int) -> str | None:
     return None
 
 
-def _fa2_page_size(block_size: int, major: int) -> str | None:
+def _fa2_page_size(block_size: int, head_dim: int, major: int) -> str | None:
     if block_size % 256:
         return f"paged KV needs block_size a multiple of 256, got {block_size}"
     return None
@@ -184,13 +184,22 @@ def _fa4_head_dim(head_dim: int, major: int) -> str | None:
     return None
 
 
-def _fa4_page_size(block_size: int, major: int) -> str | None:
+# Paged decode head dims checked against the reference on an H100 (FA4 4.0.0b36): 64 and 128
+# pass; 80 and 96 return wrong outputs (up to 23% of elements off, any page size, MHA and MQA;
+# scripts/device/flash_decode_matrix.py). Others are unverified, so refused.
+FA4_SM90_PAGED_HEAD_DIMS = (64, 128)
+
+
+def _fa4_page_size(block_size: int, head_dim: int, major: int) -> str | None:
     if major in (8, 12):
         return f"paged KV is not supported on sm_{major}x"
+    if major == 9 and head_dim not in FA4_SM90_PAGED_HEAD_DIMS:
+        return (f"paged KV with head_dim {head_dim} gives wrong results on sm_90 (verified correct: "
+                f"{', '.join(map(str, FA4_SM90_PAGED_HEAD_DIMS))}); use the contiguous layout or another backend")
     return None
 
 
-def _no_page_limit(block_size: int, major: int) -> str | None:
+def _no_page_limit(block_size: int, head_dim: int, major: int) -> str | None:
     return None
 
 

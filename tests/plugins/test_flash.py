@@ -112,6 +112,11 @@ def test_gpu_generation_requirements(monkeypatch, kernel, sm, runs):
     (FA4, (10, 0), "attention_prefill", torch.bfloat16, 192, None, "on sm_100"),
     (FA4, (10, 0), "attention_decode", torch.float16, 128, 16, None),
     (FA4, (12, 0), "attention_decode", torch.float16, 128, 16, "paged KV is not supported"),
+    # measured on an H100: paged decode with head_dim 80 or 96 is wrong, 64 and 128 are right
+    (FA4, (9, 0), "attention_decode", torch.bfloat16, 80, 16, "gives wrong results on sm_90"),
+    (FA4, (9, 0), "attention_decode", torch.bfloat16, 96, 64, "gives wrong results on sm_90"),
+    (FA4, (9, 0), "attention_decode", torch.bfloat16, 64, 16, None),
+    (FA4, (9, 0), "attention_decode", torch.bfloat16, 80, None, None),  # contiguous: right
 ])
 def test_per_call_limits(monkeypatch, kernel, sm, op, dtype, head_dim, block_size, expected):
     monkeypatch.setattr(kernels, "_capability", lambda index: sm)
