@@ -4,6 +4,9 @@ Two ways to compare:
 
 - ``compare_runs(frame, base_run, new_run)``: the same rows of two runs, joined on
   ``(kind, op, backend, case, dtype)``: did this commit, machine or flag make things faster?
+  Where the runs chose different backends for an op (``--norm triton`` against ``--norm
+  cuda``), the one non-reference backend of each side at a ``(kind, op, case, dtype)`` is
+  paired with the other's, so two mixes compare op by op (``base_backend`` names the base's).
 - ``compare_backends(frame, run_id, baseline)``: inside one run, every backend against
   ``baseline`` on ``(kind, op, case, dtype)``: how much faster is triton than reference?
 
@@ -146,11 +149,38 @@ def _unjoinable_note(unmatched: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
     return []
 
 
+def _pair_chosen_backends(base: pd.DataFrame, new: pd.DataFrame, unmatched: pd.DataFrame, metric: str,
+                          threshold: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Join the unmatched rows of two runs across backends where that is unambiguous: at a
+    ``(kind, op, case, dtype)`` each side has exactly one unmatched non-reference backend."""
+    def candidates(frame: pd.DataFrame, side: str) -> pd.DataFrame:
+        lonely = unmatched[(unmatched["side"] == side) & (unmatched["backend"] != "reference")]
+        keys = set(map(tuple, lonely[list(RUN_KEYS)].to_numpy().tolist()))
+        timed = _timed(frame, metric)
+        part = timed[[tuple(r) in keys for r in timed[list(RUN_KEYS)].to_numpy().tolist()]]
+        return part[~part.duplicated(list(BACKEND_KEYS), keep=False)]
+
+    base_part, new_part = candidates(base, "base only"), candidates(new, "new only")
+    if base_part.empty or new_part.empty:
+        return pd.DataFrame(), unmatched
+    paired, _ = _join(base_part, new_part, BACKEND_KEYS, metric, threshold)
+    used = set()
+    for row in paired.itertuples():
+        used.add(("base only", row.kind, row.op, row.base_backend, row.case, row.dtype))
+        used.add(("new only", row.kind, row.op, row.backend, row.case, row.dtype))
+    rest = unmatched[[tuple(r) not in used for r in
+                      unmatched[["side", *RUN_KEYS]].to_numpy().tolist()]].reset_index(drop=True)
+    return paired, rest
+
+
 def compare_runs(frame: pd.DataFrame, base_run: str, new_run: str, *, metric: str = "latency_us",
                  threshold: float = 0.05) -> Comparison:
     """``new_run`` against ``base_run`` (run ids present in ``frame``)."""
     base, new = _run(frame, base_run), _run(frame, new_run)
     rows, unmatched = _join(base, new, RUN_KEYS, metric, threshold)
+    paired, unmatched = _pair_chosen_backends(base, new, unmatched, metric, threshold)
+    if not paired.empty:
+        rows = pd.concat([rows, paired], ignore_index=True)
     notes = _spec_notes(base, new) + _unjoinable_note(unmatched, rows)
     return Comparison(base_run, new_run, metric, threshold, rows, _geomeans(rows), unmatched,
                       _failures(new), notes)

@@ -127,3 +127,21 @@ def test_pipelines_with_different_backends_are_joined_and_the_difference_noted(t
     comparison = compare_runs(load(results_dir=tmp_path), "20261123T080000Z-t-000001", "20261123T090000Z-t-000002")
     assert comparison.rows["speedup"].tolist() == [2.0]
     assert any("norm=reference (base) vs norm=triton (new)" in note for note in comparison.notes)
+
+
+def test_runs_of_different_mixes_pair_their_chosen_backends_op_by_op(tmp_path, synthetic):
+    row = synthetic.row
+    base_rows = [row("op", "rmsnorm", "reference", "c1", 10.0), row("op", "rmsnorm", "triton", "c1", 4.0),
+                 row("op", "rmsnorm", "triton", "c2", 6.0), row("op", "rope", "triton", "c1", 3.0)]
+    new_rows = [row("op", "rmsnorm", "reference", "c1", 10.0), row("op", "rmsnorm", "cuda", "c1", 2.0),
+                row("op", "rmsnorm", "cuda", "c2", 6.0), row("op", "rmsnorm", "liger", "c2", 5.0)]
+    write_record(synthetic.record("20261123T080000Z-t-000001", "2026-11-23T08:00:00+00:00", base_rows), tmp_path)
+    write_record(synthetic.record("20261123T090000Z-t-000002", "2026-11-23T09:00:00+00:00", new_rows), tmp_path)
+    comparison = compare_runs(load(results_dir=tmp_path), "20261123T080000Z-t-000001", "20261123T090000Z-t-000002")
+    rows = {(r.op, r.base_backend, r.backend, r.case): r.speedup for r in comparison.rows.itertuples()}
+    assert rows == pytest.approx({("rmsnorm", "reference", "reference", "c1"): 1.0,
+                                  ("rmsnorm", "triton", "cuda", "c1"): 2.0})
+    # c2 has two candidates on the new side: ambiguous, so nothing is paired and all are listed
+    unmatched = {(r.side, r.op, r.backend, r.case) for r in comparison.unmatched.itertuples()}
+    assert unmatched == {("base only", "rmsnorm", "triton", "c2"), ("new only", "rmsnorm", "cuda", "c2"),
+                         ("new only", "rmsnorm", "liger", "c2"), ("base only", "rope", "triton", "c1")}
