@@ -5,10 +5,17 @@ passes). Order statistics come from a radix select on an order-preserving 32-bit
 float (four passes, each a 256-bin ``tl.histogram`` of one byte among the elements that match
 the bytes found so far), so the k-th largest value costs four reads of the row and no sort.
 
-``topk``: the k-th largest key, then one pass that compacts the k winners (ties at the k-th
-value by ascending index) into a scratch row; only those k are sorted, as (key, index) pairs.
+``topk`` (k <= ``CHUNK_MAX_K``): two stages over (value key, index) pairs packed in one int64,
+larger for a larger value and, among equal values, a smaller index. Stage one splits each row
+into chunks, one program per chunk, and keeps the chunk's best ``K_PAD`` (``tl.topk``, a
+bitonic top-k that sorts runs of ``K_PAD`` and merges them, never the whole chunk); stage two
+takes the best ``K_PAD`` of each row's chunk winners the same way and keeps the first k. Every program works on a
+few thousand elements at once, so a batch of rows fills the GPU instead of leaving one
+program per row to stream it. Larger k: the k-th largest key by the radix select below,
+then one pass that compacts the k winners into a scratch row, and a sort of those k.
 
-``sample`` follows ``kbench.ops.sampling`` step by step:
+``sample`` follows ``kbench.ops.sampling`` step by step (with top-k, the k-th largest logit
+comes from the two-stage ``topk``: dividing by a positive temperature keeps the order):
 - greedy: one argmax pass (lowest index among equal maxima);
 - otherwise ``s = logits / temperature`` (IEEE division, as torch). With top-k or top-p, the
   candidates are the tokens with ``s >= `` the n-th largest ``s`` (n = top_k, or ``CANDIDATES``
@@ -40,6 +47,11 @@ from kbench_triton.common import interpreting, launch_config
 # Candidates kept for top-p alone; a top-p set larger than this takes the bisection path.
 CANDIDATES = 1024
 NUM_BINS = 256
+# The two-stage top-k: k up to this; chunks of at least MIN_CHUNK scores, and as many as keep
+# a row's chunk winners (chunks * K_PAD) within MERGE_MAX for the one-program merge sort.
+CHUNK_MAX_K = 256
+MIN_CHUNK = 2048
+MERGE_MAX = 2048
 
 
 @triton.jit
@@ -127,9 +139,7 @@ def _topk_kernel(logits_ptr, values_ptr, indices_ptr, scratch_ptr, stride_row, v
         equal_rank = equal_seen + tl.cumsum(equal.to(tl.int32), 0) - 1
         chosen = mask & ((key > kth) | (equal & (equal_rank < equal_needed)))
         position = taken + tl.cumsum(chosen.to(tl.int32), 0) - 1
-        # (key, index) in one int64, larger for a larger value and, among equals, a smaller index
-        signed_key = (key ^ 0x80000000).to(tl.int32, bitcast=True).to(tl.int64)
-        packed = signed_key * 4294967296 + (4294967295 - offs.to(tl.int64))
+        packed = _packed(key, offs)
         tl.store(scratch_ptr + row * K_PAD + position, packed, mask=chosen)
         taken += tl.sum(chosen.to(tl.int32), 0)
         equal_seen += tl.sum(equal.to(tl.int32), 0)
@@ -144,6 +154,45 @@ def _topk_kernel(logits_ptr, values_ptr, indices_ptr, scratch_ptr, stride_row, v
 
 
 @triton.jit
+def _packed(key, offs):
+    """(key, index) as one int64: ordered by value, then by ascending index."""
+    signed_key = (key ^ 0x80000000).to(tl.int32, bitcast=True).to(tl.int64)
+    return signed_key * 4294967296 + (4294967295 - offs.to(tl.int64))
+
+
+@triton.jit
+def _topk_chunk_kernel(logits_ptr, scratch_ptr, stride_row, vocab, chunks,
+                       K_PAD: tl.constexpr, CHUNK: tl.constexpr):
+    """Stage one: the best K_PAD (key, index) pairs of one chunk of one row, best first."""
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    slots = tl.arange(0, CHUNK)
+    offs = chunk * CHUNK + slots
+    mask = offs < vocab
+    key = _ordered_key(_load_scores(logits_ptr + row * stride_row, offs, mask, 1.0, False))
+    packed = tl.where(mask, _packed(key, offs), -9223372036854775807 - 1)
+    best = tl.topk(packed, K_PAD)  # bitonic top-k: sorts runs of K_PAD, not the whole chunk
+    tl.store(scratch_ptr + (row * chunks + chunk) * K_PAD + tl.arange(0, K_PAD), best)
+
+
+@triton.jit
+def _topk_merge_kernel(logits_ptr, scratch_ptr, values_ptr, indices_ptr, stride_row, k, candidates,
+                       K_PAD: tl.constexpr, MERGE: tl.constexpr):
+    """Stage two: the best k of a row's chunk winners, sorted, with their values."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, MERGE)
+    packed = tl.load(scratch_ptr + row * candidates + offs, mask=offs < candidates,
+                     other=-9223372036854775807 - 1)
+    packed = tl.topk(packed, K_PAD)
+    slots = tl.arange(0, K_PAD)
+    index = 4294967295 - (packed & 4294967295)
+    keep = slots < k
+    values = tl.load(logits_ptr + row * stride_row + index, mask=keep, other=0.0)
+    tl.store(values_ptr + row * k + slots, values, mask=keep)
+    tl.store(indices_ptr + row * k + slots, index, mask=keep)
+
+
+@triton.jit
 def _probabilities(row_ptr, offs, mask, temperature, row_max, denominator, kth,
                    USE_TOPK: tl.constexpr, PRECISE: tl.constexpr):
     """p of each token of a block after top-k (0 where dropped): exp(s - max) / denominator."""
@@ -155,9 +204,9 @@ def _probabilities(row_ptr, offs, mask, temperature, row_max, denominator, kth,
 
 
 @triton.jit
-def _sample_kernel(logits_ptr, uniforms_ptr, out_ptr, scratch_s_ptr, scratch_index_ptr,
-                   stride_row, vocab, temperature, top_p, candidates,
-                   USE_TOPK: tl.constexpr, USE_TOPP: tl.constexpr, CAP: tl.constexpr,
+def _sample_kernel(logits_ptr, uniforms_ptr, out_ptr, scratch_s_ptr, scratch_index_ptr, kth_ptr,
+                   stride_row, vocab, temperature, top_p, candidates, stride_kth,
+                   USE_TOPK: tl.constexpr, KTH_GIVEN: tl.constexpr, USE_TOPP: tl.constexpr, CAP: tl.constexpr,
                    PRECISE: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + row * stride_row
@@ -171,7 +220,10 @@ def _sample_kernel(logits_ptr, uniforms_ptr, out_ptr, scratch_s_ptr, scratch_ind
 
     # cut: key of the candidates' threshold score; kth: the top-k threshold (0 keeps every key)
     cut = tl.full([], 0, tl.uint32)
-    if USE_TOPK or USE_TOPP:
+    if KTH_GIVEN:
+        # the k-th largest logit, scaled as every score is: the k-th largest score
+        cut = _ordered_key(tl.math.div_rn(tl.load(kth_ptr + row * stride_kth).to(tl.float32), temperature))
+    elif USE_TOPK or USE_TOPP:
         cut, _ = _nth_largest_key(row_ptr, vocab, candidates, temperature, True, BLOCK)
     kth = tl.full([], 0, tl.uint32)
     if USE_TOPK:
@@ -286,13 +338,46 @@ def _block(vocab: int) -> int:
     return min(8192, triton.next_power_of_2(vocab))
 
 
-def topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits: [batch, vocab] -> (values [batch, k] in logits.dtype, indices [batch, k] int64)."""
+def _chunking(vocab: int, k_pad: int) -> tuple[int, int]:
+    """(chunk, chunks) of the two-stage top-k: chunks >= MIN_CHUNK wide, at most MERGE_MAX winners."""
+    chunk = max(MIN_CHUNK, triton.next_power_of_2(triton.cdiv(vocab * k_pad, MERGE_MAX)))
+    return chunk, triton.cdiv(vocab, chunk)
+
+
+def _two_stage(k: int, two_stage: bool | None) -> bool:
+    """The two-stage top-k for k <= CHUNK_MAX_K, by default on a GPU only: on the CPU interpreter
+    ``tl.topk`` of one 2048-score chunk takes about 2 s, so the interpreter's conformance runs
+    keep the radix select (tests call the two-stage path explicitly on small shapes)."""
+    if two_stage is None:
+        two_stage = not interpreting()
+    return two_stage and k <= CHUNK_MAX_K and hasattr(tl, "topk")  # tl.topk: Triton >= 3.4
+
+
+def topk(logits: torch.Tensor, k: int, chunk: int | None = None,
+         two_stage: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits: [batch, vocab] -> (values [batch, k] in logits.dtype, indices [batch, k] int64).
+
+    ``chunk`` (a power of two >= k's) sets the stage-one chunk width and implies the two-stage
+    path; ``two_stage`` chooses the path (see ``_two_stage``).
+    """
     logits = logits if logits.stride(-1) == 1 else logits.contiguous()
     batch, vocab = logits.shape
     values = torch.empty((batch, k), dtype=logits.dtype, device=logits.device)
     indices = torch.empty((batch, k), dtype=torch.int64, device=logits.device)
-    k_pad = triton.next_power_of_2(k)
+    k_pad = max(2, triton.next_power_of_2(k))
+    if _two_stage(k, True if chunk is not None else two_stage):
+        width, chunks = _chunking(vocab, k_pad)
+        if chunk is not None:
+            width, chunks = chunk, triton.cdiv(vocab, chunk)
+        merge = max(2, triton.next_power_of_2(chunks * k_pad))
+        scratch = torch.empty((batch, chunks * k_pad), dtype=torch.int64, device=logits.device)
+        launch_config("topk", (vocab, k), CHUNK=width, MERGE=merge, num_warps=8)
+        if batch:
+            _topk_chunk_kernel[(batch, chunks)](logits, scratch, logits.stride(0), vocab, chunks,
+                                                K_PAD=k_pad, CHUNK=width, num_warps=8)
+            _topk_merge_kernel[(batch,)](logits, scratch, values, indices, logits.stride(0), k, chunks * k_pad,
+                                         K_PAD=k_pad, MERGE=merge, num_warps=8)
+        return values, indices
     scratch = torch.empty((batch, k_pad), dtype=torch.int64, device=logits.device)
     block = _block(vocab)
     launch_config("topk", (vocab, k), BLOCK=block, num_warps=NUM_WARPS)
@@ -302,8 +387,12 @@ def topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return values, indices
 
 
-def sample(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    """logits: [batch, vocab], uniforms: [batch] -> tokens [batch] int64 (see the module docstring)."""
+def sample(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_k: int, top_p: float,
+           two_stage: bool | None = None) -> torch.Tensor:
+    """logits: [batch, vocab], uniforms: [batch] -> tokens [batch] int64 (see the module docstring).
+
+    With top-k, ``two_stage`` chooses how the k-th largest logit is found (see ``_two_stage``).
+    """
     logits = logits if logits.stride(-1) == 1 else logits.contiguous()
     batch, vocab = logits.shape
     tokens = torch.empty((batch,), dtype=torch.int64, device=logits.device)
@@ -320,10 +409,12 @@ def sample(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top
     cap = max(256, 2 * triton.next_power_of_2(candidates))
     scratch_s = torch.empty((batch, cap), dtype=torch.float32, device=logits.device)
     scratch_index = torch.empty((batch, cap), dtype=torch.int32, device=logits.device)
+    kth_given = use_topk and _two_stage(top_k, two_stage)
+    kth = topk(logits, top_k, two_stage=True)[0][:, top_k - 1] if kth_given else scratch_s  # scratch_s: an unread pointer
     launch_config("sample", (vocab, top_k, top_p < 1.0), BLOCK=block, CAP=cap, num_warps=NUM_WARPS)
     _sample_kernel[(batch,)](
-        logits, uniforms, tokens, scratch_s, scratch_index, logits.stride(0), vocab,
-        float(temperature), float(top_p), candidates,
-        USE_TOPK=use_topk, USE_TOPP=use_topp, CAP=cap, PRECISE=not interpreting(), BLOCK=block, num_warps=NUM_WARPS,
+        logits, uniforms, tokens, scratch_s, scratch_index, kth, logits.stride(0), vocab,
+        float(temperature), float(top_p), candidates, kth.stride(0),
+        USE_TOPK=use_topk, KTH_GIVEN=kth_given, USE_TOPP=use_topp, CAP=cap, PRECISE=not interpreting(), BLOCK=block, num_warps=NUM_WARPS,
     )
     return tokens

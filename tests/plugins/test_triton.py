@@ -117,6 +117,34 @@ def test_topk_orders_ties_by_ascending_index():
     assert torch.equal(indices, expected_indices) and torch.equal(values, expected_values)
 
 
+@pytest.mark.parametrize(("vocab", "k", "chunk"), [(1500, 37, 64), (1000, 1, 128), (777, 64, 64), (300, 200, 256)])
+def test_two_stage_topk_across_chunks_matches_the_sort(vocab, k, chunk):
+    """Many chunks, ties spanning chunk borders (bf16 of 7 values), k = 1, k = a whole chunk."""
+    g = torch.Generator().manual_seed(vocab)
+    logits = torch.randint(-3, 4, (3, vocab), generator=g).to(DEVICE, torch.bfloat16)
+    logits[1] = torch.randn(vocab, generator=g).to(DEVICE, torch.bfloat16)
+    values, indices = topk(logits, k, chunk=chunk)
+    expected_values, expected_indices = topk_reference(logits, k)
+    assert torch.equal(indices, expected_indices) and torch.equal(values, expected_values)
+
+
+def test_sample_top_k_takes_the_kth_logit_from_the_two_stage_topk():
+    logits = _randn(2, 700, scale=3.0).to(torch.bfloat16)
+    logits[1, ::7] = logits[1, 3]  # ties at many ranks
+    uniforms = torch.tensor([0.1, 0.95], device=DEVICE)
+    for temperature, top_k, top_p in ((0.7, 50, 1.0), (1.3, 5, 0.8), (0.5, 256, 0.95)):
+        expected = sample_reference(logits, uniforms, temperature, top_k, top_p)
+        got = sample(logits, uniforms, temperature, top_k, top_p, two_stage=True)
+        assert torch.equal(got, expected), (temperature, top_k)
+
+
+def test_the_interpreter_keeps_the_radix_select_unless_asked():
+    from kbench_triton.sampling import _two_stage
+
+    assert _two_stage(50, None) is False and _two_stage(50, True) is True
+    assert _two_stage(2000, True) is False  # past CHUNK_MAX_K: always the radix select
+
+
 def test_sample_top_p_wider_than_the_candidates_takes_the_bisection_path():
     # a flat distribution: top-p 0.99 keeps nearly all 3000 tokens, more than CANDIDATES
     logits = _randn(2, 3000, scale=0.1)
