@@ -100,11 +100,19 @@ flash)  # the fastest mix with flash attention beside transformers, FA4 prefill 
             --kv-heads 32 --head-dim 128 --style half --scaling none --out "$records"
     fi
     ;;
-sweeps)
+sweeps)  # the figures the issues name that no run above measures (issues 4, 5): decode attention
+         # for MHA and GQA-8 over batch and context, sampling and top-k at both vocab sizes,
+         # the memory-bound ops against torch.compile at the spec's shapes, and a memcheck
     step 150 kbench bench attention_decode --backend triton --vs cuda --vs sdpa --vs flash \
         --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
-    step 80 kbench bench sample --backend triton --vs cuda --vs reference \
+    step 70 kbench bench sample --backend triton --vs cuda --vs reference \
         --batch 64 --vocab 32000,128256 --temperature 0.8 --top-k 50 --top-p 0.95 --out "$records"
+    step 50 kbench bench topk --backend triton --vs cuda --vs reference --batch 64 --vocab 32000,128256 --k 50 \
+        --out "$records"
+    for op in rmsnorm add_rmsnorm rope swiglu; do
+        step 45 kbench bench $op --backend triton --vs cuda --vs compile --spec $spec --out "$records"
+    done
+    step 90 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/cuda_bench.py --once
     ;;
 tests)
     step 280 python3 -m pytest -q -p no:cacheprovider -m gpu tests
@@ -113,3 +121,7 @@ tests)
 *) echo "unknown phase $phase"; exit 2 ;;
 esac
 echo; echo "=== done in $((SECONDS - started))s"; ls -la "$records"
+# the device tool brings back at most 8 files: past 6 records, one archive of them
+if [ "$(ls "$records" | wc -l)" -gt 6 ]; then
+    tar -cf "$OUT/records.tar" -C "$records" . && rm -rf "$records" && echo "records in $OUT/records.tar"
+fi
