@@ -77,8 +77,9 @@ class KVCache:
 
 def _as_pair(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
     """``[2, *k.shape]`` viewing k then v, when v is k moved by a constant offset; else None."""
-    if (k.shape != v.shape or k.stride() != v.stride() or k.dtype != v.dtype or k.device != v.device
-            or k.untyped_storage().data_ptr() != v.untyped_storage().data_ptr()):
+    # views of one tensor (cheap to ask, unlike their storage): same memory, dtype and device
+    if (k._base is None or k._base is not v._base or k.dtype != v.dtype or k.shape != v.shape
+            or k.stride() != v.stride()):
         return None
     offset = v.storage_offset() - k.storage_offset()
     if offset <= 0:

@@ -109,13 +109,10 @@ def build_lock(build_dir: Path):
     its process dies; holding it, no other kbench process is building here, so a torch lock
     file that remains is stale and goes.
     """
-    with open(build_dir / ".kbench-build.lock", "w") as handle:
+    with open(build_dir / ".kbench-build.lock", "w") as handle:  # closing it releases the lock
         fcntl.flock(handle, fcntl.LOCK_EX)
         (build_dir / "lock").unlink(missing_ok=True)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
 
 
 @functools.cache

@@ -9,9 +9,9 @@ the bytes found so far), so the k-th largest value costs four reads of the row a
 larger for a larger value and, among equal values, a smaller index. Stage one splits each row
 into chunks, one program per chunk, and keeps the chunk's best ``K_PAD`` (``tl.topk``, a
 bitonic top-k that sorts runs of ``K_PAD`` and merges them, never the whole chunk); stage two
-takes the best ``K_PAD`` of each row's chunk winners the same way and keeps the first k. Every program works on a
-few thousand elements at once, so a batch of rows fills the GPU instead of leaving one
-program per row to stream it. Larger k: the k-th largest key by the radix select below,
+takes the best ``K_PAD`` of each row's chunk winners the same way and keeps the first k.
+Every program works on a few thousand elements at once, so a batch of rows fills the GPU
+instead of leaving one program per row to stream it. Larger k: the k-th largest key by the radix select below,
 then one pass that compacts the k winners into a scratch row, and a sort of those k.
 
 ``sample`` follows ``kbench.ops.sampling`` step by step (with top-k, the k-th largest logit
@@ -48,7 +48,7 @@ from kbench_triton.common import interpreting, launch_config
 CANDIDATES = 1024
 NUM_BINS = 256
 # The two-stage top-k: k up to this; chunks of at least MIN_CHUNK scores, and as many as keep
-# a row's chunk winners (chunks * K_PAD) within MERGE_MAX for the one-program merge sort.
+# a row's chunk winners (chunks * K_PAD) within MERGE_MAX for the one-program merge.
 CHUNK_MAX_K = 256
 MIN_CHUNK = 2048
 MERGE_MAX = 2048
@@ -365,10 +365,8 @@ def topk(logits: torch.Tensor, k: int, chunk: int | None = None,
     values = torch.empty((batch, k), dtype=logits.dtype, device=logits.device)
     indices = torch.empty((batch, k), dtype=torch.int64, device=logits.device)
     k_pad = max(2, triton.next_power_of_2(k))
-    if _two_stage(k, True if chunk is not None else two_stage):
-        width, chunks = _chunking(vocab, k_pad)
-        if chunk is not None:
-            width, chunks = chunk, triton.cdiv(vocab, chunk)
+    if _two_stage(k, two_stage or chunk is not None):
+        width, chunks = _chunking(vocab, k_pad) if chunk is None else (chunk, triton.cdiv(vocab, chunk))
         merge = max(2, triton.next_power_of_2(chunks * k_pad))
         scratch = torch.empty((batch, chunks * k_pad), dtype=torch.int64, device=logits.device)
         launch_config("topk", (vocab, k), CHUNK=width, MERGE=merge, num_warps=8)
