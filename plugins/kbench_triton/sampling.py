@@ -5,17 +5,17 @@ passes). Order statistics come from a radix select on an order-preserving 32-bit
 float (four passes, each a 256-bin ``tl.histogram`` of one byte among the elements that match
 the bytes found so far), so the k-th largest value costs four reads of the row and no sort.
 
-``topk`` (k <= ``CHUNK_MAX_K``): two stages over (value key, index) pairs packed in one int64,
+``topk`` (k <= ``CHUNK_MAX_K``, opt-in through ``TWO_STAGE_ENV`` until measured on a GPU): two stages over (value key, index) pairs packed in one int64,
 larger for a larger value and, among equal values, a smaller index. Stage one splits each row
 into chunks, one program per chunk, and keeps the chunk's best ``K_PAD`` (``tl.topk``, a
 bitonic top-k that sorts runs of ``K_PAD`` and merges them, never the whole chunk); stage two
 takes the best ``K_PAD`` of each row's chunk winners the same way and keeps the first k.
 Every program works on a few thousand elements at once, so a batch of rows fills the GPU
-instead of leaving one program per row to stream it. Larger k: the k-th largest key by the radix select below,
+instead of leaving one program per row to stream it. Otherwise: the k-th largest key by the radix select below,
 then one pass that compacts the k winners into a scratch row, and a sort of those k.
 
-``sample`` follows ``kbench.ops.sampling`` step by step (with top-k, the k-th largest logit
-comes from the two-stage ``topk``: dividing by a positive temperature keeps the order):
+``sample`` follows ``kbench.ops.sampling`` step by step (with top-k on the two-stage path,
+the k-th largest logit comes from ``topk``: dividing by a positive temperature keeps the order):
 - greedy: one argmax pass (lowest index among equal maxima);
 - otherwise ``s = logits / temperature`` (IEEE division, as torch). With top-k or top-p, the
   candidates are the tokens with ``s >= `` the n-th largest ``s`` (n = top_k, or ``CANDIDATES``
@@ -36,6 +36,8 @@ size or synchronises with the host.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -344,12 +346,18 @@ def _chunking(vocab: int, k_pad: int) -> tuple[int, int]:
     return chunk, triton.cdiv(vocab, chunk)
 
 
+# Opt-in until its GPU speed and GPU correctness are measured (see notes/triton.md, v4):
+# KBENCH_TRITON_TWO_STAGE_TOPK=1 makes the two-stage path the default for topk and sample.
+TWO_STAGE_ENV = "KBENCH_TRITON_TWO_STAGE_TOPK"
+
+
 def _two_stage(k: int, two_stage: bool | None) -> bool:
-    """The two-stage top-k for k <= CHUNK_MAX_K, by default on a GPU only: on the CPU interpreter
-    ``tl.topk`` of one 2048-score chunk takes about 2 s, so the interpreter's conformance runs
-    keep the radix select (tests call the two-stage path explicitly on small shapes)."""
+    """Whether ``topk`` (and ``sample``'s k-th logit) take the two-stage path: when asked, or by
+    default where ``TWO_STAGE_ENV`` is 1; only for k <= CHUNK_MAX_K and a Triton with ``tl.topk``.
+    On the CPU interpreter ``tl.topk`` of one 2048-score chunk takes about 2 s, so tests run
+    the path on small shapes."""
     if two_stage is None:
-        two_stage = not interpreting()
+        two_stage = os.environ.get(TWO_STAGE_ENV) == "1"
     return two_stage and k <= CHUNK_MAX_K and hasattr(tl, "topk")  # tl.topk: Triton >= 3.4
 
 

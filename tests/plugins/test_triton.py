@@ -138,11 +138,14 @@ def test_sample_top_k_takes_the_kth_logit_from_the_two_stage_topk():
         assert torch.equal(got, expected), (temperature, top_k)
 
 
-def test_the_interpreter_keeps_the_radix_select_unless_asked():
-    from kbench_triton.sampling import _two_stage
+def test_the_radix_select_stays_the_default_until_the_two_stage_path_is_asked_for(monkeypatch):
+    from kbench_triton.sampling import TWO_STAGE_ENV, _two_stage
 
+    monkeypatch.delenv(TWO_STAGE_ENV, raising=False)
     assert _two_stage(50, None) is False and _two_stage(50, True) is True
     assert _two_stage(2000, True) is False  # past CHUNK_MAX_K: always the radix select
+    monkeypatch.setenv(TWO_STAGE_ENV, "1")
+    assert _two_stage(50, None) is True and _two_stage(50, False) is False
 
 
 def test_sample_top_p_wider_than_the_candidates_takes_the_bisection_path():
