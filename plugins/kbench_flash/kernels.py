@@ -159,8 +159,24 @@ def _fa3_head_dim(head_dim: int, major: int) -> str | None:
 # -- FA4 ------------------------------------------------------------------------------------
 
 
+def equal_lengths(q: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> int | None:
+    """The batch size when every packed sequence has ``max_seqlen`` tokens, else None.
+
+    Host shapes only: no sequence is longer than ``max_seqlen``, so ``tokens == batch *
+    max_seqlen`` holds exactly when all are that long.
+    """
+    batch = cu_seqlens.shape[0] - 1
+    return batch if batch > 0 and max_seqlen > 0 and q.shape[0] == batch * max_seqlen else None
+
+
 def _fa4_prefill(q, k, v, cu_seqlens, max_seqlen, scale):
     api = FA4.api()
+    batch = equal_lengths(q, cu_seqlens, max_seqlen)
+    if batch is not None:
+        # a padded-free batch of equal prompts is a dense [batch, seq, heads, dim] batch: FA4's
+        # fixed-length kernel schedules it without the varlen bookkeeping
+        dense = (t.view(batch, max_seqlen, *t.shape[1:]) for t in (q, k, v))
+        return _first(api.flash_attn_func(*dense, softmax_scale=scale, causal=True)).view(q.shape)
     return _first(api.flash_attn_varlen_func(q, k, v, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
                                              max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen,
                                              softmax_scale=scale, causal=True))

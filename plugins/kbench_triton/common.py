@@ -95,6 +95,27 @@ def dot(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
     return tl.dot(a, b)
 
 
+# Counters for kernels whose last program of a group finishes the group's work (split-K
+# reductions, split-KV merges). Every launch leaves them at zero, so one zeroed buffer per
+# device and kernel serves every call and every CUDA-graph replay (kernels of one stream never
+# overlap, so two calls cannot share a counter at the same time).
+_SEMAPHORES: dict[tuple[str, torch.device], torch.Tensor] = {}
+MIN_SEMAPHORES = 4096
+
+
+def semaphores(name: str, count: int, device: torch.device) -> torch.Tensor:
+    """A zeroed int32 buffer of at least ``count`` counters for kernel ``name`` on ``device``.
+
+    A kernel that takes it must reset every counter it increments before it returns.
+    """
+    key = (name, torch.device(device))
+    buffer = _SEMAPHORES.get(key)
+    if buffer is None or buffer.numel() < count:
+        buffer = torch.zeros(max(count, MIN_SEMAPHORES), dtype=torch.int32, device=device)
+        _SEMAPHORES[key] = buffer
+    return buffer
+
+
 def dot_flags(dtype: torch.dtype) -> dict:
     """The IEEE / UPCAST constexprs of ``dot`` for inputs of ``dtype``."""
     return {"IEEE": dtype == torch.float32, "UPCAST": dtype == torch.bfloat16 and interpreting()}

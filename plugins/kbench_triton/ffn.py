@@ -5,9 +5,11 @@ torch's ``F.silu`` on a bf16 tensor), then the product rounded again. ``ffn`` ru
 GEMMs through cuBLAS (``F.linear``) and reads gate and up straight out of the fused
 ``[tokens, 2 * intermediate]`` projection, so the split never copies. With at most
 ``gemv.MAX_ROWS`` tokens (decode) the gate/up product is the skinny kernel of
-``kbench_triton.gemv`` with the activation fused into it, and the down product stays with
-cuBLAS: on the H100, llama2-7b's w_down at 1 to 8 rows took 47 us with cuBLAS against 58-61 us
-with the skinny kernel (scripts/device/profile_decode.py --gemms).
+``kbench_triton.gemv`` with the activation fused into it, and the down product goes to cuBLAS
+or the skinny split-K kernel, whichever a CUDA-graph timing finds faster for the shape on the
+first call (the choice is recorded as ``ffn_down`` in the run record): the two were within a
+few microseconds of each other on llama2-7b's w_down on the H100, and which one wins depends
+on the shape and the GPU.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import triton
 import triton.language as tl
 
 from kbench_triton import gemv
-from kbench_triton.common import launch_config
+from kbench_triton.common import interpreting, launch_config
 
 
 @triton.jit
@@ -35,6 +37,22 @@ def _swiglu_kernel(gate_ptr, up_ptr, out_ptr, stride_gate, stride_up, stride_out
     tl.store(out_ptr + row * stride_out + cols, out, mask=mask)
 
 
+def _swiglu_config(intermediate: int) -> tuple[int, int]:
+    """(BLOCK, num_warps): the widest block from 8192 down to 1024 whose last block of a row is
+    at least 95% full, else 1024; 8 elements per thread up to 8 warps.
+
+    A row of 11008 (llama2-7b) in 8192-wide blocks left a quarter of the second block idle,
+    and torch.compile's flat 1024-wide blocks beat it at every llama2-7b shape on the H100
+    (3-48%, `kbench bench swiglu --spec`).
+    """
+    block = min(triton.next_power_of_2(intermediate), 1024)
+    for wide in (8192, 4096, 2048):
+        if wide <= intermediate and triton.cdiv(intermediate, wide) * wide * 0.95 <= intermediate:
+            block = wide
+            break
+    return block, max(1, min(8, block // 256))
+
+
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """gate, up: [tokens, intermediate] (rows may be strided) -> [tokens, intermediate]."""
     if gate.stride(-1) != 1:
@@ -43,9 +61,7 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         up = up.contiguous()
     tokens, intermediate = gate.shape
     out = torch.empty((tokens, intermediate), dtype=gate.dtype, device=gate.device)
-    # 16 KiB of each input per program at 8 warps: 96% of copy at 32768 x 11008 bf16 on H100
-    block = min(triton.next_power_of_2(intermediate), 16384 // gate.element_size())
-    num_warps = max(1, min(8, block * gate.element_size() // 2048))
+    block, num_warps = _swiglu_config(intermediate)
     launch_config("swiglu", (intermediate, gate.dtype), BLOCK=block, num_warps=num_warps)
     if tokens:
         grid = (tokens, triton.cdiv(intermediate, block))
@@ -54,11 +70,69 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return out
 
 
+# (rows bucket, w_down shape, dtype) -> "skinny" or "cublas", chosen once per shape by timing
+_DOWN_PATHS: dict[tuple, str] = {}
+# copies of w_down the timing cycles through, so that it reads the weights from memory as a
+# decode step does (llama2-7b's 90 MB would otherwise sit partly in the 50 MB L2)
+TIMING_BYTES = 256 * 2**20
+
+
+def _graph_us(calls: list, rounds: int = 3, replays: int = 10) -> float:
+    """Median µs per call of ``calls`` captured ``rounds`` times in one CUDA graph."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for call in calls:
+            call()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(rounds):
+            for call in calls:
+                call()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(1000.0 * start.elapsed_time(end) / (rounds * len(calls)))
+    return sorted(times)[len(times) // 2]
+
+
+def _choose_down_path(h: torch.Tensor, w_down: torch.Tensor) -> str:
+    """The faster of cuBLAS and the skinny split-K kernel for ``h @ w_down.T`` on this GPU, timed
+    under CUDA-graph replay (no launch overhead, as in a captured decode step). cuBLAS where no
+    timing is possible: on the interpreter or a CPU."""
+    if interpreting() or h.device.type != "cuda":
+        return "cublas"
+    gemv.linear(h, w_down)  # autotune the skinny kernel before timing it
+    copies = [w_down] + [w_down.clone() for _ in range(triton.cdiv(TIMING_BYTES, w_down.nbytes) - 1)]
+    skinny = _graph_us([lambda w=w: gemv.linear(h, w) for w in copies])
+    cublas = _graph_us([lambda w=w: F.linear(h, w) for w in copies])
+    return "skinny" if skinny < cublas else "cublas"
+
+
+def _down(h: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+    """``h @ w_down.T`` for a few rows: the path chosen for this shape (recorded in the run)."""
+    key = (1 if h.shape[0] == 1 else gemv.MAX_ROWS, tuple(w_down.shape), h.dtype)
+    path = _DOWN_PATHS.get(key)
+    if path is None and h.is_cuda and (torch.cuda.is_current_stream_capturing() or torch.cuda.get_sync_debug_mode()):
+        # no timing inside a capture or a host-sync check (the pipeline's warm-up step): cuBLAS
+        # this once, and the next plain call chooses
+        return F.linear(h, w_down)
+    if path is None:
+        path = _DOWN_PATHS[key] = _choose_down_path(h, w_down)
+        launch_config("ffn_down", key, path=path)
+    return gemv.linear(h, w_down) if path == "skinny" else F.linear(h, w_down)
+
+
 def ffn(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
     """down(silu(gate(x)) * up(x)): cuBLAS GEMMs around the Triton activation, or the skinny
     decode kernels for a few tokens."""
     if x.shape[0] <= gemv.MAX_ROWS and x.dim() == 2:
-        return F.linear(gemv.swiglu_linear(x, w_gate_up), w_down)
+        return _down(gemv.swiglu_linear(x, w_gate_up), w_down)
     intermediate = w_gate_up.shape[0] // 2
     gate_up = F.linear(x, w_gate_up)
     return F.linear(swiglu(gate_up[:, :intermediate], gate_up[:, intermediate:]), w_down)

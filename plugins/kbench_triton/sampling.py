@@ -5,8 +5,8 @@ passes). Order statistics come from a radix select on an order-preserving 32-bit
 float (four passes, each a 256-bin ``tl.histogram`` of one byte among the elements that match
 the bytes found so far), so the k-th largest value costs four reads of the row and no sort.
 
-``topk`` (k <= ``CHUNK_MAX_K``, opt-in through ``TWO_STAGE_ENV`` until measured on a GPU): two stages over (value key, index) pairs packed in one int64,
-larger for a larger value and, among equal values, a smaller index. Stage one splits each row
+``topk`` (k <= ``CHUNK_MAX_K``; ``TWO_STAGE_ENV=0`` turns it off): two stages over (value key,
+index) pairs packed in one int64, larger for a larger value and, among equal values, a smaller index. Stage one splits each row
 into chunks, one program per chunk, and keeps the chunk's best ``K_PAD`` (``tl.topk``, a
 bitonic top-k that sorts runs of ``K_PAD`` and merges them, never the whole chunk); stage two
 takes the best ``K_PAD`` of each row's chunk winners the same way and keeps the first k.
@@ -346,18 +346,19 @@ def _chunking(vocab: int, k_pad: int) -> tuple[int, int]:
     return chunk, triton.cdiv(vocab, chunk)
 
 
-# Opt-in until its GPU speed and GPU correctness are measured (see notes/triton.md, v4):
-# KBENCH_TRITON_TWO_STAGE_TOPK=1 makes the two-stage path the default for topk and sample.
+# The two-stage path is the default for topk and sample's k-th logit since the H100 measured
+# it (notes/triton.md, v5); KBENCH_TRITON_TWO_STAGE_TOPK=0 goes back to the radix select.
 TWO_STAGE_ENV = "KBENCH_TRITON_TWO_STAGE_TOPK"
 
 
 def _two_stage(k: int, two_stage: bool | None) -> bool:
     """Whether ``topk`` (and ``sample``'s k-th logit) take the two-stage path: when asked, or by
-    default where ``TWO_STAGE_ENV`` is 1; only for k <= CHUNK_MAX_K and a Triton with ``tl.topk``.
-    On the CPU interpreter ``tl.topk`` of one 2048-score chunk takes about 2 s, so tests run
-    the path on small shapes."""
+    default on a GPU unless ``TWO_STAGE_ENV`` is 0; only for k <= CHUNK_MAX_K and a Triton with
+    ``tl.topk``. On the CPU interpreter ``tl.topk`` of one 2048-score chunk takes about 2 s, so
+    there the default is the radix select (``TWO_STAGE_ENV=1`` asks for the two stages) and
+    tests run the two-stage path on small shapes."""
     if two_stage is None:
-        two_stage = os.environ.get(TWO_STAGE_ENV) == "1"
+        two_stage = os.environ.get(TWO_STAGE_ENV, "0" if interpreting() else "1") != "0"
     return two_stage and k <= CHUNK_MAX_K and hasattr(tl, "topk")  # tl.topk: Triton >= 3.4
 
 
@@ -373,7 +374,7 @@ def topk(logits: torch.Tensor, k: int, chunk: int | None = None,
     values = torch.empty((batch, k), dtype=logits.dtype, device=logits.device)
     indices = torch.empty((batch, k), dtype=torch.int64, device=logits.device)
     k_pad = max(2, triton.next_power_of_2(k))
-    if _two_stage(k, two_stage or chunk is not None):
+    if _two_stage(k, True if chunk is not None else two_stage):
         width, chunks = _chunking(vocab, k_pad) if chunk is None else (chunk, triton.cdiv(vocab, chunk))
         merge = max(2, triton.next_power_of_2(chunks * k_pad))
         scratch = torch.empty((batch, chunks * k_pad), dtype=torch.int64, device=logits.device)

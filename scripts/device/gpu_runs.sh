@@ -6,8 +6,11 @@
 #   probe      the decode-step profiles of the triton and cuda mixes, and a 2-layer cuda run
 #   reference  --attention sdpa-flash with op rows, compared with the all-reference record (issue 3)
 #   kernels    triton everywhere, cuda everywhere, sdpa-flash, and triton vs cuda (issues 3, 4, 5)
-#   flash      flash + the fastest mix beside hf, FA4 prefill, liger vs triton and cuda (issues 6, 7)
+#   flash      flash + the fastest mix beside hf, FA4 prefill and decode benches (issue 6)
+#   liger      liger vs triton and cuda (issue 7)
 #   sweeps     decode attention and sampling sweeps at the issues' target shapes (issues 4, 5)
+#   triton     the triton plugin's tests on the GPU, then its sweeps against sdpa, the reference
+#              and torch.compile, and a decode-step profile (issue 4)
 #   tests      every gpu-marked test and the conformance suite on the GPU (issue 2)
 #
 # FA4 first (flash, kernels, sweeps): shared/device/fa4-wheels.sh, two calls; then start each
@@ -15,7 +18,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|flash|reference|kernels|sweeps|tests}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -86,6 +89,8 @@ flash)  # the fastest mix with flash attention beside transformers, FA4 prefill 
         --batch 4 --seq-len 4096 --heads 32 --kv-heads 32 --head-dim 128 --out "$records"
     step 60 kbench bench attention_decode --backend flash --vs triton --vs cuda --vs sdpa \
         --batch 1,64 --context 544,4096 --heads 32 --kv-heads 32 --head-dim 128 --out "$records"
+    ;;
+liger)  # liger's kernels through examples/kbench-liger against triton and cuda (issue 7)
     if python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/liger-site .whl/liger_kernel-*.whl \
         && python3 -m pip install -q --no-deps --no-build-isolation -e examples/kbench-liger >/dev/null 2>&1; then
         export PYTHONPATH=/tmp/liger-site${PYTHONPATH:+:$PYTHONPATH}
@@ -97,12 +102,27 @@ flash)  # the fastest mix with flash attention beside transformers, FA4 prefill 
             --kv-heads 32 --head-dim 128 --style half --scaling none --out "$records"
     fi
     ;;
+triton)  # the triton plugin on the GPU: its own tests (graph replay of the split kernels, the
+         # down-path timing, FA4's dense prefill), then the figures of issue 4 (FA4 staged first)
+    step 150 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_triton.py tests/plugins/test_flash.py
+    step 90 kbench bench attention_decode --backend triton --vs sdpa \
+        --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
+    step 40 kbench bench topk --backend triton --vs cuda --vs reference --batch 64 --vocab 32000,128256 \
+        --k 50 --out "$records"
+    step 50 kbench bench sample --backend triton --vs cuda --vs reference \
+        --batch 64 --vocab 32000,128256 --temperature 0.8 --top-k 50 --top-p 0.95 --out "$records"
+    for op in rope swiglu; do
+        step 40 kbench bench $op --backend triton --vs compile --spec $spec --out "$records"
+    done
+    step 80 python3 scripts/device/profile_decode.py $spec --backend norm=triton --backend rope=triton \
+        --backend attention=triton --backend ffn=triton --backend sampling=triton --batch 1
+    ;;
 sweeps)  # the figures the issues name that no run above measures (issues 4, 5): decode attention
          # for MHA and GQA-8 over batch and context, sampling and top-k at both vocab sizes,
          # the memory-bound ops against torch.compile at the spec's shapes, and a memcheck
     step 150 kbench bench attention_decode --backend triton --vs cuda --vs sdpa --vs flash \
         --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
-    # sampling twice: the radix select (default) and the opt-in two-stage top-k; then
+    # sampling twice: the radix select (=0) and the two-stage top-k (=1, the default); then
     # `kbench compare` of the two records of each op says what the switch buys
     for two_stage in 0 1; do
         export KBENCH_TRITON_TWO_STAGE_TOPK=$two_stage

@@ -199,11 +199,35 @@ def test_adapter_passes_the_contract_through(monkeypatch, kernel, case):
                      flash_attn_with_kvcache=_kvcache)
     else:
         _fake_module(monkeypatch, "flash_attn")
-        _fake_module(monkeypatch, "flash_attn.cute", flash_attn_varlen_func=lambda *a, **kw: (_fake_varlen(*a, **kw), None))
+        _fake_module(monkeypatch, "flash_attn.cute", flash_attn_varlen_func=lambda *a, **kw: (_fake_varlen(*a, **kw), None),
+                     flash_attn_func=_fa4_dense)
     op = ATTENTION_PREFILL if case.op == "attention_prefill" else ATTENTION_DECODE
     inputs = op.make_inputs(case, torch.float32, "cpu", 0)
     out = getattr(kernel, case.op.removeprefix("attention_"))(**inputs)
     torch.testing.assert_close(out, op.reference(**inputs))
+
+
+def _fa4_dense(q, k, v, softmax_scale=None, causal=False, **rest):
+    """FA4's fixed-length entry point: ``[batch, seq, heads, dim]``, every sequence full."""
+    assert causal and q.ndim == 4 and not rest
+    batch, seq = q.shape[:2]
+    cu = torch.arange(0, (batch + 1) * seq, seq, dtype=torch.int32)
+    packed = attention_prefill_reference(*(t.reshape(batch * seq, *t.shape[2:]) for t in (q, k, v)), cu, seq,
+                                         softmax_scale)
+    return packed.view(q.shape), None
+
+
+@pytest.mark.parametrize("lengths", [[5, 5, 5], [5, 2, 5], [7]])
+def test_fa4_prefill_takes_the_dense_kernel_exactly_when_all_lengths_are_equal(monkeypatch, lengths):
+    calls = []
+    _fake_module(monkeypatch, "flash_attn")
+    _fake_module(monkeypatch, "flash_attn.cute",
+                 flash_attn_varlen_func=lambda *a, **kw: calls.append("varlen") or (_fake_varlen(*a, **kw), None),
+                 flash_attn_func=lambda *a, **kw: calls.append("dense") or _fa4_dense(*a, **kw))
+    case = Case("attention_prefill", batch=len(lengths), seq_lens=lengths, heads=4, kv_heads=2, head_dim=16)
+    inputs = ATTENTION_PREFILL.make_inputs(case, torch.float32, "cpu", 0)
+    torch.testing.assert_close(FA4.prefill(**inputs), ATTENTION_PREFILL.reference(**inputs))
+    assert calls == ["dense" if len(set(lengths)) == 1 else "varlen"]
 
 
 def test_logical_cache_of_the_fake_matches_block_table_layout():

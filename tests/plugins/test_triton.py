@@ -14,7 +14,9 @@ pytest.importorskip("triton")
 from kbench_triton import plugin  # noqa: E402
 from kbench_triton.attention_decode import attention_decode  # noqa: E402
 from kbench_triton.attention_prefill import attention_prefill  # noqa: E402
+from kbench_triton.common import semaphores  # noqa: E402
 from kbench_triton.ffn import swiglu  # noqa: E402
+from kbench_triton.gemv import linear as gemv_linear  # noqa: E402
 from kbench_triton.norm import rmsnorm  # noqa: E402
 from kbench_triton.rope import rope  # noqa: E402
 from kbench_triton.sampling import CANDIDATES, sample, topk  # noqa: E402
@@ -41,6 +43,18 @@ def test_rope_rotates_q_and_k_in_place(style):
     expected_q, expected_k = rope_reference(q.clone(), k.clone(), positions, inv_freq, style)
     out_q, out_k = rope(q, k, positions, inv_freq, style)
     assert out_q.data_ptr() == q.data_ptr() and out_k.data_ptr() == k.data_ptr()
+    torch.testing.assert_close(q, expected_q, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(k, expected_k, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("tokens", [3, 600])  # below FEW_TOKENS head tiles go to separate programs
+def test_rope_covers_every_head_when_programs_split_the_heads(tokens):
+    # 6 q + 3 k heads in tiles of 8: the first tile holds q 0-5 and k 0-1, the second k 2
+    q, k = _randn(tokens, 6, 16), _randn(tokens, 3, 16, seed=1)
+    positions = torch.arange(tokens, device=DEVICE) * 37
+    inv_freq = (1.0 / 10000 ** (torch.arange(0, 16, 2).float() / 16)).to(DEVICE)
+    expected_q, expected_k = rope_reference(q.clone(), k.clone(), positions, inv_freq, "half")
+    rope(q, k, positions, inv_freq, "half")
     torch.testing.assert_close(q, expected_q, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(k, expected_k, atol=1e-5, rtol=1e-5)
 
@@ -86,8 +100,10 @@ def test_decode_agrees_for_every_split_count(splits):
     # 16 splits of a 5-token sequence leave most splits empty: they must weigh nothing
     q, k_cache, v_cache, seqlens = _decode_inputs()
     expected = attention_decode_reference(q, k_cache, v_cache, seqlens, None, 0.2)
-    out = attention_decode(q, k_cache, v_cache, seqlens, None, 0.2, splits=splits)
-    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
+    for _ in range(2):  # the last split of each group merges, and leaves its counter at zero
+        out = attention_decode(q, k_cache, v_cache, seqlens, None, 0.2, splits=splits)
+        torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
+    assert not semaphores("attention_decode", 1, q.device).any()
 
 
 def test_paged_decode_with_shuffled_block_table_matches_contiguous_cache():
@@ -138,14 +154,32 @@ def test_sample_top_k_takes_the_kth_logit_from_the_two_stage_topk():
         assert torch.equal(got, expected), (temperature, top_k)
 
 
-def test_the_radix_select_stays_the_default_until_the_two_stage_path_is_asked_for(monkeypatch):
+def test_two_stage_is_the_default_on_a_gpu_and_asked_for_on_the_interpreter(monkeypatch):
+    from kbench_triton import sampling
     from kbench_triton.sampling import TWO_STAGE_ENV, _two_stage
 
     monkeypatch.delenv(TWO_STAGE_ENV, raising=False)
-    assert _two_stage(50, None) is False and _two_stage(50, True) is True
+    assert _two_stage(50, None) is False and _two_stage(50, True) is True  # interpreter: radix select
     assert _two_stage(2000, True) is False  # past CHUNK_MAX_K: always the radix select
-    monkeypatch.setenv(TWO_STAGE_ENV, "1")
-    assert _two_stage(50, None) is True and _two_stage(50, False) is False
+    monkeypatch.setattr(sampling, "interpreting", lambda: False)
+    assert _two_stage(50, None) is True and _two_stage(50, False) is False  # GPU: two stages
+    monkeypatch.setenv(TWO_STAGE_ENV, "0")
+    assert _two_stage(50, None) is False
+
+
+@pytest.mark.parametrize("env", ["0", "1"])
+def test_topk_takes_the_path_the_default_names(monkeypatch, env):
+    # topk called as the registry calls it (no two_stage argument) follows the default
+    from kbench_triton.common import chosen_configs
+    from kbench_triton.sampling import TWO_STAGE_ENV
+
+    monkeypatch.setenv(TWO_STAGE_ENV, env)
+    logits = _randn(2, 300)
+    values, indices = topk(logits, 5)
+    expected = topk_reference(logits, 5)
+    assert torch.equal(indices, expected[1]) and torch.equal(values, expected[0])
+    config = chosen_configs()["topk"]["300,5"]
+    assert config.startswith("CHUNK=") == (env == "1"), config
 
 
 def test_sample_top_p_wider_than_the_candidates_takes_the_bisection_path():
@@ -194,6 +228,24 @@ def test_tuned_configs_name_the_config_of_each_launch():
     assert all(isinstance(text, str) for by_key in configs.values() for text in by_key.values())
 
 
+@pytest.mark.parametrize("split_k", [1, 2, 3, 4])
+@pytest.mark.parametrize("rows", [1, 8])
+def test_skinny_gemm_split_k_sums_every_split_once(split_k, rows):
+    from kbench_triton.gemv import linear, swiglu_linear
+
+    from kbench.ops.ffn import swiglu_reference
+
+    # K = 72 is three interpreter BLOCK_K steps: split 4 leaves one split without any K
+    x, w = _randn(rows, 72), _randn(80, 72, scale=72 ** -0.5, seed=1)
+    for _ in range(2):  # a second call finds the counters reset by the first
+        torch.testing.assert_close(linear(x, w, split_k=split_k).double(), x.double() @ w.double().T,
+                                   atol=1e-5, rtol=1e-5)
+        gate, up = (x @ w.T).chunk(2, dim=-1)
+        torch.testing.assert_close(swiglu_linear(x, w, split_k=split_k), swiglu_reference(gate, up),
+                                   atol=1e-5, rtol=1e-5)
+    assert not semaphores("skinny_gemm", 1, x.device).any()
+
+
 @pytest.mark.parametrize("rows", [1, 3, 8])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_skinny_gemms_match_cublas_and_the_reference_ffn(rows, dtype):
@@ -214,8 +266,57 @@ def test_skinny_gemms_match_cublas_and_the_reference_ffn(rows, dtype):
     torch.testing.assert_close(ffn(x, w_gate_up, w_down), ffn_reference(x, w_gate_up, w_down), **tol)
 
 
+@pytest.mark.parametrize("path", ["skinny", "cublas"])
+def test_ffn_down_takes_the_recorded_path_and_both_agree(monkeypatch, path):
+    from kbench_triton import ffn as ffn_module
+    from kbench_triton.common import chosen_configs
+
+    from kbench.ops.ffn import ffn_reference
+
+    monkeypatch.setattr(ffn_module, "_DOWN_PATHS", {})
+    monkeypatch.setattr(ffn_module, "_choose_down_path", lambda h, w: path)
+    calls = []
+    monkeypatch.setattr(ffn_module.gemv, "linear", lambda *a, **kw: calls.append("skinny") or gemv_linear(*a, **kw))
+    x = _randn(2, 72)
+    w_gate_up, w_down = _randn(80, 72, scale=72 ** -0.5, seed=1), _randn(72, 40, scale=40 ** -0.5, seed=2)
+    torch.testing.assert_close(ffn_module.ffn(x, w_gate_up, w_down), ffn_reference(x, w_gate_up, w_down),
+                               atol=1e-5, rtol=1e-5)
+    assert calls == (["skinny"] if path == "skinny" else [])
+    assert chosen_configs()["ffn_down"]["8,(72, 40),float32"] == f"path={path}"
+
+
 def test_skinny_gemm_refuses_too_many_rows():
     from kbench_triton.gemv import MAX_ROWS, linear
 
     with pytest.raises(ValueError, match="at most"):
         linear(_randn(MAX_ROWS + 1, 16), _randn(16, 16))
+
+
+@pytest.mark.gpu
+def test_last_arriving_programs_finish_the_work_under_graph_replay():
+    # the split-K GEMM and the split-KV decode leave their counters at zero after every launch,
+    # so a graph replaying them many times keeps giving the eager result
+    from kbench_triton import ffn as ffn_module
+    from kbench_triton.gemv import linear
+
+    h = _randn(1, 11008, dtype=torch.bfloat16)
+    w = _randn(4096, 11008, dtype=torch.bfloat16, scale=11008 ** -0.5, seed=1)
+    assert ffn_module._choose_down_path(h, w) in ("skinny", "cublas")
+    q, k_cache, v_cache, seqlens = _decode_inputs()
+    expected_attention = attention_decode_reference(q, k_cache, v_cache, seqlens, None, 0.2)
+    expected_linear = (h.float() @ w.float().T).to(torch.bfloat16)
+    linear(h, w, split_k=4)
+    attention_decode(q, k_cache, v_cache, seqlens, None, 0.2, splits=5)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = [(linear(h, w, split_k=4), attention_decode(q, k_cache, v_cache, seqlens, None, 0.2, splits=5))
+                for _ in range(3)]
+    for _ in range(4):
+        graph.replay()
+        torch.cuda.synchronize()
+        for out_linear, out_attention in outs:
+            torch.testing.assert_close(out_linear, expected_linear, atol=2e-2, rtol=2e-2)
+            torch.testing.assert_close(out_attention, expected_attention, atol=2e-5, rtol=1e-4)
+    assert not semaphores("attention_decode", 1, q.device).any()
+    assert not semaphores("skinny_gemm", 1, q.device).any()
