@@ -206,8 +206,8 @@ def _probabilities(row_ptr, offs, mask, temperature, row_max, denominator, kth,
 
 
 @triton.jit
-def _sample_kernel(logits_ptr, uniforms_ptr, out_ptr, scratch_s_ptr, scratch_index_ptr, kth_ptr,
-                   stride_row, vocab, temperature, top_p, candidates, stride_kth,
+def _sample_kernel(logits_ptr, uniforms_ptr, out_ptr, scratch_s_ptr, scratch_index_ptr, top_ptr,
+                   stride_row, vocab, temperature, top_p, candidates, stride_top,
                    USE_TOPK: tl.constexpr, KTH_GIVEN: tl.constexpr, USE_TOPP: tl.constexpr, CAP: tl.constexpr,
                    PRECISE: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -215,17 +215,22 @@ def _sample_kernel(logits_ptr, uniforms_ptr, out_ptr, scratch_s_ptr, scratch_ind
     x_fraction = tl.load(uniforms_ptr + row)
     big = 2147483647
 
-    row_max = float("-inf")
-    for start in range(0, vocab, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        row_max = tl.maximum(row_max, tl.max(_load_scores(row_ptr, offs, offs < vocab, temperature, True), 0))
-
     # cut: key of the candidates' threshold score; kth: the top-k threshold (0 keeps every key)
     cut = tl.full([], 0, tl.uint32)
     if KTH_GIVEN:
-        # the k-th largest logit, scaled as every score is: the k-th largest score
-        cut = _ordered_key(tl.math.div_rn(tl.load(kth_ptr + row * stride_kth).to(tl.float32), temperature))
-    elif USE_TOPK or USE_TOPP:
+        # the largest and the k-th largest logit (top_ptr: the row's top-k values, best first),
+        # scaled as every score is: division by a positive temperature, correctly rounded, keeps
+        # the order, so these are the largest and the k-th largest score, and no pass over the
+        # row is needed for either
+        top_row = top_ptr + row * stride_top
+        row_max = tl.math.div_rn(tl.load(top_row).to(tl.float32), temperature)
+        cut = _ordered_key(tl.math.div_rn(tl.load(top_row + candidates - 1).to(tl.float32), temperature))
+    else:
+        row_max = float("-inf")
+        for start in range(0, vocab, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            row_max = tl.maximum(row_max, tl.max(_load_scores(row_ptr, offs, offs < vocab, temperature, True), 0))
+    if not KTH_GIVEN and (USE_TOPK or USE_TOPP):
         cut, _ = _nth_largest_key(row_ptr, vocab, candidates, temperature, True, BLOCK)
     kth = tl.full([], 0, tl.uint32)
     if USE_TOPK:
@@ -417,11 +422,12 @@ def sample(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top
     scratch_s = torch.empty((batch, cap), dtype=torch.float32, device=logits.device)
     scratch_index = torch.empty((batch, cap), dtype=torch.int32, device=logits.device)
     kth_given = use_topk and _two_stage(top_k, two_stage)
-    kth = topk(logits, top_k, two_stage=True)[0][:, top_k - 1] if kth_given else scratch_s  # scratch_s: an unread pointer
+    # the row's top-k values, best first: its max and k-th largest logit (else an unread pointer)
+    top = topk(logits, top_k, two_stage=True)[0] if kth_given else scratch_s
     launch_config("sample", (vocab, top_k, top_p < 1.0), BLOCK=block, CAP=cap, num_warps=NUM_WARPS)
     _sample_kernel[(batch,)](
-        logits, uniforms, tokens, scratch_s, scratch_index, kth, logits.stride(0), vocab,
-        float(temperature), float(top_p), candidates, kth.stride(0),
+        logits, uniforms, tokens, scratch_s, scratch_index, top, logits.stride(0), vocab,
+        float(temperature), float(top_p), candidates, top.stride(0),
         USE_TOPK=use_topk, KTH_GIVEN=kth_given, USE_TOPP=use_topp, CAP=cap, PRECISE=not interpreting(), BLOCK=block, num_warps=NUM_WARPS,
     )
     return tokens
