@@ -77,9 +77,12 @@ class KVCache:
 
 def _as_pair(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
     """``[2, *k.shape]`` viewing k then v, when v is k moved by a constant offset; else None."""
-    # views of one tensor (cheap to ask, unlike their storage): same memory, dtype and device
-    if (k._base is None or k._base is not v._base or k.dtype != v.dtype or k.shape != v.shape
-            or k.stride() != v.stride()):
+    # one storage: the same start address once each offset is taken off (cheap to ask, unlike
+    # the storage object; ``_base`` would be cheaper still but is None under inference_mode,
+    # where every run decodes, so it silently turned the pair write off there)
+    if (k.dtype != v.dtype or k.device != v.device or k.shape != v.shape or k.stride() != v.stride()
+            or k.data_ptr() - k.storage_offset() * k.element_size()
+            != v.data_ptr() - v.storage_offset() * v.element_size()):
         return None
     offset = v.storage_offset() - k.storage_offset()
     if offset <= 0:

@@ -19,8 +19,14 @@ def _qkv_views(tokens: int, seed: int = 0):
     return qkv, k.view(tokens, -1, d), v.view(tokens, -1, d)
 
 
+@pytest.mark.parametrize("inference", [False, True], ids=["grad-mode", "inference-mode"])
 @pytest.mark.parametrize("layout", ["contiguous", "paged"])
-def test_paired_write_equals_two_writes(layout):
+def test_paired_write_equals_two_writes(layout, inference):
+    with torch.inference_mode(inference):  # runs decode under inference_mode
+        _check_paired_write(layout)
+
+
+def _check_paired_write(layout):
     one, two = (KVCache(MODEL, batch=3, capacity=20, dtype=torch.float32, device="cpu", layout=layout,
                         block_size=8) for _ in range(2))
     for step, (seq, pos) in enumerate([(0, 5), (2, 17), (1, 0)]):
