@@ -102,22 +102,21 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, block_table_ptr, partial_out
     counter = counter_ptr + batch * tl.num_programs(1) + kv_head
     arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
     if arrived == NUM_SPLITS - 1:
+        # one [splits, head_dim] tile per query head of the group: every split's partial of a
+        # head is loaded at once (a loop over splits costs one dependent load round trip per
+        # split: 33 splits made batch-1 GQA at 8192 tokens 1.7x slower on the H100)
         splits = tl.arange(0, BLOCK_SPLITS)
-        lse_mask = (group < GROUP)[:, None] & (splits < NUM_SPLITS)[None, :]
-        lses = tl.load(partial_lse_ptr + first_row[:, None] + splits[None, :], mask=lse_mask,
-                       other=float("-inf"), cache_modifier=".cg")
-        # finite for real heads (split 0 holds keys when seq_len >= 1); 0 for padding rows
-        m_all = tl.where(group < GROUP, tl.max(lses, 1), 0.0)
-        total = tl.where(group < GROUP, tl.sum(tl.exp2(lses - m_all[:, None]), 1), 1.0)
-        merged = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
-        for s in range(NUM_SPLITS):
-            lse_s = tl.load(partial_lse_ptr + first_row + s, mask=group < GROUP, other=float("-inf"),
-                            cache_modifier=".cg")
-            part = tl.load(partial_out_ptr + (first_row + s)[:, None] * HEAD_DIM + offs_d[None, :], mask=q_mask,
-                           other=0.0, cache_modifier=".cg")
-            merged += part * tl.exp2(lse_s - m_all)[:, None]
-        tl.store(out_ptr + batch * stride_ob + heads[:, None] * stride_oh + offs_d[None, :],
-                 (merged / total[:, None]).to(out_ptr.dtype.element_ty), mask=q_mask)
+        split_mask = splits < NUM_SPLITS
+        for g in range(GROUP):
+            head_row = (batch * tl.num_programs(1) * GROUP + kv_head * GROUP + g) * NUM_SPLITS
+            lses = tl.load(partial_lse_ptr + head_row + splits, mask=split_mask, other=float("-inf"),
+                           cache_modifier=".cg")
+            weight = tl.exp2(lses - tl.max(lses, 0))  # split 0 holds keys when seq_len >= 1
+            parts = tl.load(partial_out_ptr + (head_row + splits)[:, None] * HEAD_DIM + offs_d[None, :],
+                            mask=split_mask[:, None] & d_mask[None, :], other=0.0, cache_modifier=".cg")
+            merged = tl.sum(parts * weight[:, None], 0) / tl.sum(weight, 0)
+            tl.store(out_ptr + batch * stride_ob + (kv_head * GROUP + g) * stride_oh + offs_d,
+                     merged.to(out_ptr.dtype.element_ty), mask=d_mask)
         tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # ready for the next launch
 
 

@@ -20,6 +20,7 @@ from kbench_triton.common import interpreting, launch_config
 # below this many tokens the heads of a token are spread over several programs: torch.compile's
 # rope beat one program per token by 26-44% at 8 to 128 tokens (H100, llama2-7b heads)
 FEW_TOKENS = 512
+SMALL_TILE_HEADS = 4
 
 
 @triton.jit
@@ -97,12 +98,17 @@ def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, inv_freq: to
     # 1K-element half-tiles (16 heads x 64 pairs) at 8 warps: 97-98% of copy for 32 q heads
     # with 32 or 8 k heads at 32768 tokens on H100; 32-head tiles lose 8% on the 8 k heads
     block_heads = max(1, min(triton.next_power_of_2(max(heads, kv_heads)), 1024 // block_half))
+    if tokens < FEW_TOKENS:
+        # few tokens: 4-head tiles, a program each; 16-head tiles still lost to torch.compile
+        # by 8-28% at 8 to 128 tokens
+        block_heads = min(block_heads, SMALL_TILE_HEADS)
     num_warps = 4 if block_heads * block_half < 1024 else 8
     # a few tokens (decode) cannot fill the GPU one program per token: then each program takes
     # one tile of heads, and the angles are computed once per program instead of per token
     all_heads = heads + kv_heads
     per_program = block_heads if tokens < FEW_TOKENS else all_heads
-    launch_config("rope", (heads, kv_heads, head_dim, style), BLOCK_HEADS=block_heads, num_warps=num_warps)
+    launch_config("rope", (tokens < FEW_TOKENS, heads, kv_heads, head_dim, style), BLOCK_HEADS=block_heads,
+                  num_warps=num_warps)
     if tokens:
         _rope_kernel[(tokens, triton.cdiv(all_heads, per_program))](
             q, k, positions, inv_freq.to(torch.float32),

@@ -159,6 +159,7 @@ def test_two_stage_is_the_default_on_a_gpu_and_asked_for_on_the_interpreter(monk
     from kbench_triton.sampling import TWO_STAGE_ENV, _two_stage
 
     monkeypatch.delenv(TWO_STAGE_ENV, raising=False)
+    monkeypatch.setattr(sampling, "interpreting", lambda: True)
     assert _two_stage(50, None) is False and _two_stage(50, True) is True  # interpreter: radix select
     assert _two_stage(2000, True) is False  # past CHUNK_MAX_K: always the radix select
     monkeypatch.setattr(sampling, "interpreting", lambda: False)
