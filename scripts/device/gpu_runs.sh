@@ -114,9 +114,7 @@ triton)  # the triton plugin on the GPU: its own tests (graph replay of the spli
         --k 50 --out "$records"
     step 50 kbench bench sample --backend triton --vs cuda --vs reference \
         --batch 64 --vocab 32000,128256 --temperature 0.8 --top-k 50 --top-p 0.95 --out "$records"
-    for op in rope swiglu; do
-        step 40 kbench bench $op --backend triton --vs compile --spec $spec --out "$records"
-    done
+    step 40 kbench bench rope --backend triton --vs compile --spec $spec --out "$records"
     step 80 python3 scripts/device/profile_decode.py $spec --backend norm=triton --backend rope=triton \
         --backend attention=triton --backend ffn=triton --backend sampling=triton --batch 1
     ;;
