@@ -1,15 +1,14 @@
-"""Decode attention over a KV cache: split-KV "flash-decoding" in one launch.
+"""Decode attention over a KV cache: split-KV "flash-decoding" plus a reduction pass.
 
-Grid ``(num_splits, kv_heads, batch)``: a program takes one kv head of one sequence
+Pass 1, grid ``(num_splits, kv_heads, batch)``: a program takes one kv head of one sequence
 and one contiguous slice of its ``cache_seqlens[b]`` tokens (the slice length is computed on
 the device from the length, so every split gets an even share), and attends the whole query
 group of that kv head at once (a ``[BLOCK_G, head_dim]`` tile, padded to 16 rows for
 ``tl.dot``): each K/V row is read once per group, never once per query head. It writes the
-split's normalised output ``acc / l`` and its log-sum-exp (base 2) in float32, then counts
-its arrival on a per-(sequence, kv head) counter; the last split to arrive merges all the
-splits by their log-sum-exp, writes the output and resets the counter. At batch 1 a second
-merge launch cost about as much as the merge itself (1.7 us a layer on the H100). With one
-split (large batches) the program writes the output directly.
+split's normalised output ``acc / l`` and its log-sum-exp (base 2) in float32.
+
+Pass 2, grid ``(heads, batch)``: merges the splits by their log-sum-exp. With one split
+(large batches) pass 1 writes the output itself and pass 2 is skipped.
 
 ``num_splits`` depends only on host-known shapes (batch, kv heads, cache capacity, SM count),
 and the partial buffers are sized from them, so a step can be captured in a CUDA graph.
@@ -24,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kbench_triton.common import TunedKernel, dot, dot_flags, interpreting, launch_config, semaphores
+from kbench_triton.common import TunedKernel, dot, dot_flags, interpreting, launch_config
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
@@ -36,10 +35,9 @@ PROGRAMS_PER_SM = 2
 
 @triton.jit
 def _split_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, block_table_ptr, partial_out_ptr, partial_lse_ptr, out_ptr,
-                  counter_ptr,
                   qk_scale, stride_qb, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                   stride_table, stride_ob, stride_oh, capacity_bucket,
-                  NUM_SPLITS: tl.constexpr, BLOCK_SPLITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
+                  NUM_SPLITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
                   IEEE: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr):
     split = tl.program_id(0)
@@ -93,31 +91,27 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, block_table_ptr, partial_out
     has_keys = l_i > 0
     out = tl.where(has_keys[:, None], acc / tl.where(has_keys, l_i, 1.0)[:, None], 0.0)
     lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
-    first_row = (batch * tl.num_programs(1) * GROUP + heads) * NUM_SPLITS  # split 0 of each head
-    tl.store(partial_out_ptr + (first_row + split)[:, None] * HEAD_DIM + offs_d[None, :], out, mask=q_mask)
-    tl.store(partial_lse_ptr + first_row + split, lse, mask=group < GROUP)
-    # the last split of this (sequence, kv head) to arrive merges the group's splits: one
-    # launch per call, no second kernel
-    tl.debug_barrier()  # the whole program's stores happen before its arrival is counted
-    counter = counter_ptr + batch * tl.num_programs(1) + kv_head
-    arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-    if arrived == NUM_SPLITS - 1:
-        # one [splits, head_dim] tile per query head of the group: every split's partial of a
-        # head is loaded at once (a loop over splits costs one dependent load round trip per
-        # split: 33 splits made batch-1 GQA at 8192 tokens 1.7x slower on the H100)
-        splits = tl.arange(0, BLOCK_SPLITS)
-        split_mask = splits < NUM_SPLITS
-        for g in range(GROUP):
-            head_row = (batch * tl.num_programs(1) * GROUP + kv_head * GROUP + g) * NUM_SPLITS
-            lses = tl.load(partial_lse_ptr + head_row + splits, mask=split_mask, other=float("-inf"),
-                           cache_modifier=".cg")
-            weight = tl.exp2(lses - tl.max(lses, 0))  # split 0 holds keys when seq_len >= 1
-            parts = tl.load(partial_out_ptr + (head_row + splits)[:, None] * HEAD_DIM + offs_d[None, :],
-                            mask=split_mask[:, None] & d_mask[None, :], other=0.0, cache_modifier=".cg")
-            merged = tl.sum(parts * weight[:, None], 0) / tl.sum(weight, 0)
-            tl.store(out_ptr + batch * stride_ob + (kv_head * GROUP + g) * stride_oh + offs_d,
-                     merged.to(out_ptr.dtype.element_ty), mask=d_mask)
-        tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # ready for the next launch
+    row = (batch * tl.num_programs(1) * GROUP + heads) * NUM_SPLITS + split
+    tl.store(partial_out_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], out, mask=q_mask)
+    tl.store(partial_lse_ptr + row, lse, mask=group < GROUP)
+
+
+@triton.jit
+def _merge_kernel(partial_out_ptr, partial_lse_ptr, out_ptr, stride_ob, stride_oh,
+                  NUM_SPLITS: tl.constexpr, BLOCK_SPLITS: tl.constexpr,
+                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    head = tl.program_id(0)
+    batch = tl.program_id(1).to(tl.int64)
+    splits = tl.arange(0, BLOCK_SPLITS)
+    offs_d = tl.arange(0, BLOCK_D)
+    row = (batch * tl.num_programs(0) + head) * NUM_SPLITS
+    lse = tl.load(partial_lse_ptr + row + splits, mask=splits < NUM_SPLITS, other=float("-inf"))
+    weight = tl.exp2(lse - tl.max(lse, 0))
+    mask = (splits < NUM_SPLITS)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    partial = tl.load(partial_out_ptr + (row + splits[:, None]) * HEAD_DIM + offs_d[None, :], mask=mask, other=0.0)
+    out = tl.sum(partial * weight[:, None], 0) / tl.sum(weight, 0)
+    tl.store(out_ptr + batch * stride_ob + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty),
+             mask=offs_d < HEAD_DIM)
 
 
 _CONFIGS = [
@@ -179,15 +173,20 @@ def attention_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale, spl
     partials = splits if splits > 1 else 0
     partial_out = torch.empty((batch, heads, partials, head_dim), dtype=torch.float32, device=q.device)
     partial_lse = torch.empty((batch, heads, partials), dtype=torch.float32, device=q.device)
-    counters = semaphores("attention_decode", batch * kv_heads, q.device)
     launch_config("attention_decode_splits", (batch, kv_heads, capacity), NUM_SPLITS=splits)
     table = block_table if paged else cache_seqlens  # any int32 tensor: unread when not paged
     SPLIT[lambda meta: (splits, kv_heads, batch)](
-        q, k_cache, v_cache, cache_seqlens, table, partial_out, partial_lse, out, counters, scale * LOG2E,
+        q, k_cache, v_cache, cache_seqlens, table, partial_out, partial_lse, out, scale * LOG2E,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         table.stride(0), out.stride(0), out.stride(1), triton.next_power_of_2(capacity),
-        NUM_SPLITS=splits, BLOCK_SPLITS=triton.next_power_of_2(splits), GROUP=group, BLOCK_G=block_g,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, PAGED=paged, PAGE_SIZE=page_size, **dot_flags(q.dtype),
+        NUM_SPLITS=splits, GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim, BLOCK_D=block_d,
+        PAGED=paged, PAGE_SIZE=page_size, **dot_flags(q.dtype),
+    )
+    if splits == 1:
+        return out
+    _merge_kernel[(heads, batch)](
+        partial_out, partial_lse, out, out.stride(0), out.stride(1),
+        NUM_SPLITS=splits, BLOCK_SPLITS=triton.next_power_of_2(splits), HEAD_DIM=head_dim, BLOCK_D=block_d,
     )
     return out

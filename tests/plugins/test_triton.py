@@ -100,10 +100,8 @@ def test_decode_agrees_for_every_split_count(splits):
     # 16 splits of a 5-token sequence leave most splits empty: they must weigh nothing
     q, k_cache, v_cache, seqlens = _decode_inputs()
     expected = attention_decode_reference(q, k_cache, v_cache, seqlens, None, 0.2)
-    for _ in range(2):  # the last split of each group merges, and leaves its counter at zero
-        out = attention_decode(q, k_cache, v_cache, seqlens, None, 0.2, splits=splits)
-        torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
-    assert not semaphores("attention_decode", 1, q.device).any()
+    out = attention_decode(q, k_cache, v_cache, seqlens, None, 0.2, splits=splits)
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
 
 
 def test_paged_decode_with_shuffled_block_table_matches_contiguous_cache():
@@ -196,7 +194,15 @@ def test_sample_top_k_ties_past_the_scratch_row_take_the_bisection_path():
     # 5 distinct values over 3000 tokens: the top-k threshold ties with ~600 tokens (> scratch)
     logits = torch.randint(0, 5, (2, 3000), generator=torch.Generator().manual_seed(1)).float().to(DEVICE)
     uniforms = torch.tensor([0.25, 0.75], device=DEVICE)
-    for top_p in (1.0, 0.5):
+    # top-p halfway between two steps of the cumulative mass inside the tied run: with the cut
+    # at a step, which tied token crosses it depends on the order of float32 additions (the
+    # reference's cumsum on a GPU and on the CPU disagree there: 736 against 738 on the H100)
+    row = logits[0].double() / 0.7
+    kept = row.masked_fill(row < row.topk(10).values[-1], float("-inf"))  # top-k 10: the tied run
+    mass = torch.softmax(kept, -1).sort(descending=True).values.cumsum(0)
+    assert mass[300] < 1  # the midpoint below lies inside the tied run
+    between_steps = float((mass[299] + mass[300]) / 2)
+    for top_p in (1.0, between_steps):
         expected = sample_reference(logits, uniforms, 0.7, 10, top_p)
         assert torch.equal(sample(logits, uniforms, 0.7, 10, top_p), expected)
 
@@ -295,8 +301,8 @@ def test_skinny_gemm_refuses_too_many_rows():
 
 @pytest.mark.gpu
 def test_last_arriving_programs_finish_the_work_under_graph_replay():
-    # the split-K GEMM and the split-KV decode leave their counters at zero after every launch,
-    # so a graph replaying them many times keeps giving the eager result
+    # the split-K GEMM leaves its counters at zero after every launch, so a graph replaying it
+    # (beside the split-KV decode and its merge) many times keeps giving the eager result
     from kbench_triton import ffn as ffn_module
     from kbench_triton.gemv import linear
 
@@ -319,5 +325,4 @@ def test_last_arriving_programs_finish_the_work_under_graph_replay():
         for out_linear, out_attention in outs:
             torch.testing.assert_close(out_linear, expected_linear, atol=2e-2, rtol=2e-2)
             torch.testing.assert_close(out_attention, expected_attention, atol=2e-5, rtol=1e-4)
-    assert not semaphores("attention_decode", 1, q.device).any()
     assert not semaphores("skinny_gemm", 1, q.device).any()
