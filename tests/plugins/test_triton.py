@@ -193,18 +193,15 @@ def test_sample_top_p_wider_than_the_candidates_takes_the_bisection_path():
 def test_sample_top_k_ties_past_the_scratch_row_take_the_bisection_path():
     # 5 distinct values over 3000 tokens: the top-k threshold ties with ~600 tokens (> scratch)
     logits = torch.randint(0, 5, (2, 3000), generator=torch.Generator().manual_seed(1)).float().to(DEVICE)
-    uniforms = torch.tensor([0.25, 0.75], device=DEVICE)
-    # top-p halfway between two steps of the cumulative mass inside the tied run: with the cut
-    # at a step, which tied token crosses it depends on the order of float32 additions (the
-    # reference's cumsum on a GPU and on the CPU disagree there: 736 against 738 on the H100)
-    row = logits[0].double() / 0.7
-    kept = row.masked_fill(row < row.topk(10).values[-1], float("-inf"))  # top-k 10: the tied run
-    mass = torch.softmax(kept, -1).sort(descending=True).values.cumsum(0)
-    assert mass[300] < 1  # the midpoint below lies inside the tied run
-    between_steps = float((mass[299] + mass[300]) / 2)
-    for top_p in (1.0, between_steps):
-        expected = sample_reference(logits, uniforms, 0.7, 10, top_p)
-        assert torch.equal(sample(logits, uniforms, 0.7, 10, top_p), expected)
+    # every kept token is one of the n tied maxima, with p = 1/n: a draw u * total that lands on
+    # a step of the CDF (u = 0.25 with n = 596 is exactly 149 steps) goes either way with the
+    # order of float32 additions (the GPU reference's cumsum and the kernel disagreed there), so
+    # each row's uniform sits in the middle of a step
+    tied = (logits == logits.max(dim=-1, keepdim=True).values).sum(dim=-1).double()
+    uniforms = ((torch.tensor([0.25, 0.75], device=DEVICE) * tied).floor() + 0.5) / tied
+    for top_p in (1.0, 0.5):
+        expected = sample_reference(logits, uniforms.float(), 0.7, 10, top_p)
+        assert torch.equal(sample(logits, uniforms.float(), 0.7, 10, top_p), expected)
 
 
 def test_sample_draws_each_token_at_its_cdf_boundaries():
