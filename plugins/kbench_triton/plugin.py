@@ -117,12 +117,14 @@ KERNELS = {
     "rope": ("rope", "rope", supports_rope, "q and k in one launch, in place, precise sin/cos"),
     "swiglu": ("ffn", "swiglu", supports_elementwise, "silu(gate) * up, strided rows"),
     "ffn": ("ffn", "ffn", supports_elementwise,
-            "skinny Triton GEMMs with fused swiglu up to 8 tokens; else cuBLAS GEMMs around the Triton swiglu"),
+            "up to 8 tokens: skinny split-K Triton GEMMs, swiglu fused into gate/up, down timed against "
+            "cuBLAS; else cuBLAS GEMMs around the Triton swiglu"),
     "attention_prefill": ("attention_prefill", "attention_prefill", supports_attention,
                           "FlashAttention-2 tiling, causal varlen, GQA by head index"),
     "attention_decode": ("attention_decode", "attention_decode", supports_attention,
-                         "split-KV flash-decoding, one KV head per query group, paged or contiguous"),
-    "sample": ("sampling", "sample", supports_sampling, "threshold search, no vocabulary sort"),
+                         "split-KV flash-decoding and a merge, one KV head per query group, paged or contiguous"),
+    "sample": ("sampling", "sample", supports_sampling,
+               "threshold search, no vocabulary sort; top-k's threshold from the two-stage top-k"),
     "topk": ("sampling", "topk", supports_sampling, "per-chunk candidates, then one merge"),
 }
 
