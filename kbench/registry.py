@@ -124,6 +124,17 @@ class Registry:
             raise unknown_name(f"backend for {op}", backend, self.backends(op))
         return self.implementations[(op, backend)]
 
+    def require(self, op: str, backend: str) -> Implementation:
+        """The implementation when ``backend`` can run ``op`` in this process at all (asking also
+        loads what it needs); else KbenchError naming the reason and the backends that can."""
+        impl = self.get(op, backend)
+        reason = impl.unavailable_reason()
+        if reason:
+            usable = [b for b in self.backends(op) if self.implementations[(op, b)].unavailable_reason() is None]
+            raise KbenchError(f"{op}: backend {backend!r} cannot run here: {reason}.",
+                              f"Choose another backend for {op}; these can: {', '.join(usable) or '(none)'}.")
+        return impl
+
     def resolve(self, op: str, backend: str, case: Case, dtype: torch.dtype, device: torch.device | str) -> Implementation:
         """The implementation to run ``case``; KbenchError naming the reason and the alternatives."""
         impl = self.get(op, backend)

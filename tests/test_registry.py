@@ -40,6 +40,18 @@ def test_unavailable_backend_reports_reason_and_alternatives(small_registry):
     assert "Backends that can: reference" in str(error.value)
 
 
+def test_require_refuses_a_backend_that_cannot_run_here_and_names_those_that_can(small_registry):
+    small_registry.add_implementation(Implementation("rmsnorm", "absent", RMSNORM.reference, "t",
+                                                     available=lambda: "needs a library"))
+    small_registry.add_implementation(Implementation("rmsnorm", "present", RMSNORM.reference, "t",
+                                                     available=lambda: None))
+    assert small_registry.require("rmsnorm", "present").backend == "present"
+    with pytest.raises(KbenchError) as error:
+        small_registry.require("rmsnorm", "absent")
+    assert "rmsnorm: backend 'absent' cannot run here: needs a library" in str(error.value)
+    assert "these can: reference, present" in str(error.value)
+
+
 def test_availability_probe_that_raises_becomes_a_reason(small_registry):
     def probe():
         raise ImportError("no module named fancy")

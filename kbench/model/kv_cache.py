@@ -47,10 +47,6 @@ class KVCache:
         self.kv = torch.zeros((shape[0], 2, *shape[1:]), dtype=dtype, device=device)
         self.k, self.v = self.kv[:, 0], self.kv[:, 1]
 
-    @property
-    def nbytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size()
-
     def slot_index(self, seq_ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(first, second) index of each token's slot in ``k[layer]``: (sequence, position)
         when contiguous, (block, offset) when paged. Device tensors in, device tensors out."""

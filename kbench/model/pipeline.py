@@ -11,7 +11,7 @@ One decoder layer, for ``tokens`` packed tokens (prefill) or one token per seque
     ffn_out     = ffn(h, w_gate_up, w_down)
 
 then ``add_rmsnorm(ffn_out, residual, norm)``, the LM head, and ``sample``. Every family
-op goes through the implementation chosen at build time (``registry.get(op, backend)``);
+op goes through the implementation chosen at build time (``registry.require(op, backend)``);
 embedding, the linear layers and the KV-cache write are core glue, the same for every
 backend.
 
@@ -68,15 +68,10 @@ class Pipeline:
         self.dtype, self.device = spec.dtype, torch.device(spec.device)
         self.backends = dict(backends)
         self.implementations: dict[str, Implementation] = {
-            op: registry.get(op, backend_for(self.backends, op, family))
+            # require: refused here when it cannot run at all (and loaded: cuda builds its kernels)
+            op: registry.require(op, backend_for(self.backends, op, family))
             for family, ops in PIPELINE_OPS.items() for op in ops
         }
-        for op, implementation in self.implementations.items():
-            # asking also loads what the backend needs (the cuda backend builds its kernels here)
-            reason = implementation.unavailable_reason()
-            if reason is not None:
-                raise KbenchError(f"{op}: backend {implementation.backend!r} cannot run here: {reason}",
-                                  f"Choose another backend for {op} (kbench list shows what runs here).")
         impl = self.implementations
         self._rmsnorm, self._add_rmsnorm = impl["rmsnorm"].fn, impl["add_rmsnorm"].fn
         self._rope, self._ffn, self._sample = impl["rope"].fn, impl["ffn"].fn, impl["sample"].fn

@@ -95,8 +95,8 @@ def dot(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
     return tl.dot(a, b)
 
 
-# Counters for kernels whose last program of a group finishes the group's work (split-K
-# reductions, split-KV merges). Every launch leaves them at zero, so one zeroed buffer per
+# Counters for kernels whose last program of a group finishes the group's work (the split-K
+# reduction of the skinny GEMM). Every launch leaves them at zero, so one zeroed buffer per
 # device and kernel serves every call and every CUDA-graph replay (kernels of one stream never
 # overlap, so two calls cannot share a counter at the same time).
 _SEMAPHORES: dict[tuple[str, torch.device], torch.Tensor] = {}

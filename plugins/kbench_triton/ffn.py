@@ -14,11 +14,14 @@ on the shape and the GPU.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from kbench.bench.timing import measure
 from kbench_triton import gemv
 from kbench_triton.common import interpreting, launch_config
 
@@ -72,45 +75,28 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 # (rows bucket, w_down shape, dtype) -> "skinny" or "cublas", chosen once per shape by timing
 _DOWN_PATHS: dict[tuple, str] = {}
-# copies of w_down the timing cycles through, so that it reads the weights from memory as a
-# decode step does (llama2-7b's 90 MB would otherwise sit partly in the 50 MB L2)
+# copies of a weight that a timing cycles through, so that it reads the weights from memory as a
+# decode step does (llama2-7b's 90 MB w_down would otherwise sit partly in the 50 MB L2)
 TIMING_BYTES = 256 * 2**20
 
 
-def _graph_us(calls: list, rounds: int = 3, replays: int = 10) -> float:
-    """Median µs per call of ``calls`` captured ``rounds`` times in one CUDA graph."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for call in calls:
-            call()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(rounds):
-            for call in calls:
-                call()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(1000.0 * start.elapsed_time(end) / (rounds * len(calls)))
-    return sorted(times)[len(times) // 2]
+def weight_streaming_us(call: Callable[[torch.Tensor], object], w: torch.Tensor) -> float:
+    """µs per ``call(w)`` under CUDA-graph replay (no launch overhead, as in a captured decode
+    step), cycling through copies of ``w`` of ``TIMING_BYTES`` in all."""
+    copies = [w] + [w.clone() for _ in range(triton.cdiv(TIMING_BYTES, w.nbytes) - 1)]
+    timing = measure(lambda: [call(c) for c in copies], device=w.device, cuda_graph=True, graph_calls=3,
+                     warmup_ms=5.0, rep_ms=20.0)
+    return timing.median_us / len(copies)
 
 
 def _choose_down_path(h: torch.Tensor, w_down: torch.Tensor) -> str:
-    """The faster of cuBLAS and the skinny split-K kernel for ``h @ w_down.T`` on this GPU, timed
-    under CUDA-graph replay (no launch overhead, as in a captured decode step). cuBLAS where no
-    timing is possible: on the interpreter or a CPU."""
+    """The faster of cuBLAS and the skinny split-K kernel for ``h @ w_down.T`` on this GPU.
+    cuBLAS where no timing is possible: on the interpreter or a CPU."""
     if interpreting() or h.device.type != "cuda":
         return "cublas"
     gemv.linear(h, w_down)  # autotune the skinny kernel before timing it
-    copies = [w_down] + [w_down.clone() for _ in range(triton.cdiv(TIMING_BYTES, w_down.nbytes) - 1)]
-    skinny = _graph_us([lambda w=w: gemv.linear(h, w) for w in copies])
-    cublas = _graph_us([lambda w=w: F.linear(h, w) for w in copies])
+    skinny = weight_streaming_us(lambda w: gemv.linear(h, w), w_down)
+    cublas = weight_streaming_us(lambda w: F.linear(h, w), w_down)
     return "skinny" if skinny < cublas else "cublas"
 
 

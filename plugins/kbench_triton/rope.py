@@ -104,7 +104,7 @@ def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, inv_freq: to
         block_heads = min(block_heads, SMALL_TILE_HEADS)
     num_warps = 4 if block_heads * block_half < 1024 else 8
     # a few tokens (decode) cannot fill the GPU one program per token: then each program takes
-    # one tile of heads, and the angles are computed once per program instead of per token
+    # one tile of heads (and computes the token's angles again, cheap beside the parallelism)
     all_heads = heads + kv_heads
     per_program = block_heads if tokens < FEW_TOKENS else all_heads
     launch_config("rope", (tokens < FEW_TOKENS, heads, kv_heads, head_dim, style), BLOCK_HEADS=block_heads,

@@ -103,11 +103,10 @@ liger)  # liger's kernels through examples/kbench-liger against triton and cuda 
     fi
     ;;
 triton)  # the triton plugin on the GPU: its own tests (graph replay of the split kernels, the
-         # down-path timing), ties in the two-stage top-k, then the figures of issue 4
+         # down-path timing, ties in both top-k paths), then the figures of issue 4
     # the skinny-GEMM parity test autotunes 36 configs for each dtype and row count (compiling
     # them took the whole 150 s limit once); the split-K and graph-replay tests cover the kernel
     step 200 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_triton.py -k "not skinny_gemms_match"
-    step 60 python3 scripts/device/topk_ties.py
     step 90 kbench bench attention_decode --backend triton --vs sdpa \
         --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
     step 40 kbench bench topk --backend triton --vs cuda --vs reference --batch 64 --vocab 32000,128256 \

@@ -5,7 +5,8 @@
 
 Prints the step time under a CUDA graph, the kernels of one eager step grouped by name
 (count and GPU time per step), and with ``--gemms`` the bandwidth cuBLAS and the Triton
-skinny kernels reach on the model's weight matrices at decode row counts.
+skinny kernels reach on the model's weight matrices at decode row counts (graph replay, cold
+weights; ``do_bench`` here once added the Triton launch to every skinny figure).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import collections
 import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
-from triton.testing import do_bench
 
 from kbench.model import load_weights
 from kbench.model.pipeline import build_pipeline, random_prompts
@@ -58,7 +58,10 @@ def kernel_table(pipeline, tokens, steps=3, top=30) -> None:
 
 
 def gemm_table(pipeline) -> None:
+    """cuBLAS and the skinny kernels on the model's matrices, timed as in a captured decode step
+    (graph replay, weights read cold: ``kbench_triton.ffn.weight_streaming_us``)."""
     from kbench_triton import gemv
+    from kbench_triton.ffn import weight_streaming_us
 
     layer = pipeline.weights.layers[0]
     weights = {"wqkv": layer.wqkv, "wo": layer.wo, "w_gate_up": layer.w_gate_up, "w_down": layer.w_down,
@@ -67,14 +70,12 @@ def gemm_table(pipeline) -> None:
     for name, w in weights.items():
         for rows in (1, 4, 8, 64):
             x = torch.randn(rows, w.shape[1], device=w.device, dtype=w.dtype)
-            nbytes = w.numel() * w.element_size()
-            cublas = 1000 * do_bench(lambda x=x, w=w: F.linear(x, w), warmup=25, rep=100)
-            line = f"{name:10} {str(tuple(w.shape)):>14} {rows:4} {cublas:10.1f} {nbytes / cublas / 1e3:6.0f}"
+            cublas = weight_streaming_us(lambda w, x=x: F.linear(x, w), w)
+            line = f"{name:10} {str(tuple(w.shape)):>14} {rows:4} {cublas:10.1f} {w.nbytes / cublas / 1e3:6.0f}"
             if rows <= gemv.MAX_ROWS:
                 skinny_fn = gemv.swiglu_linear if name == "w_gate_up" else gemv.linear
-                fn = lambda x=x, w=w, f=skinny_fn: f(x, w)  # noqa: E731
-                skinny = 1000 * do_bench(fn, warmup=25, rep=100)
-                line += f" {skinny:10.1f} {nbytes / skinny / 1e3:6.0f}"
+                skinny = weight_streaming_us(lambda w, x=x, f=skinny_fn: f(x, w), w)
+                line += f" {skinny:10.1f} {w.nbytes / skinny / 1e3:6.0f}"
             print(line, flush=True)
 
 
