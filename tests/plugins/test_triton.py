@@ -289,6 +289,18 @@ def test_ffn_down_takes_the_recorded_path_and_both_agree(monkeypatch, path):
     assert chosen_configs()["ffn_down"]["8,(72, 40),float32"] == f"path={path}"
 
 
+def test_weight_streaming_timing_cycles_through_copies_of_the_weight(monkeypatch):
+    # on a CPU kbench's measure falls back to perf_counter; the copies and the per-call division
+    # are the same code the GPU path runs
+    from kbench_triton import ffn as ffn_module
+
+    monkeypatch.setattr(ffn_module, "TIMING_BYTES", 3 * 64 * 4)
+    w = _randn(8, 8)
+    seen = set()
+    us = ffn_module.weight_streaming_us(lambda c: seen.add(c.data_ptr()), w)
+    assert us > 0 and len(seen) == 3 and w.data_ptr() in seen
+
+
 def test_skinny_gemm_refuses_too_many_rows():
     from kbench_triton.gemv import MAX_ROWS, linear
 
