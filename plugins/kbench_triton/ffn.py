@@ -40,8 +40,28 @@ def _swiglu_kernel(gate_ptr, up_ptr, out_ptr, stride_gate, stride_up, stride_out
     tl.store(out_ptr + row * stride_out + cols, out, mask=mask)
 
 
-def _swiglu_config(intermediate: int) -> tuple[int, int]:
-    """(BLOCK, num_warps): the widest block from 8192 down to 1024 whose last block of a row is
+@triton.jit
+def _swiglu_flat_kernel(gate_ptr, up_ptr, out_ptr, stride_gate, stride_up, stride_out, intermediate, total,
+                        BLOCK: tl.constexpr, WIDE: tl.constexpr):
+    """The tensor as one flat range of tokens x intermediate elements, as torch.compile lays a
+    pointwise kernel out: no partly idle block at the end of every row."""
+    start = tl.program_id(0)
+    if WIDE:
+        start = start.to(tl.int64)
+    offs = start * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    row = offs // intermediate
+    col = offs % intermediate
+    gate = tl.load(gate_ptr + row * stride_gate + col, mask=mask, other=0.0)
+    up = tl.load(up_ptr + row * stride_up + col, mask=mask, other=0.0)
+    g = gate.to(tl.float32)
+    silu = (g / (1.0 + tl.exp(-g))).to(gate.dtype)
+    out = (silu.to(tl.float32) * up.to(tl.float32)).to(gate.dtype)
+    tl.store(out_ptr + row * stride_out + col, out, mask=mask)
+
+
+def _swiglu_config(tokens: int, intermediate: int) -> tuple[bool, int, int]:
+    """(FLAT, BLOCK, num_warps). Row blocks (FLAT False): the widest block from 8192 down to 1024 whose last block of a row is
     at least 95% full, else 1024; 8 elements per thread up to 8 warps.
 
     A row of 11008 (llama2-7b) in 8192-wide blocks left a quarter of the second block idle,
@@ -53,7 +73,7 @@ def _swiglu_config(intermediate: int) -> tuple[int, int]:
         if wide <= intermediate and triton.cdiv(intermediate, wide) * wide * 0.95 <= intermediate:
             block = wide
             break
-    return block, max(1, min(8, block // 256))
+    return False, block, max(1, min(8, block // 256))
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -64,9 +84,15 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         up = up.contiguous()
     tokens, intermediate = gate.shape
     out = torch.empty((tokens, intermediate), dtype=gate.dtype, device=gate.device)
-    block, num_warps = _swiglu_config(intermediate)
-    launch_config("swiglu", (intermediate, gate.dtype), BLOCK=block, num_warps=num_warps)
-    if tokens:
+    flat, block, num_warps = _swiglu_config(tokens, intermediate)
+    launch_config("swiglu", (intermediate, gate.dtype), FLAT=flat, BLOCK=block, num_warps=num_warps)
+    if tokens and flat:
+        total = tokens * intermediate
+        _swiglu_flat_kernel[(triton.cdiv(total, block),)](
+            gate, up, out, gate.stride(0), up.stride(0), out.stride(0), intermediate, total,
+            BLOCK=block, WIDE=max(total, tokens * max(gate.stride(0), up.stride(0))) >= 2**31,
+            num_warps=num_warps)
+    elif tokens:
         grid = (tokens, triton.cdiv(intermediate, block))
         _swiglu_kernel[grid](gate, up, out, gate.stride(0), up.stride(0), out.stride(0), intermediate,
                              BLOCK=block, num_warps=num_warps)

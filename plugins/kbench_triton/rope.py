@@ -87,6 +87,20 @@ def _rope_kernel(q_ptr, k_ptr, positions_ptr, inv_freq_ptr,
                   BLOCK_HALF)
 
 
+def _config(tokens: int, heads: int, kv_heads: int, block_half: int) -> tuple[int, int, int]:
+    """(BLOCK_HEADS, heads per program, num_warps) for a launch."""
+    # 1K-element half-tiles (16 heads x 64 pairs) at 8 warps: 97-98% of copy for 32 q heads
+    # with 32 or 8 k heads at 32768 tokens on H100; 32-head tiles lose 8% on the 8 k heads
+    block_heads = max(1, min(triton.next_power_of_2(max(heads, kv_heads)), 1024 // block_half))
+    if tokens >= FEW_TOKENS:
+        return block_heads, heads + kv_heads, 4 if block_heads * block_half < 1024 else 8
+    # a few tokens (decode) cannot fill the GPU one program per token: then each program takes
+    # one tile of heads (and computes the token's angles again, cheap beside the parallelism);
+    # 16-head tiles still lost to torch.compile by 8-28% at 8 to 128 tokens
+    block_heads = min(block_heads, SMALL_TILE_HEADS)
+    return block_heads, block_heads, 4 if block_heads * block_half < 1024 else 8
+
+
 def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, style: str):
     """Rotate q ``[tokens, heads, head_dim]`` and k ``[tokens, kv_heads, head_dim]`` in place."""
     if style not in ("half", "interleaved"):
@@ -95,18 +109,8 @@ def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, inv_freq: to
     kv_heads = k.shape[1]
     half = head_dim // 2
     block_half = triton.next_power_of_2(half)
-    # 1K-element half-tiles (16 heads x 64 pairs) at 8 warps: 97-98% of copy for 32 q heads
-    # with 32 or 8 k heads at 32768 tokens on H100; 32-head tiles lose 8% on the 8 k heads
-    block_heads = max(1, min(triton.next_power_of_2(max(heads, kv_heads)), 1024 // block_half))
-    if tokens < FEW_TOKENS:
-        # few tokens: 4-head tiles, a program each; 16-head tiles still lost to torch.compile
-        # by 8-28% at 8 to 128 tokens
-        block_heads = min(block_heads, SMALL_TILE_HEADS)
-    num_warps = 4 if block_heads * block_half < 1024 else 8
-    # a few tokens (decode) cannot fill the GPU one program per token: then each program takes
-    # one tile of heads (and computes the token's angles again, cheap beside the parallelism)
+    block_heads, per_program, num_warps = _config(tokens, heads, kv_heads, block_half)
     all_heads = heads + kv_heads
-    per_program = block_heads if tokens < FEW_TOKENS else all_heads
     launch_config("rope", (tokens < FEW_TOKENS, heads, kv_heads, head_dim, style), BLOCK_HEADS=block_heads,
                   num_warps=num_warps)
     if tokens:

@@ -11,6 +11,7 @@ import torch
 
 pytest.importorskip("triton")
 
+from kbench_triton import ffn as triton_ffn  # noqa: E402
 from kbench_triton import plugin  # noqa: E402
 from kbench_triton.attention_decode import attention_decode  # noqa: E402
 from kbench_triton.attention_prefill import attention_prefill  # noqa: E402
@@ -71,7 +72,11 @@ def test_rmsnorm_odd_hidden_matches_reference():
     torch.testing.assert_close(rmsnorm(x, weight, 1e-6), rmsnorm_reference(x, weight, 1e-6), atol=1e-5, rtol=1e-5)
 
 
-def test_swiglu_reads_strided_halves_of_a_fused_projection():
+@pytest.mark.parametrize("layout", ["rows", "flat"])
+def test_swiglu_reads_strided_halves_of_a_fused_projection(monkeypatch, layout):
+    # blocks of 256 over rows of 300: the flat layout's blocks straddle rows, the rows layout
+    # leaves a partly idle block at the end of each row
+    monkeypatch.setattr(triton_ffn, "_swiglu_config", lambda tokens, intermediate: (layout == "flat", 256, 2))
     gate_up = _randn(4, 2 * 300, scale=2.0)
     gate, up = gate_up[:, :300], gate_up[:, 300:]
     expected = torch.nn.functional.silu(gate.double()) * up.double()
