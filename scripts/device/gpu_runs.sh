@@ -12,13 +12,15 @@
 #   triton     the triton plugin's tests on the GPU, then its sweeps against sdpa, the reference
 #              and torch.compile, and a decode-step profile (issue 4)
 #   tests      every gpu-marked test and the conformance suite on the GPU (issue 2)
+#   tune       candidate launch shapes of rope, add_rmsnorm and swiglu against torch.compile, and
+#              rope at the other specs' head counts (issue 4)
 #
 # FA4 first (flash, kernels, sweeps): shared/device/fa4-wheels.sh, two calls; then start each
 # call with `source /tmp/fa4/env.sh &&`. The liger wheel travels in .whl/ (carry it).
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -136,6 +138,12 @@ sweeps)  # the figures the issues name that no run above measures (issues 4, 5):
         step 40 kbench bench $op --backend triton --vs cuda --vs compile --spec $spec --out "$records"
     done
     step 60 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/cuda_bench.py --once
+    ;;
+tune)  # launch shapes of the small-token cases where torch.compile led (issue 4)
+    step 300 python3 scripts/device/tune_small.py --quick
+    for other in llama2-13b llama2-70b llama3-8b; do
+        step 60 kbench bench rope --backend triton --vs cuda --vs compile --spec model_specs/$other.yaml --out "$records"
+    done
     ;;
 tests)
     step 280 python3 -m pytest -q -p no:cacheprovider -m gpu tests
