@@ -1,8 +1,10 @@
 """Rotary embedding of q and k in one launch, written in place.
 
-One program per token: it computes the token's angles ``position * inv_freq`` once (float32,
-precise libdevice sin/cos, since angles reach tens of thousands of radians) and rotates every
-q head and every k head with them. Every scaling variant arrives through ``inv_freq``.
+From ``FEW_TOKENS`` tokens up, one program per token: it computes the token's angles
+``position * inv_freq`` once (float32, precise libdevice sin/cos, since angles reach tens of
+thousands of radians) and rotates every q head and every k head with them. Below, each program
+takes one tile of a token's heads, loads it, and computes the angles while the loads are in
+flight. Every scaling variant arrives through ``inv_freq``.
 
 Numerics follow ``kbench.ops.rope``: ``half`` rounds cos/sin and each product to the dtype
 as HF does in the input dtype; ``interleaved`` works in float32 and rounds once.
@@ -24,47 +26,54 @@ SMALL_TILE_HEADS = 4
 
 
 @triton.jit
-def _rotate_heads(base_ptr, stride_head, stride_dim, head_lo, head_hi, cos, sin,
-                  HALF: tl.constexpr, INTERLEAVED: tl.constexpr,
-                  BLOCK_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr):
+def _tile(base_ptr, stride_head, stride_dim, head_start, head_hi,
+          HALF: tl.constexpr, INTERLEAVED: tl.constexpr, BLOCK_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    """Pointers to the two halves of each rotated pair of heads [head_start, head_hi), and the mask."""
     pair = tl.arange(0, BLOCK_HALF)
-    for head_start in range(head_lo, head_hi, BLOCK_HEADS):
-        heads = head_start + tl.arange(0, BLOCK_HEADS)
-        mask = (heads[:, None] < head_hi) & (pair[None, :] < HALF)
-        rows = base_ptr + heads[:, None] * stride_head
-        if INTERLEAVED:
-            first_ptr = rows + (2 * pair[None, :]) * stride_dim
-            second_ptr = first_ptr + stride_dim
-        else:
-            first_ptr = rows + pair[None, :] * stride_dim
-            second_ptr = first_ptr + HALF * stride_dim
-        x1 = tl.load(first_ptr, mask=mask, other=0.0)
-        x2 = tl.load(second_ptr, mask=mask, other=0.0)
-        dtype = x1.dtype
-        a = x1.to(tl.float32)
-        b = x2.to(tl.float32)
-        if INTERLEAVED:
-            out1 = (a * cos - b * sin).to(dtype)
-            out2 = (a * sin + b * cos).to(dtype)
-        else:
-            # HF: x * cos + rotate_half(x) * sin, every op rounded to the dtype
-            out1 = ((a * cos).to(dtype).to(tl.float32) + (-b * sin).to(dtype).to(tl.float32)).to(dtype)
-            out2 = ((b * cos).to(dtype).to(tl.float32) + (a * sin).to(dtype).to(tl.float32)).to(dtype)
-        tl.store(first_ptr, out1, mask=mask)
-        tl.store(second_ptr, out2, mask=mask)
+    heads = head_start + tl.arange(0, BLOCK_HEADS)
+    mask = (heads[:, None] < head_hi) & (pair[None, :] < HALF)
+    rows = base_ptr + heads[:, None] * stride_head
+    if INTERLEAVED:
+        first_ptr = rows + (2 * pair[None, :]) * stride_dim
+        second_ptr = first_ptr + stride_dim
+    else:
+        first_ptr = rows + pair[None, :] * stride_dim
+        second_ptr = first_ptr + HALF * stride_dim
+    return first_ptr, second_ptr, mask
 
 
 @triton.jit
-def _rope_kernel(q_ptr, k_ptr, positions_ptr, inv_freq_ptr,
-                 stride_qt, stride_qh, stride_qd, stride_kt, stride_kh, stride_kd,
-                 heads, kv_heads, heads_per_program,
-                 HALF: tl.constexpr, INTERLEAVED: tl.constexpr, PRECISE_TRIG: tl.constexpr,
-                 BLOCK_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr):
-    token = tl.program_id(0).to(tl.int64)
-    # this program's share of the q heads followed by the k heads (all of them at one program
-    # per token)
-    first = tl.program_id(1) * heads_per_program
-    last = first + heads_per_program
+def _rotate_store(first_ptr, second_ptr, mask, x1, x2, cos, sin, INTERLEAVED: tl.constexpr):
+    dtype = x1.dtype
+    a = x1.to(tl.float32)
+    b = x2.to(tl.float32)
+    if INTERLEAVED:
+        out1 = (a * cos - b * sin).to(dtype)
+        out2 = (a * sin + b * cos).to(dtype)
+    else:
+        # HF: x * cos + rotate_half(x) * sin, every op rounded to the dtype
+        out1 = ((a * cos).to(dtype).to(tl.float32) + (-b * sin).to(dtype).to(tl.float32)).to(dtype)
+        out2 = ((b * cos).to(dtype).to(tl.float32) + (a * sin).to(dtype).to(tl.float32)).to(dtype)
+    tl.store(first_ptr, out1, mask=mask)
+    tl.store(second_ptr, out2, mask=mask)
+
+
+@triton.jit
+def _rotate_heads(base_ptr, stride_head, stride_dim, head_lo, head_hi, cos, sin,
+                  HALF: tl.constexpr, INTERLEAVED: tl.constexpr,
+                  BLOCK_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    for head_start in range(head_lo, head_hi, BLOCK_HEADS):
+        first_ptr, second_ptr, mask = _tile(base_ptr, stride_head, stride_dim, head_start, head_hi,
+                                            HALF, INTERLEAVED, BLOCK_HEADS, BLOCK_HALF)
+        x1 = tl.load(first_ptr, mask=mask, other=0.0)
+        x2 = tl.load(second_ptr, mask=mask, other=0.0)
+        _rotate_store(first_ptr, second_ptr, mask, x1, x2, cos, sin, INTERLEAVED)
+
+
+@triton.jit
+def _angles(positions_ptr, inv_freq_ptr, token, dtype, HALF: tl.constexpr, INTERLEAVED: tl.constexpr,
+            PRECISE_TRIG: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    """cos and sin of the token's angles, [1, BLOCK_HALF] float32 (rounded to the dtype for half)."""
     pair = tl.arange(0, BLOCK_HALF)
     position = tl.load(positions_ptr + token).to(tl.float32)
     inv_freq = tl.load(inv_freq_ptr + pair, mask=pair < HALF, other=0.0)
@@ -76,15 +85,47 @@ def _rope_kernel(q_ptr, k_ptr, positions_ptr, inv_freq_ptr,
         cos = tl.cos(angles)
         sin = tl.sin(angles)
     if not INTERLEAVED:
-        cos = cos.to(q_ptr.dtype.element_ty).to(tl.float32)
-        sin = sin.to(q_ptr.dtype.element_ty).to(tl.float32)
-    cos = cos[None, :]
-    sin = sin[None, :]
-    _rotate_heads(q_ptr + token * stride_qt, stride_qh, stride_qd, tl.minimum(first, heads),
-                  tl.minimum(last, heads), cos, sin, HALF, INTERLEAVED, BLOCK_HEADS, BLOCK_HALF)
-    _rotate_heads(k_ptr + token * stride_kt, stride_kh, stride_kd, tl.minimum(tl.maximum(first - heads, 0), kv_heads),
-                  tl.minimum(tl.maximum(last - heads, 0), kv_heads), cos, sin, HALF, INTERLEAVED, BLOCK_HEADS,
-                  BLOCK_HALF)
+        cos = cos.to(dtype).to(tl.float32)
+        sin = sin.to(dtype).to(tl.float32)
+    return cos[None, :], sin[None, :]
+
+
+@triton.jit
+def _rope_kernel(q_ptr, k_ptr, positions_ptr, inv_freq_ptr,
+                 stride_qt, stride_qh, stride_qd, stride_kt, stride_kh, stride_kd,
+                 heads, kv_heads, heads_per_program,
+                 HALF: tl.constexpr, INTERLEAVED: tl.constexpr, PRECISE_TRIG: tl.constexpr,
+                 ONE_TILE: tl.constexpr, BLOCK_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    token = tl.program_id(0).to(tl.int64)
+    # this program's share of the q heads followed by the k heads (all of them at one program
+    # per token)
+    first = tl.program_id(1) * heads_per_program
+    last = first + heads_per_program
+    q_base = q_ptr + token * stride_qt
+    k_base = k_ptr + token * stride_kt
+    q_lo, q_hi = tl.minimum(first, heads), tl.minimum(last, heads)
+    k_lo, k_hi = tl.minimum(tl.maximum(first - heads, 0), kv_heads), tl.minimum(tl.maximum(last - heads, 0), kv_heads)
+    dtype = q_ptr.dtype.element_ty
+    if ONE_TILE:
+        # one tile of heads (it may straddle q and k): its loads go out before the angles are
+        # computed, so the trigonometry runs while they are in flight
+        q1_ptr, q2_ptr, q_mask = _tile(q_base, stride_qh, stride_qd, q_lo, q_hi, HALF, INTERLEAVED,
+                                       BLOCK_HEADS, BLOCK_HALF)
+        k1_ptr, k2_ptr, k_mask = _tile(k_base, stride_kh, stride_kd, k_lo, k_hi, HALF, INTERLEAVED,
+                                       BLOCK_HEADS, BLOCK_HALF)
+        q1 = tl.load(q1_ptr, mask=q_mask, other=0.0)
+        q2 = tl.load(q2_ptr, mask=q_mask, other=0.0)
+        k1 = tl.load(k1_ptr, mask=k_mask, other=0.0)
+        k2 = tl.load(k2_ptr, mask=k_mask, other=0.0)
+        cos, sin = _angles(positions_ptr, inv_freq_ptr, token, dtype, HALF, INTERLEAVED, PRECISE_TRIG, BLOCK_HALF)
+        _rotate_store(q1_ptr, q2_ptr, q_mask, q1, q2, cos, sin, INTERLEAVED)
+        _rotate_store(k1_ptr, k2_ptr, k_mask, k1, k2, cos, sin, INTERLEAVED)
+    else:
+        cos, sin = _angles(positions_ptr, inv_freq_ptr, token, dtype, HALF, INTERLEAVED, PRECISE_TRIG, BLOCK_HALF)
+        _rotate_heads(q_base, stride_qh, stride_qd, q_lo, q_hi, cos, sin, HALF, INTERLEAVED, BLOCK_HEADS,
+                      BLOCK_HALF)
+        _rotate_heads(k_base, stride_kh, stride_kd, k_lo, k_hi, cos, sin, HALF, INTERLEAVED, BLOCK_HEADS,
+                      BLOCK_HALF)
 
 
 def _config(tokens: int, heads: int, kv_heads: int, block_half: int) -> tuple[int, int, int]:
@@ -119,7 +160,7 @@ def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, inv_freq: to
             *q.stride(), *k.stride(), heads, kv_heads, per_program,
             HALF=half, INTERLEAVED=style == "interleaved",
             # the interpreter has no libdevice; its tl.cos is numpy's, which is precise
-            PRECISE_TRIG=not interpreting(),
+            PRECISE_TRIG=not interpreting(), ONE_TILE=per_program <= block_heads,
             BLOCK_HEADS=block_heads, BLOCK_HALF=block_half, num_warps=num_warps,
         )
     return q, k
