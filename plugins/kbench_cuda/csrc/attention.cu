@@ -62,6 +62,40 @@ __device__ __forceinline__ float reduce_group(float (&v)[GROUP], int lane) {
     return total;
 }
 
+// Merges the running softmax states of a block's warps and writes the block's result: `out`
+// with one split, else the normalised partial output and its log-sum-exp (base 2). Warp w's
+// max and sum of query head g are m[w * ml_stride + g], l[w * ml_stride + g]; its unnormalised
+// output is acc[w * acc_stride + g * HEAD_DIM + d]. A warp that saw no token has m = -inf,
+// l = 0 and acc = 0; a block that saw none (a split past the sequence's end) writes lse -inf.
+template <typename T, int HEAD_DIM, int WARPS>
+__device__ __forceinline__ void store_merged(const DecodeArgs& args, const float* m, const float* l, int ml_stride,
+                                             const float* acc, int acc_stride) {
+    const int split = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
+    for (int i = threadIdx.x; i < args.group * HEAD_DIM; i += blockDim.x) {
+        const int g = i / HEAD_DIM, d = i - g * HEAD_DIM;
+        float m_all = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) m_all = fmaxf(m_all, m[w * ml_stride + g]);
+        float l_all = 0.f, a_all = 0.f;
+        if (m_all != -INFINITY) {
+#pragma unroll
+            for (int w = 0; w < WARPS; ++w) {
+                const float c = exp2f(m[w * ml_stride + g] - m_all);
+                l_all += l[w * ml_stride + g] * c;
+                a_all += acc[w * acc_stride + g * HEAD_DIM + d] * c;
+            }
+        }
+        const int head = kv_head * args.group + g;
+        const int64_t bh = static_cast<int64_t>(b) * args.heads + head;
+        if (args.splits == 1) {
+            static_cast<T*>(args.out)[bh * HEAD_DIM + d] = from_float<T>(a_all / l_all);
+        } else {
+            args.partial_out[(bh * args.splits + split) * HEAD_DIM + d] = l_all > 0.f ? a_all / l_all : 0.f;
+            if (d == 0) args.partial_lse[bh * args.splits + split] = l_all > 0.f ? m_all + log2f(l_all) : -INFINITY;
+        }
+    }
+}
+
 template <typename T, int HEAD_DIM, int GROUP>
 __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeArgs args) {
     constexpr int VEC = kVec16<T>;
@@ -204,29 +238,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeArgs args) {
         }
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < args.group * HEAD_DIM; i += blockDim.x) {
-        const int g = i / HEAD_DIM, d = i - g * HEAD_DIM;
-        float m_all = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, merge_m[w][g]);
-        float l_all = 0.f, a_all = 0.f;
-        if (m_all != -INFINITY) {
-#pragma unroll
-            for (int w = 0; w < kWarps; ++w) {
-                const float c = exp2f(merge_m[w][g] - m_all);
-                l_all += merge_l[w][g] * c;
-                a_all += merge_acc[w][g][d] * c;
-            }
-        }
-        const int head = kv_head * args.group + g;
-        const int64_t bh = static_cast<int64_t>(b) * args.heads + head;
-        if (args.splits == 1) {
-            static_cast<T*>(args.out)[bh * HEAD_DIM + d] = from_float<T>(a_all / l_all);
-        } else {
-            args.partial_out[(bh * args.splits + split) * HEAD_DIM + d] = l_all > 0.f ? a_all / l_all : 0.f;
-            if (d == 0) args.partial_lse[bh * args.splits + split] = l_all > 0.f ? m_all + log2f(l_all) : -INFINITY;
-        }
-    }
+    store_merged<T, HEAD_DIM, kWarps>(args, &merge_m[0][0], &merge_l[0][0], GROUP, &merge_acc[0][0][0], GROUP * HEAD_DIM);
 }
 
 // out[b, h] = sum_s 2^(lse_s - max) * partial_s / sum_s 2^(lse_s - max). Grid (heads, batch).
