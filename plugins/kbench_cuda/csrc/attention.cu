@@ -352,6 +352,9 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
 
 template <typename T, int HEAD_DIM>
 __global__ void __launch_bounds__(kGqaWarps * 32) gqa_decode_kernel(DecodeArgs args) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    __trap();  // never launched there (gqa_kernel_ready); the body needs cp.async and bf16 mma
+#else
     static_assert(sizeof(T) == 2, "the tensor-core kernel takes 16-bit K/V");
     static_assert(HEAD_DIM % 16 == 0, "head_dim is a whole number of 16-wide mma steps");
     constexpr int ROW = kGqaRowBytes<HEAD_DIM>;
@@ -520,6 +523,7 @@ __global__ void __launch_bounds__(kGqaWarps * 32) gqa_decode_kernel(DecodeArgs a
     const float* base = reinterpret_cast<const float*>(smem);
     const float* warp0_m = base + kGqaMaxGroup * HEAD_DIM;
     store_merged<T, HEAD_DIM, kGqaWarps>(args, warp0_m, warp0_m + kGqaMaxGroup, WARP_FLOATS, base, WARP_FLOATS);
+#endif
 }
 
 // out[b, h] = sum_s 2^(lse_s - max) * partial_s / sum_s 2^(lse_s - max). Grid (heads, batch).
@@ -561,40 +565,50 @@ cudaError_t launch_combine(const DecodeArgs& args, int batch, int head_dim, cuda
 
 constexpr int kMaxDevices = 16;
 
-// gqa_decode_kernel needs more than the 48 KB of shared memory a kernel gets by default: the
-// opt-in, asked once per device (a driver call costs about what the launch does).
+// Whether gqa_decode_kernel can run on `device`: sm_80 or later (cp.async, bf16 mma) and the
+// shared memory per block, opted into here (beyond the 48 KB a kernel gets by default), with
+// the max-shared carveout so that its occupancy is what the shared memory per SM allows (2
+// blocks at head_dim 128). Elsewhere GQA stays on decode_kernel. Asked once per device: the
+// driver calls cost about what a launch does.
 template <typename T, int HEAD_DIM>
-cudaError_t prepare_gqa_kernel(int device) {
-    static bool ready[kMaxDevices] = {};
-    if (device < kMaxDevices && ready[device]) return cudaSuccess;
+bool gqa_kernel_ready(int device) {
+    static int state[kMaxDevices] = {};  // 0: not asked yet, 1: ready, 2: not on this device
+    if (device < kMaxDevices && state[device] != 0) return state[device] == 1;
     const void* kernel = reinterpret_cast<const void*>(gqa_decode_kernel<T, HEAD_DIM>);
-    cudaError_t err =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kGqaSmemBytes<HEAD_DIM>);
-    // The most shared memory the L1/shared split allows, so that its occupancy is what the
-    // shared memory per SM allows (2 blocks at head_dim 128).
-    if (err == cudaSuccess) {
-        err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                   cudaSharedmemCarveoutMaxShared);
-    }
-    if (err == cudaSuccess && device < kMaxDevices) ready[device] = true;
-    return err;
+    int major = 0, optin = 0;
+    const bool ready =
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess &&
+        major >= 8 && optin >= kGqaSmemBytes<HEAD_DIM> &&
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kGqaSmemBytes<HEAD_DIM>) ==
+            cudaSuccess &&
+        cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                             cudaSharedmemCarveoutMaxShared) == cudaSuccess;
+    if (!ready) (void)cudaGetLastError();  // a refusal is an answer, not an error for the next launch
+    if (device < kMaxDevices) state[device] = ready ? 1 : 2;
+    return ready;
 }
 
 // The kernel a call runs, as the host launches it. MHA (nothing to share between query heads)
 // and float32 (no 16-bit tensor-core product) stay on decode_kernel; GQA/MQA in 16-bit dtypes
-// go to gqa_decode_kernel.
+// go to gqa_decode_kernel where the device can run it.
 struct DecodeKernel {
     const void* fn;
     int threads, smem_bytes;
-    cudaError_t (*prepare)(int device);  // null when nothing is needed before a launch
 };
 
 template <typename T, int HEAD_DIM>
-DecodeKernel decode_kernel_for(int group) {
+bool uses_gqa_kernel(int group, int device) {
+    if constexpr (sizeof(T) == 2) return group > 1 && gqa_kernel_ready<T, HEAD_DIM>(device);
+    return false;
+}
+
+template <typename T, int HEAD_DIM>
+DecodeKernel decode_kernel_for(int group, int device) {
     if constexpr (sizeof(T) == 2) {
-        if (group > 1) {
+        if (uses_gqa_kernel<T, HEAD_DIM>(group, device)) {
             return {reinterpret_cast<const void*>(gqa_decode_kernel<T, HEAD_DIM>), kGqaWarps * 32,
-                    kGqaSmemBytes<HEAD_DIM>, prepare_gqa_kernel<T, HEAD_DIM>};
+                    kGqaSmemBytes<HEAD_DIM>};
         }
     }
     const void* fn;
@@ -604,15 +618,15 @@ DecodeKernel decode_kernel_for(int group) {
         case 4: fn = reinterpret_cast<const void*>(decode_kernel<T, HEAD_DIM, 4>); break;
         default: fn = reinterpret_cast<const void*>(decode_kernel<T, HEAD_DIM, 8>); break;
     }
-    return {fn, kWarps * 32, 0, nullptr};
+    return {fn, kWarps * 32, 0};
 }
 
 template <typename T>
-DecodeKernel decode_kernel_for(int head_dim, int group) {
+DecodeKernel decode_kernel_for(int head_dim, int group, int device) {
     switch (head_dim) {
-        case 64: return decode_kernel_for<T, 64>(group);
-        case 80: return decode_kernel_for<T, 80>(group);
-        default: return decode_kernel_for<T, 128>(group);
+        case 64: return decode_kernel_for<T, 64>(group, device);
+        case 80: return decode_kernel_for<T, 80>(group, device);
+        default: return decode_kernel_for<T, 128>(group, device);
     }
 }
 
@@ -620,11 +634,12 @@ template <typename T, int HEAD_DIM>
 cudaError_t launch_head_dim(const DecodeArgs& args, int batch, cudaStream_t stream) {
     const dim3 grid(args.splits, args.kv_heads, batch);
     if constexpr (sizeof(T) == 2) {
+        int device = 0;
         if (args.group > 1) {
-            int device = 0;
-            cudaError_t err = cudaGetDevice(&device);
-            if (err == cudaSuccess) err = prepare_gqa_kernel<T, HEAD_DIM>(device);
+            const cudaError_t err = cudaGetDevice(&device);
             if (err != cudaSuccess) return err;
+        }
+        if (uses_gqa_kernel<T, HEAD_DIM>(args.group, device)) {
             gqa_decode_kernel<T, HEAD_DIM><<<grid, kGqaWarps * 32, kGqaSmemBytes<HEAD_DIM>, stream>>>(args);
             return launch_combine<T>(args, batch, HEAD_DIM, stream);
         }
@@ -658,12 +673,12 @@ bool attention_decode_supported(int head_dim, int group) {
 
 cudaError_t attention_decode_plan(int batch, int heads, int kv_heads, int head_dim, int capacity, DType dtype,
                                   int* splits, int* tokens_per_split) {
-    DecodeKernel kernel{};
-    const int group = heads / kv_heads;
-    KBENCH_DISPATCH_FLOAT(dtype, kernel = decode_kernel_for<scalar_t>(head_dim, group));
     int device = 0;
     cudaError_t err = cudaGetDevice(&device);
     if (err != cudaSuccess) return err;
+    DecodeKernel kernel{};
+    const int group = heads / kv_heads;
+    KBENCH_DISPATCH_FLOAT(dtype, kernel = decode_kernel_for<scalar_t>(head_dim, group, device));
     // Resident blocks of each kernel on each device, asked once (the query costs microseconds,
     // as much as a decode step's kernel).
     static int resident_cache[kMaxDevices][3][4][4];  // [device][dtype][head_dim 64/80/128][log2 group]
@@ -676,7 +691,6 @@ cudaError_t attention_decode_plan(int batch, int heads, int kv_heads, int head_d
     if (resident_blocks == 0) {
         int multiprocessors = 0, per_sm = 0;
         err = cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device);
-        if (err == cudaSuccess && kernel.prepare != nullptr) err = kernel.prepare(device);
         if (err == cudaSuccess) {
             err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel.fn, kernel.threads, kernel.smem_bytes);
         }
