@@ -199,3 +199,68 @@ def test_decode_at_every_length_residue(registry, layout, kv_heads):
                  "kv_heads": kv_heads, "head_dim": 128, "layout": layout, "block_size": 16})
     check = check_implementation(registry, "attention_decode", "cuda", case, torch.bfloat16, "cuda", seed=5)
     assert check.ok, check.summary()
+
+
+# (heads, kv_heads): groups 2, 4 (llama3-8b's), 8, 6 (not a power of two) and MQA with 8 heads
+GQA_SHAPES = [(8, 4), (32, 8), (16, 2), (12, 2), (8, 1)]
+# chunk (16 tokens) and split (64-token multiples) boundaries, and lengths one either side
+GQA_LENGTHS = (1, 15, 16, 17, 63, 64, 65, 129, 513)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize(("layout", "block_size"), [("contiguous", 16), ("paged", 16), ("paged", 256), ("paged", 5)])
+@pytest.mark.parametrize("head_dim", [64, 80, 128])
+@pytest.mark.parametrize(("heads", "kv_heads"), GQA_SHAPES)
+def test_gqa_decode_matches_reference_at_chunk_and_page_boundaries(registry, heads, kv_heads, head_dim, layout,
+                                                                   block_size, dtype):
+    """The tensor-core GQA kernel stages 16-token chunks per warp and addresses every token
+    through its page, so chunks that straddle pages (block size 5) and slices that end inside
+    a chunk must give the reference's output; so must splits past a short sequence's end."""
+    from kbench.ops.base import Case
+
+    case = Case("attention_decode", {"batch": len(GQA_LENGTHS), "context": max(GQA_LENGTHS),
+                                     "context_lens": GQA_LENGTHS, "heads": heads, "kv_heads": kv_heads,
+                                     "head_dim": head_dim, "layout": layout, "block_size": block_size})
+    check = check_implementation(registry, "attention_decode", "cuda", case, dtype, "cuda", seed=7)
+    assert check.ok, check.summary()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["contiguous", "paged"])
+def test_gqa_decode_with_many_chunks_per_warp(registry, layout):
+    """40 sequences x 8 KV heads fill the GPU with 3 splits of ~670 tokens: each warp rescales
+    its running output over ~10 chunks (the short cases above see one or two)."""
+    from kbench.ops.base import Case
+
+    case = Case("attention_decode", {"batch": 40, "context": 2000, "random_lengths": True, "heads": 32,
+                                     "kv_heads": 8, "head_dim": 128, "layout": layout, "block_size": 16})
+    check = check_implementation(registry, "attention_decode", "cuda", case, torch.bfloat16, "cuda", seed=11)
+    assert check.ok, check.summary()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["contiguous", "paged"])
+def test_gqa_decode_replays_in_a_cuda_graph_on_new_lengths(registry, layout):
+    """Captured once, replayed after the cache contents and cache_seqlens change in place: the
+    launch reads no length on the host, so the replay matches the reference at the new lengths."""
+    from kbench.ops.base import Case
+
+    impl = registry.get("attention_decode", "cuda")
+    if impl.unavailable_reason():
+        pytest.skip(impl.unavailable_reason())
+    case = Case("attention_decode", {"batch": 4, "context": 700, "context_lens": [700, 3, 64, 300], "heads": 32,
+                                     "kv_heads": 8, "head_dim": 128, "layout": layout, "block_size": 16})
+    op = registry.op("attention_decode")
+    inputs = op.make_inputs(case, torch.bfloat16, torch.device("cuda"), 13)
+    impl.fn(**inputs)  # first call outside the capture: builds, plans, opts into shared memory
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = impl.fn(**inputs)
+    inputs["k_cache"].copy_(torch.randn_like(inputs["k_cache"]))
+    inputs["v_cache"].copy_(torch.randn_like(inputs["v_cache"]))
+    inputs["cache_seqlens"].copy_(torch.tensor([1, 700, 17, 511], dtype=torch.int32))
+    graph.replay()
+    expected = op.reference(**inputs)
+    tolerance = op.tolerance(torch.bfloat16)
+    torch.testing.assert_close(out, expected, atol=tolerance.atol, rtol=tolerance.rtol)

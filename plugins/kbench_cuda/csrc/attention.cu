@@ -8,6 +8,13 @@
 // The block then merges its slots; with one split it writes `out`, otherwise a normalised
 // partial output and its log-sum-exp, which `combine_kernel` merges (split-KV). The number of
 // splits depends only on shapes known on the host (no read of cache_seqlens, no sync).
+//
+// That kernel (decode_kernel) serves MHA and float32. GQA/MQA in bfloat16/float16 runs
+// gqa_decode_kernel instead: the same grid and split-KV, but the group's heads attend as one
+// tensor-core tile over K/V chunks staged in shared memory (see its comment).
+#include <cstring>
+#include <type_traits>
+
 #include "common.cuh"
 #include "launchers.h"
 
@@ -60,6 +67,40 @@ __device__ __forceinline__ float reduce_group(float (&v)[GROUP], int lane) {
 #pragma unroll
     for (int offset = LANES / (2 * GROUP); offset > 0; offset >>= 1) total += __shfl_xor_sync(0xffffffffu, total, offset);
     return total;
+}
+
+// Merges the running softmax states of a block's warps and writes the block's result: `out`
+// with one split, else the normalised partial output and its log-sum-exp (base 2). Warp w's
+// max and sum of query head g are m[w * ml_stride + g], l[w * ml_stride + g]; its unnormalised
+// output is acc[w * acc_stride + g * HEAD_DIM + d]. A warp that saw no token has m = -inf,
+// l = 0 and acc = 0; a block that saw none (a split past the sequence's end) writes lse -inf.
+template <typename T, int HEAD_DIM, int WARPS>
+__device__ __forceinline__ void store_merged(const DecodeArgs& args, const float* m, const float* l, int ml_stride,
+                                             const float* acc, int acc_stride) {
+    const int split = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
+    for (int i = threadIdx.x; i < args.group * HEAD_DIM; i += blockDim.x) {
+        const int g = i / HEAD_DIM, d = i - g * HEAD_DIM;
+        float m_all = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) m_all = fmaxf(m_all, m[w * ml_stride + g]);
+        float l_all = 0.f, a_all = 0.f;
+        if (m_all != -INFINITY) {
+#pragma unroll
+            for (int w = 0; w < WARPS; ++w) {
+                const float c = exp2f(m[w * ml_stride + g] - m_all);
+                l_all += l[w * ml_stride + g] * c;
+                a_all += acc[w * acc_stride + g * HEAD_DIM + d] * c;
+            }
+        }
+        const int head = kv_head * args.group + g;
+        const int64_t bh = static_cast<int64_t>(b) * args.heads + head;
+        if (args.splits == 1) {
+            static_cast<T*>(args.out)[bh * HEAD_DIM + d] = from_float<T>(a_all / l_all);
+        } else {
+            args.partial_out[(bh * args.splits + split) * HEAD_DIM + d] = l_all > 0.f ? a_all / l_all : 0.f;
+            if (d == 0) args.partial_lse[bh * args.splits + split] = l_all > 0.f ? m_all + log2f(l_all) : -INFINITY;
+        }
+    }
 }
 
 template <typename T, int HEAD_DIM, int GROUP>
@@ -204,29 +245,285 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeArgs args) {
         }
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < args.group * HEAD_DIM; i += blockDim.x) {
-        const int g = i / HEAD_DIM, d = i - g * HEAD_DIM;
-        float m_all = -INFINITY;
+    store_merged<T, HEAD_DIM, kWarps>(args, &merge_m[0][0], &merge_l[0][0], GROUP, &merge_acc[0][0][0],
+                                      GROUP * HEAD_DIM);
+}
+
+// --- GQA on tensor cores (16-bit dtypes, group > 1) ---------------------------------------
+//
+// The group's query heads attend one KV head as a matrix: scores S = Q K^T and the output
+// O^T = V^T P^T are m16n8k16 tensor-core products, with Q padded to 16 rows (heads 0..7 live in
+// rows 0..7; rows 8..15 are zero and their results are dropped). The grid is the same as
+// decode_kernel's. Each warp streams chunks of kChunk tokens of K and V into its own
+// shared-memory ring of kGqaStages chunks with cp.async (warp w takes chunks w, w + 4, ... of
+// the block's slice), so a warp never waits on another until the final merge and 2 of its 3
+// chunks stay in flight while it computes the third. Per chunk and warp: 2 x HEAD_DIM / 16
+// mma for S (two 8-token tiles), HEAD_DIM / 16 mma for P.V, one online-softmax step.
+//
+// Fragment bookkeeping (lane = 4 * r + c, PTX ISA "Matrix Fragments for mma.m16n8k16"):
+// - S's accumulator holds S[head r][token 2c, 2c + 1] (tile 0: tokens 0-7, tile 1: 8-15), so
+//   each head's running max/sum lives in the 4 lanes 4r..4r+3.
+// - P^T as the B operand of O^T = V^T P^T needs P^T[token 2c, 2c + 1][head r] (+8 for the
+//   second register): exactly the S accumulator, packed to 16 bits, with no data movement.
+// - O^T's accumulator holds O[head 2c, 2c + 1][dim 16 mt + r, + 8], so rescaling it by a head's
+//   correction takes that value from lane 4 * head.
+constexpr int kGqaWarps = 4;
+constexpr int kGqaStages = 3;
+constexpr int kChunk = 16;
+constexpr int kGqaMaxGroup = 8;
+
+// A row of K or V in shared memory: head_dim 16-bit values, padded by 16 bytes so that the 8
+// rows one ldmatrix reads start in 8 different 4-bank groups (for 128, 80 and 64 alike).
+template <int HEAD_DIM>
+constexpr int kGqaRowBytes = HEAD_DIM * 2 + 16;
+template <int HEAD_DIM>
+constexpr int kGqaStageBytes = 2 * kChunk * kGqaRowBytes<HEAD_DIM>;  // K then V of one chunk
+template <int HEAD_DIM>
+constexpr int kGqaWarpBytes = kGqaStages * kGqaStageBytes<HEAD_DIM>;
+template <int HEAD_DIM>
+constexpr int kGqaSmemBytes = kGqaWarps * kGqaWarpBytes<HEAD_DIM>;
+
+__device__ __forceinline__ uint32_t smem_address(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared without passing through registers. With `valid` false it reads
+// nothing and writes 16 zero bytes: rows past the sequence must be finite, since p = 0 times
+// a NaN left in shared memory would still be NaN in P.V.
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
+                 : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+template <int PENDING>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
+}
+
+// Four 8x8 16-bit matrices; lanes 8j..8j+7 give the row addresses of matrix j, and lane
+// 4r + c receives row r, columns 2c and 2c + 1 of each (with .trans: column r, rows 2c, 2c + 1).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address)
+                 : "memory");
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t address) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address)
+                 : "memory");
+}
+
+// d += a * b, one m16n8k16 product with fp32 accumulators.
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                          uint32_t b0, uint32_t b1) {
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+            "{%0, %1, %2, %3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    } else {
+        static_assert(std::is_same_v<T, __half>, "mma_16816 takes bfloat16 or float16");
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+            "{%0, %1, %2, %3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    }
+}
+
+// Two floats rounded to T in one 32-bit register, `lo` in the low half (the lower index).
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+    uint32_t out;
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+        const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+        memcpy(&out, &v, 4);
+    } else {
+        const __half2 v = __floats2half2_rn(lo, hi);
+        memcpy(&out, &v, 4);
+    }
+    return out;
+}
+
+template <typename T, int HEAD_DIM>
+__global__ void __launch_bounds__(kGqaWarps * 32) gqa_decode_kernel(DecodeArgs args) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    __trap();  // never launched there (gqa_kernel_ready); the body needs cp.async and bf16 mma
+#else
+    static_assert(sizeof(T) == 2, "the tensor-core kernel takes 16-bit K/V");
+    static_assert(HEAD_DIM % 16 == 0, "head_dim is a whole number of 16-wide mma steps");
+    constexpr int ROW = kGqaRowBytes<HEAD_DIM>;
+    constexpr int PIECES = HEAD_DIM * 2 / 16;  // 16-byte pieces of a row
+    static_assert(kChunk * PIECES % 32 == 0, "a chunk's pieces spread evenly over the lanes");
+    constexpr int PIECES_PER_LANE = kChunk * PIECES / 32;
+    constexpr int STEPS = HEAD_DIM / 16;  // k-steps of S, m-tiles of O^T
+    constexpr int WARP_FLOATS = kGqaWarpBytes<HEAD_DIM> / 4;
+    static_assert((kGqaMaxGroup * HEAD_DIM + 2 * kGqaMaxGroup) * 4 <= kGqaWarpBytes<HEAD_DIM>,
+                  "a warp's merge state fits in its ring");
+    extern __shared__ __align__(16) unsigned char smem[];
+
+    const int split = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int r = lane >> 2;        // fragment row: the query head of S's rows and P^T's columns
+    const int c2 = (lane & 3) * 2;  // first of the fragment's two columns
+    const int seqlen = args.cache_seqlens[b];
+    const int start = split * args.tokens_per_split;
+    const int end = min(start + args.tokens_per_split, seqlen);
+    unsigned char* ring = smem + warp * kGqaWarpBytes<HEAD_DIM>;
+
+    // Q as the A operand of S, rows 8..15 (registers 1 and 3) zero: q[head r][16 ks + c2, + 1]
+    // and [16 ks + 8 + c2, + 1]. Heads past the group are zero rows too.
+    uint32_t qa[STEPS][2];
+    {
+        const bool real = r < args.group;
+        const int64_t head = static_cast<int64_t>(b) * args.heads + kv_head * args.group + r;
+        const T* q_row = static_cast<const T*>(args.q) + head * HEAD_DIM;
 #pragma unroll
-        for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, merge_m[w][g]);
-        float l_all = 0.f, a_all = 0.f;
-        if (m_all != -INFINITY) {
-#pragma unroll
-            for (int w = 0; w < kWarps; ++w) {
-                const float c = exp2f(merge_m[w][g] - m_all);
-                l_all += merge_l[w][g] * c;
-                a_all += merge_acc[w][g][d] * c;
-            }
-        }
-        const int head = kv_head * args.group + g;
-        const int64_t bh = static_cast<int64_t>(b) * args.heads + head;
-        if (args.splits == 1) {
-            static_cast<T*>(args.out)[bh * HEAD_DIM + d] = from_float<T>(a_all / l_all);
-        } else {
-            args.partial_out[(bh * args.splits + split) * HEAD_DIM + d] = l_all > 0.f ? a_all / l_all : 0.f;
-            if (d == 0) args.partial_lse[bh * args.splits + split] = l_all > 0.f ? m_all + log2f(l_all) : -INFINITY;
+        for (int ks = 0; ks < STEPS; ++ks) {
+            qa[ks][0] = real ? *reinterpret_cast<const uint32_t*>(q_row + ks * 16 + c2) : 0u;
+            qa[ks][1] = real ? *reinterpret_cast<const uint32_t*>(q_row + ks * 16 + 8 + c2) : 0u;
         }
     }
+
+    const T* k_base = static_cast<const T*>(args.k_cache);
+    const T* v_base = static_cast<const T*>(args.v_cache);
+    const int64_t row_stride = static_cast<int64_t>(args.kv_heads) * HEAD_DIM;
+    const int64_t head_offset = static_cast<int64_t>(kv_head) * HEAD_DIM;
+    const int* table =
+        args.block_table != nullptr ? args.block_table + static_cast<int64_t>(b) * args.max_blocks : nullptr;
+
+    // Tokens first .. first + kChunk - 1 into ring slot `slot`. Each token is addressed on its
+    // own (its page from the block table), so a chunk may straddle pages of any block_size.
+    auto load_chunk = [&](int first, int slot) {
+        const uint32_t k_dst = smem_address(ring + slot * kGqaStageBytes<HEAD_DIM>);
+        const uint32_t v_dst = k_dst + kChunk * ROW;
+#pragma unroll
+        for (int j = 0; j < PIECES_PER_LANE; ++j) {
+            const int piece = lane + 32 * j;
+            const int row = piece / PIECES, col = piece - row * PIECES;
+            const int t = first + row;
+            const bool valid = t < end;
+            int64_t offset = 0;  // an invalid piece reads nothing, from an address that exists
+            if (valid) {
+                if (table != nullptr) {
+                    offset = static_cast<int64_t>(__ldg(table + t / args.block_size)) * args.cache_stride +
+                             (t % args.block_size) * row_stride;
+                } else {
+                    offset = static_cast<int64_t>(b) * args.cache_stride + t * row_stride;
+                }
+                offset += head_offset + col * (16 / static_cast<int>(sizeof(T)));
+            }
+            const uint32_t dst = row * ROW + col * 16;
+            cp_async_16(k_dst + dst, k_base + offset, valid);
+            cp_async_16(v_dst + dst, v_base + offset, valid);
+        }
+    };
+
+    // This warp's chunks start at start + warp * kChunk + i * kGqaWarps * kChunk, i < chunks:
+    // the same count for every lane of the warp, so its shuffles and ldmatrix see all 32.
+    constexpr int kStride = kGqaWarps * kChunk;
+    const int first0 = start + warp * kChunk;
+    const int chunks = end > first0 ? (end - first0 + kStride - 1) / kStride : 0;
+
+    // Lane's row address for the four 8x8 matrices of ldmatrix: tokens 0-7 / 8-15 (j >> 1) x
+    // columns 0-7 / 8-15 (j & 1) of a 16 x 16 block.
+    const uint32_t lm_offset = (((lane >> 4) << 3) | (lane & 7)) * ROW + ((lane >> 3) & 1) * 16;
+
+    float m = -INFINITY, l = 0.f;  // of head r, the same in lanes 4r..4r+3 (l: this lane's tokens)
+    float acc[STEPS][4];
+#pragma unroll
+    for (int mt = 0; mt < STEPS; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.f;
+
+    // Chunk i lives in slot i % kGqaStages and is cp.async group i: empty groups are committed
+    // past the last chunk so that "all but kGqaStages - 1 groups done" always means chunk i is.
+#pragma unroll
+    for (int i = 0; i < kGqaStages - 1; ++i) {
+        if (i < chunks) load_chunk(first0 + i * kStride, i);
+        cp_async_commit();
+    }
+    for (int i = 0; i < chunks; ++i) {
+        const int ahead = i + kGqaStages - 1;  // into the slot chunk i - 1 used, freed below
+        if (ahead < chunks) load_chunk(first0 + ahead * kStride, ahead % kGqaStages);
+        cp_async_commit();
+        cp_async_wait<kGqaStages - 1>();
+        __syncwarp();  // every lane's copies of chunk i are visible to the whole warp
+
+        const uint32_t k_tile = smem_address(ring + (i % kGqaStages) * kGqaStageBytes<HEAD_DIM>) + lm_offset;
+        const uint32_t v_tile = k_tile + kChunk * ROW;
+        float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+        for (int ks = 0; ks < STEPS; ++ks) {
+            uint32_t kf[4];  // K[tokens 0-7][16 ks ..], [..][16 ks + 8 ..], then tokens 8-15
+            ldmatrix_x4(kf, k_tile + ks * 32);
+            mma_16816<T>(s[0], qa[ks][0], 0u, qa[ks][1], 0u, kf[0], kf[1]);
+            mma_16816<T>(s[1], qa[ks][0], 0u, qa[ks][1], 0u, kf[2], kf[3]);
+        }
+        // This lane's scores: head r at chunk tokens c2, c2 + 1, 8 + c2, 9 + c2. Token 0 of a
+        // chunk is always in the slice, so each head's chunk max is finite.
+        const int left = end - (first0 + i * kStride);
+        float x[4] = {s[0][0], s[0][1], s[1][0], s[1][1]};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int token = (e >> 1) * 8 + c2 + (e & 1);
+            x[e] = token < left ? x[e] * args.scale_log2 : -INFINITY;
+        }
+        float chunk_max = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
+        chunk_max = fmaxf(chunk_max, __shfl_xor_sync(0xffffffffu, chunk_max, 1));
+        chunk_max = fmaxf(chunk_max, __shfl_xor_sync(0xffffffffu, chunk_max, 2));
+        const float m_new = fmaxf(m, chunk_max);
+        const float correction = exp2f(m - m_new);  // 0 on the first chunk (m = -inf)
+        float p[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) p[e] = exp2f(x[e] - m_new);
+        l = l * correction + ((p[0] + p[1]) + (p[2] + p[3]));
+        m = m_new;
+        // O^T columns c2, c2 + 1 are heads c2, c2 + 1, whose corrections lanes 4 c2, 4 c2 + 4 hold.
+        const float correction_lo = __shfl_sync(0xffffffffu, correction, 4 * c2);
+        const float correction_hi = __shfl_sync(0xffffffffu, correction, 4 * c2 + 4);
+        const uint32_t pb0 = pack2<T>(p[0], p[1]), pb1 = pack2<T>(p[2], p[3]);
+#pragma unroll
+        for (int mt = 0; mt < STEPS; ++mt) {
+            uint32_t vf[4];  // V^T[dims 16 mt + 0-7 / 8-15][tokens 0-7 / 8-15]
+            ldmatrix_x4_trans(vf, v_tile + mt * 32);
+            acc[mt][0] *= correction_lo;
+            acc[mt][1] *= correction_hi;
+            acc[mt][2] *= correction_lo;
+            acc[mt][3] *= correction_hi;
+            mma_16816<T>(acc[mt], vf[0], vf[1], vf[2], vf[3], pb0, pb1);
+        }
+        __syncwarp();  // the slot is read before the next pass copies chunk i + kGqaStages into it
+    }
+    cp_async_wait<0>();  // only empty groups can be pending; the ring is reused below
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+
+    // The warp's state into its own ring: acc as [head][HEAD_DIM], then m[8], l[8].
+    float* merge_acc = reinterpret_cast<float*>(ring);
+    float* merge_m = merge_acc + kGqaMaxGroup * HEAD_DIM;
+    float* merge_l = merge_m + kGqaMaxGroup;
+    __syncwarp();
+#pragma unroll
+    for (int mt = 0; mt < STEPS; ++mt) {
+        const int d = mt * 16 + r;
+        merge_acc[c2 * HEAD_DIM + d] = acc[mt][0];
+        merge_acc[(c2 + 1) * HEAD_DIM + d] = acc[mt][1];
+        merge_acc[c2 * HEAD_DIM + d + 8] = acc[mt][2];
+        merge_acc[(c2 + 1) * HEAD_DIM + d + 8] = acc[mt][3];
+    }
+    if ((lane & 3) == 0) {
+        merge_m[r] = m;
+        merge_l[r] = l;
+    }
+    __syncthreads();
+    const float* base = reinterpret_cast<const float*>(smem);
+    const float* warp0_m = base + kGqaMaxGroup * HEAD_DIM;
+    store_merged<T, HEAD_DIM, kGqaWarps>(args, warp0_m, warp0_m + kGqaMaxGroup, WARP_FLOATS, base, WARP_FLOATS);
+#endif
 }
 
 // out[b, h] = sum_s 2^(lse_s - max) * partial_s / sum_s 2^(lse_s - max). Grid (heads, batch).
@@ -256,31 +553,114 @@ __global__ void combine_kernel(const float* __restrict__ partial_out, const floa
     }
 }
 
+// After the decode kernel: the split-KV merge when there are several splits.
+template <typename T>
+cudaError_t launch_combine(const DecodeArgs& args, int batch, int head_dim, cudaStream_t stream) {
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess || args.splits == 1) return err;
+    combine_kernel<T><<<dim3(args.heads, batch), 128, 0, stream>>>(
+        args.partial_out, args.partial_lse, static_cast<T*>(args.out), args.heads, head_dim, args.splits);
+    return cudaGetLastError();
+}
+
+constexpr int kMaxDevices = 16;
+
+// Whether gqa_decode_kernel can run on `device`: sm_80 or later (cp.async, bf16 mma) and the
+// shared memory per block, opted into here (beyond the 48 KB a kernel gets by default), with
+// the max-shared carveout so that its occupancy is what the shared memory per SM allows (2
+// blocks at head_dim 128). Elsewhere GQA stays on decode_kernel. Asked once per device: the
+// driver calls cost about what a launch does.
 template <typename T, int HEAD_DIM>
-cudaError_t launch_head_dim(const DecodeArgs& args, int batch, int group_bucket, cudaStream_t stream) {
+bool gqa_kernel_ready(int device) {
+    static int state[kMaxDevices] = {};  // 0: not asked yet, 1: ready, 2: not on this device
+    if (device < kMaxDevices && state[device] != 0) return state[device] == 1;
+    const void* kernel = reinterpret_cast<const void*>(gqa_decode_kernel<T, HEAD_DIM>);
+    int major = 0, optin = 0;
+    const bool ready =
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess &&
+        major >= 8 && optin >= kGqaSmemBytes<HEAD_DIM> &&
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kGqaSmemBytes<HEAD_DIM>) ==
+            cudaSuccess &&
+        cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                             cudaSharedmemCarveoutMaxShared) == cudaSuccess;
+    if (!ready) (void)cudaGetLastError();  // a refusal is an answer, not an error for the next launch
+    if (device < kMaxDevices) state[device] = ready ? 1 : 2;
+    return ready;
+}
+
+// The kernel a call runs, as the host launches it. MHA (nothing to share between query heads)
+// and float32 (no 16-bit tensor-core product) stay on decode_kernel; GQA/MQA in 16-bit dtypes
+// go to gqa_decode_kernel where the device can run it.
+struct DecodeKernel {
+    const void* fn;
+    int threads, smem_bytes;
+};
+
+template <typename T, int HEAD_DIM>
+bool uses_gqa_kernel(int group, int device) {
+    if constexpr (sizeof(T) == 2) return group > 1 && gqa_kernel_ready<T, HEAD_DIM>(device);
+    return false;
+}
+
+template <typename T, int HEAD_DIM>
+DecodeKernel decode_kernel_for(int group, int device) {
+    if constexpr (sizeof(T) == 2) {
+        if (uses_gqa_kernel<T, HEAD_DIM>(group, device)) {
+            return {reinterpret_cast<const void*>(gqa_decode_kernel<T, HEAD_DIM>), kGqaWarps * 32,
+                    kGqaSmemBytes<HEAD_DIM>};
+        }
+    }
+    const void* fn;
+    switch (pow2_at_least(group)) {
+        case 1: fn = reinterpret_cast<const void*>(decode_kernel<T, HEAD_DIM, 1>); break;
+        case 2: fn = reinterpret_cast<const void*>(decode_kernel<T, HEAD_DIM, 2>); break;
+        case 4: fn = reinterpret_cast<const void*>(decode_kernel<T, HEAD_DIM, 4>); break;
+        default: fn = reinterpret_cast<const void*>(decode_kernel<T, HEAD_DIM, 8>); break;
+    }
+    return {fn, kWarps * 32, 0};
+}
+
+template <typename T>
+DecodeKernel decode_kernel_for(int head_dim, int group, int device) {
+    switch (head_dim) {
+        case 64: return decode_kernel_for<T, 64>(group, device);
+        case 80: return decode_kernel_for<T, 80>(group, device);
+        default: return decode_kernel_for<T, 128>(group, device);
+    }
+}
+
+template <typename T, int HEAD_DIM>
+cudaError_t launch_head_dim(const DecodeArgs& args, int batch, cudaStream_t stream) {
     const dim3 grid(args.splits, args.kv_heads, batch);
+    if constexpr (sizeof(T) == 2) {
+        int device = 0;
+        if (args.group > 1) {
+            const cudaError_t err = cudaGetDevice(&device);
+            if (err != cudaSuccess) return err;
+        }
+        if (uses_gqa_kernel<T, HEAD_DIM>(args.group, device)) {
+            gqa_decode_kernel<T, HEAD_DIM><<<grid, kGqaWarps * 32, kGqaSmemBytes<HEAD_DIM>, stream>>>(args);
+            return launch_combine<T>(args, batch, HEAD_DIM, stream);
+        }
+    }
     const int threads = kWarps * 32;
-    switch (group_bucket) {
+    switch (pow2_at_least(args.group)) {
         case 1: decode_kernel<T, HEAD_DIM, 1><<<grid, threads, 0, stream>>>(args); break;
         case 2: decode_kernel<T, HEAD_DIM, 2><<<grid, threads, 0, stream>>>(args); break;
         case 4: decode_kernel<T, HEAD_DIM, 4><<<grid, threads, 0, stream>>>(args); break;
         case 8: decode_kernel<T, HEAD_DIM, 8><<<grid, threads, 0, stream>>>(args); break;
         default: return cudaErrorInvalidValue;
     }
-    cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess || args.splits == 1) return err;
-    combine_kernel<T><<<dim3(args.heads, batch), 128, 0, stream>>>(
-        args.partial_out, args.partial_lse, static_cast<T*>(args.out), args.heads, HEAD_DIM, args.splits);
-    return cudaGetLastError();
+    return launch_combine<T>(args, batch, HEAD_DIM, stream);
 }
 
 template <typename T>
 cudaError_t launch_decode_t(const DecodeArgs& args, int batch, cudaStream_t stream) {
-    const int bucket = pow2_at_least(args.group);
     switch (args.head_dim) {
-        case 64: return launch_head_dim<T, 64>(args, batch, bucket, stream);
-        case 80: return launch_head_dim<T, 80>(args, batch, bucket, stream);
-        case 128: return launch_head_dim<T, 128>(args, batch, bucket, stream);
+        case 64: return launch_head_dim<T, 64>(args, batch, stream);
+        case 80: return launch_head_dim<T, 80>(args, batch, stream);
+        case 128: return launch_head_dim<T, 128>(args, batch, stream);
         default: return cudaErrorInvalidValue;
     }
 }
@@ -288,52 +668,32 @@ cudaError_t launch_decode_t(const DecodeArgs& args, int batch, cudaStream_t stre
 }  // namespace
 
 bool attention_decode_supported(int head_dim, int group) {
-    return (head_dim == 64 || head_dim == 80 || head_dim == 128) && group >= 1 && group <= 8;
+    return (head_dim == 64 || head_dim == 80 || head_dim == 128) && group >= 1 && group <= kGqaMaxGroup;
 }
-
-namespace {
-
-template <typename T, int HEAD_DIM>
-const void* decode_kernel_for(int group_bucket) {
-    switch (group_bucket) {
-        case 1: return reinterpret_cast<const void*>(decode_kernel<T, HEAD_DIM, 1>);
-        case 2: return reinterpret_cast<const void*>(decode_kernel<T, HEAD_DIM, 2>);
-        case 4: return reinterpret_cast<const void*>(decode_kernel<T, HEAD_DIM, 4>);
-        default: return reinterpret_cast<const void*>(decode_kernel<T, HEAD_DIM, 8>);
-    }
-}
-
-template <typename T>
-const void* decode_kernel_for(int head_dim, int group_bucket) {
-    switch (head_dim) {
-        case 64: return decode_kernel_for<T, 64>(group_bucket);
-        case 80: return decode_kernel_for<T, 80>(group_bucket);
-        default: return decode_kernel_for<T, 128>(group_bucket);
-    }
-}
-
-}  // namespace
 
 cudaError_t attention_decode_plan(int batch, int heads, int kv_heads, int head_dim, int capacity, DType dtype,
                                   int* splits, int* tokens_per_split) {
-    const void* kernel = nullptr;
-    const int bucket = pow2_at_least(heads / kv_heads);
-    KBENCH_DISPATCH_FLOAT(dtype, kernel = decode_kernel_for<scalar_t>(head_dim, bucket));
     int device = 0;
     cudaError_t err = cudaGetDevice(&device);
     if (err != cudaSuccess) return err;
+    DecodeKernel kernel{};
+    const int group = heads / kv_heads;
+    KBENCH_DISPATCH_FLOAT(dtype, kernel = decode_kernel_for<scalar_t>(head_dim, group, device));
     // Resident blocks of each kernel on each device, asked once (the query costs microseconds,
     // as much as a decode step's kernel).
-    static int resident_cache[16][3][4][4];  // [device][dtype][head_dim 64/80/128][log2 group]
+    static int resident_cache[kMaxDevices][3][4][4];  // [device][dtype][head_dim 64/80/128][log2 group]
+    const int bucket = pow2_at_least(group);
     const int dtype_index = static_cast<int>(dtype);
     const int hd_index = head_dim == 64 ? 0 : head_dim == 80 ? 1 : 2;
     const int group_index = bucket == 1 ? 0 : bucket == 2 ? 1 : bucket == 4 ? 2 : 3;
-    int* cached = device < 16 ? &resident_cache[device][dtype_index][hd_index][group_index] : nullptr;
+    int* cached = device < kMaxDevices ? &resident_cache[device][dtype_index][hd_index][group_index] : nullptr;
     int resident_blocks = cached ? *cached : 0;
     if (resident_blocks == 0) {
         int multiprocessors = 0, per_sm = 0;
         err = cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device);
-        if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * 32, 0);
+        if (err == cudaSuccess) {
+            err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel.fn, kernel.threads, kernel.smem_bytes);
+        }
         if (err != cudaSuccess) return err;
         resident_blocks = (per_sm > 0 ? per_sm : 1) * multiprocessors;
         if (cached) *cached = resident_blocks;
