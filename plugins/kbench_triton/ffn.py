@@ -60,20 +60,19 @@ def _swiglu_flat_kernel(gate_ptr, up_ptr, out_ptr, stride_gate, stride_up, strid
     tl.store(out_ptr + row * stride_out + col, out, mask=mask)
 
 
-def _swiglu_config(tokens: int, intermediate: int) -> tuple[bool, int, int]:
-    """(FLAT, BLOCK, num_warps). Row blocks (FLAT False): the widest block from 8192 down to 1024 whose last block of a row is
-    at least 95% full, else 1024; 8 elements per thread up to 8 warps.
+# from this many elements the flat layout: it matched torch.compile from 1024 tokens up where the
+# row blocks lost 5-11%, and the row blocks led by up to 9% at 1 to 128 tokens (H100, widths
+# 11008 and 28672, scripts/device/tune_small.py)
+FLAT_FROM_ELEMENTS = 1 << 22
 
-    A row of 11008 (llama2-7b) in 8192-wide blocks left a quarter of the second block idle,
-    and torch.compile's flat 1024-wide blocks beat it at every llama2-7b shape on the H100
-    (3-48%, `kbench bench swiglu --spec`).
-    """
-    block = min(triton.next_power_of_2(intermediate), 1024)
-    for wide in (8192, 4096, 2048):
-        if wide <= intermediate and triton.cdiv(intermediate, wide) * wide * 0.95 <= intermediate:
-            block = wide
-            break
-    return False, block, max(1, min(8, block // 256))
+
+def _swiglu_config(tokens: int, intermediate: int) -> tuple[bool, int, int]:
+    """(FLAT, BLOCK, num_warps): flat 2048-element blocks for large tensors, else 1024-wide
+    blocks along each row (at one token of 28672 the 4096-wide blocks they replace left 7
+    programs to stream the row: 1.61 µs against 1.39)."""
+    if tokens * intermediate >= FLAT_FROM_ELEMENTS:
+        return True, 2048, 8
+    return False, min(triton.next_power_of_2(intermediate), 1024), 4
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
