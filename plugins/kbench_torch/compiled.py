@@ -51,11 +51,21 @@ def _supports_scan(case, dtype, device) -> str | None:
 SCAN_OPS = ("sample",)
 
 
+# One compiled graph per shape: a sweep over more shapes than dynamo's default recompile limit
+# (8 per function) had the later shapes silently run the reference eagerly, and be reported as
+# torch.compile's figures. Past this many, the call fails instead of falling back.
+RECOMPILE_LIMIT = 128
+
+
 def compiled(reference):
-    """A callable that compiles ``reference`` on its first call."""
+    """A callable that compiles ``reference`` on its first call, and again for each new shape."""
 
     @functools.cache
     def compiled_fn():
+        dynamo_config = torch._dynamo.config
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+        dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 8 * RECOMPILE_LIMIT)
+        dynamo_config.fail_on_recompile_limit_hit = True
         return torch.compile(reference, dynamic=False)
 
     def call(**inputs):

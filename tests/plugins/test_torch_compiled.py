@@ -1,0 +1,58 @@
+"""The ``compile`` backend: one compiled graph per shape, never an eager fallback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kbench_torch import compiled as compiled_module
+
+
+@pytest.fixture(autouse=True)
+def dynamo_config_restored():
+    """``compiled`` raises dynamo's limits for the whole process; give them back after each test."""
+    with torch._dynamo.config.patch(recompile_limit=8, accumulated_recompile_limit=256,
+                                    fail_on_recompile_limit_hit=False):
+        yield
+
+
+def test_every_shape_of_a_long_sweep_runs_compiled(monkeypatch):
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(tuple(tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)))
+        return graph_module.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: real_compile(fn, backend=counting_backend, **kwargs))
+    torch._dynamo.reset()
+
+    def scaled_sum(x):
+        return (x * 2.0).sum(-1)
+
+    call = compiled_module.compiled(scaled_sum)
+    shapes = [(2, width) for width in range(3, 3 + 12)]  # past dynamo's default limit of 8
+    for shape in shapes:
+        x = torch.randn(shape)
+        torch.testing.assert_close(call(x=x), scaled_sum(x))
+    # dynamo's default would have run shapes 9-12 eagerly, with no graph for them
+    assert sorted(graphs) == sorted((shape,) for shape in shapes)
+    torch._dynamo.reset()
+
+
+def test_the_limit_fails_loudly_rather_than_running_eagerly(monkeypatch):
+    torch._dynamo.config.recompile_limit = 1  # the fixture puts it back
+    monkeypatch.setattr(compiled_module, "RECOMPILE_LIMIT", 2)
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: real_compile(fn, backend="eager", **kwargs))
+    torch._dynamo.reset()
+
+    def double(x):
+        return x * 2.0
+
+    call = compiled_module.compiled(double)
+    call(x=torch.ones(1))
+    call(x=torch.ones(2))
+    with pytest.raises(Exception, match="(?i)recompil"):
+        call(x=torch.ones(3))
+    torch._dynamo.reset()
