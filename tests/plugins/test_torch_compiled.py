@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from kbench_torch import compiled as compiled_module
 
 
