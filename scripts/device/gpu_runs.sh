@@ -12,6 +12,10 @@
 #   triton     the triton plugin's tests on the GPU, then its sweeps against sdpa, the reference
 #              and torch.compile, and a decode-step profile (issue 4)
 #   tests      every gpu-marked test and the conformance suite on the GPU (issue 2)
+#   gqa        the cuda decode kernels' GPU tests, the decode sweep (contiguous and paged GQA-8) and a
+#              memcheck (issue 5)
+#   compile    rope and swiglu against torch.compile at llama2-7b's, llama2-13b's and the other
+#              widths' shapes (issue 4)
 #   tune       candidate launch shapes of rope, add_rmsnorm and swiglu against torch.compile, and
 #              rope at the other specs' head counts (issue 4)
 #
@@ -20,7 +24,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -138,6 +142,22 @@ sweeps)  # the figures the issues name that no run above measures (issues 4, 5):
         step 40 kbench bench $op --backend triton --vs cuda --vs compile --spec $spec --out "$records"
     done
     step 60 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/cuda_bench.py --once
+    ;;
+gqa)  # the cuda decode kernels: GPU tests (the tensor-core GQA kernel among them), sweep, memcheck
+    step 200 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py -k decode
+    step 100 kbench bench attention_decode --backend cuda --vs triton \
+        --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
+    step 60 kbench bench attention_decode --backend cuda --vs triton --batch 1,8,64 --context 512,2048,8192 \
+        --heads 32 --kv-heads 8 --head-dim 128 --layout paged --block-size 16 --out "$records"
+    step 90 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/cuda_bench.py --once
+    ;;
+compile)  # triton against torch.compile where the two were close (every shape compiled now)
+    for spec_name in llama2-7b llama2-13b; do
+        step 60 kbench bench rope --backend triton --vs compile --spec model_specs/$spec_name.yaml --out "$records"
+    done
+    step 60 kbench bench swiglu --backend triton --vs compile --spec $spec --out "$records"
+    step 90 kbench bench swiglu --backend triton --vs compile --tokens 1,64,512,32768 \
+        --intermediate 13824,14336,28672 --out "$records"
     ;;
 tune)  # launch shapes of the small-token cases where torch.compile led (issue 4)
     step 300 python3 scripts/device/tune_small.py --quick
