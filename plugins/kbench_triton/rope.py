@@ -23,6 +23,7 @@ from kbench_triton.common import interpreting, launch_config
 # rope beat one program per token by 26-44% at 8 to 128 tokens (H100, llama2-7b heads)
 FEW_TOKENS = 512
 SMALL_TILE_HEADS = 4
+TINY_TOKENS = 32
 
 
 @triton.jit
@@ -137,9 +138,14 @@ def _config(tokens: int, heads: int, kv_heads: int, block_half: int) -> tuple[in
         return block_heads, heads + kv_heads, 4 if block_heads * block_half < 1024 else 8
     # a few tokens (decode) cannot fill the GPU one program per token: then each program takes
     # one tile of heads (and computes the token's angles again, cheap beside the parallelism);
-    # 16-head tiles still lost to torch.compile by 8-28% at 8 to 128 tokens
-    block_heads = min(block_heads, SMALL_TILE_HEADS)
-    return block_heads, block_heads, 4 if block_heads * block_half < 1024 else 8
+    # 16-head tiles still lost to torch.compile by 8-28% at 8 to 128 tokens. Among 1-8 heads
+    # and 1-4 warps a tile, 2 heads at 4 warps were fastest at 8 tokens and 4 heads at 1 warp
+    # at 128 (H100, 32/32, 32/8, 40/40 and 64/8 heads, scripts/device/tune_small.py)
+    if tokens < TINY_TOKENS:
+        return 2, 2, 4
+    if tokens >= 128:
+        return SMALL_TILE_HEADS, SMALL_TILE_HEADS, 1
+    return SMALL_TILE_HEADS, SMALL_TILE_HEADS, 4
 
 
 def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, style: str):
@@ -152,7 +158,8 @@ def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, inv_freq: to
     block_half = triton.next_power_of_2(half)
     block_heads, per_program, num_warps = _config(tokens, heads, kv_heads, block_half)
     all_heads = heads + kv_heads
-    launch_config("rope", (tokens < FEW_TOKENS, heads, kv_heads, head_dim, style), BLOCK_HEADS=block_heads,
+    tokens_bucket = "<32" if tokens < TINY_TOKENS else "<128" if tokens < 128 else "<512" if tokens < FEW_TOKENS else ">=512"
+    launch_config("rope", (tokens_bucket, heads, kv_heads, head_dim, style), BLOCK_HEADS=block_heads,
                   num_warps=num_warps)
     if tokens:
         _rope_kernel[(tokens, triton.cdiv(all_heads, per_program))](
