@@ -445,7 +445,7 @@ def _block(vocab: int) -> int:
 
 def _filter_shape(vocab: int, k_pad: int, block: int | None) -> tuple[int, int, int, int]:
     """(groups, block, chunk, chunks) of the filter: 2 * k_pad groups (the k-th largest of more
-    group maxima lies closer to the row's k-th largest: ~1.1 k candidates at k 50 of iid scores),
+    group maxima lies closer to the row's k-th largest: 55 candidates on average at k 50 of iid scores),
     steps of ``block`` scores, and chunks as narrow as keep a row's chunks * groups maxima
     within MAXIMA_MAX for the one program that ranks them."""
     groups = 2 * k_pad
