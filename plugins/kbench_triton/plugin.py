@@ -124,8 +124,10 @@ KERNELS = {
     "attention_decode": ("attention_decode", "attention_decode", supports_attention,
                          "split-KV flash-decoding and a merge, one KV head per query group, paged or contiguous"),
     "sample": ("sampling", "sample", supports_sampling,
-               "threshold search, no vocabulary sort; top-k's threshold from the two-stage top-k"),
-    "topk": ("sampling", "topk", supports_sampling, "per-chunk candidates, then one merge"),
+               "threshold search, no vocabulary sort; top-k's threshold from the filter top-k"),
+    "topk": ("sampling", "topk", supports_sampling,
+             "filter: scores >= the k-th largest of 2k group maxima, then a top-k of those; radix select "
+             "past k 256 or when too many pass"),
 }
 
 

@@ -1,21 +1,32 @@
 """Sampling and top-k without sorting the vocabulary.
 
-One program per row walks the vocabulary in ``BLOCK``-wide steps (the row stays in L2 between
-passes). Order statistics come from a radix select on an order-preserving 32-bit key of each
-float (four passes, each a 256-bin ``tl.histogram`` of one byte among the elements that match
-the bytes found so far), so the k-th largest value costs four reads of the row and no sort.
+``topk`` for k <= ``FILTER_MAX_K``: a threshold filter, then a top-k of the few survivors.
+Split a row into G = 2 * k_pad groups by index mod G (k_pad: k's power of two). The G group
+maxima are G distinct scores, so the k-th largest of them, t, is at most the row's k-th largest
+score: every top-k score is >= t, and at least k scores are. For exchangeable scores t lies
+close to the k-th largest (20000 iid rows of 32000 at k 50: 55 scores >= t on average, at most
+83), whatever the vocab. Three launches, sizes from host values only:
+1. one program per chunk of a row: its group maxima of order-preserving int32 keys; the row's
+   last chunk to finish (an arrival counter) ranks the row's maxima for t and zeroes the row's
+   candidate count;
+2. one program per chunk again (the row now in L2): the scores with key >= t, packed in one
+   int64 (key << 32 | inverted index: larger for a larger value and, among equal values, a
+   smaller index), go to the row's CAP candidate slots at positions from an atomic count;
+3. one program per row: the best k_pad of the candidates (``tl.topk``, a bitonic top-k over
+   2 * k_pad slots, or CAP when more came), or, when more than CAP came (rows built against
+   the filter: huge ties, scores that only a few groups hold), the radix select below for
+   that row. Either way values descend and equal values come by ascending index.
+For larger k: the k-th largest key by the radix select below, then one pass that compacts the
+k winners into a scratch row, and a sort of those k.
 
-``topk`` (k <= ``CHUNK_MAX_K``; ``TWO_STAGE_ENV=0`` turns it off): two stages over (value key,
-index) pairs packed in one int64, larger for a larger value and, among equal values, a smaller index. Stage one splits each row
-into chunks, one program per chunk, and keeps the chunk's best ``K_PAD`` (``tl.topk``, a
-bitonic top-k that sorts runs of ``K_PAD`` and merges them, never the whole chunk); stage two
-takes the best ``K_PAD`` of each row's chunk winners the same way and keeps the first k.
-Every program works on a few thousand elements at once, so a batch of rows fills the GPU
-instead of leaving one program per row to stream it. Otherwise: the k-th largest key by the radix select below,
-then one pass that compacts the k winners into a scratch row, and a sort of those k.
+Order statistics elsewhere come from a radix select, one program per row walking the
+vocabulary in ``BLOCK``-wide steps (the row stays in L2 between passes), on an
+order-preserving 32-bit key of each float: four passes, each a 256-bin ``tl.histogram`` of
+one byte among the elements that match the bytes found so far.
 
-``sample`` follows ``kbench.ops.sampling`` step by step (with top-k on the two-stage path,
-the k-th largest logit comes from ``topk``: dividing by a positive temperature keeps the order):
+``sample`` follows ``kbench.ops.sampling`` step by step (with top-k up to ``FILTER_MAX_K``, the
+largest and the k-th largest logit come from ``topk``: dividing by a positive temperature keeps
+the order):
 - greedy: one argmax pass (lowest index among equal maxima);
 - otherwise ``s = logits / temperature`` (IEEE division, as torch). With top-k or top-p, the
   candidates are the tokens with ``s >= `` the n-th largest ``s`` (n = top_k, or ``CANDIDATES``
@@ -32,28 +43,35 @@ the k-th largest logit comes from ``topk``: dividing by a positive temperature k
   is consistent with the scan.
 
 Scratch rows are sized from host values (batch, top_k), so no call allocates a data-dependent
-size or synchronises with the host.
+size or synchronises with the host. The filter's arrival counters are one zeroed buffer per
+device that every call leaves at zero (``common.semaphores``): calls on one stream share it.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from kbench_triton.common import interpreting, launch_config
+from kbench_triton.common import interpreting, launch_config, semaphores
 
 # Candidates kept for top-p alone; a top-p set larger than this takes the bisection path.
 CANDIDATES = 1024
 NUM_BINS = 256
-# The two-stage top-k: k up to this; chunks of at least MIN_CHUNK scores, and as many as keep
-# a row's chunk winners (chunks * K_PAD) within MERGE_MAX for the one-program merge.
-CHUNK_MAX_K = 256
-MIN_CHUNK = 2048
-MERGE_MAX = 2048
+# The filter top-k: k up to FILTER_MAX_K. Its passes step FILTER_BLOCK scores at a time (16 a
+# thread at 8 warps: one step holds a 4096-score chunk in flight at once); a row's chunks *
+# groups maxima stay within MAXIMA_MAX (one program ranks them), RANK_MAX of the ranking's
+# comparisons at a time. CAP candidate slots a row (at least MIN_CAP, else 8 * K_PAD: iid rows
+# of 32000 at k 50 gave at most 83 candidates in 20000); the selection, one program a row
+# with SELECT_WARPS, steps SELECT_BLOCK scores at a time when the candidates overflow.
+FILTER_MAX_K = 256
+FILTER_BLOCK = 4096
+MAXIMA_MAX = 8192
+RANK_MAX = 8192
+MIN_CAP = 256
+SELECT_WARPS = 4
+SELECT_BLOCK = 2048
 
 
 @triton.jit
@@ -64,11 +82,16 @@ def _exp(x, PRECISE: tl.constexpr):
 
 
 @triton.jit
-def _ordered_key(x):
-    """float32 -> uint32 whose unsigned order is the float order (-0.0 folded into +0.0)."""
+def _signed_key(x):
+    """float32 -> int32 whose signed order is the float order (-0.0 folded into +0.0)."""
     bits = (x + 0.0).to(tl.int32, bitcast=True)
-    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-    return ordered.to(tl.uint32, bitcast=True) ^ 0x80000000
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def _ordered_key(x):
+    """float32 -> uint32 whose unsigned order is the float order: ``_signed_key`` shifted by 2**31."""
+    return _signed_key(x).to(tl.uint32, bitcast=True) ^ 0x80000000
 
 
 @triton.jit
@@ -126,72 +149,147 @@ def _greedy_kernel(logits_ptr, out_ptr, stride_row, vocab, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _topk_kernel(logits_ptr, values_ptr, indices_ptr, scratch_ptr, stride_row, vocab, k,
-                 K_PAD: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    row_ptr = logits_ptr + row * stride_row
+def _packed(signed_key, offs):
+    """(``_signed_key``, index) as one int64: ordered by value, then by ascending index."""
+    return signed_key.to(tl.int64) * 4294967296 + (4294967295 - offs.to(tl.int64))
+
+
+@triton.jit
+def _store_best(packed, row_ptr, values_ptr, indices_ptr, k, N: tl.constexpr):
+    """Store the first k of ``packed`` ([N], ``_packed`` pairs, best first) as values and indices."""
+    slots = tl.arange(0, N)
+    index = 4294967295 - (packed & 4294967295)
+    keep = slots < k
+    tl.store(values_ptr + slots, tl.load(row_ptr + index, mask=keep, other=0.0), mask=keep)
+    tl.store(indices_ptr + slots, index, mask=keep)
+
+
+@triton.jit
+def _radix_topk(row_ptr, values_ptr, indices_ptr, scratch_ptr, vocab, k, K_PAD: tl.constexpr, BLOCK: tl.constexpr):
+    """Top-k of one row by the radix select: the k-th largest key, one pass that compacts the k
+    winners (ties at the k-th key by ascending index) into ``scratch_ptr`` ([K_PAD] int64), a sort."""
     kth, equal_needed = _nth_largest_key(row_ptr, vocab, k, 1.0, False, BLOCK)
     taken = 0
     equal_seen = 0
     for start in range(0, vocab, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         mask = offs < vocab
-        key = _ordered_key(_load_scores(row_ptr, offs, mask, 1.0, False))
+        signed_key = _signed_key(_load_scores(row_ptr, offs, mask, 1.0, False))
+        key = signed_key.to(tl.uint32, bitcast=True) ^ 0x80000000
         equal = mask & (key == kth)
         equal_rank = equal_seen + tl.cumsum(equal.to(tl.int32), 0) - 1
         chosen = mask & ((key > kth) | (equal & (equal_rank < equal_needed)))
         position = taken + tl.cumsum(chosen.to(tl.int32), 0) - 1
-        packed = _packed(key, offs)
-        tl.store(scratch_ptr + row * K_PAD + position, packed, mask=chosen)
+        tl.store(scratch_ptr + position, _packed(signed_key, offs), mask=chosen)
         taken += tl.sum(chosen.to(tl.int32), 0)
         equal_seen += tl.sum(equal.to(tl.int32), 0)
     tl.debug_barrier()
     slots = tl.arange(0, K_PAD)
-    packed = tl.load(scratch_ptr + row * K_PAD + slots, mask=slots < k, other=-9223372036854775807 - 1)
-    packed = tl.sort(packed, descending=True)
-    index = 4294967295 - (packed & 4294967295)
-    values = tl.load(row_ptr + index, mask=slots < k, other=0.0)
-    tl.store(values_ptr + row * k + slots, values, mask=slots < k)
-    tl.store(indices_ptr + row * k + slots, index, mask=slots < k)
+    packed = tl.load(scratch_ptr + slots, mask=slots < k, other=-9223372036854775807 - 1)
+    _store_best(tl.sort(packed, descending=True), row_ptr, values_ptr, indices_ptr, k, K_PAD)
 
 
 @triton.jit
-def _packed(key, offs):
-    """(key, index) as one int64: ordered by value, then by ascending index."""
-    signed_key = (key ^ 0x80000000).to(tl.int32, bitcast=True).to(tl.int64)
-    return signed_key * 4294967296 + (4294967295 - offs.to(tl.int64))
+def _topk_kernel(logits_ptr, values_ptr, indices_ptr, scratch_ptr, stride_row, vocab, k,
+                 K_PAD: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    _radix_topk(logits_ptr + row * stride_row, values_ptr + row * k, indices_ptr + row * k,
+                scratch_ptr + row * K_PAD, vocab, k, K_PAD, BLOCK)
 
 
 @triton.jit
-def _topk_chunk_kernel(logits_ptr, scratch_ptr, stride_row, vocab, chunks,
-                       K_PAD: tl.constexpr, CHUNK: tl.constexpr):
-    """Stage one: the best K_PAD (key, index) pairs of one chunk of one row, best first."""
+def _kth_largest_maximum(maxima_ptr, chunks, k, GROUPS: tl.constexpr, CHUNKS_PAD: tl.constexpr,
+                         STEP: tl.constexpr):
+    """The k-th largest of a row's group maxima (``maxima_ptr``: [chunks, GROUPS] per-chunk maxima),
+    counted with multiplicity: the largest maximum that at least k maxima are >= to."""
+    lowest = tl.full([], -2147483648, tl.int32)
+    chunk = tl.arange(0, CHUNKS_PAD)
+    every = tl.load(maxima_ptr + chunk[:, None] * GROUPS + tl.arange(0, GROUPS)[None, :],
+                    mask=chunk[:, None] < chunks, other=lowest, cache_modifier=".cg")
+    every = tl.max(every, 0)
+    kth = lowest
+    for first in range(0, GROUPS, STEP):
+        # the same maxima, STEP of them along the other axis, each against all GROUPS
+        some = tl.load(maxima_ptr + chunk[None, :] * GROUPS + first + tl.arange(0, STEP)[:, None],
+                       mask=chunk[None, :] < chunks, other=lowest, cache_modifier=".cg")
+        some = tl.max(some, 1)
+        at_least = tl.sum((every[None, :] >= some[:, None]).to(tl.int32), 1)
+        kth = tl.maximum(kth, tl.max(tl.where(at_least >= k, some, lowest), 0))
+    return kth
+
+
+@triton.jit
+def _threshold_kernel(logits_ptr, maxima_ptr, arrivals_ptr, thresholds_ptr, counts_ptr, stride_row, vocab,
+                      chunks, k, GROUPS: tl.constexpr, CHUNKS_PAD: tl.constexpr, STEP: tl.constexpr,
+                      CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    """Filter pass one: the key maximum of each group (index % GROUPS) within one chunk of one row;
+    the row's last chunk to arrive turns them into the row's threshold and zeroes its count."""
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
-    slots = tl.arange(0, CHUNK)
-    offs = chunk * CHUNK + slots
-    mask = offs < vocab
-    key = _ordered_key(_load_scores(logits_ptr + row * stride_row, offs, mask, 1.0, False))
-    packed = tl.where(mask, _packed(key, offs), -9223372036854775807 - 1)
-    best = tl.topk(packed, K_PAD)  # bitonic top-k: sorts runs of K_PAD, not the whole chunk
-    tl.store(scratch_ptr + (row * chunks + chunk) * K_PAD + tl.arange(0, K_PAD), best)
+    row_ptr = logits_ptr + row * stride_row
+    # a [BLOCK // GROUPS, GROUPS] tile of consecutive scores: column j holds indices = j mod GROUPS
+    lanes = tl.arange(0, BLOCK // GROUPS)[:, None] * GROUPS + tl.arange(0, GROUPS)[None, :]
+    best = tl.full([GROUPS], -2147483648, tl.int32)
+    for start in range(chunk * CHUNK, chunk * CHUNK + CHUNK, BLOCK):
+        offs = start + lanes
+        key = _signed_key(_load_scores(row_ptr, offs, offs < vocab, 1.0, False))
+        best = tl.maximum(best, tl.max(key, 0))
+    maxima_row = maxima_ptr + row * chunks * GROUPS
+    tl.store(maxima_row + chunk * GROUPS + tl.arange(0, GROUPS), best)
+    tl.debug_barrier()  # the whole program's stores happen before its arrival is counted
+    arrived = tl.atomic_add(arrivals_ptr + row, 1, sem="acq_rel", scope="gpu")
+    if arrived == chunks - 1:
+        tl.store(thresholds_ptr + row, _kth_largest_maximum(maxima_row, chunks, k, GROUPS, CHUNKS_PAD, STEP))
+        tl.store(counts_ptr + row, 0)
+        tl.atomic_xchg(arrivals_ptr + row, 0, sem="relaxed", scope="gpu")  # ready for the next launch
 
 
 @triton.jit
-def _topk_merge_kernel(logits_ptr, scratch_ptr, values_ptr, indices_ptr, stride_row, k, candidates,
-                       K_PAD: tl.constexpr, MERGE: tl.constexpr):
-    """Stage two: the best k of a row's chunk winners, sorted, with their values."""
+def _candidates_kernel(logits_ptr, thresholds_ptr, counts_ptr, candidates_ptr, stride_row, vocab,
+                       CAP: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    """Filter pass two: append the chunk's scores with key >= the row's threshold, packed, to the
+    row's CAP candidate slots (counted past CAP, stored within it)."""
     row = tl.program_id(0).to(tl.int64)
-    offs = tl.arange(0, MERGE)
-    packed = tl.load(scratch_ptr + row * candidates + offs, mask=offs < candidates,
-                     other=-9223372036854775807 - 1)
-    packed = tl.topk(packed, K_PAD)
-    slots = tl.arange(0, K_PAD)
-    index = 4294967295 - (packed & 4294967295)
-    keep = slots < k
-    values = tl.load(logits_ptr + row * stride_row + index, mask=keep, other=0.0)
-    tl.store(values_ptr + row * k + slots, values, mask=keep)
-    tl.store(indices_ptr + row * k + slots, index, mask=keep)
+    chunk = tl.program_id(1)
+    row_ptr = logits_ptr + row * stride_row
+    threshold = tl.load(thresholds_ptr + row)
+    for start in range(chunk * CHUNK, chunk * CHUNK + CHUNK, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < vocab
+        key = _signed_key(_load_scores(row_ptr, offs, mask, 1.0, False))
+        chosen = mask & (key >= threshold)
+        found = tl.sum(chosen.to(tl.int32), 0)
+        if found > 0:
+            first = tl.atomic_add(counts_ptr + row, found, sem="relaxed", scope="gpu")
+            position = first + tl.cumsum(chosen.to(tl.int32), 0) - 1
+            tl.store(candidates_ptr + row * CAP + position, _packed(key, offs), mask=chosen & (position < CAP))
+
+
+@triton.jit
+def _best_candidates(row_ptr, values_ptr, indices_ptr, candidates_ptr, count, k,
+                     K_PAD: tl.constexpr, SLOTS: tl.constexpr):
+    slots = tl.arange(0, SLOTS)
+    packed = tl.load(candidates_ptr + slots, mask=slots < count, other=-9223372036854775807 - 1)
+    _store_best(tl.topk(packed, K_PAD), row_ptr, values_ptr, indices_ptr, k, K_PAD)
+
+
+@triton.jit
+def _select_kernel(logits_ptr, values_ptr, indices_ptr, counts_ptr, candidates_ptr, stride_row, vocab, k,
+                   K_PAD: tl.constexpr, CAP: tl.constexpr, BLOCK: tl.constexpr):
+    """The row's top k among its candidates (a bitonic top-k of the fewest slots that hold them),
+    or, when they overflowed CAP, by the radix select over the whole row."""
+    row = tl.program_id(0).to(tl.int64)
+    row_ptr = logits_ptr + row * stride_row
+    values_row = values_ptr + row * k
+    indices_row = indices_ptr + row * k
+    candidates_row = candidates_ptr + row * CAP
+    count = tl.load(counts_ptr + row)
+    if count <= 2 * K_PAD:
+        _best_candidates(row_ptr, values_row, indices_row, candidates_row, count, k, K_PAD, 2 * K_PAD)
+    elif count <= CAP:
+        _best_candidates(row_ptr, values_row, indices_row, candidates_row, count, k, K_PAD, CAP)
+    else:
+        _radix_topk(row_ptr, values_row, indices_row, candidates_row, vocab, k, K_PAD, BLOCK)
 
 
 @triton.jit
@@ -345,52 +443,56 @@ def _block(vocab: int) -> int:
     return min(8192, triton.next_power_of_2(vocab))
 
 
-def _chunking(vocab: int, k_pad: int) -> tuple[int, int]:
-    """(chunk, chunks) of the two-stage top-k: chunks >= MIN_CHUNK wide, at most MERGE_MAX winners."""
-    chunk = max(MIN_CHUNK, triton.next_power_of_2(triton.cdiv(vocab * k_pad, MERGE_MAX)))
-    return chunk, triton.cdiv(vocab, chunk)
+def _filter_shape(vocab: int, k_pad: int, block: int | None) -> tuple[int, int, int, int]:
+    """(groups, block, chunk, chunks) of the filter: 2 * k_pad groups (the k-th largest of more
+    group maxima lies closer to the row's k-th largest: 55 candidates on average at k 50 of iid scores),
+    steps of ``block`` scores, and chunks as narrow as keep a row's chunks * groups maxima
+    within MAXIMA_MAX for the one program that ranks them."""
+    groups = 2 * k_pad
+    block = max(groups, block or min(FILTER_BLOCK, triton.next_power_of_2(vocab)))
+    chunk = max(block, triton.next_power_of_2(triton.cdiv(vocab * groups, MAXIMA_MAX)))
+    return groups, block, chunk, triton.cdiv(vocab, chunk)
 
 
-# The two-stage path is the default for topk and sample's k-th logit since the H100 measured
-# it (notes/triton.md, v5); KBENCH_TRITON_TWO_STAGE_TOPK=0 goes back to the radix select.
-TWO_STAGE_ENV = "KBENCH_TRITON_TWO_STAGE_TOPK"
+def _filtered(k: int) -> bool:
+    """Whether ``topk`` (and ``sample``'s k-th logit) take the filter path: k <= FILTER_MAX_K and a
+    Triton with ``tl.topk`` (>= 3.4); else the radix select."""
+    return k <= FILTER_MAX_K and hasattr(tl, "topk")
 
 
-def _two_stage(k: int, two_stage: bool | None) -> bool:
-    """Whether ``topk`` (and ``sample``'s k-th logit) take the two-stage path: when asked, or by
-    default on a GPU unless ``TWO_STAGE_ENV`` is 0; only for k <= CHUNK_MAX_K and a Triton with
-    ``tl.topk``. On the CPU interpreter ``tl.topk`` of one 2048-score chunk takes about 2 s, so
-    there the default is the radix select (``TWO_STAGE_ENV=1`` asks for the two stages) and
-    tests run the two-stage path on small shapes."""
-    if two_stage is None:
-        two_stage = os.environ.get(TWO_STAGE_ENV, "0" if interpreting() else "1") != "0"
-    return two_stage and k <= CHUNK_MAX_K and hasattr(tl, "topk")  # tl.topk: Triton >= 3.4
-
-
-def topk(logits: torch.Tensor, k: int, chunk: int | None = None,
-         two_stage: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def topk(logits: torch.Tensor, k: int, block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """logits: [batch, vocab] -> (values [batch, k] in logits.dtype, indices [batch, k] int64).
 
-    ``chunk`` (a power of two >= k's) sets the stage-one chunk width and implies the two-stage
-    path; ``two_stage`` chooses the path (see ``_two_stage``).
+    ``block`` (a power of two) sets the filter's step width, at least its group count: tests use
+    a small one to get many chunks out of a short row.
     """
     logits = logits if logits.stride(-1) == 1 else logits.contiguous()
     batch, vocab = logits.shape
-    values = torch.empty((batch, k), dtype=logits.dtype, device=logits.device)
-    indices = torch.empty((batch, k), dtype=torch.int64, device=logits.device)
+    device = logits.device
+    values = torch.empty((batch, k), dtype=logits.dtype, device=device)
+    indices = torch.empty((batch, k), dtype=torch.int64, device=device)
     k_pad = max(2, triton.next_power_of_2(k))
-    if _two_stage(k, True if chunk is not None else two_stage):
-        width, chunks = _chunking(vocab, k_pad) if chunk is None else (chunk, triton.cdiv(vocab, chunk))
-        merge = max(2, triton.next_power_of_2(chunks * k_pad))
-        scratch = torch.empty((batch, chunks * k_pad), dtype=torch.int64, device=logits.device)
-        launch_config("topk", (vocab, k), CHUNK=width, MERGE=merge, num_warps=8)
+    if _filtered(k):
+        groups, block, chunk, chunks = _filter_shape(vocab, k_pad, block)
+        cap = max(MIN_CAP, 8 * k_pad)
+        warps = max(1, min(8, block // 512))
+        launch_config("topk", (vocab, k), GROUPS=groups, BLOCK=block, CHUNK=chunk, CAP=cap, num_warps=warps)
+        maxima = torch.empty((batch, chunks, groups), dtype=torch.int32, device=device)
+        thresholds = torch.empty((batch,), dtype=torch.int32, device=device)
+        counts = torch.empty((batch,), dtype=torch.int32, device=device)
+        candidates = torch.empty((batch, cap), dtype=torch.int64, device=device)
         if batch:
-            _topk_chunk_kernel[(batch, chunks)](logits, scratch, logits.stride(0), vocab, chunks,
-                                                K_PAD=k_pad, CHUNK=width, num_warps=8)
-            _topk_merge_kernel[(batch,)](logits, scratch, values, indices, logits.stride(0), k, chunks * k_pad,
-                                         K_PAD=k_pad, MERGE=merge, num_warps=8)
+            _threshold_kernel[(batch, chunks)](
+                logits, maxima, semaphores("topk", batch, device), thresholds, counts, logits.stride(0), vocab,
+                chunks, k, GROUPS=groups, CHUNKS_PAD=triton.next_power_of_2(chunks),
+                STEP=max(1, min(groups, RANK_MAX // groups)), CHUNK=chunk, BLOCK=block, num_warps=warps)
+            _candidates_kernel[(batch, chunks)](logits, thresholds, counts, candidates, logits.stride(0), vocab,
+                                                CAP=cap, CHUNK=chunk, BLOCK=block, num_warps=warps)
+            _select_kernel[(batch,)](logits, values, indices, counts, candidates, logits.stride(0), vocab, k,
+                                     K_PAD=k_pad, CAP=cap, BLOCK=min(SELECT_BLOCK, triton.next_power_of_2(vocab)),
+                                     num_warps=SELECT_WARPS)
         return values, indices
-    scratch = torch.empty((batch, k_pad), dtype=torch.int64, device=logits.device)
+    scratch = torch.empty((batch, k_pad), dtype=torch.int64, device=device)
     block = _block(vocab)
     launch_config("topk", (vocab, k), BLOCK=block, num_warps=NUM_WARPS)
     if batch:
@@ -399,12 +501,9 @@ def topk(logits: torch.Tensor, k: int, chunk: int | None = None,
     return values, indices
 
 
-def sample(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_k: int, top_p: float,
-           two_stage: bool | None = None) -> torch.Tensor:
-    """logits: [batch, vocab], uniforms: [batch] -> tokens [batch] int64 (see the module docstring).
-
-    With top-k, ``two_stage`` chooses how the k-th largest logit is found (see ``_two_stage``).
-    """
+def sample(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_k: int,
+           top_p: float) -> torch.Tensor:
+    """logits: [batch, vocab], uniforms: [batch] -> tokens [batch] int64 (see the module docstring)."""
     logits = logits if logits.stride(-1) == 1 else logits.contiguous()
     batch, vocab = logits.shape
     tokens = torch.empty((batch,), dtype=torch.int64, device=logits.device)
@@ -421,9 +520,9 @@ def sample(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top
     cap = max(256, 2 * triton.next_power_of_2(candidates))
     scratch_s = torch.empty((batch, cap), dtype=torch.float32, device=logits.device)
     scratch_index = torch.empty((batch, cap), dtype=torch.int32, device=logits.device)
-    kth_given = use_topk and _two_stage(top_k, two_stage)
+    kth_given = use_topk and _filtered(top_k)
     # the row's top-k values, best first: its max and k-th largest logit (else an unread pointer)
-    top = topk(logits, top_k, two_stage=True)[0] if kth_given else scratch_s
+    top = topk(logits, top_k)[0] if kth_given else scratch_s
     launch_config("sample", (vocab, top_k, top_p < 1.0), BLOCK=block, CAP=cap, num_warps=NUM_WARPS)
     _sample_kernel[(batch,)](
         logits, uniforms, tokens, scratch_s, scratch_index, top, logits.stride(0), vocab,

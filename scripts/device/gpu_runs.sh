@@ -124,20 +124,10 @@ triton)  # the triton plugin on the GPU: its own tests (graph replay of the spli
         --backend attention=triton --backend ffn=triton --backend sampling=triton --batch 1
     ;;
 sweeps)  # the figures the issues name that no run above measures (issues 4, 5): decode attention
-         # for MHA and GQA-8 over batch and context, sampling and top-k at both vocab sizes,
-         # the memory-bound ops against torch.compile at the spec's shapes, and a memcheck
+         # for MHA and GQA-8 over batch and context (sampling and top-k at both vocab sizes: the
+         # triton phase), the memory-bound ops against torch.compile at the spec's shapes, and a memcheck
     step 150 kbench bench attention_decode --backend triton --vs cuda --vs sdpa --vs flash \
         --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
-    # sampling twice: the radix select (=0) and the two-stage top-k (=1, the default); then
-    # `kbench compare` of the two records of each op says what the switch buys
-    for two_stage in 0 1; do
-        export KBENCH_TRITON_TWO_STAGE_TOPK=$two_stage
-        step 60 kbench bench sample --backend triton --vs cuda --vs reference \
-            --batch 64 --vocab 32000,128256 --temperature 0.8 --top-k 50 --top-p 0.95 --out "$records"
-        step 40 kbench bench topk --backend triton --vs cuda --vs reference --batch 64 --vocab 32000,128256 \
-            --k 50 --out "$records"
-    done
-    unset KBENCH_TRITON_TWO_STAGE_TOPK
     for op in rmsnorm add_rmsnorm rope swiglu; do
         step 40 kbench bench $op --backend triton --vs cuda --vs compile --spec $spec --out "$records"
     done

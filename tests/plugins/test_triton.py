@@ -137,54 +137,102 @@ def test_topk_orders_ties_by_ascending_index():
     assert torch.equal(indices, expected_indices) and torch.equal(values, expected_values)
 
 
-@pytest.mark.parametrize(("vocab", "k", "chunk"), [(1500, 37, 64), (1000, 1, 128), (777, 64, 64), (300, 200, 256)])
-def test_two_stage_topk_across_chunks_matches_the_sort(vocab, k, chunk):
-    """Many chunks, ties spanning chunk borders (bf16 of 7 values), k = 1, k = a whole chunk."""
+@pytest.mark.parametrize(("vocab", "k", "block"), [(1500, 37, 128), (1000, 1, None), (777, 64, 128), (300, 256, None),
+                                                 (5000, 50, None)])
+def test_filter_topk_matches_the_sort(vocab, k, block):
+    """Ties spanning chunks (bf16 of 7 values), plain scores, -inf entries; k = 1, k past a power
+    of two, k = all the groups' half, k = 256; many chunks (a small block), a row of one chunk,
+    vocab no multiple of the block; rows strided within a wider tensor."""
     g = torch.Generator().manual_seed(vocab)
-    logits = torch.randint(-3, 4, (3, vocab), generator=g).to(DEVICE, torch.bfloat16)
-    logits[1] = torch.randn(vocab, generator=g).to(DEVICE, torch.bfloat16)
-    values, indices = topk(logits, k, chunk=chunk)
+    wide = torch.randint(-3, 4, (3, vocab + 5), generator=g).to(DEVICE, torch.bfloat16)
+    wide[1] = torch.randn(vocab + 5, generator=g).to(DEVICE, torch.bfloat16)
+    wide[2] = torch.randn(vocab + 5, generator=g).to(DEVICE, torch.bfloat16)
+    wide[2, torch.randperm(vocab, generator=g)[: vocab // 2]] = float("-inf")
+    logits = wide[:, :vocab]
+    values, indices = topk(logits, k, block=block)
     expected_values, expected_indices = topk_reference(logits, k)
     assert torch.equal(indices, expected_indices) and torch.equal(values, expected_values)
 
 
-def test_sample_top_k_takes_the_kth_logit_from_the_two_stage_topk():
+def _filter_candidates(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """How many scores of each row pass the filter's threshold: the k-th largest of the maxima of
+    groups index % 2 * next_pow2(k) (written out again here, from the design, not the kernel)."""
+    groups = 2 * max(2, 1 << (k - 1).bit_length())
+    padded = torch.nn.functional.pad(logits.float(), (0, -logits.shape[1] % groups), value=float("-inf"))
+    maxima = padded.view(logits.shape[0], -1, groups).amax(1)
+    return (logits.float() >= maxima.topk(k, dim=1).values[:, -1:]).sum(1)
+
+
+def test_filter_topk_rows_past_the_candidate_slots_take_the_radix_select():
+    # k 5: 16 groups, 16 slots for the first top-k, 256 in all. Rows: plain scores (a few
+    # candidates), large scores in only 4 of the 16 groups (the threshold is the largest small
+    # score: 26 candidates among 100 finite scores, and 501 past the slots), all equal (2000
+    # candidates, the answer indices 0-4), ascending (5 candidates)
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(5, 2000, generator=g)
+    columns = torch.arange(2000)
+    in_four_groups = columns % 16 < 4
+    logits[1, 100:] = float("-inf")
+    logits[1:3] = torch.where(in_four_groups, logits[1:3] + 100, logits[1:3] - 100)
+    logits[3] = 1.5
+    logits[4] = columns.float()
+    logits = logits.to(DEVICE)
+    counts = _filter_candidates(logits, 5).tolist()
+    assert counts[0] <= 16 and 16 < counts[1] <= 32 and counts[2] > 256 and counts[3] > 256, counts
+    expected_values, expected_indices = topk_reference(logits, 5)
+    for _ in range(2):  # the second call sees the counters the first one left
+        values, indices = topk(logits, 5)
+        assert torch.equal(indices, expected_indices) and torch.equal(values, expected_values)
+    assert not semaphores("topk", 5, logits.device).any()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_filter_topk_matches_the_sort_at_vocab_scale_under_graph_replay(dtype):
+    # 64 rows of 128256 as the bench draws them (bf16 ties among them), an all-equal row and one
+    # whose large scores sit in 4 of the 128 groups (both past the candidate slots), each launch
+    # of a graph of three calls giving the eager answer; the arrival counters end at zero
+    g = torch.Generator().manual_seed(64)
+    logits = torch.randn(64, 128256, generator=g) * 3
+    logits[1] = 0.25
+    logits[2] = torch.where(torch.arange(128256) % 128 < 4, logits[2] + 100, logits[2] - 100)
+    logits = logits.to(DEVICE, dtype)
+    expected_values, expected_indices = topk_reference(logits, 50)
+    values, indices = topk(logits, 50)
+    assert torch.equal(indices, expected_indices) and torch.equal(values, expected_values)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = [topk(logits, 50) for _ in range(3)]
+    for _ in range(4):
+        graph.replay()
+        torch.cuda.synchronize()
+        for values, indices in outs:
+            assert torch.equal(indices, expected_indices) and torch.equal(values, expected_values)
+    assert not semaphores("topk", 64, logits.device).any()
+
+
+def test_sample_top_k_takes_the_kth_logit_from_the_filter_topk():
     logits = _randn(2, 700, scale=3.0).to(torch.bfloat16)
     logits[1, ::7] = logits[1, 3]  # ties at many ranks
     uniforms = torch.tensor([0.1, 0.95], device=DEVICE)
     for temperature, top_k, top_p in ((0.7, 50, 1.0), (1.3, 5, 0.8), (0.5, 256, 0.95)):
         expected = sample_reference(logits, uniforms, temperature, top_k, top_p)
-        got = sample(logits, uniforms, temperature, top_k, top_p, two_stage=True)
+        got = sample(logits, uniforms, temperature, top_k, top_p)
         assert torch.equal(got, expected), (temperature, top_k)
 
 
-def test_two_stage_is_the_default_on_a_gpu_and_asked_for_on_the_interpreter(monkeypatch):
-    from kbench_triton import sampling
-    from kbench_triton.sampling import TWO_STAGE_ENV, _two_stage
-
-    monkeypatch.delenv(TWO_STAGE_ENV, raising=False)
-    monkeypatch.setattr(sampling, "interpreting", lambda: True)
-    assert _two_stage(50, None) is False and _two_stage(50, True) is True  # interpreter: radix select
-    assert _two_stage(2000, True) is False  # past CHUNK_MAX_K: always the radix select
-    monkeypatch.setattr(sampling, "interpreting", lambda: False)
-    assert _two_stage(50, None) is True and _two_stage(50, False) is False  # GPU: two stages
-    monkeypatch.setenv(TWO_STAGE_ENV, "0")
-    assert _two_stage(50, None) is False
-
-
-@pytest.mark.parametrize("env", ["0", "1"])
-def test_topk_takes_the_path_the_default_names(monkeypatch, env):
-    # topk called as the registry calls it (no two_stage argument) follows the default
+@pytest.mark.parametrize(("k", "path"), [(5, "GROUPS="), (256, "GROUPS="), (300, "BLOCK=")])
+def test_topk_filters_up_to_filter_max_k_and_radix_selects_past_it(k, path):
     from kbench_triton.common import chosen_configs
-    from kbench_triton.sampling import TWO_STAGE_ENV
+    from kbench_triton.sampling import FILTER_MAX_K
 
-    monkeypatch.setenv(TWO_STAGE_ENV, env)
-    logits = _randn(2, 300)
-    values, indices = topk(logits, 5)
-    expected = topk_reference(logits, 5)
+    assert FILTER_MAX_K == 256
+    logits = _randn(2, 400)
+    values, indices = topk(logits, k)
+    expected = topk_reference(logits, k)
     assert torch.equal(indices, expected[1]) and torch.equal(values, expected[0])
-    config = chosen_configs()["topk"]["300,5"]
-    assert config.startswith("CHUNK=") == (env == "1"), config
+    assert chosen_configs()["topk"][f"400,{k}"].startswith(path)
 
 
 def test_sample_top_p_wider_than_the_candidates_takes_the_bisection_path():
