@@ -16,6 +16,8 @@
 #              memcheck (issue 5)
 #   compile    rope and swiglu against torch.compile at llama2-7b's, llama2-13b's and the other
 #              widths' shapes (issue 4)
+#   topk       the filter top-k and sample on the GPU: tests, a memcheck of them, both benches (issue 4)
+#   triton-run the issue's command, triton for every op, and rope against torch.compile (issue 4)
 #   tune       candidate launch shapes of rope, add_rmsnorm and swiglu against torch.compile, and
 #              rope at the other specs' head counts (issue 4)
 #
@@ -24,7 +26,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -132,6 +134,22 @@ sweeps)  # the figures the issues name that no run above measures (issues 4, 5):
         step 40 kbench bench $op --backend triton --vs cuda --vs compile --spec $spec --out "$records"
     done
     step 60 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/cuda_bench.py --once
+    ;;
+topk)  # the filter top-k: its tests (graph replay among them), a memcheck of them, the benches
+    step 150 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_triton.py -k "topk or sample"
+    step 120 compute-sanitizer --tool memcheck --error-exitcode 3 \
+        python3 -m pytest -q -p no:cacheprovider tests/plugins/test_triton.py -k "filter_topk"
+    step 40 kbench bench topk --backend triton --vs cuda --vs reference --batch 64 --vocab 32000,128256 \
+        --k 50 --out "$records"
+    step 50 kbench bench sample --backend triton --vs cuda --vs reference \
+        --batch 64 --vocab 32000,128256 --temperature 0.8 --top-k 50 --top-p 0.95 --out "$records"
+    ;;
+triton-run)  # issue 4's done-when command with its op rows, and rope against torch.compile
+    step 280 kbench run $spec --norm triton --rope triton --attention triton --ffn triton --sampling triton \
+        --batch 1,64 --prompt-len 512 --out "$records"
+    for spec_name in llama2-7b llama2-13b; do
+        step 60 kbench bench rope --backend triton --vs compile --spec model_specs/$spec_name.yaml --out "$records"
+    done
     ;;
 gqa)  # the cuda decode kernels: GPU tests (the tensor-core GQA kernel among them), sweep, memcheck
     step 200 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py -k decode
