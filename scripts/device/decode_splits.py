@@ -1,0 +1,51 @@
+"""Triton decode attention at each split count, on the GPU machine.
+
+    python3 scripts/device/decode_splits.py
+
+For the cases where the kernel is furthest below copy bandwidth, times ``attention_decode``
+with every split count (checked against the reference first, timed as ``kbench bench`` times a
+kernel: CUDA-graph replay) and prints µs and % of the measured copy bandwidth per count, with
+the count the heuristic picks marked.
+"""
+
+from __future__ import annotations
+
+import torch
+from kbench_triton.attention_decode import attention_decode, num_splits
+
+from kbench.bench.timing import measure
+from kbench.env import measure_ceilings
+from kbench.ops.base import Case
+from kbench.plugins import get_registry
+
+CASES = [(batch, kv_heads, context) for batch, kv_heads, context in (
+    (1, 8, 2048), (1, 8, 8192), (1, 32, 2048), (8, 8, 512), (8, 8, 2048), (8, 32, 512), (8, 32, 2048))]
+SPLITS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64)
+
+
+def main() -> None:
+    registry = get_registry()
+    op = registry.op("attention_decode")
+    copy_gbps = measure_ceilings(torch.device("cuda"))["copy_gbps"]
+    for batch, kv_heads, context in CASES:
+        case = Case("attention_decode", batch=batch, context=context, heads=32, kv_heads=kv_heads, head_dim=128,
+                    layout="contiguous", block_size=16)
+        inputs = op.make_inputs(case, torch.bfloat16, "cuda", 0)
+        expected = op.reference(**inputs)
+        chosen = num_splits(batch, kv_heads, inputs["k_cache"].shape[1], torch.device("cuda"))
+        kv_bytes = op.bytes(case, torch.bfloat16)
+        cells = []
+        for splits in SPLITS:
+            if splits > max(1, context // 16):
+                continue
+            out = attention_decode(**inputs, splits=splits)
+            torch.testing.assert_close(out, expected, atol=3e-2, rtol=2e-2)
+            timing = measure(lambda splits=splits, inputs=inputs: attention_decode(**inputs, splits=splits), device="cuda",
+                             cuda_graph=True, warmup_ms=5.0, rep_ms=30.0)
+            mark = "*" if splits == chosen else ""
+            cells.append(f"{splits}{mark}: {timing.median_us:.1f} µs {100 * kv_bytes / timing.median_us / 1e3 / copy_gbps:.0f}%")
+        print(f"batch {batch} kv_heads {kv_heads} context {context}: " + ", ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
