@@ -10,14 +10,31 @@
 namespace kbench {
 namespace {
 
+// At most this many rows (two a SM of a 132-SM H100) the weight is loaded with the row,
+// before the block reduction. A block's chain is then one DRAM round trip (row and weight
+// together), the reduction, the store, where the weight loaded after the reduction added a
+// second round trip that, with at most two rows a SM, no other block hides (at 264 rows of
+// 4096 the bytes take ~1.4 us at 3 TB/s, about that chain). Above, the kernel approaches the
+// bandwidth limit and keeps the order measured at 95-98% of copy (the early load there measured
+// 195 against 188 us at 32768 x 4096).
+constexpr int kFewRows = 2 * 132;
+
 // VEC elements per access (16 bytes, or 1 when the row is not 16-byte aligned);
 // VPT accesses per thread, so a block of `blockDim.x` threads holds VEC * VPT * blockDim.x
-// elements of the row in registers.
-template <typename T, int VEC, int VPT, bool ADD>
+// elements of the row in registers. EARLY_WEIGHT: the weight's loads go out with the row's.
+template <typename T, int VEC, int VPT, bool ADD, bool EARLY_WEIGHT>
 __global__ void rmsnorm_kernel(const T* __restrict__ x, T* __restrict__ residual, const T* __restrict__ weight,
                                T* __restrict__ out, int hidden, float eps) {
     __shared__ float scratch[32];
     const int64_t row_offset = static_cast<int64_t>(blockIdx.x) * hidden;
+    Vec<T, VEC> weights[EARLY_WEIGHT ? VPT : 1];
+    if constexpr (EARLY_WEIGHT) {
+#pragma unroll
+        for (int i = 0; i < VPT; ++i) {
+            const int col = (i * blockDim.x + threadIdx.x) * VEC;
+            if (col < hidden) weights[i] = load_vec<T, VEC>(weight + col);
+        }
+    }
     float values[VPT][VEC];
     float sum_sq = 0.f;
 #pragma unroll
@@ -44,7 +61,12 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, T* __restrict__ residual
     for (int i = 0; i < VPT; ++i) {
         const int col = (i * blockDim.x + threadIdx.x) * VEC;
         if (col < hidden) {
-            const Vec<T, VEC> wv = load_vec<T, VEC>(weight + col);
+            Vec<T, VEC> wv;
+            if constexpr (EARLY_WEIGHT) {
+                wv = weights[i];
+            } else {
+                wv = load_vec<T, VEC>(weight + col);
+            }
             Vec<T, VEC> ov;
 #pragma unroll
             for (int e = 0; e < VEC; ++e) {
@@ -52,6 +74,19 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, T* __restrict__ residual
             }
             store_vec<T, VEC>(out + row_offset + col, ov);
         }
+    }
+}
+
+template <typename T, int VEC, int VPT, bool ADD>
+void launch_rows(const T* x, T* residual, const T* weight, T* out, int tokens, int threads, int hidden, float eps,
+                 cudaStream_t stream) {
+    // The early weight takes up to 152 registers a thread (bf16, 8 accesses a thread): within
+    // 256 threads a block stays inside the 64K-register file; every row of up to 2048 accesses
+    // (hidden 16384 in bf16) gets that many.
+    if (tokens <= kFewRows && threads <= 256) {
+        rmsnorm_kernel<T, VEC, VPT, ADD, true><<<tokens, threads, 0, stream>>>(x, residual, weight, out, hidden, eps);
+    } else {
+        rmsnorm_kernel<T, VEC, VPT, ADD, false><<<tokens, threads, 0, stream>>>(x, residual, weight, out, hidden, eps);
     }
 }
 
@@ -71,10 +106,10 @@ cudaError_t launch_with_vec(const void* x, void* residual, const void* weight, v
     const T* wp = static_cast<const T*>(weight);
     T* op = static_cast<T*>(out);
     switch (per_thread) {
-        case 1: rmsnorm_kernel<T, VEC, 1, ADD><<<tokens, threads, 0, stream>>>(xp, rp, wp, op, hidden, eps); break;
-        case 2: rmsnorm_kernel<T, VEC, 2, ADD><<<tokens, threads, 0, stream>>>(xp, rp, wp, op, hidden, eps); break;
-        case 4: rmsnorm_kernel<T, VEC, 4, ADD><<<tokens, threads, 0, stream>>>(xp, rp, wp, op, hidden, eps); break;
-        default: rmsnorm_kernel<T, VEC, 8, ADD><<<tokens, threads, 0, stream>>>(xp, rp, wp, op, hidden, eps); break;
+        case 1: launch_rows<T, VEC, 1, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, stream); break;
+        case 2: launch_rows<T, VEC, 2, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, stream); break;
+        case 4: launch_rows<T, VEC, 4, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, stream); break;
+        default: launch_rows<T, VEC, 8, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, stream); break;
     }
     return cudaGetLastError();
 }
