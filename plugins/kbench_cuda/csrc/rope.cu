@@ -153,7 +153,7 @@ template <typename T, bool INTERLEAVED>
 cudaError_t launch_rope_t(void* q, void* k, const int64_t* positions, const float* inv_freq, int tokens, int heads,
                           int kv_heads, int head_dim, int64_t q_token_stride, int64_t q_head_stride,
                           int64_t k_token_stride, int64_t k_head_stride, cudaStream_t stream) {
-    if (tokens == 0) return cudaSuccess;
+    if (tokens == 0 || heads + kv_heads == 0) return cudaSuccess;  // (a grid of 0 slices is an error)
     constexpr int kVec = kVec16<T>;
     constexpr int kNarrow = INTERLEAVED ? 2 : 1;
     const int span = INTERLEAVED ? head_dim : head_dim / 2;
