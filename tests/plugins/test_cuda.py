@@ -15,6 +15,8 @@ from kbench_cuda import build
 
 from kbench.bench.check import check_implementation
 from kbench.config import ModelConfig, RopeConfig, SamplingConfig, Workload
+from kbench.ops.base import Case
+from kbench.ops.rope import rope_case_dims
 
 NVCC = shutil.which("nvcc")
 
@@ -171,6 +173,70 @@ def test_ops_compile_with_torch_compile(registry):
     up = torch.randn(16, 256, device="cuda", dtype=torch.float16)
     expected = registry.op("swiglu").reference(gate=gate, up=up) * 2
     torch.testing.assert_close(compiled(gate, up), expected, atol=2e-3, rtol=2e-3)
+
+
+# -- on a GPU: both launch paths of the norms, swiglu and rope ---------------------------------
+# The spec shapes reach the few-token paths (norms up to 264 rows, swiglu below 270,336
+# accesses, rope below 512 tokens) and the many-token ones, but only at widths of whole 16-byte
+# accesses, rope only in the half style and never with a head slice holding q and k heads.
+# These cases sit on both sides of each threshold, at widths of one element an access too.
+
+
+def _rope_case(tokens, heads, kv_heads, head_dim, style):
+    return Case("rope", tokens=tokens, heads=heads, kv_heads=kv_heads, head_dim=head_dim, phase="decode",
+                seq_len=4096, **rope_case_dims(RopeConfig(style=style)))
+
+
+PATH_CASES = (
+    # hidden 2047: one element an access, 256 threads (weight loaded early up to 264 rows);
+    # 4095: 512 threads (always after the reduction); 4104: a last access past the row
+    *(Case(op, tokens=t, hidden=h, eps=1e-5) for op in ("rmsnorm", "add_rmsnorm") for t in (1, 264, 265)
+      for h in (2047, 4095, 4096, 4104)),
+    # 16-byte accesses: 196 / 197 tokens of 11008 sit either side of the threshold in 16-bit
+    # dtypes, 98 / 99 in fp32; 11007 at odd token counts is one element an access, 23 / 25
+    # tokens either side
+    *(Case("swiglu", tokens=t, intermediate=11008) for t in (1, 98, 99, 196, 197)),
+    *(Case("swiglu", tokens=t, intermediate=11007) for t in (1, 23, 25)),
+    # 6 + 3 heads: slices of 8 (bf16 half), 4 (fp32 half, bf16 interleaved) or 2 heads, some
+    # holding q and k heads; head_dim 72 and 68 give one element (half) or pair (interleaved)
+    # an access in the 16-bit dtypes, and slices of 7 and 3 heads
+    *(_rope_case(t, heads, kv_heads, head_dim, style) for t in (1, 511, 512)
+      for heads, kv_heads, head_dim in ((6, 3, 128), (6, 3, 72), (5, 3, 68)) for style in ("half", "interleaved")),
+)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", PATH_CASES, ids=lambda case: f"{case.op}-{case.label}".replace(" ", ","))
+def test_cuda_matches_reference_on_both_sides_of_each_launch_threshold(registry, case, dtype):
+    reason = registry.get(case.op, "cuda").reason(case, dtype, "cuda")
+    if reason:
+        pytest.fail(f"cuda cannot run {case.op} {case.label}: {reason}")
+    check = check_implementation(registry, case.op, "cuda", case, dtype, "cuda", seed=5)
+    assert check.ok, f"{case.op} {case.label} {dtype}: {check.summary()}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("style", ["half", "interleaved"])
+@pytest.mark.parametrize("tokens", [3, 600])
+def test_rope_rotates_q_and_k_views_of_a_fused_qkv_buffer(registry, tokens, style):
+    """q and k as strided views of [tokens, heads + 2 kv_heads, head_dim]; v stays untouched."""
+    if registry.get("rope", "cuda").unavailable_reason():
+        pytest.skip(registry.get("rope", "cuda").unavailable_reason())
+    heads, kv_heads, head_dim, dtype = 6, 3, 128, torch.bfloat16
+    qkv = torch.randn(tokens, heads + 2 * kv_heads, head_dim, device="cuda", dtype=dtype)
+    positions = torch.randint(0, 4096, (tokens,), device="cuda")
+    inv_freq = 1.0 / 10000.0 ** (torch.arange(0, head_dim, 2, device="cuda").float() / head_dim)
+    expected_q, expected_k = registry.op("rope").reference(
+        q=qkv[:, :heads].clone(), k=qkv[:, heads:heads + kv_heads].clone(), positions=positions,
+        inv_freq=inv_freq, style=style)
+    v = qkv[:, heads + kv_heads:].clone()
+    registry.get("rope", "cuda").fn(q=qkv[:, :heads], k=qkv[:, heads:heads + kv_heads], positions=positions,
+                                    inv_freq=inv_freq, style=style)
+    tolerance = registry.op("rope").tolerance(dtype)
+    torch.testing.assert_close(qkv[:, :heads], expected_q, atol=tolerance.atol, rtol=tolerance.rtol)
+    torch.testing.assert_close(qkv[:, heads:heads + kv_heads], expected_k, atol=tolerance.atol, rtol=tolerance.rtol)
+    assert torch.equal(qkv[:, heads + kv_heads:], v)
 
 
 def test_build_lock_clears_a_stale_torch_lock_and_excludes_a_second_builder(tmp_path):

@@ -10,23 +10,60 @@
 namespace kbench {
 namespace {
 
+// At most this many rows (two a SM of a 132-SM H100) every load of a block (the weight, the
+// row and, for add_rmsnorm, the residual) goes out before any arithmetic. The per-access loop
+// below makes dependent round trips, which with at most two rows a SM no other block hides: in
+// its SASS (sm_90) each weight load follows the previous access's output store, and in
+// add_rmsnorm the residual store of access i precedes the loads of access i + 1, so a block
+// waits 1 + VPT (rmsnorm) or 2 VPT (add_rmsnorm) round trips, 5 and 8 at hidden 5120 or 8192
+// in bf16. With the loads first the SASS issues them all at once: one round trip, the
+// reduction, the stores. At 264 rows of 4096 the bytes take ~1.4 us at 3 TB/s, about that
+// chain; above, the kernel approaches the bandwidth limit and keeps the loop measured at
+// 95-98% of copy (the weight loaded before the reduction there measured 195 against 188 us at
+// 32768 x 4096).
+constexpr int kFewRows = 2 * 132;
+
 // VEC elements per access (16 bytes, or 1 when the row is not 16-byte aligned);
 // VPT accesses per thread, so a block of `blockDim.x` threads holds VEC * VPT * blockDim.x
-// elements of the row in registers.
-template <typename T, int VEC, int VPT, bool ADD>
+// elements of the row in registers. LOADS_FIRST: all loads before any arithmetic (few rows).
+template <typename T, int VEC, int VPT, bool ADD, bool LOADS_FIRST>
 __global__ void rmsnorm_kernel(const T* __restrict__ x, T* __restrict__ residual, const T* __restrict__ weight,
                                T* __restrict__ out, int hidden, float eps) {
     __shared__ float scratch[32];
     const int64_t row_offset = static_cast<int64_t>(blockIdx.x) * hidden;
+    constexpr int kEarly = LOADS_FIRST ? VPT : 1;
+    constexpr int kEarlyResidual = LOADS_FIRST && ADD ? VPT : 1;
+    Vec<T, VEC> weights[kEarly], xs[kEarly], residuals[kEarlyResidual];
+    if constexpr (LOADS_FIRST) {
+#pragma unroll
+        for (int i = 0; i < VPT; ++i) {
+            const int col = (i * blockDim.x + threadIdx.x) * VEC;
+            if (col < hidden) {
+                weights[i] = load_vec<T, VEC>(weight + col);
+                xs[i] = load_vec_stream<T, VEC>(x + row_offset + col);
+                if constexpr (ADD) residuals[i] = load_vec_stream<T, VEC>(residual + row_offset + col);
+            }
+        }
+    }
     float values[VPT][VEC];
     float sum_sq = 0.f;
 #pragma unroll
     for (int i = 0; i < VPT; ++i) {
         const int col = (i * blockDim.x + threadIdx.x) * VEC;
         if (col < hidden) {
-            Vec<T, VEC> xv = load_vec_stream<T, VEC>(x + row_offset + col);
+            Vec<T, VEC> xv;
+            if constexpr (LOADS_FIRST) {
+                xv = xs[i];
+            } else {
+                xv = load_vec_stream<T, VEC>(x + row_offset + col);
+            }
             if constexpr (ADD) {
-                Vec<T, VEC> rv = load_vec_stream<T, VEC>(residual + row_offset + col);
+                Vec<T, VEC> rv;
+                if constexpr (LOADS_FIRST) {
+                    rv = residuals[i];
+                } else {
+                    rv = load_vec_stream<T, VEC>(residual + row_offset + col);
+                }
 #pragma unroll
                 for (int e = 0; e < VEC; ++e) rv.v[e] = from_float<T>(to_float(rv.v[e]) + to_float(xv.v[e]));
                 store_vec<T, VEC>(residual + row_offset + col, rv);
@@ -44,7 +81,12 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, T* __restrict__ residual
     for (int i = 0; i < VPT; ++i) {
         const int col = (i * blockDim.x + threadIdx.x) * VEC;
         if (col < hidden) {
-            const Vec<T, VEC> wv = load_vec<T, VEC>(weight + col);
+            Vec<T, VEC> wv;
+            if constexpr (LOADS_FIRST) {
+                wv = weights[i];
+            } else {
+                wv = load_vec<T, VEC>(weight + col);
+            }
             Vec<T, VEC> ov;
 #pragma unroll
             for (int e = 0; e < VEC; ++e) {
@@ -52,6 +94,19 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, T* __restrict__ residual
             }
             store_vec<T, VEC>(out + row_offset + col, ov);
         }
+    }
+}
+
+template <typename T, int VEC, int VPT, bool ADD>
+void launch_rows(const T* x, T* residual, const T* weight, T* out, int tokens, int threads, int hidden, float eps,
+                 cudaStream_t stream) {
+    // Loads first take up to 151 registers a thread (bf16, 8 accesses a thread): within
+    // 256 threads a block stays inside the 64K-register file; every row of up to 2048 accesses
+    // (hidden 16384 in bf16) gets that many.
+    if (tokens <= kFewRows && threads <= 256) {
+        rmsnorm_kernel<T, VEC, VPT, ADD, true><<<tokens, threads, 0, stream>>>(x, residual, weight, out, hidden, eps);
+    } else {
+        rmsnorm_kernel<T, VEC, VPT, ADD, false><<<tokens, threads, 0, stream>>>(x, residual, weight, out, hidden, eps);
     }
 }
 
@@ -71,10 +126,10 @@ cudaError_t launch_with_vec(const void* x, void* residual, const void* weight, v
     const T* wp = static_cast<const T*>(weight);
     T* op = static_cast<T*>(out);
     switch (per_thread) {
-        case 1: rmsnorm_kernel<T, VEC, 1, ADD><<<tokens, threads, 0, stream>>>(xp, rp, wp, op, hidden, eps); break;
-        case 2: rmsnorm_kernel<T, VEC, 2, ADD><<<tokens, threads, 0, stream>>>(xp, rp, wp, op, hidden, eps); break;
-        case 4: rmsnorm_kernel<T, VEC, 4, ADD><<<tokens, threads, 0, stream>>>(xp, rp, wp, op, hidden, eps); break;
-        default: rmsnorm_kernel<T, VEC, 8, ADD><<<tokens, threads, 0, stream>>>(xp, rp, wp, op, hidden, eps); break;
+        case 1: launch_rows<T, VEC, 1, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, stream); break;
+        case 2: launch_rows<T, VEC, 2, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, stream); break;
+        case 4: launch_rows<T, VEC, 4, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, stream); break;
+        default: launch_rows<T, VEC, 8, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, stream); break;
     }
     return cudaGetLastError();
 }

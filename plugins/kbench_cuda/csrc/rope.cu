@@ -1,26 +1,33 @@
-// rope: q and k rotated in place in one launch, one block per token.
+// rope: q and k rotated in place in one launch.
 //
-// The block computes cos/sin of `position * inv_freq[i]` once into shared memory (fp32
-// angles and full-precision sincosf, as the reference's fp32 `angles.cos()`), then every
-// head of q and k reuses them. Every scaling variant arrives through inv_freq.
+// Each block computes cos/sin of `position * inv_freq[i]` for its token into shared memory
+// (fp32 angles and full-precision sincosf, as the reference's fp32 `angles.cos()`), then
+// rotates its heads with them. Every scaling variant arrives through inv_freq.
 //   half (HF): cos/sin rounded to T, each product and the sum rounded to T, as HF's
 //              `x * cos + rotate_half(x) * sin` in x.dtype;
 //   interleaved (Meta): pairs (2i, 2i+1) rotated in fp32, rounded once.
+// From kFewTokens tokens up one block takes all heads of a token (the table computed once a
+// token); below, a 2-D grid (tokens, head slices) spreads a token's heads over several blocks.
 #include "common.cuh"
 #include "launchers.h"
 
 namespace kbench {
 namespace {
 
-template <typename T, int VEC, bool INTERLEAVED>
-__global__ void rope_kernel(T* __restrict__ q, T* __restrict__ k, const int64_t* __restrict__ positions,
-                            const float* __restrict__ inv_freq, int heads, int kv_heads, int head_dim,
-                            int64_t q_token_stride, int64_t q_head_stride, int64_t k_token_stride,
-                            int64_t k_head_stride) {
-    extern __shared__ float table[];  // cos[half_dim], then sin[half_dim]
-    const int token = blockIdx.x;
-    const int half_dim = head_dim / 2;
-    const float position = static_cast<float>(positions[token]);
+// Below this many tokens the (token, head slice) grid. Slices are <= 64 threads, one 16-byte
+// access (a pair of them for half) each, so at 64 heads of 128 (bf16) a token is 8 blocks and
+// 512 tokens are 4096 blocks: about the 4224 64-thread blocks the 132 SMs of an H100 hold at
+// once (32 each). Up to there the whole call is one wave, each thread one load-rotate-store,
+// where one block a token runs its heads in 4 serial passes (64 heads x 8 accesses / 128
+// threads) and leaves the GPU mostly idle; from there the per-token grid is at 96-97% of copy
+// and recomputes the table 8x less often.
+constexpr int kFewTokens = 512;
+constexpr int kSliceThreads = 64;
+
+// cos[half_dim], then sin[half_dim] of the token's angles; the caller synchronises.
+template <typename T, bool INTERLEAVED>
+__device__ __forceinline__ void fill_table(float* table, float position, const float* __restrict__ inv_freq,
+                                           int half_dim) {
     for (int i = threadIdx.x; i < half_dim; i += blockDim.x) {
         float s, c;
         sincosf(position * inv_freq[i], &s, &c);
@@ -31,6 +38,48 @@ __global__ void rope_kernel(T* __restrict__ q, T* __restrict__ k, const int64_t*
         table[i] = c;
         table[half_dim + i] = s;
     }
+}
+
+// Elements j..j+VEC of one head: a holds them and, for half, b the ones half_dim further on.
+template <typename T, int VEC, bool INTERLEAVED>
+__device__ __forceinline__ void rotate(Vec<T, VEC>& a, Vec<T, VEC>& b, const float* table, int j, int half_dim) {
+    if constexpr (INTERLEAVED) {
+#pragma unroll
+        for (int e = 0; e < VEC; e += 2) {
+            const float c = table[(j + e) / 2], s = table[half_dim + (j + e) / 2];
+            const float re = to_float(a.v[e]), im = to_float(a.v[e + 1]);
+            a.v[e] = from_float<T>(re * c - im * s);
+            a.v[e + 1] = from_float<T>(re * s + im * c);
+        }
+    } else {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            const float c = table[j + e], s = table[half_dim + j + e];
+            const float x1 = to_float(a.v[e]), x2 = to_float(b.v[e]);
+            a.v[e] = from_float<T>(round_to<T>(x1 * c) - round_to<T>(x2 * s));
+            b.v[e] = from_float<T>(round_to<T>(x2 * c) + round_to<T>(x1 * s));
+        }
+    }
+}
+
+// Head `head` of the token: q's heads first, then k's.
+template <typename T>
+__device__ __forceinline__ T* head_base(T* q, T* k, int token, int head, int heads, int64_t q_token_stride,
+                                        int64_t q_head_stride, int64_t k_token_stride, int64_t k_head_stride) {
+    return head < heads ? q + token * q_token_stride + head * q_head_stride
+                        : k + token * k_token_stride + (head - heads) * k_head_stride;
+}
+
+// One block per token, all heads of q and k.
+template <typename T, int VEC, bool INTERLEAVED>
+__global__ void rope_kernel(T* __restrict__ q, T* __restrict__ k, const int64_t* __restrict__ positions,
+                            const float* __restrict__ inv_freq, int heads, int kv_heads, int head_dim,
+                            int64_t q_token_stride, int64_t q_head_stride, int64_t k_token_stride,
+                            int64_t k_head_stride) {
+    extern __shared__ float table[];  // cos[half_dim], then sin[half_dim]
+    const int token = blockIdx.x;
+    const int half_dim = head_dim / 2;
+    fill_table<T, INTERLEAVED>(table, static_cast<float>(positions[token]), inv_freq, half_dim);
     __syncthreads();
 
     const int per_head = (INTERLEAVED ? head_dim : half_dim) / VEC;
@@ -38,56 +87,87 @@ __global__ void rope_kernel(T* __restrict__ q, T* __restrict__ k, const int64_t*
     for (int item = threadIdx.x; item < items; item += blockDim.x) {
         const int head = item / per_head;
         const int j = (item - head * per_head) * VEC;
-        T* base = head < heads ? q + token * q_token_stride + head * q_head_stride
-                               : k + token * k_token_stride + (head - heads) * k_head_stride;
-        if constexpr (INTERLEAVED) {
-            Vec<T, VEC> v = load_vec<T, VEC>(base + j);
-#pragma unroll
-            for (int e = 0; e < VEC; e += 2) {
-                const float c = table[(j + e) / 2], s = table[half_dim + (j + e) / 2];
-                const float re = to_float(v.v[e]), im = to_float(v.v[e + 1]);
-                v.v[e] = from_float<T>(re * c - im * s);
-                v.v[e + 1] = from_float<T>(re * s + im * c);
-            }
-            store_vec<T, VEC>(base + j, v);
-        } else {
-            Vec<T, VEC> a = load_vec<T, VEC>(base + j);
-            Vec<T, VEC> b = load_vec<T, VEC>(base + half_dim + j);
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-                const float c = table[j + e], s = table[half_dim + j + e];
-                const float x1 = to_float(a.v[e]), x2 = to_float(b.v[e]);
-                a.v[e] = from_float<T>(round_to<T>(x1 * c) - round_to<T>(x2 * s));
-                b.v[e] = from_float<T>(round_to<T>(x2 * c) + round_to<T>(x1 * s));
-            }
-            store_vec<T, VEC>(base + j, a);
-            store_vec<T, VEC>(base + half_dim + j, b);
-        }
+        T* base = head_base(q, k, token, head, heads, q_token_stride, q_head_stride, k_token_stride, k_head_stride);
+        Vec<T, VEC> a = load_vec<T, VEC>(base + j), b;
+        if constexpr (!INTERLEAVED) b = load_vec<T, VEC>(base + half_dim + j);
+        rotate<T, VEC, INTERLEAVED>(a, b, table, j, half_dim);
+        store_vec<T, VEC>(base + j, a);
+        if constexpr (!INTERLEAVED) store_vec<T, VEC>(base + half_dim + j, b);
     }
+}
+
+// Grid (tokens, slices): block (t, s) rotates heads [s * heads_per_block, (s + 1) *
+// heads_per_block) of token t, counted over q's heads then k's (a slice may hold both), one
+// access per thread: blockDim.x >= heads_per_block * per_head. Its loads go out before the
+// table is computed, so the sincosf runs while they are in flight.
+template <typename T, int VEC, bool INTERLEAVED>
+__global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const int64_t* __restrict__ positions,
+                                  const float* __restrict__ inv_freq, int heads, int kv_heads, int head_dim,
+                                  int heads_per_block, int64_t q_token_stride, int64_t q_head_stride,
+                                  int64_t k_token_stride, int64_t k_head_stride) {
+    extern __shared__ float table[];  // cos[half_dim], then sin[half_dim]
+    const int token = blockIdx.x;
+    const int half_dim = head_dim / 2;
+    const int per_head = (INTERLEAVED ? head_dim : half_dim) / VEC;
+    const int local_head = threadIdx.x / per_head;
+    const int head = blockIdx.y * heads_per_block + local_head;
+    const int j = (threadIdx.x - local_head * per_head) * VEC;
+    const bool active = local_head < heads_per_block && head < heads + kv_heads;
+    T* base = nullptr;
+    Vec<T, VEC> a, b;
+    if (active) {
+        base = head_base(q, k, token, head, heads, q_token_stride, q_head_stride, k_token_stride, k_head_stride);
+        a = load_vec<T, VEC>(base + j);
+        if constexpr (!INTERLEAVED) b = load_vec<T, VEC>(base + half_dim + j);
+    }
+    fill_table<T, INTERLEAVED>(table, static_cast<float>(positions[token]), inv_freq, half_dim);
+    __syncthreads();
+    if (!active) return;
+    rotate<T, VEC, INTERLEAVED>(a, b, table, j, half_dim);
+    store_vec<T, VEC>(base + j, a);
+    if constexpr (!INTERLEAVED) store_vec<T, VEC>(base + half_dim + j, b);
+}
+
+template <typename T, int VEC, bool INTERLEAVED>
+void launch_with_vec(T* q, T* k, const int64_t* positions, const float* inv_freq, int tokens, int heads,
+                     int kv_heads, int head_dim, int64_t q_token_stride, int64_t q_head_stride,
+                     int64_t k_token_stride, int64_t k_head_stride, cudaStream_t stream) {
+    const size_t shared = sizeof(float) * head_dim;
+    const int per_head = (INTERLEAVED ? head_dim : head_dim / 2) / VEC;
+    // Whole heads a slice: as many as fit 64 threads, or one head of up to 1024 threads.
+    const int heads_per_block = per_head >= kSliceThreads ? 1 : kSliceThreads / per_head;
+    const int slices = (heads + kv_heads + heads_per_block - 1) / heads_per_block;
+    if (tokens < kFewTokens && per_head <= 1024 && slices <= 65535) {
+        const int threads = (heads_per_block * per_head + 31) / 32 * 32;
+        rope_slice_kernel<T, VEC, INTERLEAVED><<<dim3(tokens, slices), threads, shared, stream>>>(
+            q, k, positions, inv_freq, heads, kv_heads, head_dim, heads_per_block, q_token_stride, q_head_stride,
+            k_token_stride, k_head_stride);
+        return;
+    }
+    rope_kernel<T, VEC, INTERLEAVED><<<tokens, 128, shared, stream>>>(
+        q, k, positions, inv_freq, heads, kv_heads, head_dim, q_token_stride, q_head_stride, k_token_stride,
+        k_head_stride);
 }
 
 template <typename T, bool INTERLEAVED>
 cudaError_t launch_rope_t(void* q, void* k, const int64_t* positions, const float* inv_freq, int tokens, int heads,
                           int kv_heads, int head_dim, int64_t q_token_stride, int64_t q_head_stride,
                           int64_t k_token_stride, int64_t k_head_stride, cudaStream_t stream) {
-    if (tokens == 0) return cudaSuccess;
+    if (tokens == 0 || heads + kv_heads == 0) return cudaSuccess;  // (a grid of 0 slices is an error)
     constexpr int kVec = kVec16<T>;
     constexpr int kNarrow = INTERLEAVED ? 2 : 1;
     const int span = INTERLEAVED ? head_dim : head_dim / 2;
     const bool vectorised = span % kVec == 0 && q_token_stride % kVec == 0 && q_head_stride % kVec == 0 &&
                             k_token_stride % kVec == 0 && k_head_stride % kVec == 0 && aligned16(q) && aligned16(k);
-    const int threads = 128;
-    const size_t shared = sizeof(float) * head_dim;
     T* qp = static_cast<T*>(q);
     T* kp = static_cast<T*>(k);
     if (vectorised) {
-        rope_kernel<T, kVec, INTERLEAVED><<<tokens, threads, shared, stream>>>(
-            qp, kp, positions, inv_freq, heads, kv_heads, head_dim, q_token_stride, q_head_stride, k_token_stride,
-            k_head_stride);
+        launch_with_vec<T, kVec, INTERLEAVED>(qp, kp, positions, inv_freq, tokens, heads, kv_heads, head_dim,
+                                              q_token_stride, q_head_stride, k_token_stride, k_head_stride, stream);
     } else {
-        rope_kernel<T, kNarrow, INTERLEAVED><<<tokens, threads, shared, stream>>>(
-            qp, kp, positions, inv_freq, heads, kv_heads, head_dim, q_token_stride, q_head_stride, k_token_stride,
-            k_head_stride);
+        launch_with_vec<T, kNarrow, INTERLEAVED>(qp, kp, positions, inv_freq, tokens, heads, kv_heads, head_dim,
+                                                 q_token_stride, q_head_stride, k_token_stride, k_head_stride,
+                                                 stream);
     }
     return cudaGetLastError();
 }

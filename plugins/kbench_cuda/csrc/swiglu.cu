@@ -8,8 +8,17 @@
 namespace kbench {
 namespace {
 
+// Large tensors: 256 threads a block, four 16-byte loads of each input in flight a thread.
 constexpr int kThreads = 256;
-constexpr int kUnroll = 4;  // accesses per thread: four 16-byte loads of each input in flight
+constexpr int kUnroll = 4;
+// Below two such blocks per SM of a 132-SM H100 (270,336 accesses, ~196 tokens of 11008 in
+// bf16) the grid of 1024-access blocks leaves SMs idle: one token of 11008 was 2 blocks,
+// streamed by 2 SMs. There blocks of 64 threads, one access each: one token of 11008 is 22
+// blocks, and at the threshold 4224 blocks are the 32 64-thread blocks each SM holds at once,
+// so the small grid is never more than one wave (2048 threads x 32 bytes in flight an SM,
+// enough to cover HBM latency).
+constexpr int kSmallThreads = 64;
+constexpr int64_t kSmallAccesses = 2 * 132 * kThreads * kUnroll;
 
 template <typename T>
 __device__ __forceinline__ T swiglu_one(T gate, T up) {
@@ -18,22 +27,23 @@ __device__ __forceinline__ T swiglu_one(T gate, T up) {
     return from_float<T>(silu * to_float(up));
 }
 
-template <typename T, int VEC>
+// THREADS threads a block, UNROLL accesses of VEC elements a thread, THREADS apart.
+template <typename T, int VEC, int THREADS, int UNROLL>
 __global__ void swiglu_kernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ out,
                               int64_t vectors) {
-    const int64_t first = static_cast<int64_t>(blockIdx.x) * kThreads * kUnroll + threadIdx.x;
-    Vec<T, VEC> g[kUnroll], u[kUnroll];
+    const int64_t first = static_cast<int64_t>(blockIdx.x) * THREADS * UNROLL + threadIdx.x;
+    Vec<T, VEC> g[UNROLL], u[UNROLL];
 #pragma unroll
-    for (int i = 0; i < kUnroll; ++i) {
-        const int64_t index = first + i * kThreads;
+    for (int i = 0; i < UNROLL; ++i) {
+        const int64_t index = first + i * THREADS;
         if (index < vectors) {
             g[i] = load_vec_stream<T, VEC>(gate + index * VEC);
             u[i] = load_vec_stream<T, VEC>(up + index * VEC);
         }
     }
 #pragma unroll
-    for (int i = 0; i < kUnroll; ++i) {
-        const int64_t index = first + i * kThreads;
+    for (int i = 0; i < UNROLL; ++i) {
+        const int64_t index = first + i * THREADS;
         if (index < vectors) {
             Vec<T, VEC> o;
 #pragma unroll
@@ -43,6 +53,19 @@ __global__ void swiglu_kernel(const T* __restrict__ gate, const T* __restrict__ 
     }
 }
 
+// `vectors` accesses of VEC elements.
+template <typename T, int VEC>
+void launch_with_vec(const T* gate, const T* up, T* out, int64_t vectors, cudaStream_t stream) {
+    if (vectors < kSmallAccesses) {
+        const int64_t blocks = (vectors + kSmallThreads - 1) / kSmallThreads;
+        swiglu_kernel<T, VEC, kSmallThreads, 1><<<blocks, kSmallThreads, 0, stream>>>(gate, up, out, vectors);
+        return;
+    }
+    const int64_t per_block = static_cast<int64_t>(kThreads) * kUnroll;
+    swiglu_kernel<T, VEC, kThreads, kUnroll><<<(vectors + per_block - 1) / per_block, kThreads, 0, stream>>>(
+        gate, up, out, vectors);
+}
+
 template <typename T>
 cudaError_t launch_swiglu_t(const void* gate, const void* up, void* out, int64_t elements, cudaStream_t stream) {
     if (elements == 0) return cudaSuccess;
@@ -50,12 +73,10 @@ cudaError_t launch_swiglu_t(const void* gate, const void* up, void* out, int64_t
     const T* gp = static_cast<const T*>(gate);
     const T* up_p = static_cast<const T*>(up);
     T* op = static_cast<T*>(out);
-    const int64_t per_block = static_cast<int64_t>(kThreads) * kUnroll;
     if (elements % kVec == 0 && aligned16(gate) && aligned16(up) && aligned16(out)) {
-        const int64_t vectors = elements / kVec;
-        swiglu_kernel<T, kVec><<<(vectors + per_block - 1) / per_block, kThreads, 0, stream>>>(gp, up_p, op, vectors);
+        launch_with_vec<T, kVec>(gp, up_p, op, elements / kVec, stream);
     } else {
-        swiglu_kernel<T, 1><<<(elements + per_block - 1) / per_block, kThreads, 0, stream>>>(gp, up_p, op, elements);
+        launch_with_vec<T, 1>(gp, up_p, op, elements, stream);
     }
     return cudaGetLastError();
 }
