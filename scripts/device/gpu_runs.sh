@@ -18,6 +18,8 @@
 #              widths' shapes (issue 4)
 #   topk       the filter top-k and sample on the GPU: tests, a memcheck of them, both benches (issue 4)
 #   triton-run the issue's command, triton for every op, and rope against torch.compile (issue 4)
+#   cuda-small every cuda GPU test, a memcheck, and the memory-bound ops against triton and
+#              torch.compile at llama2-7b's shapes (issue 5)
 #   splits     triton decode attention at every split count where it is furthest below copy (issue 4)
 #   tune       candidate launch shapes of rope, add_rmsnorm and swiglu against torch.compile, and
 #              rope at the other specs' head counts (issue 4)
@@ -27,7 +29,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|cuda-small}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -167,6 +169,13 @@ compile)  # triton against torch.compile where the two were close (every shape c
     step 60 kbench bench swiglu --backend triton --vs compile --spec $spec --out "$records"
     step 90 kbench bench swiglu --backend triton --vs compile --tokens 1,64,512,32768 \
         --intermediate 13824,14336,28672 --out "$records"
+    ;;
+cuda-small)  # the cuda kernels' few-token paths: tests, memcheck, and the spec's shapes
+    step 240 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py
+    step 90 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/cuda_bench.py --once
+    for op in rmsnorm add_rmsnorm rope swiglu; do
+        step 50 kbench bench $op --backend cuda --vs triton --vs compile --spec $spec --out "$records"
+    done
     ;;
 splits)  # the split count of triton's decode attention, measured where the heuristic is weakest
     step 200 python3 scripts/device/decode_splits.py
