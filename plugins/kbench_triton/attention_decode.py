@@ -28,9 +28,11 @@ from kbench_triton.common import TunedKernel, dot, dot_flags, interpreting, laun
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
 MIN_TOKENS_PER_SPLIT = 128
-# programs per SM to aim for: 2, 4, 8, 16 measured equal within 2% at batch 1, context 8192
-# (MHA) and 2 best for GQA (notes/triton.md); more splits only add merge work
-PROGRAMS_PER_SM = 2
+# Splits give about one program per SM, never more: on the H100 (scripts/device/decode_splits.py)
+# the best count put 128-256 programs on 132 SMs at batch 1 (8 or 32 kv heads: 16 or 4
+# splits), and one split, 64-256 programs, won at batch 8 (83% of copy against 71% for 5
+# splits at GQA-8 x 2048; 87% against 78% for 2 at MHA x 512): a split's merge work and its
+# partial writes cost more than a half-empty wave.
 
 
 @triton.jit
@@ -141,12 +143,13 @@ def _sm_count(device_index: int) -> int:
 
 
 def num_splits(batch: int, kv_heads: int, capacity: int, device: torch.device) -> int:
-    """Splits per (sequence, kv head): about PROGRAMS_PER_SM programs per SM, >= 128 keys each.
+    """Splits per (sequence, kv head): as many as keep the programs within one per SM, >= 128
+    keys each.
 
     Host shapes only (never the lengths on the device), so the choice is graph-capturable.
     """
     sms = 4 if device.type != "cuda" or interpreting() else _sm_count(device.index or 0)
-    wanted = triton.cdiv(PROGRAMS_PER_SM * sms, batch * kv_heads)
+    wanted = sms // (batch * kv_heads)
     return max(1, min(wanted, MAX_SPLITS, triton.cdiv(capacity, MIN_TOKENS_PER_SPLIT)))
 
 

@@ -389,3 +389,17 @@ def test_last_arriving_programs_finish_the_work_under_graph_replay():
             torch.testing.assert_close(out_linear, expected_linear, atol=2e-2, rtol=2e-2)
             torch.testing.assert_close(out_attention, expected_attention, atol=2e-5, rtol=1e-4)
     assert not semaphores("skinny_gemm", 1, q.device).any()
+
+
+def test_decode_splits_keep_about_one_program_per_sm(monkeypatch):
+    # the counts measured best on the H100's 132 SMs (scripts/device/decode_splits.py)
+    from kbench_triton import attention_decode as decode_module
+
+    monkeypatch.setattr(decode_module, "interpreting", lambda: False)
+    monkeypatch.setattr(decode_module, "_sm_count", lambda index: 132)
+    cuda = torch.device("cuda", 0)
+    assert decode_module.num_splits(1, 8, 2048, cuda) == 16  # GQA-8, batch 1
+    assert decode_module.num_splits(1, 32, 2048, cuda) == 4  # MHA, batch 1
+    assert decode_module.num_splits(8, 32, 512, cuda) == 1  # MHA, batch 8: no merge pass
+    assert decode_module.num_splits(64, 8, 8192, cuda) == 1
+    assert decode_module.num_splits(1, 8, 512, cuda) == 4  # at least 128 keys a split
