@@ -30,9 +30,9 @@ MAX_SPLITS = 64
 MIN_TOKENS_PER_SPLIT = 128
 # Splits give about one program per SM, never more: on the H100 (scripts/device/decode_splits.py)
 # the best count put 128-256 programs on 132 SMs at batch 1 (8 or 32 kv heads: 16 or 4
-# splits), and one split, 64-256 programs, won at batch 8 (83% of copy against 71% for 5
-# splits at GQA-8 x 2048; 87% against 78% for 2 at MHA x 512): a split's merge work and its
-# partial writes cost more than a half-empty wave.
+# splits), and at batch 8 one or two splits won (GQA-8 x 2048: 83% of copy at 1, 79% at 2,
+# 71% at 5; MHA x 512: 87% at 1 against 78% at 2): a split's merge work and its partial
+# writes cost more than a half-empty wave.
 
 
 @triton.jit
