@@ -27,17 +27,22 @@ from kbench_triton.common import interpreting, launch_config
 
 
 @triton.jit
+def _swiglu_at(gate_ptr, up_ptr, out_ptr, row, col, mask, stride_gate, stride_up, stride_out):
+    """out[row, col] = silu(gate) * up, rounded to the dtype after the SiLU and after the product."""
+    gate = tl.load(gate_ptr + row * stride_gate + col, mask=mask, other=0.0)
+    up = tl.load(up_ptr + row * stride_up + col, mask=mask, other=0.0)
+    g = gate.to(tl.float32)
+    silu = (g / (1.0 + tl.exp(-g))).to(gate.dtype)
+    out = (silu.to(tl.float32) * up.to(tl.float32)).to(gate.dtype)
+    tl.store(out_ptr + row * stride_out + col, out, mask=mask)
+
+
+@triton.jit
 def _swiglu_kernel(gate_ptr, up_ptr, out_ptr, stride_gate, stride_up, stride_out, intermediate,
                    BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < intermediate
-    gate = tl.load(gate_ptr + row * stride_gate + cols, mask=mask, other=0.0)
-    up = tl.load(up_ptr + row * stride_up + cols, mask=mask, other=0.0)
-    g = gate.to(tl.float32)
-    silu = (g / (1.0 + tl.exp(-g))).to(gate.dtype)
-    out = (silu.to(tl.float32) * up.to(tl.float32)).to(gate.dtype)
-    tl.store(out_ptr + row * stride_out + cols, out, mask=mask)
+    _swiglu_at(gate_ptr, up_ptr, out_ptr, row, cols, cols < intermediate, stride_gate, stride_up, stride_out)
 
 
 @triton.jit
@@ -50,14 +55,8 @@ def _swiglu_flat_kernel(gate_ptr, up_ptr, out_ptr, stride_gate, stride_up, strid
         start = start.to(tl.int64)
     offs = start * BLOCK + tl.arange(0, BLOCK)
     mask = offs < total
-    row = offs // intermediate
-    col = offs % intermediate
-    gate = tl.load(gate_ptr + row * stride_gate + col, mask=mask, other=0.0)
-    up = tl.load(up_ptr + row * stride_up + col, mask=mask, other=0.0)
-    g = gate.to(tl.float32)
-    silu = (g / (1.0 + tl.exp(-g))).to(gate.dtype)
-    out = (silu.to(tl.float32) * up.to(tl.float32)).to(gate.dtype)
-    tl.store(out_ptr + row * stride_out + col, out, mask=mask)
+    _swiglu_at(gate_ptr, up_ptr, out_ptr, offs // intermediate, offs % intermediate, mask,
+               stride_gate, stride_up, stride_out)
 
 
 # from this many elements the flat layout: it matched torch.compile from 1024 tokens up where the
