@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 # kernel name -> shape key -> config description; filled as kernels launch.
-_HEURISTIC_CONFIGS: dict[str, dict[str, str]] = {}
+_HEURISTIC_CONFIGS: dict[str, dict[tuple, dict]] = {}
 _TUNED_KERNELS: dict[str, TunedKernel] = {}
 
 
@@ -34,8 +34,9 @@ def describe(config: triton.Config) -> str:
 
 
 def launch_config(kernel: str, key: Sequence, **config) -> None:
-    """Record the heuristic config ``kernel`` launches with for shape ``key``."""
-    _HEURISTIC_CONFIGS.setdefault(kernel, {})[_key_text(key)] = " ".join(f"{k}={v}" for k, v in config.items())
+    """Record the heuristic config ``kernel`` launches with for shape ``key`` (on every call, so
+    only stored here: ``chosen_configs`` formats it)."""
+    _HEURISTIC_CONFIGS.setdefault(kernel, {})[tuple(key)] = config
 
 
 def _key_text(key: Sequence) -> str:
@@ -76,7 +77,8 @@ class TunedKernel:
 
 def chosen_configs() -> dict[str, dict[str, str]]:
     """kernel name -> shape key -> the config it ran with (autotuned or heuristic)."""
-    configs = {name: dict(by_key) for name, by_key in _HEURISTIC_CONFIGS.items()}
+    configs = {name: {_key_text(key): " ".join(f"{k}={v}" for k, v in config.items()) for key, config in by_key.items()}
+               for name, by_key in _HEURISTIC_CONFIGS.items()}
     for name, tuned in _TUNED_KERNELS.items():
         chosen = tuned.chosen()
         if chosen:

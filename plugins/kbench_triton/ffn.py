@@ -83,7 +83,7 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     tokens, intermediate = gate.shape
     out = torch.empty((tokens, intermediate), dtype=gate.dtype, device=gate.device)
     flat, block, num_warps = _swiglu_config(tokens, intermediate)
-    launch_config("swiglu", (intermediate, gate.dtype), FLAT=flat, BLOCK=block, num_warps=num_warps)
+    launch_config("swiglu", (tokens, intermediate, gate.dtype), FLAT=flat, BLOCK=block, num_warps=num_warps)
     if tokens and flat:
         total = tokens * intermediate
         _swiglu_flat_kernel[(triton.cdiv(total, block),)](

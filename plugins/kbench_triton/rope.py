@@ -158,8 +158,7 @@ def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, inv_freq: to
     block_half = triton.next_power_of_2(half)
     block_heads, per_program, num_warps = _config(tokens, heads, kv_heads, block_half)
     all_heads = heads + kv_heads
-    tokens_bucket = "<32" if tokens < TINY_TOKENS else "<128" if tokens < 128 else "<512" if tokens < FEW_TOKENS else ">=512"
-    launch_config("rope", (tokens_bucket, heads, kv_heads, head_dim, style), BLOCK_HEADS=block_heads,
+    launch_config("rope", (tokens, heads, kv_heads, head_dim, style), BLOCK_HEADS=block_heads,
                   num_warps=num_warps)
     if tokens:
         _rope_kernel[(tokens, triton.cdiv(all_heads, per_program))](

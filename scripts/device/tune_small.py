@@ -18,6 +18,7 @@ import kbench_triton.ffn as ffn
 import kbench_triton.norm as norm
 import kbench_triton.rope as rope
 import torch
+import triton
 
 from kbench.bench.sweep import op_rows
 from kbench.ops.base import Case
@@ -49,8 +50,7 @@ def rope_candidates():
 def norm_candidates():
     yield "current", norm._row_config
     for warps in (2, 4, 16):
-        yield f"{warps}w", lambda tokens, hidden, itemsize, warps=warps: (
-            norm.triton.next_power_of_2(hidden), warps)
+        yield f"{warps}w", lambda hidden, itemsize, warps=warps: (triton.next_power_of_2(hidden), warps)
 
 
 def swiglu_candidates():
