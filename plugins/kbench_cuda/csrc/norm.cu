@@ -10,7 +10,7 @@
 namespace kbench {
 namespace {
 
-// At most this many rows (two a SM of a 132-SM H100) every load of a block (the weight, the
+// At most two rows a SM (264 on a 132-SM H100) every load of a block (the weight, the
 // row and, for add_rmsnorm, the residual) goes out before any arithmetic. The per-access loop
 // below makes dependent round trips, which with at most two rows a SM no other block hides: in
 // its SASS (sm_90) each weight load follows the previous access's output store, and in
@@ -21,7 +21,7 @@ namespace {
 // chain; above, the kernel approaches the bandwidth limit and keeps the loop measured at
 // 95-98% of copy (the weight loaded before the reduction there measured 195 against 188 us at
 // 32768 x 4096).
-constexpr int kFewRows = 2 * 132;
+constexpr int kFewRowsPerSm = 2;
 
 // VEC elements per access (16 bytes, or 1 when the row is not 16-byte aligned);
 // VPT accesses per thread, so a block of `blockDim.x` threads holds VEC * VPT * blockDim.x
@@ -99,11 +99,8 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, T* __restrict__ residual
 
 template <typename T, int VEC, int VPT, bool ADD>
 void launch_rows(const T* x, T* residual, const T* weight, T* out, int tokens, int threads, int hidden, float eps,
-                 cudaStream_t stream) {
-    // Loads first take up to 151 registers a thread (bf16, 8 accesses a thread): within
-    // 256 threads a block stays inside the 64K-register file; every row of up to 2048 accesses
-    // (hidden 16384 in bf16) gets that many.
-    if (tokens <= kFewRows && threads <= 256) {
+                 bool loads_first, cudaStream_t stream) {
+    if (loads_first) {
         rmsnorm_kernel<T, VEC, VPT, ADD, true><<<tokens, threads, 0, stream>>>(x, residual, weight, out, hidden, eps);
     } else {
         rmsnorm_kernel<T, VEC, VPT, ADD, false><<<tokens, threads, 0, stream>>>(x, residual, weight, out, hidden, eps);
@@ -121,15 +118,22 @@ cudaError_t launch_with_vec(const void* x, void* residual, const void* weight, v
     int threads = (accesses + per_thread - 1) / per_thread;
     threads = (threads + 31) / 32 * 32;
     if (threads > 1024) return cudaErrorInvalidConfiguration;
+    int multiprocessors = 0;
+    const cudaError_t err = multiprocessor_count(&multiprocessors);
+    if (err != cudaSuccess) return err;
+    // Loads first take up to 151 registers a thread (bf16, 8 accesses a thread): within
+    // 256 threads a block stays inside the 64K-register file; every row of up to 2048 accesses
+    // (hidden 16384 in bf16) gets that many.
+    const bool loads_first = tokens <= kFewRowsPerSm * multiprocessors && threads <= 256;
     const T* xp = static_cast<const T*>(x);
     T* rp = static_cast<T*>(residual);
     const T* wp = static_cast<const T*>(weight);
     T* op = static_cast<T*>(out);
     switch (per_thread) {
-        case 1: launch_rows<T, VEC, 1, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, stream); break;
-        case 2: launch_rows<T, VEC, 2, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, stream); break;
-        case 4: launch_rows<T, VEC, 4, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, stream); break;
-        default: launch_rows<T, VEC, 8, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, stream); break;
+        case 1: launch_rows<T, VEC, 1, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, loads_first, stream); break;
+        case 2: launch_rows<T, VEC, 2, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, loads_first, stream); break;
+        case 4: launch_rows<T, VEC, 4, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, loads_first, stream); break;
+        default: launch_rows<T, VEC, 8, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, loads_first, stream); break;
     }
     return cudaGetLastError();
 }

@@ -11,14 +11,14 @@ namespace {
 // Large tensors: 256 threads a block, four 16-byte loads of each input in flight a thread.
 constexpr int kThreads = 256;
 constexpr int kUnroll = 4;
-// Below two such blocks per SM of a 132-SM H100 (270,336 accesses, ~196 tokens of 11008 in
+// Below two such blocks per SM (270,336 accesses on a 132-SM H100, ~196 tokens of 11008 in
 // bf16) the grid of 1024-access blocks leaves SMs idle: one token of 11008 was 2 blocks,
 // streamed by 2 SMs. There blocks of 64 threads, one access each: one token of 11008 is 22
-// blocks, and at the threshold 4224 blocks are the 32 64-thread blocks each SM holds at once,
-// so the small grid is never more than one wave (2048 threads x 32 bytes in flight an SM,
-// enough to cover HBM latency).
+// blocks, and at the threshold the 64-thread blocks are the 32 each SM holds at once, so the
+// small grid is never more than one wave (2048 threads x 32 bytes in flight an SM, enough to
+// cover HBM latency).
 constexpr int kSmallThreads = 64;
-constexpr int64_t kSmallAccesses = 2 * 132 * kThreads * kUnroll;
+constexpr int64_t kSmallAccessesPerSm = 2 * kThreads * kUnroll;
 
 template <typename T>
 __device__ __forceinline__ T swiglu_one(T gate, T up) {
@@ -55,8 +55,8 @@ __global__ void swiglu_kernel(const T* __restrict__ gate, const T* __restrict__ 
 
 // `vectors` accesses of VEC elements.
 template <typename T, int VEC>
-void launch_with_vec(const T* gate, const T* up, T* out, int64_t vectors, cudaStream_t stream) {
-    if (vectors < kSmallAccesses) {
+void launch_with_vec(const T* gate, const T* up, T* out, int64_t vectors, int multiprocessors, cudaStream_t stream) {
+    if (vectors < kSmallAccessesPerSm * multiprocessors) {
         const int64_t blocks = (vectors + kSmallThreads - 1) / kSmallThreads;
         swiglu_kernel<T, VEC, kSmallThreads, 1><<<blocks, kSmallThreads, 0, stream>>>(gate, up, out, vectors);
         return;
@@ -73,10 +73,13 @@ cudaError_t launch_swiglu_t(const void* gate, const void* up, void* out, int64_t
     const T* gp = static_cast<const T*>(gate);
     const T* up_p = static_cast<const T*>(up);
     T* op = static_cast<T*>(out);
+    int multiprocessors = 0;
+    const cudaError_t err = multiprocessor_count(&multiprocessors);
+    if (err != cudaSuccess) return err;
     if (elements % kVec == 0 && aligned16(gate) && aligned16(up) && aligned16(out)) {
-        launch_with_vec<T, kVec>(gp, up_p, op, elements / kVec, stream);
+        launch_with_vec<T, kVec>(gp, up_p, op, elements / kVec, multiprocessors, stream);
     } else {
-        launch_with_vec<T, 1>(gp, up_p, op, elements, stream);
+        launch_with_vec<T, 1>(gp, up_p, op, elements, multiprocessors, stream);
     }
     return cudaGetLastError();
 }
