@@ -50,6 +50,26 @@ step() {  # step LIMIT_S command...: run with a time limit, report its exit stat
 latest() { ls -t "$records"/*"$1"*.json 2>/dev/null | head -1; }
 spec=model_specs/llama2-7b.yaml
 
+# steps that several phases take
+decode_sweep() {  # decode_sweep --vs BACKEND...: MHA and GQA-8 over batch and context
+    step 150 kbench bench attention_decode --backend triton "$@" \
+        --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
+}
+sampling_benches() {  # top-k and sample at issue 4's shapes
+    step 40 kbench bench topk --backend triton --vs cuda --vs reference --batch 64 --vocab 32000,128256 \
+        --k 50 --out "$records"
+    step 50 kbench bench sample --backend triton --vs cuda --vs reference \
+        --batch 64 --vocab 32000,128256 --temperature 0.8 --top-k 50 --top-p 0.95 --out "$records"
+}
+cuda_memcheck() {  # one run of every cuda kernel under compute-sanitizer
+    step 90 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/cuda_bench.py --once
+}
+rope_against_compile() {  # rope at llama2-7b's and llama2-13b's shapes
+    for spec_name in llama2-7b llama2-13b; do
+        step 60 kbench bench rope --backend triton --vs compile --spec model_specs/$spec_name.yaml --out "$records"
+    done
+}
+
 case $phase in
 smoke)  # every backend mix through a 2-layer llama2-7b, and where a decode step's time goes
     fast=(--backend norm=triton --backend rope=triton --backend attention=triton --backend ffn=triton
@@ -118,41 +138,31 @@ triton)  # the triton plugin on the GPU: its own tests (graph replay of the spli
     # the skinny-GEMM parity test autotunes 36 configs for each dtype and row count (compiling
     # them took the whole 150 s limit once); the split-K and graph-replay tests cover the kernel
     step 200 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_triton.py -k "not skinny_gemms_match"
-    step 90 kbench bench attention_decode --backend triton --vs sdpa \
-        --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
-    step 40 kbench bench topk --backend triton --vs cuda --vs reference --batch 64 --vocab 32000,128256 \
-        --k 50 --out "$records"
-    step 50 kbench bench sample --backend triton --vs cuda --vs reference \
-        --batch 64 --vocab 32000,128256 --temperature 0.8 --top-k 50 --top-p 0.95 --out "$records"
-    step 40 kbench bench rope --backend triton --vs compile --spec $spec --out "$records"
+    decode_sweep --vs sdpa
+    sampling_benches
+    rope_against_compile
     step 80 python3 scripts/device/profile_decode.py $spec --backend norm=triton --backend rope=triton \
         --backend attention=triton --backend ffn=triton --backend sampling=triton --batch 1
     ;;
 sweeps)  # the figures the issues name that no run above measures (issues 4, 5): decode attention
          # for MHA and GQA-8 over batch and context (sampling and top-k at both vocab sizes: the
          # triton phase), the memory-bound ops against torch.compile at the spec's shapes, and a memcheck
-    step 150 kbench bench attention_decode --backend triton --vs cuda --vs sdpa --vs flash \
-        --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
+    decode_sweep --vs cuda --vs sdpa --vs flash
     for op in rmsnorm add_rmsnorm rope swiglu; do
         step 40 kbench bench $op --backend triton --vs cuda --vs compile --spec $spec --out "$records"
     done
-    step 60 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/cuda_bench.py --once
+    cuda_memcheck
     ;;
 topk)  # the filter top-k: its tests (graph replay among them), a memcheck of them, the benches
     step 150 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_triton.py -k "topk or sample"
     step 120 compute-sanitizer --tool memcheck --error-exitcode 3 \
         python3 -m pytest -q -p no:cacheprovider tests/plugins/test_triton.py -k "filter_topk"
-    step 40 kbench bench topk --backend triton --vs cuda --vs reference --batch 64 --vocab 32000,128256 \
-        --k 50 --out "$records"
-    step 50 kbench bench sample --backend triton --vs cuda --vs reference \
-        --batch 64 --vocab 32000,128256 --temperature 0.8 --top-k 50 --top-p 0.95 --out "$records"
+    sampling_benches
     ;;
 triton-run)  # issue 4's done-when command with its op rows, and rope against torch.compile
     step 280 kbench run $spec --norm triton --rope triton --attention triton --ffn triton --sampling triton \
         --batch 1,64 --prompt-len 512 --out "$records"
-    for spec_name in llama2-7b llama2-13b; do
-        step 60 kbench bench rope --backend triton --vs compile --spec model_specs/$spec_name.yaml --out "$records"
-    done
+    rope_against_compile
     ;;
 gqa)  # the cuda decode kernels: GPU tests (the tensor-core GQA kernel among them), sweep, memcheck
     step 200 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py -k decode
@@ -160,19 +170,17 @@ gqa)  # the cuda decode kernels: GPU tests (the tensor-core GQA kernel among the
         --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
     step 60 kbench bench attention_decode --backend cuda --vs triton --batch 1,8,64 --context 512,2048,8192 \
         --heads 32 --kv-heads 8 --head-dim 128 --layout paged --block-size 16 --out "$records"
-    step 90 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/cuda_bench.py --once
+    cuda_memcheck
     ;;
 compile)  # triton against torch.compile where the two were close (every shape compiled now)
-    for spec_name in llama2-7b llama2-13b; do
-        step 60 kbench bench rope --backend triton --vs compile --spec model_specs/$spec_name.yaml --out "$records"
-    done
+    rope_against_compile
     step 60 kbench bench swiglu --backend triton --vs compile --spec $spec --out "$records"
     step 90 kbench bench swiglu --backend triton --vs compile --tokens 1,64,512,32768 \
         --intermediate 13824,14336,28672 --out "$records"
     ;;
 cuda-small)  # the cuda kernels' few-token paths: tests, memcheck, and the spec's shapes
     step 240 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py
-    step 90 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/cuda_bench.py --once
+    cuda_memcheck
     for op in rmsnorm add_rmsnorm rope swiglu; do
         step 50 kbench bench $op --backend cuda --vs triton --vs compile --spec $spec --out "$records"
     done
