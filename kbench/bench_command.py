@@ -85,6 +85,10 @@ def sweep_cases(op, dim_values: dict[str, list[str]]) -> list:
         if dim not in known:
             raise unknown_name(f"{op.name} dimension", dim, known)
     axes = [[(dim, parse_value(text, base[dim], dim)) for text in texts] for dim, texts in dim_values.items()]
+    for dim, value in itertools.chain.from_iterable(axes):
+        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            raise KbenchError(f"--{dim.replace('_', '-')} {value}: a dimension cannot be negative.",
+                              f"The op's first test case has {dim}={base[dim]!r}.")
     return [base.replace(**dict(combo)) for combo in itertools.product(*axes)]
 
 

@@ -129,11 +129,15 @@ def test_unknown_backend_of_a_broken_plugin_names_the_import_error(plugins):
     (["rmsnorm", "--backend", "torch", "--tokens"], "--tokens needs values"),
     (["rmsnorm", "--backend", "torch", "stray"], "Unexpected argument 'stray'"),
     (["rmsnorm", "--backend", "torch", "--dtype", "bf17"], "Unknown dtype 'bf17'"),
+    (["rmsnorm", "--backend", "torch", "--hidden", "-5"], "--hidden -5: a dimension cannot be negative"),
+    (["topk", "--backend", "reference", "--k", "100000"], "topk: k is 100000 for a vocab of 1000"),
 ])
-def test_command_line_mistakes_exit_2_with_the_fix(plugins, args, message):
-    result = bench(*args)
+def test_command_line_mistakes_exit_2_with_the_fix(plugins, tmp_path, args, message):
+    out = tmp_path / "records"
+    result = bench(*args, out=out)
     assert result.exit_code == 2, result.output
     assert message in text(result)
+    assert not out.exists() or not list(out.iterdir())  # no record, not even a partial one
 
 
 def test_dimension_arguments_parse_both_spellings():

@@ -60,6 +60,7 @@ def op_rows(
     rows = []
     for case in cases:
         inputs = op.make_inputs(case, dtype, device, seed)
+        op.validate(inputs)  # an impossible case (k past the vocab, ...) is the caller's mistake: KbenchError
         reference = reference_output(op, inputs)
         for backend in backends:
             if progress is not None:
