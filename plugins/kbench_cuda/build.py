@@ -6,6 +6,9 @@ when the built library is loaded. The build directory is
 sources, torch's and CUDA's versions, Python's version and the GPU's compute capability: a
 second run, in this or another process, loads the library built by the first (a fresh build
 took 21 s on the 16-core H100 machine). ``KBENCH_CUDA_VERBOSE=1`` prints the compiler's output.
+``KBENCH_CUDA_DEFINES="NAME=VALUE ..."`` builds a variant with those macros defined (the tuning
+knobs the sources mark ``#ifndef KBENCH_...``); they are part of the key, so each variant has its
+own build (``scripts/device/cuda_variants.py`` times variants against each other).
 
 ``load()`` never raises: it returns why the kernels cannot run here (no GPU, no nvcc, no ninja,
 or the compiler's own error message), or None once the ops are registered.
@@ -29,6 +32,7 @@ CSRC = Path(__file__).parent / "csrc"
 SOURCE_SUFFIXES = (".cu", ".cuh", ".cpp", ".h")
 CACHE_ENV = "KBENCH_CUDA_CACHE"
 VERBOSE_ENV = "KBENCH_CUDA_VERBOSE"
+DEFINES_ENV = "KBENCH_CUDA_DEFINES"
 LIBRARY = "kbench_cuda"
 # How much of a failed build's output a reason carries: enough for the first errors.
 MAX_REASON_CHARS = 2000
@@ -44,13 +48,25 @@ def compiled_sources() -> list[Path]:
     return [p for p in source_files() if p.suffix in (".cu", ".cpp")]
 
 
-def build_key(capability: tuple[int, int]) -> str:
-    """16 hex digits identifying one build: sources, torch, CUDA, Python and the GPU's arch."""
+def defines() -> list[str]:
+    """The ``NAME=VALUE`` macros of ``$KBENCH_CUDA_DEFINES``, checked: each knob is a C identifier
+    set to an integer, so nothing else reaches the compiler's command line."""
+    text = os.environ.get(DEFINES_ENV, "").strip()
+    items = text.split() if text else []
+    for item in items:
+        if not re.fullmatch(r"KBENCH_[A-Z0-9_]+=-?[0-9]+", item):
+            raise ValueError(f"{DEFINES_ENV}: {item!r} is not KBENCH_NAME=INTEGER (e.g. KBENCH_STREAM_LOADS=0)")
+    return items
+
+
+def build_key(capability: tuple[int, int], macros: list[str] | None = None) -> str:
+    """16 hex digits identifying one build: sources, macros, torch, CUDA, Python and the GPU's arch."""
     digest = hashlib.sha256()
     for path in source_files():
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
-    for part in (torch.__version__, torch.version.cuda, f"sm_{capability[0]}{capability[1]}", sys.version):
+    for part in (torch.__version__, torch.version.cuda, f"sm_{capability[0]}{capability[1]}", sys.version,
+                 *(macros or [])):
         digest.update(str(part).encode())
     return digest.hexdigest()[:16]
 
@@ -59,11 +75,12 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "kbench" / "cuda")
 
 
-def nvcc_flags(capability: tuple[int, int]) -> list[str]:
+def nvcc_flags(capability: tuple[int, int], macros: list[str] | None = None) -> list[str]:
     """Flags for the .cu files: the GPU's own arch only (no PTX for others, no fast math:
     rope needs full-precision sincosf for angles in the thousands of radians)."""
     arch = f"{capability[0]}{capability[1]}"
-    return ["-O3", "-std=c++17", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-lineinfo"]
+    return ["-O3", "-std=c++17", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-lineinfo",
+            *(f"-D{macro}" for macro in macros or [])]
 
 
 def _nvcc() -> str | None:
@@ -123,8 +140,12 @@ def load() -> str | None:
         return reason
     from torch.utils import cpp_extension
 
+    try:
+        macros = defines()
+    except ValueError as error:
+        return str(error)
     capability = torch.cuda.get_device_capability()
-    key = build_key(capability)
+    key = build_key(capability, macros)
     build_dir = cache_root() / key
     build_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -133,7 +154,7 @@ def load() -> str | None:
                 name=f"{LIBRARY}_{key}",
                 sources=[str(p) for p in compiled_sources()],
                 extra_cflags=["-O3", "-std=c++17"],
-                extra_cuda_cflags=nvcc_flags(capability),
+                extra_cuda_cflags=nvcc_flags(capability, macros),
                 extra_include_paths=[str(CSRC)],
                 build_directory=str(build_dir),
                 is_python_module=False,

@@ -23,13 +23,15 @@
 #   splits     triton decode attention at every split count where it is furthest below copy (issue 4)
 #   tune       candidate launch shapes of rope, add_rmsnorm and swiglu against torch.compile, and
 #              rope at the other specs' head counts (issue 4)
+#   variants   triton decode split counts near one split, and builds of the cuda kernels with
+#              other tuning knobs timed against each other and torch.compile (issues 4, 5)
 #
 # FA4 first (flash, kernels, sweeps): shared/device/fa4-wheels.sh, two calls; then start each
 # call with `source /tmp/fa4/env.sh &&`. The liger wheel travels in .whl/ (carry it).
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|cuda-small}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|cuda-small|variants}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -193,6 +195,10 @@ tune)  # launch shapes of the small-token cases where torch.compile led (issue 4
     for other in llama2-13b llama2-70b llama3-8b; do
         step 60 kbench bench rope --backend triton --vs cuda --vs compile --spec model_specs/$other.yaml --out "$records"
     done
+    ;;
+variants)  # split counts near one, the cuda kernels' tuning knobs (issues 4, 5)
+    step 60 python3 scripts/device/decode_splits.py --quick
+    step 480 python3 scripts/device/cuda_variants.py --json "$OUT/cuda-variants.json"
     ;;
 tests)
     step 280 python3 -m pytest -q -p no:cacheprovider -m gpu tests

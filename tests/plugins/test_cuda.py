@@ -4,6 +4,7 @@ and on a GPU it matches the references at every shape of the shipped model specs
 from __future__ import annotations
 
 import concurrent.futures
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -84,6 +85,61 @@ def test_failed_build_reason_carries_the_compiler_error(monkeypatch, tmp_path):
 def test_build_key_changes_with_the_gpu_architecture():
     assert build.build_key((9, 0)) != build.build_key((8, 0))
     assert build.build_key((9, 0)) == build.build_key((9, 0))
+
+
+def test_tuning_macros_reach_nvcc_and_the_build_key(monkeypatch):
+    monkeypatch.setenv(build.DEFINES_ENV, " KBENCH_STREAM_LOADS=0  KBENCH_SWIGLU_UNROLL=2 ")
+    macros = build.defines()
+    assert macros == ["KBENCH_STREAM_LOADS=0", "KBENCH_SWIGLU_UNROLL=2"]
+    assert build.nvcc_flags((9, 0), macros)[-2:] == ["-DKBENCH_STREAM_LOADS=0", "-DKBENCH_SWIGLU_UNROLL=2"]
+    assert build.build_key((9, 0), macros) != build.build_key((9, 0))
+    monkeypatch.delenv(build.DEFINES_ENV)
+    assert build.defines() == []
+
+
+@pytest.mark.parametrize("text", ["KBENCH_X=1;rm -rf /", "-O0", "KBENCH_X", "OTHER=1", "KBENCH_X=fast"])
+def test_a_malformed_tuning_macro_is_a_reason_not_a_build(monkeypatch, text):
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv(build.DEFINES_ENV, text)
+    monkeypatch.setattr(build, "environment_reason", lambda: None)
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: pytest.fail("built with a malformed macro"))
+    build.load.cache_clear()
+    try:
+        reason = build.load()
+    finally:
+        build.load.cache_clear()
+    assert build.DEFINES_ENV in reason and "KBENCH_NAME=INTEGER" in reason
+
+
+def _variants():
+    path = Path(__file__).resolve().parents[2] / "scripts" / "device" / "cuda_variants.py"
+    spec = importlib.util.spec_from_file_location("cuda_variants", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.VARIANTS
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
+def test_every_tuning_variant_compiles_for_sm90(tmp_path):
+    """The knob values scripts/device/cuda_variants.py builds on the GPU compile (the knobs live in
+    the memory-bound kernels' sources and common.cuh, which attention.cu also includes)."""
+    sources = {p.stem: p for p in build.compiled_sources()}
+    variants = {name: macros for name, macros in _variants().items() if macros}
+    jobs = [(name, macros, sources[stem]) for name, macros in variants.items() for stem in ("norm", "rope", "swiglu")]
+    # attention.cu sees only common.cuh's knob (the slowest file to compile: once, not per variant)
+    jobs.append(("stream-loads-off", ["KBENCH_STREAM_LOADS=0"], sources["attention"]))
+
+    def compile_one(job):
+        name, macros, source = job
+        cmd = [NVCC, "-c", "-arch=sm_90", "-std=c++17", "-O1", f"-I{build.CSRC}", *(f"-D{m}" for m in macros),
+               str(source), "-o", str(tmp_path / f"{name}-{source.stem}.o")]
+        return job, subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(compile_one, jobs))
+    failures = [f"{name} {source.name}:\n{r.stderr[-2000:]}" for (name, _, source), r in results if r.returncode]
+    assert not failures, "\n\n".join(failures)
 
 
 # -- on a GPU: every shape of the shipped specs -----------------------------------------------

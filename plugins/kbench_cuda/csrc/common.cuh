@@ -41,11 +41,18 @@ __device__ __forceinline__ Vec<T, N> load_vec(const T* p) {
     return *reinterpret_cast<const Vec<T, N>*>(p);
 }
 
-// Streaming load for data read exactly once (keeps it from evicting reused lines in L1).
+// Tuning knobs (scripts/device/cuda_variants.py builds the sources with other values through
+// KBENCH_CUDA_DEFINES and times each build): 1 makes load_vec_stream an evict-first load.
+#ifndef KBENCH_STREAM_LOADS
+#define KBENCH_STREAM_LOADS 1
+#endif
+
+// Load for data a kernel reads once: with KBENCH_STREAM_LOADS an evict-first (`ld.global.cs`)
+// access, which keeps it from evicting reused lines, else a plain one.
 template <typename T, int N>
 __device__ __forceinline__ Vec<T, N> load_vec_stream(const T* p) {
     Vec<T, N> out;
-    if constexpr (sizeof(T) * N == 16) {
+    if constexpr (sizeof(T) * N == 16 && KBENCH_STREAM_LOADS) {
         uint4 raw = __ldcs(reinterpret_cast<const uint4*>(p));
         out = *reinterpret_cast<Vec<T, N>*>(&raw);
     } else {

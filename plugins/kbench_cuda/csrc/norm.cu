@@ -21,7 +21,10 @@ namespace {
 // chain; above, the kernel approaches the bandwidth limit and keeps the loop measured at
 // 95-98% of copy (the weight loaded before the reduction there measured 195 against 188 us at
 // 32768 x 4096).
-constexpr int kFewRowsPerSm = 2;
+#ifndef KBENCH_NORM_FEW_ROWS_PER_SM
+#define KBENCH_NORM_FEW_ROWS_PER_SM 2
+#endif
+constexpr int kFewRowsPerSm = KBENCH_NORM_FEW_ROWS_PER_SM;
 
 // VEC elements per access (16 bytes, or 1 when the row is not 16-byte aligned);
 // VPT accesses per thread, so a block of `blockDim.x` threads holds VEC * VPT * blockDim.x

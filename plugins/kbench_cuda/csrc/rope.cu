@@ -21,8 +21,14 @@ namespace {
 // where one block a token runs its heads in 4 serial passes (64 heads x 8 accesses / 128
 // threads) and leaves the GPU mostly idle; from there the per-token grid is at 96-97% of copy
 // and recomputes the table 8x less often.
-constexpr int kFewTokens = 512;
-constexpr int kSliceThreads = 64;
+#ifndef KBENCH_ROPE_FEW_TOKENS
+#define KBENCH_ROPE_FEW_TOKENS 512
+#endif
+#ifndef KBENCH_ROPE_SLICE_THREADS
+#define KBENCH_ROPE_SLICE_THREADS 64
+#endif
+constexpr int kFewTokens = KBENCH_ROPE_FEW_TOKENS;
+constexpr int kSliceThreads = KBENCH_ROPE_SLICE_THREADS;
 
 // cos[half_dim], then sin[half_dim] of the token's angles; the caller synchronises.
 template <typename T, bool INTERLEAVED>

@@ -9,15 +9,24 @@ namespace kbench {
 namespace {
 
 // Large tensors: 256 threads a block, four 16-byte loads of each input in flight a thread.
-constexpr int kThreads = 256;
-constexpr int kUnroll = 4;
+#ifndef KBENCH_SWIGLU_THREADS
+#define KBENCH_SWIGLU_THREADS 256
+#endif
+#ifndef KBENCH_SWIGLU_UNROLL
+#define KBENCH_SWIGLU_UNROLL 4
+#endif
+#ifndef KBENCH_SWIGLU_SMALL_THREADS
+#define KBENCH_SWIGLU_SMALL_THREADS 64
+#endif
+constexpr int kThreads = KBENCH_SWIGLU_THREADS;
+constexpr int kUnroll = KBENCH_SWIGLU_UNROLL;
 // Below two such blocks per SM (270,336 accesses on a 132-SM H100, ~196 tokens of 11008 in
 // bf16) the grid of 1024-access blocks leaves SMs idle: one token of 11008 was 2 blocks,
 // streamed by 2 SMs. There blocks of 64 threads, one access each: one token of 11008 is 22
 // blocks, and at the threshold the 64-thread blocks are the 32 each SM holds at once, so the
 // small grid is never more than one wave (2048 threads x 32 bytes in flight an SM, enough to
 // cover HBM latency).
-constexpr int kSmallThreads = 64;
+constexpr int kSmallThreads = KBENCH_SWIGLU_SMALL_THREADS;
 constexpr int64_t kSmallAccessesPerSm = 2 * kThreads * kUnroll;
 
 template <typename T>
