@@ -8,7 +8,7 @@ side by side while torch.compile is timed; then one process a variant (the ``kbe
 process) times ``rmsnorm``, ``add_rmsnorm``, ``rope`` and ``swiglu`` at the specs' shapes with
 ``op_rows``: every figure comes from an output checked against the reference, and is the
 kernel's time under CUDA-graph replay, as ``kbench bench`` reports it. The ``compile`` backend
-is timed on the same cases in the parent process. Prints one table per op: kernel µs per case
+is timed on the same cases, in a process of its own too. Prints one table per op: kernel µs per case
 and variant, with compile / variant in brackets; ``--json`` keeps every figure.
 """
 
@@ -27,15 +27,14 @@ OPS = ("rmsnorm", "add_rmsnorm", "rope", "swiglu")
 # Each variant changes at most one knob per op, so one build answers one question for each op.
 VARIANTS: dict[str, list[str]] = {
     "current": [],
-    # plain loads where the kernels loaded evict-first: inside a model step (and a graph
-    # replay) the previous op's output is still in L2
-    "plain": ["KBENCH_STREAM_LOADS=0"],
-    "plain-a": ["KBENCH_STREAM_LOADS=0", "KBENCH_NORM_FEW_ROWS_PER_SM=1000", "KBENCH_SWIGLU_THREADS=128",
-                "KBENCH_SWIGLU_UNROLL=1", "KBENCH_ROPE_SLICE_THREADS=32"],
-    "plain-b": ["KBENCH_STREAM_LOADS=0", "KBENCH_NORM_FEW_ROWS_PER_SM=8", "KBENCH_SWIGLU_UNROLL=2",
-                "KBENCH_ROPE_SLICE_THREADS=128", "KBENCH_ROPE_FEW_TOKENS=2048"],
-    "plain-c": ["KBENCH_STREAM_LOADS=0", "KBENCH_NORM_FEW_ROWS_PER_SM=4", "KBENCH_SWIGLU_THREADS=512",
-                "KBENCH_SWIGLU_UNROLL=1", "KBENCH_SWIGLU_SMALL_THREADS=128", "KBENCH_ROPE_FEW_TOKENS=128"],
+    "v1": ["KBENCH_FAST_SILU=1", "KBENCH_NORM_MAX_THREADS=512", "KBENCH_ROPE_SLICE_TABLE=0"],
+    "v2": ["KBENCH_FAST_SILU=1", "KBENCH_SWIGLU_SMALL_THREADS=128", "KBENCH_NORM_MAX_THREADS=1024",
+           "KBENCH_ROPE_SLICE_VEC=4"],
+    "v3": ["KBENCH_FAST_SILU=1", "KBENCH_SWIGLU_THREADS=256", "KBENCH_NORM_MAX_THREADS=128",
+           "KBENCH_ROPE_SLICE_VEC=2"],
+    "v4": ["KBENCH_FAST_SILU=1", "KBENCH_SWIGLU_SMALL_THREADS=32", "KBENCH_ROPE_SLICE_TABLE=0",
+           "KBENCH_ROPE_SLICE_VEC=2"],
+    "v5": ["KBENCH_ROPE_SLICE_TABLE=0", "KBENCH_ROPE_SLICE_VEC=4", "KBENCH_ROPE_SLICE_THREADS=128"],
 }
 
 
@@ -92,33 +91,39 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--rep-ms", type=float, default=10.0)
     parser.add_argument("--json", type=Path, help="write every figure here")
-    parser.add_argument("--child", help=argparse.SUPPRESS)  # time one variant, print JSON
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # time this backend, print JSON
     args = parser.parse_args()
     specs = args.specs.split(",")
     if args.child:
-        print(json.dumps(time_backend("cuda", specs, args.rep_ms)))
+        print(json.dumps(time_backend(args.child, specs, args.rep_ms)))
         return
     names = args.variants.split(",")
     unknown = [name for name in names if name not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
 
+    def timed(backend: str, name: str) -> dict | None:
+        """One backend's figures, timed in a process of its own (each holds GPU memory till it ends)."""
+        child = subprocess.run([sys.executable, __file__, "--child", backend, "--specs", args.specs,
+                                "--rep-ms", str(args.rep_ms)], env=variant_env(name), capture_output=True, text=True)
+        sys.stderr.write(child.stderr[-3000:])
+        if child.returncode:
+            print(f"{backend} ({name}): exit {child.returncode}")
+            return None
+        return json.loads(child.stdout.strip().splitlines()[-1])
+
     # the builds take the CPU while compile is timed: kernel times under graph replay are GPU time
     with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
         builds = pool.map(build, names)
-        results: dict[str, dict] = {"compile": time_backend("compile", specs, args.rep_ms)}
+        results: dict[str, dict] = {"compile": timed("compile", "current") or {op: {} for op in OPS}}
         failed = {name: reason for name, reason in builds if reason}
     for name, reason in failed.items():
         print(f"variant {name}: build failed: {reason}")
     names = [name for name in names if name not in failed]
     for name in names:
-        child = subprocess.run([sys.executable, __file__, "--child", name, "--specs", args.specs,
-                                "--rep-ms", str(args.rep_ms)], env=variant_env(name), capture_output=True, text=True)
-        sys.stderr.write(child.stderr[-3000:])
-        if child.returncode:
-            print(f"variant {name}: exit {child.returncode}")
-            continue
-        results[name] = json.loads(child.stdout.strip().splitlines()[-1])
+        figures = timed("cuda", name)
+        if figures is not None:
+            results[name] = figures
     if args.json:
         args.json.write_text(json.dumps({"variants": {n: VARIANTS[n] for n in names}, "figures": results}, indent=1))
 

@@ -23,8 +23,8 @@
 #   splits     triton decode attention at every split count where it is furthest below copy (issue 4)
 #   tune       candidate launch shapes of rope, add_rmsnorm and swiglu against torch.compile, and
 #              rope at the other specs' head counts (issue 4)
-#   variants   triton decode split counts near one split, and builds of the cuda kernels with
-#              other tuning knobs timed against each other and torch.compile (issues 4, 5)
+#   variants   builds of the cuda kernels with other tuning knobs timed against each other and
+#              torch.compile (issue 5)
 #
 # FA4 first (flash, kernels, sweeps): shared/device/fa4-wheels.sh, two calls; then start each
 # call with `source /tmp/fa4/env.sh &&`. The liger wheel travels in .whl/ (carry it).
@@ -196,8 +196,7 @@ tune)  # launch shapes of the small-token cases where torch.compile led (issue 4
         step 60 kbench bench rope --backend triton --vs cuda --vs compile --spec model_specs/$other.yaml --out "$records"
     done
     ;;
-variants)  # split counts near one, the cuda kernels' tuning knobs (issues 4, 5)
-    step 60 python3 scripts/device/decode_splits.py --quick
+variants)  # the cuda kernels' tuning knobs (issue 5)
     step 480 python3 scripts/device/cuda_variants.py --json "$OUT/cuda-variants.json"
     ;;
 tests)

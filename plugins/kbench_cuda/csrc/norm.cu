@@ -10,25 +10,24 @@
 namespace kbench {
 namespace {
 
-// At most two rows a SM (264 on a 132-SM H100) every load of a block (the weight, the
-// row and, for add_rmsnorm, the residual) goes out before any arithmetic. The per-access loop
-// below makes dependent round trips, which with at most two rows a SM no other block hides: in
-// its SASS (sm_90) each weight load follows the previous access's output store, and in
-// add_rmsnorm the residual store of access i precedes the loads of access i + 1, so a block
-// waits 1 + VPT (rmsnorm) or 2 VPT (add_rmsnorm) round trips, 5 and 8 at hidden 5120 or 8192
-// in bf16. With the loads first the SASS issues them all at once: one round trip, the
-// reduction, the stores. At 264 rows of 4096 the bytes take ~1.4 us at 3 TB/s, about that
-// chain; above, the kernel approaches the bandwidth limit and keeps the loop measured at
-// 95-98% of copy (the weight loaded before the reduction there measured 195 against 188 us at
-// 32768 x 4096).
-#ifndef KBENCH_NORM_FEW_ROWS_PER_SM
-#define KBENCH_NORM_FEW_ROWS_PER_SM 2
+// Every load of a block (the weight, the row and, for add_rmsnorm, the residual) goes out before
+// any arithmetic where the registers allow (LOADS_FIRST): one round trip, the reduction, the
+// stores. The per-access loop instead makes dependent round trips (in its SASS each weight load
+// follows the previous access's output store, and in add_rmsnorm the residual store of access i
+// precedes the loads of access i + 1). On the H100 (scripts/device/cuda_variants.py) loads first
+// at every row count took rmsnorm at 4096 x 8192 from 50.7 to 47.6 us and at 32768 x 8192 from
+// 420 to 414, and nowhere lost more than run-to-run spread. The loop remains for rows too wide
+// for the register file (more than 2 accesses a thread at over 256 threads).
+//
+// Threads a block: the fewest accesses a thread that keep a block within kMaxThreads threads.
+#ifndef KBENCH_NORM_MAX_THREADS
+#define KBENCH_NORM_MAX_THREADS 256
 #endif
-constexpr int kFewRowsPerSm = KBENCH_NORM_FEW_ROWS_PER_SM;
+constexpr int kMaxThreads = KBENCH_NORM_MAX_THREADS;
 
 // VEC elements per access (16 bytes, or 1 when the row is not 16-byte aligned);
 // VPT accesses per thread, so a block of `blockDim.x` threads holds VEC * VPT * blockDim.x
-// elements of the row in registers. LOADS_FIRST: all loads before any arithmetic (few rows).
+// elements of the row in registers. LOADS_FIRST: all loads before any arithmetic.
 template <typename T, int VEC, int VPT, bool ADD, bool LOADS_FIRST>
 __global__ void rmsnorm_kernel(const T* __restrict__ x, T* __restrict__ residual, const T* __restrict__ weight,
                                T* __restrict__ out, int hidden, float eps) {
@@ -43,8 +42,8 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, T* __restrict__ residual
             const int col = (i * blockDim.x + threadIdx.x) * VEC;
             if (col < hidden) {
                 weights[i] = load_vec<T, VEC>(weight + col);
-                xs[i] = load_vec_stream<T, VEC>(x + row_offset + col);
-                if constexpr (ADD) residuals[i] = load_vec_stream<T, VEC>(residual + row_offset + col);
+                xs[i] = load_vec<T, VEC>(x + row_offset + col);
+                if constexpr (ADD) residuals[i] = load_vec<T, VEC>(residual + row_offset + col);
             }
         }
     }
@@ -58,14 +57,14 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, T* __restrict__ residual
             if constexpr (LOADS_FIRST) {
                 xv = xs[i];
             } else {
-                xv = load_vec_stream<T, VEC>(x + row_offset + col);
+                xv = load_vec<T, VEC>(x + row_offset + col);
             }
             if constexpr (ADD) {
                 Vec<T, VEC> rv;
                 if constexpr (LOADS_FIRST) {
                     rv = residuals[i];
                 } else {
-                    rv = load_vec_stream<T, VEC>(residual + row_offset + col);
+                    rv = load_vec<T, VEC>(residual + row_offset + col);
                 }
 #pragma unroll
                 for (int e = 0; e < VEC; ++e) rv.v[e] = from_float<T>(to_float(rv.v[e]) + to_float(xv.v[e]));
@@ -114,20 +113,17 @@ template <typename T, int VEC, bool ADD>
 cudaError_t launch_with_vec(const void* x, void* residual, const void* weight, void* out, int tokens, int hidden,
                             float eps, cudaStream_t stream) {
     const int accesses = hidden / VEC;
-    // Fewest accesses per thread that keep the block within 256 threads (room for several
-    // blocks per SM), up to 8 per thread with blocks of up to 1024 threads.
+    // Fewest accesses per thread that keep the block within kMaxThreads threads (room for
+    // several blocks per SM), up to 8 per thread with blocks of up to 1024 threads.
     int per_thread = 1;
-    while (per_thread < 8 && (accesses + per_thread - 1) / per_thread > 256) per_thread *= 2;
+    while (per_thread < 8 && (accesses + per_thread - 1) / per_thread > kMaxThreads) per_thread *= 2;
     int threads = (accesses + per_thread - 1) / per_thread;
     threads = (threads + 31) / 32 * 32;
     if (threads > 1024) return cudaErrorInvalidConfiguration;
-    int multiprocessors = 0;
-    const cudaError_t err = multiprocessor_count(&multiprocessors);
-    if (err != cudaSuccess) return err;
-    // Loads first take up to 151 registers a thread (bf16, 8 accesses a thread): within
-    // 256 threads a block stays inside the 64K-register file; every row of up to 2048 accesses
-    // (hidden 16384 in bf16) gets that many.
-    const bool loads_first = tokens <= kFewRowsPerSm * multiprocessors && threads <= 256;
+    // Loads first take up to 151 registers a thread (bf16, 8 accesses a thread): within 256
+    // threads a block stays inside the 64K-register file, as it does at up to 2 accesses a
+    // thread in any block; every row of up to 2048 accesses (hidden 16384 in bf16) gets them.
+    const bool loads_first = threads <= 256 || per_thread <= 2;
     const T* xp = static_cast<const T*>(x);
     T* rp = static_cast<T*>(residual);
     const T* wp = static_cast<const T*>(weight);

@@ -29,6 +29,16 @@ namespace {
 #endif
 constexpr int kFewTokens = KBENCH_ROPE_FEW_TOKENS;
 constexpr int kSliceThreads = KBENCH_ROPE_SLICE_THREADS;
+// Elements a thread of the slice grid moves an access (0: 16 bytes); fewer spread a head over
+// more threads.
+#ifndef KBENCH_ROPE_SLICE_VEC
+#define KBENCH_ROPE_SLICE_VEC 0
+#endif
+// 1: a slice block computes its token's cos/sin table once into shared memory; 0: each thread
+// computes the angles of its own elements (no shared memory, no barrier).
+#ifndef KBENCH_ROPE_SLICE_TABLE
+#define KBENCH_ROPE_SLICE_TABLE 1
+#endif
 
 // cos[half_dim], then sin[half_dim] of the token's angles; the caller synchronises.
 template <typename T, bool INTERLEAVED>
@@ -47,25 +57,33 @@ __device__ __forceinline__ void fill_table(float* table, float position, const f
 }
 
 // Elements j..j+VEC of one head: a holds them and, for half, b the ones half_dim further on.
+// c[i] and s[i] are the cos and sin of angle i counted from the first angle of element j
+// (angle j for half, j / 2 for interleaved).
 template <typename T, int VEC, bool INTERLEAVED>
-__device__ __forceinline__ void rotate(Vec<T, VEC>& a, Vec<T, VEC>& b, const float* table, int j, int half_dim) {
+__device__ __forceinline__ void rotate(Vec<T, VEC>& a, Vec<T, VEC>& b, const float* c, const float* s) {
     if constexpr (INTERLEAVED) {
 #pragma unroll
         for (int e = 0; e < VEC; e += 2) {
-            const float c = table[(j + e) / 2], s = table[half_dim + (j + e) / 2];
             const float re = to_float(a.v[e]), im = to_float(a.v[e + 1]);
-            a.v[e] = from_float<T>(re * c - im * s);
-            a.v[e + 1] = from_float<T>(re * s + im * c);
+            a.v[e] = from_float<T>(re * c[e / 2] - im * s[e / 2]);
+            a.v[e + 1] = from_float<T>(re * s[e / 2] + im * c[e / 2]);
         }
     } else {
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
-            const float c = table[j + e], s = table[half_dim + j + e];
             const float x1 = to_float(a.v[e]), x2 = to_float(b.v[e]);
-            a.v[e] = from_float<T>(round_to<T>(x1 * c) - round_to<T>(x2 * s));
-            b.v[e] = from_float<T>(round_to<T>(x2 * c) + round_to<T>(x1 * s));
+            a.v[e] = from_float<T>(round_to<T>(x1 * c[e]) - round_to<T>(x2 * s[e]));
+            b.v[e] = from_float<T>(round_to<T>(x2 * c[e]) + round_to<T>(x1 * s[e]));
         }
     }
+}
+
+// The same rotation with the angles of elements j..j+VEC read from the token's table.
+template <typename T, int VEC, bool INTERLEAVED>
+__device__ __forceinline__ void rotate_from_table(Vec<T, VEC>& a, Vec<T, VEC>& b, const float* table, int j,
+                                                  int half_dim) {
+    const int first = INTERLEAVED ? j / 2 : j;
+    rotate<T, VEC, INTERLEAVED>(a, b, table + first, table + half_dim + first);
 }
 
 // Head `head` of the token: q's heads first, then k's.
@@ -96,7 +114,7 @@ __global__ void rope_kernel(T* __restrict__ q, T* __restrict__ k, const int64_t*
         T* base = head_base(q, k, token, head, heads, q_token_stride, q_head_stride, k_token_stride, k_head_stride);
         Vec<T, VEC> a = load_vec<T, VEC>(base + j), b;
         if constexpr (!INTERLEAVED) b = load_vec<T, VEC>(base + half_dim + j);
-        rotate<T, VEC, INTERLEAVED>(a, b, table, j, half_dim);
+        rotate_from_table<T, VEC, INTERLEAVED>(a, b, table, j, half_dim);
         store_vec<T, VEC>(base + j, a);
         if constexpr (!INTERLEAVED) store_vec<T, VEC>(base + half_dim + j, b);
     }
@@ -106,7 +124,7 @@ __global__ void rope_kernel(T* __restrict__ q, T* __restrict__ k, const int64_t*
 // heads_per_block) of token t, counted over q's heads then k's (a slice may hold both), one
 // access per thread: blockDim.x >= heads_per_block * per_head. Its loads go out before the
 // table is computed, so the sincosf runs while they are in flight.
-template <typename T, int VEC, bool INTERLEAVED>
+template <typename T, int VEC, bool INTERLEAVED, bool TABLE>
 __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const int64_t* __restrict__ positions,
                                   const float* __restrict__ inv_freq, int heads, int kv_heads, int head_dim,
                                   int heads_per_block, int64_t q_token_stride, int64_t q_head_stride,
@@ -126,10 +144,27 @@ __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const in
         a = load_vec<T, VEC>(base + j);
         if constexpr (!INTERLEAVED) b = load_vec<T, VEC>(base + half_dim + j);
     }
-    fill_table<T, INTERLEAVED>(table, static_cast<float>(positions[token]), inv_freq, half_dim);
-    __syncthreads();
-    if (!active) return;
-    rotate<T, VEC, INTERLEAVED>(a, b, table, j, half_dim);
+    if constexpr (TABLE) {
+        fill_table<T, INTERLEAVED>(table, static_cast<float>(positions[token]), inv_freq, half_dim);
+        __syncthreads();
+        if (!active) return;
+        rotate_from_table<T, VEC, INTERLEAVED>(a, b, table, j, half_dim);
+    } else {
+        if (!active) return;
+        constexpr int kAngles = INTERLEAVED ? VEC / 2 : VEC;
+        const int first = INTERLEAVED ? j / 2 : j;
+        const float position = static_cast<float>(positions[token]);
+        float c[kAngles], s[kAngles];
+#pragma unroll
+        for (int i = 0; i < kAngles; ++i) {
+            sincosf(position * inv_freq[first + i], &s[i], &c[i]);
+            if constexpr (!INTERLEAVED) {
+                c[i] = round_to<T>(c[i]);
+                s[i] = round_to<T>(s[i]);
+            }
+        }
+        rotate<T, VEC, INTERLEAVED>(a, b, c, s);
+    }
     store_vec<T, VEC>(base + j, a);
     if constexpr (!INTERLEAVED) store_vec<T, VEC>(base + half_dim + j, b);
 }
@@ -139,15 +174,19 @@ void launch_with_vec(T* q, T* k, const int64_t* positions, const float* inv_freq
                      int kv_heads, int head_dim, int64_t q_token_stride, int64_t q_head_stride,
                      int64_t k_token_stride, int64_t k_head_stride, cudaStream_t stream) {
     const size_t shared = sizeof(float) * head_dim;
-    const int per_head = (INTERLEAVED ? head_dim : head_dim / 2) / VEC;
-    // Whole heads a slice: as many as fit 64 threads, or one head of up to 1024 threads.
+    constexpr bool kNarrower = KBENCH_ROPE_SLICE_VEC > 0 && KBENCH_ROPE_SLICE_VEC < VEC &&
+                               (!INTERLEAVED || KBENCH_ROPE_SLICE_VEC % 2 == 0);
+    constexpr int kSliceVec = kNarrower ? KBENCH_ROPE_SLICE_VEC : VEC;
+    const int per_head = (INTERLEAVED ? head_dim : head_dim / 2) / kSliceVec;
+    // Whole heads a slice: as many as fit kSliceThreads threads, or one head of up to 1024 threads.
     const int heads_per_block = per_head >= kSliceThreads ? 1 : kSliceThreads / per_head;
     const int slices = (heads + kv_heads + heads_per_block - 1) / heads_per_block;
     if (tokens < kFewTokens && per_head <= 1024 && slices <= 65535) {
         const int threads = (heads_per_block * per_head + 31) / 32 * 32;
-        rope_slice_kernel<T, VEC, INTERLEAVED><<<dim3(tokens, slices), threads, shared, stream>>>(
-            q, k, positions, inv_freq, heads, kv_heads, head_dim, heads_per_block, q_token_stride, q_head_stride,
-            k_token_stride, k_head_stride);
+        rope_slice_kernel<T, kSliceVec, INTERLEAVED, KBENCH_ROPE_SLICE_TABLE != 0>
+            <<<dim3(tokens, slices), threads, KBENCH_ROPE_SLICE_TABLE ? shared : 0, stream>>>(
+                q, k, positions, inv_freq, heads, kv_heads, head_dim, heads_per_block, q_token_stride, q_head_stride,
+                k_token_stride, k_head_stride);
         return;
     }
     rope_kernel<T, VEC, INTERLEAVED><<<tokens, 128, shared, stream>>>(
