@@ -231,11 +231,11 @@ def test_ops_compile_with_torch_compile(registry):
     torch.testing.assert_close(compiled(gate, up), expected, atol=2e-3, rtol=2e-3)
 
 
-# -- on a GPU: both launch paths of the norms, swiglu and rope ---------------------------------
-# The spec shapes reach the few-token paths (norms up to 264 rows, swiglu below 270,336
-# accesses, rope below 512 tokens) and the many-token ones, but only at widths of whole 16-byte
-# accesses, rope only in the half style and never with a head slice holding q and k heads.
-# These cases sit on both sides of each threshold, at widths of one element an access too.
+# -- on a GPU: both launch paths of the norms and rope, both access widths of swiglu ------------
+# The spec shapes reach the norms' loads-first path and rope's slice grid (below 512 tokens) and
+# per-token blocks, but only at widths of whole 16-byte accesses, rope only in the half style and
+# never with a head slice holding q and k heads. These cases take every path, at widths of one
+# element an access too.
 
 
 def _rope_case(tokens, heads, kv_heads, head_dim, style):
@@ -244,18 +244,17 @@ def _rope_case(tokens, heads, kv_heads, head_dim, style):
 
 
 PATH_CASES = (
-    # hidden 2047: one element an access, 256 threads (weight loaded early up to 264 rows);
-    # 4095: 512 threads (always after the reduction); 4104: a last access past the row
-    *(Case(op, tokens=t, hidden=h, eps=1e-5) for op in ("rmsnorm", "add_rmsnorm") for t in (1, 264, 265)
+    # hidden 2047: one element an access, 8 a thread in 256 threads (loads first); 4095: 512
+    # threads of 8 (the per-access loop); 4104: a last access past the row
+    *(Case(op, tokens=t, hidden=h, eps=1e-5) for op in ("rmsnorm", "add_rmsnorm") for t in (1, 265)
       for h in (2047, 4095, 4096, 4104)),
-    # 16-byte accesses: 196 / 197 tokens of 11008 sit either side of the threshold in 16-bit
-    # dtypes, 98 / 99 in fp32; 11007 at odd token counts is one element an access, 23 / 25
-    # tokens either side
-    *(Case("swiglu", tokens=t, intermediate=11008) for t in (1, 98, 99, 196, 197)),
+    # 16-byte accesses with a last block part-filled; 11007 at odd token counts is one element
+    # an access
+    *(Case("swiglu", tokens=t, intermediate=11008) for t in (1, 99, 197)),
     *(Case("swiglu", tokens=t, intermediate=11007) for t in (1, 23, 25)),
-    # 6 + 3 heads: slices of 8 (bf16 half), 4 (fp32 half, bf16 interleaved) or 2 heads, some
-    # holding q and k heads; head_dim 72 and 68 give one element (half) or pair (interleaved)
-    # an access in the 16-bit dtypes, and slices of 7 and 3 heads
+    # 6 + 3 heads: slices of 8 heads (half) or 4 (interleaved), some holding q and k heads;
+    # head_dim 72 and 68 give one element (half) or pair (interleaved) an access in the 16-bit
+    # dtypes, and slices of 3 heads
     *(_rope_case(t, heads, kv_heads, head_dim, style) for t in (1, 511, 512)
       for heads, kv_heads, head_dim in ((6, 3, 128), (6, 3, 72), (5, 3, 68)) for style in ("half", "interleaved")),
 )

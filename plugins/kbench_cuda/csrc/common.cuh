@@ -102,23 +102,6 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-// Streaming multiprocessors of the current device, asked once per device: launchers that
-// size a grid against the GPU (few-row and few-element paths) read it.
-inline cudaError_t multiprocessor_count(int* count) {
-    constexpr int kCachedDevices = 64;
-    static int cached[kCachedDevices] = {};
-    int device = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err != cudaSuccess) return err;
-    if (device < kCachedDevices && cached[device] > 0) {
-        *count = cached[device];
-        return cudaSuccess;
-    }
-    err = cudaDeviceGetAttribute(count, cudaDevAttrMultiProcessorCount, device);
-    if (err == cudaSuccess && device < kCachedDevices) cached[device] = *count;
-    return err;
-}
-
 }  // namespace kbench
 
 // Runs `__VA_ARGS__` with `scalar_t` bound to the C++ type of `dtype`.

@@ -1,43 +1,42 @@
 // rope: q and k rotated in place in one launch.
 //
-// Each block computes cos/sin of `position * inv_freq[i]` for its token into shared memory
-// (fp32 angles and full-precision sincosf, as the reference's fp32 `angles.cos()`), then
-// rotates its heads with them. Every scaling variant arrives through inv_freq.
+// The angles are `position * inv_freq[i]` in fp32 with full-precision sincosf, as the
+// reference's fp32 `angles.cos()`; every scaling variant arrives through inv_freq.
 //   half (HF): cos/sin rounded to T, each product and the sum rounded to T, as HF's
 //              `x * cos + rotate_half(x) * sin` in x.dtype;
 //   interleaved (Meta): pairs (2i, 2i+1) rotated in fp32, rounded once.
-// From kFewTokens tokens up one block takes all heads of a token (the table computed once a
-// token); below, a 2-D grid (tokens, head slices) spreads a token's heads over several blocks.
+// From kFewTokens tokens up one block takes all heads of a token, from a cos/sin table it
+// computes once into shared memory; below, a 2-D grid (tokens, head slices) spreads a token's
+// heads over several blocks.
 #include "common.cuh"
 #include "launchers.h"
 
 namespace kbench {
 namespace {
 
-// Below this many tokens the (token, head slice) grid. Slices are <= 64 threads, one 16-byte
-// access (a pair of them for half) each, so at 64 heads of 128 (bf16) a token is 8 blocks and
-// 512 tokens are 4096 blocks: about the 4224 64-thread blocks the 132 SMs of an H100 hold at
-// once (32 each). Up to there the whole call is one wave, each thread one load-rotate-store,
-// where one block a token runs its heads in 4 serial passes (64 heads x 8 accesses / 128
-// threads) and leaves the GPU mostly idle; from there the per-token grid is at 96-97% of copy
-// and recomputes the table 8x less often.
+// Below this many tokens the (token, head slice) grid: blocks of kSliceThreads threads, each
+// thread one access of kSliceVec elements (a pair of them for half) that computes the angles of
+// its own elements (no shared table, no barrier). At 8 tokens of 32 + 32 heads that is 64 blocks
+// of 128 threads, 4 sincosf a thread. On the H100 (scripts/device/cuda_variants.py, round 2)
+// this took 8 tokens from 2.19 to 1.93 us and 64 tokens from 3.19 to 2.93 against 64-thread
+// slices of 16-byte accesses sharing a table (GQA 64/8 at 1 token: 2.10 -> 1.78). From 512
+// tokens one block a token takes all heads, the table computed once a token (96-97% of copy).
 #ifndef KBENCH_ROPE_FEW_TOKENS
 #define KBENCH_ROPE_FEW_TOKENS 512
 #endif
 #ifndef KBENCH_ROPE_SLICE_THREADS
-#define KBENCH_ROPE_SLICE_THREADS 64
+#define KBENCH_ROPE_SLICE_THREADS 128
 #endif
 constexpr int kFewTokens = KBENCH_ROPE_FEW_TOKENS;
 constexpr int kSliceThreads = KBENCH_ROPE_SLICE_THREADS;
-// Elements a thread of the slice grid moves an access (0: 16 bytes); fewer spread a head over
-// more threads.
+// Elements a slice thread moves an access (0: 16 bytes' worth).
 #ifndef KBENCH_ROPE_SLICE_VEC
-#define KBENCH_ROPE_SLICE_VEC 0
+#define KBENCH_ROPE_SLICE_VEC 4
 #endif
-// 1: a slice block computes its token's cos/sin table once into shared memory; 0: each thread
-// computes the angles of its own elements (no shared memory, no barrier).
+// 1: a slice block computes its token's cos/sin table into shared memory once; 0: each thread
+// computes the angles of its own elements.
 #ifndef KBENCH_ROPE_SLICE_TABLE
-#define KBENCH_ROPE_SLICE_TABLE 1
+#define KBENCH_ROPE_SLICE_TABLE 0
 #endif
 
 // cos[half_dim], then sin[half_dim] of the token's angles; the caller synchronises.
@@ -123,7 +122,8 @@ __global__ void rope_kernel(T* __restrict__ q, T* __restrict__ k, const int64_t*
 // Grid (tokens, slices): block (t, s) rotates heads [s * heads_per_block, (s + 1) *
 // heads_per_block) of token t, counted over q's heads then k's (a slice may hold both), one
 // access per thread: blockDim.x >= heads_per_block * per_head. Its loads go out before the
-// table is computed, so the sincosf runs while they are in flight.
+// angles are computed (TABLE: by the block into shared memory; else by each thread for its own
+// elements), so the sincosf runs while they are in flight.
 template <typename T, int VEC, bool INTERLEAVED, bool TABLE>
 __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const int64_t* __restrict__ positions,
                                   const float* __restrict__ inv_freq, int heads, int kv_heads, int head_dim,
