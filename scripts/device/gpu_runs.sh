@@ -25,13 +25,16 @@
 #              rope at the other specs' head counts (issue 4)
 #   variants   builds of the cuda kernels with other tuning knobs timed against each other and
 #              torch.compile (issue 5)
+#   cuda-final every cuda GPU test, a memcheck, and the knobs' next round (issue 5)
+#   cuda-run   issue 5's command, compared with issue 4's triton record, and the memory-bound
+#              ops against triton and torch.compile at llama2-7b's shapes (issue 5)
 #
 # FA4 first (flash, kernels, sweeps): shared/device/fa4-wheels.sh, two calls; then start each
 # call with `source /tmp/fa4/env.sh &&`. The liger wheel travels in .whl/ (carry it).
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|cuda-small|variants}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|cuda-small|variants|cuda-final|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -198,6 +201,21 @@ tune)  # launch shapes of the small-token cases where torch.compile led (issue 4
     ;;
 variants)  # the cuda kernels' tuning knobs (issue 5)
     step 480 python3 scripts/device/cuda_variants.py --json "$OUT/cuda-variants.json"
+    ;;
+cuda-final)  # the cuda kernels at their chosen knobs: every GPU test, a memcheck, round 3 of the knobs
+    step 260 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py
+    cuda_memcheck
+    step 200 python3 scripts/device/cuda_variants.py --json "$OUT/cuda-variants.json"
+    ;;
+cuda-run)  # issue 5's command with its op rows, compared with issue 4's triton record; the
+           # memory-bound ops against triton and torch.compile at llama2-7b's shapes
+    step 240 kbench run $spec --norm cuda --rope cuda --ffn cuda --attention cuda --sampling cuda \
+        --backend attention_prefill=triton --batch 1,64 --prompt-len 512 --out "$records"
+    step 20 kbench compare results/examples/20261123T222954Z-llama2-7b-364cd9.json "$(latest llama2-7b)" \
+        --format markdown --output "$OUT/compare-triton-vs-cuda.md"
+    for op in rmsnorm add_rmsnorm rope swiglu; do
+        step 50 kbench bench $op --backend cuda --vs triton --vs compile --spec $spec --out "$records"
+    done
     ;;
 tests)
     step 280 python3 -m pytest -q -p no:cacheprovider -m gpu tests
