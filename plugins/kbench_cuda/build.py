@@ -55,7 +55,7 @@ def defines() -> list[str]:
     items = text.split() if text else []
     for item in items:
         if not re.fullmatch(r"KBENCH_[A-Z0-9_]+=-?[0-9]+", item):
-            raise ValueError(f"{DEFINES_ENV}: {item!r} is not KBENCH_NAME=INTEGER (e.g. KBENCH_STREAM_LOADS=0)")
+            raise ValueError(f"{DEFINES_ENV}: {item!r} is not KBENCH_NAME=INTEGER (e.g. KBENCH_SWIGLU_UNROLL=2)")
     return items
 
 

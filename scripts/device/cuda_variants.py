@@ -123,14 +123,14 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"variants": {n: VARIANTS[n] for n in names}, "figures": results}, indent=1))
 
-    timed = [name for name in names if name in results]
+    shown = [name for name in names if name in results]
     for op in OPS:
         print(f"\n{op}: kernel µs, compile / variant in brackets")
-        print("| case | compile | " + " | ".join(timed) + " |")
-        print("| --- |" + " --- |" * (len(timed) + 1))
+        print("| case | compile | " + " | ".join(shown) + " |")
+        print("| --- |" + " --- |" * (len(shown) + 1))
         for case, compiled in results["compile"][op].items():
             cells = []
-            for name in timed:
+            for name in shown:
                 value = results[name][op].get(case)
                 cells.append("FAIL" if value is None else f"{value:.2f} ({compiled / value:.2f})")
             print(f"| {case} | {compiled:.2f} | " + " | ".join(cells) + " |")

@@ -69,6 +69,9 @@ sampling_benches() {  # top-k and sample at issue 4's shapes
 cuda_memcheck() {  # one run of every cuda kernel under compute-sanitizer
     step 90 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/cuda_bench.py --once
 }
+cuda_variants() {  # cuda_variants LIMIT_S: the cuda tuning variants against each other and torch.compile
+    step "$1" python3 scripts/device/cuda_variants.py --json "$OUT/cuda-variants.json"
+}
 rope_against_compile() {  # rope at llama2-7b's and llama2-13b's shapes
     for spec_name in llama2-7b llama2-13b; do
         step 60 kbench bench rope --backend triton --vs compile --spec model_specs/$spec_name.yaml --out "$records"
@@ -200,19 +203,19 @@ tune)  # launch shapes of the small-token cases where torch.compile led (issue 4
     done
     ;;
 variants)  # the cuda kernels' tuning knobs (issue 5)
-    step 480 python3 scripts/device/cuda_variants.py --json "$OUT/cuda-variants.json"
+    cuda_variants 480
     ;;
 cuda-final)  # the cuda kernels at their chosen knobs: every GPU test, a memcheck, round 3 of the knobs
     step 260 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py
     cuda_memcheck
-    step 200 python3 scripts/device/cuda_variants.py --json "$OUT/cuda-variants.json"
+    cuda_variants 200
     ;;
 cuda-run)  # issue 5's command with its op rows, compared with issue 4's triton record; the
            # memory-bound ops against triton and torch.compile at llama2-7b's shapes
     step 240 kbench run $spec --norm cuda --rope cuda --ffn cuda --attention cuda --sampling cuda \
         --backend attention_prefill=triton --batch 1,64 --prompt-len 512 --out "$records"
     step 20 kbench compare results/examples/20261123T222954Z-llama2-7b-364cd9.json "$(latest llama2-7b)" \
-        --format markdown --output "$OUT/compare-triton-vs-cuda.md"
+        --metric kernel_us --format markdown --output "$OUT/compare-triton-vs-cuda.md"
     for op in rmsnorm add_rmsnorm rope swiglu; do
         step 50 kbench bench $op --backend cuda --vs triton --vs compile --spec $spec --out "$records"
     done

@@ -39,19 +39,23 @@ constexpr int kSliceThreads = KBENCH_ROPE_SLICE_THREADS;
 #define KBENCH_ROPE_SLICE_TABLE 0
 #endif
 
+// cos and sin of angle `position * frequency`, rounded to T for the half style (HF rounds its
+// cos/sin tables to x.dtype); the table and the per-thread angles both come from here.
+template <typename T, bool INTERLEAVED>
+__device__ __forceinline__ void angle_cos_sin(float position, float frequency, float* c, float* s) {
+    sincosf(position * frequency, s, c);
+    if constexpr (!INTERLEAVED) {
+        *c = round_to<T>(*c);
+        *s = round_to<T>(*s);
+    }
+}
+
 // cos[half_dim], then sin[half_dim] of the token's angles; the caller synchronises.
 template <typename T, bool INTERLEAVED>
 __device__ __forceinline__ void fill_table(float* table, float position, const float* __restrict__ inv_freq,
                                            int half_dim) {
     for (int i = threadIdx.x; i < half_dim; i += blockDim.x) {
-        float s, c;
-        sincosf(position * inv_freq[i], &s, &c);
-        if constexpr (!INTERLEAVED) {
-            c = round_to<T>(c);
-            s = round_to<T>(s);
-        }
-        table[i] = c;
-        table[half_dim + i] = s;
+        angle_cos_sin<T, INTERLEAVED>(position, inv_freq[i], &table[i], &table[half_dim + i]);
     }
 }
 
@@ -156,13 +160,7 @@ __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const in
         const float position = static_cast<float>(positions[token]);
         float c[kAngles], s[kAngles];
 #pragma unroll
-        for (int i = 0; i < kAngles; ++i) {
-            sincosf(position * inv_freq[first + i], &s[i], &c[i]);
-            if constexpr (!INTERLEAVED) {
-                c[i] = round_to<T>(c[i]);
-                s[i] = round_to<T>(s[i]);
-            }
-        }
+        for (int i = 0; i < kAngles; ++i) angle_cos_sin<T, INTERLEAVED>(position, inv_freq[first + i], &c[i], &s[i]);
         rotate<T, VEC, INTERLEAVED>(a, b, c, s);
     }
     store_vec<T, VEC>(base + j, a);
