@@ -34,7 +34,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|cuda-small|variants|cuda-final|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|fused|cuda-small|variants|cuda-final|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -195,6 +195,11 @@ cuda-small)  # the cuda kernels' few-token paths: tests, memcheck, and the spec'
     ;;
 splits)  # the split count of triton's decode attention, measured where the heuristic is weakest
     step 200 python3 scripts/device/decode_splits.py
+    ;;
+fused)  # triton's decode with the merge in the split kernel: GPU tests, split counts, the sweep
+    step 200 python3 -m pytest -q tests/plugins/test_triton.py -k "decode or arriving"
+    step 330 python3 scripts/device/decode_splits.py
+    decode_sweep --vs sdpa
     ;;
 tune)  # launch shapes of the small-token cases where torch.compile led (issue 4)
     step 300 python3 scripts/device/tune_small.py --quick
