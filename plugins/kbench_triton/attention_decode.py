@@ -1,15 +1,14 @@
-"""Decode attention over a KV cache: split-KV "flash-decoding", merged in the same launch.
+"""Decode attention over a KV cache: split-KV "flash-decoding" plus a reduction pass.
 
-Grid ``(num_splits, kv_heads, batch)``: a program takes one kv head of one sequence and one
-contiguous slice of its ``cache_seqlens[b]`` tokens (the slice length is computed on the device
-from the length, so every split gets an even share), and attends the whole query group of that
-kv head at once (a ``[BLOCK_G, head_dim]`` tile, padded to 16 rows for ``tl.dot``): each K/V
-row is read once per group, never once per query head. It writes the split's normalised output
-``acc / l`` and its log-sum-exp (base 2) in float32, then counts itself in on an arrival
-counter; the last program of the (sequence, kv head) merges the splits by their log-sum-exp
-and writes the output. A second launch for the merge cost about as much as the whole of a
-small-batch call's reading. With one split (large batches) the program writes the output
-itself.
+Pass 1, grid ``(num_splits, kv_heads, batch)``: a program takes one kv head of one sequence
+and one contiguous slice of its ``cache_seqlens[b]`` tokens (the slice length is computed on
+the device from the length, so every split gets an even share), and attends the whole query
+group of that kv head at once (a ``[BLOCK_G, head_dim]`` tile, padded to 16 rows for
+``tl.dot``): each K/V row is read once per group, never once per query head. It writes the
+split's normalised output ``acc / l`` and its log-sum-exp (base 2) in float32.
+
+Pass 2, grid ``(heads, batch)``: merges the splits by their log-sum-exp. With one split
+(large batches) pass 1 writes the output itself and pass 2 is skipped.
 
 ``num_splits`` depends only on host-known shapes (batch, kv heads, cache capacity, SM count),
 and the partial buffers are sized from them, so a step can be captured in a CUDA graph.
@@ -24,21 +23,23 @@ import torch
 import triton
 import triton.language as tl
 
-from kbench_triton.common import TunedKernel, dot, dot_flags, interpreting, launch_config, semaphores
+from kbench_triton.common import TunedKernel, dot, dot_flags, interpreting, launch_config
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
 MIN_TOKENS_PER_SPLIT = 128
+MIN_SPLITS = 3
 # Splits give about one program per SM, never more: on the H100 (scripts/device/decode_splits.py)
 # the best count put 128-256 programs on 132 SMs at batch 1 (8 or 32 kv heads: 16 or 4
-# splits), and at batch 8 one or two splits won (GQA-8 x 2048: 83% of copy at 1, 79% at 2,
-# 71% at 5; MHA x 512: 87% at 1 against 78% at 2): a split's merge work and its partial
-# writes cost more than a half-empty wave.
+# splits), and at batch 8 one split won: MHA x 512 87% of copy at 1 against 78% at 2, GQA-8 x
+# 2048 26.8-27.1 µs at 1 against 27.9-28.6 at 2 (three runs, two sessions), GQA-8 x 512 a tie
+# (8.2-8.5 against 7.8-8.7). From half the SMs on, the programs already draw ~85% of copy and a
+# split's merge launch and partial writes cost more than the second half of the SMs gives; so
+# a call splits only where that makes 3 or more splits.
 
 
 @triton.jit
-def _split_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, block_table_ptr, partial_out_ptr, partial_lse_ptr, counters_ptr,
-                  out_ptr,
+def _split_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, block_table_ptr, partial_out_ptr, partial_lse_ptr, out_ptr,
                   qk_scale, stride_qb, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                   stride_table, stride_ob, stride_oh, capacity_bucket,
                   NUM_SPLITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
@@ -95,37 +96,27 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, block_table_ptr, partial_out
     has_keys = l_i > 0
     out = tl.where(has_keys[:, None], acc / tl.where(has_keys, l_i, 1.0)[:, None], 0.0)
     lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
-    first_row = (batch * tl.num_programs(1) * GROUP + heads) * NUM_SPLITS
-    tl.store(partial_out_ptr + (first_row + split)[:, None] * HEAD_DIM + offs_d[None, :], out, mask=q_mask)
-    tl.store(partial_lse_ptr + first_row + split, lse, mask=group < GROUP)
+    row = (batch * tl.num_programs(1) * GROUP + heads) * NUM_SPLITS + split
+    tl.store(partial_out_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], out, mask=q_mask)
+    tl.store(partial_lse_ptr + row, lse, mask=group < GROUP)
 
-    # The last program of this (sequence, kv head) to arrive merges every split's partial: the
-    # barrier orders this program's stores before its release, the acquire orders the merge's
-    # reads after the other programs' releases, and the reads go to L2 (".cg"): L1 is not
-    # coherent and may hold the previous call's partials at the same addresses.
-    tl.debug_barrier()
-    counter = counters_ptr + batch * tl.num_programs(1) + kv_head
-    arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-    if arrived == NUM_SPLITS - 1:
-        tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # ready for the next call: nothing to clear
-        row_mask = group < GROUP
-        lse_max = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
-        for s in range(NUM_SPLITS):
-            lse_s = tl.load(partial_lse_ptr + first_row + s, mask=row_mask, other=float("-inf"), cache_modifier=".cg")
-            lse_max = tl.maximum(lse_max, lse_s)
-        lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)  # a row with no keys anywhere
-        total = tl.zeros([BLOCK_G], dtype=tl.float32)
-        merged = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
-        for s in range(NUM_SPLITS):
-            lse_s = tl.load(partial_lse_ptr + first_row + s, mask=row_mask, other=float("-inf"), cache_modifier=".cg")
-            weight = tl.exp2(lse_s - lse_max)
-            part = tl.load(partial_out_ptr + (first_row + s)[:, None] * HEAD_DIM + offs_d[None, :], mask=q_mask,
-                           other=0.0, cache_modifier=".cg")
-            total += weight
-            merged += weight[:, None] * part
-        merged = merged / tl.where(total > 0, total, 1.0)[:, None]
-        tl.store(out_ptr + batch * stride_ob + heads[:, None] * stride_oh + offs_d[None, :],
-                 merged.to(out_ptr.dtype.element_ty), mask=q_mask)
+
+@triton.jit
+def _merge_kernel(partial_out_ptr, partial_lse_ptr, out_ptr, stride_ob, stride_oh,
+                  NUM_SPLITS: tl.constexpr, BLOCK_SPLITS: tl.constexpr,
+                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    head = tl.program_id(0)
+    batch = tl.program_id(1).to(tl.int64)
+    splits = tl.arange(0, BLOCK_SPLITS)
+    offs_d = tl.arange(0, BLOCK_D)
+    row = (batch * tl.num_programs(0) + head) * NUM_SPLITS
+    lse = tl.load(partial_lse_ptr + row + splits, mask=splits < NUM_SPLITS, other=float("-inf"))
+    weight = tl.exp2(lse - tl.max(lse, 0))
+    mask = (splits < NUM_SPLITS)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    partial = tl.load(partial_out_ptr + (row + splits[:, None]) * HEAD_DIM + offs_d[None, :], mask=mask, other=0.0)
+    out = tl.sum(partial * weight[:, None], 0) / tl.sum(weight, 0)
+    tl.store(out_ptr + batch * stride_ob + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty),
+             mask=offs_d < HEAD_DIM)
 
 
 _CONFIGS = [
@@ -156,13 +147,13 @@ def _sm_count(device_index: int) -> int:
 
 def num_splits(batch: int, kv_heads: int, capacity: int, device: torch.device) -> int:
     """Splits per (sequence, kv head): as many as keep the programs within one per SM, >= 128
-    keys each.
+    keys each; one where that gives fewer than ``MIN_SPLITS``.
 
     Host shapes only (never the lengths on the device), so the choice is graph-capturable.
     """
     sms = 4 if device.type != "cuda" or interpreting() else _sm_count(device.index or 0)
-    wanted = sms // (batch * kv_heads)
-    return max(1, min(wanted, MAX_SPLITS, triton.cdiv(capacity, MIN_TOKENS_PER_SPLIT)))
+    wanted = min(sms // (batch * kv_heads), MAX_SPLITS, triton.cdiv(capacity, MIN_TOKENS_PER_SPLIT))
+    return wanted if wanted >= MIN_SPLITS else 1
 
 
 def attention_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale, splits: int | None = None):
@@ -190,13 +181,18 @@ def attention_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale, spl
     partial_lse = torch.empty((batch, heads, partials), dtype=torch.float32, device=q.device)
     launch_config("attention_decode_splits", (batch, kv_heads, capacity), NUM_SPLITS=splits)
     table = block_table if paged else cache_seqlens  # any int32 tensor: unread when not paged
-    counters = semaphores("attention_decode", batch * kv_heads, q.device) if splits > 1 else cache_seqlens
     SPLIT[lambda meta: (splits, kv_heads, batch)](
-        q, k_cache, v_cache, cache_seqlens, table, partial_out, partial_lse, counters, out, scale * LOG2E,
+        q, k_cache, v_cache, cache_seqlens, table, partial_out, partial_lse, out, scale * LOG2E,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         table.stride(0), out.stride(0), out.stride(1), triton.next_power_of_2(capacity),
         NUM_SPLITS=splits, GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim, BLOCK_D=block_d,
         PAGED=paged, PAGE_SIZE=page_size, **dot_flags(q.dtype),
+    )
+    if splits == 1:
+        return out
+    _merge_kernel[(heads, batch)](
+        partial_out, partial_lse, out, out.stride(0), out.stride(1),
+        NUM_SPLITS=splits, BLOCK_SPLITS=triton.next_power_of_2(splits), HEAD_DIM=head_dim, BLOCK_D=block_d,
     )
     return out

@@ -21,6 +21,7 @@
 #   cuda-small every cuda GPU test, a memcheck, and the memory-bound ops against triton and
 #              torch.compile at llama2-7b's shapes (issue 5)
 #   splits     triton decode attention at every split count where it is furthest below copy (issue 4)
+#   decode     triton decode attention's GPU tests, split counts and sweep against sdpa (issue 4)
 #   tune       candidate launch shapes of rope, add_rmsnorm and swiglu against torch.compile, and
 #              rope at the other specs' head counts (issue 4)
 #   variants   builds of the cuda kernels with other tuning knobs timed against each other and
@@ -34,7 +35,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|fused|cuda-small|variants|cuda-final|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|cuda-final|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -196,7 +197,7 @@ cuda-small)  # the cuda kernels' few-token paths: tests, memcheck, and the spec'
 splits)  # the split count of triton's decode attention, measured where the heuristic is weakest
     step 200 python3 scripts/device/decode_splits.py
     ;;
-fused)  # triton's decode with the merge in the split kernel: GPU tests, split counts, the sweep
+decode)  # triton's decode attention: GPU tests, split counts, the sweep (issue 4)
     step 200 python3 -m pytest -q tests/plugins/test_triton.py -k "decode or arriving"
     step 330 python3 scripts/device/decode_splits.py
     decode_sweep --vs sdpa
