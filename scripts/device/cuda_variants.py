@@ -25,12 +25,12 @@ from pathlib import Path
 OPS = ("rmsnorm", "add_rmsnorm", "rope", "swiglu")
 
 # Each variant changes at most one knob per op, so one build answers one question for each op.
-# Rounds 1 and 2 (notes/cuda.md) chose the defaults; these are round 3's questions.
+# Rounds 1-3 (notes/cuda.md) chose the defaults; these are round 4's questions: the few-row norm
+# block and the narrow rope accesses against the defaults before them, and wider than chosen.
 VARIANTS: dict[str, list[str]] = {
     "current": [],
-    "r3a": ["KBENCH_ROPE_SLICE_VEC=2", "KBENCH_SWIGLU_UNROLL=2"],
-    "r3b": ["KBENCH_ROPE_SLICE_THREADS=256", "KBENCH_FAST_SILU=0"],
-    "r3c": ["KBENCH_ROPE_SLICE_THREADS=64", "KBENCH_ROPE_SLICE_TABLE=1", "KBENCH_NORM_MAX_THREADS=512"],
+    "r4-old": ["KBENCH_NORM_FEW_ROWS=0", "KBENCH_ROPE_NARROW_TOKENS=0"],
+    "r4-wide": ["KBENCH_NORM_FEW_ROWS_THREADS=1024", "KBENCH_ROPE_NARROW_TOKENS=128"],
 }
 
 
