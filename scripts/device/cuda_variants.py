@@ -25,12 +25,12 @@ from pathlib import Path
 OPS = ("rmsnorm", "add_rmsnorm", "rope", "swiglu")
 
 # Each variant changes at most one knob per op, so one build answers one question for each op.
-# Rounds 1-3 (notes/cuda.md) chose the defaults; these are round 4's questions: the few-row norm
-# block and the narrow rope accesses against the defaults before them, and wider than chosen.
+# Rounds 1-4 (notes/cuda.md) chose the defaults; these are round 4's questions: the few-row norm
+# block against the default before it, and wider than chosen.
 VARIANTS: dict[str, list[str]] = {
     "current": [],
-    "r4-old": ["KBENCH_NORM_FEW_ROWS=0", "KBENCH_ROPE_NARROW_TOKENS=0"],
-    "r4-wide": ["KBENCH_NORM_FEW_ROWS_THREADS=1024", "KBENCH_ROPE_NARROW_TOKENS=128"],
+    "r4-old": ["KBENCH_NORM_FEW_ROWS=0"],
+    "r4-wide": ["KBENCH_NORM_FEW_ROWS_THREADS=1024"],
 }
 
 

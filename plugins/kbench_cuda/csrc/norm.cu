@@ -19,11 +19,12 @@ namespace {
 // 420 to 414, and nowhere lost more than run-to-run spread. The loop remains for rows too wide
 // for the register file (more than 2 accesses a thread at over 256 threads).
 //
-// Threads a block: the fewest accesses a thread that keep a block within kMaxThreads threads,
-// or within kFewRowsMaxThreads below kFewRows rows. With fewer rows than SMs a block's latency
-// is the call's, and a wider block has fewer accesses a thread to wait for: in knob round 3
-// (scripts/device/cuda_variants.py) 512-thread blocks were faster at hidden 8192 below 128 rows
-// and slower from 1024 rows.
+// Threads a block: the fewest accesses a thread that keep a block within kMaxThreads threads.
+// Below kFewRows rows (fewer blocks than SMs: a block's latency is the call's), where that
+// leaves more than 2 accesses a thread, within kFewRowsMaxThreads instead. Knob round 4
+// (scripts/device/cuda_variants.py): 512-thread blocks took hidden 8192 at 1-64 rows from
+// 2.13-2.36 to 2.01-2.29 us (rmsnorm) and add_rmsnorm at 32 rows from 3.29 to 2.74; at hidden
+// 4096 (2 accesses a thread -> 1) they were slower at one row (add_rmsnorm 1.93 -> 2.20).
 #ifndef KBENCH_NORM_MAX_THREADS
 #define KBENCH_NORM_MAX_THREADS 256
 #endif
@@ -125,11 +126,15 @@ template <typename T, int VEC, bool ADD>
 cudaError_t launch_with_vec(const void* x, void* residual, const void* weight, void* out, int tokens, int hidden,
                             float eps, cudaStream_t stream) {
     const int accesses = hidden / VEC;
-    // Fewest accesses per thread that keep the block within max_threads threads (room for
+    // Fewest accesses per thread that keep the block within kMaxThreads threads (room for
     // several blocks per SM), up to 8 per thread with blocks of up to 1024 threads.
-    const int max_threads = tokens < kFewRows ? kFewRowsMaxThreads : kMaxThreads;
     int per_thread = 1;
-    while (per_thread < 8 && (accesses + per_thread - 1) / per_thread > max_threads) per_thread *= 2;
+    while (per_thread < 8 && (accesses + per_thread - 1) / per_thread > kMaxThreads) per_thread *= 2;
+    if (tokens < kFewRows && per_thread > 2) {
+        while (per_thread > 1 && (accesses + per_thread / 2 - 1) / (per_thread / 2) <= kFewRowsMaxThreads) {
+            per_thread /= 2;
+        }
+    }
     int threads = (accesses + per_thread - 1) / per_thread;
     threads = (threads + 31) / 32 * 32;
     if (threads > 1024) return cudaErrorInvalidConfiguration;

@@ -29,18 +29,9 @@ namespace {
 #endif
 constexpr int kFewTokens = KBENCH_ROPE_FEW_TOKENS;
 constexpr int kSliceThreads = KBENCH_ROPE_SLICE_THREADS;
-// Elements a slice thread moves an access (0: 16 bytes' worth), and below
-// KBENCH_ROPE_NARROW_TOKENS tokens KBENCH_ROPE_NARROW_VEC: in knob round 3 2-element accesses
-// were faster at 1-8 tokens (GQA 64/8 at 1 token 1.87 -> 1.60 us), where more threads share
-// the sincosf and the loads, and slower at 128 tokens (3.85 -> 4.25).
+// Elements a slice thread moves an access (0: 16 bytes' worth).
 #ifndef KBENCH_ROPE_SLICE_VEC
 #define KBENCH_ROPE_SLICE_VEC 4
-#endif
-#ifndef KBENCH_ROPE_NARROW_TOKENS
-#define KBENCH_ROPE_NARROW_TOKENS 32
-#endif
-#ifndef KBENCH_ROPE_NARROW_VEC
-#define KBENCH_ROPE_NARROW_VEC 2
 #endif
 // 1: a slice block computes its token's cos/sin table into shared memory once; 0: each thread
 // computes the angles of its own elements.
@@ -176,52 +167,27 @@ __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const in
     if constexpr (!INTERLEAVED) store_vec<T, VEC>(base + half_dim + j, b);
 }
 
-// SLICE_VEC elements an access where they divide what VEC does (a pair of them, interleaved),
-// else VEC.
-template <typename T, int VEC, bool INTERLEAVED, int SLICE_VEC>
-constexpr int slice_vec() {
-    return SLICE_VEC > 0 && SLICE_VEC < VEC && (!INTERLEAVED || SLICE_VEC % 2 == 0) ? SLICE_VEC : VEC;
-}
-
-// The (token, head slice) grid at ACCESS elements an access; false where a head is too wide
-// for one block or the slices too many for the grid.
-template <typename T, int ACCESS, bool INTERLEAVED>
-bool launch_slices(T* q, T* k, const int64_t* positions, const float* inv_freq, int tokens, int heads, int kv_heads,
-                   int head_dim, int64_t q_token_stride, int64_t q_head_stride, int64_t k_token_stride,
-                   int64_t k_head_stride, cudaStream_t stream) {
-    const int per_head = (INTERLEAVED ? head_dim : head_dim / 2) / ACCESS;
-    // Whole heads a slice: as many as fit kSliceThreads threads, or one head of up to 1024 threads.
-    const int heads_per_block = per_head >= kSliceThreads ? 1 : kSliceThreads / per_head;
-    const int slices = (heads + kv_heads + heads_per_block - 1) / heads_per_block;
-    if (per_head > 1024 || slices > 65535) return false;
-    const int threads = (heads_per_block * per_head + 31) / 32 * 32;
-    const size_t shared = KBENCH_ROPE_SLICE_TABLE ? sizeof(float) * head_dim : 0;
-    rope_slice_kernel<T, ACCESS, INTERLEAVED, KBENCH_ROPE_SLICE_TABLE != 0><<<dim3(tokens, slices), threads, shared,
-                                                                             stream>>>(
-        q, k, positions, inv_freq, heads, kv_heads, head_dim, heads_per_block, q_token_stride, q_head_stride,
-        k_token_stride, k_head_stride);
-    return true;
-}
-
 template <typename T, int VEC, bool INTERLEAVED>
 void launch_with_vec(T* q, T* k, const int64_t* positions, const float* inv_freq, int tokens, int heads,
                      int kv_heads, int head_dim, int64_t q_token_stride, int64_t q_head_stride,
                      int64_t k_token_stride, int64_t k_head_stride, cudaStream_t stream) {
-    constexpr int kSliceVec = slice_vec<T, VEC, INTERLEAVED, KBENCH_ROPE_SLICE_VEC>();
-    constexpr int kNarrowVec = slice_vec<T, VEC, INTERLEAVED, KBENCH_ROPE_NARROW_VEC>();
-    if (tokens < KBENCH_ROPE_NARROW_TOKENS &&
-        launch_slices<T, kNarrowVec, INTERLEAVED>(q, k, positions, inv_freq, tokens, heads, kv_heads, head_dim,
-                                                  q_token_stride, q_head_stride, k_token_stride, k_head_stride,
-                                                  stream)) {
+    const size_t shared = sizeof(float) * head_dim;
+    constexpr bool kNarrower = KBENCH_ROPE_SLICE_VEC > 0 && KBENCH_ROPE_SLICE_VEC < VEC &&
+                               (!INTERLEAVED || KBENCH_ROPE_SLICE_VEC % 2 == 0);
+    constexpr int kSliceVec = kNarrower ? KBENCH_ROPE_SLICE_VEC : VEC;
+    const int per_head = (INTERLEAVED ? head_dim : head_dim / 2) / kSliceVec;
+    // Whole heads a slice: as many as fit kSliceThreads threads, or one head of up to 1024 threads.
+    const int heads_per_block = per_head >= kSliceThreads ? 1 : kSliceThreads / per_head;
+    const int slices = (heads + kv_heads + heads_per_block - 1) / heads_per_block;
+    if (tokens < kFewTokens && per_head <= 1024 && slices <= 65535) {
+        const int threads = (heads_per_block * per_head + 31) / 32 * 32;
+        rope_slice_kernel<T, kSliceVec, INTERLEAVED, KBENCH_ROPE_SLICE_TABLE != 0>
+            <<<dim3(tokens, slices), threads, KBENCH_ROPE_SLICE_TABLE ? shared : 0, stream>>>(
+                q, k, positions, inv_freq, heads, kv_heads, head_dim, heads_per_block, q_token_stride, q_head_stride,
+                k_token_stride, k_head_stride);
         return;
     }
-    if (tokens < kFewTokens &&
-        launch_slices<T, kSliceVec, INTERLEAVED>(q, k, positions, inv_freq, tokens, heads, kv_heads, head_dim,
-                                                 q_token_stride, q_head_stride, k_token_stride, k_head_stride,
-                                                 stream)) {
-        return;
-    }
-    rope_kernel<T, VEC, INTERLEAVED><<<tokens, 128, sizeof(float) * head_dim, stream>>>(
+    rope_kernel<T, VEC, INTERLEAVED><<<tokens, 128, shared, stream>>>(
         q, k, positions, inv_freq, heads, kv_heads, head_dim, q_token_stride, q_head_stride, k_token_stride,
         k_head_stride);
 }
