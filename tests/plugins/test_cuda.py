@@ -383,3 +383,51 @@ def test_gqa_decode_replays_in_a_cuda_graph_on_new_lengths(registry, layout):
     expected = op.reference(**inputs)
     tolerance = op.tolerance(torch.bfloat16)
     torch.testing.assert_close(out, expected, atol=tolerance.atol, rtol=tolerance.rtol)
+
+
+# One sequence over a long context: the plan splits it across the GPU (up to 256 slices with a
+# single kv head), so the last block of each (sequence, kv head) merges many partials that other
+# blocks wrote. MHA, GQA-4, MQA and a single head; bfloat16 GQA runs gqa_decode_kernel, the rest
+# decode_kernel.
+MERGE_SHAPES = [(32, 32), (32, 8), (8, 1), (1, 1)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "paged"])
+@pytest.mark.parametrize(("heads", "kv_heads"), MERGE_SHAPES)
+def test_decode_merges_its_splits_call_after_call_and_in_graph_replays(registry, heads, kv_heads, layout, dtype):
+    """The block that finishes last merges the splits, found by per-(sequence, kv head)
+    counters that the kernel puts back to zero: a second call, every replay of a captured graph
+    and the eager calls between replays must each find them at zero, match the reference and
+    give the same bits (a merge that read a partial before it was written would not)."""
+    impl = registry.get("attention_decode", "cuda")
+    if impl.unavailable_reason():
+        pytest.skip(impl.unavailable_reason())
+    context = 16384
+    case = Case("attention_decode", {"batch": 1, "context": context, "heads": heads, "kv_heads": kv_heads,
+                                     "head_dim": 128, "layout": layout, "block_size": 16})
+    op = registry.op("attention_decode")
+    tolerance = op.tolerance(dtype)
+    inputs = op.make_inputs(case, dtype, torch.device("cuda"), 17)
+
+    def check(out):
+        torch.testing.assert_close(out, op.reference(**inputs), atol=tolerance.atol, rtol=tolerance.rtol)
+
+    first = impl.fn(**inputs)
+    second = impl.fn(**inputs)
+    check(first)
+    assert torch.equal(first, second), "the second call merged differently (counters left non-zero?)"
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = impl.fn(**inputs)
+    # the whole context; one token (every split but the first empty, weight 0); a length that
+    # ends inside a slice
+    for length in (context, 1, 64 * 37 + 5):
+        inputs["k_cache"].copy_(torch.randn_like(inputs["k_cache"]))
+        inputs["v_cache"].copy_(torch.randn_like(inputs["v_cache"]))
+        inputs["cache_seqlens"].fill_(length)
+        graph.replay()
+        check(out)
+        assert torch.equal(out, impl.fn(**inputs)), f"graph replay and eager call differ at length {length}"

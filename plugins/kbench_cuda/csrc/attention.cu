@@ -6,8 +6,15 @@
 // a warp holds 32 / LANES tokens, and each thread keeps a running softmax (max, sum, output)
 // per query head in fp32 over the tokens it sees, UNROLL tokens' K and V in flight at once.
 // The block then merges its slots; with one split it writes `out`, otherwise a normalised
-// partial output and its log-sum-exp, which `combine_kernel` merges (split-KV). The number of
-// splits depends only on shapes known on the host (no read of cache_seqlens, no sync).
+// partial output and its log-sum-exp (split-KV). The number of splits depends only on shapes
+// known on the host (no read of cache_seqlens, no sync).
+//
+// The splits are merged in the same launch, by whichever block of a (sequence, kv head)
+// finishes last: each block counts itself in on a per-pair counter once its partials are
+// written, and the one that sees the count complete reads the others' partials and writes
+// `out` (merge_splits). A second launch for the merge was 1.5-2 us of a 6-10 us call at small
+// batch. The last block also puts the counter back to 0, so the counters stay zero between
+// calls with no memset and a captured CUDA graph replays with no extra node.
 //
 // That kernel (decode_kernel) serves MHA and float32. GQA/MQA in bfloat16/float16 runs
 // gqa_decode_kernel instead: the same grid and split-KV, but the group's heads attend as one
@@ -24,6 +31,7 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kUnroll = 4;
 constexpr float kLog2e = 1.4426950408889634f;
+constexpr int kMaxSplits = 256;  // slices of one context at most (attention_decode_plan)
 
 struct DecodeArgs {
     const void* q;             // [batch, heads, head_dim]
@@ -34,6 +42,7 @@ struct DecodeArgs {
     void* out;                 // [batch, heads, head_dim]
     float* partial_out;        // [batch, heads, splits, head_dim] when splits > 1
     float* partial_lse;        // [batch, heads, splits]
+    int* counters;             // [batch * kv_heads] blocks done per (sequence, kv head), 0 between calls
     int64_t cache_stride;      // elements between sequences (contiguous) or blocks (paged)
     int heads, kv_heads, group, head_dim;
     int max_blocks, block_size;
@@ -69,14 +78,136 @@ __device__ __forceinline__ float reduce_group(float (&v)[GROUP], int lane) {
     return total;
 }
 
+// Whether this block is the last of its (sequence, kv head) to have written its partials (the
+// same answer in every thread); the last one puts the pair's counter back to 0 for the next
+// call. The partials reach the last block as through a grid barrier: the first barrier orders
+// every thread's writes before thread 0's fence and arrival (a release), the last block's fence
+// after its arrival (an acquire) orders them before the reads that follow the second barrier.
+// __syncthreads_or is that second barrier and the broadcast of `last` at once (no shared flag).
+__device__ __forceinline__ bool last_to_arrive(const DecodeArgs& args) {
+    __syncthreads();
+    bool last = false;
+    if (threadIdx.x == 0) {
+        int* counter = args.counters + static_cast<int64_t>(blockIdx.z) * args.kv_heads + blockIdx.y;
+        __threadfence();
+        last = atomicAdd(counter, 1) == args.splits - 1;
+        if (last) {
+            __threadfence();
+            *counter = 0;  // every block of the pair has arrived: no other access in this launch
+        }
+    }
+    return __syncthreads_or(last);
+}
+
+// The split-KV merge, by the last block of a (sequence, kv head) to finish, for its group's
+// query heads: out = sum_s 2^(lse_s - max) * partial_s / sum_s 2^(lse_s - max), a split with
+// lse -inf weighing 0. The partials are read with __ldcg: other blocks wrote them, and L2 is
+// where their writes are visible (L1 is not coherent).
+//
+// `scratch` is the block's merge state in shared memory, no longer read: WARPS regions
+// `warp_stride` floats apart of MAX_GROUP * HEAD_DIM floats each, and at least
+// MAX_GROUP * kMaxSplits floats in all. It holds first the weights [group][splits], normalised,
+// then each warp's share of `out` [group][HEAD_DIM] in its own region.
+//
+// HEAD_DIM / 4 lanes read a row of partial_out as float4s, so the block reads SLOTS rows a pass
+// (WARPS, twice that at head_dim 64) and slot j takes splits j, j + SLOTS, ...: every thread
+// keeps a column of each head, the rows of a warp are added by shuffles, the warps through
+// `scratch`. A thread per column looping over every split would leave most of the block idle
+// at MHA and keep too few bytes in flight to cover L2's latency.
+template <typename T, int HEAD_DIM, int WARPS, int MAX_GROUP>
+__device__ void merge_splits(const DecodeArgs& args, float* scratch, int warp_stride) {
+    constexpr int COLUMNS = HEAD_DIM / 4;  // float4s in a row
+    constexpr int ROW_LANES = pow2_at_least(COLUMNS);
+    constexpr int ROWS_PER_WARP = 32 / ROW_LANES;
+    constexpr int SLOTS = WARPS * ROWS_PER_WARP;
+    static_assert(HEAD_DIM % 4 == 0 && ROW_LANES <= 32, "a row of partial_out is at most a warp of float4s");
+    const int kv_head = blockIdx.y, b = blockIdx.z;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int splits = args.splits;
+    const int64_t head0 = static_cast<int64_t>(b) * args.heads + kv_head * args.group;  // [b, head] of g = 0
+
+    // Weights: a warp per head, a lane per split (kMaxSplits / 32 each).
+    float* weights = scratch;
+    for (int g = warp; g < args.group; g += WARPS) {
+        const float* lse = args.partial_lse + (head0 + g) * splits;
+        float w[kMaxSplits / 32];
+        float lse_max = -INFINITY;
+#pragma unroll
+        for (int k = 0; k < kMaxSplits / 32; ++k) {
+            const int s = k * 32 + lane;
+            w[k] = s < splits ? __ldcg(lse + s) : -INFINITY;
+            lse_max = fmaxf(lse_max, w[k]);
+        }
+        lse_max = warp_max(lse_max);
+        float total = 0.f;
+#pragma unroll
+        for (int k = 0; k < kMaxSplits / 32; ++k) {
+            w[k] = w[k] == -INFINITY ? 0.f : exp2f(w[k] - lse_max);
+            total += w[k];
+        }
+        total = warp_sum(total);
+#pragma unroll
+        for (int k = 0; k < kMaxSplits / 32; ++k) {
+            const int s = k * 32 + lane;
+            if (s < splits) weights[g * splits + s] = w[k] / total;
+        }
+    }
+    __syncthreads();
+
+    const int column = lane % ROW_LANES, slot = warp * ROWS_PER_WARP + lane / ROW_LANES;
+    const bool has_column = column < COLUMNS;
+    float sum[MAX_GROUP][4] = {};
+    for (int s = slot; s < splits; s += SLOTS) {
+#pragma unroll
+        for (int g = 0; g < MAX_GROUP; ++g) {
+            if (g < args.group && has_column) {
+                const float weight = weights[g * splits + s];
+                const float4 p = __ldcg(reinterpret_cast<const float4*>(
+                                            args.partial_out + ((head0 + g) * splits + s) * HEAD_DIM) + column);
+                sum[g][0] += weight * p.x;
+                sum[g][1] += weight * p.y;
+                sum[g][2] += weight * p.z;
+                sum[g][3] += weight * p.w;
+            }
+        }
+    }
+    __syncthreads();  // the weights are read; the warps' shares go over them
+
+#pragma unroll
+    for (int g = 0; g < MAX_GROUP; ++g) {
+        if (g >= args.group) break;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+#pragma unroll
+            for (int offset = ROW_LANES; offset < 32; offset <<= 1) {
+                sum[g][e] += __shfl_xor_sync(0xffffffffu, sum[g][e], offset);
+            }
+        }
+        if (lane < ROW_LANES && has_column) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) scratch[warp * warp_stride + g * HEAD_DIM + column * 4 + e] = sum[g][e];
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < args.group * HEAD_DIM; i += blockDim.x) {
+        const int g = i / HEAD_DIM, d = i - g * HEAD_DIM;
+        float value = 0.f;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) value += scratch[w * warp_stride + g * HEAD_DIM + d];
+        static_cast<T*>(args.out)[(head0 + g) * HEAD_DIM + d] = from_float<T>(value);
+    }
+}
+
 // Merges the running softmax states of a block's warps and writes the block's result: `out`
 // with one split, else the normalised partial output and its log-sum-exp (base 2). Warp w's
 // max and sum of query head g are m[w * ml_stride + g], l[w * ml_stride + g]; its unnormalised
 // output is acc[w * acc_stride + g * HEAD_DIM + d]. A warp that saw no token has m = -inf,
 // l = 0 and acc = 0; a block that saw none (a split past the sequence's end) writes lse -inf.
-template <typename T, int HEAD_DIM, int WARPS>
+// With several splits, the last block of its (sequence, kv head) to get here then merges them
+// (merge_splits), reusing the shared memory of `acc` once every thread has read it.
+template <typename T, int HEAD_DIM, int WARPS, int MAX_GROUP>
 __device__ __forceinline__ void store_merged(const DecodeArgs& args, const float* m, const float* l, int ml_stride,
-                                             const float* acc, int acc_stride) {
+                                             float* acc, int acc_stride) {
     const int split = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
     for (int i = threadIdx.x; i < args.group * HEAD_DIM; i += blockDim.x) {
         const int g = i / HEAD_DIM, d = i - g * HEAD_DIM;
@@ -101,6 +232,7 @@ __device__ __forceinline__ void store_merged(const DecodeArgs& args, const float
             if (d == 0) args.partial_lse[bh * args.splits + split] = l_all > 0.f ? m_all + log2f(l_all) : -INFINITY;
         }
     }
+    if (args.splits > 1 && last_to_arrive(args)) merge_splits<T, HEAD_DIM, WARPS, MAX_GROUP>(args, acc, acc_stride);
 }
 
 template <typename T, int HEAD_DIM, int GROUP>
@@ -245,8 +377,9 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeArgs args) {
         }
     }
     __syncthreads();
-    store_merged<T, HEAD_DIM, kWarps>(args, &merge_m[0][0], &merge_l[0][0], GROUP, &merge_acc[0][0][0],
-                                      GROUP * HEAD_DIM);
+    static_assert(kWarps * HEAD_DIM >= kMaxSplits, "merge_splits' weights fit in merge_acc");
+    store_merged<T, HEAD_DIM, kWarps, GROUP>(args, &merge_m[0][0], &merge_l[0][0], GROUP, &merge_acc[0][0][0],
+                                             GROUP * HEAD_DIM);
 }
 
 // --- GQA on tensor cores (16-bit dtypes, group > 1) ---------------------------------------
@@ -520,50 +653,13 @@ __global__ void __launch_bounds__(kGqaWarps * 32) gqa_decode_kernel(DecodeArgs a
         merge_l[r] = l;
     }
     __syncthreads();
-    const float* base = reinterpret_cast<const float*>(smem);
+    static_assert(kGqaSmemBytes<HEAD_DIM> / 4 >= kGqaMaxGroup * kMaxSplits, "merge_splits' weights fit in the rings");
+    float* base = reinterpret_cast<float*>(smem);
     const float* warp0_m = base + kGqaMaxGroup * HEAD_DIM;
-    store_merged<T, HEAD_DIM, kGqaWarps>(args, warp0_m, warp0_m + kGqaMaxGroup, WARP_FLOATS, base, WARP_FLOATS);
+    store_merged<T, HEAD_DIM, kGqaWarps, kGqaMaxGroup>(args, warp0_m, warp0_m + kGqaMaxGroup, WARP_FLOATS, base,
+                                                       WARP_FLOATS);
 #endif
 }
-
-// out[b, h] = sum_s 2^(lse_s - max) * partial_s / sum_s 2^(lse_s - max). Grid (heads, batch).
-constexpr int kMaxSplits = 256;
-
-template <typename T>
-__global__ void combine_kernel(const float* __restrict__ partial_out, const float* __restrict__ partial_lse,
-                               T* __restrict__ out, int heads, int head_dim, int splits) {
-    __shared__ float weights[kMaxSplits + 4];  // + 4: room for a vectorised read past the end
-    __shared__ float scratch[32];
-    const int64_t bh = static_cast<int64_t>(blockIdx.y) * heads + blockIdx.x;
-    const float* lse = partial_lse + bh * splits;
-    float local_max = -INFINITY;
-    for (int s = threadIdx.x; s < splits; s += blockDim.x) local_max = fmaxf(local_max, lse[s]);
-    const float lse_max = block_max(local_max, scratch);
-    float local_sum = 0.f;
-    for (int s = threadIdx.x; s < splits; s += blockDim.x) {
-        const float w = lse[s] == -INFINITY ? 0.f : exp2f(lse[s] - lse_max);
-        weights[s] = w;
-        local_sum += w;
-    }
-    const float total = block_sum(local_sum, scratch);  // its barriers publish `weights`
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float value = 0.f;
-        for (int s = 0; s < splits; ++s) value += weights[s] * partial_out[(bh * splits + s) * head_dim + d];
-        out[bh * head_dim + d] = from_float<T>(value / total);
-    }
-}
-
-// After the decode kernel: the split-KV merge when there are several splits.
-template <typename T>
-cudaError_t launch_combine(const DecodeArgs& args, int batch, int head_dim, cudaStream_t stream) {
-    cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess || args.splits == 1) return err;
-    combine_kernel<T><<<dim3(args.heads, batch), 128, 0, stream>>>(
-        args.partial_out, args.partial_lse, static_cast<T*>(args.out), args.heads, head_dim, args.splits);
-    return cudaGetLastError();
-}
-
-constexpr int kMaxDevices = 16;
 
 // Whether gqa_decode_kernel can run on `device`: sm_80 or later (cp.async, bf16 mma) and the
 // shared memory per block, opted into here (beyond the 48 KB a kernel gets by default), with
@@ -641,7 +737,7 @@ cudaError_t launch_head_dim(const DecodeArgs& args, int batch, cudaStream_t stre
         }
         if (uses_gqa_kernel<T, HEAD_DIM>(args.group, device)) {
             gqa_decode_kernel<T, HEAD_DIM><<<grid, kGqaWarps * 32, kGqaSmemBytes<HEAD_DIM>, stream>>>(args);
-            return launch_combine<T>(args, batch, HEAD_DIM, stream);
+            return cudaGetLastError();
         }
     }
     const int threads = kWarps * 32;
@@ -652,7 +748,7 @@ cudaError_t launch_head_dim(const DecodeArgs& args, int batch, cudaStream_t stre
         case 8: decode_kernel<T, HEAD_DIM, 8><<<grid, threads, 0, stream>>>(args); break;
         default: return cudaErrorInvalidValue;
     }
-    return launch_combine<T>(args, batch, HEAD_DIM, stream);
+    return cudaGetLastError();
 }
 
 template <typename T>
@@ -723,13 +819,13 @@ cudaError_t attention_decode_plan(int batch, int heads, int kv_heads, int head_d
 
 cudaError_t launch_attention_decode(const void* q, const void* k_cache, const void* v_cache, const int* cache_seqlens,
                                     const int* block_table, void* out, float* partial_out, float* partial_lse,
-                                    int batch, int heads, int kv_heads, int head_dim, int64_t cache_stride,
-                                    int max_blocks, int block_size, int splits, int tokens_per_split, float scale,
-                                    DType dtype, cudaStream_t stream) {
+                                    int* counters, int batch, int heads, int kv_heads, int head_dim,
+                                    int64_t cache_stride, int max_blocks, int block_size, int splits,
+                                    int tokens_per_split, float scale, DType dtype, cudaStream_t stream) {
     if (batch == 0) return cudaSuccess;
-    DecodeArgs args{q, k_cache, v_cache, cache_seqlens, block_table, out, partial_out, partial_lse, cache_stride,
-                    heads, kv_heads, heads / kv_heads, head_dim, max_blocks, block_size, splits, tokens_per_split,
-                    scale * kLog2e};
+    DecodeArgs args{q, k_cache, v_cache, cache_seqlens, block_table, out, partial_out, partial_lse, counters,
+                    cache_stride, heads, kv_heads, heads / kv_heads, head_dim, max_blocks, block_size, splits,
+                    tokens_per_split, scale * kLog2e};
     KBENCH_DISPATCH_FLOAT(dtype, return launch_decode_t<scalar_t>(args, batch, stream));
     return cudaSuccess;
 }

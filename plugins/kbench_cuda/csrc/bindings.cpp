@@ -10,8 +10,12 @@
 #include <cuda_runtime_api.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <array>
+#include <mutex>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "launchers.h"
 
@@ -146,6 +150,33 @@ std::tuple<at::Tensor, at::Tensor> topk(const at::Tensor& logits, int64_t k) {
     return {values, indices};
 }
 
+// attention_decode's split-KV arrival counters, [batch * kv_heads] int32 (launchers.h). The
+// kernel leaves them zero, so they are zeroed once, when allocated, and kept per device: a call
+// adds no memset, and a CUDA graph that captured one replays with no extra node. Calls running
+// at once on two streams of one device would share them and race (a known limitation: the
+// benchmark and the pipeline use one stream). A buffer outgrown by a larger batch * kv_heads
+// stays allocated, since a graph captured earlier may still use it. One needed during a capture
+// is not kept, since its memset would run at the graph's replays and not before the next eager
+// call: it serves that call alone, its memset a node of the graph (as past kMaxDevices).
+at::Tensor split_counters(const at::Tensor& q, int64_t pairs) {
+    constexpr int64_t kFirstSize = 4096;  // batch x kv_heads: 512 x 8, 128 x 32
+    static std::mutex mutex;
+    // Never destroyed: tensors freed during static destruction could outlive the CUDA allocator.
+    static auto& kept = *new std::array<std::vector<at::Tensor>, kMaxDevices>();
+    const int device = q.get_device();
+    const std::lock_guard<std::mutex> lock(mutex);
+    if (device < kMaxDevices && !kept[device].empty() && kept[device].back().numel() >= pairs) {
+        return kept[device].back();
+    }
+    const at::TensorOptions options = q.options().dtype(at::kInt);
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    const cudaError_t err = cudaStreamIsCapturing(stream(), &capture);
+    TORCH_CHECK(err == cudaSuccess, "attention_decode: ", cudaGetErrorString(err));
+    if (device >= kMaxDevices || capture != cudaStreamCaptureStatusNone) return at::zeros({pairs}, options);
+    kept[device].push_back(at::zeros({std::max(pairs, kFirstSize)}, options));
+    return kept[device].back();
+}
+
 at::Tensor attention_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                             const at::Tensor& cache_seqlens, const std::optional<at::Tensor>& block_table,
                             double scale) {
@@ -189,15 +220,17 @@ at::Tensor attention_decode(const at::Tensor& q, const at::Tensor& k_cache, cons
                                        &tokens_per_split),
                  op);
     at::Tensor out = at::empty_like(qc);
-    at::Tensor partial_out, partial_lse;
+    at::Tensor partial_out, partial_lse, counters;
     if (splits > 1) {
         partial_out = at::empty({batch, heads, splits, head_dim}, q.options().dtype(at::kFloat));
         partial_lse = at::empty({batch, heads, splits}, q.options().dtype(at::kFloat));
+        counters = split_counters(q, static_cast<int64_t>(batch) * kv_heads);
     }
     check_launch(launch_attention_decode(qc.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), lens.data_ptr<int>(),
                                          table.defined() ? table.data_ptr<int>() : nullptr, out.data_ptr(),
                                          splits > 1 ? partial_out.data_ptr<float>() : nullptr,
-                                         splits > 1 ? partial_lse.data_ptr<float>() : nullptr, batch, heads, kv_heads,
+                                         splits > 1 ? partial_lse.data_ptr<float>() : nullptr,
+                                         splits > 1 ? counters.data_ptr<int>() : nullptr, batch, heads, kv_heads,
                                          head_dim, k_cache.stride(0), max_blocks, block_size, splits, tokens_per_split,
                                          static_cast<float>(scale), dtype_of(q, op), stream()),
                  op);

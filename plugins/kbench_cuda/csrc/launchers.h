@@ -14,6 +14,10 @@ namespace kbench {
 // The element type of a tensor, as the torch binding passes it to a launcher.
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
+// Devices whose per-device state (kernel attributes, occupancy, attention's split counters) is
+// kept across calls; past it, that state is asked for or allocated again on every call.
+constexpr int kMaxDevices = 16;
+
 // x, out: [tokens, hidden]; weight: [hidden].
 cudaError_t launch_rmsnorm(const void* x, const void* weight, void* out, int tokens, int hidden, float eps,
                            DType dtype, cudaStream_t stream);
@@ -46,7 +50,7 @@ cudaError_t launch_topk(const void* logits, void* values, int64_t* indices, int 
 // contiguous, `cache_stride` elements apart along dim 0 (sequences, or blocks when
 // block_table [batch, max_blocks] is given); cache_seqlens: [batch] int32. With splits > 1,
 // partial_out [batch, heads, splits, head_dim] and partial_lse [batch, heads, splits] float32
-// are scratch.
+// are scratch, and counters [batch * kv_heads] int32 must be zero: the launch leaves them zero.
 bool attention_decode_supported(int head_dim, int group);
 // How many slices of the context each (sequence, kv head) is split into, and their length,
 // from shapes alone: enough blocks to fill the GPU's resident slots in near-full waves.
@@ -54,8 +58,8 @@ cudaError_t attention_decode_plan(int batch, int heads, int kv_heads, int head_d
                                   int* splits, int* tokens_per_split);
 cudaError_t launch_attention_decode(const void* q, const void* k_cache, const void* v_cache, const int* cache_seqlens,
                                     const int* block_table, void* out, float* partial_out, float* partial_lse,
-                                    int batch, int heads, int kv_heads, int head_dim, int64_t cache_stride,
-                                    int max_blocks, int block_size, int splits, int tokens_per_split, float scale,
-                                    DType dtype, cudaStream_t stream);
+                                    int* counters, int batch, int heads, int kv_heads, int head_dim,
+                                    int64_t cache_stride, int max_blocks, int block_size, int splits,
+                                    int tokens_per_split, float scale, DType dtype, cudaStream_t stream);
 
 }  // namespace kbench
