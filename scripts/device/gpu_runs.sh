@@ -24,6 +24,7 @@
 #   round4     the cuda norm and rope GPU tests, then cuda_variants.py's round 4 (issue 5)
 #   triton-final  the decode sweep against sdpa, then all of tests/plugins/test_triton.py (issue 4)
 #   cuda-decode  the cuda decode GPU tests and the decode sweep beside triton (issue 5)
+#   decode-knob  the cuda decode plan's fewest tokens a split, at 64, 256 and 1024 (issue 5)
 #   decode     triton decode attention's GPU tests, split counts and sweep against sdpa (issue 4)
 #   tune       candidate launch shapes of rope, add_rmsnorm and swiglu against torch.compile, and
 #              rope at the other specs' head counts (issue 4)
@@ -38,7 +39,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|triton-final|cuda-decode|cuda-final|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|triton-final|cuda-decode|decode-knob|cuda-final|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -222,6 +223,16 @@ cuda-decode)  # the cuda decode kernels' GPU tests and their sweep beside triton
     step 200 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py -k decode
     step 150 kbench bench attention_decode --backend cuda --vs triton \
         --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
+    ;;
+decode-knob)  # the cuda decode split plan's fewest tokens a split: builds side by side, then each swept
+    for tokens in 64 256 1024; do
+        KBENCH_CUDA_DEFINES="KBENCH_DECODE_SPLIT_TOKENS=$tokens" python3 -c "import kbench_cuda.build as b; print($tokens, b.load() or 'built')" &
+    done
+    wait
+    for tokens in 64 256 1024; do
+        KBENCH_CUDA_DEFINES="KBENCH_DECODE_SPLIT_TOKENS=$tokens" step 120 kbench bench attention_decode --backend cuda \
+            --batch 1,8 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
+    done
     ;;
 round4)  # the cuda norm and rope tests at the few-row / few-token launch shapes, then knob round 4
     step 200 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py -k "norm or rope"

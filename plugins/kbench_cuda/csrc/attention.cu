@@ -31,7 +31,11 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kUnroll = 4;
 constexpr float kLog2e = 1.4426950408889634f;
-constexpr int kMaxSplits = 256;  // slices of one context at most (attention_decode_plan)
+constexpr int kMaxSplits = 256;
+// The fewest tokens a split takes (a tuning knob, see scripts/device/cuda_variants.py).
+#ifndef KBENCH_DECODE_SPLIT_TOKENS
+#define KBENCH_DECODE_SPLIT_TOKENS 64
+#endif  // slices of one context at most (attention_decode_plan)
 
 struct DecodeArgs {
     const void* q;             // [batch, heads, head_dim]
@@ -795,10 +799,11 @@ cudaError_t attention_decode_plan(int batch, int heads, int kv_heads, int head_d
         if (cached) *cached = resident_blocks;
     }
     // Blocks do equal work (a full slice each), so they run in waves of `resident`: take the
-    // fewest splits whose last wave is at least 90% full, else the most (each >= 64 tokens).
+    // fewest splits whose last wave is at least 90% full, else the most (each >=
+    // KBENCH_DECODE_SPLIT_TOKENS tokens).
     const int64_t resident = resident_blocks;
     const int64_t base = static_cast<int64_t>(batch) * kv_heads;
-    int most = (capacity + 63) / 64;
+    int most = (capacity + KBENCH_DECODE_SPLIT_TOKENS - 1) / KBENCH_DECODE_SPLIT_TOKENS;
     most = most < kMaxSplits ? most : kMaxSplits;
     most = most < 1 ? 1 : most;
     int chosen = most;
