@@ -225,10 +225,12 @@ cuda-decode)  # the cuda decode kernels' GPU tests and their sweep beside triton
         --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
     ;;
 decode-knob)  # the cuda decode split plan's fewest tokens a split: builds side by side, then each swept
+    builds=()
     for tokens in 64 256 1024; do
         KBENCH_CUDA_DEFINES="KBENCH_DECODE_SPLIT_TOKENS=$tokens" python3 -c "import kbench_cuda.build as b; print($tokens, b.load() or 'built')" &
+        builds+=($!)
     done
-    wait
+    wait "${builds[@]}"  # (a bare wait would also wait for the tee of this script's output)
     for tokens in 64 256 1024; do
         KBENCH_CUDA_DEFINES="KBENCH_DECODE_SPLIT_TOKENS=$tokens" step 120 kbench bench attention_decode --backend cuda \
             --batch 1,8 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
