@@ -25,6 +25,7 @@
 #   triton-final  the decode sweep against sdpa, then all of tests/plugins/test_triton.py (issue 4)
 #   cuda-decode  the cuda decode GPU tests and the decode sweep beside triton (issue 5)
 #   decode-knob  the cuda decode plan's fewest tokens a split, at 64, 256 and 1024 (issue 5)
+#   cuda-check   every cuda GPU test and the memcheck (issue 5)
 #   decode     triton decode attention's GPU tests, split counts and sweep against sdpa (issue 4)
 #   tune       candidate launch shapes of rope, add_rmsnorm and swiglu against torch.compile, and
 #              rope at the other specs' head counts (issue 4)
@@ -39,7 +40,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|triton-final|cuda-decode|decode-knob|cuda-final|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|triton-final|cuda-decode|decode-knob|cuda-final|cuda-check|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -244,6 +245,10 @@ cuda-final)  # the cuda kernels at their chosen knobs: every GPU test, a memchec
     step 260 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py
     cuda_memcheck
     cuda_variants 200
+    ;;
+cuda-check)  # every cuda GPU test and a memcheck of every kernel
+    step 260 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py
+    cuda_memcheck
     ;;
 cuda-run)  # issue 5's command with its op rows, compared with issue 4's triton record; the
            # memory-bound ops against triton and torch.compile at llama2-7b's shapes
