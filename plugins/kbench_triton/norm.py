@@ -24,6 +24,9 @@ def _rmsnorm_kernel(
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden
+    # the weight is loaded with the row, not after the reduction: past its barrier the load
+    # would be one more memory round trip, which is most of a call at few rows
+    weight = tl.load(weight_ptr + cols, mask=mask, other=0.0)
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
     if HAS_RESIDUAL:
         residual = tl.load(residual_ptr + row * stride_residual + cols, mask=mask, other=0.0)
@@ -33,7 +36,6 @@ def _rmsnorm_kernel(
     x32 = x.to(tl.float32)
     rstd = tl.math.rsqrt(tl.sum(x32 * x32, axis=0) / hidden + eps)
     normed = (x32 * rstd).to(x.dtype)
-    weight = tl.load(weight_ptr + cols, mask=mask, other=0.0)
     out = (weight.to(tl.float32) * normed.to(tl.float32)).to(x.dtype)
     tl.store(out_ptr + row * stride_out + cols, out, mask=mask)
 

@@ -26,6 +26,7 @@
 #   cuda-decode  the cuda decode GPU tests and the decode sweep beside triton (issue 5)
 #   decode-knob  the cuda decode plan's fewest tokens a split, at 64, 256 and 1024 (issue 5)
 #   cuda-check   every cuda GPU test and the memcheck (issue 5)
+#   norm-weight  triton's norms (weight loaded with the row) against compile and cuda (issue 4)
 #   decode     triton decode attention's GPU tests, split counts and sweep against sdpa (issue 4)
 #   tune       candidate launch shapes of rope, add_rmsnorm and swiglu against torch.compile, and
 #              rope at the other specs' head counts (issue 4)
@@ -40,7 +41,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|triton-final|cuda-decode|decode-knob|cuda-final|cuda-check|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|cuda-final|cuda-check|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -235,6 +236,12 @@ decode-knob)  # the cuda decode split plan's fewest tokens a split: builds side 
     for tokens in 64 256 1024; do
         KBENCH_CUDA_DEFINES="KBENCH_DECODE_SPLIT_TOKENS=$tokens" step 120 kbench bench attention_decode --backend cuda \
             --batch 1,8 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
+    done
+    ;;
+norm-weight)  # triton's norms with the weight loaded before the reduction, against compile (issue 4)
+    for op in add_rmsnorm rmsnorm; do
+        step 60 kbench bench $op --backend triton --vs compile --vs cuda --spec $spec --out "$records"
+        step 60 kbench bench $op --backend triton --vs compile --tokens 1,8,64,128,1024 --hidden 8192 --out "$records"
     done
     ;;
 round4)  # the cuda norm and rope tests at the few-row / few-token launch shapes, then knob round 4
