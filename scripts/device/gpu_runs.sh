@@ -76,6 +76,15 @@ sampling_benches() {  # top-k and sample at issue 4's shapes
 cuda_memcheck() {  # one run of every cuda kernel under compute-sanitizer
     step 90 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/cuda_bench.py --once
 }
+cuda_decode() {  # the cuda decode GPU tests, then the decode sweep beside triton
+    step 200 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py -k decode
+    step 150 kbench bench attention_decode --backend cuda --vs triton \
+        --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
+}
+cuda_checks() {  # every cuda GPU test, then the memcheck
+    step 260 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py
+    cuda_memcheck
+}
 cuda_variants() {  # cuda_variants LIMIT_S: the cuda tuning variants against each other and torch.compile
     step "$1" python3 scripts/device/cuda_variants.py --json "$OUT/cuda-variants.json"
 }
@@ -180,9 +189,7 @@ triton-run)  # issue 4's done-when command with its op rows, and rope against to
     rope_against_compile
     ;;
 gqa)  # the cuda decode kernels: GPU tests (the tensor-core GQA kernel among them), sweep, memcheck
-    step 200 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py -k decode
-    step 100 kbench bench attention_decode --backend cuda --vs triton \
-        --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
+    cuda_decode
     step 60 kbench bench attention_decode --backend cuda --vs triton --batch 1,8,64 --context 512,2048,8192 \
         --heads 32 --kv-heads 8 --head-dim 128 --layout paged --block-size 16 --out "$records"
     cuda_memcheck
@@ -194,8 +201,7 @@ compile)  # triton against torch.compile where the two were close (every shape c
         --intermediate 13824,14336,28672 --out "$records"
     ;;
 cuda-small)  # the cuda kernels' few-token paths: tests, memcheck, and the spec's shapes
-    step 240 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py
-    cuda_memcheck
+    cuda_checks
     for op in rmsnorm add_rmsnorm rope swiglu; do
         step 50 kbench bench $op --backend cuda --vs triton --vs compile --spec $spec --out "$records"
     done
@@ -222,9 +228,7 @@ triton-final)  # the decode sweep at the final split rule, then every GPU test o
     step 520 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_triton.py
     ;;
 cuda-decode)  # the cuda decode kernels' GPU tests and their sweep beside triton's (issue 5)
-    step 200 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py -k decode
-    step 150 kbench bench attention_decode --backend cuda --vs triton \
-        --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
+    cuda_decode
     ;;
 decode-knob)  # the cuda decode split plan's fewest tokens a split: builds side by side, then each swept
     builds=()
@@ -248,14 +252,12 @@ round4)  # the cuda norm and rope tests at the few-row / few-token launch shapes
     step 200 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py -k "norm or rope"
     cuda_variants 330
     ;;
-cuda-final)  # the cuda kernels at their chosen knobs: every GPU test, a memcheck, round 3 of the knobs
-    step 260 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py
-    cuda_memcheck
+cuda-final)  # the cuda kernels at their chosen knobs: every GPU test, a memcheck, the knob round
+    cuda_checks
     cuda_variants 200
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
-    step 260 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py
-    cuda_memcheck
+    cuda_checks
     ;;
 cuda-run)  # issue 5's command with its op rows, compared with issue 4's triton record; the
            # memory-bound ops against triton and torch.compile at llama2-7b's shapes

@@ -38,6 +38,16 @@ constexpr int kMaxThreads = KBENCH_NORM_MAX_THREADS;
 constexpr int kFewRows = KBENCH_NORM_FEW_ROWS;
 constexpr int kFewRowsMaxThreads = KBENCH_NORM_FEW_ROWS_THREADS;
 
+// Access i of a thread: the one loaded up front into `early` (EARLY), or loaded from `p` now.
+template <bool EARLY, typename T, int VEC, int N>
+__device__ __forceinline__ Vec<T, VEC> loaded(const Vec<T, VEC> (&early)[N], int i, const T* p) {
+    if constexpr (EARLY) {
+        return early[i];
+    } else {
+        return load_vec<T, VEC>(p);
+    }
+}
+
 // VEC elements per access (16 bytes, or 1 when the row is not 16-byte aligned);
 // VPT accesses per thread, so a block of `blockDim.x` threads holds VEC * VPT * blockDim.x
 // elements of the row in registers. LOADS_FIRST: all loads before any arithmetic.
@@ -66,19 +76,9 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, T* __restrict__ residual
     for (int i = 0; i < VPT; ++i) {
         const int col = (i * blockDim.x + threadIdx.x) * VEC;
         if (col < hidden) {
-            Vec<T, VEC> xv;
-            if constexpr (LOADS_FIRST) {
-                xv = xs[i];
-            } else {
-                xv = load_vec<T, VEC>(x + row_offset + col);
-            }
+            Vec<T, VEC> xv = loaded<LOADS_FIRST>(xs, i, x + row_offset + col);
             if constexpr (ADD) {
-                Vec<T, VEC> rv;
-                if constexpr (LOADS_FIRST) {
-                    rv = residuals[i];
-                } else {
-                    rv = load_vec<T, VEC>(residual + row_offset + col);
-                }
+                Vec<T, VEC> rv = loaded<LOADS_FIRST>(residuals, i, residual + row_offset + col);
 #pragma unroll
                 for (int e = 0; e < VEC; ++e) rv.v[e] = from_float<T>(to_float(rv.v[e]) + to_float(xv.v[e]));
                 store_vec<T, VEC>(residual + row_offset + col, rv);
@@ -96,12 +96,7 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, T* __restrict__ residual
     for (int i = 0; i < VPT; ++i) {
         const int col = (i * blockDim.x + threadIdx.x) * VEC;
         if (col < hidden) {
-            Vec<T, VEC> wv;
-            if constexpr (LOADS_FIRST) {
-                wv = weights[i];
-            } else {
-                wv = load_vec<T, VEC>(weight + col);
-            }
+            const Vec<T, VEC> wv = loaded<LOADS_FIRST>(weights, i, weight + col);
             Vec<T, VEC> ov;
 #pragma unroll
             for (int e = 0; e < VEC; ++e) {

@@ -33,14 +33,9 @@ constexpr int kSliceThreads = KBENCH_ROPE_SLICE_THREADS;
 #ifndef KBENCH_ROPE_SLICE_VEC
 #define KBENCH_ROPE_SLICE_VEC 4
 #endif
-// 1: a slice block computes its token's cos/sin table into shared memory once; 0: each thread
-// computes the angles of its own elements.
-#ifndef KBENCH_ROPE_SLICE_TABLE
-#define KBENCH_ROPE_SLICE_TABLE 0
-#endif
 
 // cos and sin of angle `position * frequency`, rounded to T for the half style (HF rounds its
-// cos/sin tables to x.dtype); the table and the per-thread angles both come from here.
+// cos/sin tables to x.dtype); the table and the slices' per-thread angles both come from here.
 template <typename T, bool INTERLEAVED>
 __device__ __forceinline__ void angle_cos_sin(float position, float frequency, float* c, float* s) {
     sincosf(position * frequency, s, c);
@@ -125,15 +120,14 @@ __global__ void rope_kernel(T* __restrict__ q, T* __restrict__ k, const int64_t*
 
 // Grid (tokens, slices): block (t, s) rotates heads [s * heads_per_block, (s + 1) *
 // heads_per_block) of token t, counted over q's heads then k's (a slice may hold both), one
-// access per thread: blockDim.x >= heads_per_block * per_head. Its loads go out before the
-// angles are computed (TABLE: by the block into shared memory; else by each thread for its own
-// elements), so the sincosf runs while they are in flight.
-template <typename T, int VEC, bool INTERLEAVED, bool TABLE>
+// access per thread: blockDim.x >= heads_per_block * per_head. Its loads go out before each
+// thread computes the angles of its own elements, so the sincosf runs while they are in flight
+// (no shared table and no barrier: see kSliceThreads).
+template <typename T, int VEC, bool INTERLEAVED>
 __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const int64_t* __restrict__ positions,
                                   const float* __restrict__ inv_freq, int heads, int kv_heads, int head_dim,
                                   int heads_per_block, int64_t q_token_stride, int64_t q_head_stride,
                                   int64_t k_token_stride, int64_t k_head_stride) {
-    extern __shared__ float table[];  // cos[half_dim], then sin[half_dim]
     const int token = blockIdx.x;
     const int half_dim = head_dim / 2;
     const int per_head = (INTERLEAVED ? head_dim : half_dim) / VEC;
@@ -141,28 +135,17 @@ __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const in
     const int head = blockIdx.y * heads_per_block + local_head;
     const int j = (threadIdx.x - local_head * per_head) * VEC;
     const bool active = local_head < heads_per_block && head < heads + kv_heads;
-    T* base = nullptr;
-    Vec<T, VEC> a, b;
-    if (active) {
-        base = head_base(q, k, token, head, heads, q_token_stride, q_head_stride, k_token_stride, k_head_stride);
-        a = load_vec<T, VEC>(base + j);
-        if constexpr (!INTERLEAVED) b = load_vec<T, VEC>(base + half_dim + j);
-    }
-    if constexpr (TABLE) {
-        fill_table<T, INTERLEAVED>(table, static_cast<float>(positions[token]), inv_freq, half_dim);
-        __syncthreads();
-        if (!active) return;
-        rotate_from_table<T, VEC, INTERLEAVED>(a, b, table, j, half_dim);
-    } else {
-        if (!active) return;
-        constexpr int kAngles = INTERLEAVED ? VEC / 2 : VEC;
-        const int first = INTERLEAVED ? j / 2 : j;
-        const float position = static_cast<float>(positions[token]);
-        float c[kAngles], s[kAngles];
+    if (!active) return;
+    T* base = head_base(q, k, token, head, heads, q_token_stride, q_head_stride, k_token_stride, k_head_stride);
+    Vec<T, VEC> a = load_vec<T, VEC>(base + j), b;
+    if constexpr (!INTERLEAVED) b = load_vec<T, VEC>(base + half_dim + j);
+    constexpr int kAngles = INTERLEAVED ? VEC / 2 : VEC;
+    const int first = INTERLEAVED ? j / 2 : j;
+    const float position = static_cast<float>(positions[token]);
+    float c[kAngles], s[kAngles];
 #pragma unroll
-        for (int i = 0; i < kAngles; ++i) angle_cos_sin<T, INTERLEAVED>(position, inv_freq[first + i], &c[i], &s[i]);
-        rotate<T, VEC, INTERLEAVED>(a, b, c, s);
-    }
+    for (int i = 0; i < kAngles; ++i) angle_cos_sin<T, INTERLEAVED>(position, inv_freq[first + i], &c[i], &s[i]);
+    rotate<T, VEC, INTERLEAVED>(a, b, c, s);
     store_vec<T, VEC>(base + j, a);
     if constexpr (!INTERLEAVED) store_vec<T, VEC>(base + half_dim + j, b);
 }
@@ -171,7 +154,6 @@ template <typename T, int VEC, bool INTERLEAVED>
 void launch_with_vec(T* q, T* k, const int64_t* positions, const float* inv_freq, int tokens, int heads,
                      int kv_heads, int head_dim, int64_t q_token_stride, int64_t q_head_stride,
                      int64_t k_token_stride, int64_t k_head_stride, cudaStream_t stream) {
-    const size_t shared = sizeof(float) * head_dim;
     constexpr bool kNarrower = KBENCH_ROPE_SLICE_VEC > 0 && KBENCH_ROPE_SLICE_VEC < VEC &&
                                (!INTERLEAVED || KBENCH_ROPE_SLICE_VEC % 2 == 0);
     constexpr int kSliceVec = kNarrower ? KBENCH_ROPE_SLICE_VEC : VEC;
@@ -181,13 +163,12 @@ void launch_with_vec(T* q, T* k, const int64_t* positions, const float* inv_freq
     const int slices = (heads + kv_heads + heads_per_block - 1) / heads_per_block;
     if (tokens < kFewTokens && per_head <= 1024 && slices <= 65535) {
         const int threads = (heads_per_block * per_head + 31) / 32 * 32;
-        rope_slice_kernel<T, kSliceVec, INTERLEAVED, KBENCH_ROPE_SLICE_TABLE != 0>
-            <<<dim3(tokens, slices), threads, KBENCH_ROPE_SLICE_TABLE ? shared : 0, stream>>>(
+        rope_slice_kernel<T, kSliceVec, INTERLEAVED><<<dim3(tokens, slices), threads, 0, stream>>>(
                 q, k, positions, inv_freq, heads, kv_heads, head_dim, heads_per_block, q_token_stride, q_head_stride,
                 k_token_stride, k_head_stride);
         return;
     }
-    rope_kernel<T, VEC, INTERLEAVED><<<tokens, 128, shared, stream>>>(
+    rope_kernel<T, VEC, INTERLEAVED><<<tokens, 128, sizeof(float) * head_dim, stream>>>(
         q, k, positions, inv_freq, heads, kv_heads, head_dim, q_token_stride, q_head_stride, k_token_stride,
         k_head_stride);
 }
