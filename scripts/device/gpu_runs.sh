@@ -25,6 +25,11 @@
 #   triton-final  the decode sweep against sdpa, then all of tests/plugins/test_triton.py (issue 4)
 #   cuda-decode  the cuda decode GPU tests and the decode sweep beside triton (issue 5)
 #   decode-knob  the cuda decode plan's fewest tokens a split, at 64, 256 and 1024 (issue 5)
+#   decode-stages  the cuda decode GPU tests, then the decode sweep at ring depths 4 (beside
+#              triton), 1, 2 and 3 (issue 5)
+#   decode-fill  the cuda decode plan's wave at 50%, 100% and 200% of the resident blocks (issue 5)
+#   decode-profile  Nsight Compute on the cuda decode kernels where they trail triton, and the
+#              GQA kernel at ring depths 2 and 4 (issue 5)
 #   cuda-check   every cuda GPU test and the memcheck (issue 5)
 #   norm-weight  triton's norms (weight loaded with the row) against compile and cuda (issue 4)
 #   decode     triton decode attention's GPU tests, split counts and sweep against sdpa (issue 4)
@@ -41,7 +46,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|cuda-final|cuda-check|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cuda-final|cuda-check|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -229,6 +234,52 @@ triton-final)  # the decode sweep at the final split rule, then every GPU test o
     ;;
 cuda-decode)  # the cuda decode kernels' GPU tests and their sweep beside triton's (issue 5)
     cuda_decode
+    ;;
+decode-fill)  # the cuda decode plan's wave (KBENCH_DECODE_FILL): builds side by side, then each swept
+    builds=()
+    for fill in 50 100 200; do
+        KBENCH_CUDA_DEFINES="KBENCH_DECODE_FILL=$fill" timeout 200 python3 -c "import kbench_cuda.build as b; print('$fill', b.load() or 'built')" &
+        builds+=($!)
+    done
+    wait "${builds[@]}"  # (a bare wait would also wait for the tee of this script's output)
+    for fill in 50 100 200; do
+        KBENCH_CUDA_DEFINES="KBENCH_DECODE_FILL=$fill" step 50 kbench bench attention_decode --backend cuda \
+            --batch 1,8 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
+    done
+    ;;
+decode-profile)  # where the cuda decode kernels' time goes, and the GQA ring's depth (KBENCH_GQA_STAGES)
+    builds=()
+    for stages in 2 4; do
+        KBENCH_CUDA_DEFINES="KBENCH_GQA_STAGES=$stages" timeout 200 python3 -c "import kbench_cuda.build as b; print('$stages', b.load() or 'built')" &
+        builds+=($!)
+    done
+    python3 -c "import kbench_cuda.build as b; print('default', b.load() or 'built')"
+    ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    echo "ncu: ${ncu:-not found}"
+    [ -n "$ncu" ] && step 240 "$ncu" --section SpeedOfLight --section WarpStateStats --section Occupancy \
+        --section LaunchStats --section MemoryWorkloadAnalysis -k regex:decode --launch-skip 1 \
+        python3 scripts/device/decode_ncu.py 1x2048x8 1x8192x8 8x512x8 1x512x32 8x512x32 > "$OUT/ncu.txt"
+    wait "${builds[@]}"  # (a bare wait would also wait for the tee of this script's output)
+    for stages in 2 4; do
+        KBENCH_CUDA_DEFINES="KBENCH_GQA_STAGES=$stages" step 50 kbench bench attention_decode --backend cuda \
+            --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 8 --head-dim 128 --out "$records"
+    done
+    ;;
+decode-stages)  # the cuda decode ring's depth (KBENCH_DECODE_STAGES): builds side by side, tests, sweeps
+    builds=()
+    for stages in default 1 2 3; do
+        defines=$([ $stages = default ] || echo "KBENCH_DECODE_STAGES=$stages")
+        KBENCH_CUDA_DEFINES="$defines" timeout 200 python3 -c "import kbench_cuda.build as b; print('$stages', b.load() or 'built')" &
+        builds+=($!)
+    done
+    wait "${builds[@]}"  # (a bare wait would also wait for the tee of this script's output)
+    step 170 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py -k decode
+    step 80 kbench bench attention_decode --backend cuda --vs triton \
+        --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
+    for stages in 1 2 3; do
+        KBENCH_CUDA_DEFINES="KBENCH_DECODE_STAGES=$stages" step 50 kbench bench attention_decode --backend cuda \
+            --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
+    done
     ;;
 decode-knob)  # the cuda decode split plan's fewest tokens a split: builds side by side, then each swept
     builds=()

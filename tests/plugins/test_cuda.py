@@ -387,9 +387,10 @@ def test_gqa_decode_replays_in_a_cuda_graph_on_new_lengths(registry, layout):
 
 # One sequence over a long context: the plan splits it across the GPU (up to 256 slices with a
 # single kv head), so the last block of each (sequence, kv head) merges many partials that other
-# blocks wrote. MHA, GQA-4, MQA and a single head; bfloat16 GQA runs gqa_decode_kernel, the rest
-# decode_kernel.
-MERGE_SHAPES = [(32, 32), (32, 8), (8, 1), (1, 1)]
+# blocks wrote, in several passes through its shared memory where they outgrow it (GQA-8's 8 x
+# ~30 rows, a single head's ~250). MHA, GQA-4, GQA-8, MQA and a single head; bfloat16 GQA runs
+# gqa_decode_kernel, the rest decode_kernel.
+MERGE_SHAPES = [(32, 32), (32, 8), (64, 8), (8, 1), (1, 1)]
 
 
 @pytest.mark.gpu

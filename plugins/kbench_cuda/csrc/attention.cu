@@ -4,7 +4,8 @@
 // its context, once, for all `group` query heads that share it (GQA/MQA), so K/V bytes are
 // read once per call. Inside the block, a token is read by LANES threads (16 bytes each);
 // a warp holds 32 / LANES tokens, and each thread keeps a running softmax (max, sum, output)
-// per query head in fp32 over the tokens it sees, UNROLL tokens' K and V in flight at once.
+// per query head in fp32 over the tokens it sees. K and V stream through a ring of passes in
+// shared memory (cp.async), kDecodeStages - 1 passes of kUnroll tokens a slot in flight.
 // The block then merges its slots; with one split it writes `out`, otherwise a normalised
 // partial output and its log-sum-exp (split-KV). The number of splits depends only on shapes
 // known on the host (no read of cache_seqlens, no sync).
@@ -19,6 +20,7 @@
 // That kernel (decode_kernel) serves MHA and float32. GQA/MQA in bfloat16/float16 runs
 // gqa_decode_kernel instead: the same grid and split-KV, but the group's heads attend as one
 // tensor-core tile over K/V chunks staged in shared memory (see its comment).
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 
@@ -32,10 +34,23 @@ constexpr int kWarps = 4;
 constexpr int kUnroll = 4;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kMaxSplits = 256;
+constexpr int kDecodeMaxGroup = 8;  // query heads a KV head serves, at most
+// Passes of K/V that decode_kernel's ring holds: kDecodeStages - 1 in flight while one is used
+// (a tuning knob, see scripts/device/gpu_runs.sh decode-stages).
+#ifndef KBENCH_DECODE_STAGES
+#define KBENCH_DECODE_STAGES 4
+#endif
+constexpr int kDecodeStages = KBENCH_DECODE_STAGES;
+static_assert(kDecodeStages >= 1, "at least the stage in use");
 // The fewest tokens a split takes (a tuning knob, see scripts/device/cuda_variants.py).
 #ifndef KBENCH_DECODE_SPLIT_TOKENS
 #define KBENCH_DECODE_SPLIT_TOKENS 64
 #endif  // slices of one context at most (attention_decode_plan)
+// The plan's wave, in percent of the resident blocks (a tuning knob): below 100 it takes fewer,
+// longer slices (less to merge), above 100 more, shorter ones (one's start hidden by another's work).
+#ifndef KBENCH_DECODE_FILL
+#define KBENCH_DECODE_FILL 100
+#endif
 
 struct DecodeArgs {
     const void* q;             // [batch, heads, head_dim]
@@ -53,6 +68,53 @@ struct DecodeArgs {
     int splits, tokens_per_split;
     float scale_log2;          // scale * log2(e): scores kept in the base-2 domain
 };
+
+__device__ __forceinline__ uint32_t smem_address(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared without passing through registers. With `valid` false it reads
+// nothing and writes 16 zero bytes: rows past the sequence must be finite, since p = 0 times
+// a NaN left in shared memory would still be NaN in P.V.
+// Before sm_80 (no cp.async) it is a plain copy through registers, and the group calls do nothing.
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    const uint4 value = valid ? __ldcg(static_cast<const uint4*>(src)) : make_uint4(0u, 0u, 0u, 0u);
+    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(value.x), "r"(value.y), "r"(value.z),
+                 "r"(value.w)
+                 : "memory");
+#else
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
+                 : "memory");
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+template <int PENDING>
+__device__ __forceinline__ void cp_async_wait() {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
+#endif
+}
+
+// 16 bytes of shared memory, written by this thread's own cp.async (once it has waited on it).
+template <typename T, int N>
+__device__ __forceinline__ Vec<T, N> load_shared_16(uint32_t address) {
+    static_assert(sizeof(T) * N == 16, "one 16-byte access");
+    uint4 raw;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(raw.x), "=r"(raw.y), "=r"(raw.z), "=r"(raw.w)
+                 : "r"(address)
+                 : "memory");
+    Vec<T, N> out;
+    memcpy(&out, &raw, 16);
+    return out;
+}
 
 __host__ __device__ constexpr int pow2_at_least(int n) {
     int p = 1;
@@ -105,34 +167,41 @@ __device__ __forceinline__ bool last_to_arrive(const DecodeArgs& args) {
 
 // The split-KV merge, by the last block of a (sequence, kv head) to finish, for its group's
 // query heads: out = sum_s 2^(lse_s - max) * partial_s / sum_s 2^(lse_s - max), a split with
-// lse -inf weighing 0. The partials are read with __ldcg: other blocks wrote them, and L2 is
-// where their writes are visible (L1 is not coherent).
+// lse -inf weighing 0. Other blocks wrote the partials: they are read through L2 (__ldcg and
+// cp.async.cg), where those writes are visible (L1 is not coherent).
 //
-// `scratch` is the block's merge state in shared memory, no longer read: WARPS regions
-// `warp_stride` floats apart of MAX_GROUP * HEAD_DIM floats each, and at least
-// MAX_GROUP * kMaxSplits floats in all. It holds first the weights [group][splits], normalised,
-// then each warp's share of `out` [group][HEAD_DIM] in its own region.
-//
-// HEAD_DIM / 4 lanes read a row of partial_out as float4s, so the block reads SLOTS rows a pass
-// (WARPS, twice that at head_dim 64) and slot j takes splits j, j + SLOTS, ...: every thread
-// keeps a column of each head, the rows of a warp are added by shuffles, the warps through
-// `scratch`. A thread per column looping over every split would leave most of the block idle
-// at MHA and keep too few bytes in flight to cover L2's latency.
-template <typename T, int HEAD_DIM, int WARPS, int MAX_GROUP>
-__device__ void merge_splits(const DecodeArgs& args, float* scratch, int warp_stride) {
-    constexpr int COLUMNS = HEAD_DIM / 4;  // float4s in a row
-    constexpr int ROW_LANES = pow2_at_least(COLUMNS);
-    constexpr int ROWS_PER_WARP = 32 / ROW_LANES;
-    constexpr int SLOTS = WARPS * ROWS_PER_WARP;
-    static_assert(HEAD_DIM % 4 == 0 && ROW_LANES <= 32, "a row of partial_out is at most a warp of float4s");
+// `scratch` is `scratch_bytes` of the block's shared memory, no longer read: first the
+// weights [group][splits], normalised, then a buffer the partials are copied into by cp.async.
+// The group's partials are one array, rows (g, s) of HEAD_DIM floats in that order; a pass
+// copies as many whole rows as the buffer holds, every 16 bytes of them in flight at once, and
+// each thread then adds its outputs' share. Loads into registers kept a 128-thread block to
+// ~16 KB in flight against the 30-120 KB of a 30-split GQA merge: a memory latency per 16 KB.
+// The first pass is in flight while the weights are computed.
+template <typename T, int HEAD_DIM, int WARPS>
+__device__ void merge_splits(const DecodeArgs& args, unsigned char* scratch, int scratch_bytes) {
+    constexpr int ROW_BYTES = HEAD_DIM * 4;
+    static_assert(ROW_BYTES % 16 == 0, "a row of partial_out is whole 16-byte pieces");
     const int kv_head = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int splits = args.splits;
+    const int splits = args.splits, group = args.group;
     const int64_t head0 = static_cast<int64_t>(b) * args.heads + kv_head * args.group;  // [b, head] of g = 0
+    const int rows = group * splits;
+
+    float* weights = reinterpret_cast<float*>(scratch);
+    const int weight_bytes = (rows * 4 + 15) / 16 * 16;
+    unsigned char* buffer = scratch + weight_bytes;
+    const int rows_per_pass = (scratch_bytes - weight_bytes) / ROW_BYTES;
+    const unsigned char* partials = reinterpret_cast<const unsigned char*>(args.partial_out + head0 * splits * HEAD_DIM);
+    auto copy_rows = [&](int first_row) {
+        const int pieces = min(rows_per_pass, rows - first_row) * (ROW_BYTES / 16);
+        const unsigned char* src = partials + static_cast<int64_t>(first_row) * ROW_BYTES;
+        for (int i = threadIdx.x; i < pieces; i += blockDim.x) cp_async_16(smem_address(buffer + i * 16), src + i * 16, true);
+        cp_async_commit();
+    };
+    copy_rows(0);
 
     // Weights: a warp per head, a lane per split (kMaxSplits / 32 each).
-    float* weights = scratch;
-    for (int g = warp; g < args.group; g += WARPS) {
+    for (int g = warp; g < group; g += WARPS) {
         const float* lse = args.partial_lse + (head0 + g) * splits;
         float w[kMaxSplits / 32];
         float lse_max = -INFINITY;
@@ -156,49 +225,34 @@ __device__ void merge_splits(const DecodeArgs& args, float* scratch, int warp_st
             if (s < splits) weights[g * splits + s] = w[k] / total;
         }
     }
-    __syncthreads();
 
-    const int column = lane % ROW_LANES, slot = warp * ROWS_PER_WARP + lane / ROW_LANES;
-    const bool has_column = column < COLUMNS;
-    float sum[MAX_GROUP][4] = {};
-    for (int s = slot; s < splits; s += SLOTS) {
+    // Thread i owns outputs i, i + blockDim.x, ... of [group][HEAD_DIM] (at most kMaxOwned).
+    constexpr int kMaxOwned = (kDecodeMaxGroup * HEAD_DIM + WARPS * 32 - 1) / (WARPS * 32);
+    float sum[kMaxOwned] = {};
+    for (int first_row = 0; first_row < rows; first_row += rows_per_pass) {
+        cp_async_wait<0>();
+        __syncthreads();  // every thread's copies (and, on the first pass, the weights) are visible
+        const int last_row = min(first_row + rows_per_pass, rows);
 #pragma unroll
-        for (int g = 0; g < MAX_GROUP; ++g) {
-            if (g < args.group && has_column) {
-                const float weight = weights[g * splits + s];
-                const float4 p = __ldcg(reinterpret_cast<const float4*>(
-                                            args.partial_out + ((head0 + g) * splits + s) * HEAD_DIM) + column);
-                sum[g][0] += weight * p.x;
-                sum[g][1] += weight * p.y;
-                sum[g][2] += weight * p.z;
-                sum[g][3] += weight * p.w;
+        for (int k = 0; k < kMaxOwned; ++k) {
+            const int i = threadIdx.x + k * WARPS * 32;
+            if (i >= group * HEAD_DIM) break;
+            const int g = i / HEAD_DIM, d = i - g * HEAD_DIM;
+            const int from = max(first_row, g * splits), to = min(last_row, (g + 1) * splits);
+            for (int row = from; row < to; ++row) {
+                sum[k] += weights[row] * reinterpret_cast<const float*>(buffer + (row - first_row) * ROW_BYTES)[d];
             }
         }
-    }
-    __syncthreads();  // the weights are read; the warps' shares go over them
-
-#pragma unroll
-    for (int g = 0; g < MAX_GROUP; ++g) {
-        if (g >= args.group) break;
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-#pragma unroll
-            for (int offset = ROW_LANES; offset < 32; offset <<= 1) {
-                sum[g][e] += __shfl_xor_sync(0xffffffffu, sum[g][e], offset);
-            }
-        }
-        if (lane < ROW_LANES && has_column) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) scratch[warp * warp_stride + g * HEAD_DIM + column * 4 + e] = sum[g][e];
+        if (last_row < rows) {
+            __syncthreads();  // the buffer is read before the next pass copies over it
+            copy_rows(last_row);
         }
     }
-    __syncthreads();
-    for (int i = threadIdx.x; i < args.group * HEAD_DIM; i += blockDim.x) {
-        const int g = i / HEAD_DIM, d = i - g * HEAD_DIM;
-        float value = 0.f;
 #pragma unroll
-        for (int w = 0; w < WARPS; ++w) value += scratch[w * warp_stride + g * HEAD_DIM + d];
-        static_cast<T*>(args.out)[(head0 + g) * HEAD_DIM + d] = from_float<T>(value);
+    for (int k = 0; k < kMaxOwned; ++k) {
+        const int i = threadIdx.x + k * WARPS * 32;
+        if (i >= group * HEAD_DIM) break;
+        static_cast<T*>(args.out)[head0 * HEAD_DIM + i] = from_float<T>(sum[k]);
     }
 }
 
@@ -208,10 +262,11 @@ __device__ void merge_splits(const DecodeArgs& args, float* scratch, int warp_st
 // output is acc[w * acc_stride + g * HEAD_DIM + d]. A warp that saw no token has m = -inf,
 // l = 0 and acc = 0; a block that saw none (a split past the sequence's end) writes lse -inf.
 // With several splits, the last block of its (sequence, kv head) to get here then merges them
-// (merge_splits), reusing the shared memory of `acc` once every thread has read it.
-template <typename T, int HEAD_DIM, int WARPS, int MAX_GROUP>
+// (merge_splits) in the block's `smem_bytes` of shared memory from `smem` on, which holds `m`,
+// `l` and `acc`: last_to_arrive's barrier comes after every thread has read them.
+template <typename T, int HEAD_DIM, int WARPS>
 __device__ __forceinline__ void store_merged(const DecodeArgs& args, const float* m, const float* l, int ml_stride,
-                                             float* acc, int acc_stride) {
+                                             const float* acc, int acc_stride, unsigned char* smem, int smem_bytes) {
     const int split = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
     for (int i = threadIdx.x; i < args.group * HEAD_DIM; i += blockDim.x) {
         const int g = i / HEAD_DIM, d = i - g * HEAD_DIM;
@@ -236,18 +291,35 @@ __device__ __forceinline__ void store_merged(const DecodeArgs& args, const float
             if (d == 0) args.partial_lse[bh * args.splits + split] = l_all > 0.f ? m_all + log2f(l_all) : -INFINITY;
         }
     }
-    if (args.splits > 1 && last_to_arrive(args)) merge_splits<T, HEAD_DIM, WARPS, MAX_GROUP>(args, acc, acc_stride);
+    if (args.splits > 1 && last_to_arrive(args)) merge_splits<T, HEAD_DIM, WARPS>(args, smem, smem_bytes);
 }
+
+// decode_kernel's lane layout, from the dtype and head_dim: LANES threads read a token (16
+// bytes each), a warp holds SLOTS_PER_WARP tokens, the block SLOTS, and a pass kUnroll times that.
+template <typename T, int HEAD_DIM, int GROUP>
+struct DecodeLayout {
+    static constexpr int VEC = kVec16<T>;
+    static constexpr int LANES = pow2_at_least(HEAD_DIM / VEC);
+    static constexpr int SLOTS_PER_WARP = 32 / LANES;
+    static constexpr int SLOTS = SLOTS_PER_WARP * kWarps;
+    static constexpr int PASS_TOKENS = SLOTS * kUnroll;
+    // One pass of K then V in shared memory (a slot's row is HEAD_DIM wide; lanes past it copy nothing).
+    static constexpr int STAGE_BYTES = 2 * PASS_TOKENS * HEAD_DIM * static_cast<int>(sizeof(T));
+    // The block's merge state [kWarps][GROUP][HEAD_DIM + 2] goes over the ring afterwards, and
+    // merge_splits needs its weights and at least one row of partials.
+    static constexpr int MERGE_BYTES = kWarps * GROUP * (HEAD_DIM + 2) * 4;
+    static constexpr int SPLIT_MERGE_BYTES = (GROUP * kMaxSplits + HEAD_DIM) * 4;
+    static constexpr int SMEM_BYTES = std::max({kDecodeStages * STAGE_BYTES, MERGE_BYTES, SPLIT_MERGE_BYTES});
+};
 
 template <typename T, int HEAD_DIM, int GROUP>
 __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeArgs args) {
-    constexpr int VEC = kVec16<T>;
-    constexpr int LANES = pow2_at_least(HEAD_DIM / VEC);  // threads per token
+    using Layout = DecodeLayout<T, HEAD_DIM, GROUP>;
+    constexpr int VEC = Layout::VEC, LANES = Layout::LANES;
     static_assert(LANES <= 32, "head_dim too large for one warp per token");
-    constexpr int SLOTS_PER_WARP = 32 / LANES;
-    constexpr int SLOTS = SLOTS_PER_WARP * kWarps;
-    __shared__ float merge_acc[kWarps][GROUP][HEAD_DIM];
-    __shared__ float merge_m[kWarps][GROUP], merge_l[kWarps][GROUP];
+    constexpr int SLOTS_PER_WARP = Layout::SLOTS_PER_WARP, SLOTS = Layout::SLOTS;
+    constexpr int PASS_TOKENS = Layout::PASS_TOKENS;
+    extern __shared__ __align__(16) unsigned char smem[];
 
     const int split = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -282,28 +354,69 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeArgs args) {
     const T* v_base = static_cast<const T*>(args.v_cache);
     const int64_t row_stride = static_cast<int64_t>(args.kv_heads) * HEAD_DIM;
     const int64_t head_offset = static_cast<int64_t>(kv_head) * HEAD_DIM + dim;
-    // The loop runs on the warp's first slot, so every lane of a warp makes the same number of
-    // passes: its full-mask shuffles would hang with lanes that had left the loop (a slice whose
+    const int* table =
+        args.block_table != nullptr ? args.block_table + static_cast<int64_t>(b) * args.max_blocks : nullptr;
+    // The passes run on the warp's first slot, so every lane of a warp makes the same number of
+    // them: its full-mask shuffles would hang with lanes that had left the loop (a slice whose
     // token count leaves one slot of a warp a pass more than the other did exactly that).
     const int first_slot = warp * SLOTS_PER_WARP;
-    for (int w0 = start + first_slot; w0 < end; w0 += SLOTS * kUnroll) {
-        const int t0 = w0 + (slot - first_slot);
+    const int first = start + first_slot;
+    const int passes = end > first ? (end - first + PASS_TOKENS - 1) / PASS_TOKENS : 0;
+
+    // Pass i's tokens t = first + i * PASS_TOKENS + (slot - first_slot) + u * SLOTS, u < kUnroll,
+    // go to ring stage i % kDecodeStages by cp.async: each thread copies its own 16 bytes of each
+    // token's K and V and reads back only those, so no barrier is needed, and kDecodeStages - 1
+    // passes stay in flight while the thread computes one (a load then a compute per pass kept a
+    // block to one pass's 16 KB in flight and a full memory latency a pass). A token past the
+    // slice copies nothing and its bytes are zeros (they are masked out of the scores too).
+    const uint32_t ring = smem_address(smem) + ((slot * HEAD_DIM + dim) * static_cast<int>(sizeof(T)));
+    constexpr uint32_t kRowBytes = HEAD_DIM * sizeof(T);
+    auto load_pass = [&](int i) {
+        const uint32_t k_dst = ring + (i % kDecodeStages) * Layout::STAGE_BYTES;
+        const uint32_t v_dst = k_dst + PASS_TOKENS * kRowBytes;
+        const int t0 = first + i * PASS_TOKENS + (slot - first_slot);
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            const int t = t0 + u * SLOTS;
+            const bool valid = t < end && has_dim;
+            int64_t offset = 0;  // an invalid copy reads nothing, from an address that exists
+            if (valid) {
+                if (table != nullptr) {
+                    offset = static_cast<int64_t>(__ldg(table + t / args.block_size)) * args.cache_stride +
+                             (t % args.block_size) * row_stride + head_offset;
+                } else {
+                    offset = b * args.cache_stride + t * row_stride + head_offset;
+                }
+            }
+            if (has_dim) {
+                cp_async_16(k_dst + u * SLOTS * kRowBytes, k_base + offset, valid);
+                cp_async_16(v_dst + u * SLOTS * kRowBytes, v_base + offset, valid);
+            }
+        }
+    };
+
+    // Pass i is cp.async group i; empty groups are committed past the last pass so that "all but
+    // kDecodeStages - 1 groups done" always means pass i is.
+#pragma unroll
+    for (int i = 0; i < kDecodeStages - 1; ++i) {
+        if (i < passes) load_pass(i);
+        cp_async_commit();
+    }
+    for (int i = 0; i < passes; ++i) {
+        if (i + kDecodeStages - 1 < passes) load_pass(i + kDecodeStages - 1);  // into the stage pass i - 1 read
+        cp_async_commit();
+        cp_async_wait<kDecodeStages - 1>();
+        const int t0 = first + i * PASS_TOKENS + (slot - first_slot);
+        const uint32_t k_src = ring + (i % kDecodeStages) * Layout::STAGE_BYTES;
+        const uint32_t v_src = k_src + PASS_TOKENS * kRowBytes;
         Vec<T, VEC> kv[kUnroll], vv[kUnroll];
         bool valid[kUnroll];
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-            const int t = t0 + u * SLOTS;
-            valid[u] = t < end;
-            if (valid[u] && has_dim) {
-                int64_t offset;
-                if (args.block_table != nullptr) {
-                    const int block = args.block_table[static_cast<int64_t>(b) * args.max_blocks + t / args.block_size];
-                    offset = block * args.cache_stride + (t % args.block_size) * row_stride + head_offset;
-                } else {
-                    offset = b * args.cache_stride + t * row_stride + head_offset;
-                }
-                kv[u] = load_vec_stream<T, VEC>(k_base + offset);
-                vv[u] = load_vec_stream<T, VEC>(v_base + offset);
+            valid[u] = t0 + u * SLOTS < end;
+            if (has_dim) {
+                kv[u] = load_shared_16<T, VEC>(k_src + u * SLOTS * kRowBytes);
+                vv[u] = load_shared_16<T, VEC>(v_src + u * SLOTS * kRowBytes);
             } else {
 #pragma unroll
                 for (int e = 0; e < VEC; ++e) kv[u].v[e] = vv[u].v[e] = from_float<T>(0.f);
@@ -347,6 +460,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeArgs args) {
             }
         }
     }
+    cp_async_wait<0>();  // only empty groups can be pending
 
     // Merge the slots of each warp (lanes with the same dim_lane), then the warps.
 #pragma unroll
@@ -367,23 +481,28 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeArgs args) {
             m[g] = m_new;
         }
     }
+    // The block's merge state goes over the ring, once every thread is done reading it.
+    constexpr int ACC_FLOATS = kWarps * GROUP * HEAD_DIM;
+    float* merge_acc = reinterpret_cast<float*>(smem);  // [kWarps][GROUP][HEAD_DIM]
+    float* merge_m = merge_acc + ACC_FLOATS;            // [kWarps][GROUP]
+    float* merge_l = merge_m + kWarps * GROUP;
+    __syncthreads();
     if (lane < LANES) {
 #pragma unroll
         for (int g = 0; g < GROUP; ++g) {
             if (has_dim) {
 #pragma unroll
-                for (int e = 0; e < VEC; ++e) merge_acc[warp][g][dim + e] = acc[g][e];
+                for (int e = 0; e < VEC; ++e) merge_acc[(warp * GROUP + g) * HEAD_DIM + dim + e] = acc[g][e];
             }
             if (lane == 0) {
-                merge_m[warp][g] = m[g];
-                merge_l[warp][g] = l[g];
+                merge_m[warp * GROUP + g] = m[g];
+                merge_l[warp * GROUP + g] = l[g];
             }
         }
     }
     __syncthreads();
-    static_assert(kWarps * HEAD_DIM >= kMaxSplits, "merge_splits' weights fit in merge_acc");
-    store_merged<T, HEAD_DIM, kWarps, GROUP>(args, &merge_m[0][0], &merge_l[0][0], GROUP, &merge_acc[0][0][0],
-                                             GROUP * HEAD_DIM);
+    store_merged<T, HEAD_DIM, kWarps>(args, merge_m, merge_l, GROUP, merge_acc, GROUP * HEAD_DIM, smem,
+                                      Layout::SMEM_BYTES);
 }
 
 // --- GQA on tensor cores (16-bit dtypes, group > 1) ---------------------------------------
@@ -405,9 +524,13 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeArgs args) {
 // - O^T's accumulator holds O[head 2c, 2c + 1][dim 16 mt + r, + 8], so rescaling it by a head's
 //   correction takes that value from lane 4 * head.
 constexpr int kGqaWarps = 4;
-constexpr int kGqaStages = 3;
+// Chunks in a warp's ring (a tuning knob: 3 keeps 2 blocks an SM at head_dim 128).
+#ifndef KBENCH_GQA_STAGES
+#define KBENCH_GQA_STAGES 3
+#endif
+constexpr int kGqaStages = KBENCH_GQA_STAGES;
 constexpr int kChunk = 16;
-constexpr int kGqaMaxGroup = 8;
+constexpr int kGqaMaxGroup = kDecodeMaxGroup;
 
 // A row of K or V in shared memory: head_dim 16-bit values, padded by 16 bytes so that the 8
 // rows one ldmatrix reads start in 8 different 4-bank groups (for 128, 80 and 64 alike).
@@ -419,25 +542,6 @@ template <int HEAD_DIM>
 constexpr int kGqaWarpBytes = kGqaStages * kGqaStageBytes<HEAD_DIM>;
 template <int HEAD_DIM>
 constexpr int kGqaSmemBytes = kGqaWarps * kGqaWarpBytes<HEAD_DIM>;
-
-__device__ __forceinline__ uint32_t smem_address(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared without passing through registers. With `valid` false it reads
-// nothing and writes 16 zero bytes: rows past the sequence must be finite, since p = 0 times
-// a NaN left in shared memory would still be NaN in P.V.
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
-                 : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-
-template <int PENDING>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
-}
 
 // Four 8x8 16-bit matrices; lanes 8j..8j+7 give the row addresses of matrix j, and lane
 // 4r + c receives row r, columns 2c and 2c + 1 of each (with .trans: column r, rows 2c, 2c + 1).
@@ -657,36 +761,51 @@ __global__ void __launch_bounds__(kGqaWarps * 32) gqa_decode_kernel(DecodeArgs a
         merge_l[r] = l;
     }
     __syncthreads();
-    static_assert(kGqaSmemBytes<HEAD_DIM> / 4 >= kGqaMaxGroup * kMaxSplits, "merge_splits' weights fit in the rings");
-    float* base = reinterpret_cast<float*>(smem);
+    static_assert(kGqaSmemBytes<HEAD_DIM> >= (kGqaMaxGroup * kMaxSplits + HEAD_DIM) * 4,
+                  "merge_splits' weights and a row of partials fit in the rings");
+    const float* base = reinterpret_cast<const float*>(smem);
     const float* warp0_m = base + kGqaMaxGroup * HEAD_DIM;
-    store_merged<T, HEAD_DIM, kGqaWarps, kGqaMaxGroup>(args, warp0_m, warp0_m + kGqaMaxGroup, WARP_FLOATS, base,
-                                                       WARP_FLOATS);
+    store_merged<T, HEAD_DIM, kGqaWarps>(args, warp0_m, warp0_m + kGqaMaxGroup, WARP_FLOATS, base, WARP_FLOATS, smem,
+                                         kGqaSmemBytes<HEAD_DIM>);
 #endif
 }
 
-// Whether gqa_decode_kernel can run on `device`: sm_80 or later (cp.async, bf16 mma) and the
-// shared memory per block, opted into here (beyond the 48 KB a kernel gets by default), with
-// the max-shared carveout so that its occupancy is what the shared memory per SM allows (2
-// blocks at head_dim 128). Elsewhere GQA stays on decode_kernel. Asked once per device: the
-// driver calls cost about what a launch does.
-template <typename T, int HEAD_DIM>
-bool gqa_kernel_ready(int device) {
-    static int state[kMaxDevices] = {};  // 0: not asked yet, 1: ready, 2: not on this device
+// Whether `kernel` can run on `device` with `smem_bytes` of dynamic shared memory a block: a
+// compute capability of `min_major` or more, and the shared memory opted into here (beyond the
+// 48 KB a kernel gets by default), with the max-shared carveout so that the kernel's occupancy
+// is what the shared memory per SM allows. Asked once per device and kept in `state` (0: not
+// asked yet, 1: ready, 2: not on this device): the driver calls cost about what a launch does.
+bool smem_kernel_ready(const void* kernel, int smem_bytes, int min_major, int device, int (&state)[kMaxDevices]) {
     if (device < kMaxDevices && state[device] != 0) return state[device] == 1;
-    const void* kernel = reinterpret_cast<const void*>(gqa_decode_kernel<T, HEAD_DIM>);
     int major = 0, optin = 0;
     const bool ready =
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
         cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess &&
-        major >= 8 && optin >= kGqaSmemBytes<HEAD_DIM> &&
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kGqaSmemBytes<HEAD_DIM>) ==
-            cudaSuccess &&
+        major >= min_major && optin >= smem_bytes &&
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes) == cudaSuccess &&
         cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                              cudaSharedmemCarveoutMaxShared) == cudaSuccess;
     if (!ready) (void)cudaGetLastError();  // a refusal is an answer, not an error for the next launch
     if (device < kMaxDevices) state[device] = ready ? 1 : 2;
     return ready;
+}
+
+// gqa_decode_kernel needs sm_80 (cp.async, bf16 mma) and its rings (2 blocks an SM at head_dim
+// 128); elsewhere GQA stays on decode_kernel.
+template <typename T, int HEAD_DIM>
+bool gqa_kernel_ready(int device) {
+    static int state[kMaxDevices] = {};
+    return smem_kernel_ready(reinterpret_cast<const void*>(gqa_decode_kernel<T, HEAD_DIM>), kGqaSmemBytes<HEAD_DIM>,
+                             8, device, state);
+}
+
+// decode_kernel runs anywhere its ring fits in a block's shared memory (cp.async is a plain
+// copy before sm_80); where it does not, its launch fails with the driver's error.
+template <typename T, int HEAD_DIM, int GROUP>
+bool decode_kernel_ready(int device) {
+    static int state[kMaxDevices] = {};
+    return smem_kernel_ready(reinterpret_cast<const void*>(decode_kernel<T, HEAD_DIM, GROUP>),
+                             DecodeLayout<T, HEAD_DIM, GROUP>::SMEM_BYTES, 0, device, state);
 }
 
 // The kernel a call runs, as the host launches it. MHA (nothing to share between query heads)
@@ -696,6 +815,13 @@ struct DecodeKernel {
     const void* fn;
     int threads, smem_bytes;
 };
+
+template <typename T, int HEAD_DIM, int GROUP>
+DecodeKernel plain_decode_kernel(int device) {
+    (void)decode_kernel_ready<T, HEAD_DIM, GROUP>(device);  // its shared memory opted into, for the occupancy query
+    return {reinterpret_cast<const void*>(decode_kernel<T, HEAD_DIM, GROUP>), kWarps * 32,
+            DecodeLayout<T, HEAD_DIM, GROUP>::SMEM_BYTES};
+}
 
 template <typename T, int HEAD_DIM>
 bool uses_gqa_kernel(int group, int device) {
@@ -711,14 +837,12 @@ DecodeKernel decode_kernel_for(int group, int device) {
                     kGqaSmemBytes<HEAD_DIM>};
         }
     }
-    const void* fn;
     switch (pow2_at_least(group)) {
-        case 1: fn = reinterpret_cast<const void*>(decode_kernel<T, HEAD_DIM, 1>); break;
-        case 2: fn = reinterpret_cast<const void*>(decode_kernel<T, HEAD_DIM, 2>); break;
-        case 4: fn = reinterpret_cast<const void*>(decode_kernel<T, HEAD_DIM, 4>); break;
-        default: fn = reinterpret_cast<const void*>(decode_kernel<T, HEAD_DIM, 8>); break;
+        case 1: return plain_decode_kernel<T, HEAD_DIM, 1>(device);
+        case 2: return plain_decode_kernel<T, HEAD_DIM, 2>(device);
+        case 4: return plain_decode_kernel<T, HEAD_DIM, 4>(device);
+        default: return plain_decode_kernel<T, HEAD_DIM, 8>(device);
     }
-    return {fn, kWarps * 32, 0};
 }
 
 template <typename T>
@@ -730,29 +854,32 @@ DecodeKernel decode_kernel_for(int head_dim, int group, int device) {
     }
 }
 
+template <typename T, int HEAD_DIM, int GROUP>
+cudaError_t launch_plain(const DecodeArgs& args, const dim3& grid, int device, cudaStream_t stream) {
+    decode_kernel_ready<T, HEAD_DIM, GROUP>(device);  // where it is not, the launch reports why
+    decode_kernel<T, HEAD_DIM, GROUP><<<grid, kWarps * 32, DecodeLayout<T, HEAD_DIM, GROUP>::SMEM_BYTES, stream>>>(args);
+    return cudaGetLastError();
+}
+
 template <typename T, int HEAD_DIM>
 cudaError_t launch_head_dim(const DecodeArgs& args, int batch, cudaStream_t stream) {
     const dim3 grid(args.splits, args.kv_heads, batch);
+    int device = 0;
+    const cudaError_t err = cudaGetDevice(&device);
+    if (err != cudaSuccess) return err;
     if constexpr (sizeof(T) == 2) {
-        int device = 0;
-        if (args.group > 1) {
-            const cudaError_t err = cudaGetDevice(&device);
-            if (err != cudaSuccess) return err;
-        }
         if (uses_gqa_kernel<T, HEAD_DIM>(args.group, device)) {
             gqa_decode_kernel<T, HEAD_DIM><<<grid, kGqaWarps * 32, kGqaSmemBytes<HEAD_DIM>, stream>>>(args);
             return cudaGetLastError();
         }
     }
-    const int threads = kWarps * 32;
     switch (pow2_at_least(args.group)) {
-        case 1: decode_kernel<T, HEAD_DIM, 1><<<grid, threads, 0, stream>>>(args); break;
-        case 2: decode_kernel<T, HEAD_DIM, 2><<<grid, threads, 0, stream>>>(args); break;
-        case 4: decode_kernel<T, HEAD_DIM, 4><<<grid, threads, 0, stream>>>(args); break;
-        case 8: decode_kernel<T, HEAD_DIM, 8><<<grid, threads, 0, stream>>>(args); break;
+        case 1: return launch_plain<T, HEAD_DIM, 1>(args, grid, device, stream);
+        case 2: return launch_plain<T, HEAD_DIM, 2>(args, grid, device, stream);
+        case 4: return launch_plain<T, HEAD_DIM, 4>(args, grid, device, stream);
+        case 8: return launch_plain<T, HEAD_DIM, 8>(args, grid, device, stream);
         default: return cudaErrorInvalidValue;
     }
-    return cudaGetLastError();
 }
 
 template <typename T>
@@ -801,7 +928,7 @@ cudaError_t attention_decode_plan(int batch, int heads, int kv_heads, int head_d
     // Blocks do equal work (a full slice each), so they run in waves of `resident`: take the
     // fewest splits whose last wave is at least 90% full, else the most (each >=
     // KBENCH_DECODE_SPLIT_TOKENS tokens).
-    const int64_t resident = resident_blocks;
+    const int64_t resident = std::max<int64_t>(1, static_cast<int64_t>(resident_blocks) * KBENCH_DECODE_FILL / 100);
     const int64_t base = static_cast<int64_t>(batch) * kv_heads;
     int most = (capacity + KBENCH_DECODE_SPLIT_TOKENS - 1) / KBENCH_DECODE_SPLIT_TOKENS;
     most = most < kMaxSplits ? most : kMaxSplits;
