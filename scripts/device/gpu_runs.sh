@@ -31,6 +31,7 @@
 #   decode-profile  Nsight Compute on the cuda decode kernels where they trail triton, and the
 #              GQA kernel at ring depths 2 and 4 (issue 5)
 #   cuda-check   every cuda GPU test and the memcheck (issue 5)
+#   cuda-check-sweep  the same, then the decode sweep beside triton (issue 5)
 #   norm-weight  triton's norms (weight loaded with the row) against compile and cuda (issue 4)
 #   decode     triton decode attention's GPU tests, split counts and sweep against sdpa (issue 4)
 #   tune       candidate launch shapes of rope, add_rmsnorm and swiglu against torch.compile, and
@@ -46,7 +47,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cuda-final|cuda-check|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cuda-final|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -309,6 +310,11 @@ cuda-final)  # the cuda kernels at their chosen knobs: every GPU test, a memchec
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks
+    ;;
+cuda-check-sweep)  # every cuda GPU test, a memcheck of every kernel, the decode sweep beside triton
+    cuda_checks
+    step 100 kbench bench attention_decode --backend cuda --vs triton \
+        --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
     ;;
 cuda-run)  # issue 5's command with its op rows, compared with issue 4's triton record; the
            # memory-bound ops against triton and torch.compile at llama2-7b's shapes
