@@ -21,6 +21,7 @@
 // gqa_decode_kernel instead: the same grid and split-KV, but the group's heads attend as one
 // tensor-core tile over K/V chunks staged in shared memory (see its comment).
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <type_traits>
 
@@ -115,6 +116,27 @@ __device__ __forceinline__ Vec<T, N> load_shared_16(uint32_t address) {
     memcpy(&out, &raw, 16);
     return out;
 }
+
+#ifdef KBENCH_DECODE_TRACE
+__device__ __forceinline__ unsigned long long trace_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+#define TRACE_START() const long long tr0 = clock64(); const unsigned long long trg0 = trace_ns(); long long tr[4] = {};
+#define TRACE_AT(i) tr[i] = clock64() - tr0;
+#define TRACE_PRINT(name)                                                                                       \
+    if (threadIdx.x == 0) {                                                                                     \
+        unsigned smid;                                                                                          \
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));                                                       \
+        printf("TRACE %s %d %d %d %u %llu %llu %lld %lld %lld %lld\n", name, blockIdx.x, blockIdx.y, blockIdx.z, smid, \
+               trg0, trace_ns(), tr[0], tr[1], tr[2], tr[3]);                                                    \
+    }
+#else
+#define TRACE_START()
+#define TRACE_AT(i)
+#define TRACE_PRINT(name)
+#endif
 
 __host__ __device__ constexpr int pow2_at_least(int n) {
     int p = 1;
@@ -320,6 +342,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeArgs args) {
     constexpr int SLOTS_PER_WARP = Layout::SLOTS_PER_WARP, SLOTS = Layout::SLOTS;
     constexpr int PASS_TOKENS = Layout::PASS_TOKENS;
     extern __shared__ __align__(16) unsigned char smem[];
+    TRACE_START()
 
     const int split = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -328,6 +351,10 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeArgs args) {
     const int token_lane0 = lane - dim_lane;  // first lane of this thread's token
     const bool has_dim = dim < HEAD_DIM;
     const int seqlen = args.cache_seqlens[b];
+#ifdef KBENCH_DECODE_TRACE
+    if (seqlen == -12345) printf("x");
+#endif
+    TRACE_AT(0)
     const int start = split * args.tokens_per_split;
     const int end = min(start + args.tokens_per_split, seqlen);
 
@@ -461,6 +488,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeArgs args) {
         }
     }
     cp_async_wait<0>();  // only empty groups can be pending
+    TRACE_AT(1)
 
     // Merge the slots of each warp (lanes with the same dim_lane), then the warps.
 #pragma unroll
@@ -501,8 +529,11 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeArgs args) {
         }
     }
     __syncthreads();
+    TRACE_AT(2)
     store_merged<T, HEAD_DIM, kWarps>(args, merge_m, merge_l, GROUP, merge_acc, GROUP * HEAD_DIM, smem,
                                       Layout::SMEM_BYTES);
+    TRACE_AT(3)
+    TRACE_PRINT("mha")
 }
 
 // --- GQA on tensor cores (16-bit dtypes, group > 1) ---------------------------------------
@@ -607,12 +638,17 @@ __global__ void __launch_bounds__(kGqaWarps * 32) gqa_decode_kernel(DecodeArgs a
     static_assert((kGqaMaxGroup * HEAD_DIM + 2 * kGqaMaxGroup) * 4 <= kGqaWarpBytes<HEAD_DIM>,
                   "a warp's merge state fits in its ring");
     extern __shared__ __align__(16) unsigned char smem[];
+    TRACE_START()
 
     const int split = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int r = lane >> 2;        // fragment row: the query head of S's rows and P^T's columns
     const int c2 = (lane & 3) * 2;  // first of the fragment's two columns
     const int seqlen = args.cache_seqlens[b];
+#ifdef KBENCH_DECODE_TRACE
+    if (seqlen == -12345) printf("x");
+#endif
+    TRACE_AT(0)
     const int start = split * args.tokens_per_split;
     const int end = min(start + args.tokens_per_split, seqlen);
     unsigned char* ring = smem + warp * kGqaWarpBytes<HEAD_DIM>;
@@ -740,6 +776,7 @@ __global__ void __launch_bounds__(kGqaWarps * 32) gqa_decode_kernel(DecodeArgs a
         __syncwarp();  // the slot is read before the next pass copies chunk i + kGqaStages into it
     }
     cp_async_wait<0>();  // only empty groups can be pending; the ring is reused below
+    TRACE_AT(1)
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
 
@@ -765,8 +802,11 @@ __global__ void __launch_bounds__(kGqaWarps * 32) gqa_decode_kernel(DecodeArgs a
                   "merge_splits' weights and a row of partials fit in the rings");
     const float* base = reinterpret_cast<const float*>(smem);
     const float* warp0_m = base + kGqaMaxGroup * HEAD_DIM;
+    TRACE_AT(2)
     store_merged<T, HEAD_DIM, kGqaWarps>(args, warp0_m, warp0_m + kGqaMaxGroup, WARP_FLOATS, base, WARP_FLOATS, smem,
                                          kGqaSmemBytes<HEAD_DIM>);
+    TRACE_AT(3)
+    TRACE_PRINT("gqa")
 #endif
 }
 
