@@ -15,11 +15,14 @@ GB/s (``op.flops``, ``op.bytes``) use the kernel time where there is one
 
 Inputs an op may overwrite (``op.inplace``) are restored from a pristine copy before every
 repetition, outside the timed region; inside one graph each captured call gets its own copy
-(up to a memory budget), so no timed call sees data an earlier call rewrote.
+(up to a memory budget), so no timed call sees data an earlier call rewrote. Inputs a model
+step reads from HBM (``op.cold``: attention_decode's KV cache) get copies too, enough to span
+twice the L2, so back-to-back calls in the graph do not find them cached (``graph_input_sets``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable
@@ -28,7 +31,7 @@ from typing import Any
 import torch
 
 from kbench.bench.check import check_implementation, clone_inputs, reference_output
-from kbench.bench.timing import GRAPH_REPLAY_TARGET_US, MAX_GRAPH_CALLS, Timing, measure
+from kbench.bench.timing import GRAPH_REPLAY_TARGET_US, MAX_GRAPH_CALLS, Timing, l2_cache_bytes, measure
 from kbench.ops.base import Case, Op, dtype_name
 from kbench.registry import Registry
 from kbench.results.record import make_row
@@ -95,7 +98,8 @@ def _case_row(registry, op: Op, backend, case, dtype, device, bench, inputs, ref
         try:
             kernel = time_op(impl, op, inputs, device, bench, cuda_graph=True, estimate_us=called.median_us)
             row.update(graph_latency_us=kernel.median_us, graph_p20_us=kernel.p20_us, graph_p80_us=kernel.p80_us,
-                       graph_calls=kernel.calls_per_rep, graph_method=kernel.method)
+                       graph_calls=kernel.calls_per_rep, graph_input_sets=kernel.input_sets,
+                       graph_method=kernel.method)
         except Exception as error:  # a capture failure is a fact about the backend, not a crash
             graph_note = f"CUDA-graph capture failed: {type(error).__name__}: {error}"
             torch.cuda.synchronize(device)
@@ -137,22 +141,37 @@ def time_op(impl, op: Op, inputs: dict, device: torch.device, bench: Any, *, cud
     if cuda_graph:
         estimate = estimate_us if estimate_us and estimate_us > 0 else 1.0
         graph_calls = int(min(MAX_GRAPH_CALLS, max(1, GRAPH_REPLAY_TARGET_US / estimate)))
-    fn, reset = _calls(impl, op, inputs, copies=graph_calls or 1)
-    return measure(fn, device=device, warmup_ms=bench.warmup_ms, rep_ms=bench.rep_ms,
-                   flush_l2=bench.flush_l2, cuda_graph=cuda_graph, reset=reset, graph_calls=graph_calls)
+    fn, reset, sets = _calls(impl, op, inputs, copies=graph_calls or 1,
+                             l2_bytes=l2_cache_bytes(device) if cuda_graph else 0)
+    timing = measure(fn, device=device, warmup_ms=bench.warmup_ms, rep_ms=bench.rep_ms,
+                     flush_l2=bench.flush_l2, cuda_graph=cuda_graph, reset=reset, graph_calls=graph_calls)
+    return dataclasses.replace(timing, input_sets=sets)
 
 
-def _calls(impl, op: Op, inputs: dict, copies: int):
-    """(fn, reset): ``fn`` calls ``impl`` on the next of ``copies`` input sets; ``reset``
-    restores every set's in-place inputs. Without in-place inputs: one set, no reset.
+def _calls(impl, op: Op, inputs: dict, copies: int, l2_bytes: int = 0):
+    """(fn, reset, sets): ``fn`` calls ``impl`` on the next of ``sets`` input sets; ``reset``
+    restores every set's in-place inputs (None without any). A set has its own copy of the
+    in-place inputs and, where ``copies`` > 1 calls share a graph and the op's ``cold`` inputs
+    are under twice ``l2_bytes``, of those too: enough sets that a call's cold inputs were last
+    read over 2 x L2 of other data ago (all sets within INPLACE_COPY_BUDGET_BYTES).
     """
+    def tensor_bytes(names):
+        return sum(inputs[name].numel() * inputs[name].element_size() for name in names)
+
     inplace = [name for name in op.inplace if isinstance(inputs.get(name), torch.Tensor)]
-    if not inplace:
+    cold = [name for name in op.cold if isinstance(inputs.get(name), torch.Tensor) and name not in inplace]
+    cold_bytes = tensor_bytes(cold)
+    wanted = copies if inplace else 1
+    if cold and copies > 1 and 0 < cold_bytes < 2 * l2_bytes:
+        wanted = max(wanted, min(copies, -(-2 * l2_bytes // cold_bytes)))
+    else:
+        cold = []
+    if wanted == 1 and not inplace:
         work = clone_inputs(inputs)
-        return (lambda: impl(**work)), None
-    set_bytes = sum(inputs[name].numel() * inputs[name].element_size() for name in inplace)
-    copies = max(1, min(copies, INPLACE_COPY_BUDGET_BYTES // max(set_bytes, 1)))
-    sets = [inputs | {name: inputs[name].clone() for name in inplace} for _ in range(copies)]
+        return (lambda: impl(**work)), None, 1
+    cloned = inplace + cold
+    sets_count = max(1, min(wanted, INPLACE_COPY_BUDGET_BYTES // max(tensor_bytes(cloned), 1)))
+    sets = [inputs | {name: inputs[name].clone() for name in cloned} for _ in range(sets_count)]
     order = itertools.cycle(sets)
 
     def fn():
@@ -163,4 +182,4 @@ def _calls(impl, op: Op, inputs: dict, copies: int):
             for name in inplace:
                 work[name].copy_(inputs[name])
 
-    return fn, reset
+    return fn, (reset if inplace else None), sets_count

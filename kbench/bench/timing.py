@@ -12,7 +12,9 @@
 - **CUDA graph replay** (``cuda_graph=True``, ``method="cuda-graph"``): ``graph_calls``
   calls are captured into one graph, the graph is replayed and the time divided by the
   number of calls: the GPU time of the kernels without Python or launch overhead. Within a
-  replay the calls find the previous call's data in L2 (as a kernel does inside a model step).
+  replay the calls find the previous call's data in L2 (as a kernel does inside a model step),
+  except an op's ``cold`` inputs (a KV cache), which ``kbench.bench.sweep.time_op`` cycles
+  through enough copies that each call reads them from HBM, as in a model step.
 - **perf_counter** (``method="perf_counter"``): the same loop on a CPU, with the same
   statistics; ``timer`` can be replaced (tests drive it with a fake clock).
 
@@ -54,6 +56,7 @@ class Timing:
     reps: int
     method: str
     calls_per_rep: int = 1
+    input_sets: int = 1  # input sets the calls cycle through (kbench.bench.sweep.time_op)
 
     def as_dict(self, prefix: str = "") -> dict:
         return {f"{prefix}{key}": value for key, value in asdict(self).items()}
@@ -146,10 +149,17 @@ def _measure_host(fn, warmup_ms, rep_ms, reset, timer) -> Timing:
     return summarize(samples, "perf_counter")
 
 
+def l2_cache_bytes(device: torch.device | str) -> int:
+    """The L2 cache size of a CUDA device in bytes; 0 elsewhere."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 0
+    return getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 0
+
+
 def l2_flush_buffer(device: torch.device) -> torch.Tensor:
     """A byte buffer larger than the device's L2 (at least 256 MiB); ``zero_()`` evicts L2."""
-    l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 0
-    return torch.empty(max(MIN_FLUSH_BYTES, 2 * l2_bytes), dtype=torch.int8, device=device)
+    return torch.empty(max(MIN_FLUSH_BYTES, 2 * l2_cache_bytes(device)), dtype=torch.int8, device=device)
 
 
 def _event_samples(run, reps: int, before=None) -> list[float]:

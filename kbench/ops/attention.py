@@ -363,6 +363,7 @@ ATTENTION_PREFILL = Op(
 
 ATTENTION_DECODE = Op(
     reference_cuda_graphs=False,  # the reference loops over cache_seqlens.tolist()
+    cold=("k_cache", "v_cache"),
     name="attention_decode",
     family="attention",
     doc="q: [batch, heads, head_dim], k_cache, v_cache: [batch, max_seq_len, kv_heads, head_dim] or "

@@ -14,6 +14,9 @@ An op is a contract, not a kernel. ``Op`` bundles, for one op:
   says what was wrong instead of failing deep inside torch;
 - ``inplace``: the names of inputs an implementation may overwrite (the harness clones
   inputs before every correctness call);
+- ``cold``: the names of inputs a model step reads from HBM, not L2 (a layer's KV cache is
+  read once a step, long after the previous layer's was): kernel timings under a CUDA graph
+  rotate through copies of them that together exceed L2, so no call finds them cached;
 - ``reference_cuda_graphs``: False when the reference syncs with the host (e.g. loops over
   ``cu_seqlens.tolist()``), so a decode step using it cannot be captured as a CUDA graph;
 - ``test_cases``: small cases (fast on a CPU, odd sizes included) that every backend's
@@ -241,6 +244,7 @@ class Op:
     compare: Callable[[Any, Any, Tolerance], Check] = compare_close
     dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
     inplace: tuple[str, ...] = ()
+    cold: tuple[str, ...] = ()
     test_cases: tuple[Case, ...] = ()
     reference_cuda_graphs: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)

@@ -43,7 +43,7 @@ STATUSES = ("PASS", "FAIL", "SKIP")
 ROW_KEYS = (
     "kind", "op", "backend", "case", "dtype", "device", "shape", "status",
     "latency_us", "p20_us", "p80_us", "min_us", "mean_us", "reps", "method",
-    "graph_latency_us", "graph_p20_us", "graph_p80_us", "graph_calls", "graph_method",
+    "graph_latency_us", "graph_p20_us", "graph_p80_us", "graph_calls", "graph_input_sets", "graph_method",
     "flops", "bytes", "tflops", "gbps", "throughput_basis", "frac_peak_flops", "frac_peak_bw",
     "max_abs_err", "max_rel_err", "note",
 )

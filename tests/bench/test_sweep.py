@@ -4,6 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from kbench.bench import sweep
 from kbench.bench.sweep import op_rows
 from kbench.ops.norm import ADD_RMSNORM, RMSNORM, rmsnorm_reference
 from kbench.registry import Implementation, Registry
@@ -85,3 +86,50 @@ def test_gpu_rows_report_kernel_time_beside_time_as_called():
     (row,) = op_rows(registry, "rmsnorm", ["reference"], CASES[:1], torch.bfloat16, "cuda", bench)
     assert row["method"] == "cuda-events" and row["graph_method"] == "cuda-graph"
     assert row["graph_latency_us"] > 0 and row["graph_calls"] >= 1 and row["throughput_basis"] == "graph"
+
+
+def _decode_inputs():
+    from kbench.ops.attention import ATTENTION_DECODE
+
+    case = ATTENTION_DECODE.test_cases[1]
+    return ATTENTION_DECODE, ATTENTION_DECODE.make_inputs(case, torch.float32, torch.device("cpu"), 0)
+
+
+def test_cold_inputs_rotate_through_copies_spanning_twice_the_l2():
+    """A graph of back-to-back decode calls must not find the KV cache in L2: the calls cycle
+    through ceil(2 x L2 / cache bytes) copies of k_cache and v_cache, and share the rest."""
+    op, inputs = _decode_inputs()
+    cache_bytes = sum(inputs[name].numel() * inputs[name].element_size() for name in ("k_cache", "v_cache"))
+    impl = lambda **kw: (kw["k_cache"], kw["v_cache"], kw["q"].data_ptr())  # noqa: E731
+    fn, reset, sets = sweep._calls(impl, op, inputs, copies=20, l2_bytes=2 * cache_bytes)  # needs 4 sets
+    assert sets == 4 and reset is None
+    seen = [fn() for _ in range(8)]
+    pointers = [(k.data_ptr(), v.data_ptr(), q) for k, v, q in seen]
+    assert len({k for k, _, _ in pointers}) == 4 and len({v for _, v, _ in pointers}) == 4
+    assert pointers[:4] == pointers[4:], "the calls cycle through the sets in order"
+    assert len({q for _, _, q in pointers}) == 1, "inputs that are not cold are shared"
+    assert inputs["k_cache"].data_ptr() not in {k for k, _, _ in pointers}
+    for k, v, _ in seen:  # every copy holds the cache: the calls compute the same thing
+        assert torch.equal(k, inputs["k_cache"]) and torch.equal(v, inputs["v_cache"])
+
+
+@pytest.mark.parametrize(("copies", "l2_factor", "expected"), [
+    (1, 2, 1),      # one call per replay: nothing to rotate
+    (20, 0.5, 1),   # the cache alone is twice the L2: every call reads HBM anyway
+    (3, 8, 3),      # at most one set per captured call
+])
+def test_cold_inputs_are_copied_only_where_a_graph_would_cache_them(copies, l2_factor, expected):
+    op, inputs = _decode_inputs()
+    cache_bytes = sum(inputs[name].numel() * inputs[name].element_size() for name in ("k_cache", "v_cache"))
+    impl = lambda **kw: kw["k_cache"].data_ptr()  # noqa: E731
+    fn, _, sets = sweep._calls(impl, op, inputs, copies=copies, l2_bytes=int(l2_factor * cache_bytes))
+    assert sets == expected
+    assert len({fn() for _ in range(2 * copies)}) == expected
+
+
+def test_cold_copies_stay_within_the_memory_budget(monkeypatch):
+    op, inputs = _decode_inputs()
+    cache_bytes = sum(inputs[name].numel() * inputs[name].element_size() for name in ("k_cache", "v_cache"))
+    monkeypatch.setattr(sweep, "INPLACE_COPY_BUDGET_BYTES", 3 * cache_bytes)
+    _, _, sets = sweep._calls(lambda **kw: None, op, inputs, copies=50, l2_bytes=10 * cache_bytes)
+    assert sets == 3
