@@ -27,6 +27,9 @@
 #   decode-knob  the cuda decode plan's fewest tokens a split, at 64, 256 and 1024 (issue 5)
 #   decode-stages  the cuda decode GPU tests, then the decode sweep at ring depths 4 (beside
 #              triton), 1, 2 and 3 (issue 5)
+#   cold-sweeps  the triton and cuda decode sweeps with the KV cache read cold (issues 4, 5)
+#   cold-triton  issue 4's command, the KV cache read cold in its decode-attention rows (issue 4)
+#   cold-cuda  issue 5's command, and its compare with the cold-triton record (TRITON_RECORD=path)
 #   decode-fill  the cuda decode plan's wave at 50%, 100% and 200% of the resident blocks (issue 5)
 #   decode-profile  Nsight Compute on the cuda decode kernels where they trail triton, and the
 #              GQA kernel at ring depths 2 and 4 (issue 5)
@@ -47,7 +50,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cuda-final|cuda-check|cuda-check-sweep|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|decode-trace|cuda-final|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -235,6 +238,28 @@ triton-final)  # the decode sweep at the final split rule, then every GPU test o
     ;;
 cuda-decode)  # the cuda decode kernels' GPU tests and their sweep beside triton's (issue 5)
     cuda_decode
+    ;;
+decode-trace)  # per-block timings of the cuda decode kernels (KBENCH_DECODE_TRACE)
+    export KBENCH_CUDA_DEFINES="KBENCH_DECODE_TRACE=1"
+    python3 -c "import kbench_cuda.build as b; print('trace', b.load() or 'built')"
+    for c in 1x2048x8 1x8192x8 8x512x8 8x2048x8 1x512x32 8x512x32 1x2048x32; do
+        timeout 60 python3 scripts/device/decode_trace.py $c > "$OUT/trace-$c.txt"
+    done
+    ;;
+cold-sweeps)  # decode attention with graph calls cycling through copies of the KV cache (op.cold)
+    decode_sweep --vs sdpa
+    step 100 kbench bench attention_decode --backend cuda --vs triton \
+        --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
+    ;;
+cold-triton)  # issue 4's done-when command
+    step 300 kbench run $spec --norm triton --rope triton --attention triton --ffn triton --sampling triton \
+        --batch 1,64 --prompt-len 512 --out "$records"
+    ;;
+cold-cuda)  # issue 5's command, compared with the cold-triton record
+    step 300 kbench run $spec --norm cuda --rope cuda --ffn cuda --attention cuda --sampling cuda \
+        --backend attention_prefill=triton --batch 1,64 --prompt-len 512 --out "$records"
+    step 20 kbench compare "${TRITON_RECORD:?path of the cold-triton record}" "$(latest llama2-7b)" \
+        --metric kernel_us --format markdown --output "$OUT/compare-triton-vs-cuda.md"
     ;;
 decode-fill)  # the cuda decode plan's wave (KBENCH_DECODE_FILL): builds side by side, then each swept
     builds=()
