@@ -4,7 +4,7 @@
 
 For the cases where the kernel is furthest below copy bandwidth, times ``attention_decode``
 with every split count (checked against the reference first, timed as ``kbench bench`` times a
-kernel: CUDA-graph replay) and prints µs and % of the measured copy bandwidth per count, with
+kernel: CUDA-graph replay, the KV cache read cold as ``op.cold`` has it) and prints µs and % of the measured copy bandwidth per count, with
 the count the heuristic picks marked.
 """
 
@@ -15,7 +15,8 @@ import argparse
 import torch
 from kbench_triton.attention_decode import attention_decode, num_splits
 
-from kbench.bench.timing import measure
+from kbench.bench.sweep import _calls
+from kbench.bench.timing import l2_cache_bytes, measure
 from kbench.env import measure_ceilings
 from kbench.ops.base import Case
 from kbench.plugins import get_registry
@@ -50,8 +51,10 @@ def main() -> None:
                 continue
             out = attention_decode(**inputs, splits=splits)
             torch.testing.assert_close(out, expected, atol=3e-2, rtol=2e-2)
-            timing = measure(lambda splits=splits, inputs=inputs: attention_decode(**inputs, splits=splits), device="cuda",
-                             cuda_graph=True, warmup_ms=5.0, rep_ms=30.0)
+            calls = 100  # per graph replay, cycling through copies of the cache that span 2 x L2
+            fn, _, _ = _calls(lambda splits=splits, **kw: attention_decode(**kw, splits=splits), op, inputs,
+                              copies=calls, l2_bytes=l2_cache_bytes("cuda"))
+            timing = measure(fn, device="cuda", cuda_graph=True, graph_calls=calls, warmup_ms=5.0, rep_ms=30.0)
             mark = "*" if splits == chosen else ""
             cells.append(f"{splits}{mark}: {timing.median_us:.1f} µs {100 * kv_bytes / timing.median_us / 1e3 / copy_gbps:.0f}%")
         print(f"batch {batch} kv_heads {kv_heads} context {context}: " + ", ".join(cells), flush=True)

@@ -30,6 +30,8 @@
 #   cold-sweeps  the triton and cuda decode sweeps with the KV cache read cold (issues 4, 5)
 #   cold-triton  issue 4's command, the KV cache read cold in its decode-attention rows (issue 4)
 #   cold-cuda  issue 5's command, and its compare with the cold-triton record (TRITON_RECORD=path)
+#   cold-splits  triton's decode at every split count and cuda's plan at 2x and 4x its wave, the
+#              cache read cold (issues 4, 5)
 #   decode-fill  the cuda decode plan's wave at 50%, 100% and 200% of the resident blocks (issue 5)
 #   decode-profile  Nsight Compute on the cuda decode kernels where they trail triton, and the
 #              GQA kernel at ring depths 2 and 4 (issue 5)
@@ -50,7 +52,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|decode-trace|cuda-final|cuda-check|cuda-check-sweep|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|decode-trace|cuda-final|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -260,6 +262,19 @@ cold-cuda)  # issue 5's command, compared with the cold-triton record
         --backend attention_prefill=triton --batch 1,64 --prompt-len 512 --out "$records"
     step 20 kbench compare "${TRITON_RECORD:?path of the cold-triton record}" "$(latest llama2-7b)" \
         --metric kernel_us --format markdown --output "$OUT/compare-triton-vs-cuda.md"
+    ;;
+cold-splits)  # with the cache read cold: triton's split counts, cuda's plan wave at 200% and 400%
+    builds=()
+    for fill in 200 400; do
+        KBENCH_CUDA_DEFINES="KBENCH_DECODE_FILL=$fill" timeout 200 python3 -c "import kbench_cuda.build as b; print('$fill', b.load() or 'built')" &
+        builds+=($!)
+    done
+    step 300 python3 scripts/device/decode_splits.py
+    wait "${builds[@]}"  # (a bare wait would also wait for the tee of this script's output)
+    for fill in 200 400; do
+        KBENCH_CUDA_DEFINES="KBENCH_DECODE_FILL=$fill" step 60 kbench bench attention_decode --backend cuda \
+            --batch 1,8 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
+    done
     ;;
 decode-fill)  # the cuda decode plan's wave (KBENCH_DECODE_FILL): builds side by side, then each swept
     builds=()
