@@ -99,6 +99,24 @@ cuda_checks() {  # every cuda GPU test, then the memcheck
 cuda_variants() {  # cuda_variants LIMIT_S: the cuda tuning variants against each other and torch.compile
     step "$1" python3 scripts/device/cuda_variants.py --json "$OUT/cuda-variants.json"
 }
+build_knob() {  # build_knob MACRO VALUE...: the cuda builds with MACRO=VALUE side by side ("default": none)
+    local macro=$1 value pids=()
+    shift
+    for value in "$@"; do
+        KBENCH_CUDA_DEFINES="$([ "$value" = default ] || echo "$macro=$value")" timeout 200 \
+            python3 -c "import kbench_cuda.build as b; print('$macro=$value', b.load() or 'built')" &
+        pids+=($!)
+    done
+    wait "${pids[@]}"  # (a bare wait would also wait for the tee of this script's output)
+}
+sweep_knob() {  # sweep_knob MACRO LIMIT_S BATCHES KV_HEADS VALUE...: the cuda decode sweep on each build
+    local macro=$1 limit=$2 batches=$3 kv_heads=$4 value
+    shift 4
+    for value in "$@"; do
+        KBENCH_CUDA_DEFINES="$macro=$value" step "$limit" kbench bench attention_decode --backend cuda \
+            --batch "$batches" --context 512,2048,8192 --heads 32 --kv-heads "$kv_heads" --head-dim 128 --out "$records"
+    done
+}
 rope_against_compile() {  # rope at llama2-7b's and llama2-13b's shapes
     for spec_name in llama2-7b llama2-13b; do
         step 60 kbench bench rope --backend triton --vs compile --spec model_specs/$spec_name.yaml --out "$records"
@@ -264,75 +282,38 @@ cold-cuda)  # issue 5's command, compared with the cold-triton record
         --metric kernel_us --format markdown --output "$OUT/compare-triton-vs-cuda.md"
     ;;
 cold-splits)  # with the cache read cold: triton's split counts, cuda's plan wave at 200% and 400%
-    builds=()
-    for fill in 200 400; do
-        KBENCH_CUDA_DEFINES="KBENCH_DECODE_FILL=$fill" timeout 200 python3 -c "import kbench_cuda.build as b; print('$fill', b.load() or 'built')" &
-        builds+=($!)
-    done
+    build_knob KBENCH_DECODE_FILL 200 400 &
+    knob_builds=$!
     step 300 python3 scripts/device/decode_splits.py
-    wait "${builds[@]}"  # (a bare wait would also wait for the tee of this script's output)
-    for fill in 200 400; do
-        KBENCH_CUDA_DEFINES="KBENCH_DECODE_FILL=$fill" step 60 kbench bench attention_decode --backend cuda \
-            --batch 1,8 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
-    done
+    wait $knob_builds
+    sweep_knob KBENCH_DECODE_FILL 60 1,8 32,8 200 400
     ;;
 decode-fill)  # the cuda decode plan's wave (KBENCH_DECODE_FILL): builds side by side, then each swept
-    builds=()
-    for fill in 50 100 200; do
-        KBENCH_CUDA_DEFINES="KBENCH_DECODE_FILL=$fill" timeout 200 python3 -c "import kbench_cuda.build as b; print('$fill', b.load() or 'built')" &
-        builds+=($!)
-    done
-    wait "${builds[@]}"  # (a bare wait would also wait for the tee of this script's output)
-    for fill in 50 100 200; do
-        KBENCH_CUDA_DEFINES="KBENCH_DECODE_FILL=$fill" step 50 kbench bench attention_decode --backend cuda \
-            --batch 1,8 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
-    done
+    build_knob KBENCH_DECODE_FILL 50 100 200
+    sweep_knob KBENCH_DECODE_FILL 50 1,8 32,8 50 100 200
     ;;
 decode-profile)  # where the cuda decode kernels' time goes, and the GQA ring's depth (KBENCH_GQA_STAGES)
-    builds=()
-    for stages in 2 4; do
-        KBENCH_CUDA_DEFINES="KBENCH_GQA_STAGES=$stages" timeout 200 python3 -c "import kbench_cuda.build as b; print('$stages', b.load() or 'built')" &
-        builds+=($!)
-    done
+    build_knob KBENCH_GQA_STAGES 2 4 &
+    knob_builds=$!
     python3 -c "import kbench_cuda.build as b; print('default', b.load() or 'built')"
     ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     echo "ncu: ${ncu:-not found}"
     [ -n "$ncu" ] && step 240 "$ncu" --section SpeedOfLight --section WarpStateStats --section Occupancy \
         --section LaunchStats --section MemoryWorkloadAnalysis -k regex:decode --launch-skip 1 \
         python3 scripts/device/decode_ncu.py 1x2048x8 1x8192x8 8x512x8 1x512x32 8x512x32 > "$OUT/ncu.txt"
-    wait "${builds[@]}"  # (a bare wait would also wait for the tee of this script's output)
-    for stages in 2 4; do
-        KBENCH_CUDA_DEFINES="KBENCH_GQA_STAGES=$stages" step 50 kbench bench attention_decode --backend cuda \
-            --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 8 --head-dim 128 --out "$records"
-    done
+    wait $knob_builds
+    sweep_knob KBENCH_GQA_STAGES 50 1,8,64 8 2 4
     ;;
 decode-stages)  # the cuda decode ring's depth (KBENCH_DECODE_STAGES): builds side by side, tests, sweeps
-    builds=()
-    for stages in default 1 2 3; do
-        defines=$([ $stages = default ] || echo "KBENCH_DECODE_STAGES=$stages")
-        KBENCH_CUDA_DEFINES="$defines" timeout 200 python3 -c "import kbench_cuda.build as b; print('$stages', b.load() or 'built')" &
-        builds+=($!)
-    done
-    wait "${builds[@]}"  # (a bare wait would also wait for the tee of this script's output)
+    build_knob KBENCH_DECODE_STAGES default 1 2 3
     step 170 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py -k decode
     step 80 kbench bench attention_decode --backend cuda --vs triton \
         --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
-    for stages in 1 2 3; do
-        KBENCH_CUDA_DEFINES="KBENCH_DECODE_STAGES=$stages" step 50 kbench bench attention_decode --backend cuda \
-            --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
-    done
+    sweep_knob KBENCH_DECODE_STAGES 50 1,8,64 32,8 1 2 3
     ;;
 decode-knob)  # the cuda decode split plan's fewest tokens a split: builds side by side, then each swept
-    builds=()
-    for tokens in 64 256 1024; do
-        KBENCH_CUDA_DEFINES="KBENCH_DECODE_SPLIT_TOKENS=$tokens" python3 -c "import kbench_cuda.build as b; print($tokens, b.load() or 'built')" &
-        builds+=($!)
-    done
-    wait "${builds[@]}"  # (a bare wait would also wait for the tee of this script's output)
-    for tokens in 64 256 1024; do
-        KBENCH_CUDA_DEFINES="KBENCH_DECODE_SPLIT_TOKENS=$tokens" step 120 kbench bench attention_decode --backend cuda \
-            --batch 1,8 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
-    done
+    build_knob KBENCH_DECODE_SPLIT_TOKENS 64 256 1024
+    sweep_knob KBENCH_DECODE_SPLIT_TOKENS 120 1,8 32,8 64 256 1024
     ;;
 norm-weight)  # triton's norms with the weight loaded before the reduction, against compile (issue 4)
     for op in add_rmsnorm rmsnorm; do
