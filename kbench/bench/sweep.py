@@ -141,14 +141,14 @@ def time_op(impl, op: Op, inputs: dict, device: torch.device, bench: Any, *, cud
     if cuda_graph:
         estimate = estimate_us if estimate_us and estimate_us > 0 else 1.0
         graph_calls = int(min(MAX_GRAPH_CALLS, max(1, GRAPH_REPLAY_TARGET_US / estimate)))
-    fn, reset, sets = _calls(impl, op, inputs, copies=graph_calls or 1,
+    fn, reset, sets = cycled_calls(impl, op, inputs, copies=graph_calls or 1,
                              l2_bytes=l2_cache_bytes(device) if cuda_graph else 0)
     timing = measure(fn, device=device, warmup_ms=bench.warmup_ms, rep_ms=bench.rep_ms,
                      flush_l2=bench.flush_l2, cuda_graph=cuda_graph, reset=reset, graph_calls=graph_calls)
     return dataclasses.replace(timing, input_sets=sets)
 
 
-def _calls(impl, op: Op, inputs: dict, copies: int, l2_bytes: int = 0):
+def cycled_calls(impl, op: Op, inputs: dict, copies: int, l2_bytes: int = 0):
     """(fn, reset, sets): ``fn`` calls ``impl`` on the next of ``sets`` input sets; ``reset``
     restores every set's in-place inputs (None without any). A set has its own copy of the
     in-place inputs and, where ``copies`` > 1 calls share a graph and the op's ``cold`` inputs

@@ -15,7 +15,7 @@ import argparse
 import torch
 from kbench_triton.attention_decode import attention_decode, num_splits
 
-from kbench.bench.sweep import _calls
+from kbench.bench.sweep import cycled_calls
 from kbench.bench.timing import l2_cache_bytes, measure
 from kbench.env import measure_ceilings
 from kbench.ops.base import Case
@@ -52,7 +52,7 @@ def main() -> None:
             out = attention_decode(**inputs, splits=splits)
             torch.testing.assert_close(out, expected, atol=3e-2, rtol=2e-2)
             calls = 100  # per graph replay, cycling through copies of the cache that span 2 x L2
-            fn, _, _ = _calls(lambda splits=splits, **kw: attention_decode(**kw, splits=splits), op, inputs,
+            fn, _, _ = cycled_calls(lambda splits=splits, **kw: attention_decode(**kw, splits=splits), op, inputs,
                               copies=calls, l2_bytes=l2_cache_bytes("cuda"))
             timing = measure(fn, device="cuda", cuda_graph=True, graph_calls=calls, warmup_ms=5.0, rep_ms=30.0)
             mark = "*" if splits == chosen else ""

@@ -101,7 +101,7 @@ def test_cold_inputs_rotate_through_copies_spanning_twice_the_l2():
     op, inputs = _decode_inputs()
     cache_bytes = sum(inputs[name].numel() * inputs[name].element_size() for name in ("k_cache", "v_cache"))
     impl = lambda **kw: (kw["k_cache"], kw["v_cache"], kw["q"].data_ptr())  # noqa: E731
-    fn, reset, sets = sweep._calls(impl, op, inputs, copies=20, l2_bytes=2 * cache_bytes)  # needs 4 sets
+    fn, reset, sets = sweep.cycled_calls(impl, op, inputs, copies=20, l2_bytes=2 * cache_bytes)  # needs 4 sets
     assert sets == 4 and reset is None
     seen = [fn() for _ in range(8)]
     pointers = [(k.data_ptr(), v.data_ptr(), q) for k, v, q in seen]
@@ -122,7 +122,7 @@ def test_cold_inputs_are_copied_only_where_a_graph_would_cache_them(copies, l2_f
     op, inputs = _decode_inputs()
     cache_bytes = sum(inputs[name].numel() * inputs[name].element_size() for name in ("k_cache", "v_cache"))
     impl = lambda **kw: kw["k_cache"].data_ptr()  # noqa: E731
-    fn, _, sets = sweep._calls(impl, op, inputs, copies=copies, l2_bytes=int(l2_factor * cache_bytes))
+    fn, _, sets = sweep.cycled_calls(impl, op, inputs, copies=copies, l2_bytes=int(l2_factor * cache_bytes))
     assert sets == expected
     assert len({fn() for _ in range(2 * copies)}) == expected
 
@@ -131,5 +131,5 @@ def test_cold_copies_stay_within_the_memory_budget(monkeypatch):
     op, inputs = _decode_inputs()
     cache_bytes = sum(inputs[name].numel() * inputs[name].element_size() for name in ("k_cache", "v_cache"))
     monkeypatch.setattr(sweep, "INPLACE_COPY_BUDGET_BYTES", 3 * cache_bytes)
-    _, _, sets = sweep._calls(lambda **kw: None, op, inputs, copies=50, l2_bytes=10 * cache_bytes)
+    _, _, sets = sweep.cycled_calls(lambda **kw: None, op, inputs, copies=50, l2_bytes=10 * cache_bytes)
     assert sets == 3
