@@ -32,6 +32,8 @@
 #   cold-cuda  issue 5's command, and its compare with the cold-triton record (TRITON_RECORD=path)
 #   cold-splits  triton's decode at every split count and cuda's plan at 2x and 4x its wave, the
 #              cache read cold (issues 4, 5)
+#   read-bound  kernels that only read the KV cache, cold, beside triton's decode at each of its
+#              configs (issue 4)
 #   decode-fill  the cuda decode plan's wave at 50%, 100% and 200% of the resident blocks (issue 5)
 #   decode-profile  Nsight Compute on the cuda decode kernels where they trail triton, and the
 #              GQA kernel at ring depths 2 and 4 (issue 5)
@@ -52,7 +54,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|decode-trace|cuda-final|cuda-check|cuda-check-sweep|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|decode-trace|cuda-final|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -287,6 +289,9 @@ cold-splits)  # with the cache read cold: triton's split counts, cuda's plan wav
     step 300 python3 scripts/device/decode_splits.py
     wait $knob_builds
     sweep_knob KBENCH_DECODE_FILL 60 1,8 32,8 200 400
+    ;;
+read-bound)  # how fast the cache of each case below 80% can be read at all, cold
+    step 400 python3 scripts/device/decode_read_bound.py
     ;;
 decode-fill)  # the cuda decode plan's wave (KBENCH_DECODE_FILL): builds side by side, then each swept
     build_knob KBENCH_DECODE_FILL 50 100 200
