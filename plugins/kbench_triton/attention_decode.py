@@ -23,6 +23,11 @@ import torch
 import triton
 import triton.language as tl
 
+try:  # grid dependency control (triton >= 3.5): no-ops on a launch without launch_pdl
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover - older triton
+    gdc_launch_dependents = gdc_wait = None
+
 from kbench_triton.common import TunedKernel, dot, dot_flags, interpreting, launch_config
 
 LOG2E = 1.4426950408889634
@@ -44,7 +49,10 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, block_table_ptr, partial_out
                   stride_table, stride_ob, stride_oh, capacity_bucket,
                   NUM_SPLITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
-                  IEEE: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr):
+                  IEEE: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr, BLOCK_N: tl.constexpr):
+    if PDL:
+        # the merge pass may be scheduled now: it waits (gdc_wait) for this grid's writes
+        gdc_launch_dependents()
     split = tl.program_id(0)
     kv_head = tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)
@@ -104,12 +112,15 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, block_table_ptr, partial_out
 @triton.jit
 def _merge_kernel(partial_out_ptr, partial_lse_ptr, out_ptr, stride_ob, stride_oh,
                   NUM_SPLITS: tl.constexpr, BLOCK_SPLITS: tl.constexpr,
-                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
     head = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)
     splits = tl.arange(0, BLOCK_SPLITS)
     offs_d = tl.arange(0, BLOCK_D)
     row = (batch * tl.num_programs(0) + head) * NUM_SPLITS
+    if PDL:
+        # launched before the split pass ended: wait for its partials to be complete and visible
+        gdc_wait()
     lse = tl.load(partial_lse_ptr + row + splits, mask=splits < NUM_SPLITS, other=float("-inf"))
     weight = tl.exp2(lse - tl.max(lse, 0))
     mask = (splits < NUM_SPLITS)[:, None] & (offs_d < HEAD_DIM)[None, :]
@@ -143,6 +154,17 @@ SPLIT = TunedKernel(
 @functools.cache
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+# The merge pass launched with programmatic dependent launch (Hopper on): it is scheduled once
+# every split program has started, and waits on the device for their results, so its launch
+# is hidden behind the split pass instead of following it.
+MERGE_PDL = True
+
+
+def _pdl(device: torch.device) -> bool:
+    return (MERGE_PDL and gdc_wait is not None and device.type == "cuda" and not interpreting()
+            and torch.cuda.get_device_capability(device)[0] >= 9)
 
 
 def num_splits(batch: int, kv_heads: int, capacity: int, device: torch.device) -> int:
@@ -181,18 +203,20 @@ def attention_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale, spl
     partial_lse = torch.empty((batch, heads, partials), dtype=torch.float32, device=q.device)
     launch_config("attention_decode_splits", (batch, kv_heads, capacity), NUM_SPLITS=splits)
     table = block_table if paged else cache_seqlens  # any int32 tensor: unread when not paged
+    pdl = splits > 1 and _pdl(q.device)
     SPLIT[lambda meta: (splits, kv_heads, batch)](
         q, k_cache, v_cache, cache_seqlens, table, partial_out, partial_lse, out, scale * LOG2E,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         table.stride(0), out.stride(0), out.stride(1), triton.next_power_of_2(capacity),
         NUM_SPLITS=splits, GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim, BLOCK_D=block_d,
-        PAGED=paged, PAGE_SIZE=page_size, **dot_flags(q.dtype),
+        PAGED=paged, PAGE_SIZE=page_size, PDL=pdl, **dot_flags(q.dtype),
     )
     if splits == 1:
         return out
     _merge_kernel[(heads, batch)](
         partial_out, partial_lse, out, out.stride(0), out.stride(1),
         NUM_SPLITS=splits, BLOCK_SPLITS=triton.next_power_of_2(splits), HEAD_DIM=head_dim, BLOCK_D=block_d,
+        PDL=pdl, **({"launch_pdl": True} if pdl else {}),
     )
     return out

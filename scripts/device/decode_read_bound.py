@@ -10,8 +10,10 @@ replay, the graph's calls cycling through copies of the cache that span 2 x L2 (
   fastest order the bytes can be read in.
 - ``heads``: one program per (split, kv head), each summing its head's 256-byte rows of its
   slice of tokens, 64 tokens a step: the order the attention kernel reads them in.
-- ``attention``: the kernel itself (split pass and merge), with the config its autotuner chose
-  and then with each of its configs forced (``BLOCK_N/warps/stages``).
+- ``attention``: the kernel itself (split pass and merge); ``no pdl`` with the merge launched
+  after the split pass ends rather than scheduled early (``MERGE_PDL``); ``split only`` without
+  the merge (its output is not checked); with ``--configs``, each split-pass config forced
+  (``BLOCK_N/warps/stages``).
 
 Prints µs and % of the measured copy bandwidth on the K/V bytes. The gap between ``flat`` and
 100% is what a kernel cannot win at that size; between ``heads`` and ``attention`` is compute
@@ -19,6 +21,9 @@ and the merge.
 """
 
 from __future__ import annotations
+
+import argparse
+import contextlib
 
 import torch
 import triton
@@ -93,17 +98,51 @@ def heads(splits: int, stages: int):
     return run
 
 
+class _NoLaunch:
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+class _OneConfig:
+    def __init__(self, config):
+        self.tuner = triton.autotune(configs=[config], key=["capacity_bucket"])(decode_module._split_kernel)
+
+    def __getitem__(self, grid):
+        return self.tuner[grid]
+
+
+@contextlib.contextmanager
+def _patched(name, value):
+    saved = getattr(decode_module, name)
+    setattr(decode_module, name, value)
+    try:
+        yield
+    finally:
+        setattr(decode_module, name, saved)
+
+
+def variant(pdl: bool = True, merge: bool = True):
+    """attention_decode with or without the early-scheduled merge, or without the merge."""
+    def run(**inputs):
+        with _patched("MERGE_PDL", pdl), _patched("_merge_kernel", decode_module._merge_kernel if merge else _NoLaunch()):
+            return attention_decode(**inputs)
+    return run
+
+
 def forced(config):
     """attention_decode with its split pass launched at ``config`` only."""
-    tuner = triton.autotune(configs=[config], key=["capacity_bucket"])(decode_module._split_kernel)
+    split = _OneConfig(config)
 
     def run(**inputs):
-        decode_module.SPLIT.tuner = tuner
-        return attention_decode(**inputs)
+        with _patched("SPLIT", split):
+            return attention_decode(**inputs)
     return run
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", action="store_true", help="also time each split-pass config forced")
+    args = parser.parse_args()
     registry = get_registry()
     op = registry.op("attention_decode")
     copy_gbps = measure_ceilings(torch.device("cuda"))["copy_gbps"]
@@ -119,24 +158,25 @@ def main() -> None:
         kernels = {f"flat {p} s{s}": flat(p, s) for p in (132, 264, 528) for s in (1, 3)}
         kernels |= {f"heads x{splits} s{s}": heads(splits, s) for s in (1, 3)}
         kernels[f"attention x{splits}"] = attention_decode
-        for config in decode_module._CONFIGS:
+        if splits > 1:
+            kernels["attention no pdl"] = variant(pdl=False)
+            kernels["split only"] = variant(merge=False)
+        for config in decode_module._CONFIGS if args.configs else ():
             label = f"{config.kwargs['BLOCK_N']}/{config.num_warps}/{config.num_stages}"
             kernels[f"attention {label}"] = forced(config)
         total = inputs["k_cache"].float().sum() + inputs["v_cache"].float().sum()
         attended = op.reference(**inputs)
         cells = []
-        tuned = decode_module.SPLIT.tuner
         for name, impl in kernels.items():
             if name.startswith("attention"):
                 torch.testing.assert_close(impl(**inputs), attended, atol=3e-2, rtol=2e-2)
-            else:
+            elif not name.startswith("split"):
                 torch.testing.assert_close(impl(**inputs).sum(), total, rtol=1e-3, atol=1.0)
             calls = 100
             fn, _, sets = cycled_calls(impl, op, inputs, copies=calls, l2_bytes=l2_cache_bytes("cuda"))
             timing = measure(fn, device="cuda", cuda_graph=True, graph_calls=calls, warmup_ms=5.0, rep_ms=30.0)
             pct = 100 * kv_bytes / timing.median_us / 1e3 / copy_gbps
             cells.append(f"{name}: {timing.median_us:.1f} µs {pct:.0f}%")
-        decode_module.SPLIT.tuner = tuned
         print(f"batch {batch} kv_heads {kv_heads} context {context} ({kv_bytes / 2**20:.1f} MiB, {sets} sets): "
               + ", ".join(cells), flush=True)
     for key, config in decode_module.SPLIT.chosen().items():

@@ -291,6 +291,7 @@ cold-splits)  # with the cache read cold: triton's split counts, cuda's plan wav
     sweep_knob KBENCH_DECODE_FILL 60 1,8 32,8 200 400
     ;;
 read-bound)  # how fast the cache of each case below 80% can be read at all, cold
+    step 200 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_triton.py -k "decode or arriving"
     step 400 python3 scripts/device/decode_read_bound.py
     ;;
 decode-fill)  # the cuda decode plan's wave (KBENCH_DECODE_FILL): builds side by side, then each swept

@@ -94,6 +94,37 @@ def test_prefill_uneven_lengths_and_gqa_match_reference():
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.gpu
+def test_early_scheduled_merge_reads_the_partials_of_its_own_call_under_graph_replay():
+    # on Hopper the merge is launched with programmatic dependent launch, before the split pass
+    # ends: each of a graph's calls reads another cache (the partials differ call to call), so a
+    # merge that did not wait for its own split pass would mix in the previous call's
+    from kbench_triton import attention_decode as decode_module
+
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs sm_90")
+    assert decode_module._pdl(torch.device(DEVICE))
+    q = _randn(1, 32, 128, dtype=torch.bfloat16)
+    # the two caches' values centre on +1 and -1: their outputs lie ~2 apart
+    caches = [(_randn(1, 8192, 32, 128, dtype=torch.bfloat16, seed=2 * i + 1),
+               _randn(1, 8192, 32, 128, dtype=torch.bfloat16, scale=0.5, seed=2 * i + 2) + (1 - 2 * i))
+              for i in range(2)]
+    seqlens = torch.tensor([8192], device=DEVICE, dtype=torch.int32)
+    expected = [attention_decode_reference(q, k, v, seqlens, None, 0.088) for k, v in caches]
+    for (k, v), want in zip(caches, expected, strict=True):
+        torch.testing.assert_close(attention_decode(q, k, v, seqlens, None, 0.088, splits=16), want,
+                                   atol=3e-2, rtol=2e-2)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = [attention_decode(q, *caches[i % 2], seqlens, None, 0.088, splits=16) for i in range(8)]
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        for i, out in enumerate(outs):
+            torch.testing.assert_close(out, expected[i % 2], atol=3e-2, rtol=2e-2)
+
+
 def _decode_inputs(batch=3, heads=4, kv_heads=2, head_dim=32, capacity=48, lengths=(5, 48, 17)):
     q = _randn(batch, heads, head_dim)
     k_cache, v_cache = _randn(batch, capacity, kv_heads, head_dim, seed=1), _randn(batch, capacity, kv_heads, head_dim, seed=2)
