@@ -38,7 +38,7 @@ from kbench.ops.base import Case
 from kbench.plugins import get_registry
 
 CASES = [(1, 32, 512), (1, 32, 2048), (1, 32, 8192), (1, 8, 2048), (1, 8, 8192), (8, 8, 512), (8, 32, 512),
-         (8, 8, 2048)]
+         (8, 8, 2048), (64, 32, 512), (64, 8, 2048)]
 FLAT_BLOCK = 8192
 
 
@@ -142,6 +142,7 @@ def forced(config):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", action="store_true", help="also time each split-pass config forced")
+    parser.add_argument("--attention-only", action="store_true", help="leave out the kernels that only read")
     args = parser.parse_args()
     registry = get_registry()
     op = registry.op("attention_decode")
@@ -155,14 +156,17 @@ def main() -> None:
         # the cache of the case has exactly ``context`` tokens, so the sums cover the K/V bytes
         assert inputs["k_cache"].shape[1] == context, inputs["k_cache"].shape
         splits = num_splits(batch, kv_heads, context, torch.device("cuda"))
-        kernels = {f"flat {p} s{s}": flat(p, s) for p in (132, 264, 528) for s in (1, 3)}
-        kernels |= {f"heads x{splits} s{s}": heads(splits, s) for s in (1, 3)}
+        kernels = {}
+        if not args.attention_only:
+            kernels |= {f"flat {p} s{s}": flat(p, s) for p in (132, 264, 528) for s in (1, 3)}
+            kernels |= {f"heads x{splits} s{s}": heads(splits, s) for s in (1, 3)}
         kernels[f"attention x{splits}"] = attention_decode
         if splits > 1:
             kernels["attention no pdl"] = variant(pdl=False)
             kernels["split only"] = variant(merge=False)
         for config in decode_module._CONFIGS if args.configs else ():
-            label = f"{config.kwargs['BLOCK_N']}/{config.num_warps}/{config.num_stages}"
+            prefetch = "p" if config.kwargs.get("PREFETCH") else ""
+            label = f"{config.kwargs['BLOCK_N']}/{config.num_warps}/{config.num_stages}{prefetch}"
             kernels[f"attention {label}"] = forced(config)
         total = inputs["k_cache"].float().sum() + inputs["v_cache"].float().sum()
         attended = op.reference(**inputs)

@@ -34,6 +34,8 @@
 #              cache read cold (issues 4, 5)
 #   read-bound  kernels that only read the KV cache, cold, beside triton's decode at each of its
 #              configs (issue 4)
+#   read-configs  triton's decode at each of its split-pass configs, cold, and which of them had
+#              their loads pipelined (issue 4)
 #   decode-fill  the cuda decode plan's wave at 50%, 100% and 200% of the resident blocks (issue 5)
 #   decode-profile  Nsight Compute on the cuda decode kernels where they trail triton, and the
 #              GQA kernel at ring depths 2 and 4 (issue 5)
@@ -54,7 +56,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|decode-trace|cuda-final|cuda-check|cuda-check-sweep|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|decode-trace|cuda-final|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -293,6 +295,11 @@ cold-splits)  # with the cache read cold: triton's split counts, cuda's plan wav
 read-bound)  # how fast the cache of each case below 80% can be read at all, cold
     step 200 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_triton.py -k "decode or arriving"
     step 400 python3 scripts/device/decode_read_bound.py
+    ;;
+read-configs)  # triton's split pass at each config (prefetch or not), cold, and its pipelining
+    step 200 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_triton.py -k "decode or arriving"
+    step 400 python3 scripts/device/decode_read_bound.py --attention-only --configs
+    step 30 python3 scripts/device/triton_pipelining.py _split_kernel _head_sum _flat_sum
     ;;
 decode-fill)  # the cuda decode plan's wave (KBENCH_DECODE_FILL): builds side by side, then each swept
     build_knob KBENCH_DECODE_FILL 50 100 200
