@@ -44,35 +44,12 @@ MIN_SPLITS = 3
 
 
 @triton.jit
-def _load_kv(k_ptr, v_ptr, block_table_ptr, batch, kv_head, start_n, end, offs_n, offs_d, d_mask,
-             stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_table,
-             PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr):
-    """K as [BLOCK_D, BLOCK_N] and V as [BLOCK_N, BLOCK_D] for tokens start_n.. (zero from ``end``
-    on), and the tokens' mask."""
-    tokens = start_n + offs_n
-    n_mask = tokens < end
-    if PAGED:
-        block = tl.load(block_table_ptr + batch * stride_table + tokens // PAGE_SIZE, mask=n_mask, other=0)
-        k_rows = block.to(tl.int64) * stride_kb + (tokens % PAGE_SIZE) * stride_kt
-        v_rows = block.to(tl.int64) * stride_vb + (tokens % PAGE_SIZE) * stride_vt
-    else:
-        k_rows = batch * stride_kb + tokens * stride_kt
-        v_rows = batch * stride_vb + tokens * stride_vt
-    k = tl.load(k_ptr + k_rows[None, :] + kv_head * stride_kh + offs_d[:, None],
-                mask=d_mask[:, None] & n_mask[None, :], other=0.0)
-    v = tl.load(v_ptr + v_rows[:, None] + kv_head * stride_vh + offs_d[None, :],
-                mask=n_mask[:, None] & d_mask[None, :], other=0.0)
-    return k, v, n_mask
-
-
-@triton.jit
 def _split_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, block_table_ptr, partial_out_ptr, partial_lse_ptr, out_ptr,
                   qk_scale, stride_qb, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                   stride_table, stride_ob, stride_oh, capacity_bucket,
                   NUM_SPLITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
-                  IEEE: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr, BLOCK_N: tl.constexpr,
-                  PREFETCH: tl.constexpr):
+                  IEEE: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr, BLOCK_N: tl.constexpr):
     if PDL:
         # the merge pass may be scheduled now: it waits (gdc_wait) for this grid's writes
         gdc_launch_dependents()
@@ -95,31 +72,28 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, block_table_ptr, partial_out
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
-    if PREFETCH:
-        # the next step's K and V are loaded before this step's are used, so a program keeps
-        # two steps of loads in flight (the last step's prefetch is masked off: no traffic)
-        k, v, n_mask = _load_kv(k_ptr, v_ptr, block_table_ptr, batch, kv_head, start, end, offs_n, offs_d, d_mask,
-                                stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_table,
-                                PAGED, PAGE_SIZE)
     for start_n in range(start, end, BLOCK_N):
-        if PREFETCH:
-            k_next, v_next, n_mask_next = _load_kv(
-                k_ptr, v_ptr, block_table_ptr, batch, kv_head, start_n + BLOCK_N, end, offs_n, offs_d, d_mask,
-                stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_table, PAGED, PAGE_SIZE)
+        tokens = start_n + offs_n
+        n_mask = tokens < end
+        if PAGED:
+            block = tl.load(block_table_ptr + batch * stride_table + tokens // PAGE_SIZE, mask=n_mask, other=0)
+            k_rows = block.to(tl.int64) * stride_kb + (tokens % PAGE_SIZE) * stride_kt
+            v_rows = block.to(tl.int64) * stride_vb + (tokens % PAGE_SIZE) * stride_vt
         else:
-            k, v, n_mask = _load_kv(k_ptr, v_ptr, block_table_ptr, batch, kv_head, start_n, end, offs_n, offs_d,
-                                    d_mask, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
-                                    stride_table, PAGED, PAGE_SIZE)
+            k_rows = batch * stride_kb + tokens * stride_kt
+            v_rows = batch * stride_vb + tokens * stride_vt
+        k = tl.load(k_ptr + k_rows[None, :] + kv_head * stride_kh + offs_d[:, None],
+                    mask=d_mask[:, None] & n_mask[None, :], other=0.0)
         s = dot(q, k, IEEE, UPCAST) * qk_scale
         s = tl.where(n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_ptr + v_rows[:, None] + kv_head * stride_vh + offs_d[None, :],
+                    mask=n_mask[:, None] & d_mask[None, :], other=0.0)
         acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, IEEE, UPCAST)
         m_i = m_new
-        if PREFETCH:
-            k, v, n_mask = k_next, v_next, n_mask_next
 
     if NUM_SPLITS == 1:
         # one split holds the whole sequence: normalise and write the output, no merge pass
@@ -157,10 +131,8 @@ def _merge_kernel(partial_out_ptr, partial_lse_ptr, out_ptr, stride_ob, stride_o
 
 
 _CONFIGS = [
-    triton.Config({"BLOCK_N": n, "PREFETCH": prefetch}, num_warps=w, num_stages=s)
-    for n, w, s, prefetch in [(64, 4, 3, False), (64, 4, 4, False), (128, 4, 3, False), (128, 8, 3, False),
-                              (32, 4, 4, False), (64, 8, 4, False),
-                              (32, 4, 3, True), (64, 4, 3, True), (128, 4, 3, True), (128, 8, 3, True)]
+    triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s)
+    for n, w, s in [(64, 4, 3), (64, 4, 4), (128, 4, 3), (128, 8, 3), (32, 4, 4), (64, 8, 4)]
 ]
 SHORT_CAPACITY = 256
 
@@ -175,7 +147,7 @@ def _prune(configs, named_args, **kwargs):
 SPLIT = TunedKernel(
     "attention_decode_split", _split_kernel, _CONFIGS,
     ["capacity_bucket", "NUM_SPLITS", "GROUP", "HEAD_DIM", "PAGED", "PAGE_SIZE"],
-    triton.Config({"BLOCK_N": 16, "PREFETCH": True}), _prune,
+    triton.Config({"BLOCK_N": 16}), _prune,
 )
 
 

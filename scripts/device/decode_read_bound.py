@@ -165,7 +165,7 @@ def main() -> None:
             kernels["attention no pdl"] = variant(pdl=False)
             kernels["split only"] = variant(merge=False)
         for config in decode_module._CONFIGS if args.configs else ():
-            prefetch = "p" if config.kwargs.get("PREFETCH") else ""
+            prefetch = "p" if config.kwargs.get("PREFETCH") else ""  # configs of 1c94910
             label = f"{config.kwargs['BLOCK_N']}/{config.num_warps}/{config.num_stages}{prefetch}"
             kernels[f"attention {label}"] = forced(config)
         total = inputs["k_cache"].float().sum() + inputs["v_cache"].float().sum()
