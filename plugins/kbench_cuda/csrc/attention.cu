@@ -53,6 +53,19 @@ static_assert(kDecodeStages >= 1, "at least the stage in use");
 #define KBENCH_DECODE_FILL 100
 #endif
 
+// How the splits are merged (a tuning knob): 0, by the last block of each (sequence, kv head)
+// in the same launch (merge_splits after last_to_arrive); 1, by merge_kernel, a second launch
+// made with programmatic dependent launch (sm_90): it is scheduled once every split block has
+// started and waits on the device (griddepcontrol.wait) for their partials, so neither a
+// launch gap nor a fence and atomic per block is paid.
+#ifndef KBENCH_DECODE_MERGE_PDL
+#define KBENCH_DECODE_MERGE_PDL 0
+#endif
+constexpr bool kMergePdl = KBENCH_DECODE_MERGE_PDL != 0;
+// merge_kernel's shared memory: the weights and 80 rows of head_dim 128 a pass, within the
+// 48 KB a block gets without opting in.
+constexpr int kMergeSmemBytes = 48 * 1024;
+
 struct DecodeArgs {
     const void* q;             // [batch, heads, head_dim]
     const void* k_cache;       // contiguous [batch, capacity, kv_heads, head_dim] or paged blocks
@@ -100,6 +113,21 @@ template <int PENDING>
 __device__ __forceinline__ void cp_async_wait() {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
     asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
+#endif
+}
+
+// Programmatic dependent launch (sm_90 on; nothing before): a split kernel lets the merge
+// launch be scheduled at once, and the merge waits until the split grid has finished and its
+// writes are visible.
+__device__ __forceinline__ void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if constexpr (kMergePdl) asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wait_for_primary_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
 }
 
@@ -313,7 +341,20 @@ __device__ __forceinline__ void store_merged(const DecodeArgs& args, const float
             if (d == 0) args.partial_lse[bh * args.splits + split] = l_all > 0.f ? m_all + log2f(l_all) : -INFINITY;
         }
     }
-    if (args.splits > 1 && last_to_arrive(args)) merge_splits<T, HEAD_DIM, WARPS>(args, smem, smem_bytes);
+    if constexpr (!kMergePdl) {
+        if (args.splits > 1 && last_to_arrive(args)) merge_splits<T, HEAD_DIM, WARPS>(args, smem, smem_bytes);
+    }
+}
+
+// The split-KV merge as its own launch (KBENCH_DECODE_MERGE_PDL), grid (1, kv_heads, batch):
+// merge_splits for each (sequence, kv head), once the split kernel's partials are visible.
+template <typename T, int HEAD_DIM, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) merge_kernel(DecodeArgs args) {
+    static_assert(kMergeSmemBytes >= (kDecodeMaxGroup * kMaxSplits + HEAD_DIM) * 4,
+                  "merge_splits' weights and a row of partials fit");
+    extern __shared__ __align__(16) unsigned char smem[];
+    wait_for_primary_grid();
+    merge_splits<T, HEAD_DIM, WARPS>(args, smem, kMergeSmemBytes);
 }
 
 // decode_kernel's lane layout, from the dtype and head_dim: LANES threads read a token (16
@@ -343,6 +384,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeArgs args) {
     constexpr int PASS_TOKENS = Layout::PASS_TOKENS;
     extern __shared__ __align__(16) unsigned char smem[];
     TRACE_START()
+    allow_dependent_launch();
 
     const int split = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -639,6 +681,7 @@ __global__ void __launch_bounds__(kGqaWarps * 32) gqa_decode_kernel(DecodeArgs a
                   "a warp's merge state fits in its ring");
     extern __shared__ __align__(16) unsigned char smem[];
     TRACE_START()
+    allow_dependent_launch();
 
     const int split = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -902,11 +945,7 @@ cudaError_t launch_plain(const DecodeArgs& args, const dim3& grid, int device, c
 }
 
 template <typename T, int HEAD_DIM>
-cudaError_t launch_head_dim(const DecodeArgs& args, int batch, cudaStream_t stream) {
-    const dim3 grid(args.splits, args.kv_heads, batch);
-    int device = 0;
-    const cudaError_t err = cudaGetDevice(&device);
-    if (err != cudaSuccess) return err;
+cudaError_t launch_split_pass(const DecodeArgs& args, const dim3& grid, int device, cudaStream_t stream) {
     if constexpr (sizeof(T) == 2) {
         if (uses_gqa_kernel<T, HEAD_DIM>(args.group, device)) {
             gqa_decode_kernel<T, HEAD_DIM><<<grid, kGqaWarps * 32, kGqaSmemBytes<HEAD_DIM>, stream>>>(args);
@@ -920,6 +959,34 @@ cudaError_t launch_head_dim(const DecodeArgs& args, int batch, cudaStream_t stre
         case 8: return launch_plain<T, HEAD_DIM, 8>(args, grid, device, stream);
         default: return cudaErrorInvalidValue;
     }
+}
+
+// merge_kernel after the split pass, launched to overlap it (programmatic stream serialization:
+// on sm_90 the merge may start once every split block has called allow_dependent_launch; it
+// waits for their results itself).
+template <typename T, int HEAD_DIM>
+cudaError_t launch_merge(const DecodeArgs& args, int batch, cudaStream_t stream) {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(1, args.kv_heads, batch);
+    config.blockDim = dim3(kWarps * 32);
+    config.dynamicSmemBytes = kMergeSmemBytes;
+    config.stream = stream;
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+    return cudaLaunchKernelEx(&config, merge_kernel<T, HEAD_DIM, kWarps>, args);
+}
+
+template <typename T, int HEAD_DIM>
+cudaError_t launch_head_dim(const DecodeArgs& args, int batch, cudaStream_t stream) {
+    int device = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err != cudaSuccess) return err;
+    err = launch_split_pass<T, HEAD_DIM>(args, dim3(args.splits, args.kv_heads, batch), device, stream);
+    if (err != cudaSuccess || !kMergePdl || args.splits == 1) return err;
+    return launch_merge<T, HEAD_DIM>(args, batch, stream);
 }
 
 template <typename T>
