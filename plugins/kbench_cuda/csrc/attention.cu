@@ -10,12 +10,16 @@
 // partial output and its log-sum-exp (split-KV). The number of splits depends only on shapes
 // known on the host (no read of cache_seqlens, no sync).
 //
-// The splits are merged in the same launch, by whichever block of a (sequence, kv head)
-// finishes last: each block counts itself in on a per-pair counter once its partials are
-// written, and the one that sees the count complete reads the others' partials and writes
-// `out` (merge_splits). A second launch for the merge was 1.5-2 us of a 6-10 us call at small
-// batch. The last block also puts the counter back to 0, so the counters stay zero between
-// calls with no memset and a captured CUDA graph replays with no extra node.
+// The splits are merged by merge_kernel, a second launch made with programmatic dependent
+// launch: every split block lets it be scheduled as soon as it starts, and it waits on the
+// device (griddepcontrol.wait) until the split pass has finished and its partials are visible.
+// Measured cold on the H100 (gpu_runs.sh merge-pdl), against the merge in the same launch,
+// it took b1 MHA 2048 tokens 17.3 -> 16.5 us and 512 tokens 8.0 -> 7.2 us, and nowhere lost.
+// The merge in the same launch stays behind KBENCH_DECODE_MERGE_PDL=0: whichever block of a
+// (sequence, kv head) finishes last merges them (merge_splits), found by a per-pair counter
+// that each block counts itself in on once its partials are written; the last block puts
+// the counter back to 0, so the counters stay zero between calls with no memset. (A second
+// launch without PDL was 1.5-2 us of a 6-10 us call at small batch.)
 //
 // That kernel (decode_kernel) serves MHA and float32. GQA/MQA in bfloat16/float16 runs
 // gqa_decode_kernel instead: the same grid and split-KV, but the group's heads attend as one
@@ -53,13 +57,13 @@ static_assert(kDecodeStages >= 1, "at least the stage in use");
 #define KBENCH_DECODE_FILL 100
 #endif
 
-// How the splits are merged (a tuning knob): 0, by the last block of each (sequence, kv head)
-// in the same launch (merge_splits after last_to_arrive); 1, by merge_kernel, a second launch
-// made with programmatic dependent launch (sm_90): it is scheduled once every split block has
-// started and waits on the device (griddepcontrol.wait) for their partials, so neither a
-// launch gap nor a fence and atomic per block is paid.
+// How the splits are merged (a tuning knob): 1, by merge_kernel, a second launch made with
+// programmatic dependent launch (sm_90): it is scheduled once every split block has started
+// and waits on the device (griddepcontrol.wait) for their partials, so neither a launch gap
+// nor a fence and atomic per block is paid; 0, by the last block of each (sequence, kv head)
+// in the same launch (merge_splits after last_to_arrive).
 #ifndef KBENCH_DECODE_MERGE_PDL
-#define KBENCH_DECODE_MERGE_PDL 0
+#define KBENCH_DECODE_MERGE_PDL 1
 #endif
 constexpr bool kMergePdl = KBENCH_DECODE_MERGE_PDL != 0;
 // merge_kernel's shared memory: the weights and 80 rows of head_dim 128 a pass, within the
