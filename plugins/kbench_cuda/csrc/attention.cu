@@ -219,26 +219,29 @@ __device__ __forceinline__ bool last_to_arrive(const DecodeArgs& args) {
     return __syncthreads_or(last);
 }
 
-// The split-KV merge, by the last block of a (sequence, kv head) to finish, for its group's
-// query heads: out = sum_s 2^(lse_s - max) * partial_s / sum_s 2^(lse_s - max), a split with
+// The split-KV merge of `group` query heads of a (sequence, kv head), from its `first_head`-th
+// on (merge_kernel: one head a block; the last block of the pair to finish: all of them):
+// out = sum_s 2^(lse_s - max) * partial_s / sum_s 2^(lse_s - max), a split with
 // lse -inf weighing 0. Other blocks wrote the partials: they are read through L2 (__ldcg and
 // cp.async.cg), where those writes are visible (L1 is not coherent).
 //
 // `scratch` is `scratch_bytes` of the block's shared memory, no longer read: first the
 // weights [group][splits], normalised, then a buffer the partials are copied into by cp.async.
-// The group's partials are one array, rows (g, s) of HEAD_DIM floats in that order; a pass
+// Those heads' partials are one array, rows (g, s) of HEAD_DIM floats in that order; a pass
 // copies as many whole rows as the buffer holds, every 16 bytes of them in flight at once, and
 // each thread then adds its outputs' share. Loads into registers kept a 128-thread block to
 // ~16 KB in flight against the 30-120 KB of a 30-split GQA merge: a memory latency per 16 KB.
 // The first pass is in flight while the weights are computed.
 template <typename T, int HEAD_DIM, int WARPS>
-__device__ void merge_splits(const DecodeArgs& args, unsigned char* scratch, int scratch_bytes) {
+__device__ void merge_splits(const DecodeArgs& args, int first_head, int group, unsigned char* scratch,
+                             int scratch_bytes) {
     constexpr int ROW_BYTES = HEAD_DIM * 4;
     static_assert(ROW_BYTES % 16 == 0, "a row of partial_out is whole 16-byte pieces");
     const int kv_head = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int splits = args.splits, group = args.group;
-    const int64_t head0 = static_cast<int64_t>(b) * args.heads + kv_head * args.group;  // [b, head] of g = 0
+    const int splits = args.splits;
+    // [b, head] of g = 0: the group's heads from first_head on (of the kv head's args.group)
+    const int64_t head0 = static_cast<int64_t>(b) * args.heads + kv_head * args.group + first_head;
     const int rows = group * splits;
 
     float* weights = reinterpret_cast<float*>(scratch);
@@ -346,19 +349,22 @@ __device__ __forceinline__ void store_merged(const DecodeArgs& args, const float
         }
     }
     if constexpr (!kMergePdl) {
-        if (args.splits > 1 && last_to_arrive(args)) merge_splits<T, HEAD_DIM, WARPS>(args, smem, smem_bytes);
+        if (args.splits > 1 && last_to_arrive(args)) {
+            merge_splits<T, HEAD_DIM, WARPS>(args, 0, args.group, smem, smem_bytes);
+        }
     }
 }
 
-// The split-KV merge as its own launch (KBENCH_DECODE_MERGE_PDL), grid (1, kv_heads, batch):
-// merge_splits for each (sequence, kv head), once the split kernel's partials are visible.
+// The split-KV merge as its own launch (KBENCH_DECODE_MERGE_PDL), grid (group, kv_heads,
+// batch): merge_splits for each query head, once the split kernel's partials are visible (a
+// block a head rather than a group: GQA-8 at batch 1 then has 32 blocks merging, not 8).
 template <typename T, int HEAD_DIM, int WARPS>
 __global__ void __launch_bounds__(WARPS * 32) merge_kernel(DecodeArgs args) {
     static_assert(kMergeSmemBytes >= (kDecodeMaxGroup * kMaxSplits + HEAD_DIM) * 4,
                   "merge_splits' weights and a row of partials fit");
     extern __shared__ __align__(16) unsigned char smem[];
     wait_for_primary_grid();
-    merge_splits<T, HEAD_DIM, WARPS>(args, smem, kMergeSmemBytes);
+    merge_splits<T, HEAD_DIM, WARPS>(args, blockIdx.x, 1, smem, kMergeSmemBytes);
 }
 
 // decode_kernel's lane layout, from the dtype and head_dim: LANES threads read a token (16
@@ -971,7 +977,7 @@ cudaError_t launch_split_pass(const DecodeArgs& args, const dim3& grid, int devi
 template <typename T, int HEAD_DIM>
 cudaError_t launch_merge(const DecodeArgs& args, int batch, cudaStream_t stream) {
     cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(1, args.kv_heads, batch);
+    config.gridDim = dim3(args.group, args.kv_heads, batch);
     config.blockDim = dim3(kWarps * 32);
     config.dynamicSmemBytes = kMergeSmemBytes;
     config.stream = stream;
