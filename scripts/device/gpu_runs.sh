@@ -38,6 +38,8 @@
 #              their loads pipelined (issue 4)
 #   merge-pdl  triton's cold decode sweep (its merge now a PDL launch), then the cuda decode tests
 #              and sweeps with its merge as a PDL launch (KBENCH_DECODE_MERGE_PDL) or not (issues 4, 5)
+#   fill-merge  the cuda decode plan's wave at 50% and 100%, twice each, with the per-head PDL
+#              merge (issue 5)
 #   decode-fill  the cuda decode plan's wave at 50%, 100% and 200% of the resident blocks (issue 5)
 #   decode-profile  Nsight Compute on the cuda decode kernels where they trail triton, and the
 #              GQA kernel at ring depths 2 and 4 (issue 5)
@@ -58,7 +60,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|decode-trace|cuda-final|cuda-check|cuda-check-sweep|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|decode-trace|cuda-final|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -311,6 +313,10 @@ merge-pdl)  # the merge as a second launch made with programmatic dependent laun
     KBENCH_CUDA_DEFINES=KBENCH_DECODE_MERGE_PDL=1 step 200 \
         python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py -k decode
     sweep_knob KBENCH_DECODE_MERGE_PDL 60 1,8 32,8 0 1 0 1
+    ;;
+fill-merge)  # fewer, longer splits now that the merge is a launch of its own, a block a head
+    build_knob KBENCH_DECODE_FILL 50 100
+    sweep_knob KBENCH_DECODE_FILL 60 1,8 32,8 50 100 50 100
     ;;
 decode-fill)  # the cuda decode plan's wave (KBENCH_DECODE_FILL): builds side by side, then each swept
     build_knob KBENCH_DECODE_FILL 50 100 200
