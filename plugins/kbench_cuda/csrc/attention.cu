@@ -51,10 +51,16 @@ static_assert(kDecodeStages >= 1, "at least the stage in use");
 #ifndef KBENCH_DECODE_SPLIT_TOKENS
 #define KBENCH_DECODE_SPLIT_TOKENS 64
 #endif  // slices of one context at most (attention_decode_plan)
-// The plan's wave, in percent of the resident blocks (a tuning knob): below 100 it takes fewer,
+// decode_kernel's plan's wave, in percent of the resident blocks (a tuning knob): below 100 it takes fewer,
 // longer slices (less to merge), above 100 more, shorter ones (one's start hidden by another's work).
 #ifndef KBENCH_DECODE_FILL
 #define KBENCH_DECODE_FILL 100
+#endif
+// The same for gqa_decode_kernel (2 blocks an SM by shared memory): at 50% (a block an SM,
+// twice the tokens each) GQA-8 went b1 x 8192 18.4 -> 17.6 us and b8 x 8192 101.6 -> 97.7,
+// where decode_kernel lost (MHA b1 x 8192 51.4 -> 54.0; gpu_runs.sh fill-merge, cold).
+#ifndef KBENCH_GQA_FILL
+#define KBENCH_GQA_FILL 50
 #endif
 
 // How the splits are merged (a tuning knob): 1, by merge_kernel, a second launch made with
@@ -907,13 +913,14 @@ bool decode_kernel_ready(int device) {
 struct DecodeKernel {
     const void* fn;
     int threads, smem_bytes;
+    int fill;  // the plan's wave, in percent of the resident blocks
 };
 
 template <typename T, int HEAD_DIM, int GROUP>
 DecodeKernel plain_decode_kernel(int device) {
     (void)decode_kernel_ready<T, HEAD_DIM, GROUP>(device);  // its shared memory opted into, for the occupancy query
     return {reinterpret_cast<const void*>(decode_kernel<T, HEAD_DIM, GROUP>), kWarps * 32,
-            DecodeLayout<T, HEAD_DIM, GROUP>::SMEM_BYTES};
+            DecodeLayout<T, HEAD_DIM, GROUP>::SMEM_BYTES, KBENCH_DECODE_FILL};
 }
 
 template <typename T, int HEAD_DIM>
@@ -927,7 +934,7 @@ DecodeKernel decode_kernel_for(int group, int device) {
     if constexpr (sizeof(T) == 2) {
         if (uses_gqa_kernel<T, HEAD_DIM>(group, device)) {
             return {reinterpret_cast<const void*>(gqa_decode_kernel<T, HEAD_DIM>), kGqaWarps * 32,
-                    kGqaSmemBytes<HEAD_DIM>};
+                    kGqaSmemBytes<HEAD_DIM>, KBENCH_GQA_FILL};
         }
     }
     switch (pow2_at_least(group)) {
@@ -1045,7 +1052,7 @@ cudaError_t attention_decode_plan(int batch, int heads, int kv_heads, int head_d
     // Blocks do equal work (a full slice each), so they run in waves of `resident`: take the
     // fewest splits whose last wave is at least 90% full, else the most (each >=
     // KBENCH_DECODE_SPLIT_TOKENS tokens).
-    const int64_t resident = std::max<int64_t>(1, static_cast<int64_t>(resident_blocks) * KBENCH_DECODE_FILL / 100);
+    const int64_t resident = std::max<int64_t>(1, static_cast<int64_t>(resident_blocks) * kernel.fill / 100);
     const int64_t base = static_cast<int64_t>(batch) * kv_heads;
     int most = (capacity + KBENCH_DECODE_SPLIT_TOKENS - 1) / KBENCH_DECODE_SPLIT_TOKENS;
     most = most < kMaxSplits ? most : kMaxSplits;
