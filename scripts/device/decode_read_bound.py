@@ -13,7 +13,7 @@ replay, the graph's calls cycling through copies of the cache that span 2 x L2 (
 - ``attention``: the kernel itself (split pass and merge); ``no pdl`` with the merge launched
   after the split pass ends rather than scheduled early (``MERGE_PDL``); ``split only`` without
   the merge (its output is not checked); with ``--configs``, each split-pass config forced
-  (``BLOCK_N/warps/stages``).
+  (``BLOCK_N/warps/stages``), the autotuner's and EXTRA_CONFIGS.
 
 Prints µs and % of the measured copy bandwidth on the K/V bytes. The gap between ``flat`` and
 100% is what a kernel cannot win at that size; between ``heads`` and ``attention`` is compute
@@ -40,6 +40,10 @@ from kbench.plugins import get_registry
 CASES = [(1, 32, 512), (1, 32, 2048), (1, 32, 8192), (1, 8, 2048), (1, 8, 8192), (8, 8, 512), (8, 32, 512),
          (8, 8, 2048), (64, 32, 512), (64, 8, 2048)]
 FLAT_BLOCK = 8192
+# launch shapes outside the autotuner's list, timed with --configs beside its own
+EXTRA_CONFIGS = [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=st)
+                 for n, w, st in [(32, 1, 4), (64, 1, 3), (32, 2, 4), (64, 2, 3), (64, 2, 4), (128, 2, 3), (64, 4, 5),
+                                  (32, 4, 6)]]
 
 
 @triton.jit
@@ -164,7 +168,7 @@ def main() -> None:
         if splits > 1:
             kernels["attention no pdl"] = variant(pdl=False)
             kernels["split only"] = variant(merge=False)
-        for config in decode_module._CONFIGS if args.configs else ():
+        for config in decode_module._CONFIGS + EXTRA_CONFIGS if args.configs else ():
             prefetch = "p" if config.kwargs.get("PREFETCH") else ""  # configs of 1c94910
             label = f"{config.kwargs['BLOCK_N']}/{config.num_warps}/{config.num_stages}{prefetch}"
             kernels[f"attention {label}"] = forced(config)
