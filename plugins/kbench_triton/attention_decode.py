@@ -160,7 +160,8 @@ def _sm_count(device_index: int) -> int:
 # every split program has started, and waits on the device for their results, so its launch
 # is hidden behind the split pass instead of following it. Cold on the H100
 # (scripts/device/decode_read_bound.py, two runs): batch-1 MHA 512 tokens 8.3 -> 7.2-7.6 µs,
-# 2048 16.1-16.2 -> 15.4-15.5, 8192 47.8 -> 47.2; batch-1 GQA-8 alike within the runs' spread.
+# 2048 16.1-16.3 -> 15.4-15.7, 8192 47.8 -> 47.2 (three runs); batch-1 GQA-8 level or up to
+# 0.6 µs slower (notes/triton.md v9).
 MERGE_PDL = True
 
 
