@@ -40,6 +40,8 @@
 #              and sweeps with its merge as a PDL launch (KBENCH_DECODE_MERGE_PDL) or not (issues 4, 5)
 #   fill-merge  the cuda decode plan's wave at 50% and 100%, twice each, with the per-head PDL
 #              merge (issue 5)
+#   compile-pairs  triton and cuda against torch.compile at every spec shape up to 1024 tokens,
+#              three rounds in one process (issues 4, 5)
 #   decode-fill  the cuda decode plan's wave at 50%, 100% and 200% of the resident blocks (issue 5)
 #   decode-profile  Nsight Compute on the cuda decode kernels where they trail triton, and the
 #              GQA kernel at ring depths 2 and 4 (issue 5)
@@ -60,7 +62,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|decode-trace|cuda-final|cuda-check|cuda-check-sweep|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|decode-trace|cuda-final|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -317,6 +319,9 @@ merge-pdl)  # the merge as a second launch made with programmatic dependent laun
 fill-merge)  # fewer, longer splits now that the merge is a launch of its own, a block a head
     build_knob KBENCH_DECODE_FILL 50 100
     sweep_knob KBENCH_DECODE_FILL 60 1,8 32,8 50 100 50 100
+    ;;
+compile-pairs)  # "never slower than torch.compile": each small case over rounds, not one sweep
+    step 560 python3 scripts/device/compile_pairs.py --rounds 3 --max-tokens 1024
     ;;
 decode-fill)  # the cuda decode plan's wave (KBENCH_DECODE_FILL): builds side by side, then each swept
     build_knob KBENCH_DECODE_FILL 50 100 200

@@ -1,0 +1,74 @@
+"""The memory-bound ops against torch.compile, case by case, over several rounds: GPU machine.
+
+    python3 scripts/device/compile_pairs.py [--rounds 3] [--max-tokens 1024] [--spec NAME ...]
+
+The issues ask triton and cuda to be "never slower than torch.compile of the reference at any
+shape of the shipped specs". At a few tokens the kernels take 1.5-3 µs and one sweep's
+difference is about the spread between device calls, so this times every case of the specs
+(up to ``--max-tokens`` tokens) round after round in one process, compile and the backends
+back to back within a round (``op_rows``: outputs checked, CUDA-graph replay as ``kbench bench``),
+and prints per case compile µs and, per backend, its µs and compile / backend as the median and
+range over the rounds. A case is slower only where its best round is below 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from kbench.bench.sweep import op_rows
+from kbench.plugins import get_registry
+from kbench.spec import BenchConfig, load_spec
+
+OPS = ("rmsnorm", "add_rmsnorm", "rope", "swiglu")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=1024)
+    parser.add_argument("--spec", action="append", default=None, help="model_specs/NAME.yaml (default: 7b, 13b, 3-8b)")
+    parser.add_argument("--backend", action="append", default=None, help="default: triton and cuda")
+    parser.add_argument("--ops", default=",".join(OPS))
+    args = parser.parse_args()
+    registry = get_registry()
+    backends = args.backend or ["triton", "cuda"]
+    bench = BenchConfig(warmup_ms=5.0, rep_ms=30.0, flush_l2=True)
+    cases: dict[str, dict[str, object]] = {}
+    for name in args.spec or ["llama2-7b", "llama2-13b", "llama3-8b"]:
+        spec = load_spec(f"model_specs/{name}.yaml")
+        for op_name in args.ops.split(","):
+            for case in registry.op(op_name).cases_for(spec.model, spec.workload):
+                if case.get("tokens", 0) <= args.max_tokens:
+                    cases.setdefault(op_name, {})[case.label] = case
+    for op_name, by_label in cases.items():
+        times: dict[tuple[str, str], list[float]] = {}
+        for _ in range(args.rounds):
+            for label, case in by_label.items():
+                for row in op_rows(registry, op_name, ["compile", *backends], [case], torch.bfloat16, "cuda", bench):
+                    if row["status"] != "PASS":
+                        print(f"{op_name} {label} {row['backend']}: {row['status']} {row.get('note') or ''}")
+                        continue
+                    times.setdefault((label, row["backend"]), []).append(row["graph_latency_us"] or row["latency_us"])
+        print(f"\n{op_name}: compile µs | backend µs (compile / backend: median [min, max] over {args.rounds} rounds)")
+        for label in by_label:
+            compiled = times.get((label, "compile"))
+            if not compiled:
+                continue
+            cells = []
+            for backend in backends:
+                own = times.get((label, backend))
+                if not own:
+                    cells.append(f"{backend} -")
+                    continue
+                ratios = [c / b for c, b in zip(compiled, own, strict=False)]
+                mark = " SLOWER" if max(ratios) < 1 else ""
+                cells.append(f"{backend} {statistics.median(own):.2f} ({statistics.median(ratios):.2f} "
+                             f"[{min(ratios):.2f}, {max(ratios):.2f}]){mark}")
+            print(f"  {label}: compile {statistics.median(compiled):.2f} | " + " | ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
