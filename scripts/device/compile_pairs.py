@@ -14,6 +14,7 @@ range over the rounds. A case is slower only where its best round is below 1.
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
 
 import torch
@@ -32,7 +33,15 @@ def main() -> None:
     parser.add_argument("--spec", action="append", default=None, help="model_specs/NAME.yaml (default: 7b, 13b, 3-8b)")
     parser.add_argument("--backend", action="append", default=None, help="default: triton and cuda")
     parser.add_argument("--ops", default=",".join(OPS))
+    parser.add_argument("--patch", action="append", default=[], metavar="MODULE.NAME=INT",
+                        help="set a module's integer constant first (a triton launch threshold, say)")
     args = parser.parse_args()
+    for item in args.patch:
+        target, value = item.split("=")
+        module_name, name = target.rsplit(".", 1)
+        module = importlib.import_module(module_name)
+        print(f"{target}: {getattr(module, name)} -> {int(value)}")
+        setattr(module, name, int(value))
     registry = get_registry()
     backends = args.backend or ["triton", "cuda"]
     bench = BenchConfig(warmup_ms=5.0, rep_ms=30.0, flush_l2=True)

@@ -42,6 +42,8 @@
 #              merge (issue 5)
 #   compile-pairs  triton and cuda against torch.compile at every spec shape up to 1024 tokens,
 #              three rounds in one process (issues 4, 5)
+#   rope-knobs  rope against torch.compile at llama2-7b's and 13b's shapes: triton with its
+#              per-token path from 1024 tokens, cuda builds of its slice knobs (issues 4, 5)
 #   decode-fill  the cuda decode plan's wave at 50%, 100% and 200% of the resident blocks (issue 5)
 #   decode-profile  Nsight Compute on the cuda decode kernels where they trail triton, and the
 #              GQA kernel at ring depths 2 and 4 (issue 5)
@@ -62,7 +64,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|decode-trace|cuda-final|cuda-check|cuda-check-sweep|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -322,6 +324,23 @@ fill-merge)  # fewer, longer splits now that the merge is a launch of its own, a
     ;;
 compile-pairs)  # "never slower than torch.compile": each small case over rounds, not one sweep
     step 560 python3 scripts/device/compile_pairs.py --rounds 3 --max-tokens 1024
+    ;;
+rope-knobs)  # rope's few-token paths: where the per-token kernel starts, and cuda's slice shape
+    rope_variants=("KBENCH_ROPE_FEW_TOKENS=1024" "KBENCH_ROPE_FEW_TOKENS=1024 KBENCH_ROPE_SLICE_THREADS=64"
+                   "KBENCH_ROPE_FEW_TOKENS=1024 KBENCH_ROPE_SLICE_THREADS=256"
+                   "KBENCH_ROPE_FEW_TOKENS=1024 KBENCH_ROPE_SLICE_VEC=2" "KBENCH_ROPE_FEW_TOKENS=1024 KBENCH_ROPE_SLICE_VEC=8")
+    pids=()
+    for variant in "${rope_variants[@]}"; do
+        KBENCH_CUDA_DEFINES="$variant" timeout 200 python3 -c "import kbench_cuda.build as b; print('$variant', b.load() or 'built')" &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    pairs="python3 scripts/device/compile_pairs.py --ops rope --spec llama2-7b --spec llama2-13b --rounds 3"
+    KBENCH_CUDA_DEFINES="${rope_variants[0]}" step 150 $pairs --patch kbench_triton.rope.FEW_TOKENS=1024
+    for variant in "${rope_variants[@]:1}"; do
+        echo "--- $variant"
+        KBENCH_CUDA_DEFINES="$variant" step 100 $pairs --backend cuda
+    done
     ;;
 decode-fill)  # the cuda decode plan's wave (KBENCH_DECODE_FILL): builds side by side, then each swept
     build_knob KBENCH_DECODE_FILL 50 100 200
