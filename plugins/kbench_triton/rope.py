@@ -20,8 +20,10 @@ from triton.language.extra import libdevice
 from kbench_triton.common import interpreting, launch_config
 
 # below this many tokens the heads of a token are spread over several programs: torch.compile's
-# rope beat one program per token by 26-44% at 8 to 128 tokens (H100, llama2-7b heads)
-FEW_TOKENS = 512
+# rope beat one program per token by 26-44% at 8 to 128 tokens (H100, llama2-7b heads), and by
+# 6% at 512 (0.94 [0.91, 0.98] over three rounds); head tiles took 512 to 1.18x compile
+# (scripts/device/compile_pairs.py, gpu_runs.sh rope-knobs), one program a token 1024 to 1.00-1.15x
+FEW_TOKENS = 1024
 SMALL_TILE_HEADS = 4
 TINY_TOKENS = 32
 

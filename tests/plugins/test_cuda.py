@@ -230,7 +230,7 @@ def test_ops_compile_with_torch_compile(registry):
 
 
 # -- on a GPU: both launch paths of the norms and rope, both access widths of swiglu ------------
-# The spec shapes reach the norms' loads-first path and rope's slice grid (below 512 tokens) and
+# The spec shapes reach the norms' loads-first path and rope's slice grid (below 1024 tokens) and
 # per-token blocks, but only at widths of whole 16-byte accesses, rope only in the half style and
 # never with a head slice holding q and k heads. These cases take every path, at widths of one
 # element an access too.
@@ -253,7 +253,7 @@ PATH_CASES = (
     # 6 + 3 heads: slices of 8 heads (half) or 4 (interleaved), some holding q and k heads;
     # head_dim 72 and 68 give one element (half) or pair (interleaved) an access in the 16-bit
     # dtypes, and slices of 3 heads
-    *(_rope_case(t, heads, kv_heads, head_dim, style) for t in (1, 511, 512)
+    *(_rope_case(t, heads, kv_heads, head_dim, style) for t in (1, 1023, 1024)
       for heads, kv_heads, head_dim in ((6, 3, 128), (6, 3, 72), (5, 3, 68)) for style in ("half", "interleaved")),
 )
 
@@ -271,7 +271,7 @@ def test_cuda_matches_reference_on_both_sides_of_each_launch_threshold(registry,
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("style", ["half", "interleaved"])
-@pytest.mark.parametrize("tokens", [3, 600])
+@pytest.mark.parametrize("tokens", [3, 1100])  # the slice grid and, from 1024 tokens, a block a token
 def test_rope_rotates_q_and_k_views_of_a_fused_qkv_buffer(registry, tokens, style):
     """q and k as strided views of [tokens, heads + 2 kv_heads, head_dim]; v stays untouched."""
     if registry.get("rope", "cuda").unavailable_reason():
