@@ -323,6 +323,8 @@ fill-merge)  # fewer, longer splits now that the merge is a launch of its own, a
     sweep_knob KBENCH_DECODE_FILL 60 1,8 32,8 50 100 50 100
     ;;
 compile-pairs)  # "never slower than torch.compile": each small case over rounds, not one sweep
+    [ -n "${WITH_TESTS:-}" ] && step 200 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py \
+        tests/plugins/test_triton.py -k "rope or norm or swiglu or threshold"
     step 560 python3 scripts/device/compile_pairs.py --rounds 3 --max-tokens 1024
     ;;
 rope-knobs)  # rope's few-token paths: where the per-token kernel starts, and cuda's slice shape
