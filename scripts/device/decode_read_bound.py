@@ -23,7 +23,7 @@ and the merge.
 from __future__ import annotations
 
 import argparse
-import contextlib
+from unittest import mock
 
 import torch
 import triton
@@ -115,20 +115,12 @@ class _OneConfig:
         return self.tuner[grid]
 
 
-@contextlib.contextmanager
-def _patched(name, value):
-    saved = getattr(decode_module, name)
-    setattr(decode_module, name, value)
-    try:
-        yield
-    finally:
-        setattr(decode_module, name, saved)
-
-
 def variant(pdl: bool = True, merge: bool = True):
     """attention_decode with or without the early-scheduled merge, or without the merge."""
     def run(**inputs):
-        with _patched("MERGE_PDL", pdl), _patched("_merge_kernel", decode_module._merge_kernel if merge else _NoLaunch()):
+        merge_kernel = decode_module._merge_kernel if merge else _NoLaunch()
+        with mock.patch.object(decode_module, "MERGE_PDL", pdl), \
+                mock.patch.object(decode_module, "_merge_kernel", merge_kernel):
             return attention_decode(**inputs)
     return run
 
@@ -138,7 +130,7 @@ def forced(config):
     split = _OneConfig(config)
 
     def run(**inputs):
-        with _patched("SPLIT", split):
+        with mock.patch.object(decode_module, "SPLIT", split):
             return attention_decode(**inputs)
     return run
 
