@@ -159,9 +159,9 @@ def _sm_count(device_index: int) -> int:
 # The merge pass launched with programmatic dependent launch (Hopper on): it is scheduled once
 # every split program has started, and waits on the device for their results, so its launch
 # is hidden behind the split pass instead of following it. Cold on the H100
-# (scripts/device/decode_read_bound.py, two runs): batch-1 MHA 512 tokens 8.3 -> 7.2-7.6 µs,
-# 2048 16.1-16.3 -> 15.4-15.7, 8192 47.8 -> 47.2 (three runs); batch-1 GQA-8 level or up to
-# 0.6 µs slower (notes/triton.md v9).
+# (scripts/device/decode_read_bound.py, three runs): batch-1 MHA 512 tokens 8.3 -> 7.2-7.6 µs,
+# 2048 16.1-16.3 -> 15.4-15.7, 8192 47.8 -> 47.2; batch-1 GQA-8 level or up to 0.6 µs slower
+# (notes/triton.md v9).
 MERGE_PDL = True
 
 
