@@ -142,7 +142,7 @@ def time_op(impl, op: Op, inputs: dict, device: torch.device, bench: Any, *, cud
         estimate = estimate_us if estimate_us and estimate_us > 0 else 1.0
         graph_calls = int(min(MAX_GRAPH_CALLS, max(1, GRAPH_REPLAY_TARGET_US / estimate)))
     fn, reset, sets = cycled_calls(impl, op, inputs, copies=graph_calls or 1,
-                             l2_bytes=l2_cache_bytes(device) if cuda_graph else 0)
+                                   l2_bytes=l2_cache_bytes(device) if cuda_graph else 0)
     timing = measure(fn, device=device, warmup_ms=bench.warmup_ms, rep_ms=bench.rep_ms,
                      flush_l2=bench.flush_l2, cuda_graph=cuda_graph, reset=reset, graph_calls=graph_calls)
     return dataclasses.replace(timing, input_sets=sets)

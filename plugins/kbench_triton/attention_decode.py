@@ -165,9 +165,14 @@ def _sm_count(device_index: int) -> int:
 MERGE_PDL = True
 
 
+@functools.cache
+def _hopper_or_later(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
+
+
 def _pdl(device: torch.device) -> bool:
     return (MERGE_PDL and gdc_wait is not None and device.type == "cuda" and not interpreting()
-            and torch.cuda.get_device_capability(device)[0] >= 9)
+            and _hopper_or_later(device.index or 0))
 
 
 def num_splits(batch: int, kv_heads: int, capacity: int, device: torch.device) -> int:

@@ -31,15 +31,17 @@ import triton.language as tl
 from kbench_triton import attention_decode as decode_module
 from kbench_triton.attention_decode import attention_decode, num_splits
 
-from kbench.bench.sweep import cycled_calls
-from kbench.bench.timing import l2_cache_bytes, measure
+from kbench.bench.sweep import time_op
+from kbench.bench.timing import l2_cache_bytes
 from kbench.env import measure_ceilings
 from kbench.ops.base import Case
 from kbench.plugins import get_registry
+from kbench.spec import BenchConfig
 
 CASES = [(1, 32, 512), (1, 32, 2048), (1, 32, 8192), (1, 8, 2048), (1, 8, 8192), (8, 8, 512), (8, 32, 512),
          (8, 8, 2048), (64, 32, 512), (64, 8, 2048)]
 FLAT_BLOCK = 8192
+BENCH = BenchConfig(warmup_ms=5.0, rep_ms=30.0)
 # launch shapes outside the autotuner's list, timed with --configs beside its own
 EXTRA_CONFIGS = [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=st)
                  for n, w, st in [(32, 1, 4), (64, 1, 3), (32, 2, 4), (64, 2, 3), (64, 2, 4), (128, 2, 3), (64, 4, 5),
@@ -172,12 +174,10 @@ def main() -> None:
                 torch.testing.assert_close(impl(**inputs), attended, atol=3e-2, rtol=2e-2)
             elif not name.startswith("split"):
                 torch.testing.assert_close(impl(**inputs).sum(), total, rtol=1e-3, atol=1.0)
-            calls = 100
-            fn, _, sets = cycled_calls(impl, op, inputs, copies=calls, l2_bytes=l2_cache_bytes("cuda"))
-            timing = measure(fn, device="cuda", cuda_graph=True, graph_calls=calls, warmup_ms=5.0, rep_ms=30.0)
+            timing = time_op(impl, op, inputs, "cuda", BENCH, cuda_graph=True)  # as kbench bench: cold cache
             pct = 100 * kv_bytes / timing.median_us / 1e3 / copy_gbps
             cells.append(f"{name}: {timing.median_us:.1f} µs {pct:.0f}%")
-        print(f"batch {batch} kv_heads {kv_heads} context {context} ({kv_bytes / 2**20:.1f} MiB, {sets} sets): "
+        print(f"batch {batch} kv_heads {kv_heads} context {context} ({kv_bytes / 2**20:.1f} MiB, {timing.input_sets} sets): "
               + ", ".join(cells), flush=True)
     for key, config in decode_module.SPLIT.chosen().items():
         print(f"autotuned {key}: {config}")

@@ -99,10 +99,16 @@ sampling_benches() {  # top-k and sample at issue 4's shapes
 cuda_memcheck() {  # one run of every cuda kernel under compute-sanitizer
     step 90 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/cuda_bench.py --once
 }
+cuda_sweep() {  # cuda_sweep LIMIT_S: the cuda decode sweep beside triton, MHA and GQA-8
+    step "$1" kbench bench attention_decode --backend cuda --vs triton \
+        --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
+}
 cuda_decode() {  # the cuda decode GPU tests, then the decode sweep beside triton
     step 200 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py -k decode
-    step 150 kbench bench attention_decode --backend cuda --vs triton \
-        --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
+    cuda_sweep 150
+}
+triton_decode_tests() {  # triton's decode attention GPU tests
+    step 200 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_triton.py -k "decode or arriving"
 }
 cuda_checks() {  # every cuda GPU test, then the memcheck
     step 260 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py
@@ -111,15 +117,22 @@ cuda_checks() {  # every cuda GPU test, then the memcheck
 cuda_variants() {  # cuda_variants LIMIT_S: the cuda tuning variants against each other and torch.compile
     step "$1" python3 scripts/device/cuda_variants.py --json "$OUT/cuda-variants.json"
 }
-build_knob() {  # build_knob MACRO VALUE...: the cuda builds with MACRO=VALUE side by side ("default": none)
-    local macro=$1 value pids=()
-    shift
-    for value in "$@"; do
-        KBENCH_CUDA_DEFINES="$([ "$value" = default ] || echo "$macro=$value")" timeout 200 \
-            python3 -c "import kbench_cuda.build as b; print('$macro=$value', b.load() or 'built')" &
+build_variants() {  # build_variants DEFINES...: the cuda builds side by side, each "NAME=V ..." ("" for none)
+    local defines pids=()
+    for defines in "$@"; do
+        KBENCH_CUDA_DEFINES="$defines" timeout 200 \
+            python3 -c "import kbench_cuda.build as b; print('${defines:-default}', b.load() or 'built')" &
         pids+=($!)
     done
     wait "${pids[@]}"  # (a bare wait would also wait for the tee of this script's output)
+}
+build_knob() {  # build_knob MACRO VALUE...: the cuda builds with MACRO=VALUE side by side ("default": none)
+    local macro=$1 value variants=()
+    shift
+    for value in "$@"; do
+        if [ "$value" = default ]; then variants+=(""); else variants+=("$macro=$value"); fi
+    done
+    build_variants "${variants[@]}"
 }
 sweep_knob() {  # sweep_knob MACRO LIMIT_S BATCHES KV_HEADS VALUE...: the cuda decode sweep on each build
     local macro=$1 limit=$2 batches=$3 kv_heads=$4 value
@@ -251,7 +264,7 @@ splits)  # the split count of triton's decode attention, measured where the heur
     step 200 python3 scripts/device/decode_splits.py
     ;;
 decode)  # triton's decode attention: GPU tests, split counts, the sweep (issue 4)
-    step 200 python3 -m pytest -q tests/plugins/test_triton.py -k "decode or arriving"
+    triton_decode_tests
     step 330 python3 scripts/device/decode_splits.py
     decode_sweep --vs sdpa
     ;;
@@ -280,8 +293,7 @@ decode-trace)  # per-block timings of the cuda decode kernels (KBENCH_DECODE_TRA
     ;;
 cold-sweeps)  # decode attention with graph calls cycling through copies of the KV cache (op.cold)
     decode_sweep --vs sdpa
-    step 100 kbench bench attention_decode --backend cuda --vs triton \
-        --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
+    cuda_sweep 100
     ;;
 cold-triton)  # issue 4's done-when command
     step 300 kbench run $spec --norm triton --rope triton --attention triton --ffn triton --sampling triton \
@@ -301,11 +313,11 @@ cold-splits)  # with the cache read cold: triton's split counts, cuda's plan wav
     sweep_knob KBENCH_DECODE_FILL 60 1,8 32,8 200 400
     ;;
 read-bound)  # how fast the cache of each case below 80% can be read at all, cold
-    step 200 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_triton.py -k "decode or arriving"
+    triton_decode_tests
     step 400 python3 scripts/device/decode_read_bound.py
     ;;
 read-configs)  # triton's split pass at each config (prefetch or not), cold, and its pipelining
-    step 200 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_triton.py -k "decode or arriving"
+    triton_decode_tests
     step 400 python3 scripts/device/decode_read_bound.py --attention-only --configs
     step 30 python3 scripts/device/triton_pipelining.py _split_kernel _head_sum _flat_sum
     ;;
@@ -331,12 +343,7 @@ rope-knobs)  # rope's few-token paths: where the per-token kernel starts, and cu
     rope_variants=("KBENCH_ROPE_FEW_TOKENS=1024" "KBENCH_ROPE_FEW_TOKENS=1024 KBENCH_ROPE_SLICE_THREADS=64"
                    "KBENCH_ROPE_FEW_TOKENS=1024 KBENCH_ROPE_SLICE_THREADS=256"
                    "KBENCH_ROPE_FEW_TOKENS=1024 KBENCH_ROPE_SLICE_VEC=2" "KBENCH_ROPE_FEW_TOKENS=1024 KBENCH_ROPE_SLICE_VEC=8")
-    pids=()
-    for variant in "${rope_variants[@]}"; do
-        KBENCH_CUDA_DEFINES="$variant" timeout 200 python3 -c "import kbench_cuda.build as b; print('$variant', b.load() or 'built')" &
-        pids+=($!)
-    done
-    wait "${pids[@]}"
+    build_variants "${rope_variants[@]}"
     pairs="python3 scripts/device/compile_pairs.py --ops rope --spec llama2-7b --spec llama2-13b --rounds 3"
     KBENCH_CUDA_DEFINES="${rope_variants[0]}" step 150 $pairs --patch kbench_triton.rope.FEW_TOKENS=1024
     for variant in "${rope_variants[@]:1}"; do
@@ -363,8 +370,7 @@ decode-profile)  # where the cuda decode kernels' time goes, and the GQA ring's 
 decode-stages)  # the cuda decode ring's depth (KBENCH_DECODE_STAGES): builds side by side, tests, sweeps
     build_knob KBENCH_DECODE_STAGES default 1 2 3
     step 170 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py -k decode
-    step 80 kbench bench attention_decode --backend cuda --vs triton \
-        --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
+    cuda_sweep 80
     sweep_knob KBENCH_DECODE_STAGES 50 1,8,64 32,8 1 2 3
     ;;
 decode-knob)  # the cuda decode split plan's fewest tokens a split: builds side by side, then each swept
@@ -390,8 +396,7 @@ cuda-check)  # every cuda GPU test and a memcheck of every kernel
     ;;
 cuda-check-sweep)  # every cuda GPU test, a memcheck of every kernel, the decode sweep beside triton
     cuda_checks
-    step 100 kbench bench attention_decode --backend cuda --vs triton \
-        --batch 1,8,64 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
+    cuda_sweep 100
     ;;
 cuda-run)  # issue 5's command with its op rows, compared with issue 4's triton record; the
            # memory-bound ops against triton and torch.compile at llama2-7b's shapes

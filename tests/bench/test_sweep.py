@@ -89,17 +89,19 @@ def test_gpu_rows_report_kernel_time_beside_time_as_called():
 
 
 def _decode_inputs():
+    """attention_decode, a test case's inputs, and the bytes of its KV cache (the cold inputs)."""
     from kbench.ops.attention import ATTENTION_DECODE
 
     case = ATTENTION_DECODE.test_cases[1]
-    return ATTENTION_DECODE, ATTENTION_DECODE.make_inputs(case, torch.float32, torch.device("cpu"), 0)
+    inputs = ATTENTION_DECODE.make_inputs(case, torch.float32, torch.device("cpu"), 0)
+    cache_bytes = sum(inputs[name].numel() * inputs[name].element_size() for name in ("k_cache", "v_cache"))
+    return ATTENTION_DECODE, inputs, cache_bytes
 
 
 def test_cold_inputs_rotate_through_copies_spanning_twice_the_l2():
     """A graph of back-to-back decode calls must not find the KV cache in L2: the calls cycle
     through ceil(2 x L2 / cache bytes) copies of k_cache and v_cache, and share the rest."""
-    op, inputs = _decode_inputs()
-    cache_bytes = sum(inputs[name].numel() * inputs[name].element_size() for name in ("k_cache", "v_cache"))
+    op, inputs, cache_bytes = _decode_inputs()
     impl = lambda **kw: (kw["k_cache"], kw["v_cache"], kw["q"].data_ptr())  # noqa: E731
     fn, reset, sets = sweep.cycled_calls(impl, op, inputs, copies=20, l2_bytes=2 * cache_bytes)  # needs 4 sets
     assert sets == 4 and reset is None
@@ -119,8 +121,7 @@ def test_cold_inputs_rotate_through_copies_spanning_twice_the_l2():
     (3, 8, 3),      # at most one set per captured call
 ])
 def test_cold_inputs_are_copied_only_where_a_graph_would_cache_them(copies, l2_factor, expected):
-    op, inputs = _decode_inputs()
-    cache_bytes = sum(inputs[name].numel() * inputs[name].element_size() for name in ("k_cache", "v_cache"))
+    op, inputs, cache_bytes = _decode_inputs()
     impl = lambda **kw: kw["k_cache"].data_ptr()  # noqa: E731
     fn, _, sets = sweep.cycled_calls(impl, op, inputs, copies=copies, l2_bytes=int(l2_factor * cache_bytes))
     assert sets == expected
@@ -128,8 +129,7 @@ def test_cold_inputs_are_copied_only_where_a_graph_would_cache_them(copies, l2_f
 
 
 def test_cold_copies_stay_within_the_memory_budget(monkeypatch):
-    op, inputs = _decode_inputs()
-    cache_bytes = sum(inputs[name].numel() * inputs[name].element_size() for name in ("k_cache", "v_cache"))
+    op, inputs, cache_bytes = _decode_inputs()
     monkeypatch.setattr(sweep, "INPLACE_COPY_BUDGET_BYTES", 3 * cache_bytes)
     _, _, sets = sweep.cycled_calls(lambda **kw: None, op, inputs, copies=50, l2_bytes=10 * cache_bytes)
     assert sets == 3

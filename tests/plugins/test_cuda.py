@@ -394,35 +394,6 @@ MERGE_SHAPES = [(32, 32), (32, 8), (64, 8), (8, 1), (1, 1)]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(("heads", "kv_heads"), [(32, 32), (32, 8)])
-def test_each_call_of_a_graph_merges_its_own_splits(registry, heads, kv_heads):
-    """Calls back to back in one graph on two caches whose values centre on +1 and -1 (outputs
-    ~2 apart): a merge that read partials before its own split pass had written them (the
-    merge launch overlaps the split pass, KBENCH_DECODE_MERGE_PDL) would mix in the other's."""
-    impl = registry.get("attention_decode", "cuda")
-    if impl.unavailable_reason():
-        pytest.skip(impl.unavailable_reason())
-    case = Case("attention_decode", {"batch": 1, "context": 8192, "heads": heads, "kv_heads": kv_heads,
-                                     "head_dim": 128, "layout": "contiguous", "block_size": 16})
-    op = registry.op("attention_decode")
-    tolerance = op.tolerance(torch.bfloat16)
-    sets = []
-    for sign in (1, -1):
-        inputs = op.make_inputs(case, torch.bfloat16, torch.device("cuda"), 5 + sign)
-        inputs["v_cache"].mul_(0.5).add_(sign)
-        sets.append((inputs, op.reference(**inputs)))
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outs = [impl.fn(**sets[i % 2][0]) for i in range(8)]
-    for _ in range(3):
-        graph.replay()
-        torch.cuda.synchronize()
-        for i, out in enumerate(outs):
-            torch.testing.assert_close(out, sets[i % 2][1], atol=tolerance.atol, rtol=tolerance.rtol)
-
-
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "paged"])
 @pytest.mark.parametrize(("heads", "kv_heads"), MERGE_SHAPES)
@@ -462,3 +433,32 @@ def test_decode_merges_its_splits_call_after_call_and_in_graph_replays(registry,
         graph.replay()
         check(out)
         assert torch.equal(out, impl.fn(**inputs)), f"graph replay and eager call differ at length {length}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("heads", "kv_heads"), [(32, 32), (32, 8)])
+def test_each_call_of_a_graph_merges_its_own_splits(registry, heads, kv_heads):
+    """Calls back to back in one graph on two caches whose values centre on +1 and -1 (outputs
+    ~2 apart): a merge that read partials before its own split pass had written them (the
+    merge launch overlaps the split pass, KBENCH_DECODE_MERGE_PDL) would mix in the other's."""
+    impl = registry.get("attention_decode", "cuda")
+    if impl.unavailable_reason():
+        pytest.skip(impl.unavailable_reason())
+    case = Case("attention_decode", {"batch": 1, "context": 8192, "heads": heads, "kv_heads": kv_heads,
+                                     "head_dim": 128, "layout": "contiguous", "block_size": 16})
+    op = registry.op("attention_decode")
+    tolerance = op.tolerance(torch.bfloat16)
+    sets = []
+    for sign in (1, -1):
+        inputs = op.make_inputs(case, torch.bfloat16, torch.device("cuda"), 5 + sign)
+        inputs["v_cache"].mul_(0.5).add_(sign)
+        sets.append((inputs, op.reference(**inputs)))
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = [impl.fn(**sets[i % 2][0]) for i in range(8)]
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        for i, out in enumerate(outs):
+            torch.testing.assert_close(out, sets[i % 2][1], atol=tolerance.atol, rtol=tolerance.rtol)

@@ -54,7 +54,7 @@ def test_rope_covers_every_head_when_programs_split_the_heads(tokens):
     # q 4-5 and k 0-1 and the third holds k 2 alone; at 1100 tokens one program walks them all
     from kbench_triton.rope import FEW_TOKENS
 
-    assert tokens < FEW_TOKENS // 2 or tokens > FEW_TOKENS
+    assert (tokens >= FEW_TOKENS) == (tokens == 1100), "the two cases sit on either side of FEW_TOKENS"
     q, k = _randn(tokens, 6, 16), _randn(tokens, 3, 16, seed=1)
     positions = torch.arange(tokens, device=DEVICE) * 37
     inv_freq = (1.0 / 10000 ** (torch.arange(0, 16, 2).float() / 16)).to(DEVICE)

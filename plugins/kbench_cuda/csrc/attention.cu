@@ -1018,6 +1018,8 @@ cudaError_t launch_decode_t(const DecodeArgs& args, int batch, cudaStream_t stre
 
 }  // namespace
 
+bool attention_decode_counts_arrivals() { return !kMergePdl; }
+
 bool attention_decode_supported(int head_dim, int group) {
     return (head_dim == 64 || head_dim == 80 || head_dim == 128) && group >= 1 && group <= kGqaMaxGroup;
 }

@@ -150,7 +150,8 @@ std::tuple<at::Tensor, at::Tensor> topk(const at::Tensor& logits, int64_t k) {
     return {values, indices};
 }
 
-// attention_decode's split-KV arrival counters, [batch * kv_heads] int32 (launchers.h). The
+// attention_decode's split-KV arrival counters, [batch * kv_heads] int32 (launchers.h), for the
+// same-launch merge of a KBENCH_DECODE_MERGE_PDL=0 build (attention_decode_counts_arrivals). The
 // kernel leaves them zero, so they are zeroed once, when allocated, and kept per device: a call
 // adds no memset, and a CUDA graph that captured one replays with no extra node. Calls running
 // at once on two streams of one device would share them and race (a known limitation: the
@@ -224,13 +225,13 @@ at::Tensor attention_decode(const at::Tensor& q, const at::Tensor& k_cache, cons
     if (splits > 1) {
         partial_out = at::empty({batch, heads, splits, head_dim}, q.options().dtype(at::kFloat));
         partial_lse = at::empty({batch, heads, splits}, q.options().dtype(at::kFloat));
-        counters = split_counters(q, static_cast<int64_t>(batch) * kv_heads);
+        if (attention_decode_counts_arrivals()) counters = split_counters(q, static_cast<int64_t>(batch) * kv_heads);
     }
     check_launch(launch_attention_decode(qc.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), lens.data_ptr<int>(),
                                          table.defined() ? table.data_ptr<int>() : nullptr, out.data_ptr(),
                                          splits > 1 ? partial_out.data_ptr<float>() : nullptr,
                                          splits > 1 ? partial_lse.data_ptr<float>() : nullptr,
-                                         splits > 1 ? counters.data_ptr<int>() : nullptr, batch, heads, kv_heads,
+                                         counters.defined() ? counters.data_ptr<int>() : nullptr, batch, heads, kv_heads,
                                          head_dim, k_cache.stride(0), max_blocks, block_size, splits, tokens_per_split,
                                          static_cast<float>(scale), dtype_of(q, op), stream()),
                  op);

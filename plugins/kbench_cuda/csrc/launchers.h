@@ -50,8 +50,12 @@ cudaError_t launch_topk(const void* logits, void* values, int64_t* indices, int 
 // contiguous, `cache_stride` elements apart along dim 0 (sequences, or blocks when
 // block_table [batch, max_blocks] is given); cache_seqlens: [batch] int32. With splits > 1,
 // partial_out [batch, heads, splits, head_dim] and partial_lse [batch, heads, splits] float32
-// are scratch, and counters [batch * kv_heads] int32 must be zero: the launch leaves them zero.
+// are scratch, and counters [batch * kv_heads] int32 must be zero (the launch leaves them zero)
+// where attention_decode_counts_arrivals(), else may be null.
 bool attention_decode_supported(int head_dim, int group);
+// Whether a launch with splits > 1 uses `counters`: only the same-launch merge of a build with
+// KBENCH_DECODE_MERGE_PDL=0 does (by default a second launch merges, and needs none).
+bool attention_decode_counts_arrivals();
 // How many slices of the context each (sequence, kv head) is split into, and their length,
 // from shapes alone: enough blocks to fill the GPU's resident slots in near-full waves.
 cudaError_t attention_decode_plan(int batch, int heads, int kv_heads, int head_dim, int capacity, DType dtype,
