@@ -25,6 +25,7 @@
 // gqa_decode_kernel instead: the same grid and split-KV, but the group's heads attend as one
 // tensor-core tile over K/V chunks staged in shared memory (see its comment).
 #include <algorithm>
+#include <climits>
 #include <cstdio>
 #include <cstring>
 #include <type_traits>
@@ -163,6 +164,10 @@ __device__ __forceinline__ unsigned long long trace_ns() {
 }
 #define TRACE_START() const long long tr0 = clock64(); const unsigned long long trg0 = trace_ns(); long long tr[4] = {};
 #define TRACE_AT(i) tr[i] = clock64() - tr0;
+// TRACE_AT once the load of `value` has arrived: a branch on it makes the clock read wait.
+#define TRACE_AT_AFTER(i, value)         \
+    if ((value) == INT_MIN) printf("#"); \
+    TRACE_AT(i)
 #define TRACE_PRINT(name)                                                                                       \
     if (threadIdx.x == 0) {                                                                                     \
         unsigned smid;                                                                                          \
@@ -173,6 +178,7 @@ __device__ __forceinline__ unsigned long long trace_ns() {
 #else
 #define TRACE_START()
 #define TRACE_AT(i)
+#define TRACE_AT_AFTER(i, value)
 #define TRACE_PRINT(name)
 #endif
 
@@ -409,10 +415,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeArgs args) {
     const int token_lane0 = lane - dim_lane;  // first lane of this thread's token
     const bool has_dim = dim < HEAD_DIM;
     const int seqlen = args.cache_seqlens[b];
-#ifdef KBENCH_DECODE_TRACE
-    if (seqlen == -12345) printf("x");
-#endif
-    TRACE_AT(0)
+    TRACE_AT_AFTER(0, seqlen)
     const int start = split * args.tokens_per_split;
     const int end = min(start + args.tokens_per_split, seqlen);
 
@@ -704,10 +707,7 @@ __global__ void __launch_bounds__(kGqaWarps * 32) gqa_decode_kernel(DecodeArgs a
     const int r = lane >> 2;        // fragment row: the query head of S's rows and P^T's columns
     const int c2 = (lane & 3) * 2;  // first of the fragment's two columns
     const int seqlen = args.cache_seqlens[b];
-#ifdef KBENCH_DECODE_TRACE
-    if (seqlen == -12345) printf("x");
-#endif
-    TRACE_AT(0)
+    TRACE_AT_AFTER(0, seqlen)
     const int start = split * args.tokens_per_split;
     const int end = min(start + args.tokens_per_split, seqlen);
     unsigned char* ring = smem + warp * kGqaWarpBytes<HEAD_DIM>;
