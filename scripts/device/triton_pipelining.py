@@ -22,9 +22,7 @@ def main() -> None:
         for ttgir in sorted(cache.glob(f"*/{name}.ttgir")):
             text = ttgir.read_text()
             meta = json.loads(ttgir.with_suffix(".json").read_text())
-            constants = {k: v for k, v in meta.get("constants", {}).items() if k.isupper()} if isinstance(
-                meta.get("constants"), dict) else {}
-            print(f"{name} warps={meta.get('num_warps')} stages={meta.get('num_stages')} {constants}: "
+            print(f"{name} warps={meta.get('num_warps')} stages={meta.get('num_stages')}: "
                   f"{text.count('async_copy_global_to_local')} cp.async, {text.count('tt.load')} tt.load, "
                   f"{text.count('ttng.warp_group_dot')} wgmma, shared {meta.get('shared')} B")
 
