@@ -48,6 +48,8 @@
 #   decode-profile  Nsight Compute on the cuda decode kernels where they trail triton, and the
 #              GQA kernel at ring depths 2 and 4 (issue 5)
 #   cuda-check   every cuda GPU test and the memcheck (issue 5)
+#   small-gaps  cuda-check, triton's decode tests, rope against torch.compile over rounds, and the
+#              kernels compile launches where cuda trails it (issues 4, 5)
 #   cuda-check-sweep  the same, then the decode sweep beside triton (issue 5)
 #   norm-weight  triton's norms (weight loaded with the row) against compile and cuda (issue 4)
 #   decode     triton decode attention's GPU tests, split counts and sweep against sdpa (issue 4)
@@ -64,7 +66,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|cuda-check|cuda-check-sweep|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -390,6 +392,17 @@ round4)  # the cuda norm and rope tests at the few-row / few-token launch shapes
 cuda-final)  # the cuda kernels at their chosen knobs: every GPU test, a memcheck, the knob round
     cuda_checks
     cuda_variants 200
+    ;;
+small-gaps)  # every cuda GPU test and memcheck, triton's decode tests, rope against compile over rounds,
+    # and the kernels torch.compile launches where cuda trails it (issues 4, 5)
+    cuda_checks
+    triton_decode_tests
+    step 240 python3 scripts/device/compile_pairs.py --ops rope --rounds 3 --max-tokens 1024
+    kernels="python3 scripts/device/compile_kernels.py --source"
+    step 60 $kernels add_rmsnorm 128 --spec llama2-7b
+    step 60 $kernels rmsnorm 512,1024 --spec llama2-7b
+    step 60 $kernels swiglu 128 --spec llama2-7b
+    step 60 $kernels rope 1,32,64 --spec llama2-7b
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks

@@ -143,9 +143,15 @@ __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const in
     constexpr int kAngles = INTERLEAVED ? VEC / 2 : VEC;
     const int first = INTERLEAVED ? j / 2 : j;
     const float position = static_cast<float>(positions[token]);
+    // Every frequency is loaded before the first sincosf: loaded inside the loop, each load went
+    // out only after the previous angle's sincosf (its slow path stores to local memory, which
+    // nvcc does not move loads across), kAngles dependent L2 round trips a thread.
+    float frequency[kAngles];
+#pragma unroll
+    for (int i = 0; i < kAngles; ++i) frequency[i] = inv_freq[first + i];
     float c[kAngles], s[kAngles];
 #pragma unroll
-    for (int i = 0; i < kAngles; ++i) angle_cos_sin<T, INTERLEAVED>(position, inv_freq[first + i], &c[i], &s[i]);
+    for (int i = 0; i < kAngles; ++i) angle_cos_sin<T, INTERLEAVED>(position, frequency[i], &c[i], &s[i]);
     rotate<T, VEC, INTERLEAVED>(a, b, c, s);
     store_vec<T, VEC>(base + j, a);
     if constexpr (!INTERLEAVED) store_vec<T, VEC>(base + half_dim + j, b);

@@ -1,0 +1,64 @@
+"""The Triton kernels torch.compile makes of a reference, and the launch shape each one runs: GPU machine.
+
+    python3 scripts/device/compile_kernels.py OP TOKENS[,TOKENS...] [--spec NAME]
+
+For each case of OP in the spec with one of the token counts, compiles the reference as the
+``compile`` backend does, runs it once (Inductor autotunes its reductions on that call), and
+prints each generated kernel's name, its block sizes, warps and stages as chosen, and its
+source. Where cuda or triton trail torch.compile at a shape this says what compile launched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+
+import torch
+
+from kbench.plugins import get_registry
+from kbench.spec import load_spec
+
+
+def autotuners() -> list:
+    return [o for o in gc.get_objects() if type(o).__name__ == "CachingAutotuner"]
+
+
+def describe(tuner) -> str:
+    launchers = getattr(tuner, "launchers", None) or []
+    configs = [launcher.config for launcher in launchers] or list(getattr(tuner, "configs", []))
+    shown = "; ".join(f"{c.kwargs} warps={c.num_warps} stages={c.num_stages}" for c in configs)
+    name = getattr(tuner.fn, "__name__", "?")
+    size_hints = getattr(tuner, "size_hints", None)
+    return f"{name} size_hints={size_hints} chosen={shown} (of {len(getattr(tuner, 'configs', []))} configs)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("op")
+    parser.add_argument("tokens", help="comma-separated token counts")
+    parser.add_argument("--spec", default="llama2-7b")
+    parser.add_argument("--source", action="store_true", help="print each kernel's source too")
+    args = parser.parse_args()
+    wanted = {int(t) for t in args.tokens.split(",")}
+    registry = get_registry()
+    op = registry.op(args.op)
+    spec = load_spec(f"model_specs/{args.spec}.yaml")
+    for case in op.cases_for(spec.model, spec.workload):
+        if case.get("tokens") not in wanted:
+            continue
+        torch._dynamo.reset()
+        seen = {id(t) for t in autotuners()}
+        inputs = op.make_inputs(case, torch.bfloat16, torch.device("cuda"), 0)
+        torch.compile(op.reference, dynamic=False)(**inputs)
+        torch.cuda.synchronize()
+        print(f"=== {args.op} {case.label}")
+        for tuner in autotuners():
+            if id(tuner) in seen:
+                continue
+            print("  " + describe(tuner))
+            if args.source:
+                print(getattr(tuner.fn, "src", "(no source)"))
+
+
+if __name__ == "__main__":
+    main()
