@@ -24,12 +24,13 @@ def autotuners() -> list:
 
 
 def describe(tuner) -> str:
+    candidates = list(getattr(tuner, "configs", None) or [])
     launchers = getattr(tuner, "launchers", None) or []
-    configs = [launcher.config for launcher in launchers] or list(getattr(tuner, "configs", []))
-    shown = "; ".join(f"{c.kwargs} warps={c.num_warps} stages={c.num_stages}" for c in configs)
+    chosen = [launcher.config for launcher in launchers if hasattr(launcher, "config")] or candidates
+    shown = "; ".join(f"{c.kwargs} warps={c.num_warps} stages={c.num_stages}" for c in chosen)
     name = getattr(tuner.fn, "__name__", "?")
     size_hints = getattr(tuner, "size_hints", None)
-    return f"{name} size_hints={size_hints} chosen={shown} (of {len(getattr(tuner, 'configs', []))} configs)"
+    return f"{name} size_hints={size_hints} chosen={shown} (of {len(candidates)} configs)"
 
 
 def main() -> None:

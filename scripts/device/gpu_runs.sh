@@ -50,6 +50,8 @@
 #   cuda-check   every cuda GPU test and the memcheck (issue 5)
 #   small-gaps  cuda-check, triton's decode tests, rope against torch.compile over rounds, and the
 #              kernels compile launches where cuda trails it (issues 4, 5)
+#   rope-slices  what compile launches where cuda trails it, then cuda rope's slice knobs against
+#              torch.compile over rounds (issue 5)
 #   cuda-check-sweep  the same, then the decode sweep beside triton (issue 5)
 #   norm-weight  triton's norms (weight loaded with the row) against compile and cuda (issue 4)
 #   decode     triton decode attention's GPU tests, split counts and sweep against sdpa (issue 4)
@@ -66,7 +68,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|cuda-check|cuda-check-sweep|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -143,6 +145,13 @@ sweep_knob() {  # sweep_knob MACRO LIMIT_S BATCHES KV_HEADS VALUE...: the cuda d
         KBENCH_CUDA_DEFINES="$macro=$value" step "$limit" kbench bench attention_decode --backend cuda \
             --batch "$batches" --context 512,2048,8192 --heads 32 --kv-heads "$kv_heads" --head-dim 128 --out "$records"
     done
+}
+compile_kernels() {  # what torch.compile launches at the shapes where cuda trailed it
+    local kernels="python3 scripts/device/compile_kernels.py --source"
+    step 60 $kernels add_rmsnorm 128 --spec llama2-7b
+    step 60 $kernels rmsnorm 512,1024 --spec llama2-7b
+    step 60 $kernels swiglu 128 --spec llama2-7b
+    step 60 $kernels rope 1,32,64 --spec llama2-7b
 }
 rope_against_compile() {  # rope at llama2-7b's and llama2-13b's shapes
     for spec_name in llama2-7b llama2-13b; do
@@ -398,11 +407,19 @@ small-gaps)  # every cuda GPU test and memcheck, triton's decode tests, rope aga
     cuda_checks
     triton_decode_tests
     step 240 python3 scripts/device/compile_pairs.py --ops rope --rounds 3 --max-tokens 1024
-    kernels="python3 scripts/device/compile_kernels.py --source"
-    step 60 $kernels add_rmsnorm 128 --spec llama2-7b
-    step 60 $kernels rmsnorm 512,1024 --spec llama2-7b
-    step 60 $kernels swiglu 128 --spec llama2-7b
-    step 60 $kernels rope 1,32,64 --spec llama2-7b
+    compile_kernels
+    ;;
+rope-slices)  # the kernels compile launches where cuda trails it, then cuda rope's slice knobs with
+    # every frequency loaded up front, against torch.compile over rounds (issue 5)
+    build_variants "KBENCH_ROPE_SLICE_VEC=2" "KBENCH_ROPE_SLICE_THREADS=64" &
+    knob_builds=$!
+    compile_kernels
+    wait $knob_builds
+    for variant in "KBENCH_ROPE_SLICE_VEC=2" "KBENCH_ROPE_SLICE_THREADS=64"; do
+        echo "--- $variant"
+        KBENCH_CUDA_DEFINES="$variant" step 120 python3 scripts/device/compile_pairs.py --ops rope \
+            --spec llama2-7b --spec llama2-13b --rounds 3 --backend cuda
+    done
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks
