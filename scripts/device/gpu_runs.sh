@@ -52,6 +52,8 @@
 #              kernels compile launches where cuda trails it (issues 4, 5)
 #   rope-slices  what compile launches where cuda trails it, then cuda rope's slice knobs against
 #              torch.compile over rounds (issue 5)
+#   small-knobs  cuda's memory-bound launch shapes nearer compile's, each against compile over rounds
+#              (issue 5)
 #   cuda-check-sweep  the same, then the decode sweep beside triton (issue 5)
 #   norm-weight  triton's norms (weight loaded with the row) against compile and cuda (issue 4)
 #   decode     triton decode attention's GPU tests, split counts and sweep against sdpa (issue 4)
@@ -68,7 +70,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|cuda-check|cuda-check-sweep|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -419,6 +421,33 @@ rope-slices)  # the kernels compile launches where cuda trails it, then cuda rop
         echo "--- $variant"
         KBENCH_CUDA_DEFINES="$variant" step 120 python3 scripts/device/compile_pairs.py --ops rope \
             --spec llama2-7b --spec llama2-13b --rounds 3 --backend cuda
+    done
+    ;;
+small-knobs)  # the memory-bound kernels' launch shapes nearer torch.compile's (many threads, little
+    # work each; compile_kernels): rope slices that rotate several heads with one set of angles,
+    # norm blocks of 512 threads, swiglu accesses of 2 and 4 elements; each against compile over
+    # rounds, rope's new path checked first (issue 5)
+    rope_variants=("KBENCH_ROPE_SLICE_ROWS=2" "KBENCH_ROPE_SLICE_ROWS=2 KBENCH_ROPE_SLICE_VEC=2"
+                   "KBENCH_ROPE_SLICE_ROWS=4 KBENCH_ROPE_SLICE_VEC=2")
+    other_variants=("" "KBENCH_NORM_MAX_THREADS=512" "KBENCH_SWIGLU_VEC=2 KBENCH_SWIGLU_THREADS=256"
+                    "KBENCH_SWIGLU_VEC=4 KBENCH_SWIGLU_THREADS=256")
+    build_variants "${rope_variants[@]}" "${other_variants[@]}"
+    for variant in "${rope_variants[@]:1}"; do  # (every row count and the two slice widths)
+        KBENCH_CUDA_DEFINES="$variant" step 100 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py \
+            -k rope -x
+    done
+    pairs="python3 scripts/device/compile_pairs.py --rounds 3 --backend cuda"
+    for variant in "${rope_variants[@]}"; do
+        echo "--- $variant"
+        KBENCH_CUDA_DEFINES="$variant" step 90 $pairs --ops rope --spec llama2-7b --spec llama2-13b --max-tokens 512
+    done
+    for variant in "" "${other_variants[@]:2}"; do
+        echo "--- swiglu ${variant:-default}"
+        KBENCH_CUDA_DEFINES="$variant" step 60 $pairs --ops swiglu --max-tokens 128
+    done
+    for variant in "${other_variants[@]:0:2}"; do
+        echo "--- norms ${variant:-default}"
+        KBENCH_CUDA_DEFINES="$variant" step 90 $pairs --ops rmsnorm,add_rmsnorm --spec llama2-7b --spec llama2-13b
     done
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel

@@ -34,6 +34,12 @@ constexpr int kSliceThreads = KBENCH_ROPE_SLICE_THREADS;
 #ifndef KBENCH_ROPE_SLICE_VEC
 #define KBENCH_ROPE_SLICE_VEC 4
 #endif
+// Heads a slice thread rotates with the angles it computes once (the same elements of each).
+#ifndef KBENCH_ROPE_SLICE_ROWS
+#define KBENCH_ROPE_SLICE_ROWS 1
+#endif
+constexpr int kSliceRows = KBENCH_ROPE_SLICE_ROWS;
+static_assert(kSliceRows >= 1, "a slice thread rotates at least one head");
 
 // cos and sin of angle `position * frequency`, rounded to T for the half style (HF rounds its
 // cos/sin tables to x.dtype); the table and the slices' per-thread angles both come from here.
@@ -120,11 +126,12 @@ __global__ void rope_kernel(T* __restrict__ q, T* __restrict__ k, const int64_t*
 }
 
 // Grid (tokens, slices): block (t, s) rotates heads [s * heads_per_block, (s + 1) *
-// heads_per_block) of token t, counted over q's heads then k's (a slice may hold both), one
-// access per thread: blockDim.x >= heads_per_block * per_head. Its loads go out before each
-// thread computes the angles of its own elements, so the sincosf runs while they are in flight
-// (no shared table and no barrier: see kSliceThreads).
-template <typename T, int VEC, bool INTERLEAVED>
+// heads_per_block) of token t, counted over q's heads then k's (a slice may hold both). A thread
+// takes one access (VEC elements, a pair of them for half) at the same place in ROWS consecutive
+// heads, and computes those elements' angles once for all of them: blockDim.x >=
+// heads_per_block / ROWS * per_head. Its loads go out before it computes the angles, so the
+// sincosf runs while they are in flight (no shared table and no barrier: see kSliceThreads).
+template <typename T, int VEC, int ROWS, bool INTERLEAVED>
 __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const int64_t* __restrict__ positions,
                                   const float* __restrict__ inv_freq, int heads, int kv_heads, int head_dim,
                                   int heads_per_block, int64_t q_token_stride, int64_t q_head_stride,
@@ -132,14 +139,24 @@ __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const in
     const int token = blockIdx.x;
     const int half_dim = head_dim / 2;
     const int per_head = (INTERLEAVED ? head_dim : half_dim) / VEC;
-    const int local_head = threadIdx.x / per_head;
-    const int head = blockIdx.y * heads_per_block + local_head;
-    const int j = (threadIdx.x - local_head * per_head) * VEC;
-    const bool active = local_head < heads_per_block && head < heads + kv_heads;
-    if (!active) return;
-    T* base = head_base(q, k, token, head, heads, q_token_stride, q_head_stride, k_token_stride, k_head_stride);
-    Vec<T, VEC> a = load_vec<T, VEC>(base + j), b;
-    if constexpr (!INTERLEAVED) b = load_vec<T, VEC>(base + half_dim + j);
+    const int local_rows = threadIdx.x / per_head;
+    const int local_head = local_rows * ROWS;
+    const int first_head = blockIdx.y * heads_per_block + local_head;
+    const int j = (threadIdx.x - local_rows * per_head) * VEC;
+    if (local_head >= heads_per_block || first_head >= heads + kv_heads) return;
+    T* base[ROWS];
+    Vec<T, VEC> a[ROWS], b[ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        const int head = first_head + r;
+        base[r] = nullptr;
+        if (r == 0 || (local_head + r < heads_per_block && head < heads + kv_heads)) {
+            base[r] = head_base(q, k, token, head, heads, q_token_stride, q_head_stride, k_token_stride,
+                                k_head_stride);
+            a[r] = load_vec<T, VEC>(base[r] + j);
+            if constexpr (!INTERLEAVED) b[r] = load_vec<T, VEC>(base[r] + half_dim + j);
+        }
+    }
     constexpr int kAngles = INTERLEAVED ? VEC / 2 : VEC;
     const int first = INTERLEAVED ? j / 2 : j;
     const float position = static_cast<float>(positions[token]);
@@ -152,9 +169,13 @@ __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const in
     float c[kAngles], s[kAngles];
 #pragma unroll
     for (int i = 0; i < kAngles; ++i) angle_cos_sin<T, INTERLEAVED>(position, frequency[i], &c[i], &s[i]);
-    rotate<T, VEC, INTERLEAVED>(a, b, c, s);
-    store_vec<T, VEC>(base + j, a);
-    if constexpr (!INTERLEAVED) store_vec<T, VEC>(base + half_dim + j, b);
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        if (base[r] == nullptr) continue;
+        rotate<T, VEC, INTERLEAVED>(a[r], b[r], c, s);
+        store_vec<T, VEC>(base[r] + j, a[r]);
+        if constexpr (!INTERLEAVED) store_vec<T, VEC>(base[r] + half_dim + j, b[r]);
+    }
 }
 
 template <typename T, int VEC, bool INTERLEAVED>
@@ -165,12 +186,13 @@ void launch_with_vec(T* q, T* k, const int64_t* positions, const float* inv_freq
                                (!INTERLEAVED || KBENCH_ROPE_SLICE_VEC % 2 == 0);
     constexpr int kSliceVec = kNarrower ? KBENCH_ROPE_SLICE_VEC : VEC;
     const int per_head = (INTERLEAVED ? head_dim : head_dim / 2) / kSliceVec;
-    // Whole heads a slice: as many as fit kSliceThreads threads, or one head of up to 1024 threads.
-    const int heads_per_block = per_head >= kSliceThreads ? 1 : kSliceThreads / per_head;
+    // Whole heads a slice: as many rows of kSliceRows heads as fit kSliceThreads threads, or one
+    // row of up to 1024 threads.
+    const int heads_per_block = (per_head >= kSliceThreads ? 1 : kSliceThreads / per_head) * kSliceRows;
     const int slices = (heads + kv_heads + heads_per_block - 1) / heads_per_block;
     if (tokens < kFewTokens && per_head <= 1024 && slices <= 65535) {
-        const int threads = (heads_per_block * per_head + 31) / 32 * 32;
-        rope_slice_kernel<T, kSliceVec, INTERLEAVED><<<dim3(tokens, slices), threads, 0, stream>>>(
+        const int threads = ((heads_per_block / kSliceRows) * per_head + 31) / 32 * 32;
+        rope_slice_kernel<T, kSliceVec, kSliceRows, INTERLEAVED><<<dim3(tokens, slices), threads, 0, stream>>>(
                 q, k, positions, inv_freq, heads, kv_heads, head_dim, heads_per_block, q_token_stride, q_head_stride,
                 k_token_stride, k_head_stride);
         return;

@@ -18,6 +18,10 @@ namespace {
 #ifndef KBENCH_SWIGLU_UNROLL
 #define KBENCH_SWIGLU_UNROLL 1
 #endif
+// Elements an access (0: 16 bytes' worth).
+#ifndef KBENCH_SWIGLU_VEC
+#define KBENCH_SWIGLU_VEC 0
+#endif
 constexpr int kThreads = KBENCH_SWIGLU_THREADS;
 constexpr int kUnroll = KBENCH_SWIGLU_UNROLL;
 // 1: silu through __expf and __fdividef, as Triton's sigmoid is computed (ex2.approx and an
@@ -77,7 +81,7 @@ void launch_with_vec(const T* gate, const T* up, T* out, int64_t vectors, cudaSt
 template <typename T>
 cudaError_t launch_swiglu_t(const void* gate, const void* up, void* out, int64_t elements, cudaStream_t stream) {
     if (elements == 0) return cudaSuccess;
-    constexpr int kVec = kVec16<T>;
+    constexpr int kVec = KBENCH_SWIGLU_VEC > 0 && KBENCH_SWIGLU_VEC < kVec16<T> ? KBENCH_SWIGLU_VEC : kVec16<T>;
     const T* gp = static_cast<const T*>(gate);
     const T* up_p = static_cast<const T*>(up);
     T* op = static_cast<T*>(out);
