@@ -432,7 +432,7 @@ small-knobs)  # the memory-bound kernels' launch shapes nearer torch.compile's (
     other_variants=("" "KBENCH_NORM_MAX_THREADS=512" "KBENCH_SWIGLU_VEC=2 KBENCH_SWIGLU_THREADS=256"
                     "KBENCH_SWIGLU_VEC=4 KBENCH_SWIGLU_THREADS=256")
     build_variants "${rope_variants[@]}" "${other_variants[@]}"
-    for variant in "${rope_variants[@]:1}"; do  # (every row count and the two slice widths)
+    for variant in "${rope_variants[@]}"; do
         KBENCH_CUDA_DEFINES="$variant" step 100 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py \
             -k rope -x
     done
