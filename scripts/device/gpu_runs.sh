@@ -53,6 +53,8 @@
 #   rope-slices  what compile launches where cuda trails it, then cuda rope's slice knobs against
 #              torch.compile over rounds (issue 5)
 #   small-knobs  cuda's memory-bound launch shapes nearer compile's, each against compile over rounds
+#   one-angle  cuda rope slices of an angle or two a thread, norms up to 512 threads, swiglu at
+#              256 threads of 8 bytes (issue 5)
 #              (issue 5)
 #   cuda-check-sweep  the same, then the decode sweep beside triton (issue 5)
 #   norm-weight  triton's norms (weight loaded with the row) against compile and cuda (issue 4)
@@ -70,7 +72,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|cuda-check|cuda-check-sweep|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -448,6 +450,32 @@ small-knobs)  # the memory-bound kernels' launch shapes nearer torch.compile's (
     for variant in "${other_variants[@]:0:2}"; do
         echo "--- norms ${variant:-default}"
         KBENCH_CUDA_DEFINES="$variant" step 90 $pairs --ops rmsnorm,add_rmsnorm --spec llama2-7b --spec llama2-13b
+    done
+    ;;
+one-angle)  # cuda rope slices of 1 and 2 elements an access (an angle or two a thread: each sincosf
+    # branches on its argument, so a thread's angles do not overlap), norms at up to 512 threads
+    # whatever the row count, swiglu at 256 threads of 8 bytes across llama2-7b's shapes (issue 5)
+    variants=("" "KBENCH_ROPE_SLICE_VEC=1" "KBENCH_ROPE_SLICE_VEC=2" "KBENCH_NORM_FEW_ROWS=1048576"
+              "KBENCH_SWIGLU_VEC=4 KBENCH_SWIGLU_THREADS=256")
+    build_variants "${variants[@]}"
+    for variant in "${variants[@]:1}"; do
+        KBENCH_CUDA_DEFINES="$variant" step 100 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py \
+            -k "rope or norm or swiglu" -x
+    done
+    pairs="python3 scripts/device/compile_pairs.py --rounds 3"
+    for variant in "${variants[@]:0:3}"; do
+        echo "--- rope ${variant:-default}"
+        KBENCH_CUDA_DEFINES="$variant" step 90 $pairs --ops rope --spec llama2-7b --spec llama2-13b --max-tokens 512
+    done
+    for variant in "" "${variants[3]}"; do
+        echo "--- norms ${variant:-default}"
+        KBENCH_CUDA_DEFINES="$variant" step 90 $pairs --backend cuda --ops rmsnorm,add_rmsnorm \
+            --spec llama2-7b --spec llama2-13b
+    done
+    for variant in "" "${variants[4]}"; do
+        echo "--- swiglu ${variant:-default}"
+        KBENCH_CUDA_DEFINES="$variant" step 60 kbench bench swiglu --backend cuda --vs compile --spec $spec \
+            --out "$records"
     done
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
