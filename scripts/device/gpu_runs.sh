@@ -53,9 +53,9 @@
 #   rope-slices  what compile launches where cuda trails it, then cuda rope's slice knobs against
 #              torch.compile over rounds (issue 5)
 #   small-knobs  cuda's memory-bound launch shapes nearer compile's, each against compile over rounds
+#              (issue 5)
 #   one-angle  cuda rope slices of an angle or two a thread, norms up to 512 threads, swiglu at
 #              256 threads of 8 bytes (issue 5)
-#              (issue 5)
 #   cuda-check-sweep  the same, then the decode sweep beside triton (issue 5)
 #   norm-weight  triton's norms (weight loaded with the row) against compile and cuda (issue 4)
 #   decode     triton decode attention's GPU tests, split counts and sweep against sdpa (issue 4)
