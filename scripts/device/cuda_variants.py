@@ -25,12 +25,13 @@ from pathlib import Path
 OPS = ("rmsnorm", "add_rmsnorm", "rope", "swiglu")
 
 # Each variant changes at most one knob per op, so one build answers one question for each op.
-# Rounds 1-4 (notes/cuda.md) chose the defaults; these are round 4's questions: the few-row norm
-# block against the default before it, and wider than chosen.
+# Rounds 1-4 (notes/cuda.md) and gpu_runs.sh's one-angle and small-knobs phases chose the
+# defaults; each variant here is the default it replaced: norm blocks kept within 256 threads,
+# swiglu's 128 threads of 16 bytes, rope's slices without one-angle threads.
 VARIANTS: dict[str, list[str]] = {
     "current": [],
-    "r4-old": ["KBENCH_NORM_FEW_ROWS=0"],
-    "r4-wide": ["KBENCH_NORM_FEW_ROWS_THREADS=1024"],
+    "previous": ["KBENCH_NORM_WIDE_THREADS=256", "KBENCH_SWIGLU_VEC=8", "KBENCH_SWIGLU_THREADS=128",
+                 "KBENCH_ROPE_TINY_TOKENS=0"],
 }
 
 

@@ -242,18 +242,20 @@ def _rope_case(tokens, heads, kv_heads, head_dim, style):
 
 
 PATH_CASES = (
-    # hidden 2047: one element an access, 8 a thread in 256 threads (loads first); 4095: 512
-    # threads of 8 (the per-access loop); 4104: a last access past the row
+    # hidden 1000: 16-byte accesses, one a thread; 4096 and 4104, two (4104: a last access past
+    # the row), all loads first; 2047 and 4095: one element an access, 4 and 8 a thread in 512
+    # threads (the per-access loop)
     *(Case(op, tokens=t, hidden=h, eps=1e-5) for op in ("rmsnorm", "add_rmsnorm") for t in (1, 265)
-      for h in (2047, 4095, 4096, 4104)),
-    # 16-byte accesses with a last block part-filled; 11007 at odd token counts is one element
+      for h in (1000, 2047, 4095, 4096, 4104)),
+    # 4-element accesses with a last block part-filled; 11007 at odd token counts is one element
     # an access
     *(Case("swiglu", tokens=t, intermediate=11008) for t in (1, 99, 197)),
     *(Case("swiglu", tokens=t, intermediate=11007) for t in (1, 23, 25)),
     # 6 + 3 heads: slices of 8 heads (half) or 4 (interleaved), some holding q and k heads;
     # head_dim 72 and 68 give one element (half) or pair (interleaved) an access in the 16-bit
-    # dtypes, and slices of 3 heads
-    *(_rope_case(t, heads, kv_heads, head_dim, style) for t in (1, 1023, 1024)
+    # dtypes, and slices of 3 heads; 31 and 32 tokens straddle the one-angle slices' threshold
+    # (kTinyTokens), 1023 and 1024 the per-token blocks' (kFewTokens)
+    *(_rope_case(t, heads, kv_heads, head_dim, style) for t in (1, 31, 32, 1023, 1024)
       for heads, kv_heads, head_dim in ((6, 3, 128), (6, 3, 72), (5, 3, 68)) for style in ("half", "interleaved")),
 )
 
@@ -271,7 +273,7 @@ def test_cuda_matches_reference_on_both_sides_of_each_launch_threshold(registry,
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("style", ["half", "interleaved"])
-@pytest.mark.parametrize("tokens", [3, 1100])  # the slice grid and, from 1024 tokens, a block a token
+@pytest.mark.parametrize("tokens", [3, 64, 1100])  # one-angle slices, wider slices, a block a token
 def test_rope_rotates_q_and_k_views_of_a_fused_qkv_buffer(registry, tokens, style):
     """q and k as strided views of [tokens, heads + 2 kv_heads, head_dim]; v stays untouched."""
     if registry.get("rope", "cuda").unavailable_reason():

@@ -19,24 +19,22 @@ namespace {
 // 420 to 414, and nowhere lost more than run-to-run spread. The loop remains for rows too wide
 // for the register file (more than 2 accesses a thread at over 256 threads).
 //
-// Threads a block: the fewest accesses a thread that keep a block within kMaxThreads threads.
-// Below kFewRows rows (fewer blocks than SMs: a block's latency is the call's), where that
-// leaves more than 2 accesses a thread, within kFewRowsMaxThreads instead. Knob round 4
-// (scripts/device/cuda_variants.py): 512-thread blocks took hidden 8192 at 1-64 rows from
-// 2.13-2.36 to 2.01-2.29 us (rmsnorm) and add_rmsnorm at 32 rows from 3.29 to 2.74; at hidden
-// 4096 (2 accesses a thread -> 1) they were slower at one row (add_rmsnorm 1.93 -> 2.20).
+// Threads a block: the fewest accesses a thread that keep a block within kMaxThreads threads;
+// where that leaves more than 2 accesses a thread, within kWideMaxThreads instead. Knob round 4
+// (scripts/device/cuda_variants.py) gave the wider blocks at up to 64 rows: 512-thread blocks took
+// hidden 8192 at 1-64 rows from 2.13-2.36 to 2.01-2.29 us (rmsnorm) and add_rmsnorm at 32 rows
+// from 3.29 to 2.74; at hidden 4096 (2 accesses a thread -> 1) they were slower at one row
+// (add_rmsnorm 1.93 -> 2.20), so 2 accesses stay. At every row count since (gpu_runs.sh
+// one-angle, against torch.compile over three rounds): hidden 5120 at 1024 rows went from 0.92x
+// compile to 1.06x (rmsnorm, 6.32 -> 5.56 us) and add_rmsnorm at 1024 rows from 1.03x to 1.08x.
 #ifndef KBENCH_NORM_MAX_THREADS
 #define KBENCH_NORM_MAX_THREADS 256
 #endif
-#ifndef KBENCH_NORM_FEW_ROWS
-#define KBENCH_NORM_FEW_ROWS 128
-#endif
-#ifndef KBENCH_NORM_FEW_ROWS_THREADS
-#define KBENCH_NORM_FEW_ROWS_THREADS 512
+#ifndef KBENCH_NORM_WIDE_THREADS
+#define KBENCH_NORM_WIDE_THREADS 512
 #endif
 constexpr int kMaxThreads = KBENCH_NORM_MAX_THREADS;
-constexpr int kFewRows = KBENCH_NORM_FEW_ROWS;
-constexpr int kFewRowsMaxThreads = KBENCH_NORM_FEW_ROWS_THREADS;
+constexpr int kWideMaxThreads = KBENCH_NORM_WIDE_THREADS;
 
 // Access i of a thread: the one loaded up front into `early` (EARLY), or loaded from `p` now.
 template <bool EARLY, typename T, int VEC, int N>
@@ -107,14 +105,14 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, T* __restrict__ residual
     }
 }
 
+// Loads first at up to 2 accesses a thread: every row of up to 1024 accesses (hidden 8192 in
+// bf16) under the rule below. Wider rows (4 or 8 accesses a thread in 512 or more threads) take
+// the per-access loop, whose registers fit any block.
 template <typename T, int VEC, int VPT, bool ADD>
 void launch_rows(const T* x, T* residual, const T* weight, T* out, int tokens, int threads, int hidden, float eps,
-                 bool loads_first, cudaStream_t stream) {
-    if (loads_first) {
-        rmsnorm_kernel<T, VEC, VPT, ADD, true><<<tokens, threads, 0, stream>>>(x, residual, weight, out, hidden, eps);
-    } else {
-        rmsnorm_kernel<T, VEC, VPT, ADD, false><<<tokens, threads, 0, stream>>>(x, residual, weight, out, hidden, eps);
-    }
+                 cudaStream_t stream) {
+    rmsnorm_kernel<T, VEC, VPT, ADD, (VPT <= 2)><<<tokens, threads, 0, stream>>>(x, residual, weight, out, hidden,
+                                                                                 eps);
 }
 
 template <typename T, int VEC, bool ADD>
@@ -122,30 +120,27 @@ cudaError_t launch_with_vec(const void* x, void* residual, const void* weight, v
                             float eps, cudaStream_t stream) {
     const int accesses = hidden / VEC;
     // Fewest accesses per thread that keep the block within kMaxThreads threads (room for
-    // several blocks per SM), up to 8 per thread with blocks of up to 1024 threads.
+    // several blocks per SM), or within kWideMaxThreads where that leaves more than 2; up to 8
+    // per thread with blocks of up to 1024 threads.
     int per_thread = 1;
     while (per_thread < 8 && (accesses + per_thread - 1) / per_thread > kMaxThreads) per_thread *= 2;
-    if (tokens < kFewRows && per_thread > 2) {
-        while (per_thread > 1 && (accesses + per_thread / 2 - 1) / (per_thread / 2) <= kFewRowsMaxThreads) {
+    if (per_thread > 2) {
+        while (per_thread > 1 && (accesses + per_thread / 2 - 1) / (per_thread / 2) <= kWideMaxThreads) {
             per_thread /= 2;
         }
     }
     int threads = (accesses + per_thread - 1) / per_thread;
     threads = (threads + 31) / 32 * 32;
     if (threads > 1024) return cudaErrorInvalidConfiguration;
-    // Loads first take up to 151 registers a thread (bf16, 8 accesses a thread): within 256
-    // threads a block stays inside the 64K-register file, as it does at up to 2 accesses a
-    // thread in any block; every row of up to 2048 accesses (hidden 16384 in bf16) gets them.
-    const bool loads_first = threads <= 256 || per_thread <= 2;
     const T* xp = static_cast<const T*>(x);
     T* rp = static_cast<T*>(residual);
     const T* wp = static_cast<const T*>(weight);
     T* op = static_cast<T*>(out);
     switch (per_thread) {
-        case 1: launch_rows<T, VEC, 1, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, loads_first, stream); break;
-        case 2: launch_rows<T, VEC, 2, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, loads_first, stream); break;
-        case 4: launch_rows<T, VEC, 4, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, loads_first, stream); break;
-        default: launch_rows<T, VEC, 8, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, loads_first, stream); break;
+        case 1: launch_rows<T, VEC, 1, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, stream); break;
+        case 2: launch_rows<T, VEC, 2, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, stream); break;
+        case 4: launch_rows<T, VEC, 4, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, stream); break;
+        default: launch_rows<T, VEC, 8, ADD>(xp, rp, wp, op, tokens, threads, hidden, eps, stream); break;
     }
     return cudaGetLastError();
 }

@@ -16,8 +16,8 @@ namespace {
 
 // Below this many tokens the (token, head slice) grid: blocks of kSliceThreads threads, each
 // thread one access of kSliceVec elements (a pair of them for half) that computes the angles of
-// its own elements (no shared table, no barrier). At 8 tokens of 32 + 32 heads that is 64 blocks
-// of 128 threads, 4 sincosf a thread. On the H100 (scripts/device/cuda_variants.py, round 2)
+// its own elements (no shared table, no barrier). At 64 tokens of 32 + 32 heads that is 512 blocks
+// of 128 threads, 4 sincosf a thread (below kTinyTokens, one). On the H100 (scripts/device/cuda_variants.py, round 2)
 // this took 8 tokens from 2.19 to 1.93 us and 64 tokens from 3.19 to 2.93 against 64-thread
 // slices of 16-byte accesses sharing a table (GQA 64/8 at 1 token: 2.10 -> 1.78). From 1024
 // tokens one block a token takes all heads, the table computed once a token (96-97% of copy);
@@ -28,18 +28,22 @@ namespace {
 #ifndef KBENCH_ROPE_SLICE_THREADS
 #define KBENCH_ROPE_SLICE_THREADS 128
 #endif
+// Below this many tokens a slice thread computes one angle (one element an access for half, one
+// pair for interleaved): each sincosf branches on its argument, so the angles of one thread do
+// not overlap and a thread's latency grows with their number. On the H100 (gpu_runs.sh
+// one-angle, against torch.compile over three rounds) one angle a thread took 1 and 8 tokens of
+// llama2-7b's and 13b's heads from 0.90-0.98x compile to 1.04-1.13x; from 32 tokens on it was
+// slower than 4 elements an access (32 tokens 0.80 against 0.90, 128 tokens 0.77 against 1.02).
+#ifndef KBENCH_ROPE_TINY_TOKENS
+#define KBENCH_ROPE_TINY_TOKENS 32
+#endif
 constexpr int kFewTokens = KBENCH_ROPE_FEW_TOKENS;
+constexpr int kTinyTokens = KBENCH_ROPE_TINY_TOKENS;
 constexpr int kSliceThreads = KBENCH_ROPE_SLICE_THREADS;
 // Elements a slice thread moves an access (0: 16 bytes' worth).
 #ifndef KBENCH_ROPE_SLICE_VEC
 #define KBENCH_ROPE_SLICE_VEC 4
 #endif
-// Heads a slice thread rotates with the angles it computes once (the same elements of each).
-#ifndef KBENCH_ROPE_SLICE_ROWS
-#define KBENCH_ROPE_SLICE_ROWS 1
-#endif
-constexpr int kSliceRows = KBENCH_ROPE_SLICE_ROWS;
-static_assert(kSliceRows >= 1, "a slice thread rotates at least one head");
 
 // cos and sin of angle `position * frequency`, rounded to T for the half style (HF rounds its
 // cos/sin tables to x.dtype); the table and the slices' per-thread angles both come from here.
@@ -126,12 +130,11 @@ __global__ void rope_kernel(T* __restrict__ q, T* __restrict__ k, const int64_t*
 }
 
 // Grid (tokens, slices): block (t, s) rotates heads [s * heads_per_block, (s + 1) *
-// heads_per_block) of token t, counted over q's heads then k's (a slice may hold both). A thread
-// takes one access (VEC elements, a pair of them for half) at the same place in ROWS consecutive
-// heads, and computes those elements' angles once for all of them: blockDim.x >=
-// heads_per_block / ROWS * per_head. Its loads go out before it computes the angles, so the
-// sincosf runs while they are in flight (no shared table and no barrier: see kSliceThreads).
-template <typename T, int VEC, int ROWS, bool INTERLEAVED>
+// heads_per_block) of token t, counted over q's heads then k's (a slice may hold both), one
+// access per thread: blockDim.x >= heads_per_block * per_head. Its loads go out before each
+// thread computes the angles of its own elements, so the sincosf runs while they are in flight
+// (no shared table and no barrier: see kSliceThreads).
+template <typename T, int VEC, bool INTERLEAVED>
 __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const int64_t* __restrict__ positions,
                                   const float* __restrict__ inv_freq, int heads, int kv_heads, int head_dim,
                                   int heads_per_block, int64_t q_token_stride, int64_t q_head_stride,
@@ -139,24 +142,14 @@ __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const in
     const int token = blockIdx.x;
     const int half_dim = head_dim / 2;
     const int per_head = (INTERLEAVED ? head_dim : half_dim) / VEC;
-    const int local_rows = threadIdx.x / per_head;
-    const int local_head = local_rows * ROWS;
-    const int first_head = blockIdx.y * heads_per_block + local_head;
-    const int j = (threadIdx.x - local_rows * per_head) * VEC;
-    if (local_head >= heads_per_block || first_head >= heads + kv_heads) return;
-    T* base[ROWS];
-    Vec<T, VEC> a[ROWS], b[ROWS];
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-        const int head = first_head + r;
-        base[r] = nullptr;
-        if (r == 0 || (local_head + r < heads_per_block && head < heads + kv_heads)) {
-            base[r] = head_base(q, k, token, head, heads, q_token_stride, q_head_stride, k_token_stride,
-                                k_head_stride);
-            a[r] = load_vec<T, VEC>(base[r] + j);
-            if constexpr (!INTERLEAVED) b[r] = load_vec<T, VEC>(base[r] + half_dim + j);
-        }
-    }
+    const int local_head = threadIdx.x / per_head;
+    const int head = blockIdx.y * heads_per_block + local_head;
+    const int j = (threadIdx.x - local_head * per_head) * VEC;
+    const bool active = local_head < heads_per_block && head < heads + kv_heads;
+    if (!active) return;
+    T* base = head_base(q, k, token, head, heads, q_token_stride, q_head_stride, k_token_stride, k_head_stride);
+    Vec<T, VEC> a = load_vec<T, VEC>(base + j), b;
+    if constexpr (!INTERLEAVED) b = load_vec<T, VEC>(base + half_dim + j);
     constexpr int kAngles = INTERLEAVED ? VEC / 2 : VEC;
     const int first = INTERLEAVED ? j / 2 : j;
     const float position = static_cast<float>(positions[token]);
@@ -169,13 +162,26 @@ __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const in
     float c[kAngles], s[kAngles];
 #pragma unroll
     for (int i = 0; i < kAngles; ++i) angle_cos_sin<T, INTERLEAVED>(position, frequency[i], &c[i], &s[i]);
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-        if (base[r] == nullptr) continue;
-        rotate<T, VEC, INTERLEAVED>(a[r], b[r], c, s);
-        store_vec<T, VEC>(base[r] + j, a[r]);
-        if constexpr (!INTERLEAVED) store_vec<T, VEC>(base[r] + half_dim + j, b[r]);
-    }
+    rotate<T, VEC, INTERLEAVED>(a, b, c, s);
+    store_vec<T, VEC>(base + j, a);
+    if constexpr (!INTERLEAVED) store_vec<T, VEC>(base + half_dim + j, b);
+}
+
+// The slice grid with accesses of SLICE_VEC elements: whole heads a block, as many as fit
+// kSliceThreads threads, or one head of up to 1024 threads. False where the shape has no such grid.
+template <typename T, int SLICE_VEC, bool INTERLEAVED>
+bool launch_slices(T* q, T* k, const int64_t* positions, const float* inv_freq, int tokens, int heads,
+                   int kv_heads, int head_dim, int64_t q_token_stride, int64_t q_head_stride,
+                   int64_t k_token_stride, int64_t k_head_stride, cudaStream_t stream) {
+    const int per_head = (INTERLEAVED ? head_dim : head_dim / 2) / SLICE_VEC;
+    const int heads_per_block = per_head >= kSliceThreads ? 1 : kSliceThreads / per_head;
+    const int slices = (heads + kv_heads + heads_per_block - 1) / heads_per_block;
+    if (per_head > 1024 || slices > 65535) return false;
+    const int threads = (heads_per_block * per_head + 31) / 32 * 32;
+    rope_slice_kernel<T, SLICE_VEC, INTERLEAVED><<<dim3(tokens, slices), threads, 0, stream>>>(
+            q, k, positions, inv_freq, heads, kv_heads, head_dim, heads_per_block, q_token_stride, q_head_stride,
+            k_token_stride, k_head_stride);
+    return true;
 }
 
 template <typename T, int VEC, bool INTERLEAVED>
@@ -185,16 +191,13 @@ void launch_with_vec(T* q, T* k, const int64_t* positions, const float* inv_freq
     constexpr bool kNarrower = KBENCH_ROPE_SLICE_VEC > 0 && KBENCH_ROPE_SLICE_VEC < VEC &&
                                (!INTERLEAVED || KBENCH_ROPE_SLICE_VEC % 2 == 0);
     constexpr int kSliceVec = kNarrower ? KBENCH_ROPE_SLICE_VEC : VEC;
-    const int per_head = (INTERLEAVED ? head_dim : head_dim / 2) / kSliceVec;
-    // Whole heads a slice: as many rows of kSliceRows heads as fit kSliceThreads threads, or one
-    // row of up to 1024 threads.
-    const int heads_per_block = (per_head >= kSliceThreads ? 1 : kSliceThreads / per_head) * kSliceRows;
-    const int slices = (heads + kv_heads + heads_per_block - 1) / heads_per_block;
-    if (tokens < kFewTokens && per_head <= 1024 && slices <= 65535) {
-        const int threads = ((heads_per_block / kSliceRows) * per_head + 31) / 32 * 32;
-        rope_slice_kernel<T, kSliceVec, kSliceRows, INTERLEAVED><<<dim3(tokens, slices), threads, 0, stream>>>(
-                q, k, positions, inv_freq, heads, kv_heads, head_dim, heads_per_block, q_token_stride, q_head_stride,
-                k_token_stride, k_head_stride);
+    constexpr int kOneAngle = INTERLEAVED ? 2 : 1;  // elements an access that hold one angle
+    if (tokens < kTinyTokens && launch_slices<T, kOneAngle, INTERLEAVED>(q, k, positions, inv_freq, tokens, heads,
+            kv_heads, head_dim, q_token_stride, q_head_stride, k_token_stride, k_head_stride, stream)) {
+        return;
+    }
+    if (tokens < kFewTokens && launch_slices<T, kSliceVec, INTERLEAVED>(q, k, positions, inv_freq, tokens, heads,
+            kv_heads, head_dim, q_token_stride, q_head_stride, k_token_stride, k_head_stride, stream)) {
         return;
     }
     rope_kernel<T, VEC, INTERLEAVED><<<tokens, 128, sizeof(float) * head_dim, stream>>>(

@@ -1,4 +1,4 @@
-// swiglu: out = silu(gate) * up, 16-byte accesses.
+// swiglu: out = silu(gate) * up, vectorised accesses (KBENCH_SWIGLU_VEC elements).
 //
 // Rounded as the reference `F.silu(gate) * up` in T: silu in fp32 rounded to T, then the
 // product of the two T values in fp32 rounded to T.
@@ -8,19 +8,22 @@
 namespace kbench {
 namespace {
 
-// Blocks of 128 threads, one 16-byte access of each input a thread: the shape Inductor gives
-// this pointwise kernel. On the H100 (scripts/device/cuda_variants.py, two rounds) it beat 256
-// threads of four accesses (1024 x 11008: 25.1 -> 23.0 us; 128 x 28672: 7.7 -> 6.0) and made
-// the former few-element path of 64-thread blocks redundant; at 32768 tokens the shapes are level.
+// Blocks of 256 threads, one access of 4 elements of each input a thread (8 bytes in 16-bit
+// types): near the shape Inductor gives this pointwise kernel (compile_kernels.py: 256 threads of
+// 2 elements at 128 x 11008). On the H100 (gpu_runs.sh small-knobs, against torch.compile over
+// three rounds) it took 128 tokens of 13824 and 14336 from 0.94x compile to 1.02-1.03x and of
+// 11008 from 1.12x to 1.22x, where 128 threads of 16 bytes had beaten 256 threads of four
+// 16-byte accesses (scripts/device/cuda_variants.py: 1024 x 11008 25.1 -> 23.0 us). Accesses of
+// 2 elements were slower at 128 tokens (0.86-0.88x).
 #ifndef KBENCH_SWIGLU_THREADS
-#define KBENCH_SWIGLU_THREADS 128
+#define KBENCH_SWIGLU_THREADS 256
 #endif
 #ifndef KBENCH_SWIGLU_UNROLL
 #define KBENCH_SWIGLU_UNROLL 1
 #endif
-// Elements an access (0: 16 bytes' worth).
+// Elements an access, at most 16 bytes' worth.
 #ifndef KBENCH_SWIGLU_VEC
-#define KBENCH_SWIGLU_VEC 0
+#define KBENCH_SWIGLU_VEC 4
 #endif
 constexpr int kThreads = KBENCH_SWIGLU_THREADS;
 constexpr int kUnroll = KBENCH_SWIGLU_UNROLL;
@@ -81,7 +84,7 @@ void launch_with_vec(const T* gate, const T* up, T* out, int64_t vectors, cudaSt
 template <typename T>
 cudaError_t launch_swiglu_t(const void* gate, const void* up, void* out, int64_t elements, cudaStream_t stream) {
     if (elements == 0) return cudaSuccess;
-    constexpr int kVec = KBENCH_SWIGLU_VEC > 0 && KBENCH_SWIGLU_VEC < kVec16<T> ? KBENCH_SWIGLU_VEC : kVec16<T>;
+    constexpr int kVec = KBENCH_SWIGLU_VEC < kVec16<T> ? KBENCH_SWIGLU_VEC : kVec16<T>;
     const T* gp = static_cast<const T*>(gate);
     const T* up_p = static_cast<const T*>(up);
     T* op = static_cast<T*>(out);
