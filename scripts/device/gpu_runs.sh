@@ -55,6 +55,7 @@
 #   small-knobs  cuda's memory-bound launch shapes nearer compile's, each against compile over rounds
 #              (issue 5)
 #   one-angle  cuda rope slices of an angle or two a thread, norms up to 512 threads, swiglu at
+#   cuda-pairs  cuda-check, then cuda against torch.compile at every spec shape over rounds (issue 5)
 #              256 threads of 8 bytes (issue 5)
 #   cuda-check-sweep  the same, then the decode sweep beside triton (issue 5)
 #   norm-weight  triton's norms (weight loaded with the row) against compile and cuda (issue 4)
@@ -72,7 +73,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-check|cuda-check-sweep|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-pairs|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -480,6 +481,12 @@ one-angle)  # cuda rope slices of 1 and 2 elements an access (an angle or two a 
         KBENCH_CUDA_DEFINES="$variant" step 60 kbench bench swiglu --backend cuda --vs compile --spec $spec \
             --out "$records"
     done
+    ;;
+cuda-pairs)  # every cuda GPU test and the memcheck, then cuda against torch.compile at every spec
+    # shape up to 1024 tokens over rounds (issue 5)
+    cuda_checks
+    step 420 python3 scripts/device/compile_pairs.py --rounds 3 --max-tokens 1024 --backend cuda \
+        --ops rope,swiglu,rmsnorm,add_rmsnorm
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks
