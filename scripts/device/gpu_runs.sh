@@ -56,6 +56,7 @@
 #              (issue 5)
 #   one-angle  cuda rope slices of an angle or two a thread, norms up to 512 threads, swiglu at
 #   cuda-pairs  cuda-check, then cuda against torch.compile at every spec shape over rounds (issue 5)
+#   norm-probe  cuda's add_rmsnorm with the residual written late, one barrier, plain loads (issue 5)
 #              256 threads of 8 bytes (issue 5)
 #   cuda-check-sweep  the same, then the decode sweep beside triton (issue 5)
 #   norm-weight  triton's norms (weight loaded with the row) against compile and cuda (issue 4)
@@ -73,7 +74,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-pairs|cuda-check|cuda-check-sweep|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-pairs|norm-probe|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -487,6 +488,18 @@ cuda-pairs)  # every cuda GPU test and the memcheck, then cuda against torch.com
     cuda_checks
     step 420 python3 scripts/device/compile_pairs.py --rounds 3 --max-tokens 1024 --backend cuda \
         --ops rope,swiglu,rmsnorm,add_rmsnorm
+    ;;
+norm-probe)  # why cuda's add_rmsnorm trails triton's same-shaped kernel at 64-128 rows: the residual
+    # written late, a single barrier, plain loads; each beside triton and compile in one process
+    variants=("" "KBENCH_NORM_RESIDUAL_LATE=1" "KBENCH_NORM_ONE_BARRIER=1" "KBENCH_NORM_NC=0")
+    build_variants "${variants[@]}"
+    for variant in "${variants[@]}"; do
+        echo "--- ${variant:-default}"
+        KBENCH_CUDA_DEFINES="$variant" step 60 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py \
+            -k norm -x
+        KBENCH_CUDA_DEFINES="$variant" step 90 python3 scripts/device/compile_pairs.py --rounds 3 \
+            --ops add_rmsnorm,rmsnorm --spec llama2-7b
+    done
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks
