@@ -46,42 +46,12 @@ __device__ __forceinline__ Vec<T, VEC> loaded(const Vec<T, VEC> (&early)[N], int
     }
 }
 
-// Experiment knobs (gpu_runs.sh norm-probe), each 0 or 1: add_rmsnorm writes the new residual
-// after the reduction, with the output, instead of as soon as it is summed (RESIDUAL_LATE); the
-// reduction without block_sum's leading barrier (ONE_BARRIER); the row and the weight read
-// through the read-only path (NC: `const __restrict__`, so ld.global.nc) or not.
-#ifndef KBENCH_NORM_RESIDUAL_LATE
-#define KBENCH_NORM_RESIDUAL_LATE 0
-#endif
-#ifndef KBENCH_NORM_ONE_BARRIER
-#define KBENCH_NORM_ONE_BARRIER 0
-#endif
-#ifndef KBENCH_NORM_NC
-#define KBENCH_NORM_NC 1
-#endif
-#if KBENCH_NORM_NC
-#define KBENCH_NORM_READ_ONLY __restrict__
-#else
-#define KBENCH_NORM_READ_ONLY
-#endif
-
-// Sum over the block for a kernel that reduces once (no barrier before `scratch` is written).
-__device__ __forceinline__ float block_sum_once(float v, float* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    v = warp_sum(v);
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    v = lane < warps ? scratch[lane] : 0.f;
-    return warp_sum(v);
-}
-
 // VEC elements per access (16 bytes, or 1 when the row is not 16-byte aligned);
 // VPT accesses per thread, so a block of `blockDim.x` threads holds VEC * VPT * blockDim.x
 // elements of the row in registers. LOADS_FIRST: all loads before any arithmetic.
 template <typename T, int VEC, int VPT, bool ADD, bool LOADS_FIRST>
-__global__ void rmsnorm_kernel(const T* KBENCH_NORM_READ_ONLY x, T* KBENCH_NORM_READ_ONLY residual,
-                               const T* KBENCH_NORM_READ_ONLY weight, T* KBENCH_NORM_READ_ONLY out, int hidden,
-                               float eps) {
+__global__ void rmsnorm_kernel(const T* __restrict__ x, T* __restrict__ residual, const T* __restrict__ weight,
+                               T* __restrict__ out, int hidden, float eps) {
     __shared__ float scratch[32];
     const int64_t row_offset = static_cast<int64_t>(blockIdx.x) * hidden;
     constexpr int kEarly = LOADS_FIRST ? VPT : 1;
@@ -109,7 +79,7 @@ __global__ void rmsnorm_kernel(const T* KBENCH_NORM_READ_ONLY x, T* KBENCH_NORM_
                 Vec<T, VEC> rv = loaded<LOADS_FIRST>(residuals, i, residual + row_offset + col);
 #pragma unroll
                 for (int e = 0; e < VEC; ++e) rv.v[e] = from_float<T>(to_float(rv.v[e]) + to_float(xv.v[e]));
-                if constexpr (!KBENCH_NORM_RESIDUAL_LATE) store_vec<T, VEC>(residual + row_offset + col, rv);
+                store_vec<T, VEC>(residual + row_offset + col, rv);
                 xv = rv;
             }
 #pragma unroll
@@ -119,8 +89,7 @@ __global__ void rmsnorm_kernel(const T* KBENCH_NORM_READ_ONLY x, T* KBENCH_NORM_
             }
         }
     }
-    const float total = KBENCH_NORM_ONE_BARRIER ? block_sum_once(sum_sq, scratch) : block_sum(sum_sq, scratch);
-    const float rstd = rsqrtf(total / static_cast<float>(hidden) + eps);
+    const float rstd = rsqrtf(block_sum(sum_sq, scratch) / static_cast<float>(hidden) + eps);
 #pragma unroll
     for (int i = 0; i < VPT; ++i) {
         const int col = (i * blockDim.x + threadIdx.x) * VEC;
@@ -132,12 +101,6 @@ __global__ void rmsnorm_kernel(const T* KBENCH_NORM_READ_ONLY x, T* KBENCH_NORM_
                 ov.v[e] = from_float<T>(to_float(wv.v[e]) * round_to<T>(values[i][e] * rstd));
             }
             store_vec<T, VEC>(out + row_offset + col, ov);
-            if constexpr (ADD && KBENCH_NORM_RESIDUAL_LATE) {
-                Vec<T, VEC> rv;  // values[i] holds the summed residual, already rounded to T
-#pragma unroll
-                for (int e = 0; e < VEC; ++e) rv.v[e] = from_float<T>(values[i][e]);
-                store_vec<T, VEC>(residual + row_offset + col, rv);
-            }
         }
     }
 }
