@@ -159,6 +159,23 @@ compile_kernels() {  # what torch.compile launches at the shapes where cuda trai
     step 60 $kernels swiglu 128 --spec llama2-7b
     step 60 $kernels rope 1,32,64 --spec llama2-7b
 }
+variant_tests() {  # variant_tests LIMIT_S FILTER VARIANT...: the cuda GPU tests matching FILTER on each build
+    local limit=$1 filter=$2 variant
+    shift 2
+    for variant in "$@"; do
+        KBENCH_CUDA_DEFINES="$variant" step "$limit" python3 -m pytest -q -p no:cacheprovider \
+            tests/plugins/test_cuda.py -k "$filter" -x
+    done
+}
+variant_pairs() {  # variant_pairs LIMIT_S "ARGS" VARIANT...: compile_pairs.py ARGS (three rounds) on each build
+    local limit=$1 args=$2 variant
+    shift 2
+    for variant in "$@"; do
+        echo "--- ${variant:-default}"
+        # shellcheck disable=SC2086  # ARGS is a list of words
+        KBENCH_CUDA_DEFINES="$variant" step "$limit" python3 scripts/device/compile_pairs.py --rounds 3 $args
+    done
+}
 rope_against_compile() {  # rope at llama2-7b's and llama2-13b's shapes
     for spec_name in llama2-7b llama2-13b; do
         step 60 kbench bench rope --backend triton --vs compile --spec model_specs/$spec_name.yaml --out "$records"
@@ -421,11 +438,8 @@ rope-slices)  # the kernels compile launches where cuda trails it, then cuda rop
     knob_builds=$!
     compile_kernels
     wait $knob_builds
-    for variant in "KBENCH_ROPE_SLICE_VEC=2" "KBENCH_ROPE_SLICE_THREADS=64"; do
-        echo "--- $variant"
-        KBENCH_CUDA_DEFINES="$variant" step 120 python3 scripts/device/compile_pairs.py --ops rope \
-            --spec llama2-7b --spec llama2-13b --rounds 3 --backend cuda
-    done
+    variant_pairs 120 "--ops rope --spec llama2-7b --spec llama2-13b --backend cuda" \
+        "KBENCH_ROPE_SLICE_VEC=2" "KBENCH_ROPE_SLICE_THREADS=64"
     ;;
 small-knobs)  # the memory-bound kernels' launch shapes nearer torch.compile's (many threads, little
     # work each; compile_kernels): rope slices that rotate several heads with one set of angles,
@@ -437,23 +451,12 @@ small-knobs)  # the memory-bound kernels' launch shapes nearer torch.compile's (
     other_variants=("" "KBENCH_NORM_MAX_THREADS=512" "KBENCH_SWIGLU_VEC=2 KBENCH_SWIGLU_THREADS=256"
                     "KBENCH_SWIGLU_VEC=4 KBENCH_SWIGLU_THREADS=256")
     build_variants "${rope_variants[@]}" "${other_variants[@]}"
-    for variant in "${rope_variants[@]}"; do
-        KBENCH_CUDA_DEFINES="$variant" step 100 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py \
-            -k rope -x
-    done
-    pairs="python3 scripts/device/compile_pairs.py --rounds 3 --backend cuda"
-    for variant in "${rope_variants[@]}"; do
-        echo "--- $variant"
-        KBENCH_CUDA_DEFINES="$variant" step 90 $pairs --ops rope --spec llama2-7b --spec llama2-13b --max-tokens 512
-    done
-    for variant in "" "${other_variants[@]:2}"; do
-        echo "--- swiglu ${variant:-default}"
-        KBENCH_CUDA_DEFINES="$variant" step 60 $pairs --ops swiglu --max-tokens 128
-    done
-    for variant in "${other_variants[@]:0:2}"; do
-        echo "--- norms ${variant:-default}"
-        KBENCH_CUDA_DEFINES="$variant" step 90 $pairs --ops rmsnorm,add_rmsnorm --spec llama2-7b --spec llama2-13b
-    done
+    variant_tests 100 rope "${rope_variants[@]}"
+    variant_pairs 90 "--backend cuda --ops rope --spec llama2-7b --spec llama2-13b --max-tokens 512" \
+        "${rope_variants[@]}"
+    variant_pairs 60 "--backend cuda --ops swiglu --max-tokens 128" "" "${other_variants[@]:2}"
+    variant_pairs 90 "--backend cuda --ops rmsnorm,add_rmsnorm --spec llama2-7b --spec llama2-13b" \
+        "${other_variants[@]:0:2}"
     ;;
 one-angle)  # cuda rope slices of 1 and 2 elements an access (an angle or two a thread: each sincosf
     # branches on its argument, so a thread's angles do not overlap), norms at up to 512 threads
@@ -463,20 +466,10 @@ one-angle)  # cuda rope slices of 1 and 2 elements an access (an angle or two a 
     variants=("" "KBENCH_ROPE_SLICE_VEC=1" "KBENCH_ROPE_SLICE_VEC=2" "KBENCH_NORM_FEW_ROWS=1048576"
               "KBENCH_SWIGLU_VEC=4 KBENCH_SWIGLU_THREADS=256")
     build_variants "${variants[@]}"
-    for variant in "${variants[@]:1}"; do
-        KBENCH_CUDA_DEFINES="$variant" step 100 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py \
-            -k "rope or norm or swiglu" -x
-    done
-    pairs="python3 scripts/device/compile_pairs.py --rounds 3"
-    for variant in "${variants[@]:0:3}"; do
-        echo "--- rope ${variant:-default}"
-        KBENCH_CUDA_DEFINES="$variant" step 90 $pairs --ops rope --spec llama2-7b --spec llama2-13b --max-tokens 512
-    done
-    for variant in "" "${variants[3]}"; do
-        echo "--- norms ${variant:-default}"
-        KBENCH_CUDA_DEFINES="$variant" step 90 $pairs --backend cuda --ops rmsnorm,add_rmsnorm \
-            --spec llama2-7b --spec llama2-13b
-    done
+    variant_tests 100 "rope or norm or swiglu" "${variants[@]:1}"
+    variant_pairs 90 "--ops rope --spec llama2-7b --spec llama2-13b --max-tokens 512" "${variants[@]:0:3}"
+    variant_pairs 90 "--backend cuda --ops rmsnorm,add_rmsnorm --spec llama2-7b --spec llama2-13b" \
+        "" "${variants[3]}"
     for variant in "" "${variants[4]}"; do
         echo "--- swiglu ${variant:-default}"
         KBENCH_CUDA_DEFINES="$variant" step 60 kbench bench swiglu --backend cuda --vs compile --spec $spec \
@@ -494,13 +487,8 @@ norm-probe)  # why cuda's add_rmsnorm trails triton's same-shaped kernel at 64-1
     # None closed it (the late residual was slower everywhere) and the knobs are gone from norm.cu.
     variants=("" "KBENCH_NORM_RESIDUAL_LATE=1" "KBENCH_NORM_ONE_BARRIER=1" "KBENCH_NORM_NC=0")
     build_variants "${variants[@]}"
-    for variant in "${variants[@]}"; do
-        echo "--- ${variant:-default}"
-        KBENCH_CUDA_DEFINES="$variant" step 60 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py \
-            -k norm -x
-        KBENCH_CUDA_DEFINES="$variant" step 90 python3 scripts/device/compile_pairs.py --rounds 3 \
-            --ops add_rmsnorm,rmsnorm --spec llama2-7b
-    done
+    variant_tests 60 norm "${variants[@]}"
+    variant_pairs 90 "--ops add_rmsnorm,rmsnorm --spec llama2-7b" "${variants[@]}"
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks
