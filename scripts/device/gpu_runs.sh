@@ -57,6 +57,8 @@
 #   one-angle  cuda rope slices of an angle or two a thread, norms up to 512 threads, swiglu at
 #   cuda-pairs  cuda-check, then cuda against torch.compile at every spec shape over rounds (issue 5)
 #   norm-probe  cuda's add_rmsnorm with the residual written late, one barrier, plain loads (issue 5)
+#   packed     cuda's 16-bit kernels on packed pairs: tests, memcheck, pairs against compile, issue 5's
+#              command (issue 5)
 #              256 threads of 8 bytes (issue 5)
 #   cuda-check-sweep  the same, then the decode sweep beside triton (issue 5)
 #   norm-weight  triton's norms (weight loaded with the row) against compile and cuda (issue 4)
@@ -74,7 +76,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-pairs|norm-probe|cuda-check|cuda-check-sweep|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-pairs|norm-probe|packed|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -489,6 +491,17 @@ norm-probe)  # why cuda's add_rmsnorm trails triton's same-shaped kernel at 64-1
     build_variants "${variants[@]}"
     variant_tests 60 norm "${variants[@]}"
     variant_pairs 90 "--ops add_rmsnorm,rmsnorm --spec llama2-7b" "${variants[@]}"
+    ;;
+packed)  # cuda's norms, rope and swiglu on packed 16-bit pairs: every cuda GPU test and the memcheck,
+    # both backends against torch.compile over rounds, then issue 5's command and its compare with
+    # triton's record (TRITON_RECORD=path) (issue 5)
+    cuda_checks
+    step 260 python3 scripts/device/compile_pairs.py --rounds 3 --max-tokens 1024 \
+        --ops add_rmsnorm,rmsnorm,rope,swiglu
+    step 200 kbench run $spec --norm cuda --rope cuda --ffn cuda --attention cuda --sampling cuda \
+        --backend attention_prefill=triton --batch 1,64 --prompt-len 512 --out "$records"
+    step 20 kbench compare "${TRITON_RECORD:?path of the triton record}" "$(latest llama2-7b)" \
+        --metric kernel_us --format markdown --output "$OUT/compare-triton-vs-cuda.md"
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks

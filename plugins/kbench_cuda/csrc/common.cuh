@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "launchers.h"
 
@@ -26,15 +27,73 @@ __device__ __forceinline__ __half from_float<__half>(float v) { return __float2h
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-// Round a float to T and back: what a torch op computing in T does to an intermediate.
-template <typename T>
-__device__ __forceinline__ float round_to(float v) { return to_float(from_float<T>(v)); }
 
 // N elements of T moved with one access of N * sizeof(T) bytes (16 for the full width).
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Vec {
     T v[N];
 };
+
+// N floats rounded to T, two at a time where T is 16-bit (one F2FP instruction a pair, where
+// element by element takes a conversion each and a PRMT to pack; the same round-to-nearest-even).
+template <typename T, int N>
+__device__ __forceinline__ Vec<T, N> to_vec(const float* values) {
+    Vec<T, N> out;
+    if constexpr (std::is_same_v<T, __nv_bfloat16> && N % 2 == 0) {
+#pragma unroll
+        for (int i = 0; i < N; i += 2) {
+            *reinterpret_cast<__nv_bfloat162*>(&out.v[i]) = __floats2bfloat162_rn(values[i], values[i + 1]);
+        }
+    } else if constexpr (std::is_same_v<T, __half> && N % 2 == 0) {
+#pragma unroll
+        for (int i = 0; i < N; i += 2) {
+            *reinterpret_cast<__half2*>(&out.v[i]) = __floats2half2_rn(values[i], values[i + 1]);
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; ++i) out.v[i] = from_float<T>(values[i]);
+    }
+    return out;
+}
+
+// a (op) b element by element, rounded to T as torch rounds a 16-bit op computed in fp32. For
+// bf16 and half `packed` works on pairs and gives the same values: a sum, difference or product
+// of two T values rounded once to T equals it rounded to fp32 first (fp32 has at least 2p + 2
+// bits for either type's p, so the double rounding is innocuous; a product of two T values is
+// exact in fp32). It takes one instruction a pair, where fp32 takes two conversions in, one out
+// and a pack an element.
+template <typename T, int N, typename Packed, typename Scalar>
+__device__ __forceinline__ Vec<T, N> elementwise(const Vec<T, N>& a, const Vec<T, N>& b, Packed packed,
+                                                 Scalar scalar) {
+    Vec<T, N> out;
+    if constexpr (!std::is_same_v<T, float> && N % 2 == 0) {
+        using T2 = std::conditional_t<std::is_same_v<T, __half>, __half2, __nv_bfloat162>;
+#pragma unroll
+        for (int i = 0; i < N; i += 2) {
+            *reinterpret_cast<T2*>(&out.v[i]) =
+                packed(*reinterpret_cast<const T2*>(&a.v[i]), *reinterpret_cast<const T2*>(&b.v[i]));
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; ++i) out.v[i] = from_float<T>(scalar(to_float(a.v[i]), to_float(b.v[i])));
+    }
+    return out;
+}
+
+template <typename T, int N>
+__device__ __forceinline__ Vec<T, N> add_vec(const Vec<T, N>& a, const Vec<T, N>& b) {
+    return elementwise(a, b, [](auto x, auto y) { return __hadd2(x, y); }, [](float x, float y) { return x + y; });
+}
+
+template <typename T, int N>
+__device__ __forceinline__ Vec<T, N> sub_vec(const Vec<T, N>& a, const Vec<T, N>& b) {
+    return elementwise(a, b, [](auto x, auto y) { return __hsub2(x, y); }, [](float x, float y) { return x - y; });
+}
+
+template <typename T, int N>
+__device__ __forceinline__ Vec<T, N> mul_vec(const Vec<T, N>& a, const Vec<T, N>& b) {
+    return elementwise(a, b, [](auto x, auto y) { return __hmul2(x, y); }, [](float x, float y) { return x * y; });
+}
 
 template <typename T, int N>
 __device__ __forceinline__ Vec<T, N> load_vec(const T* p) {

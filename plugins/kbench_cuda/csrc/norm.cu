@@ -76,11 +76,8 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, T* __restrict__ residual
         if (col < hidden) {
             Vec<T, VEC> xv = loaded<LOADS_FIRST>(xs, i, x + row_offset + col);
             if constexpr (ADD) {
-                Vec<T, VEC> rv = loaded<LOADS_FIRST>(residuals, i, residual + row_offset + col);
-#pragma unroll
-                for (int e = 0; e < VEC; ++e) rv.v[e] = from_float<T>(to_float(rv.v[e]) + to_float(xv.v[e]));
-                store_vec<T, VEC>(residual + row_offset + col, rv);
-                xv = rv;
+                xv = add_vec<T, VEC>(loaded<LOADS_FIRST>(residuals, i, residual + row_offset + col), xv);
+                store_vec<T, VEC>(residual + row_offset + col, xv);
             }
 #pragma unroll
             for (int e = 0; e < VEC; ++e) {
@@ -95,12 +92,10 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, T* __restrict__ residual
         const int col = (i * blockDim.x + threadIdx.x) * VEC;
         if (col < hidden) {
             const Vec<T, VEC> wv = loaded<LOADS_FIRST>(weights, i, weight + col);
-            Vec<T, VEC> ov;
+            float normed[VEC];
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-                ov.v[e] = from_float<T>(to_float(wv.v[e]) * round_to<T>(values[i][e] * rstd));
-            }
-            store_vec<T, VEC>(out + row_offset + col, ov);
+            for (int e = 0; e < VEC; ++e) normed[e] = values[i][e] * rstd;
+            store_vec<T, VEC>(out + row_offset + col, mul_vec<T, VEC>(wv, to_vec<T, VEC>(normed)));
         }
     }
 }

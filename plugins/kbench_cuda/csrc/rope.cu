@@ -45,23 +45,18 @@ constexpr int kSliceThreads = KBENCH_ROPE_SLICE_THREADS;
 #define KBENCH_ROPE_SLICE_VEC 4
 #endif
 
-// cos and sin of angle `position * frequency`, rounded to T for the half style (HF rounds its
-// cos/sin tables to x.dtype); the table and the slices' per-thread angles both come from here.
-template <typename T, bool INTERLEAVED>
+// cos and sin of angle `position * frequency` in fp32; the table and the slices' per-thread
+// angles both come from here (the half style rounds them to T in rotate, as HF rounds its cos/sin
+// tables to x.dtype).
 __device__ __forceinline__ void angle_cos_sin(float position, float frequency, float* c, float* s) {
     sincosf(position * frequency, s, c);
-    if constexpr (!INTERLEAVED) {
-        *c = round_to<T>(*c);
-        *s = round_to<T>(*s);
-    }
 }
 
 // cos[half_dim], then sin[half_dim] of the token's angles; the caller synchronises.
-template <typename T, bool INTERLEAVED>
 __device__ __forceinline__ void fill_table(float* table, float position, const float* __restrict__ inv_freq,
                                            int half_dim) {
     for (int i = threadIdx.x; i < half_dim; i += blockDim.x) {
-        angle_cos_sin<T, INTERLEAVED>(position, inv_freq[i], &table[i], &table[half_dim + i]);
+        angle_cos_sin(position, inv_freq[i], &table[i], &table[half_dim + i]);
     }
 }
 
@@ -78,12 +73,11 @@ __device__ __forceinline__ void rotate(Vec<T, VEC>& a, Vec<T, VEC>& b, const flo
             a.v[e + 1] = from_float<T>(re * s[e / 2] + im * c[e / 2]);
         }
     } else {
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-            const float x1 = to_float(a.v[e]), x2 = to_float(b.v[e]);
-            a.v[e] = from_float<T>(round_to<T>(x1 * c[e]) - round_to<T>(x2 * s[e]));
-            b.v[e] = from_float<T>(round_to<T>(x2 * c[e]) + round_to<T>(x1 * s[e]));
-        }
+        // cos, sin, every product and the sum rounded to T (packed pairs in 16-bit types)
+        const Vec<T, VEC> cos_t = to_vec<T, VEC>(c), sin_t = to_vec<T, VEC>(s);
+        const Vec<T, VEC> x1 = a;
+        a = sub_vec(mul_vec(x1, cos_t), mul_vec(b, sin_t));
+        b = add_vec(mul_vec(b, cos_t), mul_vec(x1, sin_t));
     }
 }
 
@@ -112,7 +106,7 @@ __global__ void rope_kernel(T* __restrict__ q, T* __restrict__ k, const int64_t*
     extern __shared__ float table[];  // cos[half_dim], then sin[half_dim]
     const int token = blockIdx.x;
     const int half_dim = head_dim / 2;
-    fill_table<T, INTERLEAVED>(table, static_cast<float>(positions[token]), inv_freq, half_dim);
+    fill_table(table, static_cast<float>(positions[token]), inv_freq, half_dim);
     __syncthreads();
 
     const int per_head = (INTERLEAVED ? head_dim : half_dim) / VEC;
@@ -161,7 +155,7 @@ __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const in
     for (int i = 0; i < kAngles; ++i) frequency[i] = inv_freq[first + i];
     float c[kAngles], s[kAngles];
 #pragma unroll
-    for (int i = 0; i < kAngles; ++i) angle_cos_sin<T, INTERLEAVED>(position, frequency[i], &c[i], &s[i]);
+    for (int i = 0; i < kAngles; ++i) angle_cos_sin(position, frequency[i], &c[i], &s[i]);
     rotate<T, VEC, INTERLEAVED>(a, b, c, s);
     store_vec<T, VEC>(base + j, a);
     if constexpr (!INTERLEAVED) store_vec<T, VEC>(base + half_dim + j, b);

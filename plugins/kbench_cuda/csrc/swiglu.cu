@@ -36,15 +36,13 @@ constexpr int kUnroll = KBENCH_SWIGLU_UNROLL;
 #define KBENCH_FAST_SILU 1
 #endif
 
-template <typename T>
-__device__ __forceinline__ T swiglu_one(T gate, T up) {
-    const float g = to_float(gate);
+// silu(gate) in fp32; the caller rounds it to T.
+__device__ __forceinline__ float silu(float g) {
 #if KBENCH_FAST_SILU
-    const float silu = round_to<T>(__fdividef(g, 1.f + __expf(-g)));
+    return __fdividef(g, 1.f + __expf(-g));
 #else
-    const float silu = round_to<T>(g / (1.f + expf(-g)));
+    return g / (1.f + expf(-g));
 #endif
-    return from_float<T>(silu * to_float(up));
 }
 
 // THREADS threads a block, UNROLL accesses of VEC elements a thread, THREADS apart.
@@ -65,10 +63,10 @@ __global__ void swiglu_kernel(const T* __restrict__ gate, const T* __restrict__ 
     for (int i = 0; i < UNROLL; ++i) {
         const int64_t index = first + i * THREADS;
         if (index < vectors) {
-            Vec<T, VEC> o;
+            float activated[VEC];
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) o.v[e] = swiglu_one(g[i].v[e], u[i].v[e]);
-            store_vec<T, VEC>(out + index * VEC, o);
+            for (int e = 0; e < VEC; ++e) activated[e] = silu(to_float(g[i].v[e]));
+            store_vec<T, VEC>(out + index * VEC, mul_vec<T, VEC>(to_vec<T, VEC>(activated), u[i]));
         }
     }
 }
