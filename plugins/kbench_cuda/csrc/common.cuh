@@ -27,7 +27,6 @@ __device__ __forceinline__ __half from_float<__half>(float v) { return __float2h
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-
 // N elements of T moved with one access of N * sizeof(T) bytes (16 for the full width).
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Vec {
