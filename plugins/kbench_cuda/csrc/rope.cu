@@ -20,9 +20,8 @@ namespace {
 // blocks of 128 threads, 4 sincosf a thread (below kTinyTokens, one). On the H100
 // (scripts/device/cuda_variants.py, round 2) this took 8 tokens from 2.19 to 1.93 us and 64
 // tokens from 3.19 to 2.93 against 64-thread slices of 16-byte accesses sharing a table (GQA
-// 64/8 at 1 token: 2.10 -> 1.78). From 1024
-// tokens one block a token takes all heads, the table computed once a token (96-97% of copy);
-// at 512 tokens that was 0.89x torch.compile and the slices 1.18x (gpu_runs.sh rope-knobs).
+// 64/8 at 1 token: 2.10 -> 1.78). From 1024 tokens one block a token takes all heads, the
+// table computed once a token (96-97% of copy); at 512 tokens that was 0.89x torch.compile and the slices 1.18x (gpu_runs.sh rope-knobs).
 #ifndef KBENCH_ROPE_FEW_TOKENS
 #define KBENCH_ROPE_FEW_TOKENS 1024
 #endif
