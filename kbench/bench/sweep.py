@@ -161,15 +161,13 @@ def cycled_calls(impl, op: Op, inputs: dict, copies: int, l2_bytes: int = 0):
     inplace = [name for name in op.inplace if isinstance(inputs.get(name), torch.Tensor)]
     cold = [name for name in op.cold if isinstance(inputs.get(name), torch.Tensor) and name not in inplace]
     cold_bytes = tensor_bytes(cold)
-    wanted = copies if inplace else 1
-    if cold and copies > 1 and 0 < cold_bytes < 2 * l2_bytes:
-        wanted = max(wanted, min(copies, -(-2 * l2_bytes // cold_bytes)))
-    else:
-        cold = []
-    if wanted == 1 and not inplace:
+    # cold inputs are cycled only where several calls share a graph and L2 could hold them
+    cycle_cold = copies > 1 and 0 < cold_bytes < 2 * l2_bytes
+    cloned = inplace + (cold if cycle_cold else [])
+    if not cloned:
         work = clone_inputs(inputs)
         return (lambda: impl(**work)), None, 1
-    cloned = inplace + cold
+    wanted = max(copies if inplace else 1, min(copies, -(-2 * l2_bytes // cold_bytes)) if cycle_cold else 1)
     sets_count = max(1, min(wanted, INPLACE_COPY_BUDGET_BYTES // max(tensor_bytes(cloned), 1)))
     sets = [inputs | {name: inputs[name].clone() for name in cloned} for _ in range(sets_count)]
     order = itertools.cycle(sets)
