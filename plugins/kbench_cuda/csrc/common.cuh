@@ -33,20 +33,26 @@ struct alignas(sizeof(T) * N) Vec {
     T v[N];
 };
 
+// Two elements of a 16-bit T as one register (__nv_bfloat162 or __half2), and two floats
+// rounded to it with one instruction (F2FP).
+template <typename T>
+using Pair = std::conditional_t<std::is_same_v<T, __half>, __half2, __nv_bfloat162>;
+__device__ __forceinline__ __nv_bfloat162 to_pair(float a, float b, __nv_bfloat162) {
+    return __floats2bfloat162_rn(a, b);
+}
+__device__ __forceinline__ __half2 to_pair(float a, float b, __half2) { return __floats2half2_rn(a, b); }
+template <typename T>
+constexpr bool kPacked16 = std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>;
+
 // N floats rounded to T, two at a time where T is 16-bit (one F2FP instruction a pair, where
 // element by element takes a conversion each and a PRMT to pack; the same round-to-nearest-even).
 template <typename T, int N>
 __device__ __forceinline__ Vec<T, N> to_vec(const float* values) {
     Vec<T, N> out;
-    if constexpr (std::is_same_v<T, __nv_bfloat16> && N % 2 == 0) {
+    if constexpr (kPacked16<T> && N % 2 == 0) {
 #pragma unroll
         for (int i = 0; i < N; i += 2) {
-            *reinterpret_cast<__nv_bfloat162*>(&out.v[i]) = __floats2bfloat162_rn(values[i], values[i + 1]);
-        }
-    } else if constexpr (std::is_same_v<T, __half> && N % 2 == 0) {
-#pragma unroll
-        for (int i = 0; i < N; i += 2) {
-            *reinterpret_cast<__half2*>(&out.v[i]) = __floats2half2_rn(values[i], values[i + 1]);
+            *reinterpret_cast<Pair<T>*>(&out.v[i]) = to_pair(values[i], values[i + 1], Pair<T>{});
         }
     } else {
 #pragma unroll
@@ -65,12 +71,11 @@ template <typename T, int N, typename Packed, typename Scalar>
 __device__ __forceinline__ Vec<T, N> elementwise(const Vec<T, N>& a, const Vec<T, N>& b, Packed packed,
                                                  Scalar scalar) {
     Vec<T, N> out;
-    if constexpr (!std::is_same_v<T, float> && N % 2 == 0) {
-        using T2 = std::conditional_t<std::is_same_v<T, __half>, __half2, __nv_bfloat162>;
+    if constexpr (kPacked16<T> && N % 2 == 0) {
 #pragma unroll
         for (int i = 0; i < N; i += 2) {
-            *reinterpret_cast<T2*>(&out.v[i]) =
-                packed(*reinterpret_cast<const T2*>(&a.v[i]), *reinterpret_cast<const T2*>(&b.v[i]));
+            *reinterpret_cast<Pair<T>*>(&out.v[i]) =
+                packed(*reinterpret_cast<const Pair<T>*>(&a.v[i]), *reinterpret_cast<const Pair<T>*>(&b.v[i]));
         }
     } else {
 #pragma unroll
