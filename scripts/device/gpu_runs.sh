@@ -60,6 +60,8 @@
 #   packed     cuda's 16-bit kernels on packed pairs: tests, memcheck, pairs against compile, issue 5's
 #              command (issue 5)
 #              256 threads of 8 bytes (issue 5)
+#   shared-angles  cuda rope's slices sharing angles by shuffles, norms scaling by 1 / hidden: checks,
+#              then against compile beside 16-byte slices and one-access norms (issue 5)
 #   cuda-check-sweep  the same, then the decode sweep beside triton (issue 5)
 #   norm-weight  triton's norms (weight loaded with the row) against compile and cuda (issue 4)
 #   decode     triton decode attention's GPU tests, split counts and sweep against sdpa (issue 4)
@@ -76,7 +78,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-pairs|norm-probe|packed|cuda-check|cuda-check-sweep|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-pairs|norm-probe|packed|shared-angles|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -502,6 +504,18 @@ packed)  # cuda's norms, rope and swiglu on packed 16-bit pairs: every cuda GPU 
         --backend attention_prefill=triton --batch 1,64 --prompt-len 512 --out "$records"
     step 20 kbench compare "${TRITON_RECORD:?path of the triton record}" "$(latest llama2-7b)" \
         --metric kernel_us --format markdown --output "$OUT/compare-triton-vs-cuda.md"
+    ;;
+shared-angles)  # cuda rope's slice lanes sharing their angles by shuffles and norms scaling by
+    # 1 / hidden: every cuda GPU test and the memcheck, then against torch.compile over rounds beside
+    # builds with 16-byte rope slices and norms of one access a thread from 128 rows (issue 5)
+    cuda_checks
+    variants=("" "KBENCH_ROPE_SLICE_VEC=8" "KBENCH_NORM_ONE_ACCESS_ROWS=128")
+    build_variants "${variants[@]:1}"
+    variant_tests 90 "rope or rmsnorm" "${variants[@]:1}"
+    variant_pairs 120 "--backend cuda --ops rope --spec llama2-7b --spec llama2-13b --max-tokens 512" \
+        "${variants[@]:0:2}"
+    variant_pairs 120 "--backend cuda --ops add_rmsnorm,rmsnorm --spec llama2-7b --spec llama2-13b" \
+        "" "${variants[@]:2}"
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks

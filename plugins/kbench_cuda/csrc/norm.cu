@@ -33,8 +33,18 @@ namespace {
 #ifndef KBENCH_NORM_WIDE_THREADS
 #define KBENCH_NORM_WIDE_THREADS 512
 #endif
+// From this many rows on (0: never), rows of at most kWideMaxThreads accesses take one access a
+// thread, as torch.compile's kernel does at 128 x 4096 (16 warps of one access; gpu_runs.sh
+// small-gaps), where the rule above gives 2 accesses in 256 threads. On the H100 (gpu_runs.sh
+// shared-angles, against compile over three rounds, one process a build) rmsnorm at hidden 4096
+// went 128 rows 1.04x -> 1.12x, 512 rows 0.94x -> 1.01x and 1024 rows 0.97x -> 0.99x; add_rmsnorm
+// was level (128 rows 0.96x -> 0.95x, 512 and 1024 rows 1.09/1.11x -> 1.07/1.13x).
+#ifndef KBENCH_NORM_ONE_ACCESS_ROWS
+#define KBENCH_NORM_ONE_ACCESS_ROWS 128
+#endif
 constexpr int kMaxThreads = KBENCH_NORM_MAX_THREADS;
 constexpr int kWideMaxThreads = KBENCH_NORM_WIDE_THREADS;
+constexpr int kOneAccessRows = KBENCH_NORM_ONE_ACCESS_ROWS;
 
 // Access i of a thread: the one loaded up front into `early` (EARLY), or loaded from `p` now.
 template <bool EARLY, typename T, int VEC, int N>
@@ -51,7 +61,7 @@ __device__ __forceinline__ Vec<T, VEC> loaded(const Vec<T, VEC> (&early)[N], int
 // elements of the row in registers. LOADS_FIRST: all loads before any arithmetic.
 template <typename T, int VEC, int VPT, bool ADD, bool LOADS_FIRST>
 __global__ void rmsnorm_kernel(const T* __restrict__ x, T* __restrict__ residual, const T* __restrict__ weight,
-                               T* __restrict__ out, int hidden, float eps) {
+                               T* __restrict__ out, int hidden, float inv_hidden, float eps) {
     __shared__ float scratch[32];
     const int64_t row_offset = static_cast<int64_t>(blockIdx.x) * hidden;
     constexpr int kEarly = LOADS_FIRST ? VPT : 1;
@@ -86,7 +96,8 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, T* __restrict__ residual
             }
         }
     }
-    const float rstd = rsqrtf(block_sum(sum_sq, scratch) / static_cast<float>(hidden) + eps);
+    // the mean as torch takes it, the sum times 1 / hidden (no division and its slow path)
+    const float rstd = rsqrtf(block_sum(sum_sq, scratch) * inv_hidden + eps);
 #pragma unroll
     for (int i = 0; i < VPT; ++i) {
         const int col = (i * blockDim.x + threadIdx.x) * VEC;
@@ -106,8 +117,8 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, T* __restrict__ residual
 template <typename T, int VEC, int VPT, bool ADD>
 void launch_rows(const T* x, T* residual, const T* weight, T* out, int tokens, int threads, int hidden, float eps,
                  cudaStream_t stream) {
-    rmsnorm_kernel<T, VEC, VPT, ADD, (VPT <= 2)><<<tokens, threads, 0, stream>>>(x, residual, weight, out, hidden,
-                                                                                 eps);
+    rmsnorm_kernel<T, VEC, VPT, ADD, (VPT <= 2)><<<tokens, threads, 0, stream>>>(
+            x, residual, weight, out, hidden, 1.0f / static_cast<float>(hidden), eps);
 }
 
 template <typename T, int VEC, bool ADD>
@@ -119,7 +130,9 @@ cudaError_t launch_with_vec(const void* x, void* residual, const void* weight, v
     // per thread with blocks of up to 1024 threads.
     int per_thread = 1;
     while (per_thread < 8 && (accesses + per_thread - 1) / per_thread > kMaxThreads) per_thread *= 2;
-    if (per_thread > 2) {
+    if (kOneAccessRows > 0 && tokens >= kOneAccessRows && accesses <= kWideMaxThreads) {
+        per_thread = 1;
+    } else if (per_thread > 2) {
         while (per_thread > 1 && (accesses + per_thread / 2 - 1) / (per_thread / 2) <= kWideMaxThreads) {
             per_thread /= 2;
         }

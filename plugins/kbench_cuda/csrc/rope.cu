@@ -89,12 +89,15 @@ __device__ __forceinline__ void rotate_from_table(Vec<T, VEC>& a, Vec<T, VEC>& b
     rotate<T, VEC, INTERLEAVED>(a, b, table + first, table + half_dim + first);
 }
 
-// Head `head` of the token: q's heads first, then k's.
-template <typename T>
+// Head `head` of the token: q's heads first, then k's. Offsets in Index (int where the host has
+// checked that every offset fits: 32-bit multiplies instead of 64-bit pairs).
+template <typename Index = int64_t, typename T>
 __device__ __forceinline__ T* head_base(T* q, T* k, int token, int head, int heads, int64_t q_token_stride,
                                         int64_t q_head_stride, int64_t k_token_stride, int64_t k_head_stride) {
-    return head < heads ? q + token * q_token_stride + head * q_head_stride
-                        : k + token * k_token_stride + (head - heads) * k_head_stride;
+    return head < heads ? q + static_cast<Index>(token) * static_cast<Index>(q_token_stride) +
+                                  static_cast<Index>(head) * static_cast<Index>(q_head_stride)
+                        : k + static_cast<Index>(token) * static_cast<Index>(k_token_stride) +
+                                  static_cast<Index>(head - heads) * static_cast<Index>(k_head_stride);
 }
 
 // One block per token, all heads of q and k.
@@ -128,11 +131,24 @@ __global__ void rope_kernel(T* __restrict__ q, T* __restrict__ k, const int64_t*
 // access per thread: blockDim.x >= heads_per_block * per_head. Its loads go out before each
 // thread computes the angles of its own elements, so the sincosf runs while they are in flight
 // (no shared table and no barrier: see kSliceThreads).
-template <typename T, int VEC, bool INTERLEAVED>
+//
+// HEAD_DIM 128 (every shipped spec; 0: head_dim at run time) makes per_head a constant and the
+// offsets 32-bit (the host checks they fit). Its lanes share their angles: whichever heads a
+// warp holds, it needs only the head's 64 distinct angles (two a lane), so lane L computes angles
+// 2L and 2L + 1 and takes the others of its access from their lanes by shuffles, where computing
+// its own would take kAngles sincosf (4 in the default 4-element half-style access). The warp's
+// every lane therefore computes its two angles before a lane outside the grid leaves. On the H100
+// (gpu_runs.sh shared-angles, against torch.compile over three rounds) 32 tokens of llama2-13b's
+// 40 + 40 heads went from 0.82x compile to 1.02x (llama2-7b's 32 + 32: 1.03x; at 64 tokens still
+// 0.95x); 16-byte accesses (KBENCH_ROPE_SLICE_VEC=8, still 2 angles a lane) were no better below
+// 512 tokens.
+template <typename T, int VEC, bool INTERLEAVED, int HEAD_DIM>
 __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const int64_t* __restrict__ positions,
-                                  const float* __restrict__ inv_freq, int heads, int kv_heads, int head_dim,
+                                  const float* __restrict__ inv_freq, int heads, int kv_heads, int head_dim_arg,
                                   int heads_per_block, int64_t q_token_stride, int64_t q_head_stride,
                                   int64_t k_token_stride, int64_t k_head_stride) {
+    using Index = std::conditional_t<HEAD_DIM == 0, int64_t, int>;
+    const int head_dim = HEAD_DIM == 0 ? head_dim_arg : HEAD_DIM;
     const int token = blockIdx.x;
     const int half_dim = head_dim / 2;
     const int per_head = (INTERLEAVED ? head_dim : half_dim) / VEC;
@@ -140,25 +156,59 @@ __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const in
     const int head = blockIdx.y * heads_per_block + local_head;
     const int j = (threadIdx.x - local_head * per_head) * VEC;
     const bool active = local_head < heads_per_block && head < heads + kv_heads;
-    if (!active) return;
-    T* base = head_base(q, k, token, head, heads, q_token_stride, q_head_stride, k_token_stride, k_head_stride);
-    Vec<T, VEC> a = load_vec<T, VEC>(base + j), b;
-    if constexpr (!INTERLEAVED) b = load_vec<T, VEC>(base + half_dim + j);
     constexpr int kAngles = INTERLEAVED ? VEC / 2 : VEC;
+    constexpr int kLaneAngles = HEAD_DIM / 2 / 32;  // distinct angles of a head a lane
+    constexpr bool kShare = HEAD_DIM != 0 && HEAD_DIM % 64 == 0 && kAngles > kLaneAngles;
+    if (!kShare && !active) return;
+    T* base = head_base<Index>(q, k, token, head, heads, q_token_stride, q_head_stride, k_token_stride,
+                               k_head_stride);
+    Vec<T, VEC> a, b;
+    if (active) {
+        a = load_vec<T, VEC>(base + j);
+        if constexpr (!INTERLEAVED) b = load_vec<T, VEC>(base + half_dim + j);
+    }
     const int first = INTERLEAVED ? j / 2 : j;
     const float position = static_cast<float>(positions[token]);
-    // Every frequency is loaded before the first sincosf: loaded inside the loop, each load went
-    // out only after the previous angle's sincosf (its slow path stores to local memory, which
-    // nvcc does not move loads across), kAngles dependent L2 round trips a thread.
-    float frequency[kAngles];
-#pragma unroll
-    for (int i = 0; i < kAngles; ++i) frequency[i] = inv_freq[first + i];
     float c[kAngles], s[kAngles];
+    if constexpr (kShare) {
+        // angle i of this access is angle first + i of the head: slot (first + i) % kLaneAngles of lane
+        // (first + i) / kLaneAngles (first is a multiple of kAngles, so of kLaneAngles)
+        const int lane = threadIdx.x & 31;
+        float frequency[kLaneAngles], own_c[kLaneAngles], own_s[kLaneAngles];
 #pragma unroll
-    for (int i = 0; i < kAngles; ++i) angle_cos_sin(position, frequency[i], &c[i], &s[i]);
+        for (int i = 0; i < kLaneAngles; ++i) frequency[i] = inv_freq[lane * kLaneAngles + i];
+#pragma unroll
+        for (int i = 0; i < kLaneAngles; ++i) angle_cos_sin(position, frequency[i], &own_c[i], &own_s[i]);
+#pragma unroll
+        for (int i = 0; i < kAngles; ++i) {
+            const int from = first / kLaneAngles + i / kLaneAngles;
+            c[i] = __shfl_sync(0xffffffffu, own_c[i % kLaneAngles], from);
+            s[i] = __shfl_sync(0xffffffffu, own_s[i % kLaneAngles], from);
+        }
+        if (!active) return;
+    } else {
+        // Every frequency is loaded before the first sincosf: loaded inside the loop, each load went
+        // out only after the previous angle's sincosf (its slow path stores to local memory, which
+        // nvcc does not move loads across), kAngles dependent L2 round trips a thread.
+        float frequency[kAngles];
+#pragma unroll
+        for (int i = 0; i < kAngles; ++i) frequency[i] = inv_freq[first + i];
+#pragma unroll
+        for (int i = 0; i < kAngles; ++i) angle_cos_sin(position, frequency[i], &c[i], &s[i]);
+    }
     rotate<T, VEC, INTERLEAVED>(a, b, c, s);
     store_vec<T, VEC>(base + j, a);
     if constexpr (!INTERLEAVED) store_vec<T, VEC>(base + half_dim + j, b);
+}
+
+// Whether every element offset of q and k fits in an int (the specialised slice kernel's offsets).
+bool offsets_fit_int(int tokens, int heads, int kv_heads, int head_dim, int64_t q_token_stride,
+                     int64_t q_head_stride, int64_t k_token_stride, int64_t k_head_stride) {
+    const int64_t last = static_cast<int64_t>(tokens - 1);
+    const int64_t q_end = last * q_token_stride + (heads > 0 ? heads - 1 : 0) * q_head_stride + head_dim;
+    const int64_t k_end = last * k_token_stride + (kv_heads > 0 ? kv_heads - 1 : 0) * k_head_stride + head_dim;
+    const bool non_negative = q_token_stride >= 0 && q_head_stride >= 0 && k_token_stride >= 0 && k_head_stride >= 0;
+    return non_negative && q_end <= INT32_MAX && k_end <= INT32_MAX;
 }
 
 // The slice grid with accesses of SLICE_VEC elements: whole heads a block, as many as fit
@@ -172,9 +222,17 @@ bool launch_slices(T* q, T* k, const int64_t* positions, const float* inv_freq, 
     const int slices = (heads + kv_heads + heads_per_block - 1) / heads_per_block;
     if (per_head > 1024 || slices > 65535) return false;
     const int threads = (heads_per_block * per_head + 31) / 32 * 32;
-    rope_slice_kernel<T, SLICE_VEC, INTERLEAVED><<<dim3(tokens, slices), threads, 0, stream>>>(
-            q, k, positions, inv_freq, heads, kv_heads, head_dim, heads_per_block, q_token_stride, q_head_stride,
-            k_token_stride, k_head_stride);
+    const dim3 grid(tokens, slices);
+    if (head_dim == 128 && offsets_fit_int(tokens, heads, kv_heads, head_dim, q_token_stride, q_head_stride,
+                                           k_token_stride, k_head_stride)) {
+        rope_slice_kernel<T, SLICE_VEC, INTERLEAVED, 128><<<grid, threads, 0, stream>>>(
+                q, k, positions, inv_freq, heads, kv_heads, head_dim, heads_per_block, q_token_stride,
+                q_head_stride, k_token_stride, k_head_stride);
+    } else {
+        rope_slice_kernel<T, SLICE_VEC, INTERLEAVED, 0><<<grid, threads, 0, stream>>>(
+                q, k, positions, inv_freq, heads, kv_heads, head_dim, heads_per_block, q_token_stride,
+                q_head_stride, k_token_stride, k_head_stride);
+    }
     return true;
 }
 
