@@ -62,6 +62,10 @@
 #              256 threads of 8 bytes (issue 5)
 #   shared-angles  cuda rope's slices sharing angles by shuffles, norms scaling by 1 / hidden: checks,
 #              then against compile beside 16-byte slices and one-access norms (issue 5)
+#   cluster-merge  cuda decode's splits merged in a thread-block cluster: tests, memcheck, the sweep
+#              beside triton and at clusters of up to 8 and none (issue 5)
+#   cluster-final  cluster merge for GQA only: checks, the sweep beside triton, rope slice knobs
+#              against compile up to 128 tokens (issue 5)
 #   cuda-check-sweep  the same, then the decode sweep beside triton (issue 5)
 #   norm-weight  triton's norms (weight loaded with the row) against compile and cuda (issue 4)
 #   decode     triton decode attention's GPU tests, split counts and sweep against sdpa (issue 4)
@@ -78,7 +82,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-pairs|norm-probe|packed|shared-angles|cuda-check|cuda-check-sweep|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-pairs|norm-probe|packed|shared-angles|cluster-merge|cluster-final|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -516,6 +520,29 @@ shared-angles)  # cuda rope's slice lanes sharing their angles by shuffles and n
         "${variants[@]:0:2}"
     variant_pairs 120 "--backend cuda --ops add_rmsnorm,rmsnorm --spec llama2-7b --spec llama2-13b" \
         "" "${variants[@]:2}"
+    ;;
+cluster-merge)  # cuda decode's splits merged in a thread-block cluster: the decode GPU tests and
+    # memcheck, then the decode sweep beside triton, and builds merging in clusters of up to 8 and
+    # never (merge_kernel) swept in the same call (issue 5)
+    build_variants "" "KBENCH_DECODE_CLUSTER=0" "KBENCH_DECODE_CLUSTER=8"
+    step 200 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py -k "decode or cluster"
+    variant_tests 150 "cluster or merges" "KBENCH_DECODE_CLUSTER=8"
+    cuda_memcheck
+    cuda_sweep 150
+    sweep_knob KBENCH_DECODE_CLUSTER 100 1,8,64 32,8 0 8
+    ;;
+cluster-final)  # the cluster merge for the tensor-core GQA kernel only: every cuda GPU test and the
+    # memcheck, the decode sweep beside triton, then rope's slices of 256 threads or 2 elements
+    # against torch.compile over rounds up to 128 tokens (issue 5)
+    rope_variants=("KBENCH_ROPE_SLICE_THREADS=256" "KBENCH_ROPE_SLICE_VEC=2")
+    build_variants "${rope_variants[@]}" >"$OUT/variant-builds.log" 2>&1 &
+    knob_builds=$!
+    cuda_checks
+    wait $knob_builds
+    cuda_sweep 150
+    variant_tests 60 rope "${rope_variants[@]}"
+    variant_pairs 90 "--backend cuda --ops rope --spec llama2-7b --spec llama2-13b --max-tokens 128" \
+        "" "${rope_variants[@]}"
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks

@@ -322,6 +322,27 @@ def test_decode_at_every_length_residue(registry, layout, kv_heads):
     assert check.ok, check.summary()
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize(("heads", "kv_heads"), [(32, 32), (32, 8), (12, 2)])
+@pytest.mark.parametrize("slices", [2, 3, 7, 11, 13, 16, 17])
+def test_decode_merges_at_every_cluster_size(registry, heads, kv_heads, dtype, slices):
+    """A capacity of 64 x k tokens gives k splits a sequence (the plan's fewest tokens a split is
+    64) up to what the plan's wave takes: on the H100 about 6 for 2 x 32 KV heads, 8 for 2 x 8
+    and beyond 17 for 2 x 2. So the tensor-core GQA kernel's in-cluster merge
+    (KBENCH_DECODE_CLUSTER: up to 8 splits, 16 in that knob's widest build) runs at cluster sizes
+    that divide neither 512 nor 768 outputs evenly, and larger counts, MHA and float32 take the
+    merge kernel. The second sequence ends 37 tokens short: its last split holds no token."""
+    from kbench.ops.base import Case
+
+    capacity = 64 * slices
+    case = Case("attention_decode", {"batch": 2, "context": capacity, "context_lens": (capacity, capacity - 37),
+                                     "heads": heads, "kv_heads": kv_heads, "head_dim": 128, "layout": "contiguous",
+                                     "block_size": 16})
+    check = check_implementation(registry, "attention_decode", "cuda", case, dtype, "cuda", seed=11)
+    assert check.ok, check.summary()
+
+
 # (heads, kv_heads): groups 2, 4 (llama3-8b's), 8, 6 (not a power of two) and MQA with 8 heads
 GQA_SHAPES = [(8, 4), (32, 8), (16, 2), (12, 2), (8, 1)]
 # chunk (16 tokens) and split (64-token multiples) boundaries, and lengths one either side

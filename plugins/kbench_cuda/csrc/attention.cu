@@ -10,7 +10,13 @@
 // partial output and its log-sum-exp (split-KV). The number of splits depends only on shapes
 // known on the host (no read of cache_seqlens, no sync).
 //
-// The splits are merged by merge_kernel, a second launch made with programmatic dependent
+// On sm_90, where gqa_decode_kernel gives a (sequence, kv head) at most KBENCH_DECODE_CLUSTER
+// splits, its split blocks are one thread-block cluster and merge in it (cluster_merge): each
+// block leaves its normalised partial in its own shared memory, and after a cluster barrier each
+// merges a share of the outputs, reading the others' partials through distributed shared memory.
+// No partials go to global memory and there is no second launch.
+//
+// Otherwise the splits are merged by merge_kernel, a second launch made with programmatic dependent
 // launch: every split block lets it be scheduled as soon as it starts, and it waits on the
 // device (griddepcontrol.wait) until the split pass has finished and its partials are visible.
 // Measured cold on the H100 (gpu_runs.sh merge-pdl), against the merge in the same launch,
@@ -29,6 +35,8 @@
 #include <cstdio>
 #include <cstring>
 #include <type_traits>
+
+#include <cooperative_groups.h>
 
 #include "common.cuh"
 #include "launchers.h"
@@ -73,6 +81,20 @@ static_assert(kDecodeStages >= 1, "at least the stage in use");
 #define KBENCH_DECODE_MERGE_PDL 1
 #endif
 constexpr bool kMergePdl = KBENCH_DECODE_MERGE_PDL != 0;
+// The most splits of gqa_decode_kernel whose blocks merge as one thread-block cluster (sm_90; a
+// tuning knob, 0: never). Past 8 the cluster is of a non-portable size (the H100 takes 16), asked
+// for once per kernel and device; where the device cannot run such a cluster the splits go to
+// merge_kernel. On the H100 (gpu_runs.sh cluster-merge, cold, kernel µs against merge_kernel in
+// the same call) clusters of up to 8 took GQA-8 at batch 1 x 512 from 6.32 to 5.83, batch 8 x 512
+// from 11.30 to 10.53 and batch 8 x 2048 from 29.30 to 28.63. Clusters of 16 lost where the plan
+// gives 16 splits (batch 1 x 8192: 17.6 -> 21.6: fewer such clusters are resident than the plan's
+// blocks), and decode_kernel (MHA) lost at every cluster size (batch 8 x 512, clusters of 3: 29.0
+// -> 31.1-32.0; batch 1 x 2048, clusters of 11: 16.2 -> 21.6), so it keeps merge_kernel.
+#ifndef KBENCH_DECODE_CLUSTER
+#define KBENCH_DECODE_CLUSTER 8
+#endif
+constexpr int kClusterMaxSplits = KBENCH_DECODE_CLUSTER;
+static_assert(kClusterMaxSplits >= 0 && kClusterMaxSplits <= 16, "a cluster holds at most 16 blocks");
 // merge_kernel's shared memory: the weights and 80 rows of head_dim 128 a pass, within the
 // 48 KB a block gets without opting in.
 constexpr int kMergeSmemBytes = 48 * 1024;
@@ -92,6 +114,7 @@ struct DecodeArgs {
     int max_blocks, block_size;
     int splits, tokens_per_split;
     float scale_log2;          // scale * log2(e): scores kept in the base-2 domain
+    int cluster;               // 1: the splits are one cluster (dims splits x 1 x 1) and merge in it
 };
 
 __device__ __forceinline__ uint32_t smem_address(const void* p) {
@@ -325,6 +348,61 @@ __device__ void merge_splits(const DecodeArgs& args, int first_head, int group, 
     }
 }
 
+// A block's partial for cluster_merge, at the end of its shared memory: [kDecodeMaxGroup][HEAD_DIM]
+// normalised outputs, then [kDecodeMaxGroup] log-sum-exps (base 2).
+template <int HEAD_DIM>
+constexpr int kClusterPartialBytes = (kDecodeMaxGroup * HEAD_DIM + kDecodeMaxGroup) * 4;
+
+// The split-KV merge inside a cluster (args.cluster): the block of split s is rank s of the
+// cluster of its (sequence, kv head)'s args.splits blocks, and `partial` (kClusterPartialBytes)
+// holds its normalised outputs and log-sum-exps, written by its threads. The first cluster
+// barrier (a release and an acquire) makes every block's partial visible to the others; each
+// block then merges its share of the group's [group][HEAD_DIM] outputs from the partials of every
+// rank, read through distributed shared memory, as merge_splits does from global memory; the
+// second barrier keeps each block's shared memory until the others have read it.
+template <typename T, int HEAD_DIM>
+__device__ __forceinline__ void cluster_merge(const DecodeArgs& args, float* partial) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    constexpr int kMaxRanks = kClusterMaxSplits > 0 ? kClusterMaxSplits : 1;
+    constexpr int kLse = kDecodeMaxGroup * HEAD_DIM;  // where the log-sum-exps start
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    // (cluster.sync() would fence at GPU scope first: a wait on this block's every global write)
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+    const int ranks = args.splits, rank = static_cast<int>(cluster.block_rank());
+    const int outputs = args.group * HEAD_DIM;
+    const int share = (outputs + ranks - 1) / ranks;
+    const int end = min(outputs, (rank + 1) * share);
+    const int64_t head0 = static_cast<int64_t>(blockIdx.z) * args.heads + blockIdx.y * args.group;
+    for (int i = rank * share + threadIdx.x; i < end; i += blockDim.x) {
+        const int g = i / HEAD_DIM;
+        float lse[kMaxRanks], value[kMaxRanks];
+        float lse_max = -INFINITY;
+#pragma unroll
+        for (int r = 0; r < kMaxRanks; ++r) {
+            if (r < ranks) {
+                const float* peer = cluster.map_shared_rank(partial, r);
+                lse[r] = peer[kLse + g];
+                value[r] = peer[i];
+                lse_max = fmaxf(lse_max, lse[r]);
+            }
+        }
+        float total = 0.f, sum = 0.f;
+#pragma unroll
+        for (int r = 0; r < kMaxRanks; ++r) {
+            if (r < ranks) {
+                const float w = lse[r] == -INFINITY ? 0.f : exp2f(lse[r] - lse_max);
+                total += w;
+                sum += w * value[r];
+            }
+        }
+        static_cast<T*>(args.out)[head0 * HEAD_DIM + i] = from_float<T>(sum / total);
+    }
+    // every read of this block's partial has returned its value before its reader arrives
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\nbarrier.cluster.wait.aligned;\n" ::: "memory");
+#endif
+}
+
 // Merges the running softmax states of a block's warps and writes the block's result: `out`
 // with one split, else the normalised partial output and its log-sum-exp (base 2). Warp w's
 // max and sum of query head g are m[w * ml_stride + g], l[w * ml_stride + g]; its unnormalised
@@ -332,11 +410,14 @@ __device__ void merge_splits(const DecodeArgs& args, int first_head, int group, 
 // l = 0 and acc = 0; a block that saw none (a split past the sequence's end) writes lse -inf.
 // With several splits, the last block of its (sequence, kv head) to get here then merges them
 // (merge_splits) in the block's `smem_bytes` of shared memory from `smem` on, which holds `m`,
-// `l` and `acc`: last_to_arrive's barrier comes after every thread has read them.
+// `l` and `acc`: last_to_arrive's barrier comes after every thread has read them. With the
+// splits as one cluster (args.cluster) the partial goes to the last kClusterPartialBytes of that
+// shared memory instead (clear of `m`, `l` and `acc`) and the cluster merges (cluster_merge).
 template <typename T, int HEAD_DIM, int WARPS>
 __device__ __forceinline__ void store_merged(const DecodeArgs& args, const float* m, const float* l, int ml_stride,
                                              const float* acc, int acc_stride, unsigned char* smem, int smem_bytes) {
     const int split = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
+    float* cluster_partial = reinterpret_cast<float*>(smem + smem_bytes - kClusterPartialBytes<HEAD_DIM>);
     for (int i = threadIdx.x; i < args.group * HEAD_DIM; i += blockDim.x) {
         const int g = i / HEAD_DIM, d = i - g * HEAD_DIM;
         float m_all = -INFINITY;
@@ -355,10 +436,19 @@ __device__ __forceinline__ void store_merged(const DecodeArgs& args, const float
         const int64_t bh = static_cast<int64_t>(b) * args.heads + head;
         if (args.splits == 1) {
             static_cast<T*>(args.out)[bh * HEAD_DIM + d] = from_float<T>(a_all / l_all);
+        } else if (args.cluster) {
+            cluster_partial[i] = l_all > 0.f ? a_all / l_all : 0.f;
+            if (d == 0) {
+                cluster_partial[kDecodeMaxGroup * HEAD_DIM + g] = l_all > 0.f ? m_all + log2f(l_all) : -INFINITY;
+            }
         } else {
             args.partial_out[(bh * args.splits + split) * HEAD_DIM + d] = l_all > 0.f ? a_all / l_all : 0.f;
             if (d == 0) args.partial_lse[bh * args.splits + split] = l_all > 0.f ? m_all + log2f(l_all) : -INFINITY;
         }
+    }
+    if (args.cluster) {
+        cluster_merge<T, HEAD_DIM>(args, cluster_partial);
+        return;
     }
     if constexpr (!kMergePdl) {
         if (args.splits > 1 && last_to_arrive(args)) {
@@ -394,7 +484,9 @@ struct DecodeLayout {
     // merge_splits needs its weights and at least one row of partials.
     static constexpr int MERGE_BYTES = kWarps * GROUP * (HEAD_DIM + 2) * 4;
     static constexpr int SPLIT_MERGE_BYTES = (GROUP * kMaxSplits + HEAD_DIM) * 4;
-    static constexpr int SMEM_BYTES = std::max({kDecodeStages * STAGE_BYTES, MERGE_BYTES, SPLIT_MERGE_BYTES});
+    // cluster_merge's partial comes after the merge state.
+    static constexpr int SMEM_BYTES = std::max(
+            {kDecodeStages * STAGE_BYTES, MERGE_BYTES + kClusterPartialBytes<HEAD_DIM>, SPLIT_MERGE_BYTES});
 };
 
 template <typename T, int HEAD_DIM, int GROUP>
@@ -698,6 +790,9 @@ __global__ void __launch_bounds__(kGqaWarps * 32) gqa_decode_kernel(DecodeArgs a
     constexpr int WARP_FLOATS = kGqaWarpBytes<HEAD_DIM> / 4;
     static_assert((kGqaMaxGroup * HEAD_DIM + 2 * kGqaMaxGroup) * 4 <= kGqaWarpBytes<HEAD_DIM>,
                   "a warp's merge state fits in its ring");
+    static_assert((kGqaMaxGroup * HEAD_DIM + 2 * kGqaMaxGroup) * 4 + kClusterPartialBytes<HEAD_DIM> <=
+                          kGqaWarpBytes<HEAD_DIM>,
+                  "cluster_merge's partial fits in the last warp's ring after its merge state");
     extern __shared__ __align__(16) unsigned char smem[];
     TRACE_START()
     allow_dependent_launch();
@@ -913,14 +1008,15 @@ bool decode_kernel_ready(int device) {
 struct DecodeKernel {
     const void* fn;
     int threads, smem_bytes;
-    int fill;  // the plan's wave, in percent of the resident blocks
+    int fill;         // the plan's wave, in percent of the resident blocks
+    int cluster_max;  // the most splits that merge in a cluster (cluster_merge), 0: none
 };
 
 template <typename T, int HEAD_DIM, int GROUP>
 DecodeKernel plain_decode_kernel(int device) {
     (void)decode_kernel_ready<T, HEAD_DIM, GROUP>(device);  // its shared memory opted into, for the occupancy query
     return {reinterpret_cast<const void*>(decode_kernel<T, HEAD_DIM, GROUP>), kWarps * 32,
-            DecodeLayout<T, HEAD_DIM, GROUP>::SMEM_BYTES, KBENCH_DECODE_FILL};
+            DecodeLayout<T, HEAD_DIM, GROUP>::SMEM_BYTES, KBENCH_DECODE_FILL, 0};
 }
 
 template <typename T, int HEAD_DIM>
@@ -934,7 +1030,7 @@ DecodeKernel decode_kernel_for(int group, int device) {
     if constexpr (sizeof(T) == 2) {
         if (uses_gqa_kernel<T, HEAD_DIM>(group, device)) {
             return {reinterpret_cast<const void*>(gqa_decode_kernel<T, HEAD_DIM>), kGqaWarps * 32,
-                    kGqaSmemBytes<HEAD_DIM>, KBENCH_GQA_FILL};
+                    kGqaSmemBytes<HEAD_DIM>, KBENCH_GQA_FILL, kClusterMaxSplits};
         }
     }
     switch (pow2_at_least(group)) {
@@ -996,12 +1092,69 @@ cudaError_t launch_merge(const DecodeArgs& args, int batch, cudaStream_t stream)
     return cudaLaunchKernelEx(&config, merge_kernel<T, HEAD_DIM, kWarps>, args);
 }
 
+// The launch of `kernel` with its splits as one cluster (dims splits x 1 x 1).
+cudaLaunchConfig_t cluster_config(const DecodeKernel& kernel, const dim3& grid, cudaStream_t stream,
+                                  cudaLaunchAttribute* attribute) {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = dim3(kernel.threads);
+    config.dynamicSmemBytes = kernel.smem_bytes;
+    config.stream = stream;
+    attribute->id = cudaLaunchAttributeClusterDimension;
+    attribute->val.clusterDim.x = grid.x;
+    attribute->val.clusterDim.y = 1;
+    attribute->val.clusterDim.z = 1;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+    return config;
+}
+
+// Whether `kernel`'s blocks can run `splits` to a cluster on `device`: sm_90 or later, the
+// non-portable size allowed past 8, and at least one such cluster resident (the driver's
+// occupancy answer, with the kernel's shared memory). Asked once per kernel, device and size.
+bool cluster_ready(const DecodeKernel& kernel, int splits, int device) {
+    struct Answer {
+        const void* fn;
+        int device, splits;
+        bool ready;
+    };
+    static Answer answers[256];
+    static int count = 0;
+    for (int i = 0; i < count; ++i) {
+        const Answer& a = answers[i];
+        if (a.fn == kernel.fn && a.device == device && a.splits == splits) return a.ready;
+    }
+    int major = 0, clusters = 0;
+    cudaLaunchAttribute attribute;
+    const cudaLaunchConfig_t config = cluster_config(kernel, dim3(splits, 1, 1), nullptr, &attribute);
+    const bool ready =
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 9 &&
+        (splits <= 8 ||
+         cudaFuncSetAttribute(kernel.fn, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess) &&
+        cudaOccupancyMaxActiveClusters(&clusters, kernel.fn, &config) == cudaSuccess && clusters > 0;
+    if (!ready) (void)cudaGetLastError();  // a refusal is an answer, not an error for the next launch
+    if (count < 256) answers[count++] = {kernel.fn, device, splits, ready};
+    return ready;
+}
+
 template <typename T, int HEAD_DIM>
 cudaError_t launch_head_dim(const DecodeArgs& args, int batch, cudaStream_t stream) {
     int device = 0;
     cudaError_t err = cudaGetDevice(&device);
     if (err != cudaSuccess) return err;
-    err = launch_split_pass<T, HEAD_DIM>(args, dim3(args.splits, args.kv_heads, batch), device, stream);
+    const dim3 grid(args.splits, args.kv_heads, batch);
+    if (args.splits > 1 && args.splits <= kClusterMaxSplits) {
+        const DecodeKernel kernel = decode_kernel_for<T, HEAD_DIM>(args.group, device);
+        if (args.splits <= kernel.cluster_max && cluster_ready(kernel, args.splits, device)) {
+            DecodeArgs clustered = args;
+            clustered.cluster = 1;
+            cudaLaunchAttribute attribute;
+            const cudaLaunchConfig_t config = cluster_config(kernel, grid, stream, &attribute);
+            void* params[] = {&clustered};
+            return cudaLaunchKernelExC(&config, kernel.fn, params);
+        }
+    }
+    err = launch_split_pass<T, HEAD_DIM>(args, grid, device, stream);
     if (err != cudaSuccess || !kMergePdl || args.splits == 1) return err;
     return launch_merge<T, HEAD_DIM>(args, batch, stream);
 }
@@ -1083,7 +1236,7 @@ cudaError_t launch_attention_decode(const void* q, const void* k_cache, const vo
     if (batch == 0) return cudaSuccess;
     DecodeArgs args{q, k_cache, v_cache, cache_seqlens, block_table, out, partial_out, partial_lse, counters,
                     cache_stride, heads, kv_heads, heads / kv_heads, head_dim, max_blocks, block_size, splits,
-                    tokens_per_split, scale * kLog2e};
+                    tokens_per_split, scale * kLog2e, 0};
     KBENCH_DISPATCH_FLOAT(dtype, return launch_decode_t<scalar_t>(args, batch, stream));
     return cudaSuccess;
 }
