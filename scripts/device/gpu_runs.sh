@@ -66,6 +66,12 @@
 #              beside triton and at clusters of up to 8 and none (issue 5)
 #   cluster-final  cluster merge for GQA only: checks, the sweep beside triton, rope slice knobs
 #              against compile up to 128 tokens (issue 5)
+#   cuda-final-run  issue 5's command and compare, cuda against compile over rounds, the GQA plan's
+#              wave at 50% and 100% with cluster merges (issue 5)
+#   mha-cluster  cuda's MHA decode merging in clusters of up to 8, its plan at 67%: swept cold;
+#              both backends' norms against compile in one process (issue 5)
+#   final-runs  decode tests, the cuda decode sweep, issue 4's and 5's commands and compare (4, 5)
+#   final-pairs  both backends against compile over rounds at every spec shape (issues 4, 5)
 #   cuda-check-sweep  the same, then the decode sweep beside triton (issue 5)
 #   norm-weight  triton's norms (weight loaded with the row) against compile and cuda (issue 4)
 #   decode     triton decode attention's GPU tests, split counts and sweep against sdpa (issue 4)
@@ -82,7 +88,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-pairs|norm-probe|packed|shared-angles|cluster-merge|cluster-final|cuda-check|cuda-check-sweep|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-pairs|norm-probe|packed|shared-angles|cluster-merge|cluster-final|cuda-final-run|mha-cluster|final-runs|final-pairs|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -543,6 +549,49 @@ cluster-final)  # the cluster merge for the tensor-core GQA kernel only: every c
     variant_tests 60 rope "${rope_variants[@]}"
     variant_pairs 90 "--backend cuda --ops rope --spec llama2-7b --spec llama2-13b --max-tokens 128" \
         "" "${rope_variants[@]}"
+    ;;
+cuda-final-run)  # issue 5's command and its compare with triton's record (TRITON_RECORD=path), cuda
+    # against torch.compile at every spec shape up to 1024 tokens over rounds, then the GQA kernel's
+    # plan at 50% and 100% of its resident blocks now that up to 8 splits merge in a cluster (issue 5)
+    build_variants "" "KBENCH_GQA_FILL=50" "KBENCH_GQA_FILL=100"
+    step 200 kbench run $spec --norm cuda --rope cuda --ffn cuda --attention cuda --sampling cuda \
+        --backend attention_prefill=triton --batch 1,64 --prompt-len 512 --out "$records"
+    step 20 kbench compare "${TRITON_RECORD:?path of the triton record}" "$(latest llama2-7b)" \
+        --metric kernel_us --format markdown --output "$OUT/compare-triton-vs-cuda.md"
+    step 300 python3 scripts/device/compile_pairs.py --rounds 3 --max-tokens 1024 --backend cuda \
+        --ops add_rmsnorm,rmsnorm,rope,swiglu
+    sweep_knob KBENCH_GQA_FILL 60 1,8,64 8 50 100
+    ;;
+mha-cluster)  # cuda's MHA decode kernel merging its splits in clusters of up to 8, with its plan's
+    # wave at 67% of the resident blocks (8 splits at batch 1 where it took 12) or not, swept cold
+    # against the default; then the norms of both backends against torch.compile in one process
+    # (issue 5)
+    variants=("KBENCH_DECODE_MHA_CLUSTER=8" "KBENCH_DECODE_FILL=67" "KBENCH_DECODE_FILL=67 KBENCH_DECODE_MHA_CLUSTER=8")
+    build_variants "" "${variants[@]}"
+    variant_tests 120 "cluster or merges or residue" "${variants[2]}"
+    for variant in "" "${variants[@]}"; do
+        KBENCH_CUDA_DEFINES="$variant" step 60 kbench bench attention_decode --backend cuda \
+            --batch 1,8 --context 512,2048,8192 --heads 32 --kv-heads 32 --head-dim 128 --out "$records"
+    done
+    step 120 python3 scripts/device/compile_pairs.py --rounds 3 --ops add_rmsnorm,rmsnorm --spec llama2-7b
+    ;;
+final-runs)  # at the final code (graphs whose in-place copies span 2 x L2 for every backend, cuda's
+    # MHA plan at 67%): the decode GPU tests, the decode sweeps, issue 4's and issue 5's commands
+    # and their compare (issues 4, 5)
+    step 120 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py tests/bench -k "decode or cluster or sweep or timing"
+    cuda_sweep 150
+    step 240 kbench run $spec --norm triton --rope triton --attention triton --ffn triton --sampling triton \
+        --batch 1,64 --prompt-len 512 --out "$records"
+    triton_record=$(latest llama2-7b)
+    step 200 kbench run $spec --norm cuda --rope cuda --ffn cuda --attention cuda --sampling cuda \
+        --backend attention_prefill=triton --batch 1,64 --prompt-len 512 --out "$records"
+    step 20 kbench compare "$triton_record" "$(latest llama2-7b)" \
+        --metric kernel_us --format markdown --output "$OUT/compare-triton-vs-cuda.md"
+    ;;
+final-pairs)  # both backends against torch.compile at every spec shape up to 1024 tokens over rounds,
+    # with the in-place copies spanning 2 x L2 for every backend (issues 4, 5)
+    step 540 python3 scripts/device/compile_pairs.py --rounds 3 --max-tokens 1024 \
+        --ops add_rmsnorm,rmsnorm,rope,swiglu
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks

@@ -133,3 +133,41 @@ def test_cold_copies_stay_within_the_memory_budget(monkeypatch):
     monkeypatch.setattr(sweep, "INPLACE_COPY_BUDGET_BYTES", 3 * cache_bytes)
     _, _, sets = sweep.cycled_calls(lambda **kw: None, op, inputs, copies=50, l2_bytes=10 * cache_bytes)
     assert sets == 3
+
+
+def _add_rmsnorm_inputs(tokens, hidden=4096):
+    from kbench.ops.base import Case
+
+    case = Case("add_rmsnorm", tokens=tokens, hidden=hidden, eps=1e-5)
+    inputs = ADD_RMSNORM.make_inputs(case, torch.bfloat16, torch.device("cpu"), 0)
+    return inputs, inputs["residual"].numel() * inputs["residual"].element_size()
+
+
+@pytest.mark.parametrize("tokens", [64, 128])
+def test_in_place_copies_span_twice_the_l2_whatever_the_launch_overhead(tokens):
+    """A fast launcher (20 µs a call: 100 calls fill a replay) and a slow one (53 µs: 37) get
+    the same number of calls, and their residual copies span twice the L2: from the estimate
+    alone the slow one's 37 copies of 64 x 4096 (18 MB) stayed in a 50 MB L2."""
+    inputs, residual_bytes = _add_rmsnorm_inputs(tokens)
+    l2 = 50 * 2**20
+    fast, slow = (sweep.graph_call_count(ADD_RMSNORM, inputs, estimate, l2) for estimate in (20.0, 53.0))
+    assert fast == slow
+    assert fast * residual_bytes >= 2 * l2
+    _, _, sets = sweep.cycled_calls(lambda **kw: None, ADD_RMSNORM, inputs, copies=slow, l2_bytes=l2)
+    assert sets == slow
+
+
+def test_in_place_spanning_calls_stay_within_the_budget_and_the_call_cap(monkeypatch):
+    inputs, residual_bytes = _add_rmsnorm_inputs(1)  # 8 KB: 12800 copies would span 2 x 50 MB
+    assert sweep.graph_call_count(ADD_RMSNORM, inputs, 20.0, 50 * 2**20) == sweep.MAX_INPLACE_GRAPH_CALLS
+    monkeypatch.setattr(sweep, "INPLACE_COPY_BUDGET_BYTES", 300 * residual_bytes)
+    assert sweep.graph_call_count(ADD_RMSNORM, inputs, 20.0, 50 * 2**20) == 300
+    assert sweep.graph_call_count(ADD_RMSNORM, inputs, 20.0, 0) == 100, "no L2 given: the estimate alone"
+
+
+def test_out_of_place_ops_keep_the_estimate_alone():
+    from kbench.ops.base import Case
+
+    inputs = RMSNORM.make_inputs(Case("rmsnorm", tokens=64, hidden=4096, eps=1e-5), torch.bfloat16,
+                                 torch.device("cpu"), 0)
+    assert [sweep.graph_call_count(RMSNORM, inputs, e, 50 * 2**20) for e in (20.0, 53.0, 5000.0)] == [100, 37, 1]

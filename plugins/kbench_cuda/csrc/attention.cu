@@ -62,8 +62,11 @@ static_assert(kDecodeStages >= 1, "at least the stage in use");
 #endif  // slices of one context at most (attention_decode_plan)
 // decode_kernel's plan's wave, in percent of the resident blocks (a tuning knob): below 100 it takes fewer,
 // longer slices (less to merge), above 100 more, shorter ones (one's start hidden by another's work).
+// At 67% (2 of its 3 blocks an SM) MHA went, cold, against 100% in the same call (gpu_runs.sh
+// mha-cluster): batch 8 x 512 29.1 -> 25.2 us (one split, no merge, where it took 3), batch 8 x 2048
+// 95.4 -> 92.6, batch 1 x 2048 16.5 -> 16.1 (8 splits, not 12), x 8192 51.5 -> 50.6, x 512 level.
 #ifndef KBENCH_DECODE_FILL
-#define KBENCH_DECODE_FILL 100
+#define KBENCH_DECODE_FILL 67
 #endif
 // The same for gqa_decode_kernel (2 blocks an SM by shared memory): at 50% (a block an SM,
 // twice the tokens each) GQA-8 went b1 x 8192 18.4 -> 17.6 us and b8 x 8192 101.6 -> 97.7,
@@ -93,8 +96,15 @@ constexpr bool kMergePdl = KBENCH_DECODE_MERGE_PDL != 0;
 #ifndef KBENCH_DECODE_CLUSTER
 #define KBENCH_DECODE_CLUSTER 8
 #endif
-constexpr int kClusterMaxSplits = KBENCH_DECODE_CLUSTER;
-static_assert(kClusterMaxSplits >= 0 && kClusterMaxSplits <= 16, "a cluster holds at most 16 blocks");
+// The same for decode_kernel (MHA, float32; 0: never). It lost wherever it applied (gpu_runs.sh
+// mha-cluster, cold): clusters of 3 at batch 8 x 512 29.1 -> 31.3 us; with the 67% wave (8
+// splits at batch 1) batch 1 x 2048 16.1 -> 16.9 and x 8192 50.6 -> 56.1.
+#ifndef KBENCH_DECODE_MHA_CLUSTER
+#define KBENCH_DECODE_MHA_CLUSTER 0
+#endif
+constexpr int kClusterMaxSplits = std::max(KBENCH_DECODE_CLUSTER, KBENCH_DECODE_MHA_CLUSTER);
+static_assert(KBENCH_DECODE_CLUSTER >= 0 && KBENCH_DECODE_MHA_CLUSTER >= 0 && kClusterMaxSplits <= 16,
+              "a cluster holds at most 16 blocks");
 // merge_kernel's shared memory: the weights and 80 rows of head_dim 128 a pass, within the
 // 48 KB a block gets without opting in.
 constexpr int kMergeSmemBytes = 48 * 1024;
@@ -1016,7 +1026,7 @@ template <typename T, int HEAD_DIM, int GROUP>
 DecodeKernel plain_decode_kernel(int device) {
     (void)decode_kernel_ready<T, HEAD_DIM, GROUP>(device);  // its shared memory opted into, for the occupancy query
     return {reinterpret_cast<const void*>(decode_kernel<T, HEAD_DIM, GROUP>), kWarps * 32,
-            DecodeLayout<T, HEAD_DIM, GROUP>::SMEM_BYTES, KBENCH_DECODE_FILL, 0};
+            DecodeLayout<T, HEAD_DIM, GROUP>::SMEM_BYTES, KBENCH_DECODE_FILL, KBENCH_DECODE_MHA_CLUSTER};
 }
 
 template <typename T, int HEAD_DIM>
@@ -1030,7 +1040,7 @@ DecodeKernel decode_kernel_for(int group, int device) {
     if constexpr (sizeof(T) == 2) {
         if (uses_gqa_kernel<T, HEAD_DIM>(group, device)) {
             return {reinterpret_cast<const void*>(gqa_decode_kernel<T, HEAD_DIM>), kGqaWarps * 32,
-                    kGqaSmemBytes<HEAD_DIM>, KBENCH_GQA_FILL, kClusterMaxSplits};
+                    kGqaSmemBytes<HEAD_DIM>, KBENCH_GQA_FILL, KBENCH_DECODE_CLUSTER};
         }
     }
     switch (pow2_at_least(group)) {
