@@ -9,6 +9,12 @@ difference is about the spread between device calls, so this times every case of
 back to back within a round (``op_rows``: outputs checked, CUDA-graph replay as ``kbench bench``),
 and prints per case compile µs and, per backend, its µs and compile / backend as the median and
 range over the rounds. A case is slower only where its best round is below 1.
+
+``--inplace-compile`` adds a backend ``compile-inplace``: torch.compile of the reference with
+its results copied into the inputs the op may overwrite (rope's q and k, add_rmsnorm's
+residual), as the triton and cuda kernels write them. The ``compile`` backend returns new
+tensors, and in a graph its output buffer is reused by every call, where an in-place backend
+writes to each call's own copy.
 """
 
 from __future__ import annotations
@@ -24,6 +30,29 @@ from kbench.plugins import get_registry
 from kbench.spec import BenchConfig, load_spec
 
 OPS = ("rmsnorm", "add_rmsnorm", "rope", "swiglu")
+# The reference's outputs that an in-place backend writes into its inputs: output index -> input.
+INPLACE_OUTPUTS = {"rope": {0: "q", 1: "k"}, "add_rmsnorm": {1: "residual"}}
+
+
+def register_inplace_compile(registry) -> None:
+    """A ``compile-inplace`` backend for the ops of INPLACE_OUTPUTS (see the module docstring)."""
+    from kbench_torch.compiled import compiled
+
+    from kbench.registry import Implementation
+
+    for op_name, targets in INPLACE_OUTPUTS.items():
+        reference = registry.op(op_name).reference
+
+        def in_place(_reference=reference, _targets=targets, **inputs):
+            outputs = list(_reference(**inputs))
+            for index, name in _targets.items():
+                inputs[name].copy_(outputs[index])
+                outputs[index] = inputs[name]
+            return tuple(outputs)
+
+        in_place.__name__ = f"{op_name}_in_place"
+        registry.add_implementation(Implementation(op=op_name, backend="compile-inplace", fn=compiled(in_place),
+                                                   plugin="compile_pairs"))
 
 
 def main() -> None:
@@ -33,6 +62,8 @@ def main() -> None:
     parser.add_argument("--spec", action="append", default=None, help="model_specs/NAME.yaml (default: 7b, 13b, 3-8b)")
     parser.add_argument("--backend", action="append", default=None, help="default: triton and cuda")
     parser.add_argument("--ops", default=",".join(OPS))
+    parser.add_argument("--inplace-compile", action="store_true",
+                        help="also time torch.compile writing its results in place (compile-inplace)")
     parser.add_argument("--patch", action="append", default=[], metavar="MODULE.NAME=INT",
                         help="set a module's integer constant first (a triton launch threshold, say)")
     args = parser.parse_args()
@@ -44,6 +75,9 @@ def main() -> None:
         setattr(module, name, int(value))
     registry = get_registry()
     backends = args.backend or ["triton", "cuda"]
+    if args.inplace_compile:
+        register_inplace_compile(registry)
+        backends.append("compile-inplace")
     bench = BenchConfig(warmup_ms=5.0, rep_ms=30.0, flush_l2=True)
     cases: dict[str, dict[str, object]] = {}
     for name in args.spec or ["llama2-7b", "llama2-13b", "llama3-8b"]:

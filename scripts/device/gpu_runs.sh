@@ -72,6 +72,7 @@
 #              both backends' norms against compile in one process (issue 5)
 #   final-runs  decode tests, the cuda decode sweep, issue 4's and 5's commands and compare (4, 5)
 #   final-pairs  both backends against compile over rounds at every spec shape (issues 4, 5)
+#   rope-cold  compile's rope kernels, then cuda rope variants against compile with cold q/k (5)
 #   cuda-check-sweep  the same, then the decode sweep beside triton (issue 5)
 #   norm-weight  triton's norms (weight loaded with the row) against compile and cuda (issue 4)
 #   decode     triton decode attention's GPU tests, split counts and sweep against sdpa (issue 4)
@@ -88,7 +89,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-pairs|norm-probe|packed|shared-angles|cluster-merge|cluster-final|cuda-final-run|mha-cluster|final-runs|final-pairs|cuda-check|cuda-check-sweep|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-pairs|norm-probe|packed|shared-angles|cluster-merge|cluster-final|cuda-final-run|mha-cluster|final-runs|final-pairs|rope-cold|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -592,6 +593,18 @@ final-pairs)  # both backends against torch.compile at every spec shape up to 10
     # with the in-place copies spanning 2 x L2 for every backend (issues 4, 5)
     step 540 python3 scripts/device/compile_pairs.py --rounds 3 --max-tokens 1024 \
         --ops add_rmsnorm,rmsnorm,rope,swiglu
+    ;;
+rope-cold)  # rope at 1-128 tokens with every backend's q and k copies read cold (the new graph
+    # rule): what torch.compile launches, then cuda's default against one angle a thread up to 64
+    # tokens and 2-element slices, each against compile over rounds (issue 5)
+    variants=("KBENCH_ROPE_TINY_TOKENS=65" "KBENCH_ROPE_SLICE_VEC=2")
+    build_variants "" "${variants[@]}" >"$OUT/variant-builds.log" 2>&1 &
+    knob_builds=$!
+    step 90 python3 scripts/device/compile_kernels.py --source rope 1,32 --spec llama2-7b
+    wait $knob_builds
+    variant_tests 60 rope "${variants[@]}"
+    variant_pairs 90 "--backend cuda --ops rope --spec llama2-7b --spec llama2-13b --max-tokens 128" \
+        "" "${variants[@]}"
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks
