@@ -328,11 +328,11 @@ def test_decode_at_every_length_residue(registry, layout, kv_heads):
 @pytest.mark.parametrize("slices", [2, 3, 7, 11, 13, 16, 17])
 def test_decode_merges_at_every_cluster_size(registry, heads, kv_heads, dtype, slices):
     """A capacity of 64 x k tokens gives k splits a sequence (the plan's fewest tokens a split is
-    64) up to what the plan's wave takes: on the H100 about 6 for 2 x 32 KV heads, 8 for 2 x 8
-    and beyond 17 for 2 x 2. So the tensor-core GQA kernel's in-cluster merge
-    (KBENCH_DECODE_CLUSTER: up to 8 splits, 16 in that knob's widest build) runs at cluster sizes
-    that divide neither 512 nor 768 outputs evenly, and larger counts, MHA and float32 take the
-    merge kernel. The second sequence ends 37 tokens short: its last split holds no token."""
+    64), up to what the plan's wave takes (fewer with more KV heads: 2 x 2 keeps the most). So the
+    tensor-core GQA kernel's in-cluster merge (KBENCH_DECODE_CLUSTER: up to 8 splits) runs at
+    cluster sizes such as 3 and 7, which divide neither 512 nor 768 outputs evenly, and the larger
+    counts, MHA and float32 take the merge kernel. The second sequence ends 37 tokens short: its
+    last split holds no token."""
     from kbench.ops.base import Case
 
     capacity = 64 * slices
