@@ -15,12 +15,12 @@ GB/s (``op.flops``, ``op.bytes``) use the kernel time where there is one
 
 Inputs an op may overwrite (``op.inplace``) are restored from a pristine copy before every
 repetition, outside the timed region; inside one graph each captured call gets its own copy
-(up to a memory budget), so no timed call sees data an earlier call rewrote. The graph holds
-enough calls for those copies to span twice the L2 where the budget allows (``graph_call_count``),
-so they are read from HBM whichever backend runs: how many calls fill a replay depends on the
-backend's launch overhead, and fewer copies would leave a slow launcher's in L2. Inputs a model
-step reads from HBM (``op.cold``: attention_decode's KV cache) get copies too, enough to span
-twice the L2, so back-to-back calls in the graph do not find them cached (``graph_input_sets``).
+(up to a memory budget), so no timed call sees data an earlier call rewrote. Inputs a model
+step reads from HBM (``op.cold``: attention_decode's KV cache) get copies too where L2 could
+hold them (``graph_input_sets``). The graph holds enough calls for the copies to span twice the
+L2 where the budget allows (``graph_call_count``), so they are read from HBM whichever backend
+runs: how many calls fill a replay depends on the backend's launch overhead, and fewer copies
+would leave a slow launcher's in L2.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from kbench.registry import Registry
 from kbench.results.record import make_row
 
 INPLACE_COPY_BUDGET_BYTES = 256 * 2**20
-# The most calls a graph takes so that an op's in-place copies span twice the L2.
-MAX_INPLACE_GRAPH_CALLS = 1000
+# The most calls a graph takes so that the per-call input copies span twice the L2.
+MAX_COPIED_GRAPH_CALLS = 1000
 
 
 def op_rows(
@@ -152,21 +152,38 @@ def time_op(impl, op: Op, inputs: dict, device: torch.device, bench: Any, *, cud
     return dataclasses.replace(timing, input_sets=sets)
 
 
+def tensor_bytes(inputs: dict, names: list[str]) -> int:
+    return sum(inputs[name].numel() * inputs[name].element_size() for name in names)
+
+
+def copied_inputs(op: Op, inputs: dict, l2_bytes: int) -> tuple[list[str], list[str]]:
+    """(in-place names, cold names): the inputs each call in a graph gets its own copy of. Every
+    in-place tensor; the cold ones only where L2 could hold them (under twice ``l2_bytes``)."""
+    inplace = [name for name in op.inplace if isinstance(inputs.get(name), torch.Tensor)]
+    cold = [name for name in op.cold if isinstance(inputs.get(name), torch.Tensor) and name not in inplace]
+    return inplace, (cold if 0 < tensor_bytes(inputs, cold) < 2 * l2_bytes else [])
+
+
+def copies_spanning(nbytes: int, l2_bytes: int) -> int:
+    """Copies of ``nbytes`` each that span twice ``l2_bytes``."""
+    return -(-2 * l2_bytes // nbytes)
+
+
 def graph_call_count(op: Op, inputs: dict, estimate_us: float | None, l2_bytes: int) -> int:
     """Calls one graph holds: enough to last about ``GRAPH_REPLAY_TARGET_US`` at the eager
-    estimate (at most ``MAX_GRAPH_CALLS``) and, where the op overwrites inputs, at least enough
-    for their per-call copies to span twice ``l2_bytes`` (within the copy budget and
-    ``MAX_INPLACE_GRAPH_CALLS``). The estimate is the eager call, launch overhead included, so
-    alone it gave a backend with a slower launch fewer copies: 37 of triton's add_rmsnorm at
-    64 x 4096 (18 MB, kept in the H100's 50 MB L2) against 99 of cuda's (50 MB)."""
+    estimate (at most ``MAX_GRAPH_CALLS``) and, where calls get their own input copies
+    (``copied_inputs``), at least enough for the copies to span twice ``l2_bytes`` (within the
+    copy budget and ``MAX_COPIED_GRAPH_CALLS``). The estimate is the eager call, launch overhead
+    included, so alone it gave a backend with a slower launch fewer copies, which stayed in L2:
+    37 of triton's add_rmsnorm residual at 64 x 4096 (18 MB, in the H100's 50 MB L2) against 99
+    of cuda's; 9 of triton's 2 MB KV cache at batch 1 x 512 (GQA-8) against 50 of cuda's."""
     estimate = estimate_us if estimate_us and estimate_us > 0 else 1.0
     calls = int(min(MAX_GRAPH_CALLS, max(1, GRAPH_REPLAY_TARGET_US / estimate)))
-    inplace_bytes = sum(inputs[name].numel() * inputs[name].element_size() for name in op.inplace
-                        if isinstance(inputs.get(name), torch.Tensor))
-    if inplace_bytes and l2_bytes:
-        spanning = -(-2 * l2_bytes // inplace_bytes)
-        affordable = max(1, INPLACE_COPY_BUDGET_BYTES // inplace_bytes)
-        calls = max(calls, min(spanning, affordable, MAX_INPLACE_GRAPH_CALLS))
+    inplace, cold = copied_inputs(op, inputs, l2_bytes)
+    per_call = tensor_bytes(inputs, inplace + cold)
+    if per_call and l2_bytes:
+        affordable = max(1, INPLACE_COPY_BUDGET_BYTES // per_call)
+        calls = max(calls, min(copies_spanning(per_call, l2_bytes), affordable, MAX_COPIED_GRAPH_CALLS))
     return calls
 
 
@@ -177,20 +194,15 @@ def cycled_calls(impl, op: Op, inputs: dict, copies: int, l2_bytes: int = 0):
     are under twice ``l2_bytes``, of those too: enough sets that a call's cold inputs were last
     read over 2 x L2 of other data ago (all sets within INPLACE_COPY_BUDGET_BYTES).
     """
-    def tensor_bytes(names):
-        return sum(inputs[name].numel() * inputs[name].element_size() for name in names)
-
-    inplace = [name for name in op.inplace if isinstance(inputs.get(name), torch.Tensor)]
-    cold = [name for name in op.cold if isinstance(inputs.get(name), torch.Tensor) and name not in inplace]
-    cold_bytes = tensor_bytes(cold)
-    # cold inputs are cycled only where several calls share a graph and L2 could hold them
-    cycle_cold = copies > 1 and 0 < cold_bytes < 2 * l2_bytes
-    cloned = inplace + (cold if cycle_cold else [])
+    inplace, cold = copied_inputs(op, inputs, l2_bytes)
+    cold = cold if copies > 1 else []  # one call a replay: nothing to rotate
+    cloned = inplace + cold
     if not cloned:
         work = clone_inputs(inputs)
         return (lambda: impl(**work)), None, 1
-    wanted = max(copies if inplace else 1, min(copies, -(-2 * l2_bytes // cold_bytes)) if cycle_cold else 1)
-    sets_count = max(1, min(wanted, INPLACE_COPY_BUDGET_BYTES // max(tensor_bytes(cloned), 1)))
+    wanted = max(copies if inplace else 1,
+                 min(copies, copies_spanning(tensor_bytes(inputs, cold), l2_bytes)) if cold else 1)
+    sets_count = max(1, min(wanted, INPLACE_COPY_BUDGET_BYTES // max(tensor_bytes(inputs, cloned), 1)))
     sets = [inputs | {name: inputs[name].clone() for name in cloned} for _ in range(sets_count)]
     order = itertools.cycle(sets)
 

@@ -159,7 +159,7 @@ def test_in_place_copies_span_twice_the_l2_whatever_the_launch_overhead(tokens):
 
 def test_in_place_spanning_calls_stay_within_the_budget_and_the_call_cap(monkeypatch):
     inputs, residual_bytes = _add_rmsnorm_inputs(1)  # 8 KB: 12800 copies would span 2 x 50 MB
-    assert sweep.graph_call_count(ADD_RMSNORM, inputs, 20.0, 50 * 2**20) == sweep.MAX_INPLACE_GRAPH_CALLS
+    assert sweep.graph_call_count(ADD_RMSNORM, inputs, 20.0, 50 * 2**20) == sweep.MAX_COPIED_GRAPH_CALLS
     monkeypatch.setattr(sweep, "INPLACE_COPY_BUDGET_BYTES", 300 * residual_bytes)
     assert sweep.graph_call_count(ADD_RMSNORM, inputs, 20.0, 50 * 2**20) == 300
     assert sweep.graph_call_count(ADD_RMSNORM, inputs, 20.0, 0) == 100, "no L2 given: the estimate alone"
@@ -171,3 +171,17 @@ def test_out_of_place_ops_keep_the_estimate_alone():
     inputs = RMSNORM.make_inputs(Case("rmsnorm", tokens=64, hidden=4096, eps=1e-5), torch.bfloat16,
                                  torch.device("cpu"), 0)
     assert [sweep.graph_call_count(RMSNORM, inputs, e, 50 * 2**20) for e in (20.0, 53.0, 5000.0)] == [100, 37, 1]
+
+
+
+def test_cold_copies_span_twice_the_l2_whatever_the_launch_overhead():
+    """A slow launcher (250 µs a call: 8 calls fill a replay) and a fast one (20 µs: 100) get
+    the same number of KV-cache copies, enough to span twice the L2: from the estimate alone
+    the slow one's 8 copies of a cache a tenth of the L2 stayed in it."""
+    op, inputs, cache_bytes = _decode_inputs()
+    l2 = 10 * cache_bytes  # 20 copies span 2 x L2
+    sets = []
+    for estimate in (20.0, 250.0):
+        calls = sweep.graph_call_count(op, inputs, estimate, l2)
+        sets.append(sweep.cycled_calls(lambda **kw: None, op, inputs, copies=calls, l2_bytes=l2)[2])
+    assert sets == [20, 20]
