@@ -1060,30 +1060,6 @@ DecodeKernel decode_kernel_for(int head_dim, int group, int device) {
     }
 }
 
-template <typename T, int HEAD_DIM, int GROUP>
-cudaError_t launch_plain(const DecodeArgs& args, const dim3& grid, int device, cudaStream_t stream) {
-    decode_kernel_ready<T, HEAD_DIM, GROUP>(device);  // where it is not, the launch reports why
-    decode_kernel<T, HEAD_DIM, GROUP><<<grid, kWarps * 32, DecodeLayout<T, HEAD_DIM, GROUP>::SMEM_BYTES, stream>>>(args);
-    return cudaGetLastError();
-}
-
-template <typename T, int HEAD_DIM>
-cudaError_t launch_split_pass(const DecodeArgs& args, const dim3& grid, int device, cudaStream_t stream) {
-    if constexpr (sizeof(T) == 2) {
-        if (uses_gqa_kernel<T, HEAD_DIM>(args.group, device)) {
-            gqa_decode_kernel<T, HEAD_DIM><<<grid, kGqaWarps * 32, kGqaSmemBytes<HEAD_DIM>, stream>>>(args);
-            return cudaGetLastError();
-        }
-    }
-    switch (pow2_at_least(args.group)) {
-        case 1: return launch_plain<T, HEAD_DIM, 1>(args, grid, device, stream);
-        case 2: return launch_plain<T, HEAD_DIM, 2>(args, grid, device, stream);
-        case 4: return launch_plain<T, HEAD_DIM, 4>(args, grid, device, stream);
-        case 8: return launch_plain<T, HEAD_DIM, 8>(args, grid, device, stream);
-        default: return cudaErrorInvalidValue;
-    }
-}
-
 // merge_kernel after the split pass, launched to overlap it (programmatic stream serialization:
 // on sm_90 the merge may start once every split block has called allow_dependent_launch; it
 // waits for their results itself).
@@ -1102,20 +1078,23 @@ cudaError_t launch_merge(const DecodeArgs& args, int batch, cudaStream_t stream)
     return cudaLaunchKernelEx(&config, merge_kernel<T, HEAD_DIM, kWarps>, args);
 }
 
-// The launch of `kernel` with its splits as one cluster (dims splits x 1 x 1).
-cudaLaunchConfig_t cluster_config(const DecodeKernel& kernel, const dim3& grid, cudaStream_t stream,
-                                  cudaLaunchAttribute* attribute) {
+// The split pass's launch of `kernel` (decode_kernel_for) on `grid`; with `cluster`, the splits
+// of a (sequence, kv head) as one cluster (dims grid.x x 1 x 1).
+cudaLaunchConfig_t split_config(const DecodeKernel& kernel, const dim3& grid, bool cluster, cudaStream_t stream,
+                                cudaLaunchAttribute* attribute) {
     cudaLaunchConfig_t config = {};
     config.gridDim = grid;
     config.blockDim = dim3(kernel.threads);
     config.dynamicSmemBytes = kernel.smem_bytes;
     config.stream = stream;
-    attribute->id = cudaLaunchAttributeClusterDimension;
-    attribute->val.clusterDim.x = grid.x;
-    attribute->val.clusterDim.y = 1;
-    attribute->val.clusterDim.z = 1;
-    config.attrs = attribute;
-    config.numAttrs = 1;
+    if (cluster) {
+        attribute->id = cudaLaunchAttributeClusterDimension;
+        attribute->val.clusterDim.x = grid.x;
+        attribute->val.clusterDim.y = 1;
+        attribute->val.clusterDim.z = 1;
+        config.attrs = attribute;
+        config.numAttrs = 1;
+    }
     return config;
 }
 
@@ -1136,7 +1115,7 @@ bool cluster_ready(const DecodeKernel& kernel, int splits, int device) {
     }
     int major = 0, clusters = 0;
     cudaLaunchAttribute attribute;
-    const cudaLaunchConfig_t config = cluster_config(kernel, dim3(splits, 1, 1), nullptr, &attribute);
+    const cudaLaunchConfig_t config = split_config(kernel, dim3(splits, 1, 1), true, nullptr, &attribute);
     const bool ready =
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 9 &&
         (splits <= 8 ||
@@ -1147,25 +1126,23 @@ bool cluster_ready(const DecodeKernel& kernel, int splits, int device) {
     return ready;
 }
 
+// The split pass on the kernel decode_kernel_for chooses (its shared memory opted into there;
+// where it could not be, the launch reports why), merging in a cluster where that kernel can;
+// otherwise merge_kernel follows it.
 template <typename T, int HEAD_DIM>
 cudaError_t launch_head_dim(const DecodeArgs& args, int batch, cudaStream_t stream) {
     int device = 0;
     cudaError_t err = cudaGetDevice(&device);
     if (err != cudaSuccess) return err;
-    const dim3 grid(args.splits, args.kv_heads, batch);
-    if (args.splits > 1 && args.splits <= kClusterMaxSplits) {
-        const DecodeKernel kernel = decode_kernel_for<T, HEAD_DIM>(args.group, device);
-        if (args.splits <= kernel.cluster_max && cluster_ready(kernel, args.splits, device)) {
-            DecodeArgs clustered = args;
-            clustered.cluster = 1;
-            cudaLaunchAttribute attribute;
-            const cudaLaunchConfig_t config = cluster_config(kernel, grid, stream, &attribute);
-            void* params[] = {&clustered};
-            return cudaLaunchKernelExC(&config, kernel.fn, params);
-        }
-    }
-    err = launch_split_pass<T, HEAD_DIM>(args, grid, device, stream);
-    if (err != cudaSuccess || !kMergePdl || args.splits == 1) return err;
+    const DecodeKernel kernel = decode_kernel_for<T, HEAD_DIM>(args.group, device);
+    DecodeArgs launched = args;
+    launched.cluster = args.splits > 1 && args.splits <= kernel.cluster_max && cluster_ready(kernel, args.splits, device);
+    cudaLaunchAttribute attribute;
+    const cudaLaunchConfig_t config =
+            split_config(kernel, dim3(args.splits, args.kv_heads, batch), launched.cluster, stream, &attribute);
+    void* params[] = {&launched};
+    err = cudaLaunchKernelExC(&config, kernel.fn, params);
+    if (err != cudaSuccess || launched.cluster || !kMergePdl || args.splits == 1) return err;
     return launch_merge<T, HEAD_DIM>(args, batch, stream);
 }
 

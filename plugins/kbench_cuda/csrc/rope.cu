@@ -222,17 +222,13 @@ bool launch_slices(T* q, T* k, const int64_t* positions, const float* inv_freq, 
     const int slices = (heads + kv_heads + heads_per_block - 1) / heads_per_block;
     if (per_head > 1024 || slices > 65535) return false;
     const int threads = (heads_per_block * per_head + 31) / 32 * 32;
-    const dim3 grid(tokens, slices);
-    if (head_dim == 128 && offsets_fit_int(tokens, heads, kv_heads, head_dim, q_token_stride, q_head_stride,
-                                           k_token_stride, k_head_stride)) {
-        rope_slice_kernel<T, SLICE_VEC, INTERLEAVED, 128><<<grid, threads, 0, stream>>>(
-                q, k, positions, inv_freq, heads, kv_heads, head_dim, heads_per_block, q_token_stride,
-                q_head_stride, k_token_stride, k_head_stride);
-    } else {
-        rope_slice_kernel<T, SLICE_VEC, INTERLEAVED, 0><<<grid, threads, 0, stream>>>(
-                q, k, positions, inv_freq, heads, kv_heads, head_dim, heads_per_block, q_token_stride,
-                q_head_stride, k_token_stride, k_head_stride);
-    }
+    const bool specialised = head_dim == 128 && offsets_fit_int(tokens, heads, kv_heads, head_dim, q_token_stride,
+                                                                q_head_stride, k_token_stride, k_head_stride);
+    const auto kernel = specialised ? rope_slice_kernel<T, SLICE_VEC, INTERLEAVED, 128>
+                                    : rope_slice_kernel<T, SLICE_VEC, INTERLEAVED, 0>;
+    kernel<<<dim3(tokens, slices), threads, 0, stream>>>(q, k, positions, inv_freq, heads, kv_heads, head_dim,
+                                                         heads_per_block, q_token_stride, q_head_stride,
+                                                         k_token_stride, k_head_stride);
     return true;
 }
 
