@@ -73,6 +73,7 @@
 #   final-runs  decode tests, the cuda decode sweep, issue 4's and 5's commands and compare (4, 5)
 #   final-pairs  both backends against compile over rounds at every spec shape (issues 4, 5)
 #   rope-cold  compile's rope kernels, then cuda rope variants against compile with cold q/k (5)
+#   review-check  the review's mends: cuda tests, memcheck, bench tests, the decode sweep (4, 5)
 #   cuda-check-sweep  the same, then the decode sweep beside triton (issue 5)
 #   norm-weight  triton's norms (weight loaded with the row) against compile and cuda (issue 4)
 #   decode     triton decode attention's GPU tests, split counts and sweep against sdpa (issue 4)
@@ -89,7 +90,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-pairs|norm-probe|packed|shared-angles|cluster-merge|cluster-final|cuda-final-run|mha-cluster|final-runs|final-pairs|rope-cold|cuda-check|cuda-check-sweep|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-pairs|norm-probe|packed|shared-angles|cluster-merge|cluster-final|cuda-final-run|mha-cluster|final-runs|final-pairs|rope-cold|review-check|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -605,6 +606,13 @@ rope-cold)  # rope at 1-128 tokens with every backend's q and k copies read cold
     variant_tests 60 rope "${variants[@]}"
     variant_pairs 90 "--backend cuda --ops rope --spec llama2-7b --spec llama2-13b --max-tokens 128" \
         "" "${variants[@]}"
+    ;;
+review-check)  # after the review's mends (one decode launch path; cold copies spanning 2 x L2 for
+    # every backend): every cuda GPU test, the memcheck, the bench GPU tests, and the decode sweep
+    # beside triton under the new rule (issues 4, 5)
+    cuda_checks
+    step 120 python3 -m pytest -q -p no:cacheprovider tests/bench
+    cuda_sweep 150
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks
