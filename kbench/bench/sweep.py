@@ -20,7 +20,10 @@ step reads from HBM (``op.cold``: attention_decode's KV cache) get copies too wh
 hold them (``graph_input_sets``). The graph holds enough calls for the copies to span twice the
 L2 where the budget allows (``graph_call_count``), so they are read from HBM whichever backend
 runs: how many calls fill a replay depends on the backend's launch overhead, and fewer copies
-would leave a slow launcher's in L2.
+would leave a slow launcher's in L2. Where the calls have their own input sets, they have their
+own outputs too (``measure(keep_outputs=...)``): a backend that writes new tensors (torch.compile
+of rope or add_rmsnorm) then writes as many buffers as one writing in place writes copies, where
+one reused output buffer kept its writes in L2 and off HBM.
 """
 
 from __future__ import annotations
@@ -148,7 +151,8 @@ def time_op(impl, op: Op, inputs: dict, device: torch.device, bench: Any, *, cud
         graph_calls = graph_call_count(op, inputs, estimate_us, l2_bytes)
     fn, reset, sets = cycled_calls(impl, op, inputs, copies=graph_calls or 1, l2_bytes=l2_bytes)
     timing = measure(fn, device=device, warmup_ms=bench.warmup_ms, rep_ms=bench.rep_ms,
-                     flush_l2=bench.flush_l2, cuda_graph=cuda_graph, reset=reset, graph_calls=graph_calls)
+                     flush_l2=bench.flush_l2, cuda_graph=cuda_graph, reset=reset, graph_calls=graph_calls,
+                     keep_outputs=sets if sets > 1 else 0)
     return dataclasses.replace(timing, input_sets=sets)
 
 

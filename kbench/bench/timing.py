@@ -14,7 +14,9 @@
   number of calls: the GPU time of the kernels without Python or launch overhead. Within a
   replay the calls find the previous call's data in L2 (as a kernel does inside a model step),
   except an op's ``cold`` inputs (a KV cache), which ``kbench.bench.sweep.time_op`` cycles
-  through enough copies that each call reads them from HBM, as in a model step.
+  through enough copies that each call reads them from HBM, as in a model step. With
+  ``keep_outputs=n`` each call's result is held until n calls later in the capture, so n + 1
+  calls in a row write n + 1 output buffers (``capture_calls``), not one reused buffer.
 - **perf_counter** (``method="perf_counter"``): the same loop on a CPU, with the same
   statistics; ``timer`` can be replaced (tests drive it with a fake clock).
 
@@ -24,6 +26,7 @@ minimum and mean, all in microseconds per call.
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 from collections.abc import Callable
@@ -112,19 +115,21 @@ def measure(
     cuda_graph: bool = False,
     reset: Callable[[], object] | None = None,
     graph_calls: int | None = None,
+    keep_outputs: int = 0,
     timer: Callable[[], float] = time.perf_counter,
 ) -> Timing:
     """Time ``fn()``; see the module docstring for the three methods.
 
     ``reset`` runs before every call or replay, outside the timed region. ``graph_calls``
     fixes how many calls one graph holds (default: enough for about 2 ms per replay, at
-    most 100). ``timer`` (seconds) is used on a CPU only.
+    most 100), and ``keep_outputs`` how many of their results the capture holds
+    (``capture_calls``). ``timer`` (seconds) is used on a CPU only.
     """
     device = torch.device(device)
     if device.type != "cuda":
         return _measure_host(fn, warmup_ms, rep_ms, reset, timer)
     if cuda_graph:
-        return _measure_cuda_graph(fn, device, warmup_ms, rep_ms, reset, graph_calls)
+        return _measure_cuda_graph(fn, device, warmup_ms, rep_ms, reset, graph_calls, keep_outputs)
     return _measure_cuda_events(fn, device, warmup_ms, rep_ms, flush_l2, reset)
 
 
@@ -199,7 +204,19 @@ def _measure_cuda_events(fn, device, warmup_ms, rep_ms, flush_l2, reset) -> Timi
         return summarize([1000.0 * ms for ms in samples_ms], "cuda-events")
 
 
-def _measure_cuda_graph(fn, device, warmup_ms, rep_ms, reset, graph_calls) -> Timing:
+def capture_calls(fn: Callable[[], object], calls: int, keep: int) -> None:
+    """Call ``fn`` ``calls`` times, holding each result until ``keep`` calls later.
+
+    Under graph capture a result that is dropped at once gives its memory back to the graph's
+    pool, and the next call's output takes the same buffer: every call of the replay writes
+    it, and the writes stay in L2. Held, the results take ``keep`` + 1 buffers in turn, as an
+    in-place op's calls write ``keep`` input copies."""
+    held: collections.deque = collections.deque(maxlen=max(0, keep))
+    for _ in range(calls):
+        held.append(fn())
+
+
+def _measure_cuda_graph(fn, device, warmup_ms, rep_ms, reset, graph_calls, keep_outputs) -> Timing:
     with torch.cuda.device(device):
         # Warm up on a side stream before capture, as torch.cuda.graphs asks (lazy
         # initialisation such as cuBLAS workspaces must not happen during capture).
@@ -217,8 +234,7 @@ def _measure_cuda_graph(fn, device, warmup_ms, rep_ms, reset, graph_calls) -> Ti
             reset()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            for _ in range(graph_calls):
-                fn()
+            capture_calls(fn, graph_calls, keep_outputs)
         graph.replay()
         torch.cuda.synchronize()
         replay_us = estimate(lambda: 1000.0 * _event_samples(graph.replay, 1, reset)[0])

@@ -174,6 +174,26 @@ def test_out_of_place_ops_keep_the_estimate_alone():
 
 
 
+@pytest.mark.parametrize(("tokens", "kept"), [(64, 200), (32768, 0)])
+def test_graphs_keep_an_output_per_input_set(monkeypatch, tokens, kept):
+    """An out-of-place backend's calls get their own output buffers wherever the calls get
+    their own input copies (as many as an in-place backend writes), and share one elsewhere:
+    64 x 4096 takes 200 residual copies to span 2 x 50 MB; 32768 x 4096 fits one."""
+    inputs, _ = _add_rmsnorm_inputs(tokens)
+    seen = {}
+
+    def fake_measure(fn, **kwargs):
+        seen.update(kwargs)
+        return sweep.Timing(1.0, 1.0, 1.0, 1.0, 1.0, 5, "cuda-graph", kwargs["graph_calls"])
+
+    monkeypatch.setattr(sweep, "measure", fake_measure)
+    monkeypatch.setattr(sweep, "l2_cache_bytes", lambda device: 50 * 2**20)
+    timing = sweep.time_op(lambda **kw: None, ADD_RMSNORM, inputs, torch.device("cuda"), BENCH,
+                           cuda_graph=True, estimate_us=20.0)
+    assert seen["keep_outputs"] == kept
+    assert timing.input_sets == max(kept, 1)
+
+
 def test_cold_copies_span_twice_the_l2_whatever_the_launch_overhead():
     """A slow launcher (250 µs a call: 8 calls fill a replay) and a fast one (20 µs: 100) get
     the same number of KV-cache copies, enough to span twice the L2: from the estimate alone

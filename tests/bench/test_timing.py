@@ -1,9 +1,11 @@
 import time
+import weakref
 
 import numpy as np
 import pytest
+import torch
 
-from kbench.bench.timing import MAX_REPS, MIN_REPS, measure, quantile, repetitions, summarize
+from kbench.bench.timing import MAX_REPS, MIN_REPS, capture_calls, measure, quantile, repetitions, summarize
 
 
 class FakeClock:
@@ -97,6 +99,41 @@ def test_sleeping_call_is_timed_at_least_as_long_as_it_sleeps():
     assert 2000.0 <= timing.min_us <= timing.p20_us <= timing.median_us <= timing.p80_us
     assert timing.median_us < 100_000.0
     assert timing.reps >= MIN_REPS
+
+
+@pytest.mark.parametrize("keep", [0, 1, 3])
+def test_captured_calls_hold_each_result_until_keep_calls_later(keep):
+    results = []
+    alive_at_call = []
+
+    def call():
+        alive_at_call.append(sum(ref() is not None for ref in results))
+        out = torch.empty(4)
+        results.append(weakref.ref(out))
+        return out
+
+    capture_calls(call, 8, keep)
+    assert alive_at_call == [min(i, keep) for i in range(8)]
+    assert sum(ref() is not None for ref in results) == 0, "nothing held once the capture is over"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("keep", "buffers"), [(0, 1), (3, 4)])
+def test_kept_outputs_take_their_own_buffers_in_a_graph(keep, buffers):
+    """Captured calls whose results are dropped reuse one buffer from the graph's pool; held
+    until ``keep`` calls later, ``keep`` + 1 buffers in turn."""
+    x = torch.randn(1 << 16, device="cuda")
+    pointers = []
+
+    def double():
+        out = x * 2
+        pointers.append(out.data_ptr())
+        return out
+
+    measure(double, device="cuda", warmup_ms=1, rep_ms=2, cuda_graph=True, graph_calls=12, keep_outputs=keep)
+    captured = pointers[-12:]
+    assert len(set(captured)) == buffers
+    assert all(len(set(captured[i:i + buffers])) == buffers for i in range(12 - buffers))
 
 
 @pytest.mark.gpu
