@@ -1,6 +1,6 @@
 """The memory-bound ops against torch.compile, case by case, over several rounds: GPU machine.
 
-    python3 scripts/device/compile_pairs.py [--rounds 3] [--max-tokens 1024] [--spec NAME ...]
+    python3 scripts/device/compile_pairs.py [--rounds 3] [--max-tokens 1024] [--spec NAME ...] [--output PAIRS.md]
 
 The issues ask triton and cuda to be "never slower than torch.compile of the reference at any
 shape of the shipped specs". At a few tokens the kernels take 1.5-3 µs and one sweep's
@@ -8,7 +8,8 @@ difference is about the spread between device calls, so this times every case of
 (up to ``--max-tokens`` tokens) round after round in one process, compile and the backends
 back to back within a round (``op_rows``: outputs checked, CUDA-graph replay as ``kbench bench``),
 and prints per case compile µs and, per backend, its µs and compile / backend as the median and
-range over the rounds. A case is slower only where its best round is below 1.
+range over the rounds. A case is slower only where its best round is below 1. ``--output`` also
+writes the tables as markdown, with the command, the device and the code they came from.
 
 ``--inplace-compile`` adds a backend ``compile-inplace``: torch.compile of the reference with
 its results copied into the inputs the op may overwrite (rope's q and k, add_rmsnorm's
@@ -22,10 +23,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import statistics
+import sys
+from pathlib import Path
 
 import torch
 
 from kbench.bench.sweep import op_rows
+from kbench.env import environment
 from kbench.plugins import get_registry
 from kbench.spec import BenchConfig, load_spec
 
@@ -66,6 +70,7 @@ def main() -> None:
                         help="also time torch.compile writing its results in place (compile-inplace)")
     parser.add_argument("--patch", action="append", default=[], metavar="MODULE.NAME=INT",
                         help="set a module's integer constant first (a triton launch threshold, say)")
+    parser.add_argument("--output", type=Path, default=None, help="also write the tables here as markdown")
     args = parser.parse_args()
     for item in args.patch:
         target, value = item.split("=")
@@ -86,32 +91,57 @@ def main() -> None:
             for case in registry.op(op_name).cases_for(spec.model, spec.workload):
                 if case.get("tokens", 0) <= args.max_tokens:
                     cases.setdefault(op_name, {})[case.label] = case
+    markdown = [header_lines(args)]
     for op_name, by_label in cases.items():
         times: dict[tuple[str, str], list[float]] = {}
         for _ in range(args.rounds):
             for label, case in by_label.items():
-                for row in op_rows(registry, op_name, ["compile", *backends], [case], torch.bfloat16, "cuda", bench):
+                timed = [b for b in backends if b in registry.backends(op_name)]  # compile-inplace: in-place ops only
+                for row in op_rows(registry, op_name, ["compile", *timed], [case], torch.bfloat16, "cuda", bench):
                     if row["status"] != "PASS":
                         print(f"{op_name} {label} {row['backend']}: {row['status']} {row.get('note') or ''}")
                         continue
                     times.setdefault((label, row["backend"]), []).append(row["graph_latency_us"] or row["latency_us"])
+        shown = [b for b in backends if b in registry.backends(op_name)]
         print(f"\n{op_name}: compile µs | backend µs (compile / backend: median [min, max] over {args.rounds} rounds)")
+        markdown += [f"\n## {op_name}\n", "| case | compile µs | " + " | ".join(f"{b} µs | compile / {b}" for b in shown)
+                     + " |", "| --- | --- |" + " --- | --- |" * len(shown)]
         for label in by_label:
             compiled = times.get((label, "compile"))
             if not compiled:
                 continue
-            cells = []
-            for backend in backends:
+            cells, columns = [], []
+            for backend in shown:
                 own = times.get((label, backend))
                 if not own:
                     cells.append(f"{backend} -")
+                    columns += ["-", "-"]
                     continue
                 ratios = [c / b for c, b in zip(compiled, own, strict=False)]
                 mark = " SLOWER" if max(ratios) < 1 else ""
-                cells.append(f"{backend} {statistics.median(own):.2f} ({statistics.median(ratios):.2f} "
-                             f"[{min(ratios):.2f}, {max(ratios):.2f}]){mark}")
+                ratio = f"{statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}]"
+                cells.append(f"{backend} {statistics.median(own):.2f} ({ratio}){mark}")
+                columns += [f"{statistics.median(own):.2f}", f"**{ratio} slower**" if mark else ratio]
             print(f"  {label}: compile {statistics.median(compiled):.2f} | " + " | ".join(cells), flush=True)
+            markdown.append(f"| {label} | {statistics.median(compiled):.2f} | " + " | ".join(columns) + " |")
+        if args.output is not None:  # after every op, so a cut-off run keeps what it measured
+            args.output.write_text("\n".join(markdown) + "\n")
 
+
+def header_lines(args) -> str:
+    """The markdown's opening: what was run, where, on which code."""
+    env = environment("cuda")
+    return "\n".join([
+        "# Memory-bound ops against torch.compile of the reference",
+        "",
+        f"`python3 {' '.join(sys.argv)}`",
+        "",
+        f"Device: {env['gpu']}, driver {env['driver']}; torch {env['torch']}, triton {env['triton']}.",
+        "",
+        f"Kernel µs under CUDA-graph replay (median of {args.rounds} rounds, each in this one process, compile and "
+        "the backends back to back, outputs checked). compile / backend above 1: the backend is faster. "
+        "A case is **slower** only where even its best round is below 1.",
+    ])
 
 if __name__ == "__main__":
     main()
