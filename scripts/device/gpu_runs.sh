@@ -74,6 +74,8 @@
 #   final-pairs  both backends against compile over rounds at every spec shape (issues 4, 5)
 #   rope-cold  compile's rope kernels, then cuda rope variants against compile with cold q/k (5)
 #   review-check  the review's mends: cuda tests, memcheck, bench tests, the decode sweep (4, 5)
+#   spread     cuda decode clusters spread over the SMs, with MHA clusters and GQA clusters of 16 (5)
+#   rope-tiny  rope at 1-64 tokens against compile, one angle a thread up to 32 tokens (4, 5)
 #   cuda-check-sweep  the same, then the decode sweep beside triton (issue 5)
 #   norm-weight  triton's norms (weight loaded with the row) against compile and cuda (issue 4)
 #   decode     triton decode attention's GPU tests, split counts and sweep against sdpa (issue 4)
@@ -90,7 +92,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-pairs|norm-probe|packed|shared-angles|cluster-merge|cluster-final|cuda-final-run|mha-cluster|final-runs|final-pairs|rope-cold|review-check|cuda-check|cuda-check-sweep|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-pairs|norm-probe|packed|shared-angles|cluster-merge|cluster-final|cuda-final-run|mha-cluster|final-runs|final-pairs|rope-cold|review-check|spread|rope-tiny|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -613,6 +615,33 @@ review-check)  # after the review's mends (one decode launch path; cold copies s
     cuda_checks
     step 120 python3 -m pytest -q -p no:cacheprovider tests/bench
     cuda_sweep 150
+    ;;
+spread)  # cuda decode's cluster blocks spread over the SMs (KBENCH_DECODE_CLUSTER_POLICY=1), alone and
+    # with MHA clusters of up to 8 and GQA clusters of up to 16 (both lost under the default
+    # placement): the bench GPU tests (outputs kept per input set), the cluster tests on the widest
+    # build, the decode sweep at batch 1 and 8 on each build, the default last again (issue 5). Spread
+    # gained nothing and its knob was taken out after this run (attention.cu says what it measured):
+    # the builds now differ only in their cluster sizes
+    spread="KBENCH_DECODE_CLUSTER_POLICY=1"
+    variants=("$spread" "$spread KBENCH_DECODE_MHA_CLUSTER=8 KBENCH_DECODE_CLUSTER=16")
+    build_variants "" "${variants[@]}"
+    step 120 python3 -m pytest -q -p no:cacheprovider tests/bench
+    variant_tests 150 "cluster or merges or residue" "${variants[1]}"
+    for variant in "" "${variants[@]}" ""; do
+        KBENCH_CUDA_DEFINES="$variant" step 70 kbench bench attention_decode --backend cuda \
+            --batch 1,8 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
+    done
+    ;;
+rope-tiny)  # rope at 1-64 tokens under kept outputs (compile's writes as cold as the in-place ones):
+    # what compile launches at 8 and 32 tokens of 40 heads, then one angle a thread up to 32 tokens
+    # (cuda KBENCH_ROPE_TINY_TOKENS=33, triton TINY_TOKENS=33) against the defaults (issues 4, 5)
+    build_variants "" "KBENCH_ROPE_TINY_TOKENS=33" >"$OUT/variant-builds.log" 2>&1 &
+    knob_builds=$!
+    step 90 python3 scripts/device/compile_kernels.py --source rope 8,32 --spec llama2-13b
+    wait $knob_builds
+    pairs="--ops rope --spec llama2-7b --spec llama2-13b --max-tokens 64"
+    variant_pairs 120 "$pairs" "" "KBENCH_ROPE_TINY_TOKENS=33"
+    variant_pairs 120 "$pairs --backend triton --patch kbench_triton.rope.TINY_TOKENS=33" ""
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks
