@@ -76,6 +76,8 @@
 #   review-check  the review's mends: cuda tests, memcheck, bench tests, the decode sweep (4, 5)
 #   spread     cuda decode clusters spread over the SMs, with MHA clusters and GQA clusters of 16 (5)
 #   rope-tiny  rope at 1-64 tokens against compile, one angle a thread up to 32 tokens (4, 5)
+#   kept-runs  each graph call with its own outputs: bench tests, issue 4's and 5's commands, compare
+#   kept-pairs  the same rule: both backends against compile (markdown), the decode sweep (4, 5)
 #   cuda-check-sweep  the same, then the decode sweep beside triton (issue 5)
 #   norm-weight  triton's norms (weight loaded with the row) against compile and cuda (issue 4)
 #   decode     triton decode attention's GPU tests, split counts and sweep against sdpa (issue 4)
@@ -92,7 +94,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-pairs|norm-probe|packed|shared-angles|cluster-merge|cluster-final|cuda-final-run|mha-cluster|final-runs|final-pairs|rope-cold|review-check|spread|rope-tiny|cuda-check|cuda-check-sweep|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-pairs|norm-probe|packed|shared-angles|cluster-merge|cluster-final|cuda-final-run|mha-cluster|final-runs|final-pairs|rope-cold|review-check|spread|rope-tiny|kept-runs|kept-pairs|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -642,6 +644,23 @@ rope-tiny)  # rope at 1-64 tokens under kept outputs (compile's writes as cold a
     pairs="--ops rope --spec llama2-7b --spec llama2-13b --max-tokens 64"
     variant_pairs 120 "$pairs" "" "KBENCH_ROPE_TINY_TOKENS=33"
     variant_pairs 120 "$pairs --backend triton --patch kbench_triton.rope.TINY_TOKENS=33" ""
+    ;;
+kept-runs)  # with each graph call's outputs its own where its inputs are (kept outputs): the bench GPU
+    # tests, issue 4's and 5's commands and their compare (issues 4, 5)
+    step 90 python3 -m pytest -q -p no:cacheprovider tests/bench
+    step 250 kbench run $spec --norm triton --rope triton --attention triton --ffn triton --sampling triton \
+        --batch 1,64 --prompt-len 512 --out "$records"
+    triton_record=$(latest llama2-7b)
+    step 220 kbench run $spec --norm cuda --rope cuda --ffn cuda --attention cuda --sampling cuda \
+        --backend attention_prefill=triton --batch 1,64 --prompt-len 512 --out "$records"
+    step 20 kbench compare "$triton_record" "$(latest llama2-7b)" \
+        --metric kernel_us --format markdown --output "$OUT/compare-triton-vs-cuda.md"
+    ;;
+kept-pairs)  # the same rule: both backends against torch.compile at every spec shape up to 1024 tokens
+    # over rounds, written as markdown; then the decode sweep beside triton (issues 4, 5)
+    step 330 python3 scripts/device/compile_pairs.py --rounds 3 --max-tokens 1024 \
+        --ops add_rmsnorm,rmsnorm,rope,swiglu --output "$OUT/compile-pairs.md"
+    cuda_sweep 150
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks
