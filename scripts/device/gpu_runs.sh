@@ -197,6 +197,16 @@ variant_pairs() {  # variant_pairs LIMIT_S "ARGS" VARIANT...: compile_pairs.py A
         KBENCH_CUDA_DEFINES="$variant" step "$limit" python3 scripts/device/compile_pairs.py --rounds 3 $args
     done
 }
+issue_runs() {  # issue_runs TRITON_LIMIT_S CUDA_LIMIT_S: issue 4's command, issue 5's, and their compare
+    step "$1" kbench run $spec --norm triton --rope triton --attention triton --ffn triton --sampling triton \
+        --batch 1,64 --prompt-len 512 --out "$records"
+    local triton_record
+    triton_record=$(latest llama2-7b)
+    step "$2" kbench run $spec --norm cuda --rope cuda --ffn cuda --attention cuda --sampling cuda \
+        --backend attention_prefill=triton --batch 1,64 --prompt-len 512 --out "$records"
+    step 20 kbench compare "$triton_record" "$(latest llama2-7b)" \
+        --metric kernel_us --format markdown --output "$OUT/compare-triton-vs-cuda.md"
+}
 rope_against_compile() {  # rope at llama2-7b's and llama2-13b's shapes
     for spec_name in llama2-7b llama2-13b; do
         step 60 kbench bench rope --backend triton --vs compile --spec model_specs/$spec_name.yaml --out "$records"
@@ -587,13 +597,7 @@ final-runs)  # at the final code (graphs whose in-place copies span 2 x L2 for e
     # and their compare (issues 4, 5)
     step 120 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py tests/bench -k "decode or cluster or sweep or timing"
     cuda_sweep 150
-    step 240 kbench run $spec --norm triton --rope triton --attention triton --ffn triton --sampling triton \
-        --batch 1,64 --prompt-len 512 --out "$records"
-    triton_record=$(latest llama2-7b)
-    step 200 kbench run $spec --norm cuda --rope cuda --ffn cuda --attention cuda --sampling cuda \
-        --backend attention_prefill=triton --batch 1,64 --prompt-len 512 --out "$records"
-    step 20 kbench compare "$triton_record" "$(latest llama2-7b)" \
-        --metric kernel_us --format markdown --output "$OUT/compare-triton-vs-cuda.md"
+    issue_runs 240 200
     ;;
 final-pairs)  # both backends against torch.compile at every spec shape up to 1024 tokens over rounds,
     # with the in-place copies spanning 2 x L2 for every backend (issues 4, 5)
@@ -657,13 +661,7 @@ rope-four)  # rope at 1-32 tokens against compile with kept outputs: 4-element a
 kept-runs)  # with each graph call's outputs its own where its inputs are (kept outputs): the bench GPU
     # tests, issue 4's and 5's commands and their compare (issues 4, 5)
     step 90 python3 -m pytest -q -p no:cacheprovider tests/bench
-    step 250 kbench run $spec --norm triton --rope triton --attention triton --ffn triton --sampling triton \
-        --batch 1,64 --prompt-len 512 --out "$records"
-    triton_record=$(latest llama2-7b)
-    step 220 kbench run $spec --norm cuda --rope cuda --ffn cuda --attention cuda --sampling cuda \
-        --backend attention_prefill=triton --batch 1,64 --prompt-len 512 --out "$records"
-    step 20 kbench compare "$triton_record" "$(latest llama2-7b)" \
-        --metric kernel_us --format markdown --output "$OUT/compare-triton-vs-cuda.md"
+    issue_runs 250 220
     ;;
 kept-pairs)  # the same rule: both backends against torch.compile at every spec shape up to 1024 tokens
     # over rounds, written as markdown; then the decode sweep beside triton (issues 4, 5)
