@@ -79,6 +79,7 @@
 #   kept-runs  each graph call with its own outputs: bench tests, issue 4's and 5's commands, compare
 #   kept-pairs  the same rule: both backends against compile (markdown), the decode sweep (4, 5)
 #   rope-four  rope at 1-32 tokens: 4-element accesses at every token count against one angle (4, 5)
+#   rope-blocks  rope at 1-64 tokens: fewer, larger blocks, against compile (4, 5)
 #   cuda-check-sweep  the same, then the decode sweep beside triton (issue 5)
 #   norm-weight  triton's norms (weight loaded with the row) against compile and cuda (issue 4)
 #   decode     triton decode attention's GPU tests, split counts and sweep against sdpa (issue 4)
@@ -95,7 +96,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-pairs|norm-probe|packed|shared-angles|cluster-merge|cluster-final|cuda-final-run|mha-cluster|final-runs|final-pairs|rope-cold|review-check|spread|rope-tiny|kept-runs|kept-pairs|rope-four|cuda-check|cuda-check-sweep|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-pairs|norm-probe|packed|shared-angles|cluster-merge|cluster-final|cuda-final-run|mha-cluster|final-runs|final-pairs|rope-cold|review-check|spread|rope-tiny|kept-runs|kept-pairs|rope-four|rope-blocks|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -657,6 +658,14 @@ rope-four)  # rope at 1-32 tokens against compile with kept outputs: 4-element a
     pairs="--ops rope --spec llama2-7b --spec llama2-13b --max-tokens 32"
     variant_pairs 100 "$pairs" "" "KBENCH_ROPE_TINY_TOKENS=1"
     variant_pairs 100 "$pairs --backend triton --patch kbench_triton.rope.TINY_TOKENS=1" ""
+    ;;
+rope-blocks)  # rope at 1-64 tokens against compile: fewer, larger blocks (compile launches 80 programs at 8
+    # tokens of 40/40 heads where cuda launches 320): cuda slices of 256 and 512 threads, triton
+    # tiles of 8 heads from 32 tokens (issues 4, 5)
+    build_variants "" "KBENCH_ROPE_SLICE_THREADS=256" "KBENCH_ROPE_SLICE_THREADS=512" >"$OUT/variant-builds.log" 2>&1
+    pairs="--ops rope --spec llama2-7b --spec llama2-13b --max-tokens 64"
+    variant_pairs 100 "$pairs --backend cuda" "" "KBENCH_ROPE_SLICE_THREADS=256" "KBENCH_ROPE_SLICE_THREADS=512"
+    variant_pairs 100 "$pairs --backend triton --patch kbench_triton.rope.SMALL_TILE_HEADS=8" ""
     ;;
 kept-runs)  # with each graph call's outputs its own where its inputs are (kept outputs): the bench GPU
     # tests, issue 4's and 5's commands and their compare (issues 4, 5)
