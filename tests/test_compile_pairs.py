@@ -1,0 +1,51 @@
+"""The verdict of scripts/device/compile_pairs.py (the GPU script's arithmetic, on the CPU)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "device" / "compile_pairs.py"
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    spec = importlib.util.spec_from_file_location("compile_pairs", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_one_process_is_slower_only_where_its_best_round_is(pairs):
+    # compile / triton per round: 0.9, 1.0, 0.95 -> median 0.95, best round 1.0: not slower
+    case = {"compile": [0.9, 1.0, 0.95], "triton": [1.0, 1.0, 1.0], "cuda": [1.0, 1.25, 1.0]}
+    assert pairs.summary([case], "triton") == pytest.approx((1.0, 0.95, 0.9, 1.0, 0))
+    # compile / cuda: 0.9, 0.8, 0.95: every round below 1
+    assert pairs.summary([case], "cuda")[1:] == pytest.approx((0.9, 0.8, 0.95, 1))
+
+
+def test_several_processes_report_the_spread_of_their_medians_and_count_the_slower(pairs):
+    fast = {"compile": [2.2, 2.2, 2.2], "cuda": [2.4, 2.4, 2.2]}  # best round 1.0: not slower
+    faster = {"compile": [2.2, 2.2, 2.2], "cuda": [2.4, 2.4, 2.4]}  # slower in every round
+    slow = {"compile": [2.9, 2.9, 2.9], "cuda": [2.4, 2.4, 2.4]}
+    own_us, ratio, low, high, slower = pairs.summary([fast, faster, slow], "cuda")
+    assert slower == 1
+    assert (low, ratio, high) == pytest.approx((2.2 / 2.4, 2.2 / 2.4, 2.9 / 2.4))
+    assert own_us == pytest.approx(2.4)
+
+
+def test_a_backend_missing_from_a_case_has_no_summary(pairs):
+    assert pairs.summary([{"compile": [1.0], "cuda": []}], "cuda") is None
+    assert pairs.summary([{"compile": [1.0]}], "compile-inplace") is None
+
+
+def test_the_table_marks_the_slower_cases(pairs, capsys):
+    per_process = [{"a": {"compile": [1.0], "cuda": [2.0]}, "b": {"compile": [2.0], "cuda": [1.0]}},
+                   {"a": {"compile": [1.0], "cuda": [0.5]}, "b": {"compile": [2.0], "cuda": [1.0]}}]
+    lines = pairs.print_table("rope", per_process, rounds=1)
+    row_a, row_b = lines[-2:]
+    assert row_a.startswith("| a |") and "slower in 1 of 2" in row_a
+    assert row_b.startswith("| b |") and "slower" not in row_b
+    assert "slower in 1 of 2" in capsys.readouterr().out
+    one = pairs.print_table("rope", per_process[:1], rounds=1, echo=False)
+    assert one[-2] == "| a | 1.00 | 2.00 | **0.50 [0.50, 0.50] slower** |" and "slower" not in one[-1]
