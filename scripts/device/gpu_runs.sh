@@ -80,6 +80,7 @@
 #   kept-pairs  the same rule: both backends against compile (markdown), the decode sweep (4, 5)
 #   rope-four  rope at 1-32 tokens: 4-element accesses at every token count against one angle (4, 5)
 #   rope-blocks  rope at 1-64 tokens: fewer, larger blocks, against compile (4, 5)
+#   pairs-processes  both backends against compile over three fresh processes, up to 64 tokens (4, 5)
 #   cuda-check-sweep  the same, then the decode sweep beside triton (issue 5)
 #   norm-weight  triton's norms (weight loaded with the row) against compile and cuda (issue 4)
 #   decode     triton decode attention's GPU tests, split counts and sweep against sdpa (issue 4)
@@ -96,7 +97,7 @@
 # Each step has its own time limit so one slow step cannot cost the others; records and the
 # log go to $OUT (the device tool brings them back: at most 8 files).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-pairs|norm-probe|packed|shared-angles|cluster-merge|cluster-final|cuda-final-run|mha-cluster|final-runs|final-pairs|rope-cold|review-check|spread|rope-tiny|kept-runs|kept-pairs|rope-four|rope-blocks|cuda-check|cuda-check-sweep|cuda-run}
+phase=${1:?usage: gpu_runs.sh smoke|probe|reference|kernels|flash|liger|sweeps|triton|tests|tune|gqa|compile|topk|triton-run|splits|decode|cuda-small|variants|round4|norm-weight|triton-final|cuda-decode|decode-knob|decode-stages|decode-profile|decode-fill|cold-sweeps|cold-triton|cold-cuda|cold-splits|read-bound|read-configs|merge-pdl|fill-merge|compile-pairs|rope-knobs|decode-trace|cuda-final|small-gaps|rope-slices|small-knobs|one-angle|cuda-pairs|norm-probe|packed|shared-angles|cluster-merge|cluster-final|cuda-final-run|mha-cluster|final-runs|final-pairs|rope-cold|review-check|spread|rope-tiny|kept-runs|kept-pairs|rope-four|rope-blocks|pairs-processes|cuda-check|cuda-check-sweep|cuda-run}
 # a step past its limit gets SIGABRT first, so faulthandler prints where every thread was
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=170
 OUT=${OUT:-/tmp/kbench-out}
@@ -666,6 +667,13 @@ rope-blocks)  # rope at 1-64 tokens against compile: fewer, larger blocks (compi
     pairs="--ops rope --spec llama2-7b --spec llama2-13b --max-tokens 64"
     variant_pairs 100 "$pairs --backend cuda" "" "KBENCH_ROPE_SLICE_THREADS=256" "KBENCH_ROPE_SLICE_THREADS=512"
     variant_pairs 100 "$pairs --backend triton --patch kbench_triton.rope.SMALL_TILE_HEADS=8" ""
+    ;;
+pairs-processes)  # both backends against torch.compile in three fresh processes: every spec shape up to 64
+    # tokens, then llama2-7b's rmsnorm (where cuda trailed at 512 and 1024 rows) (issues 4, 5)
+    step 400 python3 scripts/device/compile_pairs.py --rounds 3 --processes 3 --max-tokens 64 \
+        --ops add_rmsnorm,rmsnorm,rope,swiglu --output "$OUT/compile-pairs-processes.md"
+    step 170 python3 scripts/device/compile_pairs.py --rounds 3 --processes 3 --ops rmsnorm --spec llama2-7b \
+        --output "$OUT/compile-pairs-rmsnorm-processes.md"
     ;;
 kept-runs)  # with each graph call's outputs its own where its inputs are (kept outputs): the bench GPU
     # tests, issue 4's and 5's commands and their compare (issues 4, 5)
