@@ -49,3 +49,12 @@ def test_the_table_marks_the_slower_cases(pairs, capsys):
     assert "slower in 1 of 2" in capsys.readouterr().out
     one = pairs.print_table("rope", per_process[:1], rounds=1, echo=False)
     assert one[-2] == "| a | 1.00 | 2.00 | **0.50 [0.50, 0.50] slower** |" and "slower" not in one[-1]
+
+
+def test_the_markdown_says_over_how_many_processes(pairs):
+    from types import SimpleNamespace
+
+    runs = [{"rope": {"a": {"compile": [1.0], "cuda": [2.0]}}}] * 2
+    lines = pairs.markdown_lines(SimpleNamespace(rounds=1, processes=3), runs)
+    assert "Over 2 fresh processes (of 3 asked for)" in lines[0]
+    assert lines[-1].startswith("| a | 1.00 | 2.00 |") and "slower in 2 of 2" in lines[-1]

@@ -87,7 +87,11 @@ def main() -> None:
     parser.add_argument("--times-json", type=Path, default=None, help=argparse.SUPPRESS)  # a child's times
     args = parser.parse_args()
     if args.processes > 1:
-        runs = [child_times(i) for i in range(args.processes)]
+        runs = []
+        for index in range(args.processes):
+            runs.append(child_times(index))
+            if args.output is not None:  # a run cut off later keeps the processes it finished
+                args.output.write_text("\n".join(markdown_lines(args, runs)) + "\n")
     else:
         runs = [measure_cases(args)]
     if args.times_json is not None:
@@ -200,19 +204,24 @@ def print_table(op_name: str, per_process: list[dict], rounds: int, echo: bool =
     return lines
 
 
+def markdown_lines(args, runs: list[dict], echo: bool = False) -> list[str]:
+    """The markdown of the tables across ``runs`` (each process's times), printed too where ``echo``."""
+    markdown = [header_lines(args, len(runs))]
+    for op_name in runs[0]:
+        markdown += print_table(op_name, [run[op_name] for run in runs if op_name in run], args.rounds, echo=echo)
+    return markdown
+
+
 def report(args, runs: list[dict]) -> None:
     """Print the tables across ``runs`` (several processes) and write the markdown (``--output``)."""
-    markdown = [header_lines(args)]
-    for op_name in runs[0]:  # one process printed its tables as it went
-        markdown += print_table(op_name, [run[op_name] for run in runs if op_name in run], args.rounds,
-                                echo=len(runs) > 1)
+    markdown = markdown_lines(args, runs, echo=len(runs) > 1)  # one process printed its tables as it went
     if args.output is not None:
         args.output.write_text("\n".join(markdown) + "\n")
         print(f"wrote {args.output}")
 
 
-def header_lines(args) -> str:
-    """The markdown's opening: what was run, where, on which code."""
+def header_lines(args, processes: int) -> str:
+    """The markdown's opening: what was run and where, and over how many of the processes asked for."""
     env = environment("cuda")
     return "\n".join([
         "# Memory-bound ops against torch.compile of the reference",
@@ -224,9 +233,10 @@ def header_lines(args) -> str:
         f"Kernel µs under CUDA-graph replay, {args.rounds} rounds a process, compile and the backends back to back "
         "in each round, outputs checked. compile / backend above 1: the backend is faster. "
         + ("The ratio is the median and [min, max] of the rounds' ratios, and a case is **slower** only where even "
-           "its best round is below 1." if args.processes == 1 else
-           f"Over {args.processes} fresh processes: the median and [min, max] of each process's median ratio; a case "
-           "is **slower in k of N** processes where, in k of them, even the best round is below 1."),
+           "its best round is below 1." if processes == 1 else
+           f"Over {processes} fresh processes (of {args.processes} asked for): the median and [min, max] of each "
+           "process's median ratio; a case is **slower in k of N** processes where, in k of them, even the best "
+           "round is below 1."),
     ])
 
 if __name__ == "__main__":
