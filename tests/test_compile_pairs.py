@@ -58,3 +58,16 @@ def test_the_markdown_says_over_how_many_processes(pairs):
     lines = pairs.markdown_lines(SimpleNamespace(rounds=1, processes=3), runs)
     assert "Over 2 fresh processes (of 3 asked for)" in lines[0]
     assert lines[-1].startswith("| a | 1.00 | 2.00 |") and "slower in 2 of 2" in lines[-1]
+
+
+def test_spec_cases_keep_the_chosen_token_counts_once_each(pairs, monkeypatch):
+    from kbench.plugins import get_registry
+
+    monkeypatch.chdir(SCRIPT.parent.parent.parent)  # the specs are model_specs/NAME.yaml
+    registry = get_registry()
+    small = pairs.spec_cases(registry, "rope", ["llama2-7b", "llama2-13b"], lambda tokens: tokens <= 64)
+    assert small and all(case["tokens"] <= 64 for case in small.values())
+    assert {case["heads"] for case in small.values()} == {32, 40}
+    once = pairs.spec_cases(registry, "rope", ["llama2-7b"])
+    assert pairs.spec_cases(registry, "rope", ["llama2-7b", "llama2-7b"]) == once
+    assert set(small) < set(once) | set(pairs.spec_cases(registry, "rope", ["llama2-13b"]))

@@ -14,9 +14,9 @@ import argparse
 import gc
 
 import torch
+from compile_pairs import spec_cases  # this script's folder is on the path
 
 from kbench.plugins import get_registry
-from kbench.spec import load_spec
 
 
 def autotuners() -> list:
@@ -43,10 +43,7 @@ def main() -> None:
     wanted = {int(t) for t in args.tokens.split(",")}
     registry = get_registry()
     op = registry.op(args.op)
-    spec = load_spec(f"model_specs/{args.spec}.yaml")
-    for case in op.cases_for(spec.model, spec.workload):
-        if case.get("tokens") not in wanted:
-            continue
+    for case in spec_cases(registry, args.op, [args.spec], lambda t: t in wanted).values():
         torch._dynamo.reset()
         seen = {id(t) for t in autotuners()}
         inputs = op.make_inputs(case, torch.bfloat16, torch.device("cuda"), 0)

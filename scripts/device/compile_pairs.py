@@ -45,8 +45,22 @@ from kbench.plugins import get_registry
 from kbench.spec import BenchConfig, load_spec
 
 OPS = ("rmsnorm", "add_rmsnorm", "rope", "swiglu")
+SPECS = ("llama2-7b", "llama2-13b", "llama3-8b")
 # The reference's outputs that an in-place backend writes into its inputs: output index -> input.
 INPLACE_OUTPUTS = {"rope": {0: "q", 1: "k"}, "add_rmsnorm": {1: "residual"}}
+
+
+def spec_cases(registry, op_name: str, spec_names, keep=lambda tokens: True) -> dict:
+    """{label: case} of ``op_name`` at the shapes of model_specs/NAME.yaml for each name, where
+    ``keep(tokens)`` (0 tokens for a case without any); a shape two specs share appears once.
+    The device scripts that pick spec shapes (compile_kernels.py, placement_probe.py) share it."""
+    cases = {}
+    for name in spec_names:
+        spec = load_spec(f"model_specs/{name}.yaml")
+        for case in registry.op(op_name).cases_for(spec.model, spec.workload):
+            if keep(case.get("tokens", 0)):
+                cases[case.label] = case
+    return cases
 
 
 def register_inplace_compile(registry) -> None:
@@ -90,7 +104,7 @@ def main() -> None:
         runs = []
         for index in range(args.processes):
             runs.append(child_times(index))
-            if args.output is not None:  # a run cut off later keeps the processes it finished
+            if args.output is not None and index + 1 < args.processes:  # a run cut off later keeps these
                 args.output.write_text("\n".join(markdown_lines(args, runs)) + "\n")
     else:
         runs = [measure_cases(args)]
@@ -124,13 +138,8 @@ def measure_cases(args) -> dict:
         register_inplace_compile(registry)
         backends.append("compile-inplace")
     bench = BenchConfig(warmup_ms=5.0, rep_ms=30.0, flush_l2=True)
-    cases: dict[str, dict[str, object]] = {}
-    for name in args.spec or ["llama2-7b", "llama2-13b", "llama3-8b"]:
-        spec = load_spec(f"model_specs/{name}.yaml")
-        for op_name in args.ops.split(","):
-            for case in registry.op(op_name).cases_for(spec.model, spec.workload):
-                if case.get("tokens", 0) <= args.max_tokens:
-                    cases.setdefault(op_name, {})[case.label] = case
+    cases = {op_name: spec_cases(registry, op_name, args.spec or SPECS, lambda t: t <= args.max_tokens)
+             for op_name in args.ops.split(",")}
     times: dict = {}
     for op_name, by_label in cases.items():
         timed = [b for b in backends if b in registry.backends(op_name)]  # compile-inplace: in-place ops only

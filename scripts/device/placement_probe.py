@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 
 import torch
+from compile_pairs import spec_cases  # this script's folder is on the path
 
 from kbench.bench.sweep import op_rows
 from kbench.plugins import get_registry
-from kbench.spec import BenchConfig, load_spec
+from kbench.spec import BenchConfig
 
 
 def main() -> None:
@@ -33,12 +34,7 @@ def main() -> None:
     backends = args.backend or ["compile", "triton", "cuda"]
     wanted = {int(t) for t in args.tokens.split(",")}
     bench = BenchConfig(warmup_ms=5.0, rep_ms=30.0, flush_l2=True)
-    cases = {}
-    for name in args.spec or ["llama2-7b", "llama2-13b"]:
-        spec = load_spec(f"model_specs/{name}.yaml")
-        for case in registry.op(args.op).cases_for(spec.model, spec.workload):
-            if case.get("tokens", 0) in wanted:
-                cases[case.label] = case
+    cases = spec_cases(registry, args.op, args.spec or ["llama2-7b", "llama2-13b"], lambda t: t in wanted)
     pads = [float(p) for p in args.pads_mb.split(",")]
     print(f"{args.op}: kernel µs under graph replay, by the pad (MB) allocated before the inputs")
     for label, case in cases.items():

@@ -173,7 +173,6 @@ def test_out_of_place_ops_keep_the_estimate_alone():
     assert [sweep.graph_call_count(RMSNORM, inputs, e, 50 * 2**20) for e in (20.0, 53.0, 5000.0)] == [100, 37, 1]
 
 
-
 @pytest.mark.parametrize(("tokens", "kept"), [(64, 200), (32768, 0)])
 def test_graphs_keep_an_output_per_input_set(monkeypatch, tokens, kept):
     """An out-of-place backend's calls get their own output buffers wherever the calls get
