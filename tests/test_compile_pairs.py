@@ -71,3 +71,67 @@ def test_spec_cases_keep_the_chosen_token_counts_once_each(pairs, monkeypatch):
     once = pairs.spec_cases(registry, "rope", ["llama2-7b"])
     assert pairs.spec_cases(registry, "rope", ["llama2-7b", "llama2-7b"]) == once
     assert set(small) < set(once) | set(pairs.spec_cases(registry, "rope", ["llama2-13b"]))
+
+
+def fake_launcher(block: int, warps: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(config=SimpleNamespace(kwargs={"XBLOCK": block}, num_warps=warps))
+
+
+@pytest.fixture
+def restored_autotuner(monkeypatch):
+    """CachingAutotuner.bench and Inductor's cache switch as they were, after the test."""
+    import torch
+    from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+
+    monkeypatch.setattr(CachingAutotuner, "bench", CachingAutotuner.bench)
+    monkeypatch.setattr(torch._inductor.config, "force_disable_caches", False)
+    return CachingAutotuner
+
+
+def test_a_forced_config_is_the_one_the_autotuner_times_fastest(pairs, restored_autotuner):
+    from types import SimpleNamespace
+
+    import torch
+
+    chosen = []
+    pairs.force_compile_config(3, chosen)
+    launchers = [fake_launcher(1024, 4), fake_launcher(512, 8)]
+    tuner = SimpleNamespace(launchers=launchers, fn=SimpleNamespace(__name__="triton_poi_fused_0"))
+    timings = {index: restored_autotuner.bench(tuner, launcher) for index, launcher in enumerate(launchers)}
+    assert min(timings, key=timings.get) == 1  # config 3 of 2 candidates: the second
+    assert chosen == ["triton_poi_fused_0: XBLOCK=512 warps=8 (2 of 2)"]
+    assert torch._inductor.config.force_disable_caches  # no cached choice may skip the timing
+
+
+def test_the_markdown_lists_the_config_each_process_ran(pairs):
+    from types import SimpleNamespace
+
+    runs = [{"rope": {"a": {"compile": [1.0], "cuda": [2.0]}}}] * 2
+    configs = [{"rope": {"a": ["k: XBLOCK=512 warps=4 (1 of 2)"]}}, {"rope": {"a": ["k: XBLOCK=256 warps=4 (2 of 2)"]}}]
+    lines = pairs.markdown_lines(SimpleNamespace(rounds=1, processes=2, compile_configs=2), runs, configs)
+    assert "k-th candidate config" in lines[0]
+    assert lines[-2:] == ["| rope | a | 1 | k: XBLOCK=512 warps=4 (1 of 2) |", "| rope | a | 2 | k: XBLOCK=256 warps=4 (2 of 2) |"]
+    assert pairs.config_lines([{}, {}]) == []
+
+
+@pytest.mark.gpu
+def test_forced_configs_run_on_the_gpu(pairs, restored_autotuner):
+    """Each forced index gives torch.compile's pointwise kernel a different launcher, and the
+    compiled function still computes the reference."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    ran = []
+    for index in range(2):
+        chosen = []
+        pairs.force_compile_config(index, chosen)
+        torch._dynamo.reset()
+        x = torch.randn(64 + index, 4096, device="cuda")  # a kernel of its own: a loaded one is tuned already
+        out = torch.compile(lambda t: torch.sin(t) * 2.0 + 1.0, dynamic=False)(x)
+        torch.testing.assert_close(out, torch.sin(x) * 2.0 + 1.0)
+        assert len(chosen) == 1 and f"({index + 1} of 2)" in chosen[0]
+        ran.append(chosen[0].split(":", 1)[1])
+    assert ran[0] != ran[1]

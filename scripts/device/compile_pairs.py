@@ -24,6 +24,15 @@ residual), as the triton and cuda kernels write them. The ``compile`` backend re
 tensors, which the graph keeps one a set of inputs (``kbench.bench.timing.capture_calls``), so
 they are written as cold as an in-place backend's copies; compile-inplace shows what writing in
 place itself costs compile.
+
+``--compile-configs N`` runs N fresh processes, the k-th with each of Inductor's autotuned kernels
+forced to its k-th candidate config (counted modulo the kernel's candidates) and Inductor's caches
+off. Inductor picks a 1-D pointwise kernel's config at run time, from two candidates
+(``triton_heuristics.pointwise``: a block of up to 1024 elements at 256 a warp, or half that at
+64 a warp), by timing each once in the process, and caches the winner on disk for the processes
+after; so which one a process runs depends on that first timing. Here every candidate is timed,
+a case is slower in k of N where it is slower than k of compile's configs, and the markdown lists
+the config each process ran.
 """
 
 from __future__ import annotations
@@ -98,34 +107,77 @@ def main() -> None:
     parser.add_argument("--patch", action="append", default=[], metavar="MODULE.NAME=INT",
                         help="set a module's integer constant first (a triton launch threshold, say)")
     parser.add_argument("--output", type=Path, default=None, help="also write the tables here as markdown")
+    parser.add_argument("--compile-configs", type=int, default=0, metavar="N",
+                        help="N processes, the k-th with compile's autotuned kernels forced to their k-th config")
+    parser.add_argument("--compile-config", type=int, default=None, help=argparse.SUPPRESS)  # a child's k
     parser.add_argument("--times-json", type=Path, default=None, help=argparse.SUPPRESS)  # a child's times
     args = parser.parse_args()
+    if args.compile_configs:
+        args.processes = args.compile_configs
     if args.processes > 1:
-        runs = []
+        runs, configs = [], []
         for index in range(args.processes):
-            runs.append(child_times(index))
+            child = child_times(index, args.compile_configs > 0)
+            runs.append(child["times"])
+            configs.append(child["configs"])
             if args.output is not None and index + 1 < args.processes:  # a run cut off later keeps these
-                args.output.write_text("\n".join(markdown_lines(args, runs)) + "\n")
+                args.output.write_text("\n".join(markdown_lines(args, runs, configs)) + "\n")
     else:
-        runs = [measure_cases(args)]
+        times, chosen = measure_cases(args)
+        runs, configs = [times], [chosen]
     if args.times_json is not None:
-        args.times_json.write_text(json.dumps(runs[0]))
+        args.times_json.write_text(json.dumps({"times": runs[0], "configs": configs[0]}))
         return
-    report(args, runs)
+    report(args, runs, configs)
 
 
-def child_times(index: int) -> dict:
-    """One fresh process's times: this script's own arguments, one process, times to a file."""
+def child_times(index: int, force_config: bool) -> dict:
+    """One fresh process's {"times", "configs"}: this script's own arguments, one process (forcing
+    compile's config ``index`` where ``force_config``), results to a file."""
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "times.json"
-        command = [sys.executable, sys.argv[0], *sys.argv[1:], "--processes", "1", "--times-json", str(path)]
-        print(f"\n--- process {index + 1}", flush=True)
+        command = [sys.executable, sys.argv[0], *sys.argv[1:], "--processes", "1", "--compile-configs", "0",
+                   "--times-json", str(path)]
+        if force_config:
+            command += ["--compile-config", str(index)]
+        print(f"\n--- process {index + 1}" + (f": compile's config {index + 1}" if force_config else ""), flush=True)
         subprocess.run(command, check=True)
         return json.loads(path.read_text())
 
 
-def measure_cases(args) -> dict:
-    """{op: {case label: {backend: [µs a round]}}}, compile first; each op's table printed as it ends."""
+def describe_config(config) -> str:
+    """A Triton config as Inductor's autotuner holds it: its block sizes and warps."""
+    sizes = ", ".join(f"{name}={value}" for name, value in config.kwargs.items())
+    return f"{sizes} warps={config.num_warps}"
+
+
+def force_compile_config(index: int, chosen: list) -> None:
+    """Make every autotuned Inductor kernel of this process pick its candidate config ``index``
+    (modulo its count) and append ``name: config (k of n)`` to ``chosen`` when it does.
+
+    Inductor times each candidate with ``CachingAutotuner.bench`` and keeps the fastest; this
+    bench gives the forced one 0 and the rest 1. Its caches are turned off, or a config cached
+    by an earlier process would be loaded without any timing."""
+    from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+
+    torch._inductor.config.force_disable_caches = True
+
+    def bench(self, launcher, *args, **kwargs):
+        count = len(self.launchers)
+        pick = self.launchers[index % count]
+        if launcher is pick:
+            chosen.append(f"{self.fn.__name__}: {describe_config(launcher.config)} ({index % count + 1} of {count})")
+        return 0.0 if launcher is pick else 1.0
+
+    CachingAutotuner.bench = bench
+
+
+def measure_cases(args) -> tuple[dict, dict]:
+    """{op: {case label: {backend: [µs a round]}}}, compile first, each op's table printed as it
+    ends; and {op: {case label: [compile's forced configs]}} (empty unless --compile-config)."""
+    chosen: list[str] = []
+    if args.compile_config is not None:
+        force_compile_config(args.compile_config, chosen)
     for item in args.patch:
         target, value = item.split("=")
         module_name, name = target.rsplit(".", 1)
@@ -141,18 +193,23 @@ def measure_cases(args) -> dict:
     cases = {op_name: spec_cases(registry, op_name, args.spec or SPECS, lambda t: t <= args.max_tokens)
              for op_name in args.ops.split(",")}
     times: dict = {}
+    configs: dict = {}
     for op_name, by_label in cases.items():
         timed = [b for b in backends if b in registry.backends(op_name)]  # compile-inplace: in-place ops only
         op_times = times.setdefault(op_name, {label: {b: [] for b in ["compile", *timed]} for label in by_label})
         for _ in range(args.rounds):
             for label, case in by_label.items():
-                for row in op_rows(registry, op_name, ["compile", *timed], [case], torch.bfloat16, "cuda", bench):
+                first = len(chosen)  # compile autotunes in a case's first round only
+                rows = op_rows(registry, op_name, ["compile", *timed], [case], torch.bfloat16, "cuda", bench)
+                if len(chosen) > first:
+                    configs.setdefault(op_name, {})[label] = chosen[first:]
+                for row in rows:
                     if row["status"] != "PASS":
                         print(f"{op_name} {label} {row['backend']}: {row['status']} {row.get('note') or ''}")
                         continue
                     op_times[label][row["backend"]].append(row["graph_latency_us"] or row["latency_us"])
         print_table(op_name, [op_times], args.rounds)
-    return times
+    return times, configs
 
 
 def summary(per_process: list[dict], backend: str) -> tuple[float, float, float, float, int] | None:
@@ -213,17 +270,35 @@ def print_table(op_name: str, per_process: list[dict], rounds: int, echo: bool =
     return lines
 
 
-def markdown_lines(args, runs: list[dict], echo: bool = False) -> list[str]:
-    """The markdown of the tables across ``runs`` (each process's times), printed too where ``echo``."""
+def markdown_lines(args, runs: list[dict], configs: list[dict] | None = None, echo: bool = False) -> list[str]:
+    """The markdown of the tables across ``runs`` (each process's times), printed too where
+    ``echo``, then the configs compile was forced to in each process (``configs``), if any."""
     markdown = [header_lines(args, len(runs))]
     for op_name in runs[0]:
         markdown += print_table(op_name, [run[op_name] for run in runs if op_name in run], args.rounds, echo=echo)
-    return markdown
+    return markdown + config_lines(configs or [])
 
 
-def report(args, runs: list[dict]) -> None:
+def config_lines(configs: list[dict]) -> list[str]:
+    """Markdown of which config each of compile's autotuned kernels ran, case by case and process
+    by process (``configs``: each process's {op: {label: [descriptions]}})."""
+    if not any(configs):
+        return []
+    lines = ["\n## compile's configs, process by process\n", "| op | case | process | kernels |",
+             "| --- | --- | --- | --- |"]
+    for op_name in dict.fromkeys(op for process in configs for op in process):
+        labels = dict.fromkeys(label for process in configs for label in process.get(op_name, {}))
+        for label in labels:
+            for index, process in enumerate(configs):
+                kernels = process.get(op_name, {}).get(label)
+                if kernels:
+                    lines.append(f"| {op_name} | {label} | {index + 1} | {'; '.join(kernels)} |")
+    return lines
+
+
+def report(args, runs: list[dict], configs: list[dict]) -> None:
     """Print the tables across ``runs`` (several processes) and write the markdown (``--output``)."""
-    markdown = markdown_lines(args, runs, echo=len(runs) > 1)  # one process printed its tables as it went
+    markdown = markdown_lines(args, runs, configs, echo=len(runs) > 1)  # one process printed its tables as it went
     if args.output is not None:
         args.output.write_text("\n".join(markdown) + "\n")
         print(f"wrote {args.output}")
@@ -243,6 +318,10 @@ def header_lines(args, processes: int) -> str:
         "in each round, outputs checked. compile / backend above 1: the backend is faster. "
         + ("The ratio is the median and [min, max] of the rounds' ratios, and a case is **slower** only where even "
            "its best round is below 1." if processes == 1 else
+           f"Process k ran each of compile's autotuned kernels at its k-th candidate config, {processes} processes "
+           f"(of {args.processes} asked for), Inductor's caches off: the median and [min, max] of each process's "
+           "median ratio; a case is **slower in k of N** where, against k of compile's configs, even the best round "
+           "is below 1. Which config each process ran is listed at the end." if getattr(args, "compile_configs", 0) else
            f"Over {processes} fresh processes (of {args.processes} asked for): the median and [min, max] of each "
            "process's median ratio; a case is **slower in k of N** processes where, in k of them, even the best "
            "round is below 1."),
