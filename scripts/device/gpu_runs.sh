@@ -694,7 +694,7 @@ compile-configs)  # torch.compile at each of its autotuner's candidate configs, 
     step 60 python3 -m pytest -q -p no:cacheprovider tests/test_compile_pairs.py
     step 300 python3 scripts/device/compile_pairs.py --rounds 3 --max-tokens 64 --ops rope,add_rmsnorm \
         --compile-configs 2 --output "$OUT/compile-configs.md"
-    step 200 python3 scripts/device/compile_pairs.py --rounds 3 --max-tokens 1024 --ops rmsnorm --spec llama2-7b \
+    step 150 python3 scripts/device/compile_pairs.py --rounds 3 --max-tokens 1024 --ops rmsnorm --spec llama2-7b \
         --compile-configs 3 --output "$OUT/compile-configs-rmsnorm.md"
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
