@@ -26,6 +26,9 @@ from kbench_triton.common import interpreting, launch_config
 FEW_TOKENS = 1024
 SMALL_TILE_HEADS = 4
 TINY_TOKENS = 32
+# 1: below FEW_TOKENS, _rope_rows_kernel (one tile of rows selected between q and k); 0: the tile
+# path of _rope_kernel, a masked tile of each tensor
+ROWS_KERNEL = 1
 
 
 @triton.jit
@@ -131,6 +134,49 @@ def _rope_kernel(q_ptr, k_ptr, positions_ptr, inv_freq_ptr,
                       BLOCK_HALF)
 
 
+@triton.jit
+def _rope_rows_kernel(q_ptr, k_ptr, positions_ptr, inv_freq_ptr,
+                      stride_qt, stride_qh, stride_qd, stride_kt, stride_kh, stride_kd,
+                      heads, kv_heads,
+                      HALF: tl.constexpr, INTERLEAVED: tl.constexpr, PRECISE_TRIG: tl.constexpr,
+                      BLOCK_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    """One tile of BLOCK_HEADS rows of the token's q heads followed by its k heads, each row's
+    address selected between q and k (no masked-off tile of the other tensor, 32-bit offsets:
+    the host checks they fit). Its loads go out before the angles are computed."""
+    token = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_HEADS + tl.arange(0, BLOCK_HEADS)
+    is_q = rows < heads
+    q_rows = q_ptr + (token * stride_qt + rows * stride_qh)
+    k_rows = k_ptr + (token * stride_kt + (rows - heads) * stride_kh)
+    row_ptr = tl.where(is_q, q_rows, k_rows)[:, None]
+    pair = tl.arange(0, BLOCK_HALF)[None, :]
+    mask = (rows[:, None] < heads + kv_heads) & (pair < HALF)
+    stride_d = tl.where(is_q, stride_qd, stride_kd)[:, None]
+    if INTERLEAVED:
+        first_ptr = row_ptr + (2 * pair) * stride_d
+        second_ptr = first_ptr + stride_d
+    else:
+        first_ptr = row_ptr + pair * stride_d
+        second_ptr = first_ptr + HALF * stride_d
+    x1 = tl.load(first_ptr, mask=mask, other=0.0)
+    x2 = tl.load(second_ptr, mask=mask, other=0.0)
+    cos, sin = _angles(positions_ptr, inv_freq_ptr, token, q_ptr.dtype.element_ty, HALF, INTERLEAVED, PRECISE_TRIG,
+                       BLOCK_HALF)
+    _rotate_store(first_ptr, second_ptr, mask, x1, x2, cos, sin, INTERLEAVED)
+
+
+def _offsets_fit_int32(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether every element offset of q and k (and each row's offset taken in the other tensor's
+    strides, as the rows kernel computes both before selecting) fits an int32."""
+    tokens, heads, head_dim = q.shape
+    rows = heads + k.shape[1]
+    strides = [*q.stride(), *k.stride()]
+    if min(strides) < 0:
+        return False
+    furthest = (tokens - 1) * max(q.stride(0), k.stride(0)) + rows * max(q.stride(1), k.stride(1))
+    return furthest + head_dim * max(q.stride(2), k.stride(2)) < 2**31
+
+
 def _config(tokens: int, heads: int, kv_heads: int, block_half: int) -> tuple[int, int, int]:
     """(BLOCK_HEADS, heads per program, num_warps) for a launch."""
     # 1K-element half-tiles (16 heads x 64 pairs) at 8 warps: 97-98% of copy for 32 q heads
@@ -162,7 +208,13 @@ def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, inv_freq: to
     all_heads = heads + kv_heads
     launch_config("rope", (tokens, heads, kv_heads, head_dim, style), BLOCK_HEADS=block_heads,
                   num_warps=num_warps)
-    if tokens:
+    if tokens and ROWS_KERNEL and per_program <= block_heads and _offsets_fit_int32(q, k):
+        _rope_rows_kernel[(tokens, triton.cdiv(all_heads, per_program))](
+            q, k, positions, inv_freq.to(torch.float32), *q.stride(), *k.stride(), heads, kv_heads,
+            HALF=half, INTERLEAVED=style == "interleaved", PRECISE_TRIG=not interpreting(),
+            BLOCK_HEADS=block_heads, BLOCK_HALF=block_half, num_warps=num_warps,
+        )
+    elif tokens:
         _rope_kernel[(tokens, triton.cdiv(all_heads, per_program))](
             q, k, positions, inv_freq.to(torch.float32),
             *q.stride(), *k.stride(), heads, kv_heads, per_program,

@@ -697,6 +697,17 @@ compile-configs)  # torch.compile at each of its autotuner's candidate configs, 
     step 150 python3 scripts/device/compile_pairs.py --rounds 3 --max-tokens 1024 --ops rmsnorm --spec llama2-7b \
         --compile-configs 3 --output "$OUT/compile-configs-rmsnorm.md"
     ;;
+rope-lean)  # rope's small-token kernels with their element addresses taken without branches
+           # (cuda KBENCH_ROPE_LEAN, triton ROWS_KERNEL) against the previous ones, at each of
+           # torch.compile's configs (issues 4, 5)
+    build_variants "" "KBENCH_ROPE_LEAN=0" >"$OUT/variant-builds.log" 2>&1
+    step 120 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py tests/plugins/test_triton.py -k rope
+    step 120 python3 -m pytest -q -p no:cacheprovider tests/test_conformance.py -k "rope and (cuda or triton)"
+    pairs="--ops rope --spec llama2-7b --spec llama2-13b --max-tokens 64 --compile-configs 2"
+    step 170 python3 scripts/device/compile_pairs.py --rounds 3 $pairs --output "$OUT/rope-lean.md"
+    KBENCH_CUDA_DEFINES="KBENCH_ROPE_LEAN=0" step 170 python3 scripts/device/compile_pairs.py --rounds 3 $pairs \
+        --patch kbench_triton.rope.ROWS_KERNEL=0 --output "$OUT/rope-previous.md"
+    ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks
     ;;

@@ -13,6 +13,7 @@ pytest.importorskip("triton")
 
 from kbench_triton import ffn as triton_ffn  # noqa: E402
 from kbench_triton import plugin  # noqa: E402
+from kbench_triton import rope as triton_rope  # noqa: E402
 from kbench_triton.attention_decode import attention_decode  # noqa: E402
 from kbench_triton.attention_prefill import attention_prefill  # noqa: E402
 from kbench_triton.common import semaphores  # noqa: E402
@@ -62,6 +63,36 @@ def test_rope_covers_every_head_when_programs_split_the_heads(tokens):
     rope(q, k, positions, inv_freq, "half")
     torch.testing.assert_close(q, expected_q, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(k, expected_k, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("style", ["half", "interleaved"])
+@pytest.mark.parametrize("path", ["rows", "tiles", "rows beyond int32"])
+def test_rope_rows_straddle_q_and_k_in_views_of_their_own_strides(monkeypatch, path, style):
+    # 5 q + 3 k heads in 2-row tiles: the third tile holds q 4 and k 0. q is a view into a fused
+    # qkv buffer (v must stay as it was), k a view with other strides
+    monkeypatch.setattr(triton_rope, "ROWS_KERNEL", int(path != "tiles"))
+    if path == "rows beyond int32":  # offsets past int32 take the tile path
+        monkeypatch.setattr(triton_rope, "_offsets_fit_int32", lambda q, k: False)
+    tokens, heads, kv_heads, head_dim = 3, 5, 3, 16
+    qkv = _randn(tokens, heads + 2 * kv_heads, head_dim)
+    v_before = qkv[:, heads + kv_heads:].clone()
+    q = qkv[:, :heads]
+    k = _randn(tokens, kv_heads, 2 * head_dim, seed=1)[..., :head_dim]
+    positions = torch.tensor([3, 900, 17], device=DEVICE)
+    inv_freq = (1.0 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)).to(DEVICE)
+    expected_q, expected_k = rope_reference(q.clone(), k.clone(), positions, inv_freq, style)
+    rope(q, k, positions, inv_freq, style)
+    torch.testing.assert_close(q, expected_q, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(k, expected_k, atol=1e-5, rtol=1e-5)
+    assert torch.equal(qkv[:, heads + kv_heads:], v_before)
+
+
+def test_rope_offsets_fit_int32_only_below_two_to_the_31():
+    q = torch.empty(4, 2, 8)
+    assert triton_rope._offsets_fit_int32(q, q)
+    huge = torch.empty_strided((4, 2, 8), (2**30, 8, 1), device="meta")  # token 3 starts at 3 * 2^30
+    assert not triton_rope._offsets_fit_int32(huge, q)
+    assert not triton_rope._offsets_fit_int32(q, huge)
 
 
 def test_rope_keeps_the_norm_of_each_pair():

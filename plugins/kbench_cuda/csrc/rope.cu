@@ -41,6 +41,11 @@ constexpr int kFewTokens = KBENCH_ROPE_FEW_TOKENS;
 constexpr int kTinyTokens = KBENCH_ROPE_TINY_TOKENS;
 constexpr int kSliceThreads = KBENCH_ROPE_SLICE_THREADS;
 // Elements a slice thread moves an access (0: 16 bytes' worth).
+// 1: the slice kernel takes its element's address without a branch and exits only after its loads
+// (0: as before, an early exit and a branch between q's and k's address).
+#ifndef KBENCH_ROPE_LEAN
+#define KBENCH_ROPE_LEAN 1
+#endif
 #ifndef KBENCH_ROPE_SLICE_VEC
 #define KBENCH_ROPE_SLICE_VEC 4
 #endif
@@ -98,6 +103,19 @@ __device__ __forceinline__ T* head_base(T* q, T* k, int token, int head, int hea
                                   static_cast<Index>(head) * static_cast<Index>(q_head_stride)
                         : k + static_cast<Index>(token) * static_cast<Index>(k_token_stride) +
                                   static_cast<Index>(head - heads) * static_cast<Index>(k_head_stride);
+}
+
+// Element j of head `head` of the token, q's heads first, then k's, as one offset in Index from a
+// selected tensor and strides (no branch: the slice kernel's loads wait on this address).
+template <typename Index, typename T>
+__device__ __forceinline__ T* head_element(T* q, T* k, int token, int head, int heads, int j, int64_t q_token_stride,
+                                           int64_t q_head_stride, int64_t k_token_stride, int64_t k_head_stride) {
+    const bool is_q = head < heads;
+    T* const tensor = is_q ? q : k;
+    const Index token_stride = static_cast<Index>(is_q ? q_token_stride : k_token_stride);
+    const Index head_stride = static_cast<Index>(is_q ? q_head_stride : k_head_stride);
+    const Index row = static_cast<Index>(is_q ? head : head - heads);
+    return tensor + (static_cast<Index>(token) * token_stride + row * head_stride + static_cast<Index>(j));
 }
 
 // One block per token, all heads of q and k.
@@ -159,13 +177,18 @@ __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const in
     constexpr int kAngles = INTERLEAVED ? VEC / 2 : VEC;
     constexpr int kLaneAngles = HEAD_DIM / 2 / 32;  // distinct angles of a head a lane
     constexpr bool kShare = HEAD_DIM != 0 && HEAD_DIM % 64 == 0 && kAngles > kLaneAngles;
+#if KBENCH_ROPE_LEAN
+    T* const element = head_element<Index>(q, k, token, head, heads, j, q_token_stride, q_head_stride,
+                                           k_token_stride, k_head_stride);
+#else
     if (!kShare && !active) return;
-    T* base = head_base<Index>(q, k, token, head, heads, q_token_stride, q_head_stride, k_token_stride,
-                               k_head_stride);
+    T* const element = head_base<Index>(q, k, token, head, heads, q_token_stride, q_head_stride, k_token_stride,
+                                        k_head_stride) + j;
+#endif
     Vec<T, VEC> a, b;
     if (active) {
-        a = load_vec<T, VEC>(base + j);
-        if constexpr (!INTERLEAVED) b = load_vec<T, VEC>(base + half_dim + j);
+        a = load_vec<T, VEC>(element);
+        if constexpr (!INTERLEAVED) b = load_vec<T, VEC>(element + half_dim);
     }
     const int first = INTERLEAVED ? j / 2 : j;
     const float position = static_cast<float>(positions[token]);
@@ -195,10 +218,11 @@ __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const in
         for (int i = 0; i < kAngles; ++i) frequency[i] = inv_freq[first + i];
 #pragma unroll
         for (int i = 0; i < kAngles; ++i) angle_cos_sin(position, frequency[i], &c[i], &s[i]);
+        if (!active) return;
     }
     rotate<T, VEC, INTERLEAVED>(a, b, c, s);
-    store_vec<T, VEC>(base + j, a);
-    if constexpr (!INTERLEAVED) store_vec<T, VEC>(base + half_dim + j, b);
+    store_vec<T, VEC>(element, a);
+    if constexpr (!INTERLEAVED) store_vec<T, VEC>(element + half_dim, b);
 }
 
 // Whether every element offset of q and k fits in an int (the specialised slice kernel's offsets).
