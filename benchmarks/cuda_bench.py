@@ -124,6 +124,9 @@ def run_once() -> int:
     small = [Case("rmsnorm", tokens=7, hidden=4096), Case("add_rmsnorm", tokens=7, hidden=320),
              Case("rope", tokens=5, heads=32, kv_heads=8, head_dim=128, seq_len=64, style="half"),
              Case("rope", tokens=5, heads=4, kv_heads=2, head_dim=80, seq_len=64, style="interleaved"),
+             # the wider slices and the per-token blocks
+             Case("rope", tokens=64, heads=5, kv_heads=3, head_dim=128, seq_len=64, style="half"),
+             Case("rope", tokens=1100, heads=5, kv_heads=3, head_dim=72, seq_len=2048, style="half"),
              Case("swiglu", tokens=3, intermediate=11008), Case("swiglu", tokens=3, intermediate=1001),
              Case("topk", batch=3, vocab=4099, k=50), Case("topk", batch=2, vocab=32000, k=64),
              Case("sample", batch=3, vocab=32000, temperature=0.8, top_k=50, top_p=0.9),

@@ -708,6 +708,22 @@ rope-lean)  # rope's small-token kernels with their element addresses taken with
     KBENCH_CUDA_DEFINES="KBENCH_ROPE_LEAN=0" step 170 python3 scripts/device/compile_pairs.py --rounds 3 $pairs \
         --patch kbench_triton.rope.ROWS_KERNEL=0 --output "$OUT/rope-previous.md"
     ;;
+rope-rounding)  # rope rounding as HF (no fma contraction) with the branchless small-token kernels:
+               # the GPU tests, a memcheck, rope against compile's configs; then the rounding test
+               # on sources with the contraction put back, which must fail (issues 4, 5)
+    step 200 python3 -m pytest -q -p no:cacheprovider tests/test_rope_rounding.py tests/plugins/test_cuda.py \
+        tests/plugins/test_triton.py -k "rope or rounds or threshold"
+    step 120 python3 -m pytest -q -p no:cacheprovider tests/test_conformance.py -k "rope and (cuda or triton)"
+    cuda_memcheck
+    step 170 python3 scripts/device/compile_pairs.py --rounds 3 --ops rope --spec llama2-7b --spec llama2-13b \
+        --max-tokens 64 --compile-configs 2 --output "$OUT/rope-rounding.md"
+    local_sources="plugins/kbench_cuda/csrc/common.cuh plugins/kbench_cuda/csrc/rope.cu plugins/kbench_triton/rope.py"
+    mkdir -p /tmp/rope-sources && cp $local_sources /tmp/rope-sources/
+    sed -i 's/__h\(add\|sub\|mul\)2_rn(/__h\12(/g' plugins/kbench_cuda/csrc/common.cuh plugins/kbench_cuda/csrc/rope.cu
+    sed -i 's/enable_fp_fusion=False/enable_fp_fusion=True/' plugins/kbench_triton/rope.py
+    step 150 python3 -m pytest -q -p no:cacheprovider tests/test_rope_rounding.py -k "bfloat16 and half"
+    for source in $local_sources; do cp "/tmp/rope-sources/$(basename "$source")" "$source"; done
+    ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks
     ;;

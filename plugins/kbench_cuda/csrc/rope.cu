@@ -71,12 +71,23 @@ __device__ __forceinline__ void fill_table(float* table, float position, const f
 template <typename T, int VEC, bool INTERLEAVED>
 __device__ __forceinline__ void rotate(Vec<T, VEC>& a, Vec<T, VEC>& b, const float* c, const float* s) {
     if constexpr (INTERLEAVED) {
+        // each product rounded to fp32 before the sum, as the reference's separate ops (no fma)
 #pragma unroll
         for (int e = 0; e < VEC; e += 2) {
             const float re = to_float(a.v[e]), im = to_float(a.v[e + 1]);
-            a.v[e] = from_float<T>(re * c[e / 2] - im * s[e / 2]);
-            a.v[e + 1] = from_float<T>(re * s[e / 2] + im * c[e / 2]);
+            a.v[e] = from_float<T>(__fsub_rn(__fmul_rn(re, c[e / 2]), __fmul_rn(im, s[e / 2])));
+            a.v[e + 1] = from_float<T>(__fadd_rn(__fmul_rn(re, s[e / 2]), __fmul_rn(im, c[e / 2])));
         }
+    } else if constexpr (VEC == 1 && kPacked16<T>) {
+        // the element and its partner as one pair: {a, b} * {cos, cos} + {b, a} * {-sin, sin}, each
+        // product and the sum rounded to T as HF (b * -sin rounds to minus b * sin rounded); one
+        // conversion of the pair and three packed ops, where element by element took eight
+        using P = Pair<T>;
+        const P x(a.v[0], b.v[0]);
+        const P rotated = __hadd2_rn(__hmul2_rn(x, to_pair(c[0], c[0], P{})),
+                                     __hmul2_rn(__lowhigh2highlow(x), to_pair(-s[0], s[0], P{})));
+        a.v[0] = rotated.x;
+        b.v[0] = rotated.y;
     } else {
         // cos, sin, every product and the sum rounded to T (packed pairs in 16-bit types)
         const Vec<T, VEC> cos_t = to_vec<T, VEC>(c), sin_t = to_vec<T, VEC>(s);
