@@ -28,6 +28,7 @@ from kbench_triton.common import interpreting, launch_config
 # (scripts/device/compile_pairs.py, gpu_runs.sh rope-knobs), one program a token 1024 to 1.00-1.15x
 FEW_TOKENS = 1024
 SMALL_TILE_HEADS = 4
+SMALL_TILE_WARPS = 4  # warps of a SMALL_TILE_HEADS tile from TINY_TOKENS to 128 tokens
 TINY_TOKENS = 32
 # 1: below FEW_TOKENS, _rope_rows_kernel (one tile of rows selected between q and k); 0: the tile
 # path of _rope_kernel, a masked tile of each tensor
@@ -196,7 +197,7 @@ def _config(tokens: int, heads: int, kv_heads: int, block_half: int) -> tuple[in
         return 2, 2, 4
     if tokens >= 128:
         return SMALL_TILE_HEADS, SMALL_TILE_HEADS, 1
-    return SMALL_TILE_HEADS, SMALL_TILE_HEADS, 4
+    return SMALL_TILE_HEADS, SMALL_TILE_HEADS, SMALL_TILE_WARPS
 
 
 def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, style: str):

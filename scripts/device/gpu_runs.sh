@@ -724,6 +724,17 @@ rope-rounding)  # rope rounding as HF (no fma contraction) with the branchless s
     step 150 python3 -m pytest -q -p no:cacheprovider tests/test_rope_rounding.py -k "bfloat16 and half"
     for source in $local_sources; do cp "/tmp/rope-sources/$(basename "$source")" "$source"; done
     ;;
+rope-mid)  # rope at 32-64 tokens against torch.compile's faster config there (512 elements, 8
+           # warps): one angle a thread (cuda TINY_TOKENS 65, triton 2-head tiles), 2-element
+           # accesses (cuda SLICE_VEC 2), 8-warp 4-head tiles (triton), one process each (issues 4, 5)
+    build_variants "" "KBENCH_ROPE_TINY_TOKENS=65" "KBENCH_ROPE_SLICE_VEC=2" >"$OUT/variant-builds.log" 2>&1
+    pairs="--rounds 3 --ops rope --spec llama2-7b --spec llama2-13b --max-tokens 64 --compile-config 1"
+    step 100 python3 scripts/device/compile_pairs.py $pairs --output "$OUT/rope-mid-default.md"
+    KBENCH_CUDA_DEFINES="KBENCH_ROPE_TINY_TOKENS=65" step 100 python3 scripts/device/compile_pairs.py $pairs \
+        --patch kbench_triton.rope.TINY_TOKENS=65 --output "$OUT/rope-mid-one-angle.md"
+    KBENCH_CUDA_DEFINES="KBENCH_ROPE_SLICE_VEC=2" step 100 python3 scripts/device/compile_pairs.py $pairs \
+        --patch kbench_triton.rope.SMALL_TILE_WARPS=8 --output "$OUT/rope-mid-two.md"
+    ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks
     ;;
