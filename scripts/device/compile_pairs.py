@@ -1,7 +1,7 @@
 """The memory-bound ops against torch.compile, case by case, over several rounds: GPU machine.
 
-    python3 scripts/device/compile_pairs.py [--rounds 3] [--processes 1] [--max-tokens 1024] [--spec NAME ...]
-        [--output PAIRS.md]
+    python3 scripts/device/compile_pairs.py [--rounds 3] [--processes 1] [--compile-configs N]
+        [--min-tokens 0] [--max-tokens 1024] [--spec NAME ...] [--output PAIRS.md]
 
 The issues ask triton and cuda to be "never slower than torch.compile of the reference at any
 shape of the shipped specs". At a few tokens the kernels take 1.5-3 µs and one sweep's
@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=1,
                         help="run the whole measurement in this many fresh processes and report across them")
     parser.add_argument("--max-tokens", type=int, default=1024)
+    parser.add_argument("--min-tokens", type=int, default=0)
     parser.add_argument("--spec", action="append", default=None, help="model_specs/NAME.yaml (default: 7b, 13b, 3-8b)")
     parser.add_argument("--backend", action="append", default=None, help="default: triton and cuda")
     parser.add_argument("--ops", default=",".join(OPS))
@@ -190,7 +191,7 @@ def measure_cases(args) -> tuple[dict, dict]:
         register_inplace_compile(registry)
         backends.append("compile-inplace")
     bench = BenchConfig(warmup_ms=5.0, rep_ms=30.0, flush_l2=True)
-    cases = {op_name: spec_cases(registry, op_name, args.spec or SPECS, lambda t: t <= args.max_tokens)
+    cases = {op_name: spec_cases(registry, op_name, args.spec or SPECS, lambda t: args.min_tokens <= t <= args.max_tokens)
              for op_name in args.ops.split(",")}
     times: dict = {}
     configs: dict = {}

@@ -735,6 +735,23 @@ rope-mid)  # rope at 32-64 tokens against torch.compile's faster config there (5
     KBENCH_CUDA_DEFINES="KBENCH_ROPE_SLICE_VEC=2" step 100 python3 scripts/device/compile_pairs.py $pairs \
         --patch kbench_triton.rope.SMALL_TILE_WARPS=8 --output "$OUT/rope-mid-two.md"
     ;;
+rope-final)  # the final rope kernels: their GPU tests (rounding included), a memcheck, then issue 4's
+            # and 5's commands and their compare (issues 4, 5)
+    step 200 python3 -m pytest -q -p no:cacheprovider tests/test_rope_rounding.py tests/plugins/test_cuda.py \
+        tests/plugins/test_triton.py -k "rope or rounds or threshold"
+    step 120 python3 -m pytest -q -p no:cacheprovider tests/test_conformance.py -k "rope and (cuda or triton)"
+    cuda_memcheck
+    issue_runs 220 200
+    ;;
+config-pairs-rope)  # rope and add_rmsnorm at every spec shape up to 1024 tokens against each of
+                    # torch.compile's configs (issues 4, 5)
+    step 560 python3 scripts/device/compile_pairs.py --rounds 3 --ops rope,add_rmsnorm --compile-configs 2 \
+        --output "$OUT/config-pairs-rope.md"
+    ;;
+config-pairs-norm)  # rmsnorm and swiglu the same way (issues 4, 5)
+    step 560 python3 scripts/device/compile_pairs.py --rounds 3 --ops rmsnorm,swiglu --compile-configs 2 \
+        --output "$OUT/config-pairs-norm.md"
+    ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks
     ;;

@@ -66,12 +66,11 @@ def test_rope_covers_every_head_when_programs_split_the_heads(tokens):
 
 
 @pytest.mark.parametrize("style", ["half", "interleaved"])
-@pytest.mark.parametrize("path", ["rows", "tiles", "rows beyond int32"])
+@pytest.mark.parametrize("path", ["rows", "beyond int32"])
 def test_rope_rows_straddle_q_and_k_in_views_of_their_own_strides(monkeypatch, path, style):
     # 5 q + 3 k heads in 2-row tiles: the third tile holds q 4 and k 0. q is a view into a fused
     # qkv buffer (v must stay as it was), k a view with other strides
-    monkeypatch.setattr(triton_rope, "ROWS_KERNEL", int(path != "tiles"))
-    if path == "rows beyond int32":  # offsets past int32 take the tile path
+    if path == "beyond int32":  # offsets past int32 take _rope_kernel's 64-bit head loop
         monkeypatch.setattr(triton_rope, "_offsets_fit_int32", lambda q, k: False)
     tokens, heads, kv_heads, head_dim = 3, 5, 3, 16
     qkv = _randn(tokens, heads + 2 * kv_heads, head_dim)

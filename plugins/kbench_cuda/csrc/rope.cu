@@ -41,11 +41,6 @@ constexpr int kFewTokens = KBENCH_ROPE_FEW_TOKENS;
 constexpr int kTinyTokens = KBENCH_ROPE_TINY_TOKENS;
 constexpr int kSliceThreads = KBENCH_ROPE_SLICE_THREADS;
 // Elements a slice thread moves an access (0: 16 bytes' worth).
-// 1: the slice kernel takes its element's address without a branch and exits only after its loads
-// (0: as before, an early exit and a branch between q's and k's address).
-#ifndef KBENCH_ROPE_LEAN
-#define KBENCH_ROPE_LEAN 1
-#endif
 #ifndef KBENCH_ROPE_SLICE_VEC
 #define KBENCH_ROPE_SLICE_VEC 4
 #endif
@@ -105,17 +100,6 @@ __device__ __forceinline__ void rotate_from_table(Vec<T, VEC>& a, Vec<T, VEC>& b
     rotate<T, VEC, INTERLEAVED>(a, b, table + first, table + half_dim + first);
 }
 
-// Head `head` of the token: q's heads first, then k's. Offsets in Index (int where the host has
-// checked that every offset fits: 32-bit multiplies instead of 64-bit pairs).
-template <typename Index = int64_t, typename T>
-__device__ __forceinline__ T* head_base(T* q, T* k, int token, int head, int heads, int64_t q_token_stride,
-                                        int64_t q_head_stride, int64_t k_token_stride, int64_t k_head_stride) {
-    return head < heads ? q + static_cast<Index>(token) * static_cast<Index>(q_token_stride) +
-                                  static_cast<Index>(head) * static_cast<Index>(q_head_stride)
-                        : k + static_cast<Index>(token) * static_cast<Index>(k_token_stride) +
-                                  static_cast<Index>(head - heads) * static_cast<Index>(k_head_stride);
-}
-
 // Element j of head `head` of the token, q's heads first, then k's, as one offset in Index from a
 // selected tensor and strides (no branch: the slice kernel's loads wait on this address).
 template <typename Index, typename T>
@@ -146,12 +130,13 @@ __global__ void rope_kernel(T* __restrict__ q, T* __restrict__ k, const int64_t*
     for (int item = threadIdx.x; item < items; item += blockDim.x) {
         const int head = item / per_head;
         const int j = (item - head * per_head) * VEC;
-        T* base = head_base(q, k, token, head, heads, q_token_stride, q_head_stride, k_token_stride, k_head_stride);
-        Vec<T, VEC> a = load_vec<T, VEC>(base + j), b;
-        if constexpr (!INTERLEAVED) b = load_vec<T, VEC>(base + half_dim + j);
+        T* const element = head_element<int64_t>(q, k, token, head, heads, j, q_token_stride, q_head_stride,
+                                                 k_token_stride, k_head_stride);
+        Vec<T, VEC> a = load_vec<T, VEC>(element), b;
+        if constexpr (!INTERLEAVED) b = load_vec<T, VEC>(element + half_dim);
         rotate_from_table<T, VEC, INTERLEAVED>(a, b, table, j, half_dim);
-        store_vec<T, VEC>(base + j, a);
-        if constexpr (!INTERLEAVED) store_vec<T, VEC>(base + half_dim + j, b);
+        store_vec<T, VEC>(element, a);
+        if constexpr (!INTERLEAVED) store_vec<T, VEC>(element + half_dim, b);
     }
 }
 
@@ -188,14 +173,11 @@ __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const in
     constexpr int kAngles = INTERLEAVED ? VEC / 2 : VEC;
     constexpr int kLaneAngles = HEAD_DIM / 2 / 32;  // distinct angles of a head a lane
     constexpr bool kShare = HEAD_DIM != 0 && HEAD_DIM % 64 == 0 && kAngles > kLaneAngles;
-#if KBENCH_ROPE_LEAN
+    // no exit before the loads: nvcc had put it, and a branch between q's and k's address, ahead
+    // of them (first load at SASS instruction 53, now 33; 8 tokens of 32 + 32 heads 2.06 -> 2.00 us
+    // on the H100, gpu_runs.sh rope-lean)
     T* const element = head_element<Index>(q, k, token, head, heads, j, q_token_stride, q_head_stride,
                                            k_token_stride, k_head_stride);
-#else
-    if (!kShare && !active) return;
-    T* const element = head_base<Index>(q, k, token, head, heads, q_token_stride, q_head_stride, k_token_stride,
-                                        k_head_stride) + j;
-#endif
     Vec<T, VEC> a, b;
     if (active) {
         a = load_vec<T, VEC>(element);
