@@ -75,8 +75,9 @@ __device__ __forceinline__ void rotate(Vec<T, VEC>& a, Vec<T, VEC>& b, const flo
         }
     } else if constexpr (VEC == 1 && kPacked16<T>) {
         // the element and its partner as one pair: {a, b} * {cos, cos} + {b, a} * {-sin, sin}, each
-        // product and the sum rounded to T as HF (b * -sin rounds to minus b * sin rounded); one
-        // conversion of the pair and three packed ops, where element by element took eight
+        // product and the sum rounded to T as HF (b * -sin rounds to minus b * sin rounded): two
+        // conversions (F2FP) and three packed ops, where element by element took six conversions
+        // and six fp32 ops
         using P = Pair<T>;
         const P x(a.v[0], b.v[0]);
         const P rotated = __hadd2_rn(__hmul2_rn(x, to_pair(c[0], c[0], P{})),
