@@ -81,13 +81,16 @@ def fake_launcher(block: int, warps: int):
 
 @pytest.fixture
 def restored_autotuner(monkeypatch):
-    """CachingAutotuner.bench and Inductor's cache switch as they were, after the test."""
+    """CachingAutotuner.bench and Inductor's cache switch as they were, after the test. (Not
+    monkeypatch for the switch: it is an alias in Inductor's config module, and monkeypatch's
+    undo deleted it, which broke every later torch.compile of the session.)"""
     import torch
     from torch._inductor.runtime.triton_heuristics import CachingAutotuner
 
     monkeypatch.setattr(CachingAutotuner, "bench", CachingAutotuner.bench)
-    monkeypatch.setattr(torch._inductor.config, "force_disable_caches", False)
-    return CachingAutotuner
+    caches_off = torch._inductor.config.force_disable_caches
+    yield CachingAutotuner
+    torch._inductor.config.force_disable_caches = caches_off
 
 
 def test_a_forced_config_is_the_one_the_autotuner_times_fastest(pairs, restored_autotuner):
@@ -103,6 +106,14 @@ def test_a_forced_config_is_the_one_the_autotuner_times_fastest(pairs, restored_
     assert min(timings, key=timings.get) == 1  # config 3 of 2 candidates: the second
     assert chosen == ["triton_poi_fused_0: XBLOCK=512 warps=8 (2 of 2)"]
     assert torch._inductor.config.force_disable_caches  # no cached choice may skip the timing
+
+
+def test_the_forcing_leaves_torch_compile_working_after_it(pairs):
+    # runs after the forcing tests: the fixture's undo must leave Inductor's config whole
+    import torch
+
+    assert isinstance(torch._inductor.config.force_disable_caches, bool)
+    assert torch.compile(lambda t: t * 2 + 1)(torch.ones(3)).tolist() == [3.0, 3.0, 3.0]
 
 
 def test_the_markdown_lists_the_config_each_process_ran(pairs):
