@@ -17,3 +17,9 @@ def register_backends(register):
     native.register_all(register)
     compiled.register_all(register)
     sdpa.register_all(register)
+
+
+@kbench.hookimpl
+def record_details():
+    configs = compiled.inductor_configs()
+    return {"inductor_configs": configs} if configs else None

@@ -55,3 +55,44 @@ def test_the_limit_fails_loudly_rather_than_running_eagerly(monkeypatch):
     with pytest.raises(Exception, match="(?i)recompil"):
         call(x=torch.ones(3))
     torch._dynamo.reset()
+
+
+def _config(**kwargs):
+    from types import SimpleNamespace
+
+    warps = kwargs.pop("num_warps")
+    return SimpleNamespace(kwargs=kwargs, num_warps=warps)
+
+
+def test_the_record_names_each_inductor_kernel_and_the_config_it_launches():
+    from types import SimpleNamespace
+
+    pytest.importorskip("triton")
+    from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+
+    # a tuner as Inductor leaves it after its first call: the winner alone among its launchers
+    tuner = CachingAutotuner.__new__(CachingAutotuner)
+    tuner.fn = SimpleNamespace(__name__="triton_poi_fused_cos_0")
+    tuner.size_hints = {"x": 65536}
+    tuner.configs = [_config(XBLOCK=1024, num_warps=4), _config(XBLOCK=512, num_warps=8)]
+    tuner.launchers = [SimpleNamespace(config=tuner.configs[1])]
+    untimed = CachingAutotuner.__new__(CachingAutotuner)  # compiled, never launched: left out
+    untimed.fn, untimed.size_hints, untimed.configs = SimpleNamespace(__name__="triton_red_0"), {}, tuner.configs
+    untimed.launchers = []
+    configs = compiled_module.inductor_configs()
+    assert configs["triton_poi_fused_cos_0 [x=65536]"] == "XBLOCK=512 num_warps=8 (of 2 candidates)"
+    assert not any(key.startswith("triton_red_0") for key in configs)
+
+
+@pytest.mark.gpu
+def test_the_record_keeps_the_config_a_compiled_kernel_runs():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from kbench_torch import plugin
+
+    torch._dynamo.reset()
+    x = torch.randn(64, 4096, device="cuda")
+    torch.compile(lambda t: torch.sin(t) * 3.0, dynamic=False)(x)
+    details = plugin.record_details()
+    entries = [text for key, text in details["inductor_configs"].items() if "sin" in key]
+    assert entries and all("XBLOCK=" in text and "candidates)" in text for text in entries)
