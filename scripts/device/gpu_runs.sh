@@ -752,6 +752,13 @@ config-pairs-norm)  # rmsnorm and swiglu the same way (issues 4, 5)
     step 560 python3 scripts/device/compile_pairs.py --rounds 3 --ops rmsnorm,swiglu --compile-configs 2 \
         --output "$OUT/config-pairs-norm.md"
     ;;
+inductor-record)  # the record keeps torch.compile's chosen configs: the compile tests, then a rope
+                  # bench against compile whose record shows them
+    step 120 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_torch_compiled.py tests/test_compile_pairs.py
+    step 120 kbench bench rope --backend cuda --vs compile --spec $spec --out "$records"
+    step 20 python3 -c "import json, sys; d = json.load(open(sys.argv[1])); \
+print(json.dumps(d['plugin_details'].get('torch'), indent=1))" "$(latest bench-rope)"
+    ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks
     ;;
