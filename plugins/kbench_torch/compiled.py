@@ -84,12 +84,12 @@ def register_all(register):
                      version=torch.__version__, description="torch.compile of the reference")
 
 
-def describe_tuner(kernel: str, size_hints, config, candidates: int) -> tuple[str, str]:
+def describe_tuner(kernel: str, size_hints, config) -> tuple[str, str]:
     """(key, text) for one autotuned Inductor kernel: its name and size hints, and the config it
-    launches with out of how many candidates."""
+    launches with. (How many candidates it chose from is gone by then: Inductor prunes them.)"""
     sizes = ", ".join(f"{axis}={value}" for axis, value in dict(size_hints or {}).items())
     chosen = ", ".join(f"{name}={value}" for name, value in config.kwargs.items())
-    return f"{kernel} [{sizes}]", f"{chosen} num_warps={config.num_warps} (of {candidates} candidates)"
+    return f"{kernel} [{sizes}]", f"{chosen} num_warps={config.num_warps}"
 
 
 def inductor_configs() -> dict[str, str]:
@@ -114,7 +114,6 @@ def inductor_configs() -> dict[str, str]:
         if len(launchers) != 1 or not hasattr(launchers[0], "config"):
             continue  # not launched yet
         name = getattr(tuner.fn, "__name__", "?")
-        key, text = describe_tuner(name, getattr(tuner, "size_hints", None), launchers[0].config,
-                                   len(getattr(tuner, "configs", None) or launchers))
+        key, text = describe_tuner(name, getattr(tuner, "size_hints", None), launchers[0].config)
         configs[key] = text
     return dict(sorted(configs.items()))
