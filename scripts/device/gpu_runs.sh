@@ -759,6 +759,13 @@ inductor-record)  # the record keeps torch.compile's chosen configs: the compile
     step 20 python3 -c "import json, sys; d = json.load(open(sys.argv[1])); \
 print(json.dumps(d['plugin_details'].get('torch'), indent=1))" "$(latest bench-rope)"
     ;;
+rope-out-of-place)  # does writing in place cost rope at 1-64 tokens? triton's rows kernel in place and
+                    # writing new tensors, against compile's faster config there (issue 4)
+    pairs="--rounds 3 --ops rope --spec llama2-7b --spec llama2-13b --max-tokens 64 --compile-config 1 --backend triton"
+    step 100 python3 scripts/device/compile_pairs.py $pairs --output "$OUT/rope-in-place.md"
+    step 100 python3 scripts/device/compile_pairs.py $pairs --patch kbench_triton.rope.OUT_OF_PLACE_BELOW=128 \
+        --output "$OUT/rope-out-of-place.md"
+    ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks
     ;;
