@@ -30,8 +30,6 @@ FEW_TOKENS = 1024
 SMALL_TILE_HEADS = 4
 SMALL_TILE_WARPS = 4  # warps of a SMALL_TILE_HEADS tile from TINY_TOKENS to 128 tokens
 TINY_TOKENS = 32
-# below this many tokens the rows kernel writes new tensors instead of q and k (0: never)
-OUT_OF_PLACE_BELOW = 0
 
 
 @triton.jit
@@ -121,11 +119,11 @@ def _rope_kernel(q_ptr, k_ptr, positions_ptr, inv_freq_ptr,
 
 
 @triton.jit
-def _rope_rows_kernel(q_ptr, k_ptr, q_out_ptr, k_out_ptr, positions_ptr, inv_freq_ptr,
+def _rope_rows_kernel(q_ptr, k_ptr, positions_ptr, inv_freq_ptr,
                       stride_qt, stride_qh, stride_qd, stride_kt, stride_kh, stride_kd,
                       heads, kv_heads,
                       HALF: tl.constexpr, INTERLEAVED: tl.constexpr, PRECISE_TRIG: tl.constexpr,
-                      OUT_OF_PLACE: tl.constexpr, BLOCK_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr):
+                      BLOCK_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr):
     """One tile of BLOCK_HEADS rows of the token's q heads followed by its k heads, each row's
     address selected between q and k (32-bit offsets: the host checks they fit). Its loads go out
     before the angles are computed, so the trigonometry runs while they are in flight.
@@ -152,13 +150,6 @@ def _rope_rows_kernel(q_ptr, k_ptr, q_out_ptr, k_out_ptr, positions_ptr, inv_fre
     x2 = tl.load(second_ptr, mask=mask, other=0.0)
     cos, sin = _angles(positions_ptr, inv_freq_ptr, token, q_ptr.dtype.element_ty, HALF, INTERLEAVED, PRECISE_TRIG,
                        BLOCK_HALF)
-    if OUT_OF_PLACE:  # outputs of the inputs' strides
-        row_off = tl.where(is_q, token * stride_qt + rows * stride_qh,
-                           token * stride_kt + (rows - heads) * stride_kh)[:, None]
-        first_off = row_off + (2 * pair if INTERLEAVED else pair) * stride_d
-        second_off = first_off + (stride_d if INTERLEAVED else HALF * stride_d)
-        first_ptr = tl.where(is_q[:, None], q_out_ptr + first_off, k_out_ptr + first_off)
-        second_ptr = tl.where(is_q[:, None], q_out_ptr + second_off, k_out_ptr + second_off)
     _rotate_store(first_ptr, second_ptr, mask, x1, x2, cos, sin, INTERLEAVED)
 
 
@@ -206,15 +197,11 @@ def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, inv_freq: to
     launch_config("rope", (tokens, heads, kv_heads, head_dim, style), BLOCK_HEADS=block_heads,
                   num_warps=num_warps)
     if tokens and per_program <= block_heads and _offsets_fit_int32(q, k):
-        out_of_place = tokens < OUT_OF_PLACE_BELOW
-        q_out = torch.empty_strided(q.shape, q.stride(), dtype=q.dtype, device=q.device) if out_of_place else q
-        k_out = torch.empty_strided(k.shape, k.stride(), dtype=k.dtype, device=k.device) if out_of_place else k
         _rope_rows_kernel[(tokens, triton.cdiv(all_heads, per_program))](
-            q, k, q_out, k_out, positions, inv_freq.to(torch.float32), *q.stride(), *k.stride(), heads, kv_heads,
-            HALF=half, INTERLEAVED=style == "interleaved", PRECISE_TRIG=not interpreting(), OUT_OF_PLACE=out_of_place,
+            q, k, positions, inv_freq.to(torch.float32), *q.stride(), *k.stride(), heads, kv_heads,
+            HALF=half, INTERLEAVED=style == "interleaved", PRECISE_TRIG=not interpreting(),
             BLOCK_HEADS=block_heads, BLOCK_HALF=block_half, num_warps=num_warps, enable_fp_fusion=False,
         )
-        return q_out, k_out
     elif tokens:
         _rope_kernel[(tokens, triton.cdiv(all_heads, per_program))](
             q, k, positions, inv_freq.to(torch.float32),

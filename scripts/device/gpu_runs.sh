@@ -699,7 +699,8 @@ compile-configs)  # torch.compile at each of its autotuner's candidate configs, 
     ;;
 rope-lean)  # rope's small-token kernels with their element addresses taken without branches
            # (cuda KBENCH_ROPE_LEAN, triton ROWS_KERNEL) against the previous ones, at each of
-           # torch.compile's configs (issues 4, 5)
+           # torch.compile's configs (issues 4, 5; ran at 53dae6c: both knobs and the previous
+           # kernels are gone since 1a68601)
     build_variants "" "KBENCH_ROPE_LEAN=0" >"$OUT/variant-builds.log" 2>&1
     step 120 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py tests/plugins/test_triton.py -k rope
     step 120 python3 -m pytest -q -p no:cacheprovider tests/test_conformance.py -k "rope and (cuda or triton)"
@@ -760,7 +761,8 @@ inductor-record)  # the record keeps torch.compile's chosen configs: the compile
 print(json.dumps(d['plugin_details'].get('torch'), indent=1))" "$(latest bench-rope)"
     ;;
 rope-out-of-place)  # does writing in place cost rope at 1-64 tokens? triton's rows kernel in place and
-                    # writing new tensors, against compile's faster config there (issue 4)
+                    # writing new tensors, against compile's faster config there (issue 4; ran at
+                    # the commit that added OUT_OF_PLACE_BELOW, removed after: no gain)
     pairs="--rounds 3 --ops rope --spec llama2-7b --spec llama2-13b --max-tokens 64 --compile-config 1 --backend triton"
     step 100 python3 scripts/device/compile_pairs.py $pairs --output "$OUT/rope-in-place.md"
     step 100 python3 scripts/device/compile_pairs.py $pairs --patch kbench_triton.rope.OUT_OF_PLACE_BELOW=128 \
