@@ -104,7 +104,7 @@ def test_a_forced_config_is_the_one_the_autotuner_times_fastest(pairs, restored_
     tuner = SimpleNamespace(launchers=launchers, fn=SimpleNamespace(__name__="triton_poi_fused_0"))
     timings = {index: restored_autotuner.bench(tuner, launcher) for index, launcher in enumerate(launchers)}
     assert min(timings, key=timings.get) == 1  # config 3 of 2 candidates: the second
-    assert chosen == ["triton_poi_fused_0: XBLOCK=512 warps=8 (2 of 2)"]
+    assert chosen == ["triton_poi_fused_0: XBLOCK=512 num_warps=8 (2 of 2)"]
     assert torch._inductor.config.force_disable_caches  # no cached choice may skip the timing
 
 

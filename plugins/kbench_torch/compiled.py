@@ -84,36 +84,39 @@ def register_all(register):
                      version=torch.__version__, description="torch.compile of the reference")
 
 
-def describe_tuner(kernel: str, size_hints, config) -> tuple[str, str]:
-    """(key, text) for one autotuned Inductor kernel: its name and size hints, and the config it
-    launches with. (How many candidates it chose from is gone by then: Inductor prunes them.)"""
-    sizes = ", ".join(f"{axis}={value}" for axis, value in dict(size_hints or {}).items())
-    chosen = ", ".join(f"{name}={value}" for name, value in config.kwargs.items())
-    return f"{kernel} [{sizes}]", f"{chosen} num_warps={config.num_warps}"
+def describe_config(config) -> str:
+    """A Triton config as Inductor's autotuner holds it: its block sizes and warps."""
+    sizes = ", ".join(f"{name}={value}" for name, value in config.kwargs.items())
+    return f"{sizes} num_warps={config.num_warps}"
+
+
+def inductor_tuners() -> list:
+    """Every live ``CachingAutotuner``: Inductor's autotuned Triton kernels of this process.
+
+    Found by scanning the live objects (Inductor keeps no registry); empty without triton or
+    without that class. type(), not isinstance: isinstance asks an object for __class__, which a
+    dead weak proxy answers with ReferenceError (and a deprecated torch alias with a warning)."""
+    try:
+        from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+    except Exception:  # no triton, or an Inductor without this module
+        return []
+    return [obj for obj in gc.get_objects() if issubclass(type(obj), CachingAutotuner)]
 
 
 def inductor_configs() -> dict[str, str]:
-    """The config each of Inductor's autotuned Triton kernels in this process launches with.
+    """The config each of Inductor's autotuned Triton kernels in this process launches with, by
+    kernel name and size hints. (How many candidates it chose from is gone by then: Inductor
+    prunes them to the winner.)
 
     Inductor picks a pointwise or reduction kernel's config by timing its candidates once, on the
     first call, and caches the winner on disk for later processes; at a few µs that one timing
     decides which of two configs a process runs (rope at 32 decode tokens: 2.2 or 2.8 µs on the
-    H100). The record keeps the choice, so a compile figure can be read with it. Found by scanning
-    the live objects (Inductor keeps no registry); empty where Inductor made no Triton kernels."""
-    try:
-        from torch._inductor.runtime.triton_heuristics import CachingAutotuner
-    except Exception:  # no triton, or an Inductor without this module
-        return {}
+    H100). The record keeps the choice, so a compile figure can be read with it."""
     configs = {}
-    for tuner in gc.get_objects():
-        # type(), not isinstance: isinstance asks the object for __class__, which a dead weak
-        # proxy answers with ReferenceError (and a deprecated torch alias with a warning)
-        if not issubclass(type(tuner), CachingAutotuner):
-            continue
+    for tuner in inductor_tuners():
         launchers = getattr(tuner, "launchers", None) or []
         if len(launchers) != 1 or not hasattr(launchers[0], "config"):
             continue  # not launched yet
-        name = getattr(tuner.fn, "__name__", "?")
-        key, text = describe_tuner(name, getattr(tuner, "size_hints", None), launchers[0].config)
-        configs[key] = text
+        sizes = ", ".join(f"{axis}={value}" for axis, value in dict(getattr(tuner, "size_hints", None) or {}).items())
+        configs[f"{getattr(tuner.fn, '__name__', '?')} [{sizes}]"] = describe_config(launchers[0].config)
     return dict(sorted(configs.items()))

@@ -11,23 +11,19 @@ source. Where cuda or triton trail torch.compile at a shape this says what compi
 from __future__ import annotations
 
 import argparse
-import gc
 
 import torch
 from compile_pairs import spec_cases  # this script's folder is on the path
+from kbench_torch.compiled import describe_config, inductor_tuners
 
 from kbench.plugins import get_registry
-
-
-def autotuners() -> list:
-    return [o for o in gc.get_objects() if type(o).__name__ == "CachingAutotuner"]
 
 
 def describe(tuner) -> str:
     candidates = list(getattr(tuner, "configs", None) or [])
     launchers = getattr(tuner, "launchers", None) or []
     chosen = [launcher.config for launcher in launchers if hasattr(launcher, "config")] or candidates
-    shown = "; ".join(f"{c.kwargs} warps={c.num_warps} stages={c.num_stages}" for c in chosen)
+    shown = "; ".join(f"{describe_config(c)} num_stages={c.num_stages}" for c in chosen)
     name = getattr(tuner.fn, "__name__", "?")
     size_hints = getattr(tuner, "size_hints", None)
     return f"{name} size_hints={size_hints} chosen={shown} (of {len(candidates)} configs)"
@@ -45,12 +41,12 @@ def main() -> None:
     op = registry.op(args.op)
     for case in spec_cases(registry, args.op, [args.spec], lambda t: t in wanted).values():
         torch._dynamo.reset()
-        seen = {id(t) for t in autotuners()}
+        seen = {id(t) for t in inductor_tuners()}
         inputs = op.make_inputs(case, torch.bfloat16, torch.device("cuda"), 0)
         torch.compile(op.reference, dynamic=False)(**inputs)
         torch.cuda.synchronize()
         print(f"=== {args.op} {case.label}")
-        for tuner in autotuners():
+        for tuner in inductor_tuners():
             if id(tuner) in seen:
                 continue
             print("  " + describe(tuner))

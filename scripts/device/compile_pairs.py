@@ -146,12 +146,6 @@ def child_times(index: int, force_config: bool) -> dict:
         return json.loads(path.read_text())
 
 
-def describe_config(config) -> str:
-    """A Triton config as Inductor's autotuner holds it: its block sizes and warps."""
-    sizes = ", ".join(f"{name}={value}" for name, value in config.kwargs.items())
-    return f"{sizes} warps={config.num_warps}"
-
-
 def force_compile_config(index: int, chosen: list) -> None:
     """Make every autotuned Inductor kernel of this process pick its candidate config ``index``
     (modulo its count) and append ``name: config (k of n)`` to ``chosen`` when it does.
@@ -159,6 +153,7 @@ def force_compile_config(index: int, chosen: list) -> None:
     Inductor times each candidate with ``CachingAutotuner.bench`` and keeps the fastest; this
     bench gives the forced one 0 and the rest 1. Its caches are turned off, or a config cached
     by an earlier process would be loaded without any timing."""
+    from kbench_torch.compiled import describe_config
     from torch._inductor.runtime.triton_heuristics import CachingAutotuner
 
     torch._inductor.config.force_disable_caches = True
