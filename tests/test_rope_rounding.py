@@ -10,6 +10,7 @@ room for a cos or sin one fp32 ulp away from torch's, which a rounding to 16 bit
 import pytest
 import torch
 
+from kbench.bench.check import clone_inputs
 from kbench.config import RopeConfig
 from kbench.ops.base import Case
 from kbench.ops.rope import rope_case_dims
@@ -36,8 +37,7 @@ def test_rope_rounds_each_product_as_the_reference(backend, shape, tokens, style
                 seq_len=4096, **rope_case_dims(RopeConfig(style=style)))
     op = registry.op("rope")
     inputs = op.make_inputs(case, dtype, torch.device("cuda"), 3)
-    expected = op.reference(**{name: value.clone() if torch.is_tensor(value) else value
-                               for name, value in inputs.items()})
+    expected = op.reference(**clone_inputs(inputs))
     got = implementation.fn(**inputs)
     for name, out, ref in zip(("q", "k"), got, expected, strict=True):
         differ = (out != ref).float().mean().item()

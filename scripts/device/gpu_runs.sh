@@ -211,6 +211,11 @@ issue_runs() {  # issue_runs TRITON_LIMIT_S CUDA_LIMIT_S: issue 4's command, iss
     step 20 kbench compare "$triton_record" "$(latest llama2-7b)" \
         --metric kernel_us --format markdown --output "$OUT/compare-triton-vs-cuda.md"
 }
+rope_checks() {  # rope's GPU tests of both backends (rounding included) and its conformance cases
+    step 200 python3 -m pytest -q -p no:cacheprovider tests/test_rope_rounding.py tests/plugins/test_cuda.py \
+        tests/plugins/test_triton.py -k "rope or rounds or threshold"
+    step 120 python3 -m pytest -q -p no:cacheprovider tests/test_conformance.py -k "rope and (cuda or triton)"
+}
 rope_against_compile() {  # rope at llama2-7b's and llama2-13b's shapes
     for spec_name in llama2-7b llama2-13b; do
         step 60 kbench bench rope --backend triton --vs compile --spec model_specs/$spec_name.yaml --out "$records"
@@ -712,9 +717,7 @@ rope-lean)  # rope's small-token kernels with their element addresses taken with
 rope-rounding)  # rope rounding as HF (no fma contraction) with the branchless small-token kernels:
                # the GPU tests, a memcheck, rope against compile's configs; then the rounding test
                # on sources with the contraction put back, which must fail (issues 4, 5)
-    step 200 python3 -m pytest -q -p no:cacheprovider tests/test_rope_rounding.py tests/plugins/test_cuda.py \
-        tests/plugins/test_triton.py -k "rope or rounds or threshold"
-    step 120 python3 -m pytest -q -p no:cacheprovider tests/test_conformance.py -k "rope and (cuda or triton)"
+    rope_checks
     cuda_memcheck
     step 170 python3 scripts/device/compile_pairs.py --rounds 3 --ops rope --spec llama2-7b --spec llama2-13b \
         --max-tokens 64 --compile-configs 2 --output "$OUT/rope-rounding.md"
@@ -738,9 +741,7 @@ rope-mid)  # rope at 32-64 tokens against torch.compile's faster config there (5
     ;;
 rope-final)  # the final rope kernels: their GPU tests (rounding included), a memcheck, then issue 4's
             # and 5's commands and their compare (issues 4, 5)
-    step 200 python3 -m pytest -q -p no:cacheprovider tests/test_rope_rounding.py tests/plugins/test_cuda.py \
-        tests/plugins/test_triton.py -k "rope or rounds or threshold"
-    step 120 python3 -m pytest -q -p no:cacheprovider tests/test_conformance.py -k "rope and (cuda or triton)"
+    rope_checks
     cuda_memcheck
     issue_runs 220 200
     ;;
