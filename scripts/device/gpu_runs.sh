@@ -48,6 +48,8 @@
 #   decode-profile  Nsight Compute on the cuda decode kernels where they trail triton, and the
 #              GQA kernel at ring depths 2 and 4 (issue 5)
 #   cuda-check   every cuda GPU test and the memcheck (issue 5)
+#   min-splits  cuda's GQA decode at batch 8 in one split, rope's 32-64-token launch shapes and cuda's
+#              rmsnorm at 512-1024 rows, each against the default (issues 4, 5)
 #   small-gaps  cuda-check, triton's decode tests, rope against torch.compile over rounds, and the
 #              kernels compile launches where cuda trails it (issues 4, 5)
 #   rope-slices  what compile launches where cuda trails it, then cuda rope's slice knobs against
@@ -768,6 +770,29 @@ rope-out-of-place)  # does writing in place cost rope at 1-64 tokens? triton's r
     step 100 python3 scripts/device/compile_pairs.py $pairs --output "$OUT/rope-in-place.md"
     step 100 python3 scripts/device/compile_pairs.py $pairs --patch kbench_triton.rope.OUT_OF_PLACE_BELOW=128 \
         --output "$OUT/rope-out-of-place.md"
+    ;;
+min-splits)  # cuda's GQA decode at batch 8 with one split where its plan gives 2 (KBENCH_DECODE_MIN_SPLITS),
+            # alternated twice; rope's 32-64-token launch shapes (triton tiles, cuda slice threads) and
+            # cuda's rmsnorm at 512-1024 rows of one access a thread, against compile's faster config
+            # there (issues 4, 5)
+    build_variants "" "KBENCH_DECODE_MIN_SPLITS=1" "KBENCH_DECODE_MIN_SPLITS=3" "KBENCH_ROPE_SLICE_THREADS=256" \
+        "KBENCH_ROPE_SLICE_THREADS=64" "KBENCH_NORM_ONE_ACCESS_ROWS=2048" >"$OUT/variant-builds.log" 2>&1
+    KBENCH_CUDA_DEFINES="KBENCH_DECODE_MIN_SPLITS=3" step 200 python3 -m pytest -q -p no:cacheprovider \
+        tests/plugins/test_cuda.py -k decode -x
+    sweep_knob KBENCH_DECODE_MIN_SPLITS 40 8 8 1 3 1 3
+    pairs="--rounds 3 --ops rope --spec llama2-7b --spec llama2-13b --min-tokens 32 --max-tokens 64 --compile-config 1"
+    step 80 python3 scripts/device/compile_pairs.py $pairs --output "$OUT/rope-tiles-default.md"
+    KBENCH_CUDA_DEFINES="KBENCH_ROPE_SLICE_THREADS=256" step 80 python3 scripts/device/compile_pairs.py $pairs \
+        --patch kbench_triton.rope.SMALL_TILE_HEADS=8 --patch kbench_triton.rope.SMALL_TILE_WARPS=8 \
+        --output "$OUT/rope-tiles-wide.md"
+    KBENCH_CUDA_DEFINES="KBENCH_ROPE_SLICE_THREADS=64" step 80 python3 scripts/device/compile_pairs.py $pairs \
+        --patch kbench_triton.rope.SMALL_TILE_HEADS=8 --output "$OUT/rope-tiles-narrow.md"
+    step 80 python3 scripts/device/compile_pairs.py $pairs --backend triton --patch kbench_triton.rope.SMALL_TILE_WARPS=2 \
+        --output "$OUT/rope-tiles-two-warps.md"
+    norm="--rounds 3 --ops rmsnorm --spec llama2-7b --min-tokens 512 --max-tokens 1024 --backend cuda"
+    step 80 python3 scripts/device/compile_pairs.py $norm --compile-configs 2
+    KBENCH_CUDA_DEFINES="KBENCH_NORM_ONE_ACCESS_ROWS=2048" step 80 python3 scripts/device/compile_pairs.py $norm \
+        --compile-configs 2
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks
