@@ -777,8 +777,6 @@ min-splits)  # cuda's GQA decode at batch 8 with one split where its plan gives 
             # there (issues 4, 5)
     build_variants "" "KBENCH_DECODE_MIN_SPLITS=1" "KBENCH_DECODE_MIN_SPLITS=3" "KBENCH_ROPE_SLICE_THREADS=256" \
         "KBENCH_ROPE_SLICE_THREADS=64" "KBENCH_NORM_ONE_ACCESS_ROWS=2048" >"$OUT/variant-builds.log" 2>&1
-    KBENCH_CUDA_DEFINES="KBENCH_DECODE_MIN_SPLITS=3" step 200 python3 -m pytest -q -p no:cacheprovider \
-        tests/plugins/test_cuda.py -k decode -x
     sweep_knob KBENCH_DECODE_MIN_SPLITS 40 8 8 1 3 1 3
     pairs="--rounds 3 --ops rope --spec llama2-7b --spec llama2-13b --min-tokens 32 --max-tokens 64 --compile-config 1"
     step 80 python3 scripts/device/compile_pairs.py $pairs --output "$OUT/rope-tiles-default.md"
