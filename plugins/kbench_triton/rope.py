@@ -27,8 +27,14 @@ from kbench_triton.common import interpreting, launch_config
 # 6% at 512 (0.94 [0.91, 0.98] over three rounds); head tiles took 512 to 1.18x compile
 # (scripts/device/compile_pairs.py, gpu_runs.sh rope-knobs), one program a token 1024 to 1.00-1.15x
 FEW_TOKENS = 1024
-SMALL_TILE_HEADS = 4
-SMALL_TILE_WARPS = 4  # warps of a SMALL_TILE_HEADS tile from TINY_TOKENS to 128 tokens
+SMALL_TILE_HEADS = 4  # heads of a tile from 128 tokens (at 1 warp)
+# heads of a tile from TINY_TOKENS to 128 tokens, at MID_TILE_WARPS (4 pairs a thread): against
+# 4 heads, against torch.compile's faster config there, in one process (H100, gpu_runs.sh
+# rope-mid-tiles, twice each): 32 tokens of 32/32 2.29 -> 2.23-2.26 us, 64 tokens 2.70-2.72 ->
+# 2.56-2.64, 32 tokens of 40/40 2.37-2.41 -> 2.31-2.32; 8 heads at 2 warps, 16 at 4 and 16 at 8
+# were no faster
+MID_TILE_HEADS = 8
+MID_TILE_WARPS = 4
 TINY_TOKENS = 32
 
 
@@ -176,12 +182,13 @@ def _config(tokens: int, heads: int, kv_heads: int, block_half: int) -> tuple[in
     # one tile of heads (and computes the token's angles again, cheap beside the parallelism);
     # 16-head tiles still lost to torch.compile by 8-28% at 8 to 128 tokens. Among 1-8 heads
     # and 1-4 warps a tile, 2 heads at 4 warps were fastest at 8 tokens and 4 heads at 1 warp
-    # at 128 (H100, 32/32, 32/8, 40/40 and 64/8 heads, scripts/device/tune_small.py)
+    # at 128 (H100, 32/32, 32/8, 40/40 and 64/8 heads, scripts/device/tune_small.py); on the rows
+    # kernel 8 heads at 4 warps are faster in between (MID_TILE_HEADS)
     if tokens < TINY_TOKENS:
         return 2, 2, 4
     if tokens >= 128:
         return SMALL_TILE_HEADS, SMALL_TILE_HEADS, 1
-    return SMALL_TILE_HEADS, SMALL_TILE_HEADS, SMALL_TILE_WARPS
+    return MID_TILE_HEADS, MID_TILE_HEADS, MID_TILE_WARPS
 
 
 def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, style: str):

@@ -48,6 +48,7 @@
 #   decode-profile  Nsight Compute on the cuda decode kernels where they trail triton, and the
 #              GQA kernel at ring depths 2 and 4 (issue 5)
 #   cuda-check   every cuda GPU test and the memcheck (issue 5)
+#   rope-mid-tiles  triton rope's tile shape at 32-64 tokens against compile's faster config (issue 4)
 #   min-splits  cuda's GQA decode at batch 8 in one split, rope's 32-64-token launch shapes and cuda's
 #              rmsnorm at 512-1024 rows, each against the default (issues 4, 5)
 #   small-gaps  cuda-check, triton's decode tests, rope against torch.compile over rounds, and the
@@ -675,7 +676,7 @@ rope-blocks)  # rope at 1-64 tokens against compile: fewer, larger blocks (compi
     build_variants "" "KBENCH_ROPE_SLICE_THREADS=256" "KBENCH_ROPE_SLICE_THREADS=512" >"$OUT/variant-builds.log" 2>&1
     pairs="--ops rope --spec llama2-7b --spec llama2-13b --max-tokens 64"
     variant_pairs 100 "$pairs --backend cuda" "" "KBENCH_ROPE_SLICE_THREADS=256" "KBENCH_ROPE_SLICE_THREADS=512"
-    variant_pairs 100 "$pairs --backend triton --patch kbench_triton.rope.SMALL_TILE_HEADS=8" ""
+    variant_pairs 100 "$pairs --backend triton --patch kbench_triton.rope.MID_TILE_HEADS=8" ""
     ;;
 pairs-processes)  # both backends against torch.compile in three fresh processes: every spec shape up to 64
     # tokens, then llama2-7b's rmsnorm (where cuda trailed at 512 and 1024 rows) (issues 4, 5). Its one
@@ -739,7 +740,7 @@ rope-mid)  # rope at 32-64 tokens against torch.compile's faster config there (5
     KBENCH_CUDA_DEFINES="KBENCH_ROPE_TINY_TOKENS=65" step 100 python3 scripts/device/compile_pairs.py $pairs \
         --patch kbench_triton.rope.TINY_TOKENS=65 --output "$OUT/rope-mid-one-angle.md"
     KBENCH_CUDA_DEFINES="KBENCH_ROPE_SLICE_VEC=2" step 100 python3 scripts/device/compile_pairs.py $pairs \
-        --patch kbench_triton.rope.SMALL_TILE_WARPS=8 --output "$OUT/rope-mid-two.md"
+        --patch kbench_triton.rope.MID_TILE_WARPS=8 --output "$OUT/rope-mid-two.md"
     ;;
 rope-final)  # the final rope kernels: their GPU tests (rounding included), a memcheck, then issue 4's
             # and 5's commands and their compare (issues 4, 5)
@@ -774,23 +775,32 @@ rope-out-of-place)  # does writing in place cost rope at 1-64 tokens? triton's r
 min-splits)  # cuda's GQA decode at batch 8 with one split where its plan gives 2 (KBENCH_DECODE_MIN_SPLITS),
             # alternated twice; rope's 32-64-token launch shapes (triton tiles, cuda slice threads) and
             # cuda's rmsnorm at 512-1024 rows of one access a thread, against compile's faster config
-            # there (issues 4, 5)
+            # there (issues 4, 5; ran at 8a73dab: the knob came out after, one split was slower)
     build_variants "" "KBENCH_DECODE_MIN_SPLITS=1" "KBENCH_DECODE_MIN_SPLITS=3" "KBENCH_ROPE_SLICE_THREADS=256" \
         "KBENCH_ROPE_SLICE_THREADS=64" "KBENCH_NORM_ONE_ACCESS_ROWS=2048" >"$OUT/variant-builds.log" 2>&1
     sweep_knob KBENCH_DECODE_MIN_SPLITS 40 8 8 1 3 1 3
     pairs="--rounds 3 --ops rope --spec llama2-7b --spec llama2-13b --min-tokens 32 --max-tokens 64 --compile-config 1"
     step 80 python3 scripts/device/compile_pairs.py $pairs --output "$OUT/rope-tiles-default.md"
     KBENCH_CUDA_DEFINES="KBENCH_ROPE_SLICE_THREADS=256" step 80 python3 scripts/device/compile_pairs.py $pairs \
-        --patch kbench_triton.rope.SMALL_TILE_HEADS=8 --patch kbench_triton.rope.SMALL_TILE_WARPS=8 \
+        --patch kbench_triton.rope.MID_TILE_HEADS=8 --patch kbench_triton.rope.MID_TILE_WARPS=8 \
         --output "$OUT/rope-tiles-wide.md"
     KBENCH_CUDA_DEFINES="KBENCH_ROPE_SLICE_THREADS=64" step 80 python3 scripts/device/compile_pairs.py $pairs \
-        --patch kbench_triton.rope.SMALL_TILE_HEADS=8 --output "$OUT/rope-tiles-narrow.md"
-    step 80 python3 scripts/device/compile_pairs.py $pairs --backend triton --patch kbench_triton.rope.SMALL_TILE_WARPS=2 \
+        --patch kbench_triton.rope.MID_TILE_HEADS=8 --output "$OUT/rope-tiles-narrow.md"
+    step 80 python3 scripts/device/compile_pairs.py $pairs --backend triton --patch kbench_triton.rope.MID_TILE_WARPS=2 \
         --output "$OUT/rope-tiles-two-warps.md"
     norm="--rounds 3 --ops rmsnorm --spec llama2-7b --min-tokens 512 --max-tokens 1024 --backend cuda"
     step 80 python3 scripts/device/compile_pairs.py $norm --compile-configs 2
     KBENCH_CUDA_DEFINES="KBENCH_NORM_ONE_ACCESS_ROWS=2048" step 80 python3 scripts/device/compile_pairs.py $norm \
         --compile-configs 2
+    ;;
+rope-mid-tiles)  # triton rope's tile at 32-64 tokens (MID_TILE_HEADS x MID_TILE_WARPS), each against
+                # compile's faster config there, the default and 8 x 4 twice (issue 4)
+    pairs="--rounds 3 --ops rope --spec llama2-7b --spec llama2-13b --min-tokens 32 --max-tokens 64 --compile-config 1 --backend triton"
+    for variant in 4x4 8x4 8x2 16x4 16x8 4x4 8x4; do
+        echo "--- heads x warps $variant"
+        step 60 python3 scripts/device/compile_pairs.py $pairs --patch "kbench_triton.rope.MID_TILE_HEADS=${variant%x*}" \
+            --patch "kbench_triton.rope.MID_TILE_WARPS=${variant#*x}"
+    done
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks

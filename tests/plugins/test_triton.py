@@ -49,13 +49,16 @@ def test_rope_rotates_q_and_k_in_place(style):
     torch.testing.assert_close(k, expected_k, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("tokens", [3, 1100])  # below FEW_TOKENS head tiles go to separate programs
+@pytest.mark.parametrize("tokens", [3, 40, 1100])  # below FEW_TOKENS head tiles go to separate programs
 def test_rope_covers_every_head_when_programs_split_the_heads(tokens):
-    # 6 q + 3 k heads: at 3 tokens in one-tile programs of 4 heads, the second tile straddles
-    # q 4-5 and k 0-1 and the third holds k 2 alone; at 1100 tokens one program walks them all
-    from kbench_triton.rope import FEW_TOKENS
+    # 6 q + 3 k heads: at 3 tokens in one-tile programs of 2 heads, k 2 sits alone in the fifth
+    # tile; at 40 tokens in tiles of 8, the first straddles q 0-5 and k 0-1 and the second holds
+    # k 2 alone; at 1100 tokens one program walks them all
+    from kbench_triton.rope import FEW_TOKENS, MID_TILE_HEADS, TINY_TOKENS, _config
 
-    assert (tokens >= FEW_TOKENS) == (tokens == 1100), "the two cases sit on either side of FEW_TOKENS"
+    assert (tokens >= FEW_TOKENS) == (tokens == 1100), "the cases sit on either side of FEW_TOKENS"
+    if tokens == 40:
+        assert TINY_TOKENS <= tokens < 128 and _config(tokens, 6, 3, 8)[0] == MID_TILE_HEADS == 8
     q, k = _randn(tokens, 6, 16), _randn(tokens, 3, 16, seed=1)
     positions = torch.arange(tokens, device=DEVICE) * 37
     inv_freq = (1.0 / 10000 ** (torch.arange(0, 16, 2).float() / 16)).to(DEVICE)

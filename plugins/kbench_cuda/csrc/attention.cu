@@ -60,11 +60,6 @@ static_assert(kDecodeStages >= 1, "at least the stage in use");
 #ifndef KBENCH_DECODE_SPLIT_TOKENS
 #define KBENCH_DECODE_SPLIT_TOKENS 64
 #endif  // slices of one context at most (attention_decode_plan)
-// The fewest splits worth a merge (a tuning knob): where the plan's wave rule gives fewer, a
-// (sequence, kv head) takes one block and nothing is merged.
-#ifndef KBENCH_DECODE_MIN_SPLITS
-#define KBENCH_DECODE_MIN_SPLITS 1
-#endif
 // decode_kernel's plan's wave, in percent of the resident blocks (a tuning knob): below 100 it takes fewer,
 // longer slices (less to merge), above 100 more, shorter ones (one's start hidden by another's work).
 // At 67% (2 of its 3 blocks an SM) MHA went, cold, against 100% in the same call (gpu_runs.sh
@@ -1217,7 +1212,6 @@ cudaError_t attention_decode_plan(int batch, int heads, int kv_heads, int head_d
             break;
         }
     }
-    if (chosen < KBENCH_DECODE_MIN_SPLITS) chosen = 1;
     int tokens = (capacity + chosen - 1) / chosen;
     tokens = (tokens + 31) / 32 * 32;
     *tokens_per_split = tokens;
