@@ -49,6 +49,8 @@
 #              GQA kernel at ring depths 2 and 4 (issue 5)
 #   cuda-check   every cuda GPU test and the memcheck (issue 5)
 #   rope-mid-tiles  triton rope's tile shape at 32-64 tokens against compile's faster config (issue 4)
+#   mid-tiles-check  rope's GPU checks, then triton's rope against each of compile's configs (issue 4)
+#   mid-tiles-run  issue 4's command and its compare with issue 5's record (issue 4)
 #   min-splits  cuda's GQA decode at batch 8 in one split, rope's 32-64-token launch shapes and cuda's
 #              rmsnorm at 512-1024 rows, each against the default (issues 4, 5)
 #   small-gaps  cuda-check, triton's decode tests, rope against torch.compile over rounds, and the
@@ -801,6 +803,19 @@ rope-mid-tiles)  # triton rope's tile at 32-64 tokens (MID_TILE_HEADS x MID_TILE
         step 60 python3 scripts/device/compile_pairs.py $pairs --patch "kbench_triton.rope.MID_TILE_HEADS=${variant%x*}" \
             --patch "kbench_triton.rope.MID_TILE_WARPS=${variant#*x}"
     done
+    ;;
+mid-tiles-check)  # triton rope's 8-head tiles at 32-127 tokens: rope's GPU tests of both backends and
+                 # its conformance cases, then triton against each of compile's configs at every
+                 # spec shape up to 1024 tokens (issue 4)
+    rope_checks
+    step 250 python3 scripts/device/compile_pairs.py --rounds 3 --ops rope --backend triton --compile-configs 2 \
+        --output "$OUT/config-pairs-rope-triton.md"
+    ;;
+mid-tiles-run)  # issue 4's command at that code, compared with issue 5's record (cuda unchanged since)
+    step 240 kbench run $spec --norm triton --rope triton --attention triton --ffn triton --sampling triton \
+        --batch 1,64 --prompt-len 512 --out "$records"
+    step 20 kbench compare "$(latest llama2-7b)" results/examples/20261124T090846Z-llama2-7b-7559fe.json \
+        --metric kernel_us --format markdown --output "$OUT/compare-triton-vs-cuda.md"
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks
