@@ -51,6 +51,7 @@
 #   rope-mid-tiles  triton rope's tile shape at 32-64 tokens against compile's faster config (issue 4)
 #   mid-tiles-check  rope's GPU checks, then triton's rope against each of compile's configs (issue 4)
 #   mid-tiles-run  issue 4's command and its compare with issue 5's record (issue 4)
+#   rope-share  cuda rope's slices with each lane's own angles against shared ones (issue 5)
 #   min-splits  cuda's GQA decode at batch 8 in one split, rope's 32-64-token launch shapes and cuda's
 #              rmsnorm at 512-1024 rows, each against the default (issues 4, 5)
 #   small-gaps  cuda-check, triton's decode tests, rope against torch.compile over rounds, and the
@@ -816,6 +817,16 @@ mid-tiles-run)  # issue 4's command at that code, compared with issue 5's record
         --batch 1,64 --prompt-len 512 --out "$records"
     step 20 kbench compare "$(latest llama2-7b)" results/examples/20261124T090846Z-llama2-7b-7559fe.json \
         --metric kernel_us --format markdown --output "$OUT/compare-triton-vs-cuda.md"
+    ;;
+rope-share)  # cuda rope's slices at 32-64 tokens with each lane computing its own 4 angles
+            # (KBENCH_ROPE_SHARE_ANGLES=0) against the shared angles, twice each, against compile's
+            # faster config (issue 5)
+    build_variants "" "KBENCH_ROPE_SHARE_ANGLES=0" >"$OUT/variant-builds.log" 2>&1
+    pairs="--rounds 3 --ops rope --spec llama2-7b --spec llama2-13b --min-tokens 32 --max-tokens 64 --compile-config 1 --backend cuda"
+    for variant in "" "KBENCH_ROPE_SHARE_ANGLES=0" "" "KBENCH_ROPE_SHARE_ANGLES=0"; do
+        echo "--- ${variant:-default}"
+        KBENCH_CUDA_DEFINES="$variant" step 60 python3 scripts/device/compile_pairs.py $pairs
+    done
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks
