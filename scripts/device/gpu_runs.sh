@@ -820,7 +820,7 @@ mid-tiles-run)  # issue 4's command at that code, compared with issue 5's record
     ;;
 rope-share)  # cuda rope's slices at 32-64 tokens with each lane computing its own 4 angles
             # (KBENCH_ROPE_SHARE_ANGLES=0) against the shared angles, twice each, against compile's
-            # faster config (issue 5)
+            # faster config (issue 5; ran at 5886f7c: own angles were slower, the knob came out)
     build_variants "" "KBENCH_ROPE_SHARE_ANGLES=0" >"$OUT/variant-builds.log" 2>&1
     pairs="--rounds 3 --ops rope --spec llama2-7b --spec llama2-13b --min-tokens 32 --max-tokens 64 --compile-config 1 --backend cuda"
     for variant in "" "KBENCH_ROPE_SHARE_ANGLES=0" "" "KBENCH_ROPE_SHARE_ANGLES=0"; do

@@ -37,11 +37,6 @@ namespace {
 #ifndef KBENCH_ROPE_TINY_TOKENS
 #define KBENCH_ROPE_TINY_TOKENS 32
 #endif
-// Whether the lanes of a specialised slice share their angles by shuffles (a tuning knob, see
-// rope_slice_kernel; 0: each lane computes the angles of its own access).
-#ifndef KBENCH_ROPE_SHARE_ANGLES
-#define KBENCH_ROPE_SHARE_ANGLES 1
-#endif
 constexpr int kFewTokens = KBENCH_ROPE_FEW_TOKENS;
 constexpr int kTinyTokens = KBENCH_ROPE_TINY_TOKENS;
 constexpr int kSliceThreads = KBENCH_ROPE_SLICE_THREADS;
@@ -178,7 +173,7 @@ __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const in
     const bool active = local_head < heads_per_block && head < heads + kv_heads;
     constexpr int kAngles = INTERLEAVED ? VEC / 2 : VEC;
     constexpr int kLaneAngles = HEAD_DIM / 2 / 32;  // distinct angles of a head a lane
-    constexpr bool kShare = KBENCH_ROPE_SHARE_ANGLES && HEAD_DIM != 0 && HEAD_DIM % 64 == 0 && kAngles > kLaneAngles;
+    constexpr bool kShare = HEAD_DIM != 0 && HEAD_DIM % 64 == 0 && kAngles > kLaneAngles;
     // no exit before the loads: nvcc had put it, and a branch between q's and k's address, ahead
     // of them (first load at SASS instruction 53, now 33; 8 tokens of 32 + 32 heads 2.06 -> 2.00 us
     // on the H100, gpu_runs.sh rope-lean)
