@@ -51,6 +51,7 @@
 #   rope-mid-tiles  triton rope's tile shape at 32-64 tokens against compile's faster config (issue 4)
 #   mid-tiles-check  rope's GPU checks, then triton's rope against each of compile's configs (issue 4)
 #   mid-tiles-run  issue 4's command and its compare with issue 5's record (issue 4)
+#   rope-fast-trig  cuda rope's slices with branch-free angles: checks, then against compile (issue 5)
 #   rope-share  cuda rope's slices with each lane's own angles against shared ones (issue 5)
 #   min-splits  cuda's GQA decode at batch 8 in one split, rope's 32-64-token launch shapes and cuda's
 #              rmsnorm at 512-1024 rows, each against the default (issues 4, 5)
@@ -826,6 +827,18 @@ rope-share)  # cuda rope's slices at 32-64 tokens with each lane computing its o
     for variant in "" "KBENCH_ROPE_SHARE_ANGLES=0" "" "KBENCH_ROPE_SHARE_ANGLES=0"; do
         echo "--- ${variant:-default}"
         KBENCH_CUDA_DEFINES="$variant" step 60 python3 scripts/device/compile_pairs.py $pairs
+    done
+    ;;
+rope-fast-trig)  # cuda rope's slices with branch-free angles (KBENCH_ROPE_FAST_TRIG=1): its rope GPU tests
+                # and HF-rounding test on that build, then rope at 1-64 tokens against compile's
+                # faster config there, default and fast alternated twice (issue 5)
+    build_variants "" "KBENCH_ROPE_FAST_TRIG=1" >"$OUT/variant-builds.log" 2>&1
+    KBENCH_CUDA_DEFINES="KBENCH_ROPE_FAST_TRIG=1" step 150 python3 -m pytest -q -p no:cacheprovider \
+        tests/test_rope_rounding.py tests/plugins/test_cuda.py -k "rope or rounds"
+    pairs="--rounds 3 --ops rope --spec llama2-7b --spec llama2-13b --spec llama3-8b --max-tokens 64 --compile-config 1 --backend cuda"
+    for variant in "" "KBENCH_ROPE_FAST_TRIG=1" "" "KBENCH_ROPE_FAST_TRIG=1"; do
+        echo "--- ${variant:-default}"
+        KBENCH_CUDA_DEFINES="$variant" step 70 python3 scripts/device/compile_pairs.py $pairs
     done
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
