@@ -831,7 +831,8 @@ rope-share)  # cuda rope's slices at 32-64 tokens with each lane computing its o
     ;;
 rope-fast-trig)  # cuda rope's slices with branch-free angles (KBENCH_ROPE_FAST_TRIG=1): its rope GPU tests
                 # and HF-rounding test on that build, then rope at 1-64 tokens against compile's
-                # faster config there, default and fast alternated twice (issue 5)
+                # faster config there, default and fast alternated twice (issue 5; ran at 26c8f43,
+                # when the default was 0: the default is 1 since)
     build_variants "" "KBENCH_ROPE_FAST_TRIG=1" >"$OUT/variant-builds.log" 2>&1
     KBENCH_CUDA_DEFINES="KBENCH_ROPE_FAST_TRIG=1" step 150 python3 -m pytest -q -p no:cacheprovider \
         tests/test_rope_rounding.py tests/plugins/test_cuda.py -k "rope or rounds"

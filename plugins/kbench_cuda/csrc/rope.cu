@@ -53,9 +53,14 @@ __device__ __forceinline__ void angle_cos_sin(float position, float frequency, f
 }
 
 // How the slices compute their angles (a tuning knob): 0, sincosf each; 1, fast_cos_sin each,
-// then sincosf for all of a lane's angles only where one of them is past kFastTrigLimit.
+// then sincosf for all of a lane's angles only where one of them is past kFastTrigLimit. Each
+// sincosf ends its fast path in a branch, so a lane's angles ran one after another. On the H100
+// (gpu_runs.sh rope-fast-trig, alternated twice, against torch.compile's faster config) 1 took
+// 32 tokens of 32/32 heads from 0.95-0.96x compile to 0.99x, 64 tokens from 0.96 to 0.99, 32
+// tokens of 40/40 from 0.95 to 0.98, llama3-8b's 32-64 tokens from 1.73-1.76 to 1.77-1.82;
+// 1 and 8 tokens level.
 #ifndef KBENCH_ROPE_FAST_TRIG
-#define KBENCH_ROPE_FAST_TRIG 0
+#define KBENCH_ROPE_FAST_TRIG 1
 #endif
 constexpr bool kFastTrig = KBENCH_ROPE_FAST_TRIG != 0;
 constexpr float kFastTrigLimit = 105615.0f;
