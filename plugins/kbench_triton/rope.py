@@ -203,19 +203,18 @@ def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, inv_freq: to
     all_heads = heads + kv_heads
     launch_config("rope", (tokens, heads, kv_heads, head_dim, style), BLOCK_HEADS=block_heads,
                   num_warps=num_warps)
-    if tokens and per_program <= block_heads and _offsets_fit_int32(q, k):
-        _rope_rows_kernel[(tokens, triton.cdiv(all_heads, per_program))](
-            q, k, positions, inv_freq.to(torch.float32), *q.stride(), *k.stride(), heads, kv_heads,
-            HALF=half, INTERLEAVED=style == "interleaved", PRECISE_TRIG=not interpreting(),
-            BLOCK_HEADS=block_heads, BLOCK_HALF=block_half, num_warps=num_warps, enable_fp_fusion=False,
-        )
-    elif tokens:
-        _rope_kernel[(tokens, triton.cdiv(all_heads, per_program))](
-            q, k, positions, inv_freq.to(torch.float32),
-            *q.stride(), *k.stride(), heads, kv_heads, per_program,
-            HALF=half, INTERLEAVED=style == "interleaved",
-            # the interpreter has no libdevice; its tl.cos is numpy's, which is precise
-            PRECISE_TRIG=not interpreting(),
-            BLOCK_HEADS=block_heads, BLOCK_HALF=block_half, num_warps=num_warps, enable_fp_fusion=False,
-        )
+    if not tokens:
+        return q, k
+    grid = (tokens, triton.cdiv(all_heads, per_program))
+    args = (q, k, positions, inv_freq.to(torch.float32), *q.stride(), *k.stride(), heads, kv_heads)
+    constants = dict(
+        HALF=half, INTERLEAVED=style == "interleaved",
+        # the interpreter has no libdevice; its tl.cos is numpy's, which is precise
+        PRECISE_TRIG=not interpreting(),
+        BLOCK_HEADS=block_heads, BLOCK_HALF=block_half, num_warps=num_warps, enable_fp_fusion=False,
+    )
+    if per_program <= block_heads and _offsets_fit_int32(q, k):
+        _rope_rows_kernel[grid](*args, **constants)
+    else:
+        _rope_kernel[grid](*args, per_program, **constants)
     return q, k
