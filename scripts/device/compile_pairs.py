@@ -312,16 +312,25 @@ def header_lines(args, processes: int) -> str:
         "",
         f"Kernel µs under CUDA-graph replay, {args.rounds} rounds a process, compile and the backends back to back "
         "in each round, outputs checked. compile / backend above 1: the backend is faster. "
-        + ("The ratio is the median and [min, max] of the rounds' ratios, and a case is **slower** only where even "
-           "its best round is below 1." if processes == 1 else
-           f"Process k ran each of compile's autotuned kernels at its k-th candidate config, {processes} processes "
-           f"(of {args.processes} asked for), Inductor's caches off: the median and [min, max] of each process's "
-           "median ratio; a case is **slower in k of N** where, against k of compile's configs, even the best round "
-           "is below 1. Which config each process ran is listed at the end." if getattr(args, "compile_configs", 0) else
-           f"Over {processes} fresh processes (of {args.processes} asked for): the median and [min, max] of each "
-           "process's median ratio; a case is **slower in k of N** processes where, in k of them, even the best "
-           "round is below 1."),
+        + verdict_rule(args, processes),
     ])
+
+
+def verdict_rule(args, processes: int) -> str:
+    """How the tables' ratio and **slower** mark are formed, for one process, several, or one a
+    compile config."""
+    if processes == 1:
+        return ("The ratio is the median and [min, max] of the rounds' ratios, and a case is **slower** only where "
+                "even its best round is below 1.")
+    if args.compile_configs:
+        return (f"Process k ran each of compile's autotuned kernels at its k-th candidate config, {processes} "
+                f"processes (of {args.processes} asked for), Inductor's caches off: the median and [min, max] of "
+                "each process's median ratio; a case is **slower in k of N** where, against k of compile's configs, "
+                "even the best round is below 1. Which config each process ran is listed at the end.")
+    return (f"Over {processes} fresh processes (of {args.processes} asked for): the median and [min, max] of each "
+            "process's median ratio; a case is **slower in k of N** processes where, in k of them, even the best "
+            "round is below 1.")
+
 
 if __name__ == "__main__":
     main()
