@@ -294,6 +294,30 @@ def test_rope_rotates_q_and_k_views_of_a_fused_qkv_buffer(registry, tokens, styl
     assert torch.equal(qkv[:, heads + kv_heads:], v)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("style", ["half", "interleaved"])
+@pytest.mark.parametrize("tokens", [3, 64])  # one-angle slices, shared-angle slices
+def test_rope_slices_take_sincosf_where_an_angle_is_past_the_fast_path(registry, tokens, style):
+    """The slices' branch-free sin/cos (KBENCH_ROPE_FAST_TRIG) reduces angles up to 105615 only;
+    a lane with a larger angle computes all of its angles by sincosf. At 2^40 the branch-free
+    reduction alone is far off, so positions that large must still match the reference, beside
+    small ones in the same call."""
+    if registry.get("rope", "cuda").unavailable_reason():
+        pytest.skip(registry.get("rope", "cuda").unavailable_reason())
+    heads, kv_heads, head_dim, dtype = 32, 8, 128, torch.bfloat16
+    q = torch.randn(tokens, heads, head_dim, device="cuda", dtype=dtype)
+    k = torch.randn(tokens, kv_heads, head_dim, device="cuda", dtype=dtype)
+    large = torch.tensor([2**40, 10**6, 150_000, 105_615, 17], device="cuda")
+    positions = large[torch.arange(tokens, device="cuda") % large.numel()]
+    inv_freq = 1.0 / 10000.0 ** (torch.arange(0, head_dim, 2, device="cuda").float() / head_dim)
+    expected_q, expected_k = registry.op("rope").reference(q=q.clone(), k=k.clone(), positions=positions,
+                                                           inv_freq=inv_freq, style=style)
+    registry.get("rope", "cuda").fn(q=q, k=k, positions=positions, inv_freq=inv_freq, style=style)
+    tolerance = registry.op("rope").tolerance(dtype)
+    torch.testing.assert_close(q, expected_q, atol=tolerance.atol, rtol=tolerance.rtol)
+    torch.testing.assert_close(k, expected_k, atol=tolerance.atol, rtol=tolerance.rtol)
+
+
 def test_build_lock_clears_a_stale_torch_lock_and_excludes_a_second_builder(tmp_path):
     import fcntl
 
