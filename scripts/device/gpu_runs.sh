@@ -51,6 +51,7 @@
 #   rope-mid-tiles  triton rope's tile shape at 32-64 tokens against compile's faster config (issue 4)
 #   mid-tiles-check  rope's GPU checks, then triton's rope against each of compile's configs (issue 4)
 #   mid-tiles-run  issue 4's command and its compare with issue 5's record (issue 4)
+#   fast-trig-check  cuda rope's checks at the branch-free angles, a mutation, issue 5's command (5)
 #   rope-fast-trig  cuda rope's slices with branch-free angles: checks, then against compile (issue 5)
 #   rope-share  cuda rope's slices with each lane's own angles against shared ones (issue 5)
 #   min-splits  cuda's GQA decode at batch 8 in one split, rope's 32-64-token launch shapes and cuda's
@@ -841,6 +842,23 @@ rope-fast-trig)  # cuda rope's slices with branch-free angles (KBENCH_ROPE_FAST_
         echo "--- ${variant:-default}"
         KBENCH_CUDA_DEFINES="$variant" step 70 python3 scripts/device/compile_pairs.py $pairs
     done
+    ;;
+fast-trig-check)  # cuda rope at the branch-free angles' default: its GPU tests (the rounding test and
+                 # the angles past the fast path's reach included), a memcheck, the same test on
+                 # sources without the sincosf fallback (must fail), then issue 5's command and its
+                 # compare with issue 4's record (issue 5)
+    step 200 python3 -m pytest -q -p no:cacheprovider tests/test_rope_rounding.py tests/plugins/test_cuda.py \
+        -k "rope or rounds"
+    cuda_memcheck
+    cp plugins/kbench_cuda/csrc/rope.cu /tmp/rope.cu.kept
+    sed -i 's/slow |= !(fabsf(x\[i\]) <= kFastTrigLimit);/slow |= false;/' plugins/kbench_cuda/csrc/rope.cu
+    grep -c "slow |= false" plugins/kbench_cuda/csrc/rope.cu
+    step 150 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py -k past_the_fast_path
+    cp /tmp/rope.cu.kept plugins/kbench_cuda/csrc/rope.cu
+    step 220 kbench run $spec --norm cuda --rope cuda --ffn cuda --attention cuda --sampling cuda \
+        --backend attention_prefill=triton --batch 1,64 --prompt-len 512 --out "$records"
+    step 20 kbench compare results/examples/20261124T103950Z-llama2-7b-d54a96.json "$(latest llama2-7b)" \
+        --metric kernel_us --format markdown --output "$OUT/compare-triton-vs-cuda.md"
     ;;
 cuda-check)  # every cuda GPU test and a memcheck of every kernel
     cuda_checks
