@@ -34,6 +34,8 @@
 #              cache read cold (issues 4, 5)
 #   read-bound  kernels that only read the KV cache, cold, beside triton's decode at each of its
 #              configs (issue 4)
+#   cyclic-splits  triton's decode with key tiles dealt to the splits in turn, against contiguous
+#              slices, cold, and its decode tests and conformance (issue 4)
 #   read-configs  triton's decode at each of its split-pass configs, cold, and which of them had
 #              their loads pipelined (issue 4)
 #   merge-pdl  triton's cold decode sweep (its merge now a PDL launch), then the cuda decode tests
@@ -397,6 +399,12 @@ cold-splits)  # with the cache read cold: triton's split counts, cuda's plan wav
 read-bound)  # how fast the cache of each case below 80% can be read at all, cold
     triton_decode_tests
     step 400 python3 scripts/device/decode_read_bound.py
+    ;;
+cyclic-splits)  # triton decode's splits taking every splits-th key tile (the first one's address
+               # needs no length) against contiguous slices sized from the length, in one process
+    triton_decode_tests
+    step 120 python3 -m pytest -q -p no:cacheprovider tests/test_conformance.py -k "attention_decode and triton"
+    step 300 python3 scripts/device/decode_read_bound.py --attention-only
     ;;
 read-configs)  # triton's split pass at each config (prefetch or not), cold, and its pipelining
     triton_decode_tests

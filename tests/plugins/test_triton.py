@@ -177,6 +177,19 @@ def test_decode_agrees_for_every_split_count(splits):
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("splits", [1, 3, 16])
+def test_decode_ignores_whatever_the_cache_holds_past_each_sequence(splits):
+    # the first tile of a split is read before the length is known, masked by the capacity only:
+    # NaN and inf past the lengths (5, 48, 17 of 48) must not reach the output
+    q, k_cache, v_cache, seqlens = _decode_inputs()
+    expected = attention_decode_reference(q, k_cache, v_cache, seqlens, None, 0.2)
+    for b, length in enumerate(seqlens.tolist()):
+        k_cache[b, length:] = float("inf")
+        v_cache[b, length:] = float("nan")
+    out = attention_decode(q, k_cache, v_cache, seqlens, None, 0.2, splits=splits)
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
+
+
 def test_paged_decode_with_shuffled_block_table_matches_contiguous_cache():
     q, k_cache, v_cache, seqlens = _decode_inputs()
     batch, capacity, kv_heads, head_dim = k_cache.shape
