@@ -1,9 +1,8 @@
 """Decode attention over a KV cache: split-KV "flash-decoding" plus a reduction pass.
 
 Pass 1, grid ``(num_splits, kv_heads, batch)``: a program takes one kv head of one sequence
-and every ``num_splits``-th tile of its ``cache_seqlens[b]`` tokens, starting at tile ``split``
-(so every split gets an even share, and its first tile's address does not wait on the length),
-and attends the whole query
+and one contiguous slice of its ``cache_seqlens[b]`` tokens (the slice length is computed on
+the device from the length, so every split gets an even share), and attends the whole query
 group of that kv head at once (a ``[BLOCK_G, head_dim]`` tile, padded to 16 rows for
 ``tl.dot``): each K/V row is read once per group, never once per query head. It writes the
 split's normalised output ``acc / l`` and its log-sum-exp (base 2) in float32.
@@ -45,90 +44,56 @@ MIN_SPLITS = 3
 
 
 @triton.jit
-def _kv_rows(block_table_ptr, batch, tokens, in_table, stride_table, stride_b, stride_t,
-             PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr):
-    """Element offsets of cache rows ``tokens`` of sequence ``batch`` (before the head's)."""
-    if PAGED:
-        block = tl.load(block_table_ptr + batch * stride_table + tokens // PAGE_SIZE, mask=in_table, other=0)
-        return block.to(tl.int64) * stride_b + (tokens % PAGE_SIZE) * stride_t
-    return batch * stride_b + tokens * stride_t
-
-
-@triton.jit
-def _attend(q, k, v, n_mask, m_i, l_i, acc, qk_scale, IEEE: tl.constexpr, UPCAST: tl.constexpr):
-    """One tile of keys into the running max ``m_i``, sum ``l_i`` and output ``acc``. Keys out of
-    ``n_mask`` weigh nothing; their rows of ``v`` must be finite (0 * NaN is NaN). A tile of no
-    keys makes ``l_i`` NaN: only a split with no keys at all meets one (its later tiles lie
-    further out), and the split's ``l_i > 0`` test then gives it weight zero."""
-    s = dot(q, k, IEEE, UPCAST) * qk_scale
-    s = tl.where(n_mask[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    p = tl.exp2(s - m_new[:, None])
-    alpha = tl.exp2(m_i - m_new)
-    acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, IEEE, UPCAST)
-    return m_new, l_i * alpha + tl.sum(p, 1), acc
-
-
-@triton.jit
 def _split_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, block_table_ptr, partial_out_ptr, partial_lse_ptr, out_ptr,
                   qk_scale, stride_qb, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
-                  stride_table, stride_ob, stride_oh, capacity, capacity_bucket,
+                  stride_table, stride_ob, stride_oh, capacity_bucket,
                   NUM_SPLITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
-                  IEEE: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr, CYCLIC: tl.constexpr,
-                  BLOCK_N: tl.constexpr):
+                  IEEE: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr, BLOCK_N: tl.constexpr):
     if PDL:
         # the merge pass may be scheduled now: it waits (gdc_wait) for this grid's writes
         gdc_launch_dependents()
     split = tl.program_id(0)
     kv_head = tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)
+    seq_len = tl.load(seqlens_ptr + batch)
+    per_split = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    start = split * per_split
+    end = tl.minimum(start + per_split, seq_len)
+
     group = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     d_mask = offs_d < HEAD_DIM
     heads = kv_head * GROUP + group
     q_mask = (group < GROUP)[:, None] & d_mask[None, :]
-    k_base = k_ptr + kv_head * stride_kh + offs_d[:, None]
-    v_base = v_ptr + kv_head * stride_vh + offs_d[None, :]
+    q = tl.load(q_ptr + batch * stride_qb + heads[:, None] * stride_qh + offs_d[None, :], mask=q_mask, other=0.0)
+
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
-    if CYCLIC:
-        # Split s takes key tiles s, s + NUM_SPLITS, ... So its first tile's address needs no
-        # sequence length, and (contiguous caches) its loads go out beside the length's: masked
-        # by the capacity only, the rows past the sequence are masked in _attend.
-        tokens = split * BLOCK_N + offs_n
-        first_mask = tokens < capacity
-        if PAGED:  # the table past the sequence may hold anything: wait for the length there
-            first_mask = tokens < tl.load(seqlens_ptr + batch)
-        rows = _kv_rows(block_table_ptr, batch, tokens, first_mask, stride_table, stride_kb, stride_kt, PAGED, PAGE_SIZE)
-        k = tl.load(k_base + rows[None, :], mask=d_mask[:, None] & first_mask[None, :], other=0.0)
-        rows = _kv_rows(block_table_ptr, batch, tokens, first_mask, stride_table, stride_vb, stride_vt, PAGED, PAGE_SIZE)
-        v = tl.load(v_base + rows[:, None], mask=first_mask[:, None] & d_mask[None, :], other=0.0)
-        seq_len = tl.load(seqlens_ptr + batch)
-        q = tl.load(q_ptr + batch * stride_qb + heads[:, None] * stride_qh + offs_d[None, :], mask=q_mask, other=0.0)
-        n_mask = tokens < seq_len
-        v = tl.where(n_mask[:, None], v, 0.0)  # rows past the sequence may hold anything, NaN included
-        m_i, l_i, acc = _attend(q, k, v, n_mask, m_i, l_i, acc, qk_scale, IEEE, UPCAST)
-        start = (split + NUM_SPLITS) * BLOCK_N
-        end = seq_len
-        step = NUM_SPLITS * BLOCK_N
-    else:
-        seq_len = tl.load(seqlens_ptr + batch)
-        q = tl.load(q_ptr + batch * stride_qb + heads[:, None] * stride_qh + offs_d[None, :], mask=q_mask, other=0.0)
-        per_split = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
-        start = split * per_split
-        end = tl.minimum(start + per_split, seq_len)
-        step = BLOCK_N
-    for start_n in range(start, end, step):
+    for start_n in range(start, end, BLOCK_N):
         tokens = start_n + offs_n
         n_mask = tokens < end
-        rows = _kv_rows(block_table_ptr, batch, tokens, n_mask, stride_table, stride_kb, stride_kt, PAGED, PAGE_SIZE)
-        k = tl.load(k_base + rows[None, :], mask=d_mask[:, None] & n_mask[None, :], other=0.0)
-        rows = _kv_rows(block_table_ptr, batch, tokens, n_mask, stride_table, stride_vb, stride_vt, PAGED, PAGE_SIZE)
-        v = tl.load(v_base + rows[:, None], mask=n_mask[:, None] & d_mask[None, :], other=0.0)
-        m_i, l_i, acc = _attend(q, k, v, n_mask, m_i, l_i, acc, qk_scale, IEEE, UPCAST)
+        if PAGED:
+            block = tl.load(block_table_ptr + batch * stride_table + tokens // PAGE_SIZE, mask=n_mask, other=0)
+            k_rows = block.to(tl.int64) * stride_kb + (tokens % PAGE_SIZE) * stride_kt
+            v_rows = block.to(tl.int64) * stride_vb + (tokens % PAGE_SIZE) * stride_vt
+        else:
+            k_rows = batch * stride_kb + tokens * stride_kt
+            v_rows = batch * stride_vb + tokens * stride_vt
+        k = tl.load(k_ptr + k_rows[None, :] + kv_head * stride_kh + offs_d[:, None],
+                    mask=d_mask[:, None] & n_mask[None, :], other=0.0)
+        s = dot(q, k, IEEE, UPCAST) * qk_scale
+        s = tl.where(n_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_ptr + v_rows[:, None] + kv_head * stride_vh + offs_d[None, :],
+                    mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+        acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, IEEE, UPCAST)
+        m_i = m_new
 
     if NUM_SPLITS == 1:
         # one split holds the whole sequence: normalise and write the output, no merge pass
@@ -170,9 +135,6 @@ _CONFIGS = [
     for n, w, s in [(64, 4, 3), (64, 4, 4), (128, 4, 3), (128, 8, 3), (32, 4, 4), (64, 8, 4)]
 ]
 SHORT_CAPACITY = 256
-# Key tiles dealt to the splits in turn (split s: tiles s, s + splits, ...), not in contiguous
-# slices sized from the length on the device.
-CYCLIC_SPLITS = True
 
 
 def _prune(configs, named_args, **kwargs):
@@ -254,9 +216,9 @@ def attention_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale, spl
         q, k_cache, v_cache, cache_seqlens, table, partial_out, partial_lse, out, scale * LOG2E,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        table.stride(0), out.stride(0), out.stride(1), capacity, triton.next_power_of_2(capacity),
+        table.stride(0), out.stride(0), out.stride(1), triton.next_power_of_2(capacity),
         NUM_SPLITS=splits, GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim, BLOCK_D=block_d,
-        PAGED=paged, PAGE_SIZE=page_size, PDL=pdl, CYCLIC=CYCLIC_SPLITS, **dot_flags(q.dtype),
+        PAGED=paged, PAGE_SIZE=page_size, PDL=pdl, **dot_flags(q.dtype),
     )
     if splits == 1:
         return out

@@ -13,8 +13,7 @@ replay, the graph's calls cycling through copies of the cache that span 2 x L2 (
 - ``attention``: the kernel itself (split pass and merge); ``no pdl`` with the merge launched
   after the split pass ends rather than scheduled early (``MERGE_PDL``); ``split only`` without
   the merge (its output is not checked); with ``--configs``, each split-pass config forced
-  (``BLOCK_N/warps/stages``), the autotuner's and EXTRA_CONFIGS; ``slices`` with each split one
-  contiguous slice sized from the length on the device (``CYCLIC_SPLITS`` off).
+  (``BLOCK_N/warps/stages``), the autotuner's and EXTRA_CONFIGS.
 
 Prints µs and % of the measured copy bandwidth on the K/V bytes. The gap between ``flat`` and
 100% is what a kernel cannot win at that size; between ``heads`` and ``attention`` is compute
@@ -118,13 +117,11 @@ class _OneConfig:
         return self.tuner[grid]
 
 
-def variant(pdl: bool = True, merge: bool = True, cyclic: bool = True):
-    """attention_decode with or without the early-scheduled merge, without the merge, or with
-    each split one contiguous slice sized from the length (``cyclic=False``)."""
+def variant(pdl: bool = True, merge: bool = True):
+    """attention_decode with or without the early-scheduled merge, or without the merge."""
     def run(**inputs):
         merge_kernel = decode_module._merge_kernel if merge else _NoLaunch()
         with mock.patch.object(decode_module, "MERGE_PDL", pdl), \
-                mock.patch.object(decode_module, "CYCLIC_SPLITS", cyclic), \
                 mock.patch.object(decode_module, "_merge_kernel", merge_kernel):
             return attention_decode(**inputs)
     return run
@@ -162,9 +159,7 @@ def main() -> None:
             kernels |= {f"flat {p} s{s}": flat(p, s) for p in (132, 264, 528) for s in (1, 3)}
             kernels |= {f"heads x{splits} s{s}": heads(splits, s) for s in (1, 3)}
         kernels[f"attention x{splits}"] = attention_decode
-        kernels["attention slices"] = variant(cyclic=False)
         if splits > 1:
-            kernels["split only slices"] = variant(merge=False, cyclic=False)
             kernels["attention no pdl"] = variant(pdl=False)
             kernels["split only"] = variant(merge=False)
         for config in decode_module._CONFIGS + EXTRA_CONFIGS if args.configs else ():

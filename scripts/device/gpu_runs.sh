@@ -402,6 +402,7 @@ read-bound)  # how fast the cache of each case below 80% can be read at all, col
     ;;
 cyclic-splits)  # triton decode's splits taking every splits-th key tile (the first one's address
                # needs no length) against contiguous slices sized from the length, in one process
+               # (ran at e5e4d53: the dealt tiles were slower, and came out again)
     triton_decode_tests
     step 120 python3 -m pytest -q -p no:cacheprovider tests/test_conformance.py -k "attention_decode and triton"
     step 300 python3 scripts/device/decode_read_bound.py --attention-only

@@ -179,8 +179,8 @@ def test_decode_agrees_for_every_split_count(splits):
 
 @pytest.mark.parametrize("splits", [1, 3, 16])
 def test_decode_ignores_whatever_the_cache_holds_past_each_sequence(splits):
-    # the first tile of a split is read before the length is known, masked by the capacity only:
-    # NaN and inf past the lengths (5, 48, 17 of 48) must not reach the output
+    # NaN and inf past the lengths (5, 48, 17 of 48) must not reach the output (a kernel that
+    # reads ahead of the length, as e5e4d53 did, must mask what it read there)
     q, k_cache, v_cache, seqlens = _decode_inputs()
     expected = attention_decode_reference(q, k_cache, v_cache, seqlens, None, 0.2)
     for b, length in enumerate(seqlens.tolist()):
