@@ -54,6 +54,7 @@
 #   mid-tiles-check  rope's GPU checks, then triton's rope against each of compile's configs (issue 4)
 #   mid-tiles-run  issue 4's command and its compare with issue 5's record (issue 4)
 #   fast-trig-check  cuda rope's checks at the branch-free angles, a mutation, issue 5's command (5)
+#   triton-fast-trig  triton rope with branch-free angles: checks, then against compile (issue 4)
 #   rope-fast-trig  cuda rope's slices with branch-free angles: checks, then against compile (issue 5)
 #   rope-share  cuda rope's slices with each lane's own angles against shared ones (issue 5)
 #   min-splits  cuda's GQA decode at batch 8 in one split, rope's 32-64-token launch shapes and cuda's
@@ -838,6 +839,20 @@ rope-share)  # cuda rope's slices at 32-64 tokens with each lane computing its o
         echo "--- ${variant:-default}"
         KBENCH_CUDA_DEFINES="$variant" step 60 python3 scripts/device/compile_pairs.py $pairs
     done
+    ;;
+triton-fast-trig)  # triton rope's angles by _fast_cos_sin (FAST_TRIG=1) or libdevice's sin and cos
+                  # (0): rope's GPU tests and HF-rounding test and its conformance cases at 1, then
+                  # rope at 1-64 tokens against compile's faster config there, 1 and 0 alternated
+                  # twice, and the spec's largest shapes against compile at 1 (issue 4)
+    step 200 python3 -m pytest -q -p no:cacheprovider tests/test_rope_rounding.py tests/plugins/test_triton.py \
+        -k "rope or rounds"
+    step 120 python3 -m pytest -q -p no:cacheprovider tests/test_conformance.py -k "rope and triton"
+    pairs="--rounds 3 --ops rope --spec llama2-7b --spec llama2-13b --spec llama3-8b --max-tokens 64 --compile-config 1 --backend triton"
+    for fast in 1 0 1 0; do
+        echo "--- FAST_TRIG=$fast"
+        step 80 python3 scripts/device/compile_pairs.py $pairs --patch kbench_triton.rope.FAST_TRIG=$fast
+    done
+    step 60 kbench bench rope --backend triton --vs compile --spec $spec --out "$records"
     ;;
 rope-fast-trig)  # cuda rope's slices with branch-free angles (KBENCH_ROPE_FAST_TRIG=1): its rope GPU tests
                 # and HF-rounding test on that build, then rope at 1-64 tokens against compile's
