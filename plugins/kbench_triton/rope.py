@@ -1,9 +1,8 @@
 """Rotary embedding of q and k in one launch, written in place.
 
 From ``FEW_TOKENS`` tokens up, one program per token: it computes the token's angles
-``position * inv_freq`` once (float32; angles reach tens of thousands of radians, so sin and cos
-take a full-precision reduction: ``_fast_cos_sin``'s, or libdevice's past its reach) and rotates
-every q head and every k head with them. Below, each program
+``position * inv_freq`` once (float32, precise libdevice sin/cos, since angles reach tens of
+thousands of radians) and rotates every q head and every k head with them. Below, each program
 takes one tile of a token's heads, loads it, and computes the angles while the loads are in
 flight. Every scaling variant arrives through ``inv_freq``.
 
@@ -84,59 +83,20 @@ def _rotate_heads(base_ptr, stride_head, stride_dim, head_lo, head_hi, cos, sin,
         _rotate_store(first_ptr, second_ptr, mask, x1, x2, cos, sin, INTERLEAVED)
 
 
-# Angles are computed by _fast_cos_sin (a tuning knob; 0: libdevice's sin and cos). Its reduction
-# is exact enough up to FAST_TRIG_LIMIT radians; a program with an angle past it (or not finite)
-# takes libdevice's for all of its angles.
-FAST_TRIG = 1
-FAST_TRIG_LIMIT = 105615.0
-
-
-@triton.jit
-def _fast_cos_sin(x):
-    """cos and sin of float32 ``x`` without a branch, for |x| <= FAST_TRIG_LIMIT (the cuda
-    backend's fast_cos_sin): x = j * pi/2 + r with pi/2 in three float parts (each product
-    fused), polynomials in r * r on |r| <= pi/4, then the quadrant j % 4. Within 1.56 ulp of
-    float64 over llama's angles (notes/cuda.md, version 14)."""
-    # rounded to the nearest integer, ties to even (exact below 2^22; no libdevice rint on the
-    # interpreter): the sum is rounded to a multiple of 1 at 1.5 * 2^23
-    j = (x * 0.636619772 + 12582912.0) - 12582912.0
-    r = tl.fma(-j, 1.57079637, x)
-    r = tl.fma(-j, -4.37113883e-08, r)
-    r = tl.fma(-j, -1.71512451e-15, r)
-    z = r * r
-    sin_poly = tl.fma(tl.fma(-1.95138462e-04, z, 8.33214726e-03), z, -1.66666538e-01)
-    sin_r = tl.fma(sin_poly * z, r, r)
-    cos_poly = tl.fma(tl.fma(2.44357598e-05, z, -1.38873409e-03), z, 4.16666456e-02)
-    cos_r = tl.fma(cos_poly * z, z, tl.fma(-0.5, z, 1.0))
-    quadrant = j.to(tl.int32) & 3
-    odd = (quadrant & 1) != 0
-    sin_v = tl.where(odd, cos_r, sin_r)
-    cos_v = tl.where(odd, sin_r, cos_r)
-    return tl.where(((quadrant + 1) & 2) != 0, -cos_v, cos_v), tl.where((quadrant & 2) != 0, -sin_v, sin_v)
-
-
-@triton.jit
-def _precise_cos_sin(x, PRECISE_TRIG: tl.constexpr):
-    if PRECISE_TRIG:
-        return libdevice.cos(x), libdevice.sin(x)
-    return tl.cos(x), tl.sin(x)
-
-
 @triton.jit
 def _angles(positions_ptr, inv_freq_ptr, token, dtype, HALF: tl.constexpr, INTERLEAVED: tl.constexpr,
-            PRECISE_TRIG: tl.constexpr, FAST: tl.constexpr, LIMIT: tl.constexpr, BLOCK_HALF: tl.constexpr):
+            PRECISE_TRIG: tl.constexpr, BLOCK_HALF: tl.constexpr):
     """cos and sin of the token's angles, [1, BLOCK_HALF] float32 (rounded to the dtype for half)."""
     pair = tl.arange(0, BLOCK_HALF)
     position = tl.load(positions_ptr + token).to(tl.float32)
     inv_freq = tl.load(inv_freq_ptr + pair, mask=pair < HALF, other=0.0)
     angles = position * inv_freq
-    if FAST:
-        cos, sin = _fast_cos_sin(angles)
-        # NaN compares false: it goes the precise way too
-        if tl.max((~(tl.abs(angles) <= LIMIT)).to(tl.int32), 0) != 0:
-            cos, sin = _precise_cos_sin(angles, PRECISE_TRIG)
+    if PRECISE_TRIG:
+        cos = libdevice.cos(angles)
+        sin = libdevice.sin(angles)
     else:
-        cos, sin = _precise_cos_sin(angles, PRECISE_TRIG)
+        cos = tl.cos(angles)
+        sin = tl.sin(angles)
     if not INTERLEAVED:
         cos = cos.to(dtype).to(tl.float32)
         sin = sin.to(dtype).to(tl.float32)
@@ -148,7 +108,7 @@ def _rope_kernel(q_ptr, k_ptr, positions_ptr, inv_freq_ptr,
                  stride_qt, stride_qh, stride_qd, stride_kt, stride_kh, stride_kd,
                  heads, kv_heads, heads_per_program,
                  HALF: tl.constexpr, INTERLEAVED: tl.constexpr, PRECISE_TRIG: tl.constexpr,
-                 FAST: tl.constexpr, LIMIT: tl.constexpr, BLOCK_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr):
+                 BLOCK_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr):
     token = tl.program_id(0).to(tl.int64)
     # this program's share of the q heads followed by the k heads (all of them at one program
     # per token)
@@ -159,7 +119,7 @@ def _rope_kernel(q_ptr, k_ptr, positions_ptr, inv_freq_ptr,
     q_lo, q_hi = tl.minimum(first, heads), tl.minimum(last, heads)
     k_lo, k_hi = tl.minimum(tl.maximum(first - heads, 0), kv_heads), tl.minimum(tl.maximum(last - heads, 0), kv_heads)
     cos, sin = _angles(positions_ptr, inv_freq_ptr, token, q_ptr.dtype.element_ty, HALF, INTERLEAVED, PRECISE_TRIG,
-                       FAST, LIMIT, BLOCK_HALF)
+                       BLOCK_HALF)
     _rotate_heads(q_base, stride_qh, stride_qd, q_lo, q_hi, cos, sin, HALF, INTERLEAVED, BLOCK_HEADS, BLOCK_HALF)
     _rotate_heads(k_base, stride_kh, stride_kd, k_lo, k_hi, cos, sin, HALF, INTERLEAVED, BLOCK_HEADS, BLOCK_HALF)
 
@@ -169,7 +129,7 @@ def _rope_rows_kernel(q_ptr, k_ptr, positions_ptr, inv_freq_ptr,
                       stride_qt, stride_qh, stride_qd, stride_kt, stride_kh, stride_kd,
                       heads, kv_heads,
                       HALF: tl.constexpr, INTERLEAVED: tl.constexpr, PRECISE_TRIG: tl.constexpr,
-                      FAST: tl.constexpr, LIMIT: tl.constexpr, BLOCK_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr):
+                      BLOCK_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr):
     """One tile of BLOCK_HEADS rows of the token's q heads followed by its k heads, each row's
     address selected between q and k (32-bit offsets: the host checks they fit). Its loads go out
     before the angles are computed, so the trigonometry runs while they are in flight.
@@ -195,7 +155,7 @@ def _rope_rows_kernel(q_ptr, k_ptr, positions_ptr, inv_freq_ptr,
     x1 = tl.load(first_ptr, mask=mask, other=0.0)
     x2 = tl.load(second_ptr, mask=mask, other=0.0)
     cos, sin = _angles(positions_ptr, inv_freq_ptr, token, q_ptr.dtype.element_ty, HALF, INTERLEAVED, PRECISE_TRIG,
-                       FAST, LIMIT, BLOCK_HALF)
+                       BLOCK_HALF)
     _rotate_store(first_ptr, second_ptr, mask, x1, x2, cos, sin, INTERLEAVED)
 
 
@@ -250,7 +210,7 @@ def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, inv_freq: to
     constants = dict(
         HALF=half, INTERLEAVED=style == "interleaved",
         # the interpreter has no libdevice; its tl.cos is numpy's, which is precise
-        PRECISE_TRIG=not interpreting(), FAST=bool(FAST_TRIG), LIMIT=FAST_TRIG_LIMIT,
+        PRECISE_TRIG=not interpreting(),
         BLOCK_HEADS=block_heads, BLOCK_HALF=block_half, num_warps=num_warps, enable_fp_fusion=False,
     )
     if per_program <= block_heads and _offsets_fit_int32(q, k):

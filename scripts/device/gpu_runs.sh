@@ -843,7 +843,8 @@ rope-share)  # cuda rope's slices at 32-64 tokens with each lane computing its o
 triton-fast-trig)  # triton rope's angles by _fast_cos_sin (FAST_TRIG=1) or libdevice's sin and cos
                   # (0): rope's GPU tests and HF-rounding test and its conformance cases at 1, then
                   # rope at 1-64 tokens against compile's faster config there, 1 and 0 alternated
-                  # twice, and the spec's largest shapes against compile at 1 (issue 4)
+                  # twice, and the spec's largest shapes against compile at 1 (issue 4; ran at
+                  # d0e6274: level or slower, so the branch-free angles came out of triton again)
     step 200 python3 -m pytest -q -p no:cacheprovider tests/test_rope_rounding.py tests/plugins/test_triton.py \
         -k "rope or rounds"
     step 120 python3 -m pytest -q -p no:cacheprovider tests/test_conformance.py -k "rope and triton"

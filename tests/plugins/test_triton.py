@@ -104,60 +104,6 @@ def test_rope_keeps_the_norm_of_each_pair():
     torch.testing.assert_close(q.unflatten(-1, (2, 8)).pow(2).sum(-2), before, atol=1e-4, rtol=1e-5)
 
 
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-
-
-@triton.jit
-def _cos_sin_kernel(x_ptr, cos_ptr, sin_ptr, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    x = tl.load(x_ptr + offs, mask=offs < n)
-    cos, sin = triton_rope._fast_cos_sin(x)
-    tl.store(cos_ptr + offs, cos, mask=offs < n)
-    tl.store(sin_ptr + offs, sin, mask=offs < n)
-
-
-def _ulps(got: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
-    """|got - exact| in units of the float32 spacing at ``exact`` (float64)."""
-    spacing = torch.finfo(torch.float32).eps * torch.exp2(torch.floor(torch.log2(exact.abs().clamp_min(2**-126))))
-    return (got.double() - exact).abs() / spacing
-
-
-def test_rope_fast_cos_sin_is_within_two_ulp_of_float64():
-    # llama's angles (positions up to 2^17 times theta 1e4 and 5e5 frequencies, every 7th
-    # position), uniform angles up to the limit, and the quadrant edges j * pi/4
-    positions = torch.arange(0, 2**17, 7, dtype=torch.float32)
-    frequencies = torch.cat([1.0 / theta ** (torch.arange(0, 128, 2).float() / 128) for theta in (1e4, 5e5)])
-    uniform = (torch.rand(200_000, generator=torch.Generator().manual_seed(1)) * 2 - 1) * triton_rope.FAST_TRIG_LIMIT
-    edges = (torch.arange(-2000, 2000, dtype=torch.float64) * torch.pi / 4).float()
-    x = torch.cat([(positions[:, None] * frequencies[None, ::16]).flatten(), uniform, edges]).to(DEVICE)
-    cos, sin = torch.empty_like(x), torch.empty_like(x)
-    _cos_sin_kernel[(triton.cdiv(x.numel(), 8192),)](x, cos, sin, x.numel(), BLOCK=8192)
-    exact = x.double()
-    for got, want in ((cos, exact.cos()), (sin, exact.sin())):
-        error = _ulps(got, want)
-        assert error.max().item() <= 2.0, f"{error.max().item():.2f} ulp at x = {x[error.argmax()].item()}"
-
-
-# the interpreter warns where the quadrant's cast overflows at 2^40 (the GPU saturates): those
-# programs take the precise angles
-@pytest.mark.filterwarnings("ignore:invalid value encountered in cast")
-@pytest.mark.parametrize("tokens", [1, 40, 10])  # every launch path: tiles, rows, one program a token
-def test_rope_takes_precise_angles_where_one_is_past_the_fast_reduction(monkeypatch, tokens):
-    # past FAST_TRIG_LIMIT the three-part reduction is off (at 2^40 by whole radians): a program
-    # with such an angle must compute all of its angles the precise way, beside small positions
-    if tokens == 10:  # one program a token (from FEW_TOKENS on), at fewer tokens
-        monkeypatch.setattr(triton_rope, "FEW_TOKENS", 10)
-    q, k = _randn(tokens, 6, 32), _randn(tokens, 3, 32, seed=1)
-    large = torch.tensor([2**40, 10**6, 150_000, 105_615, 17], device=DEVICE)
-    positions = large[torch.arange(tokens, device=DEVICE) % large.numel()]
-    inv_freq = 1.0 / 10000.0 ** (torch.arange(0, 32, 2, device=DEVICE).float() / 32)
-    expected_q, expected_k = rope_reference(q.clone(), k.clone(), positions, inv_freq, "half")
-    rope(q, k, positions, inv_freq, "half")
-    torch.testing.assert_close(q, expected_q, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(k, expected_k, atol=1e-5, rtol=1e-5)
-
-
 def test_rmsnorm_odd_hidden_matches_reference():
     x, weight = _randn(3, 1000), _randn(1000, seed=1)
     torch.testing.assert_close(rmsnorm(x, weight, 1e-6), rmsnorm_reference(x, weight, 1e-6), atol=1e-5, rtol=1e-5)
