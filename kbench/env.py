@@ -1,7 +1,7 @@
 """The machine a run happened on, and the ceilings its timings are measured against.
 
 ``environment()`` is what a run record stores under ``env``: host, CPU, GPU, driver, CUDA,
-torch, triton, kbench version and git commit. ``measure_ceilings(device)`` measures, on a
+torch, triton, kbench version, git commit and the tree of the files that ran (``git_tree``). ``measure_ceilings(device)`` measures, on a
 CUDA device, the copy bandwidth (a large device-to-device copy, counting the bytes read and
 the bytes written) and the bf16 matmul throughput (an 8192^3 product); every "fraction of
 peak" in kbench is relative to these measured numbers, not to a datasheet.
@@ -14,6 +14,7 @@ import os
 import platform
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 import torch
@@ -42,17 +43,38 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _git_commit() -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the checkout kbench is imported from, or (None, None) outside git."""
-    root = Path(kbench.__file__).resolve().parent.parent
+def _git(root: Path, *args: str, env: dict | None = None) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30, check=True,
+                          env=env).stdout.strip()
+
+
+def _worktree_tree(root: Path) -> str:
+    """The git tree id of the checkout's files as they are: tracked and new files alike, ignored
+    ones left out. It equals ``COMMIT^{tree}`` of the commit holding exactly these files, so a
+    record made from uncommitted files (or from a copy whose ``.git`` is older than its files)
+    still names the commit it ran. Built in a scratch index and object store: the checkout's
+    own index and objects are left as they were."""
+    with tempfile.TemporaryDirectory() as scratch:
+        git_dir = Path(_git(root, "rev-parse", "--absolute-git-dir"))
+        env = {**os.environ, "GIT_INDEX_FILE": str(Path(scratch) / "index"),
+               "GIT_OBJECT_DIRECTORY": str(Path(scratch) / "objects"),
+               "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(git_dir / "objects")}
+        (Path(scratch) / "objects").mkdir()
+        _git(root, "add", "--all", ".", env=env)
+        return _git(root, "write-tree", env=env)
+
+
+def _git_commit(root: Path | None = None) -> tuple[str | None, bool | None, str | None]:
+    """(commit, dirty, tree) of the checkout kbench is imported from (or ``root``), or Nones
+    outside git. Dirty: the files differ from the commit's, new files not ignored included."""
+    root = root or Path(kbench.__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                capture_output=True, text=True, timeout=10, check=True).stdout
+        commit = _git(root, "rev-parse", "HEAD")
+        dirty = bool(_git(root, "status", "--porcelain"))
+        tree = _worktree_tree(root) if dirty else _git(root, "rev-parse", "HEAD^{tree}")
     except (OSError, subprocess.SubprocessError):
-        return None, None
-    return commit or None, bool(status.strip())
+        return None, None, None
+    return commit or None, dirty, tree or None
 
 
 def _nvidia_driver() -> str | None:
@@ -66,7 +88,7 @@ def _nvidia_driver() -> str | None:
 
 def environment(device: str | torch.device | None = None) -> dict:
     """Versions and hardware of this process, as flat JSON-able key -> value pairs."""
-    commit, dirty = _git_commit()
+    commit, dirty, tree = _git_commit()
     env = {
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
@@ -80,6 +102,7 @@ def environment(device: str | torch.device | None = None) -> dict:
         "kbench": kbench.__version__,
         "git_commit": commit,
         "git_dirty": dirty,
+        "git_tree": tree,
         "cuda": torch.version.cuda,
         "gpu": None,
         "gpu_count": 0,
