@@ -60,7 +60,7 @@ def _worktree_tree(root: Path) -> str:
                "GIT_OBJECT_DIRECTORY": str(Path(scratch) / "objects"),
                "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(git_dir / "objects")}
         (Path(scratch) / "objects").mkdir()
-        _git(root, "add", "--all", ".", env=env)
+        _git(root, "add", "--all", ":/", env=env)
         return _git(root, "write-tree", env=env)
 
 
