@@ -49,6 +49,7 @@
 #   decode-fill  the cuda decode plan's wave at 50%, 100% and 200% of the resident blocks (issue 5)
 #   decode-profile  Nsight Compute on the cuda decode kernels where they trail triton, and the
 #              GQA kernel at ring depths 2 and 4 (issue 5)
+#   gqa-fill   the cuda GQA decode plan's wave at 50% and 75% of the resident blocks, twice each (5)
 #   cuda-check   every cuda GPU test and the memcheck (issue 5)
 #   rope-mid-tiles  triton rope's tile shape at 32-64 tokens against compile's faster config (issue 4)
 #   mid-tiles-check  rope's GPU checks, then triton's rope against each of compile's configs (issue 4)
@@ -425,6 +426,12 @@ merge-pdl)  # the merge as a second launch made with programmatic dependent laun
 fill-merge)  # fewer, longer splits now that the merge is a launch of its own, a block a head
     build_knob KBENCH_DECODE_FILL 50 100
     sweep_knob KBENCH_DECODE_FILL 60 1,8 32,8 50 100 50 100
+    ;;
+gqa-fill)  # the GQA kernel's plan at 75% of its resident blocks (3 splits at batch 8, clusters of 3)
+           # against 50% (2), alternated twice; the GQA tests on the 75% build first (issue 5)
+    build_knob KBENCH_GQA_FILL 50 75
+    variant_tests 200 "decode" "KBENCH_GQA_FILL=75"
+    sweep_knob KBENCH_GQA_FILL 60 1,8 8 50 75 50 75
     ;;
 compile-pairs)  # "never slower than torch.compile": each small case over rounds, not one sweep
     [ -n "${WITH_TESTS:-}" ] && step 200 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py \
