@@ -428,7 +428,8 @@ fill-merge)  # fewer, longer splits now that the merge is a launch of its own, a
     sweep_knob KBENCH_DECODE_FILL 60 1,8 32,8 50 100 50 100
     ;;
 gqa-fill)  # the GQA kernel's plan at 75% of its resident blocks (3 splits at batch 8, clusters of 3)
-           # against 50% (2), alternated twice; the GQA tests on the 75% build first (issue 5)
+           # against 50% (2), alternated twice; the decode tests on the 75% build first (issue 5;
+           # ran at cbc6ad3: 75% was slower, batch 8 x 2048 30.2 µs against 28.5-28.6)
     build_knob KBENCH_GQA_FILL 50 75
     variant_tests 200 "decode" "KBENCH_GQA_FILL=75"
     sweep_knob KBENCH_GQA_FILL 60 1,8 8 50 75 50 75
