@@ -1,8 +1,8 @@
 """The machine a run happened on, and the ceilings its timings are measured against.
 
 ``environment()`` is what a run record stores under ``env``: host, CPU, GPU, driver, CUDA,
-torch, triton, kbench version, git commit and the tree of the files that ran (``git_tree``). ``measure_ceilings(device)`` measures, on a
-CUDA device, the copy bandwidth (a large device-to-device copy, counting the bytes read and
+torch, triton, kbench version, git commit and the tree of the files that ran (``git_tree``).
+``measure_ceilings(device)`` measures, on a CUDA device, the copy bandwidth (a large device-to-device copy, counting the bytes read and
 the bytes written) and the bf16 matmul throughput (an 8192^3 product); every "fraction of
 peak" in kbench is relative to these measured numbers, not to a datasheet.
 """
