@@ -2,9 +2,10 @@
 
 ``environment()`` is what a run record stores under ``env``: host, CPU, GPU, driver, CUDA,
 torch, triton, kbench version, git commit and the tree of the files that ran (``git_tree``).
-``measure_ceilings(device)`` measures, on a CUDA device, the copy bandwidth (a large device-to-device copy, counting the bytes read and
-the bytes written) and the bf16 matmul throughput (an 8192^3 product); every "fraction of
-peak" in kbench is relative to these measured numbers, not to a datasheet.
+``measure_ceilings(device)`` measures, on a CUDA device, the copy bandwidth (a large
+device-to-device copy, counting the bytes read and the bytes written) and the bf16 matmul
+throughput (an 8192^3 product); every "fraction of peak" in kbench is relative to these
+measured numbers, not to a datasheet.
 """
 
 from __future__ import annotations
