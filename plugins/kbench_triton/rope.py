@@ -136,7 +136,7 @@ def _rope_rows_kernel(q_ptr, k_ptr, positions_ptr, inv_freq_ptr,
 
     It replaced a masked tile of each tensor a program, whose first load came at SASS instruction
     62 (now 45): 8 tokens of 32 + 32 heads 2.06 -> 1.95 us, 32 tokens 2.36 -> 2.24, on the H100
-    (gpu_runs.sh rope-lean, one process for each of torch.compile's two configs)."""
+    (gpu_runs.sh rope-lean at 53dae6c, one process for each of torch.compile's two configs)."""
     token = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_HEADS + tl.arange(0, BLOCK_HEADS)
     is_q = rows < heads

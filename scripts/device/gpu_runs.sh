@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU records under results/examples/, made on the device machine, one phase per call
 # (each fits in one 10-minute call; measured on the H100: a llama2-7b run takes 150-300 s).
+# A phase that timed a knob taken out again is removed with it: results/README.md names the
+# commit each record ran at, whose copy of this file has the phase.
 #
 #   smoke      every mix on a 2-layer llama2-7b, and a decode-step profile
 #   probe      the decode-step profiles of the triton and cuda mixes, and a 2-layer cuda run
@@ -34,8 +36,6 @@
 #              cache read cold (issues 4, 5)
 #   read-bound  kernels that only read the KV cache, cold, beside triton's decode at each of its
 #              configs (issue 4)
-#   cyclic-splits  triton's decode with key tiles dealt to the splits in turn, against contiguous
-#              slices, cold, and its decode tests and conformance (issue 4)
 #   read-configs  triton's decode at each of its split-pass configs, cold, and which of them had
 #              their loads pipelined (issue 4)
 #   merge-pdl  triton's cold decode sweep (its merge now a PDL launch), then the cuda decode tests
@@ -49,29 +49,28 @@
 #   decode-fill  the cuda decode plan's wave at 50%, 100% and 200% of the resident blocks (issue 5)
 #   decode-profile  Nsight Compute on the cuda decode kernels where they trail triton, and the
 #              GQA kernel at ring depths 2 and 4 (issue 5)
+#   decode-trace  per-block timings of the cuda decode kernels (KBENCH_DECODE_TRACE) (issue 5)
+#   compile-configs  torch.compile at each of its autotuner's candidate configs, against both backends
+#   rope-rounding  rope's HF rounding: GPU tests, memcheck, pairs, and the rounding test on sources
+#              with the fma contraction put back, which must fail (issues 4, 5)
+#   rope-final  rope's GPU tests, a memcheck, issue 4's and 5's commands and their compare (4, 5)
+#   config-pairs-rope  rope and add_rmsnorm against each of compile's configs, up to 1024 tokens (4, 5)
+#   config-pairs-norm  rmsnorm and swiglu the same way (issues 4, 5)
+#   inductor-record  the compile tests, then a rope bench whose record keeps compile's configs
 #   gqa-fill   the cuda GQA decode plan's wave at 50% and 75% of the resident blocks, twice each (5)
 #   cuda-check   every cuda GPU test and the memcheck (issue 5)
 #   rope-mid-tiles  triton rope's tile shape at 32-64 tokens against compile's faster config (issue 4)
 #   mid-tiles-check  rope's GPU checks, then triton's rope against each of compile's configs (issue 4)
 #   mid-tiles-run  issue 4's command and its compare with issue 5's record (issue 4)
 #   fast-trig-check  cuda rope's checks at the branch-free angles, a mutation, issue 5's command (5)
-#   triton-fast-trig  triton rope with branch-free angles: checks, then against compile (issue 4)
 #   rope-fast-trig  cuda rope's slices with branch-free angles: checks, then against compile (issue 5)
-#   rope-share  cuda rope's slices with each lane's own angles against shared ones (issue 5)
-#   min-splits  cuda's GQA decode at batch 8 in one split, rope's 32-64-token launch shapes and cuda's
-#              rmsnorm at 512-1024 rows, each against the default (issues 4, 5)
 #   small-gaps  cuda-check, triton's decode tests, rope against torch.compile over rounds, and the
 #              kernels compile launches where cuda trails it (issues 4, 5)
 #   rope-slices  what compile launches where cuda trails it, then cuda rope's slice knobs against
 #              torch.compile over rounds (issue 5)
-#   small-knobs  cuda's memory-bound launch shapes nearer compile's, each against compile over rounds
-#              (issue 5)
-#   one-angle  cuda rope slices of an angle or two a thread, norms up to 512 threads, swiglu at
 #   cuda-pairs  cuda-check, then cuda against torch.compile at every spec shape over rounds (issue 5)
-#   norm-probe  cuda's add_rmsnorm with the residual written late, one barrier, plain loads (issue 5)
 #   packed     cuda's 16-bit kernels on packed pairs: tests, memcheck, pairs against compile, issue 5's
 #              command (issue 5)
-#              256 threads of 8 bytes (issue 5)
 #   shared-angles  cuda rope's slices sharing angles by shuffles, norms scaling by 1 / hidden: checks,
 #              then against compile beside 16-byte slices and one-access norms (issue 5)
 #   cluster-merge  cuda decode's splits merged in a thread-block cluster: tests, memcheck, the sweep
@@ -86,7 +85,6 @@
 #   final-pairs  both backends against compile over rounds at every spec shape (issues 4, 5)
 #   rope-cold  compile's rope kernels, then cuda rope variants against compile with cold q/k (5)
 #   review-check  the review's mends: cuda tests, memcheck, bench tests, the decode sweep (4, 5)
-#   spread     cuda decode clusters spread over the SMs, with MHA clusters and GQA clusters of 16 (5)
 #   rope-tiny  rope at 1-64 tokens against compile, one angle a thread up to 32 tokens (4, 5)
 #   kept-runs  each graph call with its own outputs: bench tests, issue 4's and 5's commands, compare
 #   kept-pairs  the same rule: both backends against compile (markdown), the decode sweep (4, 5)
@@ -402,13 +400,6 @@ read-bound)  # how fast the cache of each case below 80% can be read at all, col
     triton_decode_tests
     step 400 python3 scripts/device/decode_read_bound.py
     ;;
-cyclic-splits)  # triton decode's splits taking every splits-th key tile (the first one's address
-               # needs no length) against contiguous slices sized from the length, in one process
-               # (ran at e5e4d53: the dealt tiles were slower, and came out again)
-    triton_decode_tests
-    step 120 python3 -m pytest -q -p no:cacheprovider tests/test_conformance.py -k "attention_decode and triton"
-    step 300 python3 scripts/device/decode_read_bound.py --attention-only
-    ;;
 read-configs)  # triton's split pass at each config (prefetch or not), cold, and its pipelining
     triton_decode_tests
     step 400 python3 scripts/device/decode_read_bound.py --attention-only --configs
@@ -507,54 +498,11 @@ rope-slices)  # the kernels compile launches where cuda trails it, then cuda rop
     variant_pairs 120 "--ops rope --spec llama2-7b --spec llama2-13b --backend cuda" \
         "KBENCH_ROPE_SLICE_VEC=2" "KBENCH_ROPE_SLICE_THREADS=64"
     ;;
-small-knobs)  # the memory-bound kernels' launch shapes nearer torch.compile's (many threads, little
-    # work each; compile_kernels): rope slices that rotate several heads with one set of angles,
-    # norm blocks of 512 threads, swiglu accesses of 2 and 4 elements; each against compile over
-    # rounds, rope's new path checked first (issue 5). KBENCH_ROPE_SLICE_ROWS lost everywhere and
-    # is gone from rope.cu; the swiglu shape of 4 elements is the default since.
-    rope_variants=("KBENCH_ROPE_SLICE_ROWS=2" "KBENCH_ROPE_SLICE_ROWS=2 KBENCH_ROPE_SLICE_VEC=2"
-                   "KBENCH_ROPE_SLICE_ROWS=4 KBENCH_ROPE_SLICE_VEC=2")
-    other_variants=("" "KBENCH_NORM_MAX_THREADS=512" "KBENCH_SWIGLU_VEC=2 KBENCH_SWIGLU_THREADS=256"
-                    "KBENCH_SWIGLU_VEC=4 KBENCH_SWIGLU_THREADS=256")
-    build_variants "${rope_variants[@]}" "${other_variants[@]}"
-    variant_tests 100 rope "${rope_variants[@]}"
-    variant_pairs 90 "--backend cuda --ops rope --spec llama2-7b --spec llama2-13b --max-tokens 512" \
-        "${rope_variants[@]}"
-    variant_pairs 60 "--backend cuda --ops swiglu --max-tokens 128" "" "${other_variants[@]:2}"
-    variant_pairs 90 "--backend cuda --ops rmsnorm,add_rmsnorm --spec llama2-7b --spec llama2-13b" \
-        "${other_variants[@]:0:2}"
-    ;;
-one-angle)  # cuda rope slices of 1 and 2 elements an access (an angle or two a thread: each sincosf
-    # branches on its argument, so a thread's angles do not overlap), norms at up to 512 threads
-    # whatever the row count, swiglu at 256 threads of 8 bytes across llama2-7b's shapes (issue 5).
-    # Each became the default after this run (the norms' FEW_ROWS knob is gone: the wide rule
-    # holds at every row count), so the variants here now build the default.
-    variants=("" "KBENCH_ROPE_SLICE_VEC=1" "KBENCH_ROPE_SLICE_VEC=2" "KBENCH_NORM_FEW_ROWS=1048576"
-              "KBENCH_SWIGLU_VEC=4 KBENCH_SWIGLU_THREADS=256")
-    build_variants "${variants[@]}"
-    variant_tests 100 "rope or norm or swiglu" "${variants[@]:1}"
-    variant_pairs 90 "--ops rope --spec llama2-7b --spec llama2-13b --max-tokens 512" "${variants[@]:0:3}"
-    variant_pairs 90 "--backend cuda --ops rmsnorm,add_rmsnorm --spec llama2-7b --spec llama2-13b" \
-        "" "${variants[3]}"
-    for variant in "" "${variants[4]}"; do
-        echo "--- swiglu ${variant:-default}"
-        KBENCH_CUDA_DEFINES="$variant" step 60 kbench bench swiglu --backend cuda --vs compile --spec $spec \
-            --out "$records"
-    done
-    ;;
 cuda-pairs)  # every cuda GPU test and the memcheck, then cuda against torch.compile at every spec
     # shape up to 1024 tokens over rounds (issue 5)
     cuda_checks
     step 420 python3 scripts/device/compile_pairs.py --rounds 3 --max-tokens 1024 --backend cuda \
         --ops rope,swiglu,rmsnorm,add_rmsnorm
-    ;;
-norm-probe)  # why cuda's add_rmsnorm trails triton's same-shaped kernel at 64-128 rows: the residual
-    # written late, a single barrier, plain loads; each beside triton and compile in one process.
-    # None closed it (the late residual was slower everywhere) and the knobs are gone from norm.cu.
-    variants=("" "KBENCH_NORM_RESIDUAL_LATE=1" "KBENCH_NORM_ONE_BARRIER=1" "KBENCH_NORM_NC=0")
-    build_variants "${variants[@]}"
-    variant_tests 60 norm "${variants[@]}"
-    variant_pairs 90 "--ops add_rmsnorm,rmsnorm --spec llama2-7b" "${variants[@]}"
     ;;
 packed)  # cuda's norms, rope and swiglu on packed 16-bit pairs: every cuda GPU test and the memcheck,
     # both backends against torch.compile over rounds, then issue 5's command and its compare with
@@ -658,22 +606,6 @@ review-check)  # after the review's mends (one decode launch path; cold copies s
     step 120 python3 -m pytest -q -p no:cacheprovider tests/bench
     cuda_sweep 150
     ;;
-spread)  # cuda decode's cluster blocks spread over the SMs (KBENCH_DECODE_CLUSTER_POLICY=1), alone and
-    # with MHA clusters of up to 8 and GQA clusters of up to 16 (both lost under the default
-    # placement): the bench GPU tests (outputs kept per input set), the cluster tests on the widest
-    # build, the decode sweep at batch 1 and 8 on each build, the default last again (issue 5). Spread
-    # gained nothing and its knob was taken out after this run (attention.cu says what it measured):
-    # the builds now differ only in their cluster sizes
-    spread="KBENCH_DECODE_CLUSTER_POLICY=1"
-    variants=("$spread" "$spread KBENCH_DECODE_MHA_CLUSTER=8 KBENCH_DECODE_CLUSTER=16")
-    build_variants "" "${variants[@]}"
-    step 120 python3 -m pytest -q -p no:cacheprovider tests/bench
-    variant_tests 150 "cluster or merges or residue" "${variants[1]}"
-    for variant in "" "${variants[@]}" ""; do
-        KBENCH_CUDA_DEFINES="$variant" step 70 kbench bench attention_decode --backend cuda \
-            --batch 1,8 --context 512,2048,8192 --heads 32 --kv-heads 32,8 --head-dim 128 --out "$records"
-    done
-    ;;
 rope-tiny)  # rope at 1-64 tokens under kept outputs (compile's writes as cold as the in-place ones):
     # what compile launches at 8 and 32 tokens of 40 heads, then one angle a thread up to 32 tokens
     # (cuda KBENCH_ROPE_TINY_TOKENS=33, triton TINY_TOKENS=33) against the defaults (issues 4, 5)
@@ -728,18 +660,6 @@ compile-configs)  # torch.compile at each of its autotuner's candidate configs, 
     step 150 python3 scripts/device/compile_pairs.py --rounds 3 --max-tokens 1024 --ops rmsnorm --spec llama2-7b \
         --compile-configs 3 --output "$OUT/compile-configs-rmsnorm.md"
     ;;
-rope-lean)  # rope's small-token kernels with their element addresses taken without branches
-           # (cuda KBENCH_ROPE_LEAN, triton ROWS_KERNEL) against the previous ones, at each of
-           # torch.compile's configs (issues 4, 5; ran at 53dae6c: both knobs and the previous
-           # kernels are gone since 1a68601)
-    build_variants "" "KBENCH_ROPE_LEAN=0" >"$OUT/variant-builds.log" 2>&1
-    step 120 python3 -m pytest -q -p no:cacheprovider tests/plugins/test_cuda.py tests/plugins/test_triton.py -k rope
-    step 120 python3 -m pytest -q -p no:cacheprovider tests/test_conformance.py -k "rope and (cuda or triton)"
-    pairs="--ops rope --spec llama2-7b --spec llama2-13b --max-tokens 64 --compile-configs 2"
-    step 170 python3 scripts/device/compile_pairs.py --rounds 3 $pairs --output "$OUT/rope-lean.md"
-    KBENCH_CUDA_DEFINES="KBENCH_ROPE_LEAN=0" step 170 python3 scripts/device/compile_pairs.py --rounds 3 $pairs \
-        --patch kbench_triton.rope.ROWS_KERNEL=0 --output "$OUT/rope-previous.md"
-    ;;
 rope-rounding)  # rope rounding as HF (no fma contraction) with the branchless small-token kernels:
                # the GPU tests, a memcheck, rope against compile's configs; then the rounding test
                # on sources with the contraction put back, which must fail (issues 4, 5)
@@ -787,35 +707,6 @@ inductor-record)  # the record keeps torch.compile's chosen configs: the compile
     step 20 python3 -c "import json, sys; d = json.load(open(sys.argv[1])); \
 print(json.dumps(d['plugin_details'].get('torch'), indent=1))" "$(latest bench-rope)"
     ;;
-rope-out-of-place)  # does writing in place cost rope at 1-64 tokens? triton's rows kernel in place and
-                    # writing new tensors, against compile's faster config there (issue 4; ran at
-                    # the commit that added OUT_OF_PLACE_BELOW, removed after: no gain)
-    pairs="--rounds 3 --ops rope --spec llama2-7b --spec llama2-13b --max-tokens 64 --compile-config 1 --backend triton"
-    step 100 python3 scripts/device/compile_pairs.py $pairs --output "$OUT/rope-in-place.md"
-    step 100 python3 scripts/device/compile_pairs.py $pairs --patch kbench_triton.rope.OUT_OF_PLACE_BELOW=128 \
-        --output "$OUT/rope-out-of-place.md"
-    ;;
-min-splits)  # cuda's GQA decode at batch 8 with one split where its plan gives 2 (KBENCH_DECODE_MIN_SPLITS),
-            # alternated twice; rope's 32-64-token launch shapes (triton tiles, cuda slice threads) and
-            # cuda's rmsnorm at 512-1024 rows of one access a thread, against compile's faster config
-            # there (issues 4, 5; ran at 8a73dab: the knob came out after, one split was slower)
-    build_variants "" "KBENCH_DECODE_MIN_SPLITS=1" "KBENCH_DECODE_MIN_SPLITS=3" "KBENCH_ROPE_SLICE_THREADS=256" \
-        "KBENCH_ROPE_SLICE_THREADS=64" "KBENCH_NORM_ONE_ACCESS_ROWS=2048" >"$OUT/variant-builds.log" 2>&1
-    sweep_knob KBENCH_DECODE_MIN_SPLITS 40 8 8 1 3 1 3
-    pairs="--rounds 3 --ops rope --spec llama2-7b --spec llama2-13b --min-tokens 32 --max-tokens 64 --compile-config 1"
-    step 80 python3 scripts/device/compile_pairs.py $pairs --output "$OUT/rope-tiles-default.md"
-    KBENCH_CUDA_DEFINES="KBENCH_ROPE_SLICE_THREADS=256" step 80 python3 scripts/device/compile_pairs.py $pairs \
-        --patch kbench_triton.rope.MID_TILE_HEADS=8 --patch kbench_triton.rope.MID_TILE_WARPS=8 \
-        --output "$OUT/rope-tiles-wide.md"
-    KBENCH_CUDA_DEFINES="KBENCH_ROPE_SLICE_THREADS=64" step 80 python3 scripts/device/compile_pairs.py $pairs \
-        --patch kbench_triton.rope.MID_TILE_HEADS=8 --output "$OUT/rope-tiles-narrow.md"
-    step 80 python3 scripts/device/compile_pairs.py $pairs --backend triton --patch kbench_triton.rope.MID_TILE_WARPS=2 \
-        --output "$OUT/rope-tiles-two-warps.md"
-    norm="--rounds 3 --ops rmsnorm --spec llama2-7b --min-tokens 512 --max-tokens 1024 --backend cuda"
-    step 80 python3 scripts/device/compile_pairs.py $norm --compile-configs 2
-    KBENCH_CUDA_DEFINES="KBENCH_NORM_ONE_ACCESS_ROWS=2048" step 80 python3 scripts/device/compile_pairs.py $norm \
-        --compile-configs 2
-    ;;
 rope-mid-tiles)  # triton rope's tile at 32-64 tokens (MID_TILE_HEADS x MID_TILE_WARPS), each against
                 # compile's faster config there, the default and 8 x 4 twice (issue 4)
     pairs="--rounds 3 --ops rope --spec llama2-7b --spec llama2-13b --min-tokens 32 --max-tokens 64 --compile-config 1 --backend triton"
@@ -837,31 +728,6 @@ mid-tiles-run)  # issue 4's command at that code, compared with issue 5's record
         --batch 1,64 --prompt-len 512 --out "$records"
     step 20 kbench compare "$(latest llama2-7b)" results/examples/20261124T090846Z-llama2-7b-7559fe.json \
         --metric kernel_us --format markdown --output "$OUT/compare-triton-vs-cuda.md"
-    ;;
-rope-share)  # cuda rope's slices at 32-64 tokens with each lane computing its own 4 angles
-            # (KBENCH_ROPE_SHARE_ANGLES=0) against the shared angles, twice each, against compile's
-            # faster config (issue 5; ran at 5886f7c: own angles were slower, the knob came out)
-    build_variants "" "KBENCH_ROPE_SHARE_ANGLES=0" >"$OUT/variant-builds.log" 2>&1
-    pairs="--rounds 3 --ops rope --spec llama2-7b --spec llama2-13b --min-tokens 32 --max-tokens 64 --compile-config 1 --backend cuda"
-    for variant in "" "KBENCH_ROPE_SHARE_ANGLES=0" "" "KBENCH_ROPE_SHARE_ANGLES=0"; do
-        echo "--- ${variant:-default}"
-        KBENCH_CUDA_DEFINES="$variant" step 60 python3 scripts/device/compile_pairs.py $pairs
-    done
-    ;;
-triton-fast-trig)  # triton rope's angles by _fast_cos_sin (FAST_TRIG=1) or libdevice's sin and cos
-                  # (0): rope's GPU tests and HF-rounding test and its conformance cases at 1, then
-                  # rope at 1-64 tokens against compile's faster config there, 1 and 0 alternated
-                  # twice, and the spec's largest shapes against compile at 1 (issue 4; ran at
-                  # d0e6274: level or slower, so the branch-free angles came out of triton again)
-    step 200 python3 -m pytest -q -p no:cacheprovider tests/test_rope_rounding.py tests/plugins/test_triton.py \
-        -k "rope or rounds"
-    step 120 python3 -m pytest -q -p no:cacheprovider tests/test_conformance.py -k "rope and triton"
-    pairs="--rounds 3 --ops rope --spec llama2-7b --spec llama2-13b --spec llama3-8b --max-tokens 64 --compile-config 1 --backend triton"
-    for fast in 1 0 1 0; do
-        echo "--- FAST_TRIG=$fast"
-        step 80 python3 scripts/device/compile_pairs.py $pairs --patch kbench_triton.rope.FAST_TRIG=$fast
-    done
-    step 60 kbench bench rope --backend triton --vs compile --spec $spec --out "$records"
     ;;
 rope-fast-trig)  # cuda rope's slices with branch-free angles (KBENCH_ROPE_FAST_TRIG=1): its rope GPU tests
                 # and HF-rounding test on that build, then rope at 1-64 tokens against compile's

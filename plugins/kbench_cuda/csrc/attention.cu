@@ -100,7 +100,7 @@ constexpr bool kMergePdl = KBENCH_DECODE_MERGE_PDL != 0;
 // mha-cluster, cold): clusters of 3 at batch 8 x 512 29.1 -> 31.3 us; with the 67% wave (8
 // splits at batch 1) batch 1 x 2048 16.1 -> 16.9 and x 8192 50.6 -> 56.1. Placing the cluster's blocks
 // on distinct SMs (cudaClusterSchedulingPolicySpread) changed neither that nor GQA's clusters of 16:
-// in one call (gpu_runs.sh spread, with a knob then in split_config) MHA 8 / GQA 16 with spread took batch 1 x 2048
+// in one call (gpu_runs.sh spread at 89fc32e, with a knob then in split_config) MHA 8 / GQA 16 with spread took batch 1 x 2048
 // 16.8 us against 16.0 without clusters, x 8192 55.1 against 50.0, GQA-8 x 8192 19.4 against 17.5,
 // and spread alone (GQA clusters of up to 8) left every case within 0.1 us.
 #ifndef KBENCH_DECODE_MHA_CLUSTER

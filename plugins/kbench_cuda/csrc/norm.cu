@@ -25,7 +25,7 @@ namespace {
 // hidden 8192 at 1-64 rows from 2.13-2.36 to 2.01-2.29 us (rmsnorm) and add_rmsnorm at 32 rows
 // from 3.29 to 2.74; at hidden 4096 (2 accesses a thread -> 1) they were slower at one row
 // (add_rmsnorm 1.93 -> 2.20), so 2 accesses stay. At every row count since (gpu_runs.sh
-// one-angle, against torch.compile over three rounds): hidden 5120 at 1024 rows went from 0.92x
+// one-angle at e9ae6ee, against torch.compile over three rounds): hidden 5120 at 1024 rows went from 0.92x
 // compile to 1.06x (rmsnorm, 6.32 -> 5.56 us) and add_rmsnorm at 1024 rows from 1.03x to 1.08x.
 #ifndef KBENCH_NORM_MAX_THREADS
 #define KBENCH_NORM_MAX_THREADS 256

@@ -31,7 +31,7 @@ namespace {
 // Below this many tokens a slice thread computes one angle (one element an access for half, one
 // pair for interleaved): each sincosf branches on its argument, so the angles of one thread do
 // not overlap and a thread's latency grows with their number. On the H100 (gpu_runs.sh
-// one-angle, against torch.compile over three rounds) one angle a thread took 1 and 8 tokens of
+// one-angle at e9ae6ee, against torch.compile over three rounds) one angle a thread took 1 and 8 tokens of
 // llama2-7b's and 13b's heads from 0.90-0.98x compile to 1.04-1.13x; from 32 tokens on it was
 // slower than 4 elements an access (32 tokens 0.80 against 0.90, 128 tokens 0.77 against 1.02).
 #ifndef KBENCH_ROPE_TINY_TOKENS
@@ -234,7 +234,7 @@ __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const in
     constexpr bool kShare = HEAD_DIM != 0 && HEAD_DIM % 64 == 0 && kAngles > kLaneAngles;
     // no exit before the loads: nvcc had put it, and a branch between q's and k's address, ahead
     // of them (first load at SASS instruction 53, now 33; 8 tokens of 32 + 32 heads 2.06 -> 2.00 us
-    // on the H100, gpu_runs.sh rope-lean)
+    // on the H100, gpu_runs.sh rope-lean at 53dae6c)
     T* const element = head_element<Index>(q, k, token, head, heads, j, q_token_stride, q_head_stride,
                                            k_token_stride, k_head_stride);
     Vec<T, VEC> a, b;

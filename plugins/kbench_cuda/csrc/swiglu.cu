@@ -10,7 +10,7 @@ namespace {
 
 // Blocks of 256 threads, one access of 4 elements of each input a thread (8 bytes in 16-bit
 // types): near the shape Inductor gives this pointwise kernel (compile_kernels.py: 256 threads of
-// 2 elements at 128 x 11008). On the H100 (gpu_runs.sh small-knobs, against torch.compile over
+// 2 elements at 128 x 11008). On the H100 (gpu_runs.sh small-knobs at 36e0788, against torch.compile over
 // three rounds) it took 128 tokens of 13824 and 14336 from 0.94x compile to 1.02-1.03x and of
 // 11008 from 1.12x to 1.22x, where 128 threads of 16 bytes had beaten 256 threads of four
 // 16-byte accesses (scripts/device/cuda_variants.py: 1024 x 11008 25.1 -> 23.0 us). Accesses of
