@@ -71,8 +71,8 @@ def _git_commit(root: Path | None = None) -> tuple[str | None, bool | None, str 
     root = root or Path(kbench.__file__).resolve().parent.parent
     try:
         commit = _git(root, "rev-parse", "HEAD")
-        dirty = bool(_git(root, "status", "--porcelain"))
-        tree = _worktree_tree(root) if dirty else _git(root, "rev-parse", "HEAD^{tree}")
+        tree = _worktree_tree(root)
+        dirty = tree != _git(root, "rev-parse", "HEAD^{tree}")
     except (OSError, subprocess.SubprocessError):
         return None, None, None
     return commit or None, dirty, tree or None
