@@ -729,15 +729,15 @@ mid-tiles-run)  # issue 4's command at that code, compared with issue 5's record
     step 20 kbench compare "$(latest llama2-7b)" results/examples/20261124T090846Z-llama2-7b-7559fe.json \
         --metric kernel_us --format markdown --output "$OUT/compare-triton-vs-cuda.md"
     ;;
-rope-fast-trig)  # cuda rope's slices with branch-free angles (KBENCH_ROPE_FAST_TRIG=1): its rope GPU tests
-                # and HF-rounding test on that build, then rope at 1-64 tokens against compile's
-                # faster config there, default and fast alternated twice (issue 5; ran at 26c8f43,
-                # when the default was 0: the default is 1 since)
-    build_variants "" "KBENCH_ROPE_FAST_TRIG=1" >"$OUT/variant-builds.log" 2>&1
-    KBENCH_CUDA_DEFINES="KBENCH_ROPE_FAST_TRIG=1" step 150 python3 -m pytest -q -p no:cacheprovider \
-        tests/test_rope_rounding.py tests/plugins/test_cuda.py -k "rope or rounds"
+rope-fast-trig)  # cuda rope's slices with branch-free angles (the default) against sincosf
+                # (KBENCH_ROPE_FAST_TRIG=0): rope's GPU tests and HF-rounding test, then rope at 1-64
+                # tokens against compile's faster config, the two builds alternated twice (issue 5; ran
+                # at 26c8f43 with the default and fast builds the other way round)
+    build_variants "" "KBENCH_ROPE_FAST_TRIG=0" >"$OUT/variant-builds.log" 2>&1
+    step 150 python3 -m pytest -q -p no:cacheprovider tests/test_rope_rounding.py tests/plugins/test_cuda.py \
+        -k "rope or rounds"
     pairs="--rounds 3 --ops rope --spec llama2-7b --spec llama2-13b --spec llama3-8b --max-tokens 64 --compile-config 1 --backend cuda"
-    for variant in "" "KBENCH_ROPE_FAST_TRIG=1" "" "KBENCH_ROPE_FAST_TRIG=1"; do
+    for variant in "KBENCH_ROPE_FAST_TRIG=0" "" "KBENCH_ROPE_FAST_TRIG=0" ""; do
         echo "--- ${variant:-default}"
         KBENCH_CUDA_DEFINES="$variant" step 70 python3 scripts/device/compile_pairs.py $pairs
     done
