@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kbench.bench_command import parse_dim_args, parse_value, sweep_cases
 from kbench.cli import cli
+from kbench.commands.bench import parse_dim_args, parse_value, sweep_cases
 from kbench.errors import KbenchError
 from kbench.ops.base import Case
 from kbench.plugins import get_registry

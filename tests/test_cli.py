@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import kbench.runner
+import kbench.commands.run
 from kbench.cli import cli
 from kbench.plugins import build_registry
 from kbench.registry import Implementation
@@ -54,7 +54,7 @@ def registry_with_broken_norm(monkeypatch):
 
     for op, fn in (("rmsnorm", rmsnorm_unnormalised), ("add_rmsnorm", add_rmsnorm_unnormalised)):
         registry.add_implementation(Implementation(op, "broken", fn, plugin="test-broken"))
-    monkeypatch.setattr(kbench.runner, "get_registry", lambda: registry)
+    monkeypatch.setattr(kbench.commands.run, "get_registry", lambda: registry)
     return registry
 
 

@@ -1,13 +1,13 @@
-"""The steps of kbench.runner that carry judgement: the pipeline check, roofline bytes, FAIL marking."""
+"""The steps of kbench run that carry judgement: the pipeline check, roofline bytes, FAIL marking."""
 
 from pathlib import Path
 
 import pytest
 import torch
 
+from kbench.commands.run import decode_bytes_per_step, mark_pipeline_failures, teacher_forced_check
 from kbench.model import load_weights
 from kbench.results import make_row
-from kbench.runner import decode_bytes_per_step, mark_pipeline_failures, teacher_forced_check
 from kbench.spec import Overrides, load_spec
 
 TINY = Path(__file__).resolve().parent.parent / "model_specs" / "tiny-llama.yaml"
@@ -130,7 +130,7 @@ def test_a_failing_op_outside_the_pipeline_leaves_it_passing():
 
 
 def test_prefill_flops_count_matmuls_causal_attention_and_the_last_position_lm_head():
-    from kbench.runner import prefill_flops
+    from kbench.commands.run import prefill_flops
 
     spec = load_spec(TINY)
     matmul_weights = 128 * 128 + 2 * (64 * 128) + 128 * 128 + 2 * 352 * 128 + 352 * 128  # q, k, v, o, gate/up, down

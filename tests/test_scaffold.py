@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from kbench.cli import cli
-from kbench.scaffold import new_plugin, plugin_names
+from kbench.commands.new_plugin import new_plugin, plugin_names
 from kbench.testing.environment import PluginEnvironment
 
 

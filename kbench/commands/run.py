@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import click
 import torch
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -519,3 +521,41 @@ def mark_pipeline_failures(spec: Spec, rows: list[dict]) -> list[dict]:
     return [{**r, "status": "FAIL", "note": note} if r["kind"] in ("prefill", "decode") and r["backend"] == PIPELINE
             else r for r in rows]
 
+
+
+# -- the command line ----------------------------------------------------------------------
+
+@click.command("run")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--attention", default=None, metavar="NAME", help="Backend for the attention family.")
+@click.option("--norm", default=None, metavar="NAME", help="Backend for the norm family.")
+@click.option("--rope", default=None, metavar="NAME", help="Backend for the rope family.")
+@click.option("--ffn", default=None, metavar="NAME", help="Backend for the ffn family.")
+@click.option("--sampling", default=None, metavar="NAME", help="Backend for the sampling family.")
+@click.option("--backend", "backend", multiple=True, metavar="FAMILY=NAME", help="Backend for a family (repeatable).")
+@click.option("--dtype", default=None, help="float32, bfloat16 (bf16), float16 (fp16).")
+@click.option("--device", default=None, help="cpu or cuda.")
+@click.option("--batch", default=None, metavar="1,8,32", help="Batch sizes of the workload.")
+@click.option("--prompt-len", "prompt_len", default=None, metavar="128,1024", help="Prompt lengths of the workload.")
+@click.option("--decode-steps", "decode_steps", type=click.IntRange(min=1), default=None, help="Decode steps timed.")
+@click.option("--layers", type=click.IntRange(min=1), default=None, help="Build the model with this many layers.")
+@click.option("--cuda-graphs/--no-cuda-graphs", "cuda_graphs", default=None,
+              help="Decode under a captured CUDA graph. (Op rows report graph-replay kernel time on CUDA either way.)")
+@click.option("--out", "out_dir", default="results", type=click.Path(file_okay=False), show_default=True,
+              help="Folder for the run record.")
+@click.option("--baseline", "baselines", multiple=True, type=click.Choice(["hf", "reference"]),
+              help="Also time transformers' LLaMA (hf) or the all-reference pipeline end to end.")
+@click.option("--skip-ops", is_flag=True, help="Skip the op-level checks and timings.")
+@click.option("--skip-e2e", is_flag=True, help="Skip the end-to-end pipeline check and timings.")
+def run_command(spec, out_dir, baselines, skip_ops, skip_e2e, **flags):
+    """Check and time the SPEC's backends op by op and end to end; write a run record.
+
+    Exit status: 0 all PASS, 1 something FAILed, 2 a mistake in the spec or the flags.
+    """
+    if skip_ops and skip_e2e:
+        raise KbenchError("--skip-ops and --skip-e2e together leave nothing to run.", "Drop one of them.")
+    overrides = Overrides.from_cli(**flags)
+    options = RunOptions(out_dir=Path(out_dir), baselines=tuple(dict.fromkeys(baselines)), skip_ops=skip_ops,
+                         skip_e2e=skip_e2e, command=tuple(["kbench", *sys.argv[1:]]))
+    result = run(spec, overrides, options, Console(), progress_console=Console(stderr=True))
+    sys.exit(1 if result.failed else 0)
