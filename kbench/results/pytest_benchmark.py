@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from kbench.results.record import ROW_KEYS, make_row
+from kbench.results.rows import ROW_KEYS, OpRow, row_dict
 
 RUN_COLUMNS = ("run_id", "created", "spec_name", "run_status", "source")
 PLAIN_BACKEND = "pytest"
@@ -31,7 +31,7 @@ def is_pytest_benchmark(data: Any) -> bool:
 
 
 def benchmark_row(benchmark: dict) -> dict:
-    """One run-record row (``kbench.results.record.ROW_KEYS``) for one pytest-benchmark entry."""
+    """One run-record row (an ``OpRow`` as the record stores it) for one pytest-benchmark entry."""
     info = benchmark.get("extra_info") or {}
     stats = benchmark.get("stats") or {}
     per_call_us = 1e6 / max(int(stats.get("iterations") or 1), 1)
@@ -39,10 +39,9 @@ def benchmark_row(benchmark: dict) -> dict:
     correct = info.get("correct")
     method = info.get("method") or "pytest-benchmark"
     median_us = stats["median"] * per_call_us if stats.get("median") is not None else None
-    return make_row(
-        "op",
-        info.get("op") or benchmark.get("name"),
-        info.get("backend") or PLAIN_BACKEND,
+    return row_dict(OpRow(
+        op=info.get("op") or benchmark.get("name"),
+        backend=info.get("backend") or PLAIN_BACKEND,
         case=info.get("case_label") or benchmark.get("param") or "",
         dtype=info.get("dtype"),
         device=info.get("device"),
@@ -65,7 +64,7 @@ def benchmark_row(benchmark: dict) -> dict:
         max_abs_err=info.get("max_abs_err"),
         max_rel_err=info.get("max_rel_err"),
         note=f"pytest-benchmark: {benchmark.get('fullname') or benchmark.get('name')}",
-    )
+    ))
 
 
 def frame_from_pytest_benchmark(data: dict, path: Path) -> pd.DataFrame:

@@ -14,14 +14,17 @@ A record is a plain dict::
       "ceilings": {"copy_gbps": ..., "matmul_bf16_tflops": ...},
       "status": "PASS" | "FAIL",
       "rows": [row, ...],
+      "plugin_details": {...},      # Registry.plugin_details()
     }
 
-Each row is one measurement: ``kind`` (``op``, ``check``, ``prefill``, ``decode``), ``op``,
-``backend``, ``case`` (label), ``dtype``, ``device``, ``shape`` (the case's dimensions),
-``status`` (``PASS``, ``FAIL``, ``SKIP``), the latency statistics (``latency_us`` ... as
-called; ``graph_latency_us`` from CUDA-graph replay where measured), derived ``tflops``,
-``gbps`` and fractions of the measured ceilings, correctness fields (``max_abs_err``,
-``max_rel_err``) and a free-text ``note``. Floats that are not finite are stored as null
+``build_record`` assembles it, for ``kbench run`` and ``kbench bench`` alike. Each row is one
+measurement, a dataclass of ``kbench.results.rows`` (``OpRow``, ``CheckRow``, ``PrefillRow``,
+``DecodeRow``) stored as ``row_dict`` makes it: ``kind``, ``op``, ``backend``, ``case``
+(label), ``dtype``, ``device``, ``shape`` (the case's dimensions), ``status`` (``PASS``,
+``FAIL``, ``SKIP``), the latency statistics (``latency_us`` ... as called;
+``graph_latency_us`` from CUDA-graph replay where measured), derived ``tflops``, ``gbps`` and
+fractions of the measured ceilings, correctness fields (``max_abs_err``, ``max_rel_err``), a
+free-text ``note``, then the kind's own fields. Floats that are not finite are stored as null
 (``note`` says why), so every record is standard JSON.
 """
 
@@ -32,21 +35,20 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Sequence
+from dataclasses import is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from kbench.results.rows import KINDS, ROW_KEYS, ROW_TYPES, STATUSES, Row, row_dict
+
+__all__ = [
+    "KINDS", "ROW_KEYS", "SCHEMA_VERSION", "STATUSES", "build_record", "implementation_provenance", "json_safe",
+    "make_row", "new_run_id", "record_status", "write_record",
+]
+
 SCHEMA_VERSION = 1
-KINDS = ("op", "check", "prefill", "decode")
-STATUSES = ("PASS", "FAIL", "SKIP")
-# Columns every row has (None where they do not apply), in the order tables show them.
-ROW_KEYS = (
-    "kind", "op", "backend", "case", "dtype", "device", "shape", "status",
-    "latency_us", "p20_us", "p80_us", "min_us", "mean_us", "reps", "method",
-    "graph_latency_us", "graph_p20_us", "graph_p80_us", "graph_calls", "graph_input_sets", "graph_method",
-    "flops", "bytes", "tflops", "gbps", "throughput_basis", "frac_peak_flops", "frac_peak_bw",
-    "max_abs_err", "max_rel_err", "note",
-)
 
 
 def new_run_id(spec_name: str, now: datetime | None = None, salt: str = "") -> str:
@@ -58,15 +60,53 @@ def new_run_id(spec_name: str, now: datetime | None = None, salt: str = "") -> s
 
 
 def make_row(kind: str, op: str, backend: str, **fields: Any) -> dict:
-    """A row with every ``ROW_KEYS`` key (None unless given) plus any extra fields."""
+    """``row_dict`` of the ``kind``'s row class built from ``fields``: a thin adapter for callers
+    that still build rows as dicts. New code builds ``OpRow``, ``CheckRow``, ... directly."""
     if kind not in KINDS:
         raise ValueError(f"row kind {kind!r} is not one of {KINDS}")
-    row = dict.fromkeys(ROW_KEYS)
-    row.update(kind=kind, op=op, backend=backend)
-    row.update(fields)
-    if row["status"] is not None and row["status"] not in STATUSES:
-        raise ValueError(f"row status {row['status']!r} is not one of {STATUSES}")
-    return row
+    return row_dict(ROW_TYPES[kind](op=op, backend=backend, **fields))
+
+
+def implementation_provenance(registry, op: str, backend: str) -> dict:
+    """``{"plugin": ..., "version": ...}`` of the implementation of ``op`` by ``backend``: its
+    own version, else its plugin's (kbench's for the built-in backends)."""
+    import kbench
+
+    impl = registry.get(op, backend)
+    version = impl.version or registry.plugins.get(impl.plugin)
+    if impl.plugin == "kbench-core":
+        version = version or kbench.__version__
+    return {"plugin": impl.plugin, "version": version}
+
+
+def build_record(*, name: str, command: Sequence[str], spec: dict, backends: dict, registry, device: str,
+                 ceilings: dict | None, rows: list[Row | dict], created: datetime | None = None) -> dict:
+    """The run record (module docstring) of ``rows``, measured on ``device``.
+
+    ``name`` names the run (its id), ``spec`` is the resolved spec as a dict, ``backends`` the
+    backend choices (``implementation_provenance`` gives each implementation's entry).
+    ``created`` is when the run started (default: now). Rows that are dataclasses are
+    serialised by ``row_dict``; dicts are taken as they are.
+    """
+    from kbench.env import environment  # imports torch: only a run that measured needs it
+
+    created = created or datetime.now(timezone.utc)
+    rows = [row_dict(row) if is_dataclass(row) else row for row in rows]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": new_run_id(name, created),
+        "created": created.isoformat(),
+        "command": list(command),
+        "spec": spec,
+        "backends": backends,
+        "plugins": dict(registry.plugins),
+        "plugin_errors": dict(registry.plugin_errors),
+        "env": environment(device),
+        "ceilings": ceilings or {},
+        "status": record_status(rows),
+        "rows": rows,
+        "plugin_details": registry.plugin_details(),
+    }
 
 
 def json_safe(value: Any) -> Any:

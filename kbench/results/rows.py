@@ -1,0 +1,137 @@
+"""The rows of a run record, one dataclass per kind, and the one function that serialises them.
+
+Every row is one measurement of one (kind, op, backend, case, dtype). ``Row`` holds what every
+kind has: the identity, ``status``, ``note`` and the latency statistics. Each kind adds its own
+fields: ``OpRow`` (an op checked and timed at one case), ``CheckRow`` (the pipeline against the
+oracle, teacher-forced), ``PrefillRow`` and ``DecodeRow`` (end-to-end timings).
+
+``row_dict(row)`` is the dict a record stores: every ``ROW_KEYS`` key first, in that order
+(None where the kind has no such field), then the kind's own fields in declaration order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+STATUSES = ("PASS", "FAIL", "SKIP")
+# Columns every row has (None where they do not apply), in the order tables show them.
+ROW_KEYS = (
+    "kind", "op", "backend", "case", "dtype", "device", "shape", "status",
+    "latency_us", "p20_us", "p80_us", "min_us", "mean_us", "reps", "method",
+    "graph_latency_us", "graph_p20_us", "graph_p80_us", "graph_calls", "graph_input_sets", "graph_method",
+    "flops", "bytes", "tflops", "gbps", "throughput_basis", "frac_peak_flops", "frac_peak_bw",
+    "max_abs_err", "max_rel_err", "note",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Row:
+    """What every row has. ``shape`` is the case's dimensions; latencies are µs per call (per
+    token for decode), ``method`` the timer (``cuda-events``, ``perf_counter``, ...)."""
+
+    kind: ClassVar[str]
+    op: str
+    backend: str
+    case: str | None = None
+    dtype: str | None = None
+    device: str | None = None
+    shape: dict[str, Any] | str | None = None
+    status: str | None = None
+    note: str | None = None
+    latency_us: float | None = None
+    p20_us: float | None = None
+    p80_us: float | None = None
+    min_us: float | None = None
+    mean_us: float | None = None
+    reps: int | None = None
+    method: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.status is not None and self.status not in STATUSES:
+            raise ValueError(f"row status {self.status!r} is not one of {STATUSES}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpRow(Row):
+    """One op on one case: the check against the reference, the called latency and the
+    CUDA-graph (kernel) latency, throughput from ``flops``/``bytes`` and fractions of the
+    measured ceilings (``kbench.bench.sweep``)."""
+
+    kind: ClassVar[str] = "op"
+    graph_latency_us: float | None = None
+    graph_p20_us: float | None = None
+    graph_p80_us: float | None = None
+    graph_calls: int | None = None
+    graph_input_sets: int | None = None
+    graph_method: str | None = None
+    flops: float | None = None
+    bytes: float | None = None
+    tflops: float | None = None
+    gbps: float | None = None
+    throughput_basis: str | None = None
+    frac_peak_flops: float | None = None
+    frac_peak_bw: float | None = None
+    max_abs_err: float | None = None
+    max_rel_err: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckRow(Row):
+    """The pipeline against the oracle at one (batch, prompt_len): logit errors (relative to the
+    step's largest oracle logit), the error allowed and greedy-token agreement."""
+
+    kind: ClassVar[str] = "check"
+    max_abs_err: float | None = None
+    max_rel_err: float | None = None
+    backends: str | None = None
+    checked_batch: int | None = None
+    reference_rel_err: float | None = None
+    allowed_rel_err: float | None = None
+    token_agreement: float | None = None
+    tokens_compared: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrefillRow(Row):
+    """One prefill of ``batch`` prompts: latency, time to first token, TFLOP/s and peak memory."""
+
+    kind: ClassVar[str] = "prefill"
+    flops: float | None = None
+    tflops: float | None = None
+    throughput_basis: str | None = None
+    frac_peak_flops: float | None = None
+    ttft_us: float | None = None
+    tokens_per_s: float | None = None
+    peak_memory_bytes: int | None = None
+    backends: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecodeRow(Row):
+    """Decode steps after a prefill: per-token latency, bytes read per step, GB/s against the
+    copy-bandwidth roofline, tokens/s, peak memory and whether a CUDA graph replayed the step."""
+
+    kind: ClassVar[str] = "decode"
+    bytes: float | None = None
+    gbps: float | None = None
+    throughput_basis: str | None = None
+    frac_peak_bw: float | None = None
+    tokens_per_s: float | None = None
+    peak_memory_bytes: int | None = None
+    cuda_graph: bool | None = None
+    cuda_graph_note: str | None = None
+    backends: str | None = None
+
+
+ROW_TYPES: dict[str, type[Row]] = {cls.kind: cls for cls in (OpRow, CheckRow, PrefillRow, DecodeRow)}
+KINDS = tuple(ROW_TYPES)
+
+
+def row_dict(row: Row) -> dict[str, Any]:
+    """The record's dict for ``row``: ``ROW_KEYS`` in order (None where the kind has no such
+    field), then the kind's own fields."""
+    values = {field.name: getattr(row, field.name) for field in dataclasses.fields(row)}
+    values["kind"] = row.kind
+    return {key: values.pop(key, None) for key in ROW_KEYS} | values
