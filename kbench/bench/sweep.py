@@ -1,6 +1,6 @@
 """Op sweeps: check, then time, each (backend, case) of one op; one run-record row each.
 
-A row (``kind="op"``) holds the correctness check against the reference (``status``,
+A row (``kbench.results.rows.OpRow``) holds the correctness check against the reference (``status``,
 ``max_abs_err``, ``max_rel_err``) and two latencies:
 
 - ``latency_us`` (``method`` ``cuda-events`` or ``perf_counter``): the call as a user makes
@@ -40,7 +40,7 @@ from kbench.bench.check import check_implementation, clone_inputs, reference_out
 from kbench.bench.timing import GRAPH_REPLAY_TARGET_US, MAX_GRAPH_CALLS, Timing, l2_cache_bytes, measure
 from kbench.ops.base import Case, Op, dtype_name
 from kbench.registry import Registry
-from kbench.results.record import make_row
+from kbench.results.rows import OpRow, row_dict
 
 INPLACE_COPY_BUDGET_BYTES = 256 * 2**20
 # The most calls a graph takes so that the per-call input copies span twice the L2.
@@ -60,6 +60,24 @@ def op_rows(
     ceilings: dict | None = None,
     seed: int = 0,
 ) -> list[dict]:
+    """``op_results`` as the record stores them (``row_dict``)."""
+    return [row_dict(row) for row in op_results(registry, op_name, backends, cases, dtype, device, bench, progress,
+                                                ceilings=ceilings, seed=seed)]
+
+
+def op_results(
+    registry: Registry,
+    op_name: str,
+    backends: list[str],
+    cases: list[Case],
+    dtype: torch.dtype,
+    device: str | torch.device,
+    bench: Any,
+    progress: Callable[[str], None] | None = None,
+    *,
+    ceilings: dict | None = None,
+    seed: int = 0,
+) -> list[OpRow]:
     """Check and time every backend on every case; rows in (case, backend) order.
 
     ``bench`` is a ``kbench.spec.BenchConfig`` (``warmup_ms``, ``rep_ms``, ``flush_l2``).
@@ -82,40 +100,37 @@ def op_rows(
     return rows
 
 
-def _case_row(registry, op: Op, backend, case, dtype, device, bench, inputs, reference, ceilings, seed) -> dict:
-    row = make_row("op", op.name, backend, case=case.label, dtype=dtype_name(dtype), device=str(device),
-                   shape=case.as_dict(), flops=float(op.flops(case)), bytes=float(op.bytes(case, dtype)))
+def _case_row(registry, op: Op, backend, case, dtype, device, bench, inputs, reference, ceilings, seed) -> OpRow:
+    row = OpRow(op=op.name, backend=backend, case=case.label, dtype=dtype_name(dtype), device=str(device),
+                shape=case.as_dict(), flops=float(op.flops(case)), bytes=float(op.bytes(case, dtype)))
     impl = registry.get(op.name, backend)
     reason = impl.reason(case, dtype, device)
     if reason:
-        row.update(status="SKIP", note=reason)
-        return row
+        return dataclasses.replace(row, status="SKIP", note=reason)
     check = check_implementation(registry, op.name, backend, case, dtype, device, seed=seed,
                                  reference=reference, inputs=inputs)
-    row.update(status="PASS" if check.ok else "FAIL", max_abs_err=check.max_abs_err,
-               max_rel_err=check.max_rel_err, note=check.detail or None)
+    row = dataclasses.replace(row, status="PASS" if check.ok else "FAIL", max_abs_err=check.max_abs_err,
+                              max_rel_err=check.max_rel_err, note=check.detail or None)
     if not check.ok and check.detail.startswith("raised"):
         return row
-    notes = [row["note"]] if row["note"] else []
+    notes = [row.note] if row.note else []
     called = time_op(impl, op, inputs, device, bench)
-    row.update(latency_us=called.median_us, p20_us=called.p20_us, p80_us=called.p80_us, min_us=called.min_us,
-               mean_us=called.mean_us, reps=called.reps, method=called.method)
+    row = dataclasses.replace(row, latency_us=called.median_us, p20_us=called.p20_us, p80_us=called.p80_us,
+                              min_us=called.min_us, mean_us=called.mean_us, reps=called.reps, method=called.method)
     kernel = called
     graph_note = graph_unavailable(impl, device)
     if graph_note is None:
         try:
             kernel = time_op(impl, op, inputs, device, bench, cuda_graph=True, estimate_us=called.median_us)
-            row.update(graph_latency_us=kernel.median_us, graph_p20_us=kernel.p20_us, graph_p80_us=kernel.p80_us,
-                       graph_calls=kernel.calls_per_rep, graph_input_sets=kernel.input_sets,
-                       graph_method=kernel.method)
+            row = dataclasses.replace(row, graph_latency_us=kernel.median_us, graph_p20_us=kernel.p20_us,
+                                      graph_p80_us=kernel.p80_us, graph_calls=kernel.calls_per_rep,
+                                      graph_input_sets=kernel.input_sets, graph_method=kernel.method)
         except Exception as error:  # a capture failure is a fact about the backend, not a crash
             graph_note = f"CUDA-graph capture failed: {type(error).__name__}: {error}"
             torch.cuda.synchronize(device)
     if graph_note and device.type == "cuda":
         notes.append(graph_note)
-    row.update(throughput(row["flops"], row["bytes"], kernel, ceilings))
-    row["note"] = "; ".join(notes) or None
-    return row
+    return dataclasses.replace(row, **throughput(row.flops, row.bytes, kernel, ceilings), note="; ".join(notes) or None)
 
 
 def graph_unavailable(impl, device: torch.device) -> str | None:

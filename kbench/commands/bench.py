@@ -1,7 +1,7 @@
 """``kbench bench OP --backend NAME [--vs OTHER ...]``: the kernel author's inner loop.
 
 One op, a few backends, a shape sweep from the command line; correctness, then timing, with
-the same rows, record and tables as ``kbench run`` (``kbench.bench.sweep.op_rows``,
+the same rows, record and tables as ``kbench run`` (``kbench.bench.sweep.op_results``,
 ``kbench.results``)::
 
     kbench bench rmsnorm --backend triton --vs torch --tokens 1,16,256,4096 --hidden 4096
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -102,49 +101,36 @@ def get_backend(registry, op_name: str, backend: str):
         raise with_plugin_errors(error, registry) from None
 
 
-def bench_record(op_name: str, backends: list[str], rows: list[dict], registry, device: str, dtype,
+def bench_record(op_name: str, backends: list[str], rows: list, registry, device: str, dtype,
                  bench, spec=None, ceilings: dict | None = None) -> dict:
-    """A run record (``kbench.results.record``) holding one op's sweep.
+    """A run record (``kbench.results.record.build_record``) holding one op's sweep.
 
     ``backends`` has the run record's shape, for the op's family: the backend under test,
     its plugin and version, and the ones it was compared with under ``vs``.
     """
     import dataclasses
 
-    import kbench
-    from kbench.env import environment
     from kbench.ops.base import dtype_name
-    from kbench.results.record import SCHEMA_VERSION, new_run_id, record_status
-
-    def provenance(backend: str) -> dict:
-        impl = registry.get(op_name, backend)
-        version = impl.version or registry.plugins.get(impl.plugin)
-        if impl.plugin == "kbench-core":
-            version = version or kbench.__version__
-        return {"plugin": impl.plugin, "version": version}
+    from kbench.results.record import build_record, implementation_provenance
 
     name = spec.name if spec is not None else f"bench-{op_name}"
-    now = datetime.now(timezone.utc)
     family = registry.op(op_name).family
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": new_run_id(name, now),
-        "created": now.isoformat(),
-        "command": ["kbench", *sys.argv[1:]],
-        "spec": spec.to_dict() if spec is not None else {
+    return build_record(
+        name=name,
+        command=["kbench", *sys.argv[1:]],
+        spec=spec.to_dict() if spec is not None else {
             "name": name, "dtype": dtype_name(dtype), "device": str(device), "bench": dataclasses.asdict(bench),
         },
-        "backends": {family: {
-            "backend": backends[0], "ops": {op_name: provenance(backends[0])},
-            "vs": {other: {"ops": {op_name: provenance(other)}} for other in backends[1:]},
+        backends={family: {
+            "backend": backends[0], "ops": {op_name: implementation_provenance(registry, op_name, backends[0])},
+            "vs": {other: {"ops": {op_name: implementation_provenance(registry, op_name, other)}}
+                   for other in backends[1:]},
         }},
-        "plugins": dict(registry.plugins),
-        "plugin_errors": dict(registry.plugin_errors),
-        "env": environment(device),
-        "ceilings": ceilings or {},
-        "status": record_status(rows),
-        "rows": rows,
-    }
+        registry=registry,
+        device=device,
+        ceilings=ceilings,
+        rows=rows,
+    )
 
 
 @click.command("bench", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -171,7 +157,7 @@ def bench_command(ctx, op_name, backend, others, spec_path, dtype, device, warmu
     import torch
     from rich.console import Console
 
-    from kbench.bench.sweep import op_rows
+    from kbench.bench.sweep import op_results
     from kbench.ops.base import parse_dtype
     from kbench.plugins import get_registry
     from kbench.results.report import print_run
@@ -214,14 +200,13 @@ def bench_command(ctx, op_name, backend, others, spec_path, dtype, device, warmu
 
         ceilings = measure_ceilings(device)
     with console.status(f"{op.name}: checking and timing") as status:
-        rows = op_rows(registry, op.name, backends, cases, dtype, device, bench,
-                       progress=lambda text: status.update(text), ceilings=ceilings)
+        rows = op_results(registry, op.name, backends, cases, dtype, device, bench,
+                          progress=lambda text: status.update(text), ceilings=ceilings)
     record = bench_record(op.name, backends, rows, registry, device, dtype, bench, spec, ceilings)
-    record["plugin_details"] = registry.plugin_details()
     print_run(record, console)
     for row in rows:
-        if row["status"] == "SKIP":
-            console.print(f"[yellow]SKIP[/] {row['op']} [{row['backend']}] {row['case']}: {row['note']}", highlight=False)
+        if row.status == "SKIP":
+            console.print(f"[yellow]SKIP[/] {row.op} [{row.backend}] {row.case}: {row.note}", highlight=False)
     if not no_record:
         from kbench.results.record import write_record
 
