@@ -5,10 +5,10 @@ when the built library is loaded. The build directory is
 ``~/.cache/kbench/cuda/<key>`` (``$KBENCH_CUDA_CACHE/<key>`` if set), where ``key`` hashes the
 sources, torch's and CUDA's versions, Python's version and the GPU's compute capability: a
 second run, in this or another process, loads the library built by the first (a fresh build
-took 21 s on the 16-core H100 machine). ``KBENCH_CUDA_VERBOSE=1`` prints the compiler's output.
+takes tens of seconds). ``KBENCH_CUDA_VERBOSE=1`` prints the compiler's output.
 ``KBENCH_CUDA_DEFINES="NAME=VALUE ..."`` builds a variant with those macros defined (the tuning
 knobs the sources mark ``#ifndef KBENCH_...``); they are part of the key, so each variant has its
-own build (``scripts/device/cuda_variants.py`` times variants against each other).
+own build and variants can be timed against each other.
 
 ``load()`` never raises: it returns why the kernels cannot run here (no GPU, no nvcc, no ninja,
 or the compiler's own error message), or None once the ops are registered.

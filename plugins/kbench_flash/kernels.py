@@ -200,9 +200,8 @@ def _fa4_head_dim(head_dim: int, major: int) -> str | None:
     return None
 
 
-# Paged decode head dims checked against the reference on an H100 (FA4 4.0.0b36): 64 and 128
-# pass; 80 and 96 return wrong outputs (up to 23% of elements off, any page size, MHA and MQA;
-# scripts/device/flash_decode_matrix.py). Others are unverified, so refused.
+# Paged decode head dims checked against the reference on sm_90 (FA4 4.0.0b36): 64 and 128
+# pass; 80 and 96 return wrong outputs (see docs/kernels.md). Others are unverified, so refused.
 FA4_SM90_PAGED_HEAD_DIMS = (64, 128)
 
 

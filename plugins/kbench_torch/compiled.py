@@ -110,8 +110,8 @@ def inductor_configs() -> dict[str, str]:
 
     Inductor picks a pointwise or reduction kernel's config by timing its candidates once, on the
     first call, and caches the winner on disk for later processes; at a few µs that one timing
-    decides which of two configs a process runs (rope at 32 decode tokens: 2.2 or 2.8 µs on the
-    H100). The record keeps the choice, so a compile figure can be read with it."""
+    decides which of two configs a process runs, and the two can differ by a quarter. The record
+    keeps the choice, so a compile figure can be read with it."""
     configs = {}
     for tuner in inductor_tuners():
         launchers = getattr(tuner, "launchers", None) or []

@@ -34,13 +34,10 @@ LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
 MIN_TOKENS_PER_SPLIT = 128
 MIN_SPLITS = 3
-# Splits give about one program per SM, never more: on the H100 (scripts/device/decode_splits.py)
-# the best count put 128-256 programs on 132 SMs at batch 1 (8 or 32 kv heads: 16 or 4
-# splits), and at batch 8 one split won: MHA x 512 87% of copy at 1 against 78% at 2, GQA-8 x
-# 2048 26.8-27.1 µs at 1 against 27.9-28.6 at 2 (three runs, two sessions), GQA-8 x 512 a tie
-# (8.2-8.5 against 7.8-8.7). From half the SMs on, the programs already draw ~85% of copy and a
-# split's merge launch and partial writes cost more than the second half of the SMs gives; so
-# a call splits only where that makes 3 or more splits.
+# Splits give at most one program per SM: more cost more in the merge than they gain. From half
+# the SMs on, the programs already draw most of the bandwidth and a split's merge launch and
+# partial writes cost more than the other half of the SMs gives, so a call splits only where that
+# makes MIN_SPLITS or more (see docs/kernels.md).
 
 
 @triton.jit
@@ -158,10 +155,7 @@ def _sm_count(device_index: int) -> int:
 
 # The merge pass launched with programmatic dependent launch (Hopper on): it is scheduled once
 # every split program has started, and waits on the device for their results, so its launch
-# is hidden behind the split pass instead of following it. Cold on the H100
-# (scripts/device/decode_read_bound.py, three runs): batch-1 MHA 512 tokens 8.3 -> 7.2-7.6 µs,
-# 2048 16.1-16.3 -> 15.4-15.7, 8192 47.8 -> 47.2; batch-1 GQA-8 level or up to 0.6 µs slower
-# (notes/triton.md v9).
+# is hidden behind the split pass instead of following it (see docs/kernels.md).
 MERGE_PDL = True
 
 

@@ -7,9 +7,8 @@ GEMMs through cuBLAS (``F.linear``) and reads gate and up straight out of the fu
 ``gemv.MAX_ROWS`` tokens (decode) the gate/up product is the skinny kernel of
 ``kbench_triton.gemv`` with the activation fused into it, and the down product goes to cuBLAS
 or the skinny split-K kernel, whichever a CUDA-graph timing finds faster for the shape on the
-first call (the choice is recorded as ``ffn_down`` in the run record): the two were within a
-few microseconds of each other on llama2-7b's w_down on the H100, and which one wins depends
-on the shape and the GPU.
+first call (the choice is recorded as ``ffn_down`` in the run record): the two are close, and
+which one wins depends on the shape and the GPU.
 """
 
 from __future__ import annotations
@@ -59,16 +58,14 @@ def _swiglu_flat_kernel(gate_ptr, up_ptr, out_ptr, stride_gate, stride_up, strid
                stride_gate, stride_up, stride_out)
 
 
-# from this many elements the flat layout: it matched torch.compile from 1024 tokens up where the
-# row blocks lost 5-11%, and the row blocks led by up to 9% at 1 to 128 tokens (H100, widths
-# 11008 and 28672, scripts/device/tune_small.py)
+# from this many elements the flat layout: row blocks leave a partly idle block at the end of
+# each row, which costs at many tokens; below, row blocks are faster (see docs/kernels.md)
 FLAT_FROM_ELEMENTS = 1 << 22
 
 
 def _swiglu_config(tokens: int, intermediate: int) -> tuple[bool, int, int]:
     """(FLAT, BLOCK, num_warps): flat 2048-element blocks for large tensors, else 1024-wide
-    blocks along each row (at one token of 28672 the 4096-wide blocks they replace left 7
-    programs to stream the row: 1.61 µs against 1.39)."""
+    blocks along each row (wider ones leave too few programs to stream one token's row)."""
     if tokens * intermediate >= FLAT_FROM_ELEMENTS:
         return True, 2048, 8
     return False, min(triton.next_power_of_2(intermediate), 1024), 4

@@ -21,7 +21,7 @@ import triton.language as tl
 
 from kbench_triton.common import TunedKernel, dot, dot_flags, semaphores
 
-# Up to this many rows of x the skinny kernels beat cuBLAS on the H100 (see notes/triton.md).
+# Up to this many rows of x (decode) the skinny kernels are used (see docs/kernels.md).
 MAX_ROWS = 8
 
 
@@ -109,8 +109,8 @@ MIN_BLOCK_N = 16
 
 
 def _configs() -> list[triton.Config]:
-    # one row took (32, 512) and 8 rows (32, 128) at 4 warps on the H100 (run records), so the
-    # space stays around those; compiling each config is most of the tuning time
+    # one row took (32, 512) and 8 rows (32, 128) at 4 warps, so the space stays around those;
+    # compiling each config is most of the tuning time
     return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split}, num_warps=4, num_stages=stages)
             for bn in (MIN_BLOCK_N, 32) for bk in (128, 256, 512) for stages in (3, 4) for split in SPLITS]
 

@@ -9,8 +9,8 @@ flight. Every scaling variant arrives through ``inv_freq``.
 Numerics follow ``kbench.ops.rope``: ``half`` rounds cos/sin and each product to the dtype
 as HF does in the input dtype; ``interleaved`` works in float32 and rounds once. Both kernels
 launch with ``enable_fp_fusion=False``: with fusion LLVM turned a rounded product and the sum
-after it into one bf16 fma, which skips the product's rounding (23% of random bf16 outputs then
-differ from HF's by an ulp).
+after it into one bf16 fma, which skips the product's rounding (a fifth of random bf16 outputs
+then differ from HF's by an ulp).
 """
 
 from __future__ import annotations
@@ -22,17 +22,12 @@ from triton.language.extra import libdevice
 
 from kbench_triton.common import interpreting, launch_config
 
-# below this many tokens the heads of a token are spread over several programs: torch.compile's
-# rope beat one program per token by 26-44% at 8 to 128 tokens (H100, llama2-7b heads), and by
-# 6% at 512 (0.94 [0.91, 0.98] over three rounds); head tiles took 512 to 1.18x compile
-# (scripts/device/compile_pairs.py, gpu_runs.sh rope-knobs), one program a token 1024 to 1.00-1.15x
+# below this many tokens one program a token cannot fill the GPU, so a token's heads are spread
+# over several programs (tiles were still faster at 512 tokens; see docs/kernels.md)
 FEW_TOKENS = 1024
 SMALL_TILE_HEADS = 4  # heads of a tile from 128 tokens (at 1 warp)
-# heads of a tile from TINY_TOKENS to 128 tokens, at MID_TILE_WARPS (4 pairs a thread): against
-# 4 heads, against torch.compile's faster config there, in one process (H100, gpu_runs.sh
-# rope-mid-tiles, twice each): 32 tokens of 32/32 2.29 -> 2.23-2.26 us, 64 tokens 2.70-2.72 ->
-# 2.56-2.64, 32 tokens of 40/40 2.37-2.41 -> 2.31-2.32; 8 heads at 2 warps, 16 at 4 and 16 at 8
-# were no faster
+# heads of a tile from TINY_TOKENS to 128 tokens, at MID_TILE_WARPS (4 pairs a thread): the
+# fastest of the tile shapes tried there
 MID_TILE_HEADS = 8
 MID_TILE_WARPS = 4
 TINY_TOKENS = 32
@@ -132,11 +127,8 @@ def _rope_rows_kernel(q_ptr, k_ptr, positions_ptr, inv_freq_ptr,
                       BLOCK_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr):
     """One tile of BLOCK_HEADS rows of the token's q heads followed by its k heads, each row's
     address selected between q and k (32-bit offsets: the host checks they fit). Its loads go out
-    before the angles are computed, so the trigonometry runs while they are in flight.
-
-    It replaced a masked tile of each tensor a program, whose first load came at SASS instruction
-    62 (now 45): 8 tokens of 32 + 32 heads 2.06 -> 1.95 us, 32 tokens 2.36 -> 2.24, on the H100
-    (gpu_runs.sh rope-lean at 53dae6c, one process for each of torch.compile's two configs)."""
+    before the angles are computed, so the trigonometry runs while they are in flight. One load a
+    half, where a masked tile of each tensor would load one all or mostly masked off."""
     token = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_HEADS + tl.arange(0, BLOCK_HEADS)
     is_q = rows < heads
@@ -173,17 +165,14 @@ def _offsets_fit_int32(q: torch.Tensor, k: torch.Tensor) -> bool:
 
 def _config(tokens: int, heads: int, kv_heads: int, block_half: int) -> tuple[int, int, int]:
     """(BLOCK_HEADS, heads per program, num_warps) for a launch."""
-    # 1K-element half-tiles (16 heads x 64 pairs) at 8 warps: 97-98% of copy for 32 q heads
-    # with 32 or 8 k heads at 32768 tokens on H100; 32-head tiles lose 8% on the 8 k heads
+    # 1K-element half-tiles (16 heads x 64 pairs) at 8 warps: at the copy limit with 32 or 8 k
+    # heads, where 32-head tiles were slower with 8 (see docs/kernels.md)
     block_heads = max(1, min(triton.next_power_of_2(max(heads, kv_heads)), 1024 // block_half))
     if tokens >= FEW_TOKENS:
         return block_heads, heads + kv_heads, 4 if block_heads * block_half < 1024 else 8
     # a few tokens (decode) cannot fill the GPU one program per token: then each program takes
     # one tile of heads (and computes the token's angles again, cheap beside the parallelism);
-    # 16-head tiles still lost to torch.compile by 8-28% at 8 to 128 tokens. Among 1-8 heads
-    # and 1-4 warps a tile, 2 heads at 4 warps were fastest at 8 tokens and 4 heads at 1 warp
-    # at 128 (H100, 32/32, 32/8, 40/40 and 64/8 heads, scripts/device/tune_small.py); on the rows
-    # kernel 8 heads at 4 warps are faster in between (MID_TILE_HEADS)
+    # small tiles, the fastest measured at each token range (see docs/kernels.md)
     if tokens < TINY_TOKENS:
         return 2, 2, 4
     if tokens >= 128:

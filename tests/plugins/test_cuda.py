@@ -122,8 +122,8 @@ def _variants():
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
 def test_every_tuning_variant_compiles_for_sm90(tmp_path):
-    """The knob values scripts/device/cuda_variants.py builds on the GPU compile (the knobs live in
-    the memory-bound kernels' sources)."""
+    """Every tuning-knob variant (the ``KBENCH_*`` macros of the memory-bound kernels' sources,
+    as ``KBENCH_CUDA_DEFINES`` sets them) compiles for sm_90."""
     sources = {p.stem: p for p in build.compiled_sources()}
     variants = {name: macros for name, macros in _variants().items() if macros}
     jobs = [(name, macros, sources[stem]) for name, macros in variants.items() for stem in ("norm", "rope", "swiglu")]

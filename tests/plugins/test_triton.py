@@ -472,7 +472,7 @@ def test_last_arriving_programs_finish_the_work_under_graph_replay():
 
 
 def test_decode_splits_keep_about_one_program_per_sm(monkeypatch):
-    # the counts measured best on the H100's 132 SMs (scripts/device/decode_splits.py)
+    # the counts measured best on an H100's 132 SMs (docs/kernels.md): at most one program per SM
     from kbench_triton import attention_decode as decode_module
 
     monkeypatch.setattr(decode_module, "interpreting", lambda: False)

@@ -16,16 +16,10 @@
 // merges a share of the outputs, reading the others' partials through distributed shared memory.
 // No partials go to global memory and there is no second launch.
 //
-// Otherwise the splits are merged by merge_kernel, a second launch made with programmatic dependent
-// launch: every split block lets it be scheduled as soon as it starts, and it waits on the
-// device (griddepcontrol.wait) until the split pass has finished and its partials are visible.
-// Measured cold on the H100 (gpu_runs.sh merge-pdl), against the merge in the same launch,
-// it took b1 MHA 2048 tokens 17.3 -> 16.5 us and 512 tokens 8.0 -> 7.2 us, and nowhere lost.
-// The merge in the same launch stays behind KBENCH_DECODE_MERGE_PDL=0: whichever block of a
-// (sequence, kv head) finishes last merges them (merge_splits), found by a per-pair counter
-// that each block counts itself in on once its partials are written; the last block puts
-// the counter back to 0, so the counters stay zero between calls with no memset. (A second
-// launch without PDL was 1.5-2 us of a 6-10 us call at small batch.)
+// Otherwise merge_kernel merges them: a second launch made with programmatic dependent launch,
+// scheduled while the split pass runs and waiting on the device for its partials (or, with
+// KBENCH_DECODE_MERGE_PDL=0, the last block of each (sequence, kv head) to finish, in the same
+// launch). Why each merge and plan choice: see docs/kernels.md.
 //
 // That kernel (decode_kernel) serves MHA and float32. GQA/MQA in bfloat16/float16 runs
 // gqa_decode_kernel instead: the same grid and split-KV, but the group's heads attend as one
@@ -50,27 +44,25 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kMaxSplits = 256;
 constexpr int kDecodeMaxGroup = 8;  // query heads a KV head serves, at most
 // Passes of K/V that decode_kernel's ring holds: kDecodeStages - 1 in flight while one is used
-// (a tuning knob, see scripts/device/gpu_runs.sh decode-stages).
+// (a tuning knob; depth matters less than the bytes in flight per SM).
 #ifndef KBENCH_DECODE_STAGES
 #define KBENCH_DECODE_STAGES 4
 #endif
 constexpr int kDecodeStages = KBENCH_DECODE_STAGES;
 static_assert(kDecodeStages >= 1, "at least the stage in use");
-// The fewest tokens a split takes (a tuning knob, see scripts/device/cuda_variants.py).
+// The fewest tokens a split takes (a tuning knob): decode_kernel needs many blocks in flight, so
+// short splits; longer ones were slower at batch 1.
 #ifndef KBENCH_DECODE_SPLIT_TOKENS
 #define KBENCH_DECODE_SPLIT_TOKENS 64
 #endif  // slices of one context at most (attention_decode_plan)
 // decode_kernel's plan's wave, in percent of the resident blocks (a tuning knob): below 100 it takes fewer,
 // longer slices (less to merge), above 100 more, shorter ones (one's start hidden by another's work).
-// At 67% (2 of its 3 blocks an SM) MHA went, cold, against 100% in the same call (gpu_runs.sh
-// mha-cluster): batch 8 x 512 29.1 -> 25.2 us (one split, no merge, where it took 3), batch 8 x 2048
-// 95.4 -> 92.6, batch 1 x 2048 16.5 -> 16.1 (8 splits, not 12), x 8192 51.5 -> 50.6, x 512 level.
+// 67 is 2 of its 3 blocks an SM: at batch 8 x 512 it gives one split and no merge.
 #ifndef KBENCH_DECODE_FILL
 #define KBENCH_DECODE_FILL 67
 #endif
-// The same for gqa_decode_kernel (2 blocks an SM by shared memory): at 50% (a block an SM,
-// twice the tokens each) GQA-8 went b1 x 8192 18.4 -> 17.6 us and b8 x 8192 101.6 -> 97.7,
-// where decode_kernel lost (MHA b1 x 8192 51.4 -> 54.0; gpu_runs.sh fill-merge, cold).
+// The same for gqa_decode_kernel (2 blocks an SM by shared memory): 50, a block an SM with twice
+// the tokens each; fewer, longer splits pay for this kernel, not for decode_kernel.
 #ifndef KBENCH_GQA_FILL
 #define KBENCH_GQA_FILL 50
 #endif
@@ -87,22 +79,12 @@ constexpr bool kMergePdl = KBENCH_DECODE_MERGE_PDL != 0;
 // The most splits of gqa_decode_kernel whose blocks merge as one thread-block cluster (sm_90; a
 // tuning knob, 0: never). Past 8 the cluster is of a non-portable size (the H100 takes 16), asked
 // for once per kernel and device; where the device cannot run such a cluster the splits go to
-// merge_kernel. On the H100 (gpu_runs.sh cluster-merge, cold, kernel µs against merge_kernel in
-// the same call) clusters of up to 8 took GQA-8 at batch 1 x 512 from 6.32 to 5.83, batch 8 x 512
-// from 11.30 to 10.53 and batch 8 x 2048 from 29.30 to 28.63. Clusters of 16 lost where the plan
-// gives 16 splits (batch 1 x 8192: 17.6 -> 21.6: fewer such clusters are resident than the plan's
-// blocks), and decode_kernel (MHA) lost at every cluster size (batch 8 x 512, clusters of 3: 29.0
-// -> 31.1-32.0; batch 1 x 2048, clusters of 11: 16.2 -> 21.6), so it keeps merge_kernel.
+// merge_kernel. Clusters of 16 were slower than merge_kernel (fewer such clusters are resident
+// than the plan's blocks).
 #ifndef KBENCH_DECODE_CLUSTER
 #define KBENCH_DECODE_CLUSTER 8
 #endif
-// The same for decode_kernel (MHA, float32; 0: never). It lost wherever it applied (gpu_runs.sh
-// mha-cluster, cold): clusters of 3 at batch 8 x 512 29.1 -> 31.3 us; with the 67% wave (8
-// splits at batch 1) batch 1 x 2048 16.1 -> 16.9 and x 8192 50.6 -> 56.1. Placing the cluster's blocks
-// on distinct SMs (cudaClusterSchedulingPolicySpread) changed neither that nor GQA's clusters of 16:
-// in one call (gpu_runs.sh spread at 89fc32e, with a knob then in split_config) MHA 8 / GQA 16 with spread took batch 1 x 2048
-// 16.8 us against 16.0 without clusters, x 8192 55.1 against 50.0, GQA-8 x 8192 19.4 against 17.5,
-// and spread alone (GQA clusters of up to 8) left every case within 0.1 us.
+// The same for decode_kernel (MHA, float32; 0: never): slower than merge_kernel wherever it applied.
 #ifndef KBENCH_DECODE_MHA_CLUSTER
 #define KBENCH_DECODE_MHA_CLUSTER 0
 #endif

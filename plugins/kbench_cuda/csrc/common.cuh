@@ -112,8 +112,7 @@ __device__ __forceinline__ Vec<T, N> load_vec(const T* p) {
 
 // Evict-first load (`ld.global.cs`) for data read once and too large to stay in L2 (the KV
 // cache a decode step streams). Activations go through load_vec: the next op reads them while
-// they are still in L2 (on the H100 plain loads took rmsnorm at 1024 x 8192 from 10.5 to 9.6 us
-// and swiglu at 1024 x 28672 from 64.4 to 61.4, scripts/device/cuda_variants.py).
+// they are still in L2.
 template <typename T, int N>
 __device__ __forceinline__ Vec<T, N> load_vec_stream(const T* p) {
     Vec<T, N> out;

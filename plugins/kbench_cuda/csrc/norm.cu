@@ -14,19 +14,12 @@ namespace {
 // any arithmetic where the registers allow (LOADS_FIRST): one round trip, the reduction, the
 // stores. The per-access loop instead makes dependent round trips (in its SASS each weight load
 // follows the previous access's output store, and in add_rmsnorm the residual store of access i
-// precedes the loads of access i + 1). On the H100 (scripts/device/cuda_variants.py) loads first
-// at every row count took rmsnorm at 4096 x 8192 from 50.7 to 47.6 us and at 32768 x 8192 from
-// 420 to 414, and nowhere lost more than run-to-run spread. The loop remains for rows too wide
-// for the register file (more than 2 accesses a thread at over 256 threads).
+// precedes the loads of access i + 1); it remains for rows too wide for the register file (more
+// than 2 accesses a thread at over 256 threads).
 //
 // Threads a block: the fewest accesses a thread that keep a block within kMaxThreads threads;
-// where that leaves more than 2 accesses a thread, within kWideMaxThreads instead. Knob round 4
-// (scripts/device/cuda_variants.py) gave the wider blocks at up to 64 rows: 512-thread blocks took
-// hidden 8192 at 1-64 rows from 2.13-2.36 to 2.01-2.29 us (rmsnorm) and add_rmsnorm at 32 rows
-// from 3.29 to 2.74; at hidden 4096 (2 accesses a thread -> 1) they were slower at one row
-// (add_rmsnorm 1.93 -> 2.20), so 2 accesses stay. At every row count since (gpu_runs.sh
-// one-angle at e9ae6ee, against torch.compile over three rounds): hidden 5120 at 1024 rows went from 0.92x
-// compile to 1.06x (rmsnorm, 6.32 -> 5.56 us) and add_rmsnorm at 1024 rows from 1.03x to 1.08x.
+// where that leaves more than 2 accesses a thread, within kWideMaxThreads instead. Wider blocks
+// pay only there: at 2 accesses -> 1 they were slower at few rows (see docs/kernels.md).
 #ifndef KBENCH_NORM_MAX_THREADS
 #define KBENCH_NORM_MAX_THREADS 256
 #endif
@@ -34,11 +27,8 @@ namespace {
 #define KBENCH_NORM_WIDE_THREADS 512
 #endif
 // From this many rows on (0: never), rows of at most kWideMaxThreads accesses take one access a
-// thread, as torch.compile's kernel does at 128 x 4096 (16 warps of one access; gpu_runs.sh
-// small-gaps), where the rule above gives 2 accesses in 256 threads. On the H100 (gpu_runs.sh
-// shared-angles, against compile over three rounds, one process a build) rmsnorm at hidden 4096
-// went 128 rows 1.04x -> 1.12x, 512 rows 0.94x -> 1.01x and 1024 rows 0.97x -> 0.99x; add_rmsnorm
-// was level (128 rows 0.96x -> 0.95x, 512 and 1024 rows 1.09/1.11x -> 1.07/1.13x).
+// thread, as torch.compile's kernel does at 128 x 4096 (16 warps of one access), where the rule
+// above gives 2 accesses in 256 threads.
 #ifndef KBENCH_NORM_ONE_ACCESS_ROWS
 #define KBENCH_NORM_ONE_ACCESS_ROWS 128
 #endif

@@ -16,12 +16,9 @@ namespace {
 
 // Below this many tokens the (token, head slice) grid: blocks of kSliceThreads threads, each
 // thread one access of kSliceVec elements (a pair of them for half) that computes the angles of
-// its own elements (no shared table, no barrier). At 64 tokens of 32 + 32 heads that is 512
-// blocks of 128 threads, 4 sincosf a thread (below kTinyTokens, one). On the H100
-// (scripts/device/cuda_variants.py, round 2) this took 8 tokens from 2.19 to 1.93 us and 64
-// tokens from 3.19 to 2.93 against 64-thread slices of 16-byte accesses sharing a table (GQA
-// 64/8 at 1 token: 2.10 -> 1.78). From 1024 tokens one block a token takes all heads, the
-// table computed once a token (96-97% of copy); at 512 tokens that was 0.89x torch.compile and the slices 1.18x (gpu_runs.sh rope-knobs).
+// its own elements (no shared table, no barrier), so a token's heads spread over many SMs and the
+// angles overlap the loads. From kFewTokens one block a token takes all heads, its table computed
+// once a token: at 512 tokens the slices were still faster (see docs/kernels.md).
 #ifndef KBENCH_ROPE_FEW_TOKENS
 #define KBENCH_ROPE_FEW_TOKENS 1024
 #endif
@@ -30,10 +27,8 @@ namespace {
 #endif
 // Below this many tokens a slice thread computes one angle (one element an access for half, one
 // pair for interleaved): each sincosf branches on its argument, so the angles of one thread do
-// not overlap and a thread's latency grows with their number. On the H100 (gpu_runs.sh
-// one-angle at e9ae6ee, against torch.compile over three rounds) one angle a thread took 1 and 8 tokens of
-// llama2-7b's and 13b's heads from 0.90-0.98x compile to 1.04-1.13x; from 32 tokens on it was
-// slower than 4 elements an access (32 tokens 0.80 against 0.90, 128 tokens 0.77 against 1.02).
+// not overlap and a thread's latency grows with their number. From kTinyTokens there are enough
+// threads for wider accesses to win again.
 #ifndef KBENCH_ROPE_TINY_TOKENS
 #define KBENCH_ROPE_TINY_TOKENS 32
 #endif
@@ -54,11 +49,8 @@ __device__ __forceinline__ void angle_cos_sin(float position, float frequency, f
 
 // How the slices compute their angles (a tuning knob): 0, sincosf each; 1, fast_cos_sin each,
 // then sincosf for all of a lane's angles only where one of them is past kFastTrigLimit. Each
-// sincosf ends its fast path in a branch, so a lane's angles ran one after another. On the H100
-// (gpu_runs.sh rope-fast-trig, alternated twice, against torch.compile's faster config) 1 took
-// 32 tokens of 32/32 heads from 0.95-0.96x compile to 0.99x, 64 tokens from 0.96 to 0.99, 32
-// tokens of 40/40 from 0.95 to 0.98, llama3-8b's 32-64 tokens from 1.73-1.76 to 1.77-1.82;
-// 1 and 8 tokens level.
+// sincosf ends its fast path in a branch, so a lane's angles ran one after another; with 1 a lane
+// branches once.
 #ifndef KBENCH_ROPE_FAST_TRIG
 #define KBENCH_ROPE_FAST_TRIG 1
 #endif
@@ -66,11 +58,10 @@ constexpr bool kFastTrig = KBENCH_ROPE_FAST_TRIG != 0;
 constexpr float kFastTrigLimit = 105615.0f;
 
 // sin and cos of x without a branch, for |x| <= kFastTrigLimit: x = j * pi/2 + r with pi/2 in
-// three float parts (each product fused), then polynomials in r * r on |r| <= pi/4 (fitted here
-// by least squares in float64) and the quadrant j % 4. Against sin and cos in float64, at most
-// 1.56 ulp over positions 0-131072 times llama's frequencies (theta 1e4 and 5e5) and over 2e7
-// uniform angles; rounded to bf16, 0.0003-0.0004% of values differ from the correctly rounded
-// ones (glibc's sinf/cosf: 0.00001-0.00004%).
+// three float parts (each product fused), then polynomials in r * r on |r| <= pi/4 (fitted by
+// least squares in float64) and the quadrant j % 4. At most 1.56 ulp from sin and cos in float64
+// over llama's positions and frequencies; once rounded to bf16 almost always the correctly
+// rounded value, as HF's tables (from torch's cos) are.
 __device__ __forceinline__ void fast_cos_sin(float x, float* c, float* s) {
     const float j = rintf(x * 0.636619772f);
     float r = fmaf(-j, 1.57079637f, x);
@@ -133,9 +124,8 @@ __device__ __forceinline__ void rotate(Vec<T, VEC>& a, Vec<T, VEC>& b, const flo
         }
     } else if constexpr (VEC == 1 && kPacked16<T>) {
         // the element and its partner as one pair: {a, b} * {cos, cos} + {b, a} * {-sin, sin}, each
-        // product and the sum rounded to T as HF (b * -sin rounds to minus b * sin rounded): two
-        // conversions (F2FP) and three packed ops, where element by element took six conversions
-        // and six fp32 ops
+        // product and the sum rounded to T as HF (b * -sin rounds to minus b * sin rounded), in
+        // two conversions and three packed ops
         using P = Pair<T>;
         const P x(a.v[0], b.v[0]);
         const P rotated = __hadd2_rn(__hmul2_rn(x, to_pair(c[0], c[0], P{})),
@@ -210,11 +200,7 @@ __global__ void rope_kernel(T* __restrict__ q, T* __restrict__ k, const int64_t*
 // warp holds, it needs only the head's 64 distinct angles (two a lane), so lane L computes angles
 // 2L and 2L + 1 and takes the others of its access from their lanes by shuffles, where computing
 // its own would take kAngles sincosf (4 in the default 4-element half-style access). The warp's
-// every lane therefore computes its two angles before a lane outside the grid leaves. On the H100
-// (gpu_runs.sh shared-angles, against torch.compile over three rounds) 32 tokens of llama2-13b's
-// 40 + 40 heads went from 0.82x compile to 1.02x (llama2-7b's 32 + 32: 1.03x; at 64 tokens still
-// 0.95x); 16-byte accesses (KBENCH_ROPE_SLICE_VEC=8, still 2 angles a lane) were no better below
-// 512 tokens.
+// every lane therefore computes its two angles before a lane outside the grid leaves.
 template <typename T, int VEC, bool INTERLEAVED, int HEAD_DIM>
 __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const int64_t* __restrict__ positions,
                                   const float* __restrict__ inv_freq, int heads, int kv_heads, int head_dim_arg,
@@ -232,9 +218,8 @@ __global__ void rope_slice_kernel(T* __restrict__ q, T* __restrict__ k, const in
     constexpr int kAngles = INTERLEAVED ? VEC / 2 : VEC;
     constexpr int kLaneAngles = HEAD_DIM / 2 / 32;  // distinct angles of a head a lane
     constexpr bool kShare = HEAD_DIM != 0 && HEAD_DIM % 64 == 0 && kAngles > kLaneAngles;
-    // no exit before the loads: nvcc had put it, and a branch between q's and k's address, ahead
-    // of them (first load at SASS instruction 53, now 33; 8 tokens of 32 + 32 heads 2.06 -> 2.00 us
-    // on the H100, gpu_runs.sh rope-lean at 53dae6c)
+    // no exit and no branch between q's and k's address before the loads: the first load waits
+    // on nothing but this address
     T* const element = head_element<Index>(q, k, token, head, heads, j, q_token_stride, q_head_stride,
                                            k_token_stride, k_head_stride);
     Vec<T, VEC> a, b;

@@ -9,12 +9,9 @@ namespace kbench {
 namespace {
 
 // Blocks of 256 threads, one access of 4 elements of each input a thread (8 bytes in 16-bit
-// types): near the shape Inductor gives this pointwise kernel (compile_kernels.py: 256 threads of
-// 2 elements at 128 x 11008). On the H100 (gpu_runs.sh small-knobs at 36e0788, against torch.compile over
-// three rounds) it took 128 tokens of 13824 and 14336 from 0.94x compile to 1.02-1.03x and of
-// 11008 from 1.12x to 1.22x, where 128 threads of 16 bytes had beaten 256 threads of four
-// 16-byte accesses (scripts/device/cuda_variants.py: 1024 x 11008 25.1 -> 23.0 us). Accesses of
-// 2 elements were slower at 128 tokens (0.86-0.88x).
+// types): near the shape Inductor gives this pointwise kernel (256 threads of 2 elements at
+// 128 x 11008), and faster than both 128 threads of 16-byte accesses and 2-element accesses at
+// few tokens (see docs/kernels.md).
 #ifndef KBENCH_SWIGLU_THREADS
 #define KBENCH_SWIGLU_THREADS 256
 #endif
@@ -30,8 +27,7 @@ constexpr int kUnroll = KBENCH_SWIGLU_UNROLL;
 // 1: silu through __expf and __fdividef, as Triton's sigmoid is computed (ex2.approx and an
 // approximate division: a few ulp in fp32, almost always the same value once rounded to a 16-bit
 // T, within every dtype's tolerance) instead of expf and an IEEE division. Where the data sits in
-// L2 the kernel is bound by those instructions: 1 token of 11008 went from 1.69 to 1.36 us and
-// 128 x 28672 from 5.8 to 4.6.
+// L2 the kernel is bound by those instructions, not by bytes.
 #ifndef KBENCH_FAST_SILU
 #define KBENCH_FAST_SILU 1
 #endif
