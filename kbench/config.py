@@ -74,3 +74,29 @@ class Workload:
     def decode_contexts(self) -> list[tuple[int, int]]:
         """(batch, context length at the last decode step) pairs."""
         return sorted({(b, p + self.decode_steps) for b in self.batch for p in self.prompt_len})
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """``random`` (seeded HF-like init) or ``hf`` (a folder with config.json and safetensors)."""
+
+    kind: str = "random"
+    seed: int = 0
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """How long to time: warm-up and repetitions by time (as Triton's do_bench), in ms.
+
+    ``cuda_graphs``: time decode (and decode-shaped ops) by replaying a captured CUDA graph.
+    ``flush_l2``: overwrite the L2 cache between repetitions so every call starts cold.
+    ``max_op_cases``: at most this many shape cases per op (evenly spaced, smallest and
+    largest kept); None keeps every case the workload produces.
+    """
+
+    warmup_ms: float = 25.0
+    rep_ms: float = 100.0
+    cuda_graphs: bool = False
+    flush_l2: bool = True
+    max_op_cases: int | None = None

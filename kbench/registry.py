@@ -111,7 +111,8 @@ class Registry:
 
     @property
     def families(self) -> list[str]:
-        return sorted({op.family for op in self.ops.values()})
+        """The op families, in the order their first op was registered (the core's first)."""
+        return list(dict.fromkeys(op.family for op in self.ops.values()))
 
     def backends(self, op: str | None = None) -> list[str]:
         """Backend names registered for ``op`` (or for any op), reference first."""

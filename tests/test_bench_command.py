@@ -165,13 +165,14 @@ def test_sweep_cases_keep_dimensions_not_given():
 
 
 def test_cases_from_a_spec_are_the_shapes_the_model_runs(plugins, tmp_path):
-    from kbench.spec import load_spec, op_cases
+    from kbench.plan import model_cases
+    from kbench.spec import load_spec
 
     spec_path = Path(__file__).resolve().parent.parent / "model_specs" / "tiny-llama.yaml"
     result = bench("rmsnorm", "--backend", "torch", "--spec", str(spec_path), out=tmp_path)
     assert result.exit_code == 0, result.output
     record = only_record(tmp_path)
-    expected = op_cases(load_spec(spec_path), get_registry())["rmsnorm"]
+    expected = model_cases(load_spec(spec_path), get_registry().op("rmsnorm"))
     assert [row["case"] for row in record["rows"]] == [case.label for case in expected]
     assert record["spec"]["name"] == "tiny-llama"
 

@@ -1,13 +1,17 @@
-"""The steps of kbench run that carry judgement: the pipeline check, roofline bytes, FAIL marking."""
+"""The steps of `kbench run` that carry judgement: the pipeline check, roofline bytes, FAIL marking."""
 
 from pathlib import Path
 
 import pytest
 import torch
 
-from kbench.commands.run import decode_bytes_per_step, mark_pipeline_failures, teacher_forced_check
+from kbench.bench.pipeline_check import teacher_forced_check
+from kbench.commands.run import mark_pipeline_failures
 from kbench.model import load_weights
-from kbench.results import make_row
+from kbench.model.arithmetic import decode_bytes_per_step
+from kbench.plan import resolve_plan
+from kbench.plugins import get_registry
+from kbench.results.rows import ROW_TYPES
 from kbench.spec import Overrides, load_spec
 
 TINY = Path(__file__).resolve().parent.parent / "model_specs" / "tiny-llama.yaml"
@@ -110,27 +114,31 @@ def test_decode_bytes_count_weights_but_the_embedding_table_and_the_mean_kv_read
     assert decode_bytes_per_step(spec, weights, batch=2, prompt_len=8) == weight_bytes + kv_bytes
 
 
+def _row(kind, op, backend, **fields):
+    return ROW_TYPES[kind](op=op, backend=backend, **fields)
+
+
 def test_failing_chosen_backend_fails_the_pipeline_rows_but_not_baselines():
     spec = load_spec(TINY, Overrides(backends={"norm": "triton"}))
     rows = [
-        make_row("op", "rmsnorm", "triton", status="FAIL"),
-        make_row("op", "swiglu", "triton", status="FAIL"),
-        make_row("prefill", "prefill", "pipeline", status="PASS"),
-        make_row("decode", "decode", "hf", status="PASS"),
+        _row("op", "rmsnorm", "triton", status="FAIL"),
+        _row("op", "swiglu", "triton", status="FAIL"),
+        _row("prefill", "prefill", "pipeline", status="PASS"),
+        _row("decode", "decode", "hf", status="PASS"),
     ]
-    marked = mark_pipeline_failures(spec, rows)
-    assert [r["status"] for r in marked] == ["FAIL", "FAIL", "FAIL", "PASS"]
-    assert "rmsnorm/triton" in marked[2]["note"]
+    marked = mark_pipeline_failures(resolve_plan(spec, get_registry(), check_here=False), rows)
+    assert [r.status for r in marked] == ["FAIL", "FAIL", "FAIL", "PASS"]
+    assert "rmsnorm/triton" in marked[2].note
 
 
 def test_a_failing_op_outside_the_pipeline_leaves_it_passing():
     spec = load_spec(TINY, Overrides(backends={"ffn": "triton"}))
-    rows = [make_row("op", "swiglu", "triton", status="FAIL"), make_row("prefill", "prefill", "pipeline", status="PASS")]
-    assert mark_pipeline_failures(spec, rows)[1]["status"] == "PASS"
+    rows = [_row("op", "swiglu", "triton", status="FAIL"), _row("prefill", "prefill", "pipeline", status="PASS")]
+    assert mark_pipeline_failures(resolve_plan(spec, get_registry(), check_here=False), rows)[1].status == "PASS"
 
 
 def test_prefill_flops_count_matmuls_causal_attention_and_the_last_position_lm_head():
-    from kbench.commands.run import prefill_flops
+    from kbench.model.arithmetic import prefill_flops
 
     spec = load_spec(TINY)
     matmul_weights = 128 * 128 + 2 * (64 * 128) + 128 * 128 + 2 * 352 * 128 + 352 * 128  # q, k, v, o, gate/up, down

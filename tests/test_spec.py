@@ -10,8 +10,9 @@ import yaml
 
 from kbench.errors import KbenchError
 from kbench.ops import BUILTIN_OPS
+from kbench.plan import resolve_plan
 from kbench.registry import Implementation, Registry
-from kbench.spec import Overrides, backend_for, check_backends, load_spec, op_cases, shipped_specs
+from kbench.spec import Overrides, load_spec, shipped_specs
 
 TINY = {
     "name": "t",
@@ -55,7 +56,7 @@ def test_every_shipped_spec_loads(path):
     spec = load_spec(path)
     m = spec.model
     assert m.heads * m.head_dim == m.hidden and m.heads % m.kv_heads == 0
-    assert set(spec.backends) == {"norm", "rope", "attention", "ffn", "sampling"}
+    assert set(resolve_plan(spec, _registry(), check_here=False).families) == {"norm", "rope", "attention", "ffn", "sampling"}
     json.dumps(spec.to_dict())
 
 
@@ -77,8 +78,8 @@ def test_shipped_shapes_are_the_published_ones():
 
 def test_tiny_spec_passes_backend_checks(registry):
     spec = load_spec(next(p for p in shipped_specs() if p.stem == "tiny-llama"))
-    check_backends(spec, registry)
-    cases = op_cases(spec, registry)
+    plan = resolve_plan(spec, registry)
+    cases = {name: op.cases for name, op in plan.ops.items()}
     assert {"rmsnorm", "add_rmsnorm"} <= set(cases)
     assert all(0 < len(c) <= spec.bench.max_op_cases for c in cases.values())
 
@@ -87,7 +88,8 @@ def test_defaults_fill_what_the_file_leaves_out(tmp_path):
     data = changed(model__kv_heads=None, model__head_dim=None, model__max_seq_len=512, workload=None)
     spec = load_spec(write(tmp_path, data))
     assert (spec.model.kv_heads, spec.model.head_dim) == (4, 8)
-    assert spec.backends == dict.fromkeys(spec.backends, "reference")
+    plan = resolve_plan(spec, _registry())
+    assert plan.families == dict.fromkeys(plan.families, "reference")
     assert spec.weights.kind == "random" and spec.weights.seed == 0
 
 
@@ -135,7 +137,6 @@ def test_unknown_key_message_has_its_line(tmp_path):
     (changed(workload__prompt_len=[62]), "workload.prompt_len", "more than model.max_seq_len"),
     (changed(workload__sampling={"top_p": 1.5}), "workload.sampling.top_p", "must lie in"),
     (changed(bench={"cuda_graphs": "yes"}), "bench.cuda_graphs", "true or false"),
-    (changed(backends={"attn": "flash"}), "backends.attn", "unknown key"),
     (changed(dtype="float8"), "dtype", "Unknown dtype"),
     (changed(device="tpu"), "device", "not one of"),
     (changed(weights={"kind": "hf"}), "weights.path", "is required"),
@@ -166,12 +167,12 @@ def test_missing_spec_file_suggests_shipped_specs(tmp_path, monkeypatch):
 # -- overrides ---------------------------------------------------------------------------
 
 
-def test_overrides_replace_file_values(tmp_path):
+def test_overrides_replace_file_values(tmp_path, registry):
     overrides = Overrides.from_cli(attention="sdpa", backend=("norm=triton",), batch="1,8,32", prompt_len="4,16",
                                    decode_steps=5, layers=1, dtype="bf16", device="cpu", rope=None)
     spec = load_spec(write(tmp_path, TINY), overrides)
     assert spec.backends["attention"] == "sdpa" and spec.backends["norm"] == "triton"
-    assert spec.backends["ffn"] == "reference"
+    assert resolve_plan(spec, registry, check_here=False).families["ffn"] == "reference"
     assert spec.workload.batch == (1, 8, 32) and spec.workload.prompt_len == (4, 16)
     assert spec.workload.decode_steps == 5 and spec.dtype == torch.bfloat16 and spec.model.layers == 1
 
@@ -233,7 +234,7 @@ def test_unusable_backend_names_reason_and_alternatives(tmp_path, backend, words
     path = write(tmp_path, changed(backends={"attention": backend}))
     spec = load_spec(path)
     with pytest.raises(KbenchError) as info:
-        check_backends(spec, _registry())
+        resolve_plan(spec, _registry())
     error = info.value
     assert str(path) in error.message and "backends.attention" in error.message
     assert words in error.message, error.message
@@ -243,14 +244,14 @@ def test_unusable_backend_names_reason_and_alternatives(tmp_path, backend, words
 def test_backend_error_says_it_came_from_the_command_line(tmp_path):
     spec = load_spec(write(tmp_path, TINY), Overrides.from_cli(attention="flsh"))
     with pytest.raises(KbenchError, match="--attention"):
-        check_backends(spec, _registry())
+        resolve_plan(spec, _registry())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_device_without_cuda_is_an_error(tmp_path):
     spec = load_spec(write(tmp_path, changed(device="cuda")))
     with pytest.raises(KbenchError, match="no CUDA device") as info:
-        check_backends(spec, _registry())
+        resolve_plan(spec, _registry())
     assert "--device cpu" in info.value.fix
 
 
@@ -258,8 +259,17 @@ def test_weights_shorthand_and_record(tmp_path):
     spec = load_spec(write(tmp_path, changed(weights="random")))
     assert (spec.weights.kind, spec.weights.seed, spec.weights.path) == ("random", 0, None)
     record = spec.to_dict()
-    assert record["dtype"] == "float32" and record["model"]["kv_heads"] == 2 and record["backends"]["ffn"] == "reference"
+    assert record["dtype"] == "float32" and record["model"]["kv_heads"] == 2
+    assert resolve_plan(spec, _registry()).record()["ffn"]["backend"] == "reference"
     assert record["workload"]["batch"] == [1, 2] or record["workload"]["batch"] == (1, 2)
+
+
+def test_unknown_backends_key_names_the_line_and_the_families(tmp_path):
+    path = write(tmp_path, changed(backends={"attn": "flash"}))
+    with pytest.raises(KbenchError) as info:
+        resolve_plan(load_spec(path), _registry())
+    assert "backends.attn" in info.value.message and "unknown key" in info.value.message
+    assert "'attention'" in info.value.fix
 
 
 def test_op_level_backend_overrides_its_family_for_that_op_only(tmp_path):
@@ -267,14 +277,14 @@ def test_op_level_backend_overrides_its_family_for_that_op_only(tmp_path):
     registry.add_implementation(Implementation("attention_decode", "decode-only",
                                                registry.ops["attention_decode"].reference, "test-plugin"))
     spec = load_spec(write(tmp_path, TINY), Overrides.from_cli(backend=("attention_decode=decode-only",)))
-    check_backends(spec, registry)
-    assert backend_for(spec.backends, "attention_decode", "attention") == "decode-only"
-    assert backend_for(spec.backends, "attention_prefill", "attention") == "reference"
+    plan = resolve_plan(spec, registry)
+    assert plan.backend("attention_decode") == "decode-only"
+    assert plan.backend("attention_prefill") == "reference"
 
 
 def test_op_level_backend_without_that_op_is_an_error(tmp_path):
     spec = load_spec(write(tmp_path, changed(backends={"attention_decode": "prefill-only"})))
     with pytest.raises(KbenchError) as info:
-        check_backends(spec, _registry())
+        resolve_plan(spec, _registry())
     assert "backends.attention_decode" in info.value.message
     assert "--backend attention_decode=NAME" in info.value.fix

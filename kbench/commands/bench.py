@@ -159,9 +159,10 @@ def bench_command(ctx, op_name, backend, others, spec_path, dtype, device, warmu
 
     from kbench.bench.sweep import op_results
     from kbench.ops.base import parse_dtype
+    from kbench.plan import model_cases
     from kbench.plugins import get_registry
     from kbench.results.report import print_run
-    from kbench.spec import BenchConfig, Overrides, load_spec, op_cases
+    from kbench.spec import BenchConfig, Overrides, load_spec
 
     console = Console()
     registry = get_registry()
@@ -177,7 +178,7 @@ def bench_command(ctx, op_name, backend, others, spec_path, dtype, device, warmu
             raise KbenchError("Give either --spec or --DIM values, not both.",
                               f"Dropped: {', '.join('--' + d for d in dim_values)}.")
         spec = load_spec(spec_path, Overrides(dtype=dtype, device=device))
-        cases = op_cases(spec, registry).get(op.name)
+        cases = model_cases(spec, op)
         if not cases:
             raise KbenchError(f"The spec {spec_path} runs no {op.name} cases.", "Pass the op's dimensions as --DIM values.")
         dtype, device = spec.dtype, spec.device

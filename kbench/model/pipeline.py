@@ -11,7 +11,7 @@ One decoder layer, for ``tokens`` packed tokens (prefill) or one token per seque
     ffn_out     = ffn(h, w_gate_up, w_down)
 
 then ``add_rmsnorm(ffn_out, residual, norm)``, the LM head, and ``sample``. Every family
-op goes through the implementation chosen at build time (``registry.require(op, backend)``);
+op goes through the implementation the plan chose (``kbench.plan``);
 embedding, the linear layers and the KV-cache write are core glue, the same for every
 backend.
 
@@ -33,8 +33,8 @@ from kbench.errors import KbenchError
 from kbench.model.kv_cache import KVCache
 from kbench.model.weights import Weights
 from kbench.ops.rope import rope_inv_freq
-from kbench.registry import Implementation, Registry
-from kbench.spec import PIPELINE_OPS, Spec, backend_for
+from kbench.plan import Plan
+from kbench.registry import Implementation
 
 # Up to this many tokens (decode steps) q, k and v come from one GEMM over the whole of wqkv:
 # streaming 3 weight blocks in one launch is faster than 3 launches, and the copies are tiny.
@@ -47,31 +47,25 @@ def random_prompts(vocab: int, batch: int, prompt_len: int, seed: int) -> list[t
     return list(torch.randint(0, vocab, (batch, prompt_len), generator=g, dtype=torch.int64).unbind(0))
 
 
-def build_pipeline(spec: Spec, registry: Registry, weights: Weights,
-                   backends: dict[str, str] | None = None) -> Pipeline:
-    """The pipeline with ``backends`` (family -> backend; default ``spec.backends``).
-
-    ``backends={family: "reference" ...}`` builds the all-reference pipeline a run checks against.
-    """
-    return Pipeline(spec, registry, weights, {**spec.backends, **(backends or {})})
+def build_pipeline(plan: Plan, weights: Weights) -> Pipeline:
+    """The pipeline that runs ``plan``'s choices (``plan.with_reference()``: the all-reference one)."""
+    return Pipeline(plan, weights)
 
 
 class Pipeline:
     """Prefill, decode and generate over a preallocated KV cache (see the module docstring)."""
 
-    def __init__(self, spec: Spec, registry: Registry, weights: Weights, backends: dict[str, str]):
+    def __init__(self, plan: Plan, weights: Weights):
+        spec = plan.spec
         model = weights.model
         if (model.layers, model.hidden, model.vocab) != (spec.model.layers, spec.model.hidden, spec.model.vocab):
             raise KbenchError(f"{spec.path}: the weights ({weights.source}) do not match the spec's model shapes.",
                               "Load them with kbench.model.load_weights(spec).")
         self.spec, self.model, self.weights = spec, model, weights
         self.dtype, self.device = spec.dtype, torch.device(spec.device)
-        self.backends = dict(backends)
-        self.implementations: dict[str, Implementation] = {
-            # require: refused here when it cannot run at all (and loaded: cuda builds its kernels)
-            op: registry.require(op, backend_for(self.backends, op, family))
-            for family, ops in PIPELINE_OPS.items() for op in ops
-        }
+        self.plan = plan
+        self.implementations: dict[str, Implementation] = {name: op.implementation
+                                                            for name, op in plan.pipeline_ops.items()}
         impl = self.implementations
         self._rmsnorm, self._add_rmsnorm = impl["rmsnorm"].fn, impl["add_rmsnorm"].fn
         self._rope, self._ffn, self._sample = impl["rope"].fn, impl["ffn"].fn, impl["sample"].fn

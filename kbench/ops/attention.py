@@ -343,6 +343,7 @@ def _decode(**dims) -> Case:
 ATTENTION_PREFILL = Op(
     reference_cuda_graphs=False,  # the reference loops over cu_seqlens.tolist()
     name="attention_prefill",
+    role="causal attention over the packed prompts",
     family="attention",
     doc="q: [tokens, heads, head_dim], k, v: [tokens, kv_heads, head_dim], cu_seqlens: [batch + 1] -> "
         "[tokens, heads, head_dim] (causal per sequence)",
@@ -365,6 +366,7 @@ ATTENTION_DECODE = Op(
     reference_cuda_graphs=False,  # the reference loops over cache_seqlens.tolist()
     cold=("k_cache", "v_cache"),
     name="attention_decode",
+    role="one new token per sequence against the KV cache",
     family="attention",
     doc="q: [batch, heads, head_dim], k_cache, v_cache: [batch, max_seq_len, kv_heads, head_dim] or "
         "[num_blocks, block_size, kv_heads, head_dim] + block_table, cache_seqlens: [batch] -> [batch, heads, head_dim]",

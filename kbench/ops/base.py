@@ -20,7 +20,11 @@ An op is a contract, not a kernel. ``Op`` bundles, for one op:
 - ``reference_cuda_graphs``: False when the reference syncs with the host (e.g. loops over
   ``cu_seqlens.tolist()``), so a decode step using it cannot be captured as a CUDA graph;
 - ``test_cases``: small cases (fast on a CPU, odd sizes included) that every backend's
-  conformance test runs.
+  conformance test runs;
+- ``family``: the group a spec's ``backends:`` and the CLI's ``--FAMILY NAME`` choose for
+  together (``norm``, ``attention``, or one a plugin declares);
+- ``role``: where the LLaMA pipeline calls the op, for the ops it calls (None otherwise:
+  ``swiglu`` and ``topk`` are benchmarked, not called by the model).
 """
 
 from __future__ import annotations
@@ -247,6 +251,7 @@ class Op:
     cold: tuple[str, ...] = ()
     test_cases: tuple[Case, ...] = ()
     reference_cuda_graphs: bool = True
+    role: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 

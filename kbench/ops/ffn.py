@@ -152,6 +152,7 @@ SWIGLU = Op(
 
 FFN = Op(
     name="ffn",
+    role="the gate/up/down MLP",
     family="ffn",
     doc="x: [tokens, hidden], w_gate_up: [2*intermediate, hidden], w_down: [hidden, intermediate] -> [tokens, hidden]",
     make_inputs=_make_ffn,

@@ -91,6 +91,7 @@ def _cases(name):
 
 RMSNORM = Op(
     name="rmsnorm",
+    role="the first layer's input norm",
     family="norm",
     doc="x: [tokens, hidden], weight: [hidden] -> [tokens, hidden]",
     make_inputs=_make_rmsnorm,
@@ -104,6 +105,7 @@ RMSNORM = Op(
 
 ADD_RMSNORM = Op(
     name="add_rmsnorm",
+    role="residual add and norm around attention and the MLP; the final norm",
     family="norm",
     doc="x, residual: [tokens, hidden], weight: [hidden] -> (out, new_residual)",
     make_inputs=_make_add_rmsnorm,

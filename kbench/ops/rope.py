@@ -250,6 +250,7 @@ LLAMA3_ROPE = {"theta": 500000.0, "scaling": "llama3", "factor": 8.0, "low_freq_
 
 ROPE = Op(
     name="rope",
+    role="rotary embedding of q and k",
     family="rope",
     doc="q: [tokens, heads, head_dim], k: [tokens, kv_heads, head_dim], positions: [tokens], "
         "inv_freq: [head_dim/2] -> (q_out, k_out)",

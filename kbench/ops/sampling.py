@@ -266,6 +266,7 @@ def _sample_case(batch, vocab, temperature, top_k=0, top_p=1.0) -> Case:
 
 SAMPLE = Op(
     name="sample",
+    role="the next token from the logits",
     family="sampling",
     doc="logits: [batch, vocab], uniforms: [batch] -> tokens [batch] int64",
     make_inputs=_make_sample,

@@ -3,9 +3,9 @@ an oracle nobody here wrote. Also checks kbench/model/hf_baseline.py against the
 
 import pytest
 import torch
-from tiny_models import TINY_MODEL, save_hf_checkpoint, write_spec
+from tiny_models import TINY_MODEL, build_pipeline, save_hf_checkpoint, write_spec
 
-from kbench.model import build_pipeline, load_weights, random_prompts
+from kbench.model import load_weights, random_prompts
 from kbench.spec import load_spec
 
 transformers = pytest.importorskip("transformers")

@@ -3,16 +3,17 @@ family call goes through the chosen backend."""
 
 import pytest
 import torch
-from tiny_models import write_spec
+from tiny_models import build_pipeline, write_spec
 
 from kbench.config import SamplingConfig
 from kbench.errors import KbenchError
-from kbench.model import build_pipeline, load_weights, random_prompts
+from kbench.model import load_weights, random_prompts
 from kbench.ops import BUILTIN_OPS
 from kbench.ops.attention import logical_cache
 from kbench.registry import Implementation, Registry
-from kbench.spec import PIPELINE_OPS, Overrides, load_spec
+from kbench.spec import Overrides, load_spec
 
+PIPELINE_OPS = [op.name for op in BUILTIN_OPS if op.role]
 WORKLOAD = {"batch": [3], "prompt_len": [9], "decode_steps": 6, "block_size": 4}
 
 
@@ -119,16 +120,15 @@ def _spy_registry(calls: list[str], cuda_graphs: bool = True) -> Registry:
     registry = Registry()
     for op in BUILTIN_OPS:
         registry.add_op(op, "kbench-core")
-    for ops in PIPELINE_OPS.values():
-        for name in ops:
-            reference = registry.ops[name].reference
+    for name in PIPELINE_OPS:
+        reference = registry.ops[name].reference
 
-            def spy(_name=name, _reference=reference, **inputs):
-                calls.append(_name)
-                return _reference(**inputs)
+        def spy(_name=name, _reference=reference, **inputs):
+            calls.append(_name)
+            return _reference(**inputs)
 
-            registry.add_implementation(Implementation(name, "spy", spy, "spy-plugin",
-                                                       cuda_graphs=cuda_graphs or name != "attention_decode"))
+        registry.add_implementation(Implementation(name, "spy", spy, "spy-plugin",
+                                                   cuda_graphs=cuda_graphs or name != "attention_decode"))
     return registry
 
 

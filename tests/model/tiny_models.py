@@ -9,6 +9,15 @@ TINY_MODEL = {"vocab": 96, "hidden": 64, "intermediate": 80, "layers": 2, "heads
               "head_dim": 16, "max_seq_len": 64, "norm_eps": 1.0e-6}
 
 
+def build_pipeline(spec, registry, weights, backends=None):
+    """The pipeline for ``spec`` with ``backends`` (family or op -> backend) chosen on top, through the plan."""
+    from kbench.model import build_pipeline as build
+    from kbench.plan import resolve_plan
+    from kbench.spec import Overrides, apply_overrides
+
+    return build(resolve_plan(apply_overrides(spec, Overrides(backends=backends or {})), registry), weights)
+
+
 def write_spec(folder: Path, name: str = "spec.yaml", **sections) -> Path:
     """A tiny fp32 CPU spec with ``sections`` replacing the defaults (model=None drops the section)."""
     data = {"name": "tiny", "model": dict(TINY_MODEL), "weights": {"kind": "random", "seed": 0},

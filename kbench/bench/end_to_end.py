@@ -1,0 +1,183 @@
+"""Prefill and decode of a whole model, timed over the workload sweep: one row per point.
+
+A model is the assembled pipeline or a baseline (transformers' LLaMA, the all-reference
+pipeline); ``label`` names it in the rows. A point that raises is a FAIL row, not a lost run.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kbench.bench.timing import Timing, measure
+from kbench.errors import KbenchError
+from kbench.model import random_prompts
+from kbench.model.arithmetic import decode_bytes_per_step, prefill_flops
+from kbench.ops.base import dtype_name
+from kbench.plan import Plan
+from kbench.results.rows import ROW_TYPES, DecodeRow, PrefillRow, Row
+from kbench.spec import Spec
+
+PROMPT_SEED = 1234
+PIPELINE = "pipeline"
+
+
+def time_end_to_end(plan: Plan, model, label: str, weights, ceilings: dict, progress) -> list[Row]:
+    """Prefill then decode rows of one model, and its device memory released afterwards."""
+    rows = time_prefill(plan, model, label, ceilings, progress)
+    rows += time_decode(plan, model, label, weights, ceilings, progress)
+    model.reset(1, 1)  # drop the workload's KV cache before the next model allocates its own
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return rows
+
+
+def workload_pairs(spec: Spec) -> list[tuple[int, int]]:
+    return [(batch, prompt_len) for batch in spec.workload.batch for prompt_len in spec.workload.prompt_len]
+
+
+def _peak_memory_start(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_memory_bytes(device: str) -> int | None:
+    """Peak bytes torch allocated on CUDA since ``_peak_memory_start``; None (n/a) on a CPU."""
+    return torch.cuda.max_memory_allocated() if torch.device(device).type == "cuda" else None
+
+
+def _timing_fields(timing: Timing, per: int = 1) -> dict:
+    return {"latency_us": timing.median_us / per, "p20_us": timing.p20_us / per, "p80_us": timing.p80_us / per,
+            "min_us": timing.min_us / per, "mean_us": timing.mean_us / per, "reps": timing.reps,
+            "method": timing.method}
+
+
+def time_prefill(plan: Plan, model, label: str, ceilings: dict, progress) -> list[Row]:
+    """Prefill rows for every (batch, prompt_len) of the workload."""
+    spec, rows = plan.spec, []
+    for batch, prompt_len in workload_pairs(spec):
+        progress(f"prefill [{label}]: batch={batch} prompt_len={prompt_len}")
+        try:
+            rows.append(prefill_row(plan, model, label, ceilings, batch, prompt_len))
+        except KbenchError:
+            raise
+        except Exception as error:  # a crashing backend is a FAIL row, not a lost run
+            rows.append(crash_row("prefill", plan, label, batch, prompt_len, error))
+    return rows
+
+
+def crash_row(kind: str, plan: Plan, label: str, batch: int, prompt_len: int, error: Exception) -> Row:
+    spec, steps = plan.spec, plan.spec.workload.decode_steps
+    shape = {"batch": batch, "prompt_len": prompt_len} | ({"decode_steps": steps} if kind != "prefill" else {})
+    case = f"batch={batch} prompt_len={prompt_len}" + {"prefill": "", "decode": f" steps={steps}",
+                                                        "check": f" decode_steps={steps}"}[kind]
+    return ROW_TYPES[kind](op=kind if kind != "check" else PIPELINE, backend=label, case=case, dtype=dtype_name(spec.dtype),
+                    device=spec.device, shape=shape, status="FAIL", note=f"raised {type(error).__name__}: {error}",
+                    backends=plan.label() if label == PIPELINE else label)
+
+
+@torch.inference_mode()
+def prefill_row(plan: Plan, model, label: str, ceilings: dict, batch: int, prompt_len: int) -> PrefillRow:
+    """Latency of one prefill of ``batch`` prompts of ``prompt_len`` tokens, and time to first token.
+
+    TTFT is the prefill plus choosing the first token (the pipeline's sampling op; argmax
+    for a baseline without one), prompts starting on the host. TFLOP/s from ``prefill_flops``,
+    as a fraction of the measured bf16 matmul ceiling.
+    """
+    spec, bench = plan.spec, plan.spec.bench
+    prompts = random_prompts(spec.model.vocab, batch, prompt_len, PROMPT_SEED)
+    model.reset(batch, prompt_len + spec.workload.decode_steps)
+    _peak_memory_start(spec.device)
+    prefill = measure(lambda: model.prefill(prompts), device=spec.device, warmup_ms=bench.warmup_ms,
+                      rep_ms=bench.rep_ms, flush_l2=False)
+    peak = _peak_memory_bytes(spec.device)
+    first = measure(lambda: first_token(model, prompts), device=spec.device, warmup_ms=bench.warmup_ms,
+                    rep_ms=bench.rep_ms, flush_l2=False)
+    flops = prefill_flops(spec, batch, prompt_len)
+    tflops = flops / (prefill.median_us * 1e-6) / 1e12
+    matmul_tflops = ceilings.get("matmul_bf16_tflops")
+    return PrefillRow(
+        op="prefill", backend=label, case=f"batch={batch} prompt_len={prompt_len}", dtype=dtype_name(spec.dtype),
+        device=spec.device, shape={"batch": batch, "prompt_len": prompt_len}, status="PASS",
+        **_timing_fields(prefill), ttft_us=first.median_us, flops=flops, tflops=tflops,
+        throughput_basis=prefill.method, frac_peak_flops=tflops / matmul_tflops if matmul_tflops else None,
+        tokens_per_s=batch * prompt_len / (prefill.median_us * 1e-6), peak_memory_bytes=peak,
+        backends=plan.label() if label == PIPELINE else label,
+    )
+
+
+def first_token(model, prompts) -> torch.Tensor:
+    if hasattr(model, "generate"):
+        return model.generate(prompts, 1)
+    return model.prefill(prompts).argmax(-1)
+
+
+def time_decode(plan: Plan, model, label: str, weights, ceilings: dict, progress) -> list[Row]:
+    """Decode rows for every (batch, prompt_len) of the workload."""
+    spec, rows = plan.spec, []
+    for batch, prompt_len in workload_pairs(spec):
+        progress(f"decode [{label}]: batch={batch} prompt_len={prompt_len} steps={spec.workload.decode_steps}")
+        try:
+            rows.append(decode_row(plan, model, label, weights, ceilings, batch, prompt_len))
+        except KbenchError:
+            raise
+        except Exception as error:
+            rows.append(crash_row("decode", plan, label, batch, prompt_len, error))
+    return rows
+
+
+@torch.inference_mode()
+def decode_row(plan: Plan, model, label: str, weights, ceilings: dict, batch: int, prompt_len: int) -> DecodeRow:
+    """Per-token latency of ``decode_steps`` steps after a prefill (the prefill is not timed).
+
+    Under ``bench.cuda_graphs`` on CUDA the pipeline replays a captured decode step.
+    Roofline: bytes a step must read / step time, as a fraction of the measured copy bandwidth.
+    """
+    spec = plan.spec
+    bench, steps = spec.bench, spec.workload.decode_steps
+    prompts = random_prompts(spec.model.vocab, batch, prompt_len, PROMPT_SEED)
+    tokens = torch.stack([p[-1] for p in prompts]).to(spec.device)
+    model.reset(batch, prompt_len + steps)
+    model.prefill(prompts)
+    graph, graph_note = capture_decode(spec, model)
+
+    def decode_steps():
+        for _ in range(steps):
+            model.decode_step(tokens)
+
+    _peak_memory_start(spec.device)
+    timing = measure(decode_steps, device=spec.device, warmup_ms=bench.warmup_ms, rep_ms=bench.rep_ms,
+                     flush_l2=False, reset=lambda: model.prefill(prompts))
+    peak = _peak_memory_bytes(spec.device)
+    if graph:
+        model.drop_decode_graph()
+    step_s = timing.median_us * 1e-6 / steps
+    bytes_per_step = decode_bytes_per_step(spec, weights, batch, prompt_len)
+    gbps = bytes_per_step / step_s / 1e9
+    copy_gbps = ceilings.get("copy_gbps")
+    return DecodeRow(
+        op="decode", backend=label, case=f"batch={batch} prompt_len={prompt_len} steps={steps}",
+        dtype=dtype_name(spec.dtype), device=spec.device,
+        shape={"batch": batch, "prompt_len": prompt_len, "decode_steps": steps}, status="PASS",
+        **_timing_fields(timing, per=steps), bytes=bytes_per_step, gbps=gbps, throughput_basis=timing.method,
+        frac_peak_bw=gbps / copy_gbps if copy_gbps else None, tokens_per_s=batch / step_s,
+        peak_memory_bytes=peak, cuda_graph=graph, cuda_graph_note=graph_note,
+        backends=plan.label() if label == PIPELINE else label,
+    )
+
+
+def capture_decode(spec: Spec, model) -> tuple[bool, str | None]:
+    """Capture the decode step when the spec asks for CUDA graphs; (captured, why not)."""
+    if not spec.bench.cuda_graphs:
+        return False, "bench.cuda_graphs is off"
+    if torch.device(spec.device).type != "cuda":
+        return False, "CUDA graphs need a CUDA device"
+    if not hasattr(model, "capture_decode_graph"):
+        return False, "this baseline runs eagerly"
+    if model.cuda_graph_blocker:
+        return False, f"{model.cuda_graph_blocker} cannot be captured"
+    try:
+        model.capture_decode_graph()
+    except KbenchError as error:
+        return False, error.message
+    return True, None

@@ -1,0 +1,124 @@
+"""The assembled pipeline against an oracle, teacher-forced, at every workload point.
+
+Both see the same prompt and then the oracle's greedy tokens, so one early difference cannot
+snowball; per step the max logit error and greedy-token agreement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from kbench.bench.end_to_end import PIPELINE, PROMPT_SEED, crash_row, workload_pairs
+from kbench.errors import KbenchError
+from kbench.model import build_pipeline, random_prompts
+from kbench.ops.base import dtype_name
+from kbench.plan import Plan
+from kbench.results.rows import CheckRow, Row
+
+# Max |logit error| allowed, relative to the largest reference logit of the step.
+LOGIT_RTOL = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 5e-2}
+# In 16 bits a pipeline may be this many times further from the float32 oracle than the
+# 16-bit reference pipeline is (kernels round differently, not necessarily worse).
+ERROR_FACTOR = 2.0
+CHECK_MAX_BATCH = 8
+
+
+def check_pipeline(plan: Plan, weights, pipeline, progress) -> list[Row]:
+    """Teacher-forced comparison with an oracle at every (batch, prompt_len).
+
+    In float32 the oracle is the all-reference pipeline and the pipeline must match it to
+    ``LOGIT_RTOL``. In bfloat16/float16 the reference itself rounds (HF eager keeps the
+    attention scores in 16 bits), so a kernel that keeps more precision differs from it by as
+    much as the reference differs from exact arithmetic. There the oracle is the all-reference
+    pipeline in float32 on the same weights, and the pipeline must be no further from it than
+    ``ERROR_FACTOR`` times the 16-bit reference pipeline (or ``LOGIT_RTOL``, whichever is larger).
+    The oracle sees at most ``CHECK_MAX_BATCH`` prompts of each batch, to bound its memory.
+    """
+    spec, steps = plan.spec, plan.spec.workload.decode_steps
+    if plan.all_reference:
+        return [check_row(plan, batch, prompt_len, status="PASS", max_abs_err=0.0, max_rel_err=0.0,
+                          token_agreement=1.0, note="every backend is the reference: nothing to compare")
+                for batch, prompt_len in workload_pairs(spec)]
+    low_precision = spec.dtype != torch.float32
+    reference = build_pipeline(plan.with_reference(), weights) if low_precision else None
+    oracle_plan = plan.with_reference().with_spec(dataclasses.replace(spec, dtype=torch.float32))
+    oracle_weights = weights.to(torch.float32) if low_precision else weights
+    oracle = build_pipeline(oracle_plan, oracle_weights)
+    rows = []
+    for batch, prompt_len in workload_pairs(spec):
+        progress(f"checking pipeline: batch={batch} prompt_len={prompt_len}")
+        prompts = random_prompts(spec.model.vocab, batch, prompt_len, PROMPT_SEED)[:CHECK_MAX_BATCH]
+        try:
+            fields = teacher_forced_check(pipeline, oracle, reference, prompts, steps, spec.dtype)
+        except KbenchError:
+            raise
+        except Exception as error:
+            rows.append(crash_row("check", plan, PIPELINE, batch, prompt_len, error))
+            continue
+        rows.append(check_row(plan, batch, prompt_len, checked_batch=len(prompts), **fields))
+    del reference, oracle, oracle_weights
+    return rows
+
+
+def check_row(plan: Plan, batch: int, prompt_len: int, **fields) -> CheckRow:
+    spec, steps = plan.spec, plan.spec.workload.decode_steps
+    return CheckRow(op=PIPELINE, backend=PIPELINE, case=f"batch={batch} prompt_len={prompt_len} decode_steps={steps}",
+                    dtype=dtype_name(spec.dtype), device=spec.device,
+                    shape={"batch": batch, "prompt_len": prompt_len, "decode_steps": steps},
+                    backends=plan.label(), **fields)
+
+
+def _step_errors(logits: torch.Tensor, oracle64: torch.Tensor, scale: torch.Tensor) -> tuple[float, float]:
+    error = (logits.double() - oracle64).abs()
+    return error.max().item(), (error.amax(dim=-1) / scale).max().item()
+
+
+@torch.inference_mode()
+def teacher_forced_check(pipeline, oracle, reference, prompts, steps: int, dtype: torch.dtype) -> dict:
+    """Feed every pipeline the prompts, then the oracle's greedy token for ``steps`` steps.
+
+    Per step: |logit error| against the oracle, relative to the step's largest oracle logit,
+    for the pipeline and (in 16 bits) for the reference pipeline of the same dtype. Allowed:
+    ``max(LOGIT_RTOL, ERROR_FACTOR * reference error)``. A greedy token that differs from the
+    oracle's is an error only where the oracle's margin between the two exceeds that allowance
+    (otherwise it is a near-tie that rounding alone can flip).
+    """
+    floor = LOGIT_RTOL.get(dtype, 5e-2)
+    max_abs = max_rel = reference_rel = 0.0
+    margins = []
+    agree = total = 0
+    logits, oracle_logits = pipeline.prefill(prompts), oracle.prefill(prompts)
+    reference_logits = reference.prefill(prompts) if reference is not None else None
+    for step in range(steps + 1):
+        oracle64 = oracle_logits.double()
+        scale = oracle64.abs().amax(dim=-1).clamp_min(1e-6)
+        if not torch.isfinite(logits).all():
+            return {"status": "FAIL", "max_abs_err": math.inf, "max_rel_err": math.inf,
+                    "token_agreement": agree / max(total, 1), "note": f"non-finite logits at step {step}"}
+        step_abs, step_rel = _step_errors(logits, oracle64, scale)
+        max_abs, max_rel = max(max_abs, step_abs), max(max_rel, step_rel)
+        if reference_logits is not None:
+            reference_rel = max(reference_rel, _step_errors(reference_logits, oracle64, scale)[1])
+        oracle_tokens, tokens = oracle64.argmax(-1), logits.argmax(-1)
+        same = oracle_tokens == tokens
+        agree += int(same.sum())
+        total += same.numel()
+        gap = oracle64.gather(-1, oracle_tokens[:, None])[:, 0] - oracle64.gather(-1, tokens[:, None])[:, 0]
+        margins.append((gap / scale)[~same])
+        if step < steps:
+            logits, oracle_logits = pipeline.decode_step(oracle_tokens), oracle.decode_step(oracle_tokens)
+            if reference is not None:
+                reference_logits = reference.decode_step(oracle_tokens)
+    allowed = max(floor, ERROR_FACTOR * reference_rel)
+    real_mismatches = int((torch.cat(margins) > allowed).sum()) if margins else 0
+    ok = max_rel <= allowed and real_mismatches == 0
+    basis = (f"{ERROR_FACTOR:g}x the {dtype_name(dtype)} reference's own error {reference_rel:.3g}"
+             if reference is not None else "float32 tolerance")
+    note = (f"max logit error {max_rel:.3g} of the largest logit, allowed {allowed:.3g} ({basis}); "
+            f"{real_mismatches} greedy tokens differ from the float32 oracle beyond a near-tie")
+    return {"status": "PASS" if ok else "FAIL", "max_abs_err": max_abs, "max_rel_err": max_rel,
+            "reference_rel_err": reference_rel if reference is not None else None, "allowed_rel_err": allowed,
+            "token_agreement": agree / total, "tokens_compared": total, "note": note}

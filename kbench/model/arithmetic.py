@@ -1,0 +1,35 @@
+"""The work of a whole model step: FLOPs of a prefill and bytes of a decode step.
+
+They come from the model's shapes and its weights, so the prefill's TFLOP/s and the decode's
+roofline in a run are the model's own, whatever backends run it.
+"""
+
+from __future__ import annotations
+
+from kbench.spec import Spec
+
+
+def prefill_flops(spec: Spec, batch: int, prompt_len: int) -> float:
+    """FLOPs of one prefill: 2 per weight per token in the layers' matmuls, the LM head on the
+    last position of each prompt, and causal attention (QK^T and PV over prompt_len(prompt_len+1)/2 pairs).
+    """
+    m = spec.model
+    layer_weights = (m.heads + 2 * m.kv_heads) * m.head_dim * m.hidden + m.hidden * m.heads * m.head_dim \
+        + 3 * m.hidden * m.intermediate
+    tokens = batch * prompt_len
+    attention = 4 * m.heads * m.head_dim * batch * prompt_len * (prompt_len + 1) / 2
+    return m.layers * (2 * layer_weights * tokens + attention) + 2 * batch * m.vocab * m.hidden
+
+
+def decode_bytes_per_step(spec: Spec, weights, batch: int, prompt_len: int) -> float:
+    """Bytes one decode step must read, averaged over the timed steps: every weight but the
+    embedding table (a step reads ``batch`` of its rows), plus K and V of every cached token.
+    """
+    model, steps = spec.model, spec.workload.decode_steps
+    weight_bytes = weights.nbytes
+    if weights.lm_head.data_ptr() != weights.embedding.data_ptr():
+        weight_bytes -= weights.embedding.numel() * weights.embedding.element_size()
+    kv_per_token = 2 * model.layers * model.kv_heads * model.head_dim * spec.dtype.itemsize
+    # step i (0-based) attends over prompt_len + i + 1 tokens per sequence
+    mean_context = prompt_len + 1 + (steps - 1) / 2
+    return weight_bytes + kv_per_token * batch * mean_context
