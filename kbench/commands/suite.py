@@ -1,0 +1,555 @@
+"""``kbench suite FILE``: a declarative list of ``kbench run`` / ``kbench bench`` commands.
+
+A suite remakes a set of figures in one go (``benchmarks/h100.yaml`` remakes every figure the
+README quotes)::
+
+    name: h100                       # names the summary, <out>/h100-summary.md
+    description: the figures README.md quotes
+    out: results/examples            # where the records go (--out overrides it)
+    runs:
+      - name: llama2-7b-mix          # letters, digits, '.', '_', '-'; unique
+        command: kbench run model_specs/llama2-7b.yaml --attention flash --batch 1,8
+      - name: rmsnorm-decode
+        command: kbench bench rmsnorm --backend triton --vs torch --tokens 1,32 --hidden 4096
+
+Each entry runs in a fresh process (``python -m kbench.cli``, from the current folder), so GPU
+memory and compile caches do not carry from one entry to the next; the suite sets its ``--out``.
+The whole file, every command's options included, is checked before anything runs: a mistake
+is a ``KbenchError`` naming the file, line, key and fix (exit status 2, nothing written).
+Afterwards a summary (entry, exit status, record, PASS/FAIL, wall seconds) is printed and
+written to ``<out>/<name>-summary.md``; the exit status is 1 if any entry failed.
+
+``--readme README.md`` rewrites the text between ``<!-- suite:ENTRY -->`` and
+``<!-- /suite:ENTRY -->`` with ``figure_table`` of that entry's record; with ``--dry-run`` it
+does so from the records the previous run's summary names, running nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from kbench.errors import KbenchError, closest
+
+SUITE_KEYS = ("name", "description", "out", "runs")
+ENTRY_KEYS = ("name", "command")
+SUBCOMMANDS = ("run", "bench")
+DEFAULT_OUT = "results"
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+SUMMARY_HEADER = ("entry", "exit status", "record", "status", "wall s")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One command of a suite: ``args`` follow ``kbench`` (``('run', 'model_specs/x.yaml', ...)``)."""
+
+    name: str
+    args: tuple[str, ...]
+
+    @property
+    def command(self) -> str:
+        return shlex.join(("kbench", *self.args))
+
+
+@dataclass(frozen=True)
+class Suite:
+    path: Path
+    name: str
+    description: str
+    out: Path
+    entries: tuple[Entry, ...]
+
+    @property
+    def summary_path(self) -> Path:
+        return self.out / f"{self.name}-summary.md"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one entry did: its exit status, the record it wrote (if any), its wall time."""
+
+    entry: Entry
+    exit_status: int
+    record: Path | None
+    wall_s: float
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_status == 0
+
+
+# -- reading the suite -------------------------------------------------------------------------
+
+def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
+    """'runs[1].command' -> 1-based line, for every mapping key and list item of the document."""
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+            lines[key] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, key))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            key = f"{prefix}[{index}]"
+            lines[key] = item.start_mark.line + 1
+            lines.update(_key_lines(item, key))
+    return lines
+
+
+class _SuiteReader:
+    """The suite file's text and key lines; ``error(key, ...)`` names file:line and key."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        if not path.is_file():
+            suites = sorted(str(p) for p in Path("benchmarks").glob("*.yaml"))
+            hint = f" Suites here: {', '.join(suites)}." if suites else ""
+            raise KbenchError(f"Suite file {str(path)!r} does not exist.", f"Pass the path of a suite YAML.{hint}")
+        text = path.read_text()
+        try:
+            self.data = yaml.safe_load(text)
+            self.lines = _key_lines(yaml.compose(text, Loader=yaml.SafeLoader))
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error)
+            raise KbenchError(f"{path}{line}: invalid YAML: {problem}.",
+                              "Fix the syntax at that line (indentation, a missing ':' or an unclosed quote).") from None
+
+    def where(self, key: str) -> str:
+        for end in range(len(key), 0, -1):  # the nearest enclosing key that has a line
+            if key[:end] in self.lines and (end == len(key) or key[end] in ".["):
+                return f"{self.path}:{self.lines[key[:end]]}: {key}"
+        return f"{self.path}: {key}" if key else str(self.path)
+
+    def error(self, key: str, message: str, fix: str) -> KbenchError:
+        return KbenchError(f"{self.where(key)}: {message}", fix)
+
+    def mapping(self, value: Any, key: str, allowed: Sequence[str], example: str) -> dict:
+        if not isinstance(value, dict):
+            raise self.error(key, f"must be a mapping, got {type(value).__name__}.", f"Write it as {example}.")
+        for name in value:
+            if str(name) not in allowed:
+                guess = closest(str(name), allowed)
+                hint = f"Did you mean {guess!r}? " if guess else ""
+                raise self.error(f"{key}.{name}" if key else str(name), "unknown key.",
+                                 f"{hint}Keys allowed here: {', '.join(allowed)}.")
+        return value
+
+    def text(self, section: dict, name: str, key: str, required: bool = True) -> str | None:
+        value = section.get(name)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            got = "nothing" if value is None else f"{type(value).__name__} {value!r}"
+            raise self.error(key, f"must be a non-empty string, got {got}.", f"Write e.g. {name}: {_EXAMPLES[name]}.")
+        return value.strip()
+
+    def name(self, section: dict, key: str) -> str:
+        value = self.text(section, "name", key)
+        if not NAME.fullmatch(value):
+            raise self.error(key, f"{value!r} is not a usable name.",
+                             "Use letters, digits, '.', '_' and '-' (it names files and README markers).")
+        return value
+
+
+_EXAMPLES = {"name": "llama2-7b-mix", "description": "the figures README.md quotes", "out": "results/examples",
+             "command": "kbench run model_specs/tiny-llama.yaml --batch 1,2"}
+
+
+def load_suite(path: str | Path, out: str | Path | None = None) -> Suite:
+    """Read and check a suite file, every entry's command line included; KbenchError on a mistake."""
+    reader = _SuiteReader(Path(path))
+    data = reader.mapping(reader.data, "", SUITE_KEYS, "name:, description:, out: and runs: at the top level")
+    name = reader.name(data, "name")
+    description = reader.text(data, "description", "description", required=False) or ""
+    folder = out if out is not None else reader.text(data, "out", "out", required=False) or DEFAULT_OUT
+    if out is not None:
+        reader.text(data, "out", "out", required=False)  # checked even where --out overrides it
+    runs = data.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise reader.error("runs", "must be a non-empty list of entries.",
+                           "Write runs: followed by items '- name: NAME' with 'command: kbench run ...'.")
+    entries: list[Entry] = []
+    seen: dict[str, str] = {}
+    for index, raw in enumerate(runs):
+        key = f"runs[{index}]"
+        item = reader.mapping(raw, key, ENTRY_KEYS, "'- name: NAME' with 'command: kbench run ...' under it")
+        entry_name = reader.name(item, f"{key}.name")
+        if entry_name in seen:
+            raise reader.error(f"{key}.name", f"entry name {entry_name!r} is used twice (first at {seen[entry_name]}).",
+                               "Give every entry its own name: it names the entry's README marker.")
+        seen[entry_name] = reader.where(f"{key}.name").rsplit(": ", 1)[0]
+        args = _command_args(reader, item, f"{key}.command")
+        entries.append(Entry(entry_name, args))
+    return Suite(reader.path, name, description, Path(folder), tuple(entries))
+
+
+def _command_args(reader: _SuiteReader, item: dict, key: str) -> tuple[str, ...]:
+    """The words after ``kbench``; checked by the command's own option parser, nothing run."""
+    text = reader.text(item, "command", key)
+    try:
+        words = shlex.split(text)
+    except ValueError as error:
+        raise reader.error(key, f"cannot be split into words: {error}.", "Close the quote or escape it.") from None
+    if len(words) < 2 or words[0] != "kbench" or words[1] not in SUBCOMMANDS:
+        raise reader.error(key, f"{text!r} is not a kbench run or kbench bench command.",
+                           "A suite entry runs 'kbench run SPEC ...' or 'kbench bench OP ...'; "
+                           "run anything else outside the suite.")
+    _check_options(reader, key, words[1], words[2:])
+    return tuple(words[1:])
+
+
+def _check_options(reader: _SuiteReader, key: str, subcommand: str, args: list[str]) -> None:
+    from click.core import ParameterSource
+
+    from kbench.commands.bench import bench_command
+    from kbench.commands.run import run_command
+
+    command = {"run": run_command, "bench": bench_command}[subcommand]
+    try:
+        ctx = command.make_context(f"kbench {subcommand}", list(args))
+    except click.ClickException as error:
+        raise reader.error(key, f"kbench {subcommand}: {error.format_message()}",
+                           f"See 'kbench {subcommand} --help'.") from None
+    except click.exceptions.Exit:
+        raise reader.error(key, "asks for help or the version, not a run.", "Drop --help / --version.") from None
+    if ctx.get_parameter_source("out_dir") is ParameterSource.COMMANDLINE:
+        raise reader.error(key, "sets --out.", "Drop it: the suite writes every record to its own out: (or --out).")
+    if ctx.params.get("no_record"):
+        raise reader.error(key, "has --no-record.", "Drop it: the suite needs every entry's record.")
+
+
+def select_entries(suite: Suite, only: Sequence[str]) -> list[Entry]:
+    """The entries named by ``--only`` (all of them when none is named), in the suite's order."""
+    names = [name.strip() for text in only for name in text.split(",") if name.strip()]
+    known = [entry.name for entry in suite.entries]
+    for name in names:
+        if name not in known:
+            guess = closest(name, known)
+            hint = f"Did you mean {guess!r}? " if guess else ""
+            raise KbenchError(f"--only {name!r}: {suite.path} has no entry of that name.",
+                              f"{hint}Entries: {', '.join(known)}.")
+    return [entry for entry in suite.entries if not names or entry.name in names]
+
+
+# -- running the entries -------------------------------------------------------------------------
+
+@contextmanager
+def suite_progress(console: Console, total: int) -> Iterator[Callable[[int, str], None]]:
+    """Yields ``advance(done, text)``: a rich progress bar on a terminal, else timestamped lines."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    if not console.is_terminal:
+        start = time.perf_counter()
+        yield lambda done, text: console.print(f"[{time.perf_counter() - start:6.1f}s] {done}/{total} {text}",
+                                               highlight=False, markup=False, soft_wrap=True)
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("starting", total=total)
+        yield lambda done, text: progress.update(task, completed=done - 1, description=text)
+        progress.update(task, completed=total, description="done")
+
+
+def run_entry(entry: Entry, out: Path, console: Console) -> Outcome:
+    """Run one entry in a fresh Python process, its output streamed to ``console``."""
+    before = set(out.glob("*.json")) if out.is_dir() else set()
+    argv = [sys.executable, "-m", "kbench.cli", entry.args[0], "--out", str(out), *entry.args[1:]]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": os.environ.get("COLUMNS", str(console.width))}
+    start = time.perf_counter()
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as child:
+        for line in child.stdout:
+            console.out(line.rstrip("\n"), highlight=False)
+    wall_s = time.perf_counter() - start
+    written = sorted(set(out.glob("*.json")) - before, key=lambda p: p.stat().st_mtime) if out.is_dir() else []
+    return Outcome(entry, child.returncode, written[-1] if written else None, wall_s)
+
+
+def run_suite(entries: Sequence[Entry], out: Path, console: Console) -> list[Outcome]:
+    outcomes = []
+    with suite_progress(console, len(entries)) as advance:
+        for number, entry in enumerate(entries, 1):
+            advance(number, entry.name)
+            console.rule(f"{number}/{len(entries)} {entry.name}: {entry.command}", style="dim")
+            outcomes.append(run_entry(entry, out, console))
+    return outcomes
+
+
+# -- the summary -----------------------------------------------------------------------------------
+
+def summary_rows(outcomes: Sequence[Outcome]) -> list[tuple[str, ...]]:
+    return [(o.entry.name, str(o.exit_status), str(o.record) if o.record else "-", "PASS" if o.passed else "FAIL",
+             f"{o.wall_s:.1f}") for o in outcomes]
+
+
+def print_summary(suite: Suite, outcomes: Sequence[Outcome], console: Console) -> None:
+    table = Table(*SUMMARY_HEADER, title=f"suite {suite.name} ({suite.path})")
+    table.columns[2].overflow = "fold"
+    for row in summary_rows(outcomes):
+        style = "green" if row[3] == "PASS" else "bold red"
+        table.add_row(*row[:3], f"[{style}]{row[3]}[/]", row[4])
+    console.print(table)
+
+
+def summary_markdown(suite: Suite, outcomes: Sequence[Outcome]) -> str:
+    failed = [o.entry.name for o in outcomes if not o.passed]
+    verdict = f"FAIL: {', '.join(failed)}" if failed else f"PASS: all {len(outcomes)} entries"
+    lines = [f"# suite {suite.name}", "", *([suite.description, ""] if suite.description else []),
+             f"`kbench suite {suite.path}`: {verdict}.", "", _markdown_table(SUMMARY_HEADER, summary_rows(outcomes)),
+             "", "Commands (each run with `--out` set to the suite's folder):", ""]
+    lines += [f"- {o.entry.name}: `{o.entry.command}`" for o in outcomes]
+    return "\n".join(lines) + "\n"
+
+
+def read_summary(suite: Suite) -> dict[str, tuple[str, Path | None]]:
+    """entry name -> (PASS or FAIL, record path) from the previous run's summary file."""
+    path = suite.summary_path
+    if not path.is_file():
+        raise KbenchError(f"No summary {path} from an earlier run of {suite.path}.",
+                          "Run the suite without --dry-run first (or pass the --out it was run with).")
+    found = {}
+    for line in path.read_text().splitlines():
+        cells = _table_cells(line)
+        if len(cells) == len(SUMMARY_HEADER) and cells[0] not in ("entry", "---"):
+            name, _, record, status, _ = cells
+            found[name] = (status, _summary_record(record, path.parent))
+    return found
+
+
+def _summary_record(text: str, folder: Path) -> Path | None:
+    if text == "-":
+        return None
+    path = Path(text)
+    return path if path.is_file() else folder / path.name
+
+
+# -- README figures ------------------------------------------------------------------------------
+
+def _marker(name: str, closing: bool = False) -> re.Pattern:
+    return re.compile(rf"<!--\s*{'/' if closing else ''}suite:{re.escape(name)}\s*-->")
+
+
+def marker_spans(text: str, readme: Path, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """entry name -> (start, end) of the text between its two markers; KbenchError if one is missing."""
+    spans, missing = {}, []
+    for name in names:
+        opening = list(_marker(name).finditer(text))
+        closing = list(_marker(name, closing=True).finditer(text))
+        if not opening or not closing:
+            missing.append(name)
+            continue
+        if len(opening) > 1 or len(closing) > 1 or closing[0].start() < opening[0].end():
+            raise KbenchError(f"{readme}: the markers of {name!r} are repeated or out of order.",
+                              f"Keep exactly one '<!-- suite:{name} -->' followed by one '<!-- /suite:{name} -->'.")
+        spans[name] = (opening[0].end(), closing[0].start())
+    if missing:
+        pairs = "; ".join(f"'<!-- suite:{n} -->' ... '<!-- /suite:{n} -->'" for n in missing)
+        raise KbenchError(f"{readme} has no marker pair for {', '.join(repr(n) for n in missing)}.",
+                          f"Add {pairs} around the figure it makes, or leave the entry out with --only.")
+    return spans
+
+
+def replace_figures(text: str, readme: Path, figures: dict[str, str]) -> str:
+    """``text`` with the span between each entry's markers replaced by its figure."""
+    spans = marker_spans(text, readme, list(figures))
+    for name in sorted(figures, key=lambda n: spans[n][0], reverse=True):
+        start, end = spans[name]
+        text = f"{text[:start]}\n\n{figures[name]}\n\n{text[end:]}"
+    return text
+
+
+def update_readme(readme: Path, records: dict[str, Path], console: Console) -> None:
+    import json
+
+    figures = {name: figure_table(json.loads(path.read_text())) for name, path in records.items()}
+    text = readme.read_text()
+    updated = replace_figures(text, readme, figures)
+    if updated != text:
+        readme.write_text(updated)
+    console.print(f"{readme}: figures of {', '.join(figures) or 'no entry'} remade", highlight=False)
+
+
+def figure_table(record: dict) -> str:
+    """A Markdown table of a record's figures and, under it, the command and device that made them.
+
+    A ``kbench run`` record gives one row per (batch, prompt length) of kbench's pipeline:
+    decode tokens/s, fraction of the copy-bandwidth roofline, prefill ms, peak memory, and
+    ``hf``'s tokens/s and prefill ms beside them when the run had ``--baseline hf``. A
+    ``kbench bench`` record gives its op rows: µs (the CUDA-graph kernel time where measured,
+    else the time as called), GB/s at that time, status.
+    """
+    rows = record.get("rows", [])
+    if any(row["kind"] in ("prefill", "decode") for row in rows):
+        table = _model_table(rows)
+    else:
+        table = _op_table(rows)
+    return f"{table}\n\n{_provenance(record)}"
+
+
+def _model_table(rows: list[dict]) -> str:
+    def by_shape(backend: str) -> dict[tuple[str, int, int], dict]:
+        return {(r["kind"], r["shape"]["batch"], r["shape"]["prompt_len"]): r for r in rows
+                if r["backend"] == backend and r["kind"] in ("prefill", "decode")}
+
+    ours, hf = by_shape("pipeline"), by_shape("hf")
+    shapes = sorted({(batch, prompt) for _, batch, prompt in ours})
+    header = ["batch", "prompt", "decode tok/s", "roofline", *(["hf tok/s"] if hf else []), "prefill ms",
+              *(["hf prefill ms"] if hf else []), "peak memory"]
+    body = []
+    for batch, prompt in shapes:
+        decode, prefill = ours.get(("decode", batch, prompt), {}), ours.get(("prefill", batch, prompt), {})
+        hf_decode, hf_prefill = hf.get(("decode", batch, prompt), {}), hf.get(("prefill", batch, prompt), {})
+        peaks = [r.get("peak_memory_bytes") for r in (decode, prefill) if r.get("peak_memory_bytes")]
+        body.append([str(batch), str(prompt), _number(decode.get("tokens_per_s")), _percent(decode.get("frac_peak_bw")),
+                     *([_number(hf_decode.get("tokens_per_s"))] if hf else []), _ms(prefill.get("latency_us")),
+                     *([_ms(hf_prefill.get("latency_us"))] if hf else []),
+                     f"{max(peaks) / 2**30:.1f} GiB" if peaks else "-"])
+    return _markdown_table(header, body)
+
+
+def _op_table(rows: list[dict]) -> str:
+    body = []
+    for row in rows:
+        if row["kind"] != "op":
+            continue
+        latency_us = _kernel_us(row)
+        gbps = row["bytes"] / (latency_us * 1e3) if row.get("bytes") and latency_us else row.get("gbps")
+        body.append([row["op"], row["backend"], row["case"], _number(latency_us), _number(gbps), row["status"]])
+    return _markdown_table(["op", "backend", "case", "µs", "GB/s", "status"], body)
+
+
+def _kernel_us(row: dict) -> float | None:
+    return row["graph_latency_us"] if row.get("graph_latency_us") is not None else row.get("latency_us")
+
+
+def _provenance(record: dict) -> str:
+    env, spec = record.get("env", {}), record.get("spec", {})
+    device = env.get("gpu") or f"{env.get('cpu') or 'a CPU'} (CPU)"
+    version = " ".join(filter(None, [env.get("kbench"), (env.get("git_commit") or "")[:7],
+                                     "(dirty)" if env.get("git_commit") and env.get("git_dirty") else ""]))
+    parts = [device, spec.get("dtype"), f"kbench {version or '?'}", f"record {record.get('run_id')}"]
+    graph = any(row.get("graph_latency_us") is not None for row in record.get("rows", []) if row["kind"] == "op")
+    note = "; µs is the kernel time under CUDA-graph replay" if graph and not _has_model_rows(record) else ""
+    return f"`{_command_text(record.get('command') or [])}` on {', '.join(p for p in parts if p)}{note}."
+
+
+def _has_model_rows(record: dict) -> bool:
+    return any(row["kind"] in ("prefill", "decode") for row in record.get("rows", []))
+
+
+def _command_text(command: list[str]) -> str:
+    """The record's command without the ``--out`` the suite added."""
+    words, skip = [], False
+    for word in command:
+        if skip:
+            skip = False
+        elif word == "--out":
+            skip = True
+        elif not word.startswith("--out="):
+            words.append(word)
+    return shlex.join(words) if words else "?"
+
+
+def _number(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
+
+
+def _ms(latency_us: float | None) -> str:
+    return "-" if latency_us is None else _number(latency_us / 1e3)
+
+
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.0f}%"
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(str(cell).replace("|", "\\|") for cell in line) + " |" for line in lines)
+
+
+def _table_cells(line: str) -> list[str]:
+    line = line.strip()
+    if not (line.startswith("|") and line.endswith("|")):
+        return []
+    return [cell.strip().replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", line[1:-1])]
+
+
+# -- the command -----------------------------------------------------------------------------------
+
+@click.command("suite")
+@click.argument("suite_path", metavar="FILE", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for the records and the summary (default: the suite's out:).")
+@click.option("--dry-run", is_flag=True, help="Check the suite and print its commands; run nothing.")
+@click.option("--only", multiple=True, metavar="NAME", help="Run only this entry (repeatable, or NAME,NAME).")
+@click.option("--readme", type=click.Path(dir_okay=False), default=None,
+              help="Remake the figures between <!-- suite:ENTRY --> markers in this file from the records.")
+def suite_command(suite_path, out_dir, dry_run, only, readme):
+    """Run every entry of the suite FILE (a YAML list of kbench run / kbench bench commands).
+
+    Each entry runs in a fresh process with --out set to the suite's folder; a summary table
+    is printed and written to OUT/NAME-summary.md. Exit status: 0 if every entry passed, 1 if
+    any failed, 2 for a mistake in FILE (nothing runs).
+    """
+    console = Console()
+    suite = load_suite(suite_path, out_dir)
+    entries = select_entries(suite, only)
+    readme_path = Path(readme) if readme else None
+    if readme_path is not None:
+        if not readme_path.is_file():
+            raise KbenchError(f"README {str(readme_path)!r} does not exist.", "Pass the file that holds the markers.")
+        marker_spans(readme_path.read_text(), readme_path, [entry.name for entry in entries])
+    if dry_run:
+        _dry_run(suite, entries, readme_path, console)
+        return
+    outcomes = run_suite(entries, suite.out, console)
+    suite.out.mkdir(parents=True, exist_ok=True)
+    suite.summary_path.write_text(summary_markdown(suite, outcomes))
+    print_summary(suite, outcomes, console)
+    console.print(f"summary: {suite.summary_path}", highlight=False)
+    if readme_path is not None:
+        records = {o.entry.name: o.record for o in outcomes if o.passed and o.record}
+        for outcome in outcomes:
+            if outcome.entry.name not in records:
+                console.print(f"{readme_path}: {outcome.entry.name}'s figure kept as it was (the entry failed)",
+                              highlight=False)
+        update_readme(readme_path, records, console)
+    if not all(outcome.passed for outcome in outcomes):
+        sys.exit(1)
+
+
+def _dry_run(suite: Suite, entries: Sequence[Entry], readme: Path | None, console: Console) -> None:
+    """Print what would run; with ``--readme``, remake its figures from the last run's records."""
+    for entry in entries:
+        console.print(f"{entry.name}: {shlex.join(('kbench', entry.args[0], '--out', str(suite.out), *entry.args[1:]))}",
+                      highlight=False, markup=False, soft_wrap=True)
+    if readme is None:
+        return
+    previous = read_summary(suite)
+    records = {}
+    for entry in entries:
+        status, record = previous.get(entry.name, ("absent", None))
+        if status != "PASS" or record is None or not record.is_file():
+            why = "is not in it" if status == "absent" else f"is {status}" if status != "PASS" else "has no record"
+            raise KbenchError(f"{entry.name} {why} in {suite.summary_path} (or its record is gone).",
+                              f"Run it first: kbench suite {suite.path} --only {entry.name}.")
+        records[entry.name] = record
+    update_readme(readme, records, console)
