@@ -161,8 +161,15 @@ def check_backend_keys(spec: Spec, registry: Registry) -> None:
 
 
 def plan_op(spec: Spec, registry: Registry, op: Op, check_here: bool = True) -> OpPlan:
-    """The backend for ``op``: its own ``backends:`` entry, else its family's, else the reference."""
-    key = op.name if op.name in spec.backends else op.family if op.family in spec.backends else None
+    """The backend for ``op``: its own ``backends:`` entry, else its family's, else the reference.
+
+    A family flag on the command line (``--norm triton``) outranks an op's entry in the file
+    (``rmsnorm: torch``): the flag is the newer, more deliberate choice.
+    """
+    own, family = spec.backends.get(op.name), spec.backends.get(op.family)
+    flagged = spec.origins.get(f"backends.{op.family}", "").startswith("--") \
+        and not spec.origins.get(f"backends.{op.name}", "").startswith("--")
+    key = op.name if own and not (family and flagged) else op.family if family else None
     backend = spec.backends[key] if key else REFERENCE
     origin = spec.where(f"backends.{key}") if key else DEFAULT
     fallback = None

@@ -13,6 +13,9 @@ from kbench.registry import Implementation
 
 TINY = str(Path(__file__).resolve().parent.parent / "model_specs" / "tiny-llama.yaml")
 SMALL = ["--batch", "1,2", "--prompt-len", "8", "--decode-steps", "2"]
+# The tiny spec chooses torch's backends for attention and rmsnorm; a core-only registry has
+# only the reference, so these flags choose it (a --norm flag outranks the file's rmsnorm entry).
+CORE_ONLY = ["--attention", "reference", "--backend", "rmsnorm=reference"]
 
 
 def _run(*args):
@@ -59,7 +62,7 @@ def registry_with_broken_norm(monkeypatch):
 
 
 def test_failing_backend_is_fail_in_every_table_and_exits_1(tmp_path, registry_with_broken_norm):
-    result = _run(*SMALL, "--norm", "broken", "--out", str(tmp_path))
+    result = _run(*SMALL, "--attention", "reference", "--norm", "broken", "--out", str(tmp_path))
     assert result.exit_code == 1, result.output
     (record,) = _records(tmp_path)
     assert record["status"] == "FAIL"
@@ -82,7 +85,7 @@ def test_backend_that_crashes_inside_the_pipeline_gives_fail_rows_and_a_record(t
 
     for op in ("rmsnorm", "add_rmsnorm"):
         registry_with_broken_norm.add_implementation(Implementation(op, "crash", explode, plugin="test-crash"))
-    result = _run(*SMALL, "--norm", "crash", "--skip-ops", "--out", str(tmp_path))
+    result = _run(*SMALL, "--attention", "reference", "--norm", "crash", "--skip-ops", "--out", str(tmp_path))
     assert result.exit_code == 1, result.output
     (record,) = _records(tmp_path)
     e2e = [r for r in record["rows"] if r["kind"] in ("check", "prefill", "decode")]
@@ -164,7 +167,7 @@ def test_bf16_end_to_end_check_passes_an_exact_kernel_and_fails_a_wrong_one(
         return out
 
     registry_with_broken_norm.add_implementation(Implementation("attention_prefill", "probe", prefill, plugin="t"))
-    result = _run(*SMALL, "--dtype", "bf16", "--backend", "attention_prefill=probe", "--skip-ops",
+    result = _run(*SMALL, *CORE_ONLY, "--dtype", "bf16", "--backend", "attention_prefill=probe", "--skip-ops",
                   "--out", str(tmp_path))
     (record,) = _records(tmp_path)
     checks = [r for r in record["rows"] if r["kind"] == "check"]

@@ -52,11 +52,11 @@ def error_of(path: Path, overrides=None) -> KbenchError:
 
 
 @pytest.mark.parametrize("path", shipped_specs(), ids=lambda p: p.stem)
-def test_every_shipped_spec_loads(path):
+def test_every_shipped_spec_loads(path, registry):
     spec = load_spec(path)
     m = spec.model
     assert m.heads * m.head_dim == m.hidden and m.heads % m.kv_heads == 0
-    assert set(resolve_plan(spec, _registry(), check_here=False).families) == {"norm", "rope", "attention", "ffn", "sampling"}
+    assert set(resolve_plan(spec, registry, check_here=False).families) == {"norm", "rope", "attention", "ffn", "sampling"}
     json.dumps(spec.to_dict())
 
 
