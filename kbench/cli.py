@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.console import Console
 
 import kbench
 from kbench.commands.bench import bench_command
@@ -19,9 +18,10 @@ from kbench.commands.list import list_command
 from kbench.commands.new_plugin import new_plugin_command
 from kbench.commands.run import run_command
 from kbench.commands.suite import suite_command
+from kbench.console import make_console
 from kbench.errors import KbenchError
 
-err_console = Console(stderr=True)
+err_console = make_console(stderr=True)
 
 
 class KbenchGroup(click.Group):

@@ -26,6 +26,7 @@ from typing import Any
 
 import click
 
+from kbench.console import make_console
 from kbench.errors import KbenchError, unknown_name
 
 
@@ -155,7 +156,6 @@ def bench_command(ctx, op_name, backend, others, spec_path, dtype, device, warmu
     Dimensions not given keep the op's first test case.
     """
     import torch
-    from rich.console import Console
 
     from kbench.bench.sweep import op_results
     from kbench.ops.base import parse_dtype
@@ -164,7 +164,7 @@ def bench_command(ctx, op_name, backend, others, spec_path, dtype, device, warmu
     from kbench.results.report import print_run
     from kbench.spec import BenchConfig, Overrides, load_spec
 
-    console = Console()
+    console = make_console()
     registry = get_registry()
     op = registry.op(op_name)
     backends = list(dict.fromkeys([backend, *others]))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.console import Console
 
+from kbench.console import make_console
 from kbench.errors import KbenchError
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 @click.command("compare")

@@ -6,13 +6,13 @@ import json
 
 import click
 import torch
-from rich.console import Console
 from rich.table import Table
 
+from kbench.console import make_console
 from kbench.errors import KbenchError
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 @click.command("env")

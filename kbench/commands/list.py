@@ -6,12 +6,13 @@ import json
 
 import click
 import torch
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+from kbench.console import make_console
+
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 @click.command("list")

@@ -30,11 +30,13 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from kbench.bench.end_to_end import PIPELINE, time_end_to_end
 from kbench.bench.pipeline_check import check_pipeline
 from kbench.bench.sweep import op_results
+from kbench.console import make_console
 from kbench.env import measure_ceilings
 from kbench.errors import KbenchError
 from kbench.model import build_pipeline, load_weights
@@ -125,12 +127,12 @@ def progress_display(console: Console) -> Iterator[Callable[[str], None]]:
     """
     if not console.is_terminal:
         start = time.perf_counter()
-        yield lambda text: console.print(f"[{time.perf_counter() - start:7.1f}s] {text}", highlight=False)
+        yield lambda text: console.print(f"\\[{time.perf_counter() - start:7.1f}s] {escape(text)}", highlight=False)
         return
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("starting", total=None)
-        yield lambda text: progress.update(task, description=text)
+        yield lambda text: progress.update(task, description=escape(text))
 
 
 # -- 3. ops at the model's shapes ---------------------------------------------------------
@@ -219,5 +221,5 @@ def run_command(spec, out_dir, baselines, skip_ops, skip_e2e, **flags):
     overrides = Overrides.from_cli(**flags)
     options = RunOptions(out_dir=Path(out_dir), baselines=tuple(dict.fromkeys(baselines)), skip_ops=skip_ops,
                          skip_e2e=skip_e2e, command=tuple(["kbench", *sys.argv[1:]]))
-    result = run(spec, overrides, options, Console(), progress_console=Console(stderr=True))
+    result = run(spec, overrides, options, make_console(), progress_console=make_console(stderr=True))
     sys.exit(1 if result.failed else 0)

@@ -44,6 +44,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from kbench.console import make_console
 from kbench.errors import KbenchError, closest
 
 SUITE_KEYS = ("name", "description", "out", "runs")
@@ -509,7 +510,7 @@ def suite_command(suite_path, out_dir, dry_run, only, readme):
     is printed and written to OUT/NAME-summary.md. Exit status: 0 if every entry passed, 1 if
     any failed, 2 for a mistake in FILE (nothing runs).
     """
-    console = Console()
+    console = make_console()
     suite = load_suite(suite_path, out_dir)
     entries = select_entries(suite, only)
     readme_path = Path(readme) if readme else None

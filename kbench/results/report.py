@@ -49,7 +49,8 @@ def print_run(record: dict, console: Console) -> None:
     rows = record["rows"]
     spec = record.get("spec") or {}
     where = f"{spec.get('dtype', '')} on {spec.get('device', '')}"
-    backends = " ".join(f"{family}={choice['backend']}" for family, choice in (record.get("backends") or {}).items())
+    backends = next((row["backends"] for row in record["rows"] if row["kind"] == "check" and row.get("backends")),
+                    " ".join(f"{family}={choice['backend']}" for family, choice in (record.get("backends") or {}).items()))
     ops = [r for r in rows if r["kind"] == "op"]
     if ops:
         console.print(_op_table(ops, where))
