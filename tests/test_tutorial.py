@@ -67,7 +67,7 @@ def offline(command: str, env: PluginEnvironment) -> str:
 def test_every_block_of_the_page_is_one_this_test_runs():
     kinds = {(b.language, (b.marker or "").split(":")[0]) for b in page_blocks(PAGE.read_text())}
     assert kinds <= {("console", ""), ("console", "setup"), ("console", "exit status"),
-                     ("python", "file"), ("toml", "file")}, kinds
+                     ("python", "file"), ("toml", "file"), ("yaml", "file")}, kinds
 
 
 def test_following_the_tutorial_yields_a_listed_plugin_that_passes_its_checks(tmp_path):
@@ -109,7 +109,7 @@ def test_following_the_tutorial_yields_a_listed_plugin_that_passes_its_checks(tm
     ruff = shutil.which("ruff")
     if ruff:  # the page's code is code to copy: lint-clean under ruff's defaults, kbench as third party
         linted = subprocess.run([ruff, "check", "--isolated", "--select", "E,F,W,I,B,UP", "--exclude", ".venv", "."],
-                                cwd=cwd, capture_output=True, text=True)
+                                cwd=page, capture_output=True, text=True)
         assert linted.returncode == 0, linted.stdout
 
 
