@@ -442,8 +442,10 @@ def _kernel_us(row: dict) -> float | None:
 def _provenance(record: dict) -> str:
     env, spec = record.get("env", {}), record.get("spec", {})
     device = env.get("gpu") or f"{env.get('cpu') or 'a CPU'} (CPU)"
-    version = " ".join(filter(None, [env.get("kbench"), (env.get("git_commit") or "")[:7],
-                                     "(dirty)" if env.get("git_commit") and env.get("git_dirty") else ""]))
+    # A dirty checkout's commit does not name what ran; the tree of the files that ran does.
+    source = f"tree {env['git_tree'][:10]}" if env.get("git_dirty") and env.get("git_tree") \
+        else (env.get("git_commit") or "")[:7]
+    version = " ".join(filter(None, [env.get("kbench"), source]))
     parts = [device, spec.get("dtype"), f"kbench {version or '?'}", f"record {record.get('run_id')}"]
     graph = any(row.get("graph_latency_us") is not None for row in record.get("rows", []) if row["kind"] == "op")
     note = "; µs is the kernel time under CUDA-graph replay" if graph and not _has_model_rows(record) else ""
