@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+DEVICES = ("cpu", "cuda")
+
 
 @dataclass(frozen=True)
 class RopeConfig:

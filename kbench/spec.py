@@ -1,47 +1,29 @@
 """The YAML model spec: schema, defaults, validation and CLI overrides.
 
-A spec says which model to build, from which weights, in which dtype on which device,
-with which backend per op family, and what workload to time::
+A spec says which model to build, from which weights, in which dtype on which device, with
+which backends, and what workload to time (``model_specs/*.yaml`` are complete examples)::
 
     name: llama3-8b
-    model:                       # may be left out when weights is a Hugging Face folder
-      vocab: 128256
-      hidden: 4096
-      intermediate: 14336
-      layers: 32
-      heads: 32
-      kv_heads: 8                # default: heads
-      head_dim: 128              # default: hidden // heads
-      rope: {theta: 500000, scaling: llama3, factor: 8, low_freq_factor: 1,
-             high_freq_factor: 4, original_max_position: 8192}
-      norm_eps: 1.0e-5
-      max_seq_len: 8192
-    weights: {kind: random, seed: 0}     # or {kind: hf, path: ./Llama-3-8B}; or just `random`
+    model: {vocab: 128256, hidden: 4096, intermediate: 14336, layers: 32, heads: 32, kv_heads: 8,
+            rope: {theta: 500000, scaling: llama3, factor: 8}, max_seq_len: 8192}
+    weights: {kind: random, seed: 0}     # or {kind: hf, path: DIR}, whose config.json gives model
     dtype: bfloat16
     device: cuda
-    backends: {attention: flash}         # every other family: reference; an op name
-                                         # (attention_decode: cuda) overrides its family
-    workload:
-      batch: [1, 8, 32]
-      prompt_len: [128, 1024]
-      decode_steps: 64
-      sampling: {temperature: 0.0, top_k: 0, top_p: 1.0}
-      kv_layout: contiguous              # or paged (with block_size)
-      block_size: 256
-    bench: {warmup_ms: 25, rep_ms: 100, cuda_graphs: true, flush_l2: true}
+    backends: {attention: flash, attention_decode: cuda}   # a family, or one op; else reference
+    workload: {batch: [1, 8], prompt_len: [128], decode_steps: 64, kv_layout: paged, block_size: 256}
+    bench: {warmup_ms: 25, rep_ms: 100, cuda_graphs: true}
 
 ``load_spec`` reads and validates the whole file, then applies the command line's
-``Overrides`` to the ``Spec`` object; a mistake is a ``KbenchError`` that names the file, the
-line (or the flag), the key and the fix. This module knows nothing of the plugin registry:
-whether ``backends:`` names real families, ops and backends that can run the spec's shapes
-here is ``kbench.plan``'s question.
+``Overrides`` to the ``Spec`` object; a mistake is a ``KbenchError`` naming the file, the line
+(or the flag), the key and the fix. Which families, ops and backends exist is ``kbench.plan``'s
+question: this module knows nothing of the plugin registry.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,15 +31,15 @@ from typing import Any
 import torch
 
 from kbench.checkpoint import check_checkpoint_folder, model_fields_from_hf_config
-from kbench.config import BenchConfig, ModelConfig, RopeConfig, SamplingConfig, WeightsSpec, Workload
+from kbench.config import DEVICES, BenchConfig, ModelConfig, RopeConfig, SamplingConfig, WeightsSpec, Workload
 from kbench.errors import KbenchError, closest
 from kbench.ops.base import dtype_name, parse_dtype
+from kbench.overrides import Overrides, apply_overrides, parse_int_list
 from kbench.yaml_reader import Reader, describe, read_yaml
 
 ROPE_STYLES = ("half", "interleaved")
 ROPE_SCALINGS = ("none", "linear", "dynamic", "llama3")
 KV_LAYOUTS = ("contiguous", "paged")
-DEVICES = ("cpu", "cuda")
 WEIGHT_KINDS = ("random", "hf")
 
 
@@ -98,64 +80,6 @@ class Spec:
             "workload": dataclasses.asdict(self.workload),
             "bench": dataclasses.asdict(self.bench),
         }
-
-
-@dataclass(frozen=True)
-class Overrides:
-    """Command-line changes to a spec, applied to the ``Spec`` object after it is read.
-
-    ``backends`` maps a family or op name to a backend (``--attention flash``,
-    ``--backend attention_decode=cuda``); ``backend_flags`` names the flag each came from, for
-    error messages. ``layers`` keeps the model's real shapes with fewer layers.
-    """
-
-    backends: Mapping[str, str] = field(default_factory=dict)
-    dtype: str | None = None
-    device: str | None = None
-    batch: tuple[int, ...] | None = None
-    prompt_len: tuple[int, ...] | None = None
-    decode_steps: int | None = None
-    layers: int | None = None
-    cuda_graphs: bool | None = None
-    backend_flags: Mapping[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_cli(cls, *, backend: Iterable[str] = (), batch: str | None = None, prompt_len: str | None = None,
-                 **options: Any) -> Overrides:
-        """Overrides from raw CLI values: ``backend=("norm=triton",)``, ``batch="1,8,32"``,
-        ``dtype="bf16"``, ``decode_steps=64``, ``layers=2``, ...; any other keyword is a family
-        flag (``attention="flash"``; None when the flag was not given).
-        """
-        fields = {f.name for f in dataclasses.fields(cls)}
-        backends: dict[str, str] = {}
-        flags: dict[str, str] = {}
-        for name in [key for key in options if key not in fields]:
-            value = options.pop(name)
-            if value:
-                backends[name], flags[name] = value, f"--{name.replace('_', '-')}"
-        for assignment in backend:
-            key, sep, name = assignment.partition("=")
-            if not sep or not key.strip() or not name.strip():
-                raise KbenchError(f"--backend {assignment!r} is not of the form family=name.",
-                                  "Write e.g. --backend attention=flash or --backend attention_decode=cuda "
-                                  "(`kbench list` shows the families and ops).")
-            backends[key.strip()], flags[key.strip()] = name.strip(), f"--backend {key.strip()}="
-        return cls(backends=backends, backend_flags=flags,
-                   batch=parse_int_list(batch, "--batch") if batch else None,
-                   prompt_len=parse_int_list(prompt_len, "--prompt-len") if prompt_len else None,
-                   **{k: v for k, v in options.items() if v is not None})
-
-
-def parse_int_list(text: str, flag: str) -> tuple[int, ...]:
-    """(1, 8, 32) from '1,8,32'; KbenchError naming ``flag`` otherwise."""
-    try:
-        values = tuple(int(part) for part in str(text).split(",") if part.strip())
-    except ValueError:
-        raise KbenchError(f"{flag} {text!r} is not a comma-separated list of integers.",
-                          f"Write e.g. {flag} 1,8,32.") from None
-    if not values or any(v < 1 for v in values):
-        raise KbenchError(f"{flag} {text!r} must list positive integers.", f"Write e.g. {flag} 1,8,32.")
-    return values
 
 
 # --------------------------------------------------------------------------------------
@@ -371,59 +295,6 @@ def _shipped_hint(path: Path) -> str:
     names = sorted(p.name for p in here.glob("*.yaml"))
     guess = closest(path.name, names)
     return (f" Did you mean model_specs/{guess}?" if guess else "") + f" Shipped specs: {', '.join(names)}."
-
-
-def apply_overrides(spec: Spec, overrides: Overrides) -> Spec:
-    """``spec`` with the command line's values in place of the file's, each key's origin the
-    flag that set it, and the checks that span sections made again."""
-    origins = dict(spec.origins)
-    changes: dict[str, Any] = {}
-    if overrides.backends:
-        changes["backends"] = {**spec.backends, **overrides.backends}
-        for key in overrides.backends:
-            origins[f"backends.{key}"] = overrides.backend_flags.get(key, f"--backend {key}=")
-    if overrides.dtype is not None:
-        try:
-            changes["dtype"], origins["dtype"] = parse_dtype(overrides.dtype), "--dtype"
-        except KbenchError as error:
-            raise KbenchError(f"{spec.path} (--dtype): {error.message}", error.fix) from None
-    if overrides.device is not None:
-        if overrides.device not in DEVICES:
-            raise KbenchError(f"--device {overrides.device!r} is not one of {', '.join(DEVICES)}.",
-                              f"Use one of: {', '.join(DEVICES)}.")
-        changes["device"], origins["device"] = overrides.device, "--device"
-    workload = {key: getattr(overrides, key) for key in ("batch", "prompt_len", "decode_steps")
-                if getattr(overrides, key) is not None}
-    if workload:
-        changes["workload"] = dataclasses.replace(spec.workload, **workload)
-        origins.update({f"workload.{key}": f"--{key.replace('_', '-')}" for key in workload})
-    if overrides.cuda_graphs is not None:
-        changes["bench"] = dataclasses.replace(spec.bench, cuda_graphs=overrides.cuda_graphs)
-        origins["bench.cuda_graphs"] = "--cuda-graphs"
-    if overrides.layers is not None:
-        if overrides.layers < 1 or overrides.layers > spec.model.layers:
-            raise KbenchError(f"{spec.path} (--layers): --layers {overrides.layers} is outside 1..{spec.model.layers}.",
-                              f"--layers keeps the model's shapes with fewer layers: use 1 to {spec.model.layers}.")
-        changes["model"] = dataclasses.replace(spec.model, layers=overrides.layers)
-        origins["model.layers"] = "--layers"
-    spec = dataclasses.replace(spec, **changes, origins=origins)
-    check_spans(spec)
-    return spec
-
-
-def check_spans(spec: Spec) -> None:
-    """The checks that span sections: the dtype on the device, the workload in the model's length."""
-    if spec.device == "cpu" and spec.dtype == torch.float16:
-        raise KbenchError(f"{spec.where('dtype')}: float16 matmuls are not supported well on the CPU.",
-                          "Use float32 (or bfloat16) with device: cpu.")
-    workload, model = spec.workload, spec.model
-    longest = max(workload.prompt_len) + workload.decode_steps
-    if longest > model.max_seq_len:
-        key = "workload.decode_steps" if spec.origins.get("workload.decode_steps", "").startswith("--") \
-            else "workload.prompt_len"
-        raise KbenchError(f"{spec.where(key)}: the longest prompt ({max(workload.prompt_len)}) plus decode_steps "
-                          f"({workload.decode_steps}) is {longest} tokens, more than model.max_seq_len {model.max_seq_len}.",
-                          "Shorten the prompts or decode_steps, or raise model.max_seq_len.")
 
 
 def shipped_specs(folder: str | Path | None = None) -> list[Path]:

@@ -174,3 +174,22 @@ def test_bf16_end_to_end_check_passes_an_exact_kernel_and_fails_a_wrong_one(
     assert checks and {r["status"] for r in checks} == {status}, [r["note"] for r in checks]
     assert all("raised" not in (r["note"] or "") for r in checks)
     assert result.exit_code == (0 if status == "PASS" else 1)
+
+
+def test_a_plugin_family_with_a_dash_gets_its_own_flag(tmp_path, monkeypatch):
+    import dataclasses
+
+    from kbench.ops.norm import RMSNORM
+
+    monkeypatch.setenv("KBENCH_PLUGINS", "")
+    registry = build_registry()
+    registry.add_op(dataclasses.replace(RMSNORM, name="rmsnorm_copy", family="layer-norm", role=None), "test-plugin")
+    registry.add_implementation(Implementation("rmsnorm_copy", "copy", RMSNORM.reference, plugin="test-plugin"))
+    monkeypatch.setattr(kbench.commands.run, "get_registry", lambda: registry)
+    assert "--layer-norm NAME" in CliRunner().invoke(cli, ["run", "--help"]).output
+    result = _run(*SMALL, *CORE_ONLY, "--layer-norm", "copy", "--skip-e2e", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    (record,) = _records(tmp_path)
+    choice = record["backends"]["layer-norm"]["ops"]["rmsnorm_copy"]
+    assert choice["backend"] == "copy" and "--layer-norm" in choice["origin"]
+    assert {r["backend"] for r in record["rows"] if r["op"] == "rmsnorm_copy"} == {"reference", "copy"}

@@ -188,9 +188,26 @@ class FamilyFlagsCommand(click.Command):
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
         params = super().get_params(ctx)
         taken = {opt for param in params for opt in getattr(param, "opts", ())}
-        families = [click.Option([f"--{family}"], default=None, metavar="NAME", help=f"Backend for the {family} family.")
+        families = [click.Option([f"--{family}", family_param(family)], default=None, metavar="NAME",
+                                 help=f"Backend for the {family} family.")
                     for family in get_registry().families if f"--{family}" not in taken]
         return params[:1] + families + params[1:]
+
+
+def family_param(family: str) -> str:
+    """The click parameter name of ``--FAMILY`` (any family name, ``layer-norm`` included)."""
+    return "family__" + "".join(c if c.isalnum() else "_" for c in family)
+
+
+def family_choices(flags: dict) -> dict[str, str]:
+    """family -> backend from the ``--FAMILY NAME`` flags given; their entries leave ``flags``."""
+    names = {family_param(family): family for family in get_registry().families}
+    chosen = {}
+    for key in [k for k in flags if k.startswith("family__")]:
+        value = flags.pop(key)
+        if value:
+            chosen[names[key]] = value
+    return chosen
 
 
 @click.command("run", cls=FamilyFlagsCommand)
@@ -218,7 +235,7 @@ def run_command(spec, out_dir, baselines, skip_ops, skip_e2e, **flags):
     """
     if skip_ops and skip_e2e:
         raise KbenchError("--skip-ops and --skip-e2e together leave nothing to run.", "Drop one of them.")
-    overrides = Overrides.from_cli(**flags)
+    overrides = Overrides.from_cli(**family_choices(flags), **flags)
     options = RunOptions(out_dir=Path(out_dir), baselines=tuple(dict.fromkeys(baselines)), skip_ops=skip_ops,
                          skip_e2e=skip_e2e, command=tuple(["kbench", *sys.argv[1:]]))
     result = run(spec, overrides, options, make_console(), progress_console=make_console(stderr=True))
