@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from kbench.cli import cli
-from kbench.commands.suite import figure_table
+from kbench.results.figures import figure_table
 
 REPO = Path(__file__).resolve().parents[2]
 CPU_SUITE = REPO / "benchmarks" / "cpu.yaml"

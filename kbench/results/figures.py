@@ -1,0 +1,163 @@
+"""README figures from run records: ``figure_table`` and the ``<!-- suite:ENTRY -->`` markers it fills.
+
+``kbench suite --readme`` rewrites the text between ``<!-- suite:ENTRY -->`` and
+``<!-- /suite:ENTRY -->`` with ``figure_table`` of that entry's record.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from kbench.errors import KbenchError
+
+
+def _marker(name: str, closing: bool = False) -> re.Pattern:
+    return re.compile(rf"<!--\s*{'/' if closing else ''}suite:{re.escape(name)}\s*-->")
+
+
+def marker_spans(text: str, readme: Path, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """entry name -> (start, end) of the text between its two markers; KbenchError if one is missing."""
+    spans, missing = {}, []
+    for name in names:
+        opening = list(_marker(name).finditer(text))
+        closing = list(_marker(name, closing=True).finditer(text))
+        if not opening or not closing:
+            missing.append(name)
+            continue
+        if len(opening) > 1 or len(closing) > 1 or closing[0].start() < opening[0].end():
+            raise KbenchError(f"{readme}: the markers of {name!r} are repeated or out of order.",
+                              f"Keep exactly one '<!-- suite:{name} -->' followed by one '<!-- /suite:{name} -->'.")
+        spans[name] = (opening[0].end(), closing[0].start())
+    if missing:
+        pairs = "; ".join(f"'<!-- suite:{n} -->' ... '<!-- /suite:{n} -->'" for n in missing)
+        raise KbenchError(f"{readme} has no marker pair for {', '.join(repr(n) for n in missing)}.",
+                          f"Add {pairs} around the figure it makes, or leave the entry out with --only.")
+    return spans
+
+
+def replace_figures(text: str, readme: Path, figures: dict[str, str]) -> str:
+    """``text`` with the span between each entry's markers replaced by its figure."""
+    spans = marker_spans(text, readme, list(figures))
+    for name in sorted(figures, key=lambda n: spans[n][0], reverse=True):
+        start, end = spans[name]
+        text = f"{text[:start]}\n\n{figures[name]}\n\n{text[end:]}"
+    return text
+
+
+def update_readme(readme: Path, records: dict[str, Path], console: Console) -> None:
+    import json
+
+    figures = {name: figure_table(json.loads(path.read_text())) for name, path in records.items()}
+    text = readme.read_text()
+    updated = replace_figures(text, readme, figures)
+    if updated != text:
+        readme.write_text(updated)
+    console.print(f"{readme}: figures of {', '.join(figures) or 'no entry'} remade", highlight=False)
+
+
+def figure_table(record: dict) -> str:
+    """A Markdown table of a record's figures and, under it, the command and device that made them.
+
+    A ``kbench run`` record gives one row per (batch, prompt length) of kbench's pipeline:
+    decode tokens/s, fraction of the copy-bandwidth roofline, prefill ms, peak memory, and
+    ``hf``'s tokens/s and prefill ms beside them when the run had ``--baseline hf``. A
+    ``kbench bench`` record gives its op rows: µs (the CUDA-graph kernel time where measured,
+    else the time as called), GB/s at that time, status.
+    """
+    rows = record.get("rows", [])
+    if any(row["kind"] in ("prefill", "decode") for row in rows):
+        table = _model_table(rows)
+    else:
+        table = _op_table(rows)
+    return f"{table}\n\n{_provenance(record)}"
+
+
+def _model_table(rows: list[dict]) -> str:
+    def by_shape(backend: str) -> dict[tuple[str, int, int], dict]:
+        return {(r["kind"], r["shape"]["batch"], r["shape"]["prompt_len"]): r for r in rows
+                if r["backend"] == backend and r["kind"] in ("prefill", "decode")}
+
+    ours, hf = by_shape("pipeline"), by_shape("hf")
+    shapes = sorted({(batch, prompt) for _, batch, prompt in ours})
+    header = ["batch", "prompt", "decode tok/s", "roofline", *(["hf tok/s"] if hf else []), "prefill ms",
+              *(["hf prefill ms"] if hf else []), "peak memory"]
+    body = []
+    for batch, prompt in shapes:
+        decode, prefill = ours.get(("decode", batch, prompt), {}), ours.get(("prefill", batch, prompt), {})
+        hf_decode, hf_prefill = hf.get(("decode", batch, prompt), {}), hf.get(("prefill", batch, prompt), {})
+        peaks = [r.get("peak_memory_bytes") for r in (decode, prefill) if r.get("peak_memory_bytes")]
+        body.append([str(batch), str(prompt), _number(decode.get("tokens_per_s")), _percent(decode.get("frac_peak_bw")),
+                     *([_number(hf_decode.get("tokens_per_s"))] if hf else []), _ms(prefill.get("latency_us")),
+                     *([_ms(hf_prefill.get("latency_us"))] if hf else []),
+                     f"{max(peaks) / 2**30:.1f} GiB" if peaks else "-"])
+    return _markdown_table(header, body)
+
+
+def _op_table(rows: list[dict]) -> str:
+    body = []
+    for row in rows:
+        if row["kind"] != "op":
+            continue
+        latency_us = _kernel_us(row)
+        gbps = row["bytes"] / (latency_us * 1e3) if row.get("bytes") and latency_us else row.get("gbps")
+        body.append([row["op"], row["backend"], row["case"], _number(latency_us), _number(gbps), row["status"]])
+    return _markdown_table(["op", "backend", "case", "µs", "GB/s", "status"], body)
+
+
+def _kernel_us(row: dict) -> float | None:
+    return row["graph_latency_us"] if row.get("graph_latency_us") is not None else row.get("latency_us")
+
+
+def _provenance(record: dict) -> str:
+    env, spec = record.get("env", {}), record.get("spec", {})
+    device = env.get("gpu") or f"{env.get('cpu') or 'a CPU'} (CPU)"
+    # A dirty checkout's commit does not name what ran; the tree of the files that ran does.
+    source = f"tree {env['git_tree'][:10]}" if env.get("git_dirty") and env.get("git_tree") \
+        else (env.get("git_commit") or "")[:7]
+    version = " ".join(filter(None, [env.get("kbench"), source]))
+    parts = [device, spec.get("dtype"), f"kbench {version or '?'}", f"record {record.get('run_id')}"]
+    graph = any(row.get("graph_latency_us") is not None for row in record.get("rows", []) if row["kind"] == "op")
+    note = "; µs is the kernel time under CUDA-graph replay" if graph and not _has_model_rows(record) else ""
+    return f"`{_command_text(record.get('command') or [])}` on {', '.join(p for p in parts if p)}{note}."
+
+
+def _has_model_rows(record: dict) -> bool:
+    return any(row["kind"] in ("prefill", "decode") for row in record.get("rows", []))
+
+
+def _command_text(command: list[str]) -> str:
+    """The record's command without the ``--out`` the suite added."""
+    words, skip = [], False
+    for word in command:
+        if skip:
+            skip = False
+        elif word == "--out":
+            skip = True
+        elif not word.startswith("--out="):
+            words.append(word)
+    return shlex.join(words) if words else "?"
+
+
+def _number(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
+
+
+def _ms(latency_us: float | None) -> str:
+    return "-" if latency_us is None else _number(latency_us / 1e3)
+
+
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.0f}%"
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(str(cell).replace("|", "\\|") for cell in line) + " |" for line in lines)
