@@ -1,11 +1,5 @@
-"""kbench: correctness and speed of LLaMA kernels, op by op and end to end.
-
-The public API a plugin uses:
-
-- ``kbench.hookimpl``: the marker for hook implementations (``@kbench.hookimpl``);
-- ``kbench.KbenchError``: the one error type for user mistakes;
-- ``kbench.ops``: the op contracts (``Op``, ``Case``, ``Tolerance``) and their references.
-"""
+"""kbench: correctness and speed of LLaMA kernels, op by op and end to end. A plugin uses
+``kbench.hookimpl``, ``kbench.KbenchError`` and the op contracts of ``kbench.ops``."""
 
 import pluggy
 

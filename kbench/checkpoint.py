@@ -1,8 +1,4 @@
-"""A Hugging Face checkpoint folder's config.json read into kbench's model fields.
-
-The spec reads a checkpoint's shapes from here without loading any weights; the loader in
-``kbench.model.weights`` reads the tensors.
-"""
+"""A Hugging Face checkpoint's config.json read into kbench's model fields, no weights loaded."""
 
 from __future__ import annotations
 

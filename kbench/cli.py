@@ -1,8 +1,4 @@
-"""The ``kbench`` command line: wires one module per command (``kbench.commands``).
-
-Every user mistake is a ``KbenchError``: printed as one paragraph, exit status 2. ``run`` and
-``compare`` exit with status 1 when something FAILed or regressed.
-"""
+"""The ``kbench`` command line: one module per command (``kbench.commands``)."""
 
 from __future__ import annotations
 

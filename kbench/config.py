@@ -1,7 +1,4 @@
-"""The model and workload a spec describes: plain frozen dataclasses, no I/O.
-
-``kbench.spec`` reads and validates YAML into these; ops use them in ``cases_for``.
-"""
+"""The model and workload a spec describes: frozen dataclasses, no I/O."""
 
 from __future__ import annotations
 
@@ -12,13 +9,8 @@ DEVICES = ("cpu", "cuda")
 
 @dataclass(frozen=True)
 class RopeConfig:
-    """Rotary embedding settings, named as in Hugging Face's ``rope_scaling``.
-
-    ``scaling``: ``none``, ``linear`` (positions / factor), ``dynamic`` (NTK: the base grows
-    once the sequence exceeds ``original_max_position``), ``llama3`` (per-frequency
-    interpolation between ``low_freq_factor`` and ``high_freq_factor``).
-    ``style``: ``half`` (HF rotate_half) or ``interleaved`` (Meta's pairs).
-    """
+    """Rotary embedding settings, named as in Hugging Face's ``rope_scaling`` (``kbench.ops.rope``);
+    ``style``: ``half`` (HF rotate_half) or ``interleaved`` (Meta's pairs)."""
 
     theta: float = 10000.0
     style: str = "half"
@@ -89,13 +81,8 @@ class WeightsSpec:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """How long to time: warm-up and repetitions by time (as Triton's do_bench), in ms.
-
-    ``cuda_graphs``: time decode (and decode-shaped ops) by replaying a captured CUDA graph.
-    ``flush_l2``: overwrite the L2 cache between repetitions so every call starts cold.
-    ``max_op_cases``: at most this many shape cases per op (evenly spaced, smallest and
-    largest kept); None keeps every case the workload produces.
-    """
+    """How long to time, in ms (as Triton's do_bench); ``max_op_cases``: at most this many cases
+    per op (evenly spaced, ends kept), None for all."""
 
     warmup_ms: float = 25.0
     rep_ms: float = 100.0

@@ -1,12 +1,4 @@
-"""The machine a run happened on, and the ceilings its timings are measured against.
-
-``environment()`` is what a run record stores under ``env``: host, CPU, GPU, driver, CUDA,
-torch, triton, kbench version, git commit and the tree of the files that ran (``git_tree``).
-``measure_ceilings(device)`` measures, on a CUDA device, the copy bandwidth (a large
-device-to-device copy, counting the bytes read and the bytes written) and the bf16 matmul
-throughput (an 8192^3 product); every "fraction of peak" in kbench is relative to these
-measured numbers, not to a datasheet.
-"""
+"""The machine a run happened on, and the measured ceilings (not a datasheet's) of its timings."""
 
 from __future__ import annotations
 
@@ -50,11 +42,8 @@ def _git(root: Path, *args: str, env: dict | None = None) -> str:
 
 
 def _worktree_tree(root: Path) -> str:
-    """The git tree id of the checkout's files as they are: tracked and new files alike, ignored
-    ones left out. It equals ``COMMIT^{tree}`` of the commit holding exactly these files, so a
-    record made from uncommitted files (or from a copy whose ``.git`` is older than its files)
-    still names the commit it ran. Built in a scratch index and object store: the checkout's
-    own index and objects are left as they were."""
+    """The git tree id of the checkout's files as they are (ignored ones left out), so a record
+    made from uncommitted files still names what ran; the checkout's own index is untouched."""
     with tempfile.TemporaryDirectory() as scratch:
         git_dir = Path(_git(root, "rev-parse", "--absolute-git-dir"))
         env = {**os.environ, "GIT_INDEX_FILE": str(Path(scratch) / "index"),
@@ -66,8 +55,7 @@ def _worktree_tree(root: Path) -> str:
 
 
 def _git_commit(root: Path | None = None) -> tuple[str | None, bool | None, str | None]:
-    """(commit, dirty, tree) of the checkout kbench is imported from (or ``root``), or Nones
-    outside git. Dirty: the files differ from the commit's, new files not ignored included."""
+    """(commit, dirty, tree) of the checkout kbench is imported from (or ``root``); Nones outside git."""
     root = root or Path(kbench.__file__).resolve().parent.parent
     try:
         commit = _git(root, "rev-parse", "HEAD")
@@ -129,11 +117,8 @@ def environment(device: str | torch.device | None = None) -> dict:
 
 
 def measure_ceilings(device: str | torch.device) -> dict:
-    """Measured peaks of ``device``: ``copy_gbps`` and ``matmul_bf16_tflops`` (None on a CPU).
-
-    Copy: ``dst.copy_(src)`` of 2 GiB, 2 x 2 GiB moved per call (read + write), median of
-    CUDA events. Matmul: bf16 ``[8192, 8192] @ [8192, 8192]``, 2 * 8192^3 FLOPs per call.
-    """
+    """Measured ``copy_gbps`` (read + write bytes of a device copy) and ``matmul_bf16_tflops``
+    (an 8192^3 product) of ``device``; None on a CPU."""
     device = torch.device(device)
     if device.type != "cuda":
         return {"copy_gbps": None, "matmul_bf16_tflops": None, "note": "ceilings are measured on CUDA devices only"}

@@ -7,12 +7,8 @@ from collections.abc import Iterable
 
 
 class KbenchError(Exception):
-    """A mistake of the user's (bad spec, unknown name, impossible shape), not a bug.
-
-    ``message`` says what was wrong; ``fix`` says what to do about it. The CLI prints both
-    as one paragraph and exits with status 2. Anything that is not a ``KbenchError`` is a
-    bug and keeps its traceback.
-    """
+    """A mistake of the user's, not a bug: ``message`` says what was wrong, ``fix`` what to do.
+    The CLI prints both and exits with status 2; any other exception keeps its traceback."""
 
     def __init__(self, message: str, fix: str | None = None):
         self.message = message

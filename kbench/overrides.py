@@ -1,6 +1,4 @@
-"""Command-line changes to a spec (``--attention flash``, ``--batch 1,8``, ``--layers 2``),
-applied to the ``Spec`` object after the YAML is read, each key's origin the flag that set it.
-"""
+"""Command-line changes to a spec, applied after the YAML is read, each key's origin its flag."""
 
 from __future__ import annotations
 
@@ -21,12 +19,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Overrides:
-    """Command-line changes to a spec, applied to the ``Spec`` object after it is read.
-
-    ``backends`` maps a family or op name to a backend (``--attention flash``,
-    ``--backend attention_decode=cuda``); ``backend_flags`` names the flag each came from, for
-    error messages. ``layers`` keeps the model's real shapes with fewer layers.
-    """
+    """``backends``: family or op name -> backend, ``backend_flags`` the flag each came from;
+    ``layers`` keeps the model's shapes with fewer layers."""
 
     backends: Mapping[str, str] = field(default_factory=dict)
     dtype: str | None = None
@@ -41,10 +35,8 @@ class Overrides:
     @classmethod
     def from_cli(cls, *, backend: Iterable[str] = (), batch: str | None = None, prompt_len: str | None = None,
                  **options: Any) -> Overrides:
-        """Overrides from raw CLI values: ``backend=("norm=triton",)``, ``batch="1,8,32"``,
-        ``dtype="bf16"``, ``decode_steps=64``, ``layers=2``, ...; any other keyword is a family
-        flag (``attention="flash"``; None when the flag was not given).
-        """
+        """Overrides from raw CLI values (``batch="1,8,32"``); any keyword that is not a field is
+        a family flag (``attention="flash"``, None when not given)."""
         fields = {f.name for f in dataclasses.fields(cls)}
         backends: dict[str, str] = {}
         flags: dict[str, str] = {}
@@ -78,8 +70,7 @@ def parse_int_list(text: str, flag: str) -> tuple[int, ...]:
 
 
 def apply_overrides(spec: Spec, overrides: Overrides) -> Spec:
-    """``spec`` with the command line's values in place of the file's, each key's origin the
-    flag that set it, and the checks that span sections made again."""
+    """``spec`` with the command line's values in place of the file's, cross-section checks redone."""
     origins = dict(spec.origins)
     changes: dict[str, Any] = {}
     if overrides.backends:

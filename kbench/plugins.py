@@ -1,7 +1,4 @@
-"""The plugin manager: the core's reference backend, then every ``kbench`` entry point.
-
-The only module-level state in kbench is the cached registry built here.
-"""
+"""The plugin manager: the core's reference backend, then every ``kbench`` entry point."""
 
 from __future__ import annotations
 
@@ -32,11 +29,7 @@ def _dist_version(entry_point: importlib.metadata.EntryPoint) -> str | None:
 
 
 def make_plugin_manager(registry: Registry) -> pluggy.PluginManager:
-    """A manager with the core ops registered and every wanted entry point loaded.
-
-    A plugin that fails to import is recorded in ``registry.plugin_errors``; it never
-    stops the others from loading.
-    """
+    """The core ops and every wanted entry point; one that fails to import goes to ``plugin_errors``."""
     from kbench import ops as core_ops
 
     pm = pluggy.PluginManager("kbench")
@@ -63,7 +56,6 @@ def _error_line(error: BaseException) -> str:
 
 
 def build_registry() -> Registry:
-    """Load plugins and collect their ops and implementations into a fresh Registry."""
     registry = Registry()
     pm = make_plugin_manager(registry)
     for hookimpl in pm.hook.register_ops.get_hookimpls():

@@ -16,7 +16,6 @@ REFERENCE = "reference"
 
 @dataclass(eq=False)
 class Implementation:
-    """One backend's implementation of one op, as a plugin registered it."""
 
     op: str
     backend: str
@@ -55,7 +54,6 @@ class Implementation:
 
 
 class Registry:
-    """Every op and every implementation the loaded plugins registered."""
 
     def __init__(self) -> None:
         self.ops: dict[str, Op] = {}
@@ -126,8 +124,7 @@ class Registry:
         return self.implementations[(op, backend)]
 
     def require(self, op: str, backend: str) -> Implementation:
-        """The implementation when ``backend`` can run ``op`` in this process at all (asking also
-        loads what it needs); else KbenchError naming the reason and the backends that can."""
+        """The implementation if ``backend`` can run ``op`` here; else KbenchError naming who can."""
         impl = self.get(op, backend)
         reason = impl.unavailable_reason()
         if reason:
@@ -152,6 +149,5 @@ class Registry:
         return impl
 
     def call(self, op: str, backend: str, **inputs: Any) -> Any:
-        """Validate ``inputs`` against the op's contract, then run ``backend`` on them."""
         self.op(op).validate(inputs)
         return self.get(op, backend)(**inputs)

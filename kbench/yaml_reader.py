@@ -1,8 +1,4 @@
-"""YAML read with the line of every key, and a reader whose errors name file, line, key and fix.
-
-The spec (``kbench.spec``) and the benchmark suite (``kbench.commands.suite``) read their files
-through this, so a mistake in either is reported the same way.
-"""
+"""YAML read with the line of every key, and a reader whose errors name file, line, key and fix."""
 
 from __future__ import annotations
 

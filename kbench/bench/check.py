@@ -18,7 +18,6 @@ def clone_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def reference_output(op, inputs: dict[str, Any]) -> Any:
-    """The reference's output for ``inputs``, computed on a clone."""
     return op.reference(**clone_inputs(inputs))
 
 
@@ -33,12 +32,8 @@ def check_implementation(
     reference: Any = None,
     inputs: dict[str, Any] | None = None,
 ) -> Check:
-    """Run ``backend`` and the reference on the same inputs and compare with the op's policy.
-
-    An exception inside the implementation is a FAIL with the error as its detail (a wrong
-    kernel must be reported, never crash the run); a ``KbenchError`` (unsupported case)
-    propagates.
-    """
+    """``backend`` against the reference on the same inputs, by the op's ``compare``. An exception
+    in the kernel is a FAIL, not a crash; a ``KbenchError`` (unsupported case) propagates."""
     op = registry.op(op_name)
     impl = registry.resolve(op_name, backend, case, dtype, device)
     if inputs is None:

@@ -1,8 +1,4 @@
-"""Prefill and decode of a whole model, timed over the workload sweep: one row per point.
-
-A model is the assembled pipeline or a baseline (transformers' LLaMA, the all-reference
-pipeline); ``label`` names it in the rows. A point that raises is a FAIL row, not a lost run.
-"""
+"""Prefill and decode of a whole model (the pipeline or a baseline) over the workload: one row per point."""
 
 from __future__ import annotations
 
@@ -53,7 +49,6 @@ def _timing_fields(timing: Timing, per: int = 1) -> dict:
 
 
 def time_prefill(plan: Plan, model, label: str, ceilings: dict, progress) -> list[Row]:
-    """Prefill rows for every (batch, prompt_len) of the workload."""
     spec, rows = plan.spec, []
     for batch, prompt_len in workload_pairs(spec):
         progress(f"prefill [{label}]: batch={batch} prompt_len={prompt_len}")
@@ -78,12 +73,7 @@ def crash_row(kind: str, plan: Plan, label: str, batch: int, prompt_len: int, er
 
 @torch.inference_mode()
 def prefill_row(plan: Plan, model, label: str, ceilings: dict, batch: int, prompt_len: int) -> PrefillRow:
-    """Latency of one prefill of ``batch`` prompts of ``prompt_len`` tokens, and time to first token.
-
-    TTFT is the prefill plus choosing the first token (the pipeline's sampling op; argmax
-    for a baseline without one), prompts starting on the host. TFLOP/s from ``prefill_flops``,
-    as a fraction of the measured bf16 matmul ceiling.
-    """
+    """Latency of one prefill and its time to first token, prompts starting on the host."""
     spec, bench = plan.spec, plan.spec.bench
     prompts = random_prompts(spec.model.vocab, batch, prompt_len, PROMPT_SEED)
     model.reset(batch, prompt_len + spec.workload.decode_steps)
@@ -113,7 +103,6 @@ def first_token(model, prompts) -> torch.Tensor:
 
 
 def time_decode(plan: Plan, model, label: str, weights, ceilings: dict, progress) -> list[Row]:
-    """Decode rows for every (batch, prompt_len) of the workload."""
     spec, rows = plan.spec, []
     for batch, prompt_len in workload_pairs(spec):
         progress(f"decode [{label}]: batch={batch} prompt_len={prompt_len} steps={spec.workload.decode_steps}")
@@ -128,11 +117,8 @@ def time_decode(plan: Plan, model, label: str, weights, ceilings: dict, progress
 
 @torch.inference_mode()
 def decode_row(plan: Plan, model, label: str, weights, ceilings: dict, batch: int, prompt_len: int) -> DecodeRow:
-    """Per-token latency of ``decode_steps`` steps after a prefill (the prefill is not timed).
-
-    Under ``bench.cuda_graphs`` on CUDA the pipeline replays a captured decode step.
-    Roofline: bytes a step must read / step time, as a fraction of the measured copy bandwidth.
-    """
+    """Per-token latency of ``decode_steps`` steps after an untimed prefill; roofline: bytes a
+    step must read / step time, against the measured copy bandwidth."""
     spec = plan.spec
     bench, steps = spec.bench, spec.workload.decode_steps
     prompts = random_prompts(spec.model.vocab, batch, prompt_len, PROMPT_SEED)

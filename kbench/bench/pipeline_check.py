@@ -1,8 +1,5 @@
-"""The assembled pipeline against an oracle, teacher-forced, at every workload point.
-
-Both see the same prompt and then the oracle's greedy tokens, so one early difference cannot
-snowball; per step the max logit error and greedy-token agreement.
-"""
+"""The pipeline against an oracle, teacher-forced (both fed the oracle's greedy tokens, so one
+early difference cannot snowball), at every workload point."""
 
 from __future__ import annotations
 
@@ -27,16 +24,9 @@ CHECK_MAX_BATCH = 8
 
 
 def check_pipeline(plan: Plan, weights, pipeline, progress) -> list[Row]:
-    """Teacher-forced comparison with an oracle at every (batch, prompt_len).
-
-    In float32 the oracle is the all-reference pipeline and the pipeline must match it to
-    ``LOGIT_RTOL``. In bfloat16/float16 the reference itself rounds (HF eager keeps the
-    attention scores in 16 bits), so a kernel that keeps more precision differs from it by as
-    much as the reference differs from exact arithmetic. There the oracle is the all-reference
-    pipeline in float32 on the same weights, and the pipeline must be no further from it than
-    ``ERROR_FACTOR`` times the 16-bit reference pipeline (or ``LOGIT_RTOL``, whichever is larger).
-    The oracle sees at most ``CHECK_MAX_BATCH`` prompts of each batch, to bound its memory.
-    """
+    """Teacher-forced comparison with an oracle at every (batch, prompt_len). In 16 bits the
+    reference itself rounds, so the oracle is the float32 all-reference pipeline and the pipeline
+    may be ``ERROR_FACTOR`` times as far from it as the 16-bit reference (at least ``LOGIT_RTOL``)."""
     spec, steps = plan.spec, plan.spec.workload.decode_steps
     if plan.all_reference:
         return [check_row(plan, batch, prompt_len, status="PASS", max_abs_err=0.0, max_rel_err=0.0,
@@ -78,14 +68,8 @@ def _step_errors(logits: torch.Tensor, oracle64: torch.Tensor, scale: torch.Tens
 
 @torch.inference_mode()
 def teacher_forced_check(pipeline, oracle, reference, prompts, steps: int, dtype: torch.dtype) -> dict:
-    """Feed every pipeline the prompts, then the oracle's greedy token for ``steps`` steps.
-
-    Per step: |logit error| against the oracle, relative to the step's largest oracle logit,
-    for the pipeline and (in 16 bits) for the reference pipeline of the same dtype. Allowed:
-    ``max(LOGIT_RTOL, ERROR_FACTOR * reference error)``. A greedy token that differs from the
-    oracle's is an error only where the oracle's margin between the two exceeds that allowance
-    (otherwise it is a near-tie that rounding alone can flip).
-    """
+    """Feed every pipeline the prompts, then the oracle's greedy token for ``steps`` steps; a
+    differing greedy token is an error only where the oracle's margin exceeds the allowance."""
     floor = LOGIT_RTOL.get(dtype, 5e-2)
     max_abs = max_rel = reference_rel = 0.0
     margins = []

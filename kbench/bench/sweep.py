@@ -1,30 +1,7 @@
-"""Op sweeps: check, then time, each (backend, case) of one op; one run-record row each.
-
-A row (``kbench.results.rows.OpRow``) holds the correctness check against the reference (``status``,
-``max_abs_err``, ``max_rel_err``) and two latencies:
-
-- ``latency_us`` (``method`` ``cuda-events`` or ``perf_counter``): the call as a user makes
-  it, Python and launch included, L2 flushed before each repetition;
-- ``graph_latency_us`` (``graph_method`` ``cuda-graph``): the kernel's GPU time, replayed
-  from a CUDA graph holding ``graph_calls`` calls; measured on CUDA for every implementation
-  registered with ``cuda_graphs=True`` (``note`` says why it is missing otherwise).
-
-At decode shapes the two differ by launch overhead; at large shapes they agree. TFLOP/s and
-GB/s (``op.flops``, ``op.bytes``) use the kernel time where there is one
-(``throughput_basis`` says which), and ``frac_peak_*`` divide by the measured ceilings.
-
-Inputs an op may overwrite (``op.inplace``) are restored from a pristine copy before every
-repetition, outside the timed region; inside one graph each captured call gets its own copy
-(up to a memory budget), so no timed call sees data an earlier call rewrote. Inputs a model
-step reads from HBM (``op.cold``: attention_decode's KV cache) get copies too where L2 could
-hold them (``graph_input_sets``). The graph holds enough calls for the copies to span twice the
-L2 where the budget allows (``graph_call_count``), so they are read from HBM whichever backend
-runs: how many calls fill a replay depends on the backend's launch overhead, and fewer copies
-would leave a slow launcher's in L2. Where the calls have their own input sets, they have their
-own outputs too (``measure(keep_outputs=...)``): a backend that writes new tensors (torch.compile
-of rope or add_rmsnorm) then writes as many buffers as one writing in place writes copies, where
-one reused output buffer kept its writes in L2 and off HBM.
-"""
+"""Op sweeps: check, then time, each (backend, case) of one op; one ``OpRow`` each, with the
+latency as called and the kernel's under CUDA-graph replay. In a graph each call gets its own
+output and copies of the ``inplace`` inputs and (where L2 could hold them) the ``cold`` ones,
+spanning twice the L2 within a budget, so no call finds them in L2 whatever the backend."""
 
 from __future__ import annotations
 
@@ -60,7 +37,6 @@ def op_rows(
     ceilings: dict | None = None,
     seed: int = 0,
 ) -> list[dict]:
-    """``op_results`` as the record stores them (``row_dict``)."""
     return [row_dict(row) for row in op_results(registry, op_name, backends, cases, dtype, device, bench, progress,
                                                 ceilings=ceilings, seed=seed)]
 
@@ -78,12 +54,8 @@ def op_results(
     ceilings: dict | None = None,
     seed: int = 0,
 ) -> list[OpRow]:
-    """Check and time every backend on every case; rows in (case, backend) order.
-
-    ``bench`` is a ``kbench.spec.BenchConfig`` (``warmup_ms``, ``rep_ms``, ``flush_l2``).
-    A backend that cannot run a case gives a ``SKIP`` row with the reason; one whose output
-    is wrong gives a ``FAIL`` row (still timed, unless it raised).
-    """
+    """Check and time every backend on every case, in (case, backend) order; ``bench`` is a
+    ``BenchConfig``. A case a backend declines is SKIP; a wrong output FAIL, still timed."""
     op = registry.op(op_name)
     device = torch.device(device)
     rows = []
@@ -143,7 +115,6 @@ def graph_unavailable(impl, device: torch.device) -> str | None:
 
 
 def throughput(flops: float, bytes_moved: float, timing: Timing, ceilings: dict) -> dict:
-    """TFLOP/s, GB/s and their fractions of the measured ceilings at ``timing.median_us``."""
     seconds = timing.median_us * 1e-6
     tflops = flops / seconds / 1e12 if seconds > 0 else math.nan
     gbps = bytes_moved / seconds / 1e9 if seconds > 0 else math.nan
@@ -184,18 +155,13 @@ def copied_inputs(op: Op, inputs: dict, l2_bytes: int) -> tuple[list[str], list[
 
 
 def copies_spanning(nbytes: int, l2_bytes: int) -> int:
-    """Copies of ``nbytes`` each that span twice ``l2_bytes``."""
     return -(-2 * l2_bytes // nbytes)
 
 
 def graph_call_count(op: Op, inputs: dict, estimate_us: float | None, l2_bytes: int) -> int:
-    """Calls one graph holds: enough to last about ``GRAPH_REPLAY_TARGET_US`` at the eager
-    estimate (at most ``MAX_GRAPH_CALLS``) and, where calls get their own input copies
-    (``copied_inputs``), at least enough for the copies to span twice ``l2_bytes`` (within the
-    copy budget and ``MAX_COPIED_GRAPH_CALLS``). The estimate is the eager call, launch overhead
-    included, so alone it gave a backend with a slower launch fewer copies, which stayed in L2:
-    37 of triton's add_rmsnorm residual at 64 x 4096 (18 MB, in the H100's 50 MB L2) against 99
-    of cuda's; 9 of triton's 2 MB KV cache at batch 1 x 512 (GQA-8) against 50 of cuda's."""
+    """Calls one graph holds: about ``GRAPH_REPLAY_TARGET_US`` at the eager estimate and, where
+    calls get input copies, at least enough for them to span twice ``l2_bytes``. The estimate
+    includes launch overhead, so alone it would leave a slow launcher's fewer copies in L2."""
     estimate = estimate_us if estimate_us and estimate_us > 0 else 1.0
     calls = int(min(MAX_GRAPH_CALLS, max(1, GRAPH_REPLAY_TARGET_US / estimate)))
     inplace, cold = copied_inputs(op, inputs, l2_bytes)
@@ -207,12 +173,8 @@ def graph_call_count(op: Op, inputs: dict, estimate_us: float | None, l2_bytes: 
 
 
 def cycled_calls(impl, op: Op, inputs: dict, copies: int, l2_bytes: int = 0):
-    """(fn, reset, sets): ``fn`` calls ``impl`` on the next of ``sets`` input sets; ``reset``
-    restores every set's in-place inputs (None without any). A set has its own copy of the
-    in-place inputs and, where ``copies`` > 1 calls share a graph and the op's ``cold`` inputs
-    are under twice ``l2_bytes``, of those too: enough sets that a call's cold inputs were last
-    read over 2 x L2 of other data ago (all sets within INPLACE_COPY_BUDGET_BYTES).
-    """
+    """(fn, reset, sets): ``fn`` calls ``impl`` on the next of ``sets`` input sets (``copied_inputs``
+    copied in each); ``reset`` restores their in-place inputs (None without any)."""
     inplace, cold = copied_inputs(op, inputs, l2_bytes)
     cold = cold if copies > 1 else []  # one call a replay: nothing to rotate
     cloned = inplace + cold

@@ -1,28 +1,6 @@
 """How long a call takes: Triton's ``do_bench`` discipline on a GPU, perf_counter on a CPU.
-
-``measure(fn, device=...)`` runs ``fn`` (no arguments) and returns a ``Timing``:
-
-- **CUDA events** (``method="cuda-events"``): a few calls estimate the cost, then warm-up
-  and repetition counts follow from ``warmup_ms`` and ``rep_ms``. Before every repetition,
-  outside the timed region, ``reset()`` runs (restoring inputs an in-place op overwrote)
-  and a buffer larger than L2 is overwritten, so no repetition finds its inputs in cache.
-  Each repetition has its own pair of events, recorded on an idle GPU (the host
-  synchronizes before each start event), so the pair spans the host's dispatch as well as
-  the kernels: the time of the call as a user makes it, Python and launch included.
-- **CUDA graph replay** (``cuda_graph=True``, ``method="cuda-graph"``): ``graph_calls``
-  calls are captured into one graph, the graph is replayed and the time divided by the
-  number of calls: the GPU time of the kernels without Python or launch overhead. Within a
-  replay the calls find the previous call's data in L2 (as a kernel does inside a model step),
-  except an op's ``cold`` inputs (a KV cache), which ``kbench.bench.sweep.time_op`` cycles
-  through enough copies that each call reads them from HBM, as in a model step. With
-  ``keep_outputs=n`` each call's result is held until n calls later in the capture, so n + 1
-  calls in a row write n + 1 output buffers (``capture_calls``), not one reused buffer.
-- **perf_counter** (``method="perf_counter"``): the same loop on a CPU, with the same
-  statistics; ``timer`` can be replaced (tests drive it with a fake clock).
-
-Statistics are over repetitions: median, 20th and 80th percentiles (linear interpolation),
-minimum and mean, all in microseconds per call.
-"""
+``cuda-events`` times the call as a user makes it (events started on an idle GPU, so they span
+the host's dispatch; L2 flushed before each); ``cuda-graph`` the kernels' GPU time in a replay."""
 
 from __future__ import annotations
 
@@ -118,13 +96,8 @@ def measure(
     keep_outputs: int = 0,
     timer: Callable[[], float] = time.perf_counter,
 ) -> Timing:
-    """Time ``fn()``; see the module docstring for the three methods.
-
-    ``reset`` runs before every call or replay, outside the timed region. ``graph_calls``
-    fixes how many calls one graph holds (default: enough for about 2 ms per replay, at
-    most 100), and ``keep_outputs`` how many of their results the capture holds
-    (``capture_calls``). ``timer`` (seconds) is used on a CPU only.
-    """
+    """Time ``fn()``; ``reset`` runs before every call or replay, outside the timed region;
+    ``timer`` (seconds) is used on a CPU only."""
     device = torch.device(device)
     if device.type != "cuda":
         return _measure_host(fn, warmup_ms, rep_ms, reset, timer)
@@ -155,7 +128,6 @@ def _measure_host(fn, warmup_ms, rep_ms, reset, timer) -> Timing:
 
 
 def l2_cache_bytes(device: torch.device | str) -> int:
-    """The L2 cache size of a CUDA device in bytes; 0 elsewhere."""
     device = torch.device(device)
     if device.type != "cuda":
         return 0
@@ -205,12 +177,8 @@ def _measure_cuda_events(fn, device, warmup_ms, rep_ms, flush_l2, reset) -> Timi
 
 
 def capture_calls(fn: Callable[[], object], calls: int, keep: int) -> None:
-    """Call ``fn`` ``calls`` times, holding each result until ``keep`` calls later.
-
-    Under graph capture a result that is dropped at once gives its memory back to the graph's
-    pool, and the next call's output takes the same buffer: every call of the replay writes
-    it, and the writes stay in L2. Held, the results take ``keep`` + 1 buffers in turn, as an
-    in-place op's calls write ``keep`` input copies."""
+    """Call ``fn`` ``calls`` times, holding each result until ``keep`` calls later: a result
+    dropped at once under capture hands its buffer to the next call, whose writes stay in L2."""
     held: collections.deque = collections.deque(maxlen=max(0, keep))
     for _ in range(calls):
         held.append(fn())

@@ -1,21 +1,5 @@
-"""``kbench bench OP --backend NAME [--vs OTHER ...]``: the kernel author's inner loop.
-
-One op, a few backends, a shape sweep from the command line; correctness, then timing, with
-the same rows, record and tables as ``kbench run`` (``kbench.bench.sweep.op_results``,
-``kbench.results``)::
-
-    kbench bench rmsnorm --backend triton --vs torch --tokens 1,16,256,4096 --hidden 4096
-    kbench bench rope --backend triton --spec model_specs/llama2-7b.yaml
-
-Shape dimensions are the op's case dimensions, given as ``--DIM v1,v2,...`` (``--kv-heads``
-and ``--kv_heads`` are the same); every dimension not given keeps the value of the op's
-first test case, and several swept dimensions give their cross product. A list-valued
-dimension takes its elements joined by ``/`` (``--seq-lens 128/512,1024/1024``). With
-``--spec`` the cases are the shapes that model runs instead.
-
-Exit status: 0 if every row passed (or was skipped with a reason), 1 if any FAIL, 2 for a
-mistake on the command line (unknown op, backend or dimension: the closest match is named).
-"""
+"""``kbench bench OP --backend NAME [--vs OTHER ...]``: one op over a shape sweep, the kernel
+author's inner loop, with the same rows, record and tables as ``kbench run``."""
 
 from __future__ import annotations
 
@@ -55,7 +39,6 @@ def parse_dim_args(args: list[str]) -> dict[str, list[str]]:
 
 
 def parse_value(text: str, default: Any, dim: str) -> Any:
-    """``text`` converted to the type of the dimension's default value."""
     if isinstance(default, (list, tuple)):
         element = default[0] if default else 0
         return type(default)(parse_value(part, element, dim) for part in text.split("/") if part)
@@ -104,11 +87,7 @@ def get_backend(registry, op_name: str, backend: str):
 
 def bench_record(op_name: str, backends: list[str], rows: list, registry, device: str, dtype,
                  bench, spec=None, ceilings: dict | None = None) -> dict:
-    """A run record (``kbench.results.record.build_record``) holding one op's sweep.
-
-    ``backends`` has the run record's shape, for the op's family: the backend under test,
-    its plugin and version, and the ones it was compared with under ``vs``.
-    """
+    """A run record of one op's sweep; ``backends`` names the backend under test and its ``vs``."""
     import dataclasses
 
     from kbench.ops.base import dtype_name
@@ -151,9 +130,8 @@ def bench_record(op_name: str, backends: list[str], rows: list, registry, device
 def bench_command(ctx, op_name, backend, others, spec_path, dtype, device, warmup_ms, rep_ms, out_dir, no_record):
     """Check and time one OP for --backend (and each --vs) over a shape sweep.
 
-    Dimensions: --DIM v1,v2,... for any dimension of the op's test cases (the op's docstring
-    describes them; an unknown --DIM lists them), e.g. --tokens 1,16,256,4096 --hidden 4096.
-    Dimensions not given keep the op's first test case.
+    --DIM v1,v2,... sweeps any dimension of the op's test cases (an unknown --DIM lists them),
+    e.g. --tokens 1,16,256,4096 --hidden 4096; the others keep the op's first test case.
     """
     import torch
 

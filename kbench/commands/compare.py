@@ -31,9 +31,8 @@ err_console = make_console(stderr=True)
 def compare_command(runs, baseline, threshold, metric, output_format, output, plot, results_dir):
     """Speedups of RUNS (paths or run ids; default: the two latest in results/).
 
-    Two runs: the second against the first, row by row. With --baseline: every backend of
-    one run against that backend. Exit status 1 on a regression past --threshold, a FAIL
-    row, or nothing to join.
+    Two runs: the second against the first. With --baseline: every backend of one run against
+    that backend. Exit status 1 on a regression past --threshold, a FAIL row, or nothing to join.
     """
     from pathlib import Path
 

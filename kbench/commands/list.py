@@ -19,11 +19,7 @@ err_console = make_console(stderr=True)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--op", "op_filter", default=None, help="Only this op.")
 def list_command(as_json: bool, op_filter: str | None):
-    """Every op, its backends, and why a backend cannot run here.
-
-    "Here" is this machine's default device (CUDA if visible, else the CPU): a backend is
-    available when it can run the op's first test case there in at least one dtype.
-    """
+    """Every op, its backends, and why a backend cannot run here (CUDA if visible, else the CPU)."""
     from kbench.plugins import get_registry
 
     registry = get_registry()

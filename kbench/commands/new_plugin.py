@@ -1,11 +1,4 @@
-"""``kbench new-plugin NAME``: write a pip-installable backend plugin whose tests pass as generated.
-
-The package (``kbench-NAME/``) has the ``kbench`` entry point, one op (``rmsnorm`` in plain
-PyTorch) with its ``supports()``, and tests through ``kbench.testing``. The files are the
-templates in ``kbench/templates/plugin/`` with ``{{name}}`` (the backend), ``{{package}}``
-(the import name), ``{{dist}}`` (the distribution name) and ``{{ident}}`` (the name as a
-Python identifier) filled in; ``__package__`` and ``__ident__`` in a path are replaced too.
-"""
+"""``kbench new-plugin NAME``: ``kbench/templates/plugin/`` filled in as a backend plugin."""
 
 from __future__ import annotations
 
@@ -38,7 +31,6 @@ def render(text: str, names: dict[str, str]) -> str:
 
 
 def planned_files(names: dict[str, str]) -> dict[Path, str]:
-    """Relative path -> content of every file of the new plugin."""
     files = {}
     for template in sorted(TEMPLATES.rglob("*.tmpl")):
         relative = template.relative_to(TEMPLATES).as_posix().removesuffix(".tmpl")
@@ -48,11 +40,8 @@ def planned_files(names: dict[str, str]) -> dict[Path, str]:
 
 
 def new_plugin(name: str, directory: Path | None = None) -> Path:
-    """Write the plugin for backend ``name`` into ``directory`` (default ``./kbench-NAME``).
-
-    Refuses (KbenchError, nothing written) if the directory exists and is not empty, or if
-    an installed plugin already registers a backend of that name.
-    """
+    """Write the plugin into ``directory`` (default ``./kbench-NAME``); KbenchError, nothing
+    written, if it is not empty or an installed plugin already registers backend ``name``."""
     names = plugin_names(name)
     target = Path(directory) if directory is not None else Path.cwd() / names["dist"]
     if target.exists() and (not target.is_dir() or any(target.iterdir())):

@@ -1,27 +1,5 @@
-"""``kbench suite FILE``: a declarative list of ``kbench run`` / ``kbench bench`` commands.
-
-A suite remakes a set of figures in one go (``benchmarks/h100.yaml`` remakes every figure the
-README quotes)::
-
-    name: h100                       # names the summary, <out>/h100-summary.md
-    description: the figures README.md quotes
-    out: results/examples            # where the records go (--out overrides it)
-    runs:
-      - name: llama2-7b-mix          # letters, digits, '.', '_', '-'; unique
-        command: kbench run model_specs/llama2-7b.yaml --attention flash --batch 1,8
-      - name: rmsnorm-decode
-        command: kbench bench rmsnorm --backend triton --vs torch --tokens 1,32 --hidden 4096
-
-Each entry runs in a fresh process (``python -m kbench.cli``, from the current folder), so GPU
-memory and compile caches do not carry from one entry to the next; the suite sets its ``--out``.
-The whole file, every command's options included, is checked before anything runs: a mistake
-is a ``KbenchError`` naming the file, line, key and fix (exit status 2, nothing written).
-Afterwards a summary (entry, exit status, record, PASS/FAIL, wall seconds) is printed and
-written to ``<out>/<name>-summary.md``; the exit status is 1 if any entry failed.
-
-``--readme README.md`` remakes the figures between its markers (``kbench.results.figures``); with
-``--dry-run`` from the records the previous run's summary names, running nothing.
-"""
+"""``kbench suite FILE``: a YAML list of ``kbench run`` / ``kbench bench`` commands, all checked
+before any runs, each run in a fresh process so GPU memory and compile caches do not carry over."""
 
 from __future__ import annotations
 
@@ -56,7 +34,7 @@ SUMMARY_HEADER = ("entry", "exit status", "record", "status", "wall s")
 
 @dataclass(frozen=True)
 class Entry:
-    """One command of a suite: ``args`` follow ``kbench`` (``('run', 'model_specs/x.yaml', ...)``)."""
+    """One command of a suite: ``args`` follow ``kbench`` (``('run', 'SPEC', ...)``)."""
 
     name: str
     args: tuple[str, ...]
@@ -81,7 +59,6 @@ class Suite:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one entry did: its exit status, the record it wrote (if any), its wall time."""
 
     entry: Entry
     exit_status: int
@@ -359,9 +336,8 @@ def _table_cells(line: str) -> list[str]:
 def suite_command(suite_path, out_dir, dry_run, only, readme):
     """Run every entry of the suite FILE (a YAML list of kbench run / kbench bench commands).
 
-    Each entry runs in a fresh process with --out set to the suite's folder; a summary table
-    is printed and written to OUT/NAME-summary.md. Exit status: 0 if every entry passed, 1 if
-    any failed, 2 for a mistake in FILE (nothing runs).
+    Each entry runs in a fresh process; the summary is written to OUT/NAME-summary.md. Exit
+    status: 0 if every entry passed, 1 if any failed, 2 for a mistake in FILE (nothing runs).
     """
     console = make_console()
     suite = load_suite(suite_path, out_dir)

@@ -1,8 +1,5 @@
-"""The LLaMA pipeline built from a spec: weights, KV cache, prefill/decode/generate.
-
-``load_weights(spec)`` then ``build_pipeline(spec, registry, weights)``; ``HFBaseline`` (in
-``kbench.model.hf_baseline``, needs transformers) runs the same weights through Hugging Face.
-"""
+"""The LLaMA pipeline built from a spec (weights, KV cache, prefill/decode/generate), and
+``HFBaseline``, the same weights through transformers."""
 
 from kbench.model.kv_cache import KVCache
 from kbench.model.pipeline import Pipeline, build_pipeline, random_prompts

@@ -1,8 +1,4 @@
-"""The work of a whole model step: FLOPs of a prefill and bytes of a decode step.
-
-They come from the model's shapes and its weights, so the prefill's TFLOP/s and the decode's
-roofline in a run are the model's own, whatever backends run it.
-"""
+"""The work of a whole model step, from its shapes: FLOPs of a prefill, bytes of a decode step."""
 
 from __future__ import annotations
 
@@ -10,9 +6,8 @@ from kbench.spec import Spec
 
 
 def prefill_flops(spec: Spec, batch: int, prompt_len: int) -> float:
-    """FLOPs of one prefill: 2 per weight per token in the layers' matmuls, the LM head on the
-    last position of each prompt, and causal attention (QK^T and PV over prompt_len(prompt_len+1)/2 pairs).
-    """
+    """FLOPs of one prefill: 2 per weight per token, the LM head on each prompt's last position,
+    causal attention (QK^T and PV over prompt_len(prompt_len+1)/2 pairs)."""
     m = spec.model
     layer_weights = (m.heads + 2 * m.kv_heads) * m.head_dim * m.hidden + m.hidden * m.heads * m.head_dim \
         + 3 * m.hidden * m.intermediate
@@ -22,9 +17,8 @@ def prefill_flops(spec: Spec, batch: int, prompt_len: int) -> float:
 
 
 def decode_bytes_per_step(spec: Spec, weights, batch: int, prompt_len: int) -> float:
-    """Bytes one decode step must read, averaged over the timed steps: every weight but the
-    embedding table (a step reads ``batch`` of its rows), plus K and V of every cached token.
-    """
+    """Bytes one decode step must read, averaged over the timed steps: every weight (of the
+    embedding, ``batch`` rows), plus K and V of every cached token."""
     model, steps = spec.model, spec.workload.decode_steps
     weight_bytes = weights.nbytes
     if weights.lm_head.data_ptr() != weights.embedding.data_ptr():

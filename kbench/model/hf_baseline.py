@@ -1,11 +1,5 @@
-"""Hugging Face's LlamaForCausalLM with the pipeline's config and weights: the baseline to beat.
-
-It runs the best attention transformers offers here (``flash_attention_2`` when flash-attn is
-installed and the dtype is half precision on CUDA, else ``sdpa``) over a static KV cache,
-and exposes ``prefill`` / ``decode_step`` / ``reset`` like ``Pipeline`` so the same timing
-harness measures both. Prompts of one prefill must have equal length (HF batches are
-rectangular; padding would change what is measured).
-"""
+"""Hugging Face's LlamaForCausalLM with the pipeline's weights and a static cache, timed like
+``Pipeline``. Prompts of one prefill have equal length: padding would change what is measured."""
 
 from __future__ import annotations
 
@@ -19,16 +13,13 @@ from kbench.model.weights import Weights
 
 
 def interleaved_to_half(w: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
-    """Permute the rows of a q or k projection so rotate_half rope computes what interleaved
-    (Meta) rope computes on the original: row pair (2i, 2i+1) of each head becomes (i, i + head_dim/2).
-    Scores q.k are unchanged because q and k are permuted alike.
-    """
+    """Permute a q or k projection's rows so rotate_half rope computes what interleaved (Meta) rope
+    does: pair (2i, 2i+1) of each head becomes (i, i + head_dim/2); q.k is unchanged."""
     hidden = w.shape[1]
     return w.view(heads, head_dim // 2, 2, hidden).transpose(1, 2).reshape(heads * head_dim, hidden)
 
 
 def hf_config(model, dtype: torch.dtype):
-    """A transformers LlamaConfig with the shapes and rope of ``model`` (a ModelConfig)."""
     from transformers import LlamaConfig
 
     rope = model.rope
@@ -98,7 +89,6 @@ def hf_model(weights: Weights, dtype: torch.dtype, device: torch.device, attenti
 
 
 class HFBaseline:
-    """transformers' LLaMA with a static cache, timed like ``Pipeline``."""
 
     def __init__(self, spec, weights: Weights, attention: str | None = None):
         self.spec, self.device, self.dtype = spec, torch.device(spec.device), spec.dtype
@@ -117,7 +107,6 @@ class HFBaseline:
         return f"hf-{self.attention}"
 
     def reset(self, batch: int, max_seq_len: int) -> None:
-        """An empty static cache for ``batch`` sequences of up to ``max_seq_len`` tokens."""
         if self.cache is not None and (batch, max_seq_len) == (self._batch, self._capacity):
             self.cache.reset()
         else:
@@ -160,7 +149,6 @@ class HFBaseline:
 
     @torch.inference_mode()
     def decode_step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Append ``tokens: [batch]`` and return the next logits ``[batch, vocab]``."""
         logits = self._forward(tokens.reshape(-1, 1).to(self.device), self.positions)
         self.positions.add_(1)
         return logits

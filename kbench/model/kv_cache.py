@@ -1,16 +1,7 @@
-"""The preallocated KV cache, contiguous or paged, and its device-side write.
-
-Contiguous: ``k[layer]: [batch, capacity, kv_heads, head_dim]`` (``block_table`` is None).
-
-Paged: ``k[layer]: [num_blocks, block_size, kv_heads, head_dim]`` with
-``block_table: [batch, blocks_per_seq]`` int32; token ``t`` of sequence ``b`` lives in block
-``block_table[b, t // block_size]`` at offset ``t % block_size``. Blocks are handed out in a
-seeded random order, so a kernel that ignores the block table reads the wrong keys.
-
-Both layouts are exactly what ``attention_decode`` takes. Writes are index/scatter
-operations on device tensors (no host synchronisation), so a decode step that writes the
-cache can be captured in a CUDA graph.
-"""
+"""The preallocated KV cache in ``attention_decode``'s layouts, written without a host sync.
+Contiguous: ``k[layer]: [batch, capacity, kv_heads, head_dim]``. Paged: ``k[layer]:
+[num_blocks, block_size, kv_heads, head_dim]`` with ``block_table: [batch, blocks_per_seq]``
+int32, blocks handed out in a seeded random order so a kernel ignoring the table reads wrong keys."""
 
 from __future__ import annotations
 
@@ -48,20 +39,15 @@ class KVCache:
         self.k, self.v = self.kv[:, 0], self.kv[:, 1]
 
     def slot_index(self, seq_ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(first, second) index of each token's slot in ``k[layer]``: (sequence, position)
-        when contiguous, (block, offset) when paged. Device tensors in, device tensors out."""
+        """(sequence, position) or, paged, (block, offset) of each token's slot; on the device."""
         if self.block_table is None:
             return seq_ids, positions
         blocks = self.block_table[seq_ids, torch.div(positions, self.block_size, rounding_mode="floor")]
         return blocks.long(), torch.remainder(positions, self.block_size)
 
     def write(self, layer: int, slots: tuple[torch.Tensor, torch.Tensor], k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store ``k, v: [tokens, kv_heads, head_dim]`` at ``slots`` (from ``slot_index``).
-
-        Where ``v`` lies at a fixed offset after ``k`` in one buffer with the same strides (a
-        decode token's k and v straight out of the fused wqkv product), both go in one scatter:
-        at batch 1 a step is made of launches, and this saves one per layer.
-        """
+        """Store ``k, v: [tokens, kv_heads, head_dim]`` at ``slots``; in one scatter where ``v`` lies
+        at a fixed offset after ``k`` (out of the fused wqkv product): one launch less a layer."""
         pair = _as_pair(k, v)
         if pair is not None:
             first, second = slots
@@ -73,9 +59,8 @@ class KVCache:
 
 def _as_pair(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
     """``[2, *k.shape]`` viewing k then v, when v is k moved by a constant offset; else None."""
-    # one storage: the same start address once each offset is taken off (cheap to ask, unlike
-    # the storage object; ``_base`` would be cheaper still but is None under inference_mode,
-    # where every run decodes, so it silently turned the pair write off there)
+    # one storage: the same start address once each offset is taken off (``_base`` is None
+    # under inference_mode, where every run decodes)
     if (k.dtype != v.dtype or k.device != v.device or k.shape != v.shape or k.stride() != v.stride()
             or k.data_ptr() - k.storage_offset() * k.element_size()
             != v.data_ptr() - v.storage_offset() * v.element_size()):

@@ -1,6 +1,5 @@
-"""A LLaMA model assembled from the backends a spec chose, read top to bottom.
-
-One decoder layer, for ``tokens`` packed tokens (prefill) or one token per sequence (decode)::
+"""A LLaMA model assembled from the backends a spec chose. One decoder layer, for ``tokens``
+packed tokens (prefill) or one token per sequence (decode)::
 
     h, residual = add_rmsnorm(ffn_out, residual, attn_norm)    # rmsnorm(x) in layer 0
     q, k, v     = split(h @ wqkv.T)                             # [tokens, heads|kv_heads, head_dim]
@@ -10,14 +9,9 @@ One decoder layer, for ``tokens`` packed tokens (prefill) or one token per seque
     h, residual = add_rmsnorm(o @ wo.T, residual, ffn_norm)
     ffn_out     = ffn(h, w_gate_up, w_down)
 
-then ``add_rmsnorm(ffn_out, residual, norm)``, the LM head, and ``sample``. Every family
-op goes through the implementation the plan chose (``kbench.plan``);
-embedding, the linear layers and the KV-cache write are core glue, the same for every
-backend.
-
-A decode step never synchronises with the host: ``positions`` and ``cache_seqlens`` live
-on the device and are advanced in place, and the cache write is a device-side scatter, so
-the step can be captured as a CUDA graph (``capture_decode_graph``).
+then ``add_rmsnorm(ffn_out, residual, norm)``, the LM head, and ``sample``. The family ops
+run the plan's choices; embedding, linear layers and the cache write are core glue. A decode
+step never syncs with the host, so it can be captured as a CUDA graph.
 """
 
 from __future__ import annotations
@@ -53,7 +47,6 @@ def build_pipeline(plan: Plan, weights: Weights) -> Pipeline:
 
 
 class Pipeline:
-    """Prefill, decode and generate over a preallocated KV cache (see the module docstring)."""
 
     def __init__(self, plan: Plan, weights: Weights):
         spec = plan.spec
@@ -85,11 +78,8 @@ class Pipeline:
     # -- state ----------------------------------------------------------------------------
 
     def reset(self, batch: int, max_seq_len: int) -> None:
-        """Empty the cache for ``batch`` sequences of up to ``max_seq_len`` tokens.
-
-        With the same (batch, max_seq_len) as before the buffers are zeroed in place, so a
-        captured decode graph stays valid; otherwise they are reallocated and the graph dropped.
-        """
+        """Empty the cache for ``batch`` sequences of up to ``max_seq_len`` tokens; zeroed in place
+        when the sizes are unchanged, so a captured decode graph stays valid."""
         if max_seq_len > self.model.max_seq_len:
             raise KbenchError(f"{self.spec.path}: a cache of {max_seq_len} tokens exceeds model.max_seq_len "
                               f"{self.model.max_seq_len}.", "Shorten the workload or raise model.max_seq_len.")
@@ -111,7 +101,6 @@ class Pipeline:
         self._lengths = [0] * batch
 
     def kv_bytes_per_step(self) -> int:
-        """Bytes of K and V the next decode step reads (every layer, every sequence)."""
         per_token = 2 * self.model.layers * self.model.kv_heads * self.model.head_dim * self.dtype.itemsize
         return per_token * sum(length + 1 for length in self._lengths)
 
@@ -150,12 +139,7 @@ class Pipeline:
         return F.linear(h, self.weights.lm_head)
 
     def prefill(self, prompts: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Run packed variable-length prompts (1-D int64 each) from an empty cache.
-
-        Returns the logits at the last position of each prompt, ``[batch, vocab]`` in the
-        model dtype. Resets the cache first (to prompt + ``workload.decode_steps`` tokens if
-        ``reset`` was not called for this batch).
-        """
+        """Logits ``[batch, vocab]`` at the last position of each prompt (1-D int64), cache emptied."""
         lengths = [int(p.numel()) for p in prompts]
         if not lengths or min(lengths) < 1:
             raise KbenchError("prefill needs at least one prompt, each of at least one token.")
@@ -199,11 +183,8 @@ class Pipeline:
         return logits
 
     def decode_step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Append ``tokens: [batch]`` int64 and return the next logits ``[batch, vocab]``.
-
-        Under a captured graph the returned tensor is the graph's static output buffer:
-        the next step overwrites it.
-        """
+        """Append ``tokens: [batch]`` int64 and return the next logits ``[batch, vocab]`` (under a
+        captured graph its static output, which the next step overwrites)."""
         if self.cache is None:
             raise KbenchError("decode_step before prefill.", "Call prefill(prompts) first.")
         if max(self._lengths) >= self.cache.capacity:
@@ -223,9 +204,7 @@ class Pipeline:
 
     def generate(self, prompts: Sequence[torch.Tensor], steps: int, sampling: SamplingConfig | None = None,
                  seed: int = 0) -> torch.Tensor:
-        """``steps`` new tokens per prompt, ``[batch, steps]`` int64: one from the prefill,
-        then ``steps - 1`` decode steps. Uniforms for sampling are drawn up front from ``seed``.
-        """
+        """``steps`` new tokens per prompt, ``[batch, steps]`` int64, sampled with uniforms from ``seed``."""
         if steps < 1:
             raise KbenchError(f"generate needs steps >= 1, got {steps}.")
         sampling = sampling or self.spec.workload.sampling
@@ -242,11 +221,7 @@ class Pipeline:
     # -- CUDA graphs ----------------------------------------------------------------------
 
     def capture_decode_graph(self) -> None:
-        """Capture one decode step for the current batch; ``decode_step`` then replays it.
-
-        Needs a CUDA device, a prefilled cache with room for a step, and no chosen
-        implementation registered with ``cuda_graphs=False`` (``cuda_graph_blocker``).
-        """
+        """Capture one decode step for the current batch; ``decode_step`` then replays it."""
         if self.device.type != "cuda":
             raise KbenchError(f"CUDA graphs need device cuda; this pipeline runs on {self.device}.",
                               "Set bench.cuda_graphs: false, or run on a GPU.")
@@ -286,8 +261,7 @@ class Pipeline:
         self._graph = (graph, static_tokens, static_logits)
 
     def _decode_finding_host_sync(self, tokens: torch.Tensor) -> str | None:
-        """Run one eager decode step with torch's sync debug mode set to error; the op whose
-        call synchronised with the host (and so would break capture), or None."""
+        """The op whose call syncs with the host in one eager decode step (breaking capture), or None."""
         attributes = {"_rmsnorm": "rmsnorm", "_add_rmsnorm": "add_rmsnorm", "_rope": "rope", "_ffn": "ffn",
                       "_attention_decode": "attention_decode"}
         current: list[str | None] = [None]
@@ -318,5 +292,4 @@ class Pipeline:
         return None
 
     def drop_decode_graph(self) -> None:
-        """Go back to eager decode steps."""
         self._graph = None

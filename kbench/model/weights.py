@@ -1,6 +1,5 @@
-"""Model weights in the layout the pipeline's ops want: random (seeded) or a HF checkpoint.
-
-Per decoder layer (nn.Linear layout, ``[out_features, in_features]``)::
+"""Model weights in the layout the pipeline's ops want: random (seeded) or a HF checkpoint. Per
+decoder layer (nn.Linear layout, ``[out_features, in_features]``)::
 
     attn_norm:  [hidden]
     wqkv:       [(heads + 2 * kv_heads) * head_dim, hidden]   rows: q, then k, then v
@@ -9,12 +8,8 @@ Per decoder layer (nn.Linear layout, ``[out_features, in_features]``)::
     w_gate_up:  [2 * intermediate, hidden]                    rows: gate, then up (the ffn op's layout)
     w_down:     [hidden, intermediate]
 
-plus ``embedding: [vocab, hidden]``, ``norm: [hidden]`` and ``lm_head: [vocab, hidden]``
-(the embedding itself when the model ties them).
-
-Hugging Face checkpoints store q/k/v and gate/up as separate matrices and rotate with rope
-style ``half``; the loader fuses them. Random weights follow HF's init: normal(0, 0.02) for
-every linear layer and the embedding, ones for the norms.
+plus ``embedding: [vocab, hidden]``, ``norm: [hidden]`` and ``lm_head: [vocab, hidden]`` (the
+embedding when tied). The loader fuses a HF checkpoint's q/k/v and gate/up.
 """
 
 from __future__ import annotations
@@ -46,7 +41,6 @@ class LayerWeights:
 
 @dataclass
 class Weights:
-    """All weights of one model, on one device in one dtype (shapes in the module docstring)."""
 
     model: ModelConfig
     embedding: torch.Tensor
@@ -105,7 +99,6 @@ class Weights:
 
 
 def load_weights(spec) -> Weights:
-    """The spec's weights (``spec.model.layers`` layers) in ``spec.dtype`` on ``spec.device``."""
     if spec.weights.kind == "random":
         return random_weights(spec.model, spec.dtype, spec.device, spec.weights.seed)
     return load_hf_weights(Path(spec.weights.path), spec.model, spec.dtype, spec.device)
@@ -113,10 +106,7 @@ def load_weights(spec) -> Weights:
 
 def random_weights(model: ModelConfig, dtype: torch.dtype, device: str | torch.device, seed: int) -> Weights:
     """HF-like init, deterministic per (seed, device): normal(0, 0.02) linears, ones for norms.
-
-    Drawn on ``device`` with a generator there (drawing a 7B model on the host would take
-    minutes), in float32 and then cast, so every dtype sees the same numbers.
-    """
+    Drawn on ``device`` (the host is far slower), in float32 then cast, so every dtype agrees."""
     device = torch.device(device)
     g = torch.Generator(device=device)
     g.manual_seed(seed)

@@ -1,10 +1,6 @@
-"""Op contracts and their reference implementations, one module per family.
-
-The core registers itself with the plugin manager under the name ``kbench-core``: its
-``register_ops`` hook declares every op below, and each op's ``reference`` becomes
-backend ``reference``. The families are not listed here: they are whatever the registered
-ops name (``Registry.families``), so a plugin's own family is chosen like a built-in one.
-"""
+"""Op contracts and their reference implementations, one module per family, registered as
+plugin ``kbench-core`` (each op's ``reference`` becomes backend ``reference``). Families are
+whatever the registered ops name, so a plugin's own family is chosen like a built-in one."""
 
 from __future__ import annotations
 

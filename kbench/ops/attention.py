@@ -8,8 +8,8 @@ Math (Hugging Face ``eager_attention_forward`` of ``LlamaAttention``), per seque
     probs = softmax(scores.float(), dim=-1).to(q.dtype)         # fp32 softmax, as HF
     out = probs @ v                                             # in q.dtype
 
-``scale`` is ``head_dim ** -0.5`` for LLaMA. MHA has ``kv_heads == heads``, GQA ``1 < heads //
-kv_heads < heads``, MQA ``kv_heads == 1``.
+``scale`` is ``head_dim ** -0.5`` for LLaMA; ``kv_heads`` is ``heads`` (MHA), a divisor of it
+(GQA) or 1 (MQA).
 
 ``attention_prefill(q, k, v, cu_seqlens, max_seqlen, scale) -> out``
 
@@ -42,10 +42,8 @@ cache length) with ``context_lens`` (a list) or ``random_lengths=True`` (lengths
 (``contiguous`` or ``paged``) and ``block_size``. An optional ``scale`` overrides
 ``head_dim ** -0.5``.
 
-Work counted: prefill does ``4 * heads * head_dim * sum(L * (L + 1) / 2)`` FLOPs (QK^T and PV
-over the unmasked causal half) and moves q, k, v and out once; decode does
-``4 * heads * head_dim * sum(L)`` FLOPs and moves the K/V rows it must read (``cache_seqlens``
-of them per sequence), q and out.
+FLOPs: ``4 * heads * head_dim`` times ``sum(L * (L + 1) / 2)`` (prefill) or ``sum(L)``
+(decode); bytes: q, out and the K/V rows read once.
 """
 
 from __future__ import annotations
@@ -76,11 +74,8 @@ def repeat_kv(x: torch.Tensor, group: int) -> torch.Tensor:
 
 
 def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool) -> torch.Tensor:
-    """One sequence, HF eager numerics: q ``[heads, q_len, head_dim]``, k/v ``[kv_heads, k_len, head_dim]``.
-
-    With ``causal`` the queries are the last ``q_len`` positions of the ``k_len`` keys.
-    Returns ``[heads, q_len, head_dim]`` in q.dtype.
-    """
+    """One sequence, HF eager numerics: q ``[heads, q_len, head_dim]``, k/v ``[kv_heads, k_len, head_dim]``
+    -> ``[heads, q_len, head_dim]``; causal queries are the last ``q_len`` of the ``k_len`` positions."""
     heads, q_len, _ = q.shape
     k_len = k.shape[1]
     group = heads // k.shape[0]

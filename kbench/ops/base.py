@@ -2,29 +2,21 @@
 
 An op is a contract, not a kernel. ``Op`` bundles, for one op:
 
-- ``make_inputs(case, dtype, device, seed) -> dict``: deterministic keyword arguments
-  (tensors and scalars) for one shape case; every implementation is called as
-  ``impl(**inputs)``;
+- ``make_inputs(case, dtype, device, seed) -> dict``: deterministic inputs; every
+  implementation is called as ``impl(**inputs)``;
 - ``reference(**inputs)``: plain PyTorch, faithful to Hugging Face's LLaMA numerics;
-- ``flops(case)`` and ``bytes(case, dtype)``: the work one call must do, so a timing
-  also reports TFLOP/s and GB/s (bytes count each input read once, each output written once);
-- ``tolerance(dtype) -> Tolerance`` and ``compare(out, ref, tolerance) -> Check``;
-- ``cases_for(model, workload) -> list[Case]``: the shapes a model spec actually runs;
-- ``validate(inputs)``: raises ``KbenchError`` for wrong dtypes or shapes, so a bad call
-  says what was wrong instead of failing deep inside torch;
-- ``inplace``: the names of inputs an implementation may overwrite (the harness clones
-  inputs before every correctness call);
-- ``cold``: the names of inputs a model step reads from HBM, not L2 (a layer's KV cache is
-  read once a step, long after the previous layer's was): kernel timings under a CUDA graph
-  rotate through copies of them that together exceed L2, so no call finds them cached;
-- ``reference_cuda_graphs``: False when the reference syncs with the host (e.g. loops over
-  ``cu_seqlens.tolist()``), so a decode step using it cannot be captured as a CUDA graph;
-- ``test_cases``: small cases (fast on a CPU, odd sizes included) that every backend's
-  conformance test runs;
-- ``family``: the group a spec's ``backends:`` and the CLI's ``--FAMILY NAME`` choose for
-  together (``norm``, ``attention``, or one a plugin declares);
-- ``role``: where the LLaMA pipeline calls the op, for the ops it calls (None otherwise:
-  ``swiglu`` and ``topk`` are benchmarked, not called by the model).
+- ``flops(case)``, ``bytes(case, dtype)``: the work of one call (each input read once, each
+  output written once), for TFLOP/s and GB/s;
+- ``tolerance(dtype) -> Tolerance``, ``compare(out, ref, tolerance) -> Check``;
+- ``cases_for(model, workload) -> list[Case]``: the shapes a model spec runs;
+- ``validate(inputs)``: ``KbenchError`` for wrong dtypes or shapes;
+- ``inplace``: inputs an implementation may overwrite;
+- ``cold``: inputs a model step reads from HBM, not L2 (a KV cache): graph timings rotate
+  through copies of them that together exceed L2;
+- ``reference_cuda_graphs``: False when the reference syncs with the host;
+- ``test_cases``: small cases (odd sizes included) every backend's conformance test runs;
+- ``family``: what a spec's ``backends:`` and ``--FAMILY NAME`` choose a backend for;
+- ``role``: where the LLaMA pipeline calls the op (None for ops it does not call).
 """
 
 from __future__ import annotations
@@ -65,10 +57,7 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
 
 @dataclass(frozen=True)
 class Case:
-    """One shape case of one op: named dimensions and settings, hashable and printable.
-
-    ``Case("rmsnorm", tokens=4096, hidden=4096, eps=1e-5)``; read with ``case["tokens"]``.
-    """
+    """One shape case of one op: named dimensions and settings (``case["tokens"]``), hashable."""
 
     op: str
     dims: tuple[tuple[str, Any], ...] = ()
@@ -118,11 +107,8 @@ class Case:
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Allowed error: |out - ref| <= atol + rtol * |ref| elementwise.
-
-    ``exact=True`` means integer outputs must agree exactly (sampled tokens, top-k indices);
-    ``max_mismatch_frac`` lets a tiny fraction of tokens differ where float ties can flip.
-    """
+    """Allowed error: |out - ref| <= atol + rtol * |ref| elementwise. ``exact``: outputs must agree
+    exactly, but for ``max_mismatch_frac`` of them (float ties can flip a token)."""
 
     atol: float = 0.0
     rtol: float = 0.0
@@ -153,11 +139,8 @@ def _as_tuple(value: Any) -> tuple:
 
 
 def compare_close(out: Any, ref: Any, tol: Tolerance) -> Check:
-    """Elementwise comparison of float outputs (a tensor or a tuple of tensors).
-
-    Fails on NaN/Inf where the reference is finite, on shape or dtype mismatch, and where
-    any element exceeds ``atol + rtol * |ref|``. Errors are computed in float64.
-    """
+    """Elementwise comparison of outputs (a tensor or a tuple), in float64; non-finite values
+    where the reference is finite fail."""
     outs, refs = _as_tuple(out), _as_tuple(ref)
     if len(outs) != len(refs):
         return Check(False, math.inf, math.inf, detail=f"returned {len(outs)} outputs, expected {len(refs)}")
@@ -200,10 +183,7 @@ def compare_close(out: Any, ref: Any, tol: Tolerance) -> Check:
 
 def expect_tensor(name: str, value: Any, *, dtype: torch.dtype | tuple[torch.dtype, ...] | None = None,
                   ndim: int | None = None, shape: tuple | None = None, op: str = "") -> None:
-    """Raise KbenchError unless ``value`` is a tensor of the given dtype, rank and shape.
-
-    ``shape`` entries may be None for "any size".
-    """
+    """KbenchError unless ``value`` is a tensor of the given dtype, rank and shape (None: any size)."""
     where = f"{op}: " if op else ""
     if not isinstance(value, torch.Tensor):
         raise KbenchError(f"{where}{name} must be a torch.Tensor, got {type(value).__name__}.")
@@ -264,11 +244,7 @@ def generator(device: torch.device | str, seed: int) -> torch.Generator:
 
 def randn(shape, dtype: torch.dtype, device, seed_gen: torch.Generator, scale: float = 1.0) -> torch.Tensor:
     """Normal samples in float32, scaled, then cast: deterministic for a seed on each device type.
-
-    On a CPU they come from ``seed_gen`` itself. On CUDA a device generator seeded from
-    ``seed_gen`` draws them where they are used: drawing a 32768 x 4096 input on the host took
-    seconds per case on the H100 machine, the device takes milliseconds.
-    """
+    On CUDA a device generator seeded from ``seed_gen`` draws them, far faster than the host."""
     device = torch.device(device)
     if device.type == "cuda":
         device_gen = torch.Generator(device=device)

@@ -37,11 +37,9 @@ CONTRACT: ``rope(q, k, positions, inv_freq, style) -> (q_out, k_out)``
 May write q and k in place (``inplace=("q", "k")``) and return them; the reference returns
 new tensors.
 
-Cases: ``tokens``, ``heads``, ``kv_heads``, ``head_dim``, ``phase`` (``prefill``: packed
-sequences of ``seq_len`` tokens, positions ``0..seq_len-1`` repeated; ``decode``: one token
-per sequence at random positions below ``seq_len``), ``seq_len``, then the rope settings
-(``style``, ``scaling``, ``theta`` and, where the scaling uses them, ``factor``,
-``low_freq_factor``, ``high_freq_factor``, ``original_max_position``).
+Cases: ``tokens``, ``heads``, ``kv_heads``, ``head_dim``, ``phase`` (``prefill``: positions
+``0..seq_len-1`` repeated; ``decode``: random positions below ``seq_len``), ``seq_len`` and the
+rope settings (``style``, ``scaling``, ``theta`` and what the scaling reads).
 """
 
 from __future__ import annotations
@@ -73,12 +71,9 @@ def check_style(style: str) -> None:
 
 
 def rope_inv_freq(head_dim: int, rope: RopeConfig, seq_len: int) -> torch.Tensor:
-    """The rotary frequencies ``[head_dim // 2]`` float32 (CPU) for ``rope`` at ``seq_len``.
-
-    ``seq_len`` is the longest sequence the call covers (max position + 1); only ``dynamic``
-    reads it. The arithmetic follows Hugging Face's ``ROPE_INIT_FUNCTIONS`` step by step
-    (Python floats for the base, float32 tensors from there), so the tensors agree bit for bit.
-    """
+    """The rotary frequencies ``[head_dim // 2]`` float32 (CPU) for ``rope`` at ``seq_len`` (max
+    position + 1, read by ``dynamic`` only); step by step as HF's ``ROPE_INIT_FUNCTIONS``, so
+    they agree bit for bit."""
     if rope.scaling not in SCALINGS:
         raise unknown_name("rope scaling", rope.scaling, SCALINGS)
     check_style(rope.style)
@@ -205,10 +200,8 @@ def _bytes(case: Case, dtype: torch.dtype) -> float:
 
 
 def rope_tolerance(dtype: torch.dtype) -> Tolerance:
-    """Elementwise tolerance, widened in 16-bit dtypes to admit a kernel that keeps cos/sin and
-    the products in float32 and rounds once: HF rounds cos, sin, both products and the sum
-    to the dtype, which puts it up to one unit in the last place of |q| (bf16: 2**-5 at 4) away.
-    """
+    """Elementwise tolerance, widened in 16 bits to admit a kernel that computes in float32 and
+    rounds once: HF rounds cos, sin, both products and the sum, up to one ulp of |q| away."""
     if dtype == torch.bfloat16:
         return Tolerance(atol=4e-2, rtol=1.6e-2)
     if dtype == torch.float16:

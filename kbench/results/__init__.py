@@ -1,9 +1,4 @@
-"""Run records: write (atomically), load into pandas, compare, report and plot.
-
-``build_record(...)`` assembles one run from its rows (``OpRow``, ``CheckRow``, ``PrefillRow``,
-``DecodeRow``); ``write_record(record, out_dir)`` writes it; ``load(paths_or_ids=None)`` reads
-runs into a DataFrame (one row per measurement); ``compare_runs`` / ``compare_backends`` join them.
-"""
+"""Run records: write (atomically), load into pandas, compare, report and plot."""
 
 from kbench.results.compare import Comparison, compare_backends, compare_runs, geomean
 from kbench.results.load import load, record_paths

@@ -1,22 +1,6 @@
-"""Join measurements and compute speedups, geometric means and regressions.
-
-Two ways to compare:
-
-- ``compare_runs(frame, base_run, new_run)``: the same rows of two runs, joined on
-  ``(kind, op, backend, case, dtype)``: did this commit, machine or flag make things faster?
-  Where the runs chose different backends for an op (``--norm triton`` against ``--norm
-  cuda``), the one non-reference backend of each side at a ``(kind, op, case, dtype)`` is
-  paired with the other's, so two mixes compare op by op (``base_backend`` names the base's).
-- ``compare_backends(frame, run_id, baseline)``: inside one run, every backend against
-  ``baseline`` on ``(kind, op, case, dtype)``: how much faster is triton than reference?
-
-``speedup = base / new`` of the chosen latency metric (``latency_us`` by default, so
-> 1 means faster; for decode rows, whose latency is per token, this is also the ratio of
-tokens/s). A row regresses when ``new > base * (1 + threshold)``. Geometric means are per
-``(kind, op, backend)``, so end-to-end figures get their own: ``prefill`` (latency of a
-batch of prompts) and ``decode`` (per-token latency, i.e. tokens/s). Rows present on one
-side only are kept in ``unmatched``, never dropped silently.
-"""
+"""Speedups, geometric means and regressions between two runs or between backends of one run.
+``speedup = base / new`` (> 1 is faster); a row regresses when ``new > base * (1 + threshold)``;
+rows on one side only go to ``unmatched``, never dropped."""
 
 from __future__ import annotations
 
@@ -151,8 +135,8 @@ def _unjoinable_note(unmatched: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
 
 def _pair_chosen_backends(base: pd.DataFrame, new: pd.DataFrame, unmatched: pd.DataFrame, metric: str,
                           threshold: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Join the unmatched rows of two runs across backends where that is unambiguous: at a
-    ``(kind, op, case, dtype)`` each side has exactly one unmatched non-reference backend."""
+    """Pair unmatched rows across backends (``--norm triton`` against ``--norm cuda``) where each
+    side has exactly one unmatched non-reference backend at a ``(kind, op, case, dtype)``."""
     def candidates(frame: pd.DataFrame, side: str) -> pd.DataFrame:
         lonely = unmatched[(unmatched["side"] == side) & (unmatched["backend"] != "reference")]
         keys = set(map(tuple, lonely[list(RUN_KEYS)].to_numpy().tolist()))
@@ -175,7 +159,6 @@ def _pair_chosen_backends(base: pd.DataFrame, new: pd.DataFrame, unmatched: pd.D
 
 def compare_runs(frame: pd.DataFrame, base_run: str, new_run: str, *, metric: str = "latency_us",
                  threshold: float = 0.05) -> Comparison:
-    """``new_run`` against ``base_run`` (run ids present in ``frame``)."""
     base, new = _run(frame, base_run), _run(frame, new_run)
     rows, unmatched = _join(base, new, RUN_KEYS, metric, threshold)
     paired, unmatched = _pair_chosen_backends(base, new, unmatched, metric, threshold)

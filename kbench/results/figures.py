@@ -1,8 +1,4 @@
-"""README figures from run records: ``figure_table`` and the ``<!-- suite:ENTRY -->`` markers it fills.
-
-``kbench suite --readme`` rewrites the text between ``<!-- suite:ENTRY -->`` and
-``<!-- /suite:ENTRY -->`` with ``figure_table`` of that entry's record.
-"""
+"""README figures from run records, written between ``<!-- suite:ENTRY -->`` and ``<!-- /suite:ENTRY -->``."""
 
 from __future__ import annotations
 
@@ -42,7 +38,6 @@ def marker_spans(text: str, readme: Path, names: Sequence[str]) -> dict[str, tup
 
 
 def replace_figures(text: str, readme: Path, figures: dict[str, str]) -> str:
-    """``text`` with the span between each entry's markers replaced by its figure."""
     spans = marker_spans(text, readme, list(figures))
     for name in sorted(figures, key=lambda n: spans[n][0], reverse=True):
         start, end = spans[name]
@@ -62,14 +57,8 @@ def update_readme(readme: Path, records: dict[str, Path], console: Console) -> N
 
 
 def figure_table(record: dict) -> str:
-    """A Markdown table of a record's figures and, under it, the command and device that made them.
-
-    A ``kbench run`` record gives one row per (batch, prompt length) of kbench's pipeline:
-    decode tokens/s, fraction of the copy-bandwidth roofline, prefill ms, peak memory, and
-    ``hf``'s tokens/s and prefill ms beside them when the run had ``--baseline hf``. A
-    ``kbench bench`` record gives its op rows: µs (the CUDA-graph kernel time where measured,
-    else the time as called), GB/s at that time, status.
-    """
+    """A Markdown table of a record's figures (µs: the CUDA-graph kernel time where measured), then
+    the command and device that made them."""
     rows = record.get("rows", [])
     if any(row["kind"] in ("prefill", "decode") for row in rows):
         table = _model_table(rows)

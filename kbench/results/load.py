@@ -1,11 +1,4 @@
-"""Read run records (and other result files) into one pandas DataFrame.
-
-``load()`` reads every record under ``results/``; ``load(["a.json", "20261123T...-tiny"])``
-reads files, folders or run ids (a run id is looked up in the results folder, a unique
-prefix is enough). Each file goes to the first reader in ``READERS`` whose ``detect``
-accepts its parsed JSON, so another result format (pytest-benchmark's JSON, say) is one
-more entry there, producing the same columns.
-"""
+"""Run records (and other result files: one more entry in ``READERS``) read into one DataFrame."""
 
 from __future__ import annotations
 

@@ -1,15 +1,5 @@
-"""pytest-benchmark's JSON (``--benchmark-autosave``, ``--benchmark-json``) as run-record rows.
-
-One file is one run: ``run_id`` is the file's stem (``0001_<commit>_<date>...``), each
-benchmark one ``kind="op"`` row. A benchmark made by the ``kbench_benchmark`` fixture
-carries its op, backend, case, dtype, device, timing method and correctness in
-``extra_info``, so its row is the row ``kbench run`` would have written, and ``kbench
-compare`` joins it with kbench's own records. Any other benchmark becomes a row named
-after its test (op = test name, backend ``pytest``), comparable between two such files.
-
-Latencies are pytest-benchmark's statistics, converted from seconds per round (one
-iteration per round for ``kbench_benchmark``) to µs per call.
-"""
+"""pytest-benchmark's JSON as run-record rows, one file a run: a ``kbench_benchmark`` entry's
+``extra_info`` makes it join kbench's records; any other is a row named after its test."""
 
 from __future__ import annotations
 
@@ -31,7 +21,6 @@ def is_pytest_benchmark(data: Any) -> bool:
 
 
 def benchmark_row(benchmark: dict) -> dict:
-    """One run-record row (an ``OpRow`` as the record stores it) for one pytest-benchmark entry."""
     info = benchmark.get("extra_info") or {}
     stats = benchmark.get("stats") or {}
     per_call_us = 1e6 / max(int(stats.get("iterations") or 1), 1)

@@ -1,32 +1,7 @@
-"""Run records: one JSON file per ``kbench run``, written atomically.
-
-A record is a plain dict::
-
-    {
-      "schema_version": 1,
-      "run_id": "20261123T081500Z-tiny-llama-3f2a1c",
-      "created": "2026-11-23T08:15:00+00:00",
-      "command": ["kbench", "run", ...],
-      "spec": {...},                 # Spec.to_dict(): the resolved spec
-      "backends": {family: {"backend": name, "ops": {op: {"plugin": ..., "version": ...}}}},
-      "plugins": {name: version}, "plugin_errors": {name: error},
-      "env": {...},                  # kbench.env.environment()
-      "ceilings": {"copy_gbps": ..., "matmul_bf16_tflops": ...},
-      "status": "PASS" | "FAIL",
-      "rows": [row, ...],
-      "plugin_details": {...},      # Registry.plugin_details()
-    }
-
-``build_record`` assembles it, for ``kbench run`` and ``kbench bench`` alike. Each row is one
-measurement, a dataclass of ``kbench.results.rows`` (``OpRow``, ``CheckRow``, ``PrefillRow``,
-``DecodeRow``) stored as ``row_dict`` makes it: ``kind``, ``op``, ``backend``, ``case``
-(label), ``dtype``, ``device``, ``shape`` (the case's dimensions), ``status`` (``PASS``,
-``FAIL``, ``SKIP``), the latency statistics (``latency_us`` ... as called;
-``graph_latency_us`` from CUDA-graph replay where measured), derived ``tflops``, ``gbps`` and
-fractions of the measured ceilings, correctness fields (``max_abs_err``, ``max_rel_err``), a
-free-text ``note``, then the kind's own fields. Floats that are not finite are stored as null
-(``note`` says why), so every record is standard JSON.
-"""
+"""Run records: one JSON file per ``kbench run`` or ``kbench bench``, written atomically. A
+record is a dict: ``schema_version``, ``run_id``, ``created``, ``command``, ``spec``, ``backends``,
+``plugins``, ``plugin_errors``, ``env``, ``ceilings``, ``status``, ``rows`` (``row_dict`` of
+``kbench.results.rows``) and ``plugin_details``; non-finite floats are null (standard JSON)."""
 
 from __future__ import annotations
 
@@ -60,16 +35,14 @@ def new_run_id(spec_name: str, now: datetime | None = None, salt: str = "") -> s
 
 
 def make_row(kind: str, op: str, backend: str, **fields: Any) -> dict:
-    """``row_dict`` of the ``kind``'s row class built from ``fields``: a thin adapter for callers
-    that still build rows as dicts. New code builds ``OpRow``, ``CheckRow``, ... directly."""
+    """``row_dict`` of the ``kind``'s row class built from ``fields``, for callers building dicts."""
     if kind not in KINDS:
         raise ValueError(f"row kind {kind!r} is not one of {KINDS}")
     return row_dict(ROW_TYPES[kind](op=op, backend=backend, **fields))
 
 
 def implementation_provenance(registry, op: str, backend: str) -> dict:
-    """``{"plugin": ..., "version": ...}`` of the implementation of ``op`` by ``backend``: its
-    own version, else its plugin's (kbench's for the built-in backends)."""
+    """``{"plugin": ..., "version": ...}`` of ``op`` by ``backend``: its own version, else its plugin's."""
     import kbench
 
     impl = registry.get(op, backend)
@@ -81,13 +54,7 @@ def implementation_provenance(registry, op: str, backend: str) -> dict:
 
 def build_record(*, name: str, command: Sequence[str], spec: dict, backends: dict, registry, device: str,
                  ceilings: dict | None, rows: list[Row | dict], created: datetime | None = None) -> dict:
-    """The run record (module docstring) of ``rows``, measured on ``device``.
-
-    ``name`` names the run (its id), ``spec`` is the resolved spec as a dict, ``backends`` the
-    backend choices (``implementation_provenance`` gives each implementation's entry).
-    ``created`` is when the run started (default: now). Rows that are dataclasses are
-    serialised by ``row_dict``; dicts are taken as they are.
-    """
+    """The run record (module docstring) of ``rows`` measured on ``device``; ``name`` prefixes its id."""
     from kbench.env import environment  # imports torch: only a run that measured needs it
 
     created = created or datetime.now(timezone.utc)
@@ -123,12 +90,7 @@ def json_safe(value: Any) -> Any:
 
 
 def write_record(record: dict, out_dir: str | os.PathLike) -> Path:
-    """Write ``record`` to ``out_dir/<run_id>.json`` atomically and return the path.
-
-    The JSON is written to a temporary file in the same folder and renamed over the final
-    name (``os.replace``), so a reader never sees half a record, and an error while
-    serialising leaves no file behind.
-    """
+    """Write ``out_dir/<run_id>.json`` by a rename over it, so no reader sees half a record."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{record['run_id']}.json"
@@ -147,5 +109,4 @@ def write_record(record: dict, out_dir: str | os.PathLike) -> Path:
 
 
 def record_status(rows: list[dict]) -> str:
-    """FAIL if any row failed, else PASS."""
     return "FAIL" if any(row.get("status") == "FAIL" for row in rows) else "PASS"

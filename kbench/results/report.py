@@ -1,7 +1,4 @@
-"""Tables for people: a run's results and a comparison, on a terminal or as Markdown/CSV/JSON/HTML.
-
-FAIL is shown wherever a row failed, in every table.
-"""
+"""A run's results and a comparison as tables: terminal, Markdown, CSV, JSON or HTML."""
 
 from __future__ import annotations
 
@@ -83,8 +80,7 @@ SHOWN_FLOATS = ("temperature", "top_p")
 
 
 def short_case(row: dict) -> str:
-    """The sizes and named settings of a case ('tokens=4 hidden=128 style=half'); the full
-    label is in the record."""
+    """The sizes and named settings of a case ('tokens=4 hidden=128 style=half')."""
     shape = _shape(row)
     if not shape:
         return str(row.get("case") or "")

@@ -1,13 +1,5 @@
-"""The rows of a run record, one dataclass per kind, and the one function that serialises them.
-
-Every row is one measurement of one (kind, op, backend, case, dtype). ``Row`` holds what every
-kind has: the identity, ``status``, ``note`` and the latency statistics. Each kind adds its own
-fields: ``OpRow`` (an op checked and timed at one case), ``CheckRow`` (the pipeline against the
-oracle, teacher-forced), ``PrefillRow`` and ``DecodeRow`` (end-to-end timings).
-
-``row_dict(row)`` is the dict a record stores: every ``ROW_KEYS`` key first, in that order
-(None where the kind has no such field), then the kind's own fields in declaration order.
-"""
+"""The rows of a run record: one dataclass per kind, each one measurement of one
+(kind, op, backend, case, dtype), and ``row_dict``, which serialises them."""
 
 from __future__ import annotations
 
@@ -55,9 +47,7 @@ class Row:
 
 @dataclass(frozen=True, kw_only=True)
 class OpRow(Row):
-    """One op on one case: the check against the reference, the called latency and the
-    CUDA-graph (kernel) latency, throughput from ``flops``/``bytes`` and fractions of the
-    measured ceilings (``kbench.bench.sweep``)."""
+    """One op on one case: the check, the called and the CUDA-graph (kernel) latency, throughput."""
 
     kind: ClassVar[str] = "op"
     graph_latency_us: float | None = None
@@ -110,8 +100,7 @@ class PrefillRow(Row):
 
 @dataclass(frozen=True, kw_only=True)
 class DecodeRow(Row):
-    """Decode steps after a prefill: per-token latency, bytes read per step, GB/s against the
-    copy-bandwidth roofline, tokens/s, peak memory and whether a CUDA graph replayed the step."""
+    """Decode steps after a prefill: per-token latency, bytes read per step, roofline, tokens/s."""
 
     kind: ClassVar[str] = "decode"
     bytes: float | None = None

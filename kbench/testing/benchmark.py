@@ -1,25 +1,5 @@
-"""``kbench_benchmark``: time a kbench op in pytest, store it where pytest-benchmark stores timings.
-
-pytest-benchmark times a function with a host clock (``time.perf_counter``) around each
-round. On a GPU that measures the launch, not the kernel, and it flushes no cache. So the
-fixture does not let pytest-benchmark time anything: it times the op with the same timer as
-``kbench run`` (``kbench.bench.timing.measure``: CUDA events with L2 flushed between
-repetitions, or CUDA-graph replay, or perf_counter on a CPU) and hands the per-repetition
-samples to pytest-benchmark as the rounds of one benchmark (one iteration per round).
-pytest-benchmark then computes its statistics (min, median, IQR, outliers, ops) from
-those samples, saves them with ``--benchmark-autosave`` / ``--benchmark-json``, and
-``pytest-benchmark compare`` and ``kbench compare`` read them like any other run.
-``extra_info`` carries what kbench needs to rebuild a run-record row: op, backend, case,
-dtype, device, method, correctness, throughput.
-
-Use::
-
-    def test_rmsnorm_speed(kbench_benchmark):
-        timing = kbench_benchmark("rmsnorm", "mybackend", {"tokens": 4096, "hidden": 4096})
-        assert timing.median_us < 100
-
-Without pytest-benchmark installed the fixture still times and returns the ``Timing``.
-"""
+"""``kbench_benchmark``: time a kbench op in pytest with ``kbench run``'s timer (pytest-benchmark's
+host clock would time a GPU kernel's launch) and hand the samples to pytest-benchmark as rounds."""
 
 from __future__ import annotations
 
@@ -50,12 +30,7 @@ def resolve_case(registry: Registry, op_name: str, case: Case | Mapping[str, Any
 
 
 def time_with_samples(*args, **kwargs) -> tuple[timing_module.Timing, list[float]]:
-    """``kbench.bench.sweep.time_op(...)`` (what ``kbench run`` times with) plus its
-    per-repetition samples in µs per call.
-
-    ``Timing`` keeps only statistics; the samples pass through ``summarize`` in the module
-    of the ``measure`` that ``time_op`` calls, so they are read there during the call.
-    """
+    """``sweep.time_op(...)`` and its per-call samples in µs, read from ``summarize`` during the call."""
     from kbench.bench import sweep
 
     namespace = sweep.measure.__globals__
@@ -75,7 +50,6 @@ def time_with_samples(*args, **kwargs) -> tuple[timing_module.Timing, list[float
 
 
 class KbenchBenchmark:
-    """The callable behind the ``kbench_benchmark`` fixture (one op timing per test)."""
 
     def __init__(self, registry: Registry, device: str, benchmark: Any = None):
         self.registry = registry
@@ -95,11 +69,8 @@ class KbenchBenchmark:
         flush_l2: bool = True,
         seed: int = 0,
     ) -> timing_module.Timing:
-        """Check ``backend``'s ``op`` at ``case`` against the reference, then time it.
-
-        ``dtype`` defaults to bfloat16 on a GPU and float32 on a CPU. A wrong result fails
-        the test before anything is timed (a fast wrong kernel is not a result).
-        """
+        """Check ``backend``'s ``op`` at ``case`` against the reference (a wrong result fails the
+        test, untimed), then time it; ``dtype`` defaults to bfloat16 on a GPU, float32 on a CPU."""
         registry = self.registry
         case = resolve_case(registry, op, case)
         dtype = parse_dtype(dtype or ("bfloat16" if torch.device(self.device).type == "cuda" else "float32"))

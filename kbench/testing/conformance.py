@@ -1,16 +1,6 @@
-"""The standard conformance suite: one backend, every op it registers, every test case and dtype.
-
-A backend conforms to an op's contract when, for each of the op's ``test_cases`` and
-``dtypes`` that its ``supports()`` accepts on the device at hand:
-
-1. its output agrees with the reference under the op's own tolerance and comparison
-   (``Op.compare``; the figures are ``Check.summary()``: max abs/rel error, mismatches);
-2. it writes no input the contract does not allow it to write (``Op.inplace``): a kernel
-   that scribbles over ``x`` corrupts the next layer's residual without failing its check.
-
-Cases the backend declines (``supports()`` or ``available()`` gives a reason) are skipped
-with that reason, never failed.
-"""
+"""The conformance suite: one backend, every op it registers, every test case and dtype. A
+backend conforms when its output passes ``Op.compare`` and it writes no input outside
+``Op.inplace`` (scribbling over ``x`` corrupts the next layer's residual unseen)."""
 
 from __future__ import annotations
 
@@ -31,7 +21,6 @@ class ConformanceFailure(AssertionError):
 
 @dataclass(frozen=True)
 class ConformanceCase:
-    """One item of the suite: ``backend``'s ``op`` at one shape ``case`` and ``dtype``."""
 
     op: str
     backend: str
@@ -53,13 +42,11 @@ class ConformanceCase:
 
 
 def default_device() -> str:
-    """The device the suite runs on unless told: ``cuda`` when one is present, else ``cpu``."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def with_plugin_errors(error: KbenchError, registry: Registry) -> KbenchError:
-    """``error`` (an unknown backend, say) with the plugins that failed to load appended to its fix:
-    the backend asked for may be one of theirs."""
+    """``error`` with the plugins that failed to load named in its fix: the backend may be theirs."""
     if not registry.plugin_errors:
         return error
     failed = "; ".join(f"plugin {name!r} failed to load: {reason}" for name, reason in registry.plugin_errors.items())
@@ -75,10 +62,7 @@ def backend_ops(registry: Registry, backend: str) -> list[str]:
 
 
 def conformance_cases(backend: str, registry: Registry | None = None) -> list[ConformanceCase]:
-    """Every (op, test case, dtype) of the suite for ``backend``, in a stable order.
-
-    ``registry`` defaults to the process-wide one (every installed plugin).
-    """
+    """Every (op, test case, dtype) of the suite for ``backend``, in a stable order."""
     registry = registry or get_registry()
     items = []
     for op_name in backend_ops(registry, backend):
@@ -111,10 +95,7 @@ def written_inputs(registry: Registry, item: ConformanceCase, device: str, seed:
 
 
 def run_conformance(registry: Registry, item: ConformanceCase, device: str, seed: int = 0) -> Check:
-    """Check ``item`` against the reference; raise ConformanceFailure naming op, case, dtype, figures.
-
-    Returns the passing ``Check``. The caller skips items that ``skip_reason`` declines.
-    """
+    """The passing ``Check`` of ``item``, else ConformanceFailure naming op, case, dtype, figures."""
     check = check_implementation(registry, item.op, item.backend, item.case, item.dtype, device, seed=seed)
     if not check.ok:
         raise ConformanceFailure(f"{item.description} on {device}: {check.summary()}")
@@ -129,14 +110,7 @@ def run_conformance(registry: Registry, item: ConformanceCase, device: str, seed
 
 
 def assert_conforms(item: ConformanceCase, registry: Registry | None = None, device: str | None = None) -> Check:
-    """In a pytest test: skip ``item`` with its reason if it does not apply here, else check it.
-
-    This is the whole body of a plugin's own conformance test::
-
-        @pytest.mark.parametrize("item", conformance_cases("mybackend"), ids=str)
-        def test_mybackend_conforms(item):
-            assert_conforms(item)
-    """
+    """In a pytest test: skip ``item`` with its reason if it does not apply here, else check it."""
     import pytest
 
     registry = registry or get_registry()

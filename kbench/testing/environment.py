@@ -1,14 +1,5 @@
-"""A throw-away virtual environment for testing that a plugin installs and registers.
-
-``PluginEnvironment.create(path)`` makes a venv that sees this interpreter's packages
-(``--system-site-packages``: kbench, torch, pytest are not downloaded again) and gets its
-own ``kbench`` and ``pytest`` commands, so ``pip install -e my-plugin`` there changes
-nothing outside it, offline. Deleting the folder removes every install made there::
-
-    env = PluginEnvironment.create(tmp_path / "venv")
-    env.pip_install_editable(plugin_dir)
-    env.run("kbench list --op rmsnorm", cwd=plugin_dir).check_returncode()
-"""
+"""A throw-away venv over this interpreter's packages, for testing that a plugin installs and
+registers: ``pip install -e`` there changes nothing outside it, offline."""
 
 from __future__ import annotations
 
@@ -33,7 +24,6 @@ PIP_INSTALL_OFFLINE = "-m pip install --quiet --no-deps --no-build-isolation --n
 
 @dataclass(frozen=True)
 class PluginEnvironment:
-    """A venv at ``path`` layered over the running interpreter's site-packages."""
 
     path: Path
 
@@ -91,12 +81,8 @@ class PluginEnvironment:
 
 
 def write_plugin_dist(site: str | os.PathLike, name: str, source: str) -> str:
-    """Make module ``kbench_fake_<name>`` (``source``) an installed plugin ``name`` in folder ``site``.
-
-    Writes the module and a minimal ``*.dist-info`` with a ``kbench`` entry point: with
-    ``site`` on ``sys.path`` (or ``PYTHONPATH``) ``importlib.metadata`` finds it exactly as
-    it finds a pip-installed plugin. Returns the module name.
-    """
+    """Make module ``kbench_fake_<name>`` (``source``) an installed plugin ``name`` in folder
+    ``site`` (a ``*.dist-info`` with the entry point); returns the module name."""
     site = Path(site)
     module = f"kbench_fake_{name.replace('-', '_')}"
     (site / f"{module}.py").write_text(textwrap.dedent(source))

@@ -1,10 +1,6 @@
 """The pytest plugin (entry point ``pytest11``): ``--kbench-backend`` and the kbench fixtures.
-
-``pytest --kbench-backend NAME`` adds one test item per (op, test case, dtype) of every op
-that backend registers, named ``kbench[NAME]::op-case-dtype``, run on ``--kbench-device``
-(default: CUDA if present, else CPU). An item the backend declines is skipped with the
-backend's reason; a failure's report is one line naming op, case, dtype and the error
-figures, with no traceback (the figures are the diagnosis).
+``--kbench-backend NAME`` adds one item per (op, test case, dtype) of every op NAME registers;
+a failure is reported as one line of figures, no traceback (the figures are the diagnosis).
 """
 
 from __future__ import annotations
@@ -32,7 +28,6 @@ def pytest_configure(config):
 
 
 class ConformanceItem(pytest.Item):
-    """One (backend, op, case, dtype) of the suite."""
 
     def __init__(self, *, item, device: str, **kwargs):
         super().__init__(**kwargs)
