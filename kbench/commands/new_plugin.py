@@ -9,7 +9,7 @@ import click
 
 from kbench.errors import KbenchError
 
-TEMPLATES = Path(__file__).parent / "templates" / "plugin"
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "plugin"
 BACKEND_NAME = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$|^[a-z]$")
 
 
