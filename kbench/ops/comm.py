@@ -91,6 +91,7 @@ def step_cases(model, workload, ranks: int) -> list[Case]:
 
 ALL_REDUCE = Op(
     name="all_reduce",
+    role="sums the row-parallel o and down outputs over the ranks of a tensor-parallel run",
     family="comm",
     doc="x: [tokens, hidden] on every rank -> sum over ranks, [tokens, hidden]",
     make_inputs=_make_inputs,
