@@ -82,6 +82,8 @@ def init_group(rank: int, ranks: int, device: str, address: str) -> None:
     if torch.device(device).type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", rank))
         torch.cuda.set_device(local)
+    else:  # the ranks share the host's cores: more threads than cores only contend
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks))
     dist.init_process_group(group_backend(device), init_method=address, rank=rank, world_size=ranks)
 
 

@@ -13,8 +13,14 @@ from tiny_models import TINY_MODEL, save_hf_checkpoint, write_spec
 from kbench.distributed import launch
 from kbench.errors import KbenchError
 from kbench.model import build_pipeline, load_weights, random_prompts, random_weights
-from kbench.model.tensor_parallel import (Shard, TensorParallel, check_tensor_parallel, load_hf_shard,
-                                          random_shard_weights, shard_weights)
+from kbench.model.tensor_parallel import (
+    Shard,
+    TensorParallel,
+    check_tensor_parallel,
+    load_hf_shard,
+    random_shard_weights,
+    shard_weights,
+)
 from kbench.model.weights import LayerWeights, load_hf_weights
 from kbench.plan import resolve_plan
 from kbench.plugins import get_registry
@@ -108,6 +114,7 @@ def test_tensor_parallel_logits_equal_the_single_rank_pipeline(tmp_path, ranks, 
     if kv_heads != 2:  # the tiny spec with fewer kv heads than ranks: kv heads replicated
         spec_path = write_spec(tmp_path, model=TINY_MODEL | {"kv_heads": kv_heads},
                                backends={"attention": "sdpa", "rmsnorm": "torch"})
+    get_registry()  # loaded once: the forked ranks inherit it
     result = launch(_teacher_forced, ranks, "cpu", str(spec_path))
     assert result["kv_heads"] == max(1, kv_heads // ranks)
     assert result["max_rel_err"] < 1e-5
