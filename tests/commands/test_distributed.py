@@ -57,3 +57,19 @@ def test_bench_all_reduce_across_ranks_and_its_mistakes(tmp_path):
     assert [r["shape"]["tokens"] for r in rows] == [1, 3] and all(r["status"] == "PASS" for r in rows)
     assert invoke("bench", "all_reduce", "--backend", "reference").exit_code == 2  # a collective needs --tp
     assert invoke("bench", "rmsnorm", "--tp", "2", "--backend", "reference").exit_code == 2
+
+
+@pytest.mark.gpu
+def test_nccl_and_symmetric_memory_all_reduce_pass_across_two_gpus(tmp_path):
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 CUDA devices")
+    result = invoke("bench", "all_reduce", "--tp", "2", "--backend", "nccl", "--vs", "symm-one-shot",
+                    "--vs", "symm-two-shot", "--tokens", "1,64,4096", "--hidden", "8192", "--dtype", "bf16",
+                    "--out", tmp_path, *FAST)
+    assert result.exit_code == 0, result.output
+    (path,) = tmp_path.iterdir()
+    rows = json.loads(path.read_text())["rows"]
+    assert {r["backend"] for r in rows if r["status"] == "PASS"} >= {"nccl"}
+    assert all(r["status"] in ("PASS", "SKIP") for r in rows)
