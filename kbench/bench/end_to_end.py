@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kbench.bench.timing import Timing, measure
+from kbench.bench.timing import AcrossRanks, Timing, measure
 from kbench.errors import KbenchError
 from kbench.model import random_prompts
 from kbench.model.arithmetic import decode_bytes_per_step, prefill_flops
@@ -79,10 +79,10 @@ def prefill_row(plan: Plan, model, label: str, ceilings: dict, batch: int, promp
     model.reset(batch, prompt_len + spec.workload.decode_steps)
     _peak_memory_start(spec.device)
     prefill = measure(lambda: model.prefill(prompts), device=spec.device, warmup_ms=bench.warmup_ms,
-                      rep_ms=bench.rep_ms, flush_l2=False)
+                      rep_ms=bench.rep_ms, flush_l2=False, across=across_ranks(model))
     peak = _peak_memory_bytes(spec.device)
     first = measure(lambda: first_token(model, prompts), device=spec.device, warmup_ms=bench.warmup_ms,
-                    rep_ms=bench.rep_ms, flush_l2=False)
+                    rep_ms=bench.rep_ms, flush_l2=False, across=across_ranks(model))
     flops = prefill_flops(spec, batch, prompt_len)
     tflops = flops / (prefill.median_us * 1e-6) / 1e12
     matmul_tflops = ceilings.get("matmul_bf16_tflops")
@@ -94,6 +94,12 @@ def prefill_row(plan: Plan, model, label: str, ceilings: dict, batch: int, promp
         tokens_per_s=batch * prompt_len / (prefill.median_us * 1e-6), peak_memory_bytes=peak,
         backends=plan.label() if label == PIPELINE else label,
     )
+
+
+def across_ranks(model) -> AcrossRanks | None:
+    """Rank-agreed timing for one rank of a tensor-parallel pipeline (its steps are collectives)."""
+    parallel = getattr(model, "parallel", None)
+    return AcrossRanks() if parallel is not None and parallel.ranks > 1 else None
 
 
 def first_token(model, prompts) -> torch.Tensor:
@@ -133,7 +139,7 @@ def decode_row(plan: Plan, model, label: str, weights, ceilings: dict, batch: in
 
     _peak_memory_start(spec.device)
     timing = measure(decode_steps, device=spec.device, warmup_ms=bench.warmup_ms, rep_ms=bench.rep_ms,
-                     flush_l2=False, reset=lambda: model.prefill(prompts))
+                     flush_l2=False, reset=lambda: model.prefill(prompts), across=across_ranks(model))
     peak = _peak_memory_bytes(spec.device)
     if graph:
         model.drop_decode_graph()

@@ -33,10 +33,11 @@ def check_pipeline(plan: Plan, weights, pipeline, progress) -> list[Row]:
                           token_agreement=1.0, note="every backend is the reference: nothing to compare")
                 for batch, prompt_len in workload_pairs(spec)]
     low_precision = spec.dtype != torch.float32
-    reference = build_pipeline(plan.with_reference(), weights) if low_precision else None
+    parallel = pipeline.parallel  # one rank of a tensor-parallel run: its oracles span the ranks too
+    reference = build_pipeline(plan.with_reference(), weights, parallel) if low_precision else None
     oracle_plan = plan.with_reference().with_spec(dataclasses.replace(spec, dtype=torch.float32))
     oracle_weights = weights.to(torch.float32) if low_precision else weights
-    oracle = build_pipeline(oracle_plan, oracle_weights)
+    oracle = build_pipeline(oracle_plan, oracle_weights, parallel)
     rows = []
     for batch, prompt_len in workload_pairs(spec):
         progress(f"checking pipeline: batch={batch} prompt_len={prompt_len}")

@@ -1,6 +1,9 @@
 """How long a call takes: Triton's ``do_bench`` discipline on a GPU, perf_counter on a CPU.
 ``cuda-events`` times the call as a user makes it (events started on an idle GPU, so they span
-the host's dispatch; L2 flushed before each); ``cuda-graph`` the kernels' GPU time in a replay."""
+the host's dispatch; L2 flushed before each); ``cuda-graph`` the kernels' GPU time in a replay.
+Across the ranks of a tensor-parallel run (``across=AcrossRanks()``) a call may be a collective,
+so every rank makes the same calls: the repetition counts follow the slowest rank's estimate,
+each repetition starts after a barrier, and counts as its slowest rank's time."""
 
 from __future__ import annotations
 
@@ -68,12 +71,35 @@ def summarize(samples_us: list[float], method: str, calls_per_rep: int = 1) -> T
     )
 
 
-def estimate(sample_us: Callable[[], float]) -> float:
-    """Mean of up to ``ESTIMATE_CALLS`` samples, fewer once they add up to ``ESTIMATE_BUDGET_US``."""
+def estimate(sample_us: Callable[[], float], across: AcrossRanks | None = None) -> float:
+    """Mean of up to ``ESTIMATE_CALLS`` samples, fewer once they add up to ``ESTIMATE_BUDGET_US``
+    (``across`` ranks: all of them, and the slowest rank's mean)."""
     samples = []
-    while len(samples) < ESTIMATE_CALLS and sum(samples) < ESTIMATE_BUDGET_US:
+    while len(samples) < ESTIMATE_CALLS and (across is not None or sum(samples) < ESTIMATE_BUDGET_US):
         samples.append(sample_us())
-    return sum(samples) / len(samples)
+    mean = sum(samples) / len(samples)
+    return across.slowest([mean])[0] if across is not None else mean
+
+
+class AcrossRanks:
+    """Timing on every rank of torch.distributed's default group (see the module docstring)."""
+
+    def __init__(self):
+        import torch.distributed as dist
+
+        self._dist = dist
+        self._device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+
+    def barrier(self) -> None:
+        if self._device is not None:
+            torch.cuda.synchronize(self._device)
+        self._dist.barrier()
+
+    def slowest(self, values: list[float]) -> list[float]:
+        """Element by element, the largest of the ranks' ``values``."""
+        tensor = torch.tensor(values, dtype=torch.float64, device=self._device or "cpu")
+        self._dist.all_reduce(tensor, op=self._dist.ReduceOp.MAX)
+        return tensor.tolist()
 
 
 def repetitions(budget_ms: float, estimate_us: float, minimum: int) -> int:
@@ -95,15 +121,19 @@ def measure(
     graph_calls: int | None = None,
     keep_outputs: int = 0,
     timer: Callable[[], float] = time.perf_counter,
+    across: AcrossRanks | None = None,
 ) -> Timing:
     """Time ``fn()``; ``reset`` runs before every call or replay, outside the timed region;
-    ``timer`` (seconds) is used on a CPU only."""
+    ``timer`` (seconds) is used on a CPU only; ``across``: every rank of a process group times
+    together (not with ``cuda_graph``)."""
     device = torch.device(device)
     if device.type != "cuda":
-        return _measure_host(fn, warmup_ms, rep_ms, reset, timer)
+        return _measure_host(fn, warmup_ms, rep_ms, reset, timer, across)
     if cuda_graph:
+        if across is not None:
+            raise ValueError("graph-replay timing runs on one rank")
         return _measure_cuda_graph(fn, device, warmup_ms, rep_ms, reset, graph_calls, keep_outputs)
-    return _measure_cuda_events(fn, device, warmup_ms, rep_ms, flush_l2, reset)
+    return _measure_cuda_events(fn, device, warmup_ms, rep_ms, flush_l2, reset, across)
 
 
 def _call(fn, reset):
@@ -112,19 +142,21 @@ def _call(fn, reset):
     return fn()
 
 
-def _measure_host(fn, warmup_ms, rep_ms, reset, timer) -> Timing:
+def _measure_host(fn, warmup_ms, rep_ms, reset, timer, across=None) -> Timing:
     def timed_call() -> float:
         if reset is not None:
             reset()
+        if across is not None:
+            across.barrier()
         start = timer()
         fn()
         return (timer() - start) * 1e6
 
-    estimate_us = estimate(timed_call)
+    estimate_us = estimate(timed_call, across)
     for _ in range(repetitions(warmup_ms, estimate_us, 0)):
         timed_call()
     samples = [timed_call() for _ in range(repetitions(rep_ms, estimate_us, MIN_REPS))]
-    return summarize(samples, "perf_counter")
+    return summarize(across.slowest(samples) if across is not None else samples, "perf_counter")
 
 
 def l2_cache_bytes(device: torch.device | str) -> int:
@@ -153,7 +185,7 @@ def _event_samples(run, reps: int, before=None) -> list[float]:
     return [start.elapsed_time(end) for start, end in zip(starts, ends, strict=True)]
 
 
-def _measure_cuda_events(fn, device, warmup_ms, rep_ms, flush_l2, reset) -> Timing:
+def _measure_cuda_events(fn, device, warmup_ms, rep_ms, flush_l2, reset, across=None) -> Timing:
     with torch.cuda.device(device):
         flush = l2_flush_buffer(device) if flush_l2 else None
 
@@ -166,13 +198,17 @@ def _measure_cuda_events(fn, device, warmup_ms, rep_ms, flush_l2, reset) -> Timi
             # call as well as its kernels. Without this the flush still running would hide
             # the launch overhead that "as called" is meant to include.
             torch.cuda.synchronize()
+            if across is not None:
+                across.barrier()
 
         _call(fn, reset)
         torch.cuda.synchronize()
-        estimate_us = estimate(lambda: 1000.0 * _event_samples(fn, 1, before)[0])
+        estimate_us = estimate(lambda: 1000.0 * _event_samples(fn, 1, before)[0], across)
         for _ in range(repetitions(warmup_ms, estimate_us, 0)):
             _call(fn, reset)
         samples_ms = _event_samples(fn, repetitions(rep_ms, estimate_us, MIN_REPS), before)
+        if across is not None:
+            samples_ms = across.slowest(samples_ms)
         return summarize([1000.0 * ms for ms in samples_ms], "cuda-events")
 
 

@@ -126,8 +126,10 @@ def bench_record(op_name: str, backends: list[str], rows: list, registry, device
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results",
               help="Where the run record is written (default: results/).")
 @click.option("--no-record", is_flag=True, help="Print the tables, write no record.")
+@click.option("--tp", "tp", type=int, default=None,
+              help="Ranks of a collective (comm family), e.g. kbench bench all_reduce --tp 4 --backend nccl.")
 @click.pass_context
-def bench_command(ctx, op_name, backend, others, spec_path, dtype, device, warmup_ms, rep_ms, out_dir, no_record):
+def bench_command(ctx, op_name, backend, others, spec_path, dtype, device, warmup_ms, rep_ms, out_dir, no_record, tp):
     """Check and time one OP for --backend (and each --vs) over a shape sweep.
 
     --DIM v1,v2,... sweeps any dimension of the op's test cases (an unknown --DIM lists them),
@@ -171,6 +173,8 @@ def bench_command(ctx, op_name, backend, others, spec_path, dtype, device, warmu
     bench = BenchConfig(**{**bench.__dict__, **{k: v for k, v in (("warmup_ms", warmup_ms), ("rep_ms", rep_ms))
                                                  if v is not None}})
 
+    if op.family == "comm" or tp is not None:
+        return _bench_across_ranks(op, tp, backends, dim_values, spec, dtype, device, bench, out_dir, no_record, console)
     if all(get_backend(registry, op.name, backend).reason(case, dtype, device) for case in cases):
         registry.resolve(op.name, backend, cases[0], dtype, device)  # raises: the reason, and who can
     ceilings = {}
@@ -211,3 +215,30 @@ def _print_speedups(path: Path, run_id: str, backends: list[str], console) -> No
                           highlight=False)
             continue
         print_comparison(compare_backends(pair, run_id, baseline=other), console)
+
+
+def _bench_across_ranks(op, tp, backends, dim_values, spec, dtype, device, bench, out_dir, no_record, console):
+    """A collective over ``tp`` ranks that this command starts (``kbench.commands.distributed``)."""
+    import tempfile
+
+    from kbench.commands.distributed import bench_all_reduce
+    from kbench.results.load import read_json
+    from kbench.results.report import print_run
+
+    if op.family != "comm":
+        raise KbenchError(f"--tp runs collectives; {op.name} is a {op.family} op that runs on one device.",
+                          "Drop --tp, or bench all_reduce.")
+    if tp is None or tp < 2:
+        raise KbenchError(f"{op.name} is a collective: it needs --tp N with N >= 2 ranks.",
+                          f"Write e.g. kbench bench {op.name} --tp 2 --backend reference.")
+    if spec is not None:
+        raise KbenchError("--spec with --tp: give the all_reduce shapes as --tokens and --hidden.",
+                          "Write e.g. --tokens 1,64,4096 --hidden 8192.")
+    with tempfile.TemporaryDirectory() as scratch:
+        path = bench_all_reduce(tp, backends, dim_values, dtype, str(device), bench, scratch if no_record else out_dir)
+        record = read_json(path)
+    print_run(record, console)
+    if not no_record:
+        console.print(f"record: {path}", highlight=False)
+    if record["status"] == "FAIL":
+        sys.exit(1)

@@ -228,7 +228,9 @@ def family_choices(flags: dict) -> dict[str, str]:
               help="Also time transformers' LLaMA (hf) or the all-reference pipeline end to end.")
 @click.option("--skip-ops", is_flag=True, help="Skip the op-level checks and timings.")
 @click.option("--skip-e2e", is_flag=True, help="Skip the end-to-end pipeline check and timings.")
-def run_command(spec, out_dir, baselines, skip_ops, skip_e2e, **flags):
+@click.option("--tp", "tp", type=int, default=1, show_default=True,
+              help="Tensor-parallel ranks: starts them itself (gloo on cpu, NCCL on cuda), or run under torchrun.")
+def run_command(spec, out_dir, baselines, skip_ops, skip_e2e, tp, **flags):
     """Check and time the SPEC's backends op by op and end to end; write a run record.
 
     Exit status: 0 all PASS, 1 something FAILed, 2 a mistake in the spec or the flags.
@@ -238,5 +240,10 @@ def run_command(spec, out_dir, baselines, skip_ops, skip_e2e, **flags):
     overrides = Overrides.from_cli(**family_choices(flags), **flags)
     options = RunOptions(out_dir=Path(out_dir), baselines=tuple(dict.fromkeys(baselines)), skip_ops=skip_ops,
                          skip_e2e=skip_e2e, command=tuple(["kbench", *sys.argv[1:]]))
-    result = run(spec, overrides, options, make_console(), progress_console=make_console(stderr=True))
+    if tp != 1:
+        from kbench.commands.distributed import run_tensor_parallel
+
+        result = run_tensor_parallel(spec, overrides, options, tp, make_console(), make_console(stderr=True))
+    else:
+        result = run(spec, overrides, options, make_console(), progress_console=make_console(stderr=True))
     sys.exit(1 if result.failed else 0)

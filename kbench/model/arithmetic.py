@@ -27,3 +27,18 @@ def decode_bytes_per_step(spec: Spec, weights, batch: int, prompt_len: int) -> f
     # step i (0-based) attends over prompt_len + i + 1 tokens per sequence
     mean_context = prompt_len + 1 + (steps - 1) / 2
     return weight_bytes + kv_per_token * batch * mean_context
+
+
+def decode_bytes_at_ranks(spec: Spec, ranks: int, batch: int, prompt_len: int) -> float:
+    """``decode_bytes_per_step`` of the whole model, from its shapes: what ``ranks`` ranks of a
+    tensor-parallel step read together ((weights + KV) / ranks each; replicated kv heads, read
+    by several ranks, count once). The roofline at N ranks holds it against N x copy bandwidth.
+    """
+    from kbench.model.tensor_parallel import model_weight_bytes
+
+    model, steps, size = spec.model, spec.workload.decode_steps, spec.dtype.itemsize
+    weight_bytes = model_weight_bytes(model, spec.dtype)
+    if not model.tie_embeddings:
+        weight_bytes -= model.vocab * model.hidden * size
+    kv_per_token = 2 * model.layers * model.kv_heads * model.head_dim * size
+    return weight_bytes + kv_per_token * batch * (prompt_len + 1 + (steps - 1) / 2)

@@ -11,7 +11,9 @@ packed tokens (prefill) or one token per sequence (decode)::
 
 then ``add_rmsnorm(ffn_out, residual, norm)``, the LM head, and ``sample``. The family ops
 run the plan's choices; embedding, linear layers and the cache write are core glue. A decode
-step never syncs with the host, so it can be captured as a CUDA graph.
+step never syncs with the host, so it can be captured as a CUDA graph. In a tensor-parallel run
+each rank holds a shard (``kbench.model.tensor_parallel``): ``all_reduce`` joins the o and ffn
+partial sums; the embedding and LM head are vocabulary-parallel.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from kbench.config import SamplingConfig
 from kbench.errors import KbenchError
 from kbench.model.kv_cache import KVCache
+from kbench.model.tensor_parallel import SINGLE_RANK
 from kbench.model.weights import Weights
 from kbench.ops.rope import rope_inv_freq
 from kbench.plan import Plan
@@ -41,14 +44,15 @@ def random_prompts(vocab: int, batch: int, prompt_len: int, seed: int) -> list[t
     return list(torch.randint(0, vocab, (batch, prompt_len), generator=g, dtype=torch.int64).unbind(0))
 
 
-def build_pipeline(plan: Plan, weights: Weights) -> Pipeline:
-    """The pipeline that runs ``plan``'s choices (``plan.with_reference()``: the all-reference one)."""
-    return Pipeline(plan, weights)
+def build_pipeline(plan: Plan, weights: Weights, parallel=None) -> Pipeline:
+    """The pipeline that runs ``plan``'s choices (``plan.with_reference()``: the all-reference one);
+    ``parallel``: one rank's ``kbench.model.tensor_parallel.TensorParallel`` over its shard of the weights."""
+    return Pipeline(plan, weights, parallel)
 
 
 class Pipeline:
 
-    def __init__(self, plan: Plan, weights: Weights):
+    def __init__(self, plan: Plan, weights: Weights, parallel=None):
         spec = plan.spec
         model = weights.model
         if (model.layers, model.hidden, model.vocab) != (spec.model.layers, spec.model.hidden, spec.model.vocab):
@@ -63,6 +67,8 @@ class Pipeline:
         self._rmsnorm, self._add_rmsnorm = impl["rmsnorm"].fn, impl["add_rmsnorm"].fn
         self._rope, self._ffn, self._sample = impl["rope"].fn, impl["ffn"].fn, impl["sample"].fn
         self._attention_prefill, self._attention_decode = impl["attention_prefill"].fn, impl["attention_decode"].fn
+        # how the ranks of a tensor-parallel run join (one rank: no collectives)
+        self.parallel = (parallel or SINGLE_RANK).bind(impl["all_reduce"].fn)
         self.cuda_graph_blocker: str | None = next(
             (f"{op}/{i.backend} ({i.plugin})" for op, i in impl.items() if not i.cuda_graphs), None)
         self.scale = model.head_dim ** -0.5
@@ -130,13 +136,14 @@ class Pipeline:
             q, k = self._rope(q=q, k=k, positions=positions, inv_freq=self.inv_freq, style=m.rope.style)
             self.cache.write(index, slots, k, v)
             attn = attend(index, q, k, v).reshape(tokens, m.heads * m.head_dim)
-            h, residual = self._add_rmsnorm(x=F.linear(attn, layer.wo), residual=residual, weight=layer.ffn_norm, eps=eps)
-            ffn_out = self._ffn(x=h, w_gate_up=layer.w_gate_up, w_down=layer.w_down)
+            o = self.parallel.reduce(F.linear(attn, layer.wo))
+            h, residual = self._add_rmsnorm(x=o, residual=residual, weight=layer.ffn_norm, eps=eps)
+            ffn_out = self.parallel.reduce(self._ffn(x=h, w_gate_up=layer.w_gate_up, w_down=layer.w_down))
         return ffn_out, residual
 
     def _logits(self, ffn_out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         h, _ = self._add_rmsnorm(x=ffn_out, residual=residual, weight=self.weights.norm, eps=self.model.norm_eps)
-        return F.linear(h, self.weights.lm_head)
+        return self.parallel.logits(h, self.weights.lm_head)
 
     def prefill(self, prompts: Sequence[torch.Tensor]) -> torch.Tensor:
         """Logits ``[batch, vocab]`` at the last position of each prompt (1-D int64), cache emptied."""
@@ -157,7 +164,7 @@ class Pipeline:
         def attend(layer: int, q, k, v):
             return self._attention_prefill(q=q, k=k, v=v, cu_seqlens=cu_seqlens, max_seqlen=longest, scale=self.scale)
 
-        ffn_out, residual = self._layers(F.embedding(tokens, self.weights.embedding), positions,
+        ffn_out, residual = self._layers(self.parallel.embed(tokens, self.weights.embedding), positions,
                                          self.cache.slot_index(seq_ids, positions), attend)
         last = (cu_seqlens[1:] - 1).long()
         logits = self._logits(ffn_out[last], residual[last])
@@ -177,7 +184,8 @@ class Pipeline:
                                           cache_seqlens=self.cache_seqlens, block_table=self.cache.block_table,
                                           scale=self.scale)
 
-        ffn_out, residual = self._layers(F.embedding(tokens, self.weights.embedding), self.positions, slots, attend)
+        ffn_out, residual = self._layers(self.parallel.embed(tokens, self.weights.embedding), self.positions, slots,
+                                         attend)
         logits = self._logits(ffn_out, residual)
         self.positions.add_(1)
         return logits

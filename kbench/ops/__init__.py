@@ -5,10 +5,10 @@ whatever the registered ops name, so a plugin's own family is chosen like a buil
 from __future__ import annotations
 
 import kbench
-from kbench.ops import attention, ffn, norm, rope, sampling
+from kbench.ops import attention, comm, ffn, norm, rope, sampling
 from kbench.ops.base import Case, Check, Op, Tolerance, compare_close, dtype_name, parse_dtype
 
-BUILTIN_OPS: list[Op] = [*norm.OPS, *rope.OPS, *attention.OPS, *ffn.OPS, *sampling.OPS]
+BUILTIN_OPS: list[Op] = [*norm.OPS, *rope.OPS, *attention.OPS, *ffn.OPS, *sampling.OPS, *comm.OPS]
 
 
 @kbench.hookimpl

@@ -60,12 +60,32 @@ def print_run(record: dict, console: Console) -> None:
     decode = [r for r in rows if r["kind"] == "decode"]
     if decode:
         console.print(_decode_table(decode, where))
+    if record.get("parallel"):
+        console.print(parallel_line(record["parallel"]), highlight=False)
     failed = [r for r in rows if r.get("status") == "FAIL"]
     for row in failed:
         console.print(f"[bold red]FAIL[/] {row['kind']} {row['op']} [{row['backend']}] {row.get('case') or ''}: "
                       f"{row.get('note') or ''}", highlight=False)
     verdict = "[bold red]FAIL[/]" if failed else "[bold green]PASS[/]"
     console.print(f"{verdict}  run {record['run_id']}", highlight=False)
+
+
+def parallel_line(parallel: dict) -> str:
+    """One line on a tensor-parallel run: ranks, per-rank memory, all-reduce time per decode step."""
+    def mib(values):
+        return "/".join(f"{v / 2**20:.0f}" if v else "-" for v in values or [])
+
+    text = f"tensor parallel: {parallel['ranks']} ranks over {parallel.get('group_backend')}"
+    if parallel.get("all_reduce"):
+        text += f", all_reduce={parallel['all_reduce']}"
+    if parallel.get("weight_bytes_per_rank"):
+        text += f"; weights per rank {mib(parallel['weight_bytes_per_rank'])} MiB"
+    if any(parallel.get("peak_memory_bytes_per_rank") or []):
+        text += f"; peak memory per rank {mib(parallel['peak_memory_bytes_per_rank'])} MiB"
+    per_step = parallel.get("all_reduce_per_decode_step_us") or {}
+    if per_step:
+        text += "; all-reduce per decode step " + ", ".join(f"batch {b}: {us:.1f} µs" for b, us in per_step.items())
+    return text
 
 
 def _shape(row: dict) -> dict:
