@@ -56,7 +56,8 @@ def test_every_shipped_spec_loads(path, registry):
     spec = load_spec(path)
     m = spec.model
     assert m.heads * m.head_dim == m.hidden and m.heads % m.kv_heads == 0
-    assert set(resolve_plan(spec, registry, check_here=False).families) == {"norm", "rope", "attention", "ffn", "sampling", "comm"}
+    assert set(resolve_plan(spec, registry, check_here=False).families) == {"embedding", "norm", "linear", "rope",
+                                                                              "kv_cache", "attention", "ffn", "sampling", "comm"}
     json.dumps(spec.to_dict())
 
 

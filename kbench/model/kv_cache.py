@@ -1,7 +1,8 @@
 """The preallocated KV cache in ``attention_decode``'s layouts, written without a host sync.
 Contiguous: ``k[layer]: [batch, capacity, kv_heads, head_dim]``. Paged: ``k[layer]:
 [num_blocks, block_size, kv_heads, head_dim]`` with ``block_table: [batch, blocks_per_seq]``
-int32, blocks handed out in a seeded random order so a kernel ignoring the table reads wrong keys."""
+int32, blocks handed out in a seeded random order so a kernel ignoring the table reads wrong keys.
+``slot_mapping`` gives each token's row as ``kv_write`` takes it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import math
 import torch
 
 from kbench.config import ModelConfig
+from kbench.ops.kv_cache import as_pair as _as_pair  # noqa: F401  (tests check the pairing)
+from kbench.ops.kv_cache import kv_write_reference
 
 
 class KVCache:
@@ -45,27 +48,14 @@ class KVCache:
         blocks = self.block_table[seq_ids, torch.div(positions, self.block_size, rounding_mode="floor")]
         return blocks.long(), torch.remainder(positions, self.block_size)
 
+    def slot_mapping(self, seq_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Each token's row in ``k[layer]`` seen as ``[slots, kv_heads, head_dim]``: the
+        ``slot_mapping`` of ``kv_write``. Device tensors in, device tensor out."""
+        first, second = self.slot_index(seq_ids, positions)
+        return first * self.k.shape[2] + second
+
     def write(self, layer: int, slots: tuple[torch.Tensor, torch.Tensor], k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store ``k, v: [tokens, kv_heads, head_dim]`` at ``slots``; in one scatter where ``v`` lies
-        at a fixed offset after ``k`` (out of the fused wqkv product): one launch less a layer."""
-        pair = _as_pair(k, v)
-        if pair is not None:
-            first, second = slots
-            self.kv[layer][:, first, second] = pair
-        else:
-            self.k[layer].index_put_(slots, k)
-            self.v[layer].index_put_(slots, v)
-
-
-def _as_pair(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
-    """``[2, *k.shape]`` viewing k then v, when v is k moved by a constant offset; else None."""
-    # one storage: the same start address once each offset is taken off (``_base`` is None
-    # under inference_mode, where every run decodes)
-    if (k.dtype != v.dtype or k.device != v.device or k.shape != v.shape or k.stride() != v.stride()
-            or k.data_ptr() - k.storage_offset() * k.element_size()
-            != v.data_ptr() - v.storage_offset() * v.element_size()):
-        return None
-    offset = v.storage_offset() - k.storage_offset()
-    if offset <= 0:
-        return None
-    return k.as_strided((2, *k.shape), (offset, *k.stride()), k.storage_offset())
+        """Store ``k, v: [tokens, kv_heads, head_dim]`` at ``slots`` (from ``slot_index``) with
+        the reference ``kv_write`` (one scatter where k and v are views of one product)."""
+        first, second = slots
+        kv_write_reference(k, v, self.k[layer], self.v[layer], first * self.k.shape[2] + second)

@@ -2,27 +2,28 @@
 packed tokens (prefill) or one token per sequence (decode)::
 
     h, residual = add_rmsnorm(ffn_out, residual, attn_norm)    # rmsnorm(x) in layer 0
-    q, k, v     = split(h @ wqkv.T)                             # [tokens, heads|kv_heads, head_dim]
+    q, k, v     = split(linear(h, wqkv))                        # [tokens, heads|kv_heads, head_dim]
     q, k        = rope(q, k, positions, inv_freq, style)
-    cache[slots] = k, v                                         # index_put on device tensors
+    kv_write(k, v, k_cache, v_cache, slot_mapping)              # a device-side scatter
     o           = attention_prefill(q, k, v, cu_seqlens, ...)   # or attention_decode(q, cache, ...)
-    h, residual = add_rmsnorm(o @ wo.T, residual, ffn_norm)
+    h, residual = add_rmsnorm(linear(o, wo), residual, ffn_norm)
     ffn_out     = ffn(h, w_gate_up, w_down)
 
-then ``add_rmsnorm(ffn_out, residual, norm)``, the LM head, and ``sample``. The family ops
-run the plan's choices; embedding, linear layers and the cache write are core glue. A decode
-step never syncs with the host, so it can be captured as a CUDA graph. In a tensor-parallel run
-each rank holds a shard (``kbench.model.tensor_parallel``): ``all_reduce`` joins the o and ffn
-partial sums; the embedding and LM head are vocabulary-parallel.
+after ``x = embedding(ids, table)``; then ``add_rmsnorm(ffn_out, residual, norm)``, the LM
+head ``linear(h, lm_head)`` and ``sample``. Every op runs the plan's choice, called through
+``Pipeline.fn``; views, splits and position bookkeeping are a breakdown's remainder. A decode
+step never syncs with the host, so it can be captured as a CUDA graph.
+In a tensor-parallel run each rank holds a shard (``kbench.model.tensor_parallel``): ``all_reduce``
+joins the o and ffn partial sums; the embedding and LM head are vocabulary-parallel.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 
 from kbench.config import SamplingConfig
 from kbench.errors import KbenchError
@@ -64,11 +65,10 @@ class Pipeline:
         self.implementations: dict[str, Implementation] = {name: op.implementation
                                                             for name, op in plan.pipeline_ops.items()}
         impl = self.implementations
-        self._rmsnorm, self._add_rmsnorm = impl["rmsnorm"].fn, impl["add_rmsnorm"].fn
-        self._rope, self._ffn, self._sample = impl["rope"].fn, impl["ffn"].fn, impl["sample"].fn
-        self._attention_prefill, self._attention_decode = impl["attention_prefill"].fn, impl["attention_decode"].fn
-        # how the ranks of a tensor-parallel run join (one rank: no collectives)
-        self.parallel = (parallel or SINGLE_RANK).bind(impl["all_reduce"].fn)
+        # op -> the callable a step calls; ``traced_calls`` wraps them (breakdown, host-sync search)
+        self.fn: dict[str, Callable] = {name: i.fn for name, i in impl.items()}
+        # how the ranks of a tensor-parallel run join; bound to ``self.fn``, so traced calls reach it
+        self.parallel = (parallel or SINGLE_RANK).bind(self.fn)
         self.cuda_graph_blocker: str | None = next(
             (f"{op}/{i.backend} ({i.plugin})" for op, i in impl.items() if not i.cuda_graphs), None)
         self.scale = model.head_dim ** -0.5
@@ -112,38 +112,41 @@ class Pipeline:
 
     # -- the model ------------------------------------------------------------------------
 
-    def _layers(self, x: torch.Tensor, positions: torch.Tensor, slots: tuple[torch.Tensor, torch.Tensor],
+    def _layers(self, x: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
                 attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Every decoder layer on ``x: [tokens, hidden]``; returns (ffn_out, residual) of the last."""
-        m = self.model
+        m, fn = self.model, self.fn
         tokens, eps = x.shape[0], m.norm_eps
         qkv_rows = [m.heads * m.head_dim, m.kv_heads * m.head_dim, m.kv_heads * m.head_dim]
         residual, ffn_out = x, None
         for index, layer in enumerate(self.weights.layers):
             if ffn_out is None:
-                h = self._rmsnorm(x=x, weight=layer.attn_norm, eps=eps)
+                h = fn["rmsnorm"](x=x, weight=layer.attn_norm, eps=eps)
             else:
-                h, residual = self._add_rmsnorm(x=ffn_out, residual=residual, weight=layer.attn_norm, eps=eps)
+                h, residual = fn["add_rmsnorm"](x=ffn_out, residual=residual, weight=layer.attn_norm, eps=eps)
             if tokens <= ONE_QKV_GEMM_MAX_TOKENS:
                 # decode: one weight-streaming GEMM, then three copies of a few rows each
                 q, k, v = (t.contiguous().view(tokens, -1, m.head_dim)
-                           for t in F.linear(h, layer.wqkv).split(qkv_rows, dim=-1))
+                           for t in fn["linear"](x=h, weight=layer.wqkv).split(qkv_rows, dim=-1))
             else:
                 # prefill: one GEMM per row block of wqkv, so q, k, v come out dense (as every
                 # backend's contract wants) without copying [tokens, hidden] activations
-                q, k, v = (F.linear(h, w).view(tokens, -1, m.head_dim) for w in layer.wqkv.split(qkv_rows))
-            q, k = self._rope(q=q, k=k, positions=positions, inv_freq=self.inv_freq, style=m.rope.style)
-            self.cache.write(index, slots, k, v)
+                q, k, v = (fn["linear"](x=h, weight=w).view(tokens, -1, m.head_dim) for w in layer.wqkv.split(qkv_rows))
+            q, k = fn["rope"](q=q, k=k, positions=positions, inv_freq=self.inv_freq, style=m.rope.style)
+            fn["kv_write"](k=k, v=v, k_cache=self.cache.k[index], v_cache=self.cache.v[index], slot_mapping=slots)
             attn = attend(index, q, k, v).reshape(tokens, m.heads * m.head_dim)
-            o = self.parallel.reduce(F.linear(attn, layer.wo))
-            h, residual = self._add_rmsnorm(x=o, residual=residual, weight=layer.ffn_norm, eps=eps)
-            ffn_out = self.parallel.reduce(self._ffn(x=h, w_gate_up=layer.w_gate_up, w_down=layer.w_down))
+            o = self.parallel.reduce(fn["linear"](x=attn, weight=layer.wo))
+            h, residual = fn["add_rmsnorm"](x=o, residual=residual, weight=layer.ffn_norm, eps=eps)
+            ffn_out = self.parallel.reduce(fn["ffn"](x=h, w_gate_up=layer.w_gate_up, w_down=layer.w_down))
         return ffn_out, residual
 
     def _logits(self, ffn_out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        h, _ = self._add_rmsnorm(x=ffn_out, residual=residual, weight=self.weights.norm, eps=self.model.norm_eps)
+        h, _ = self.fn["add_rmsnorm"](x=ffn_out, residual=residual, weight=self.weights.norm, eps=self.model.norm_eps)
         return self.parallel.logits(h, self.weights.lm_head)
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.parallel.embed(ids, self.weights.embedding)
 
     def prefill(self, prompts: Sequence[torch.Tensor]) -> torch.Tensor:
         """Logits ``[batch, vocab]`` at the last position of each prompt (1-D int64), cache emptied."""
@@ -162,10 +165,10 @@ class Pipeline:
         seq_ids = torch.repeat_interleave(torch.arange(batch), torch.tensor(lengths)).to(device)
 
         def attend(layer: int, q, k, v):
-            return self._attention_prefill(q=q, k=k, v=v, cu_seqlens=cu_seqlens, max_seqlen=longest, scale=self.scale)
+            return self.fn["attention_prefill"](q=q, k=k, v=v, cu_seqlens=cu_seqlens, max_seqlen=longest, scale=self.scale)
 
-        ffn_out, residual = self._layers(self.parallel.embed(tokens, self.weights.embedding), positions,
-                                         self.cache.slot_index(seq_ids, positions), attend)
+        ffn_out, residual = self._layers(self._embed(tokens), positions, self.cache.slot_mapping(seq_ids, positions),
+                                         attend)
         last = (cu_seqlens[1:] - 1).long()
         logits = self._logits(ffn_out[last], residual[last])
         lengths_device = torch.tensor(lengths, device=device)
@@ -177,15 +180,14 @@ class Pipeline:
     def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """One token per sequence; advances ``positions`` and ``cache_seqlens`` on the device."""
         self.cache_seqlens.add_(1)  # the new token is in the cache when attention reads it
-        slots = self.cache.slot_index(self._batch_ids, self.positions)
+        slots = self.cache.slot_mapping(self._batch_ids, self.positions)
 
         def attend(layer: int, q, k, v):
-            return self._attention_decode(q=q, k_cache=self.cache.k[layer], v_cache=self.cache.v[layer],
+            return self.fn["attention_decode"](q=q, k_cache=self.cache.k[layer], v_cache=self.cache.v[layer],
                                           cache_seqlens=self.cache_seqlens, block_table=self.cache.block_table,
                                           scale=self.scale)
 
-        ffn_out, residual = self._layers(self.parallel.embed(tokens, self.weights.embedding), self.positions, slots,
-                                         attend)
+        ffn_out, residual = self._layers(self._embed(tokens), self.positions, slots, attend)
         logits = self._logits(ffn_out, residual)
         self.positions.add_(1)
         return logits
@@ -207,7 +209,7 @@ class Pipeline:
         return self._decode(tokens.to(self.device))
 
     def sample(self, logits: torch.Tensor, uniforms: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
-        return self._sample(logits=logits, uniforms=uniforms, temperature=sampling.temperature,
+        return self.fn["sample"](logits=logits, uniforms=uniforms, temperature=sampling.temperature,
                             top_k=sampling.top_k, top_p=sampling.top_p)
 
     def generate(self, prompts: Sequence[torch.Tensor], steps: int, sampling: SamplingConfig | None = None,
@@ -270,34 +272,39 @@ class Pipeline:
 
     def _decode_finding_host_sync(self, tokens: torch.Tensor) -> str | None:
         """The op whose call syncs with the host in one eager decode step (breaking capture), or None."""
-        attributes = {"_rmsnorm": "rmsnorm", "_add_rmsnorm": "add_rmsnorm", "_rope": "rope", "_ffn": "ffn",
-                      "_attention_decode": "attention_decode"}
         current: list[str | None] = [None]
 
-        def traced(fn, op):
-            def call(**inputs):
+        def enter(op: str, call: Callable) -> Callable:
+            def traced(**inputs):
                 current[0] = op
-                out = fn(**inputs)
+                out = call(**inputs)
                 current[0] = None
                 return out
-            return call
+            return traced
 
-        originals = {attribute: getattr(self, attribute) for attribute in attributes}
-        for attribute, op in attributes.items():
-            setattr(self, attribute, traced(originals[attribute], op))
         previous = torch.cuda.get_sync_debug_mode()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            self._decode(tokens)
+            with self.traced_calls(enter):
+                self._decode(tokens)
         except RuntimeError:
             if current[0] is None:
                 raise
             return current[0]
         finally:
             torch.cuda.set_sync_debug_mode(previous)
-            for attribute, fn in originals.items():
-                setattr(self, attribute, fn)
         return None
+
+    @contextmanager
+    def traced_calls(self, wrap: Callable[[str, Callable], Callable]) -> Iterator[None]:
+        """Within the block every op is called through ``wrap(op, fn)`` (a step's breakdown
+        times each call this way); the plain callables come back afterwards."""
+        originals = dict(self.fn)
+        self.fn.update({name: wrap(name, call) for name, call in originals.items()})
+        try:
+            yield
+        finally:
+            self.fn.update(originals)
 
     def drop_decode_graph(self) -> None:
         self._graph = None

@@ -252,43 +252,47 @@ class SingleRank:
 
     ranks = 1
 
-    def bind(self, all_reduce) -> SingleRank:
-        return self
+    def __init__(self, fn: dict | None = None):
+        self.fn = fn or {}
+
+    def bind(self, fn: dict) -> SingleRank:
+        """These hooks calling ``fn``: op name -> the pipeline's chosen (possibly traced) callable."""
+        return SingleRank(fn)
 
     def reduce(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
     def embed(self, tokens: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        return F.embedding(tokens, table)
+        return self.fn["embedding"](ids=tokens, weight=table)
 
     def logits(self, h: torch.Tensor, lm_head: torch.Tensor) -> torch.Tensor:
-        return F.linear(h, lm_head)
+        return self.fn["linear"](x=h, weight=lm_head)
 
 
 class TensorParallel:
     """The hooks of one rank: ``reduce`` after o and down (the plan's ``all_reduce``), the
     vocabulary-parallel embedding and the all-gathered LM head."""
 
-    def __init__(self, shard: Shard, all_reduce=None):
-        self.shard, self.ranks, self._all_reduce = shard, shard.ranks, all_reduce
+    def __init__(self, shard: Shard, fn: dict | None = None):
+        self.shard, self.ranks, self.fn = shard, shard.ranks, fn or {}
 
-    def bind(self, all_reduce) -> TensorParallel:
-        """The same rank calling ``all_reduce(x=..., inplace=...)`` (a pipeline's chosen implementation)."""
-        return TensorParallel(self.shard, all_reduce)
+    def bind(self, fn: dict) -> TensorParallel:
+        """The same rank calling ``fn``: op name -> the pipeline's chosen (possibly traced) callable."""
+        return TensorParallel(self.shard, fn)
 
     def reduce(self, x: torch.Tensor) -> torch.Tensor:
-        return self._all_reduce(x=x, inplace=True)
+        return self.fn["all_reduce"](x=x, inplace=True)
 
     def embed(self, tokens: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         start, stop = self.shard.vocab
         outside = (tokens < start) | (tokens >= stop)
-        rows = F.embedding((tokens - start).masked_fill(outside, 0), table)
+        rows = self.fn["embedding"](ids=(tokens - start).masked_fill(outside, 0), weight=table)
         return self.reduce(rows.masked_fill(outside[:, None], 0))
 
     def logits(self, h: torch.Tensor, lm_head: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist
 
-        local = F.linear(h, lm_head)
+        local = self.fn["linear"](x=h, weight=lm_head)
         parts = [torch.empty_like(local) for _ in range(self.ranks)]
         dist.all_gather(parts, local)
         return torch.cat(parts, dim=-1)

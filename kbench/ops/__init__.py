@@ -5,10 +5,11 @@ whatever the registered ops name, so a plugin's own family is chosen like a buil
 from __future__ import annotations
 
 import kbench
-from kbench.ops import attention, comm, ffn, norm, rope, sampling
+from kbench.ops import attention, comm, embedding, ffn, kv_cache, linear, norm, rope, sampling
 from kbench.ops.base import Case, Check, Op, Tolerance, compare_close, dtype_name, parse_dtype
 
-BUILTIN_OPS: list[Op] = [*norm.OPS, *rope.OPS, *attention.OPS, *ffn.OPS, *sampling.OPS, *comm.OPS]
+BUILTIN_OPS: list[Op] = [*embedding.OPS, *norm.OPS, *linear.OPS, *rope.OPS, *kv_cache.OPS, *attention.OPS,
+                         *ffn.OPS, *sampling.OPS, *comm.OPS]
 
 
 @kbench.hookimpl
