@@ -1,9 +1,11 @@
-"""Prefill and decode of a whole model (the pipeline or a baseline) over the workload: one row per point."""
+"""Prefill and decode of a whole model (the pipeline or a baseline) over the workload: one row per
+point, and for the pipeline each step's per-op breakdown (``kbench.bench.breakdown``)."""
 
 from __future__ import annotations
 
 import torch
 
+from kbench.bench.breakdown import breakdown_rows
 from kbench.bench.timing import AcrossRanks, Timing, measure
 from kbench.errors import KbenchError
 from kbench.model import random_prompts
@@ -54,11 +56,21 @@ def time_prefill(plan: Plan, model, label: str, ceilings: dict, progress) -> lis
         progress(f"prefill [{label}]: batch={batch} prompt_len={prompt_len}")
         try:
             rows.append(prefill_row(plan, model, label, ceilings, batch, prompt_len))
+            rows += step_breakdown(plan, model, label, "prefill", batch, prompt_len, rows[-1].latency_us)
         except KbenchError:
             raise
         except Exception as error:  # a crashing backend is a FAIL row, not a lost run
             rows.append(crash_row("prefill", plan, label, batch, prompt_len, error))
     return rows
+
+
+def step_breakdown(plan: Plan, model, label: str, phase: str, batch: int, prompt_len: int,
+                   step_us: float) -> list[Row]:
+    """The per-op breakdown of the pipeline's step just timed (``kbench.bench.breakdown``);
+    none for a baseline, whose ops are not kbench's."""
+    if label != PIPELINE or not hasattr(model, "traced_calls"):
+        return []
+    return breakdown_rows(plan, model, phase, batch, prompt_len, step_us)
 
 
 def crash_row(kind: str, plan: Plan, label: str, batch: int, prompt_len: int, error: Exception) -> Row:
@@ -114,6 +126,7 @@ def time_decode(plan: Plan, model, label: str, weights, ceilings: dict, progress
         progress(f"decode [{label}]: batch={batch} prompt_len={prompt_len} steps={spec.workload.decode_steps}")
         try:
             rows.append(decode_row(plan, model, label, weights, ceilings, batch, prompt_len))
+            rows += step_breakdown(plan, model, label, "decode", batch, prompt_len, rows[-1].latency_us)
         except KbenchError:
             raise
         except Exception as error:

@@ -37,6 +37,8 @@ from kbench.registry import Implementation
 # Up to this many tokens (decode steps) q, k and v come from one GEMM over the whole of wqkv:
 # streaming 3 weight blocks in one launch is faster than 3 launches, and the copies are tiny.
 ONE_QKV_GEMM_MAX_TOKENS = 64
+# the call sites of ``linear`` (``Pipeline.fn`` keys ``linear[qkv]``, ...)
+PROJECTIONS = ("qkv", "o", "lm_head")
 
 
 def random_prompts(vocab: int, batch: int, prompt_len: int, seed: int) -> list[torch.Tensor]:
@@ -65,8 +67,10 @@ class Pipeline:
         self.implementations: dict[str, Implementation] = {name: op.implementation
                                                             for name, op in plan.pipeline_ops.items()}
         impl = self.implementations
-        # op -> the callable a step calls; ``traced_calls`` wraps them (breakdown, host-sync search)
-        self.fn: dict[str, Callable] = {name: i.fn for name, i in impl.items()}
+        # call site -> the callable a step calls there: the op's name, or ``linear[PROJ]`` for each
+        # projection, so a breakdown tells them apart; ``traced_calls`` wraps them
+        self.fn: dict[str, Callable] = {name: i.fn for name, i in impl.items() if name != "linear"}
+        self.fn |= {f"linear[{proj}]": impl["linear"].fn for proj in PROJECTIONS}
         # how the ranks of a tensor-parallel run join; bound to ``self.fn``, so traced calls reach it
         self.parallel = (parallel or SINGLE_RANK).bind(self.fn)
         self.cuda_graph_blocker: str | None = next(
@@ -128,15 +132,15 @@ class Pipeline:
             if tokens <= ONE_QKV_GEMM_MAX_TOKENS:
                 # decode: one weight-streaming GEMM, then three copies of a few rows each
                 q, k, v = (t.contiguous().view(tokens, -1, m.head_dim)
-                           for t in fn["linear"](x=h, weight=layer.wqkv).split(qkv_rows, dim=-1))
+                           for t in fn["linear[qkv]"](x=h, weight=layer.wqkv).split(qkv_rows, dim=-1))
             else:
                 # prefill: one GEMM per row block of wqkv, so q, k, v come out dense (as every
                 # backend's contract wants) without copying [tokens, hidden] activations
-                q, k, v = (fn["linear"](x=h, weight=w).view(tokens, -1, m.head_dim) for w in layer.wqkv.split(qkv_rows))
+                q, k, v = (fn["linear[qkv]"](x=h, weight=w).view(tokens, -1, m.head_dim) for w in layer.wqkv.split(qkv_rows))
             q, k = fn["rope"](q=q, k=k, positions=positions, inv_freq=self.inv_freq, style=m.rope.style)
             fn["kv_write"](k=k, v=v, k_cache=self.cache.k[index], v_cache=self.cache.v[index], slot_mapping=slots)
             attn = attend(index, q, k, v).reshape(tokens, m.heads * m.head_dim)
-            o = self.parallel.reduce(fn["linear"](x=attn, weight=layer.wo))
+            o = self.parallel.reduce(fn["linear[o]"](x=attn, weight=layer.wo))
             h, residual = fn["add_rmsnorm"](x=o, residual=residual, weight=layer.ffn_norm, eps=eps)
             ffn_out = self.parallel.reduce(fn["ffn"](x=h, w_gate_up=layer.w_gate_up, w_down=layer.w_down))
         return ffn_out, residual
@@ -253,6 +257,7 @@ class Pipeline:
         self.positions.copy_(saved[0])
         self.cache_seqlens.copy_(saved[1])
         if syncing_op:
+            syncing_op = syncing_op.split("[", 1)[0]  # linear[qkv] -> linear
             impl = self.implementations[syncing_op]
             self.cuda_graph_blocker = f"{syncing_op}/{impl.backend} ({impl.plugin}; synchronises with the host)"
             raise KbenchError(f"{self.cuda_graph_blocker} cannot be captured in a CUDA graph, although registered "

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from kbench.checkpoint import check_checkpoint_folder
 from kbench.config import ModelConfig
@@ -266,7 +265,7 @@ class SingleRank:
         return self.fn["embedding"](ids=tokens, weight=table)
 
     def logits(self, h: torch.Tensor, lm_head: torch.Tensor) -> torch.Tensor:
-        return self.fn["linear"](x=h, weight=lm_head)
+        return self.fn["linear[lm_head]"](x=h, weight=lm_head)
 
 
 class TensorParallel:
@@ -292,7 +291,7 @@ class TensorParallel:
     def logits(self, h: torch.Tensor, lm_head: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist
 
-        local = self.fn["linear"](x=h, weight=lm_head)
+        local = self.fn["linear[lm_head]"](x=h, weight=lm_head)
         parts = [torch.empty_like(local) for _ in range(self.ranks)]
         dist.all_gather(parts, local)
         return torch.cat(parts, dim=-1)

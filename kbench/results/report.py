@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kbench.results.compare import Comparison
@@ -62,6 +63,8 @@ def print_run(record: dict, console: Console) -> None:
         console.print(_decode_table(decode, where))
     if record.get("parallel"):
         console.print(parallel_line(record["parallel"]), highlight=False)
+    for table in breakdown_tables([r for r in rows if r["kind"] == "breakdown"]):
+        console.print(table)
     failed = [r for r in rows if r.get("status") == "FAIL"]
     for row in failed:
         console.print(f"[bold red]FAIL[/] {row['kind']} {row['op']} [{row['backend']}] {row.get('case') or ''}: "
@@ -174,6 +177,32 @@ def _decode_table(rows: list[dict], where: str) -> Table:
                       fmt(row.get("tokens_per_s")), fmt(row.get("gbps")), _pct(row.get("frac_peak_bw")),
                       "yes" if row.get("cuda_graph") else "no", _memory(row))
     return table
+
+
+def breakdown_tables(rows: list[dict]) -> list[Table]:
+    """One table per step (phase, batch, prompt_len): each op's calls, µs per call, µs per
+    step and share, the ops' sum and the remainder beside the measured step."""
+    steps: dict[str, list[dict]] = {}
+    for row in rows:
+        steps.setdefault(row["case"], []).append(row)
+    tables = []
+    for case, part in steps.items():
+        step_us, method = part[0].get("step_us"), part[0].get("method")
+        table = Table(title=f"{case}: breakdown of a step of {fmt(step_us)} µs (ops timed by {method})")
+        for column in ("op", "backend", "calls", "µs/call", "µs/step", "share"):
+            table.add_column(column, justify="left" if column in ("op", "backend") else "right")
+        ops = [r for r in part if r["op"] != "remainder"]
+        for row in sorted(ops, key=lambda r: -(r.get("total_us") or 0)):
+            table.add_row(escape(row.get("part") or row["op"]), row["backend"], fmt(row.get("calls")), fmt(row.get("latency_us")),
+                          fmt(row.get("total_us")), _pct(row.get("share")))
+        summed = sum(r.get("total_us") or 0 for r in ops)
+        table.add_row("ops' sum", "", "", "", fmt(summed), _pct(summed / step_us if step_us else None))
+        for row in part:
+            if row["op"] == "remainder":
+                table.add_row("remainder", "", "", "", fmt(row.get("total_us")), _pct(row.get("share")))
+        table.add_row("measured step", "", "", "", fmt(step_us), "100%")
+        tables.append(table)
+    return tables
 
 
 def _ms(us: Any) -> float | None:

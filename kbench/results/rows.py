@@ -114,7 +114,25 @@ class DecodeRow(Row):
     backends: str | None = None
 
 
-ROW_TYPES: dict[str, type[Row]] = {cls.kind: cls for cls in (OpRow, CheckRow, PrefillRow, DecodeRow)}
+@dataclass(frozen=True, kw_only=True)
+class BreakdownRow(Row):
+    """One op's part of a prefill or a decode step at one (batch, prompt_len): ``calls`` per
+    step, ``latency_us`` per call, ``total_us`` per step and its ``share`` of ``step_us``, the
+    measured step. ``part`` tells calls of one op apart (``linear[qkv]``, ``linear[lm_head]``);
+``op`` ``remainder`` is the step less the ops' sum (launch gaps, host work,
+    glue); ``method`` says how the ops were timed (``kbench.bench.breakdown``)."""
+
+    kind: ClassVar[str] = "breakdown"
+    part: str | None = None
+    phase: str | None = None
+    calls: int | None = None
+    total_us: float | None = None
+    share: float | None = None
+    step_us: float | None = None
+    backends: str | None = None
+
+
+ROW_TYPES: dict[str, type[Row]] = {cls.kind: cls for cls in (OpRow, CheckRow, PrefillRow, DecodeRow, BreakdownRow)}
 KINDS = tuple(ROW_TYPES)
 
 

@@ -1,0 +1,122 @@
+"""Where a prefill or a decode step spends its time: one row per op, and the remainder.
+
+Every op a step calls goes through ``Pipeline.fn``, so the step is run with each call
+wrapped (``Pipeline.traced_calls``) and attributed:
+
+- on a CPU, each call is timed with ``perf_counter`` (the op's wall time as called);
+- on CUDA, each call is a ``torch.profiler.record_function`` range, and an op's time is the
+  device time of the kernels launched inside its ranges (profiler kernel intervals, CUPTI),
+  summed per op. The step runs eagerly for this: a replayed CUDA graph carries no ranges.
+
+An op's ``total_us`` is its time per step, ``share`` its fraction of the measured step
+(``step_us``: the prefill row's latency, or the decode row's per-token latency, under a CUDA
+graph where the run used one). The ``remainder`` row is ``step_us`` less the ops' sum: on
+CUDA the gaps between kernels (launch latency that a graph does not remove, host-side waits)
+and glue outside the ops (views, the q/k/v split's copies, position bookkeeping); on a CPU
+the Python between calls. Totals are medians over ``REPEATS`` traced steps.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import torch
+
+from kbench.model import random_prompts
+from kbench.ops.base import dtype_name
+from kbench.plan import Plan
+from kbench.results.rows import BreakdownRow
+
+REPEATS = 3
+REMAINDER = "remainder"
+PROMPT_SEED = 1234
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def op_of(label: str) -> str:
+    """The op of a call site (``linear[qkv]`` -> ``linear``)."""
+    return label.split("[", 1)[0]
+
+
+def traced_totals(pipeline, step: Callable[[], object]) -> tuple[dict[str, float], dict[str, int], str]:
+    """(call site -> µs in one run of ``step``, call site -> calls, method): every op call
+    attributed to its call site (``Pipeline.fn``: the op, or ``linear[PROJ]``)."""
+    device = pipeline.device
+    calls: dict[str, int] = defaultdict(int)
+    if device.type == "cuda":
+        def wrap(op, fn):
+            def traced(**inputs):
+                calls[op] += 1
+                with torch.profiler.record_function(f"kbench::{op}"):
+                    return fn(**inputs)
+            return traced
+
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        _sync(device)
+        with torch.profiler.profile(activities=activities) as profiler, pipeline.traced_calls(wrap):
+            step()
+            _sync(device)
+        totals = {}
+        for event in profiler.key_averages():
+            if event.key.startswith("kbench::"):
+                device_us = getattr(event, "device_time_total", None)
+                totals[event.key.removeprefix("kbench::")] = float(
+                    device_us if device_us is not None else event.cuda_time_total)
+        return totals, dict(calls), "profiler-kernels"
+
+    spent: dict[str, float] = defaultdict(float)
+
+    def wrap(op, fn):
+        def timed(**inputs):
+            calls[op] += 1
+            start = time.perf_counter()
+            out = fn(**inputs)
+            spent[op] += (time.perf_counter() - start) * 1e6
+            return out
+        return timed
+
+    with pipeline.traced_calls(wrap):
+        step()
+    return dict(spent), dict(calls), "perf_counter-calls"
+
+
+def breakdown_rows(plan: Plan, pipeline, phase: str, batch: int, prompt_len: int, step_us: float) -> list[BreakdownRow]:
+    """The rows of one step: each op the step calls (calls, µs per call, share), then the remainder."""
+    spec = plan.spec
+    prompts = random_prompts(spec.model.vocab, batch, prompt_len, PROMPT_SEED)
+    tokens = torch.stack([p[-1] for p in prompts]).to(pipeline.device)
+    steps = spec.workload.decode_steps if phase == "decode" else 1
+    runs = []
+    with torch.inference_mode():
+        pipeline.reset(batch, prompt_len + spec.workload.decode_steps)
+        for _ in range(REPEATS + 1):  # the first one warms up
+            pipeline.prefill(prompts)
+            if phase == "prefill":
+                runs.append(traced_totals(pipeline, lambda: pipeline.prefill(prompts)))
+            else:
+                runs.append(traced_totals(pipeline, lambda: [pipeline.decode_step(tokens) for _ in range(steps)]))
+    runs = runs[1:]
+    method = runs[0][2]
+    case = f"phase={phase} batch={batch} prompt_len={prompt_len}"
+    common = {"case": case, "dtype": dtype_name(spec.dtype), "device": spec.device, "status": "PASS",
+              "shape": {"phase": phase, "batch": batch, "prompt_len": prompt_len}, "phase": phase,
+              "step_us": step_us, "method": method, "backends": plan.label()}
+    rows, summed = [], 0.0
+    for op in runs[0][1]:  # a call site: the op, or linear[PROJ]
+        total = statistics.median(run[0].get(op, 0.0) for run in runs) / steps
+        op_calls = runs[0][1][op] // steps
+        summed += total
+        rows.append(BreakdownRow(op=op_of(op), part=op, backend=plan.backend(op_of(op)), calls=op_calls, latency_us=total / op_calls,
+                                 total_us=total, share=total / step_us if step_us else None, reps=REPEATS, **common))
+    remainder = step_us - summed
+    rows.append(BreakdownRow(op=REMAINDER, part=REMAINDER, backend="-", calls=None, latency_us=None, total_us=remainder,
+                             share=remainder / step_us if step_us else None, reps=REPEATS,
+                             note=f"measured step {step_us:.4g} µs, ops' sum {summed:.4g} µs", **common))
+    return rows
