@@ -1,6 +1,7 @@
 """Speedups, geometric means and regressions between two runs or between backends of one run.
 ``speedup = base / new`` (> 1 is faster); a row regresses when ``new > base * (1 + threshold)``;
-rows on one side only go to ``unmatched``, never dropped."""
+rows on one side only go to ``unmatched``, never dropped.
+``Comparison.amdahl``: the end-to-end change the op rows predict (``kbench.results.amdahl``)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ class Comparison:
     unmatched: pd.DataFrame
     failures: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    # per prefill/decode point: measured against op-row-predicted speedup (``kbench.results.amdahl``)
+    amdahl: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def regressions(self) -> pd.DataFrame:
@@ -165,8 +168,10 @@ def compare_runs(frame: pd.DataFrame, base_run: str, new_run: str, *, metric: st
     if not paired.empty:
         rows = pd.concat([rows, paired], ignore_index=True)
     notes = _spec_notes(base, new) + _unjoinable_note(unmatched, rows)
+    from kbench.results.amdahl import predict_end_to_end  # it uses geomean from here
+
     return Comparison(base_run, new_run, metric, threshold, rows, _geomeans(rows), unmatched,
-                      _failures(new), notes)
+                      _failures(new), notes, predict_end_to_end(base, rows, threshold))
 
 
 def compare_backends(frame: pd.DataFrame, run_id: str, baseline: str, *, metric: str = "latency_us",

@@ -234,6 +234,8 @@ def print_comparison(comparison: Comparison, console: Console) -> None:
     for row in comparison.geomeans.itertuples():
         means.add_row(row.kind, row.op, row.backend, str(row.rows), f"{fmt(row.geomean_speedup)}x", str(row.regressions))
     console.print(means)
+    if not comparison.amdahl.empty:
+        console.print(_amdahl_table(comparison.amdahl))
     for note in comparison.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     if not comparison.unmatched.empty:
@@ -244,6 +246,18 @@ def print_comparison(comparison: Comparison, console: Console) -> None:
         console.print(f"[bold red]FAIL[/] {row.kind} {row.op} [{row.backend}] {row.case}: {row.note or ''}", highlight=False)
     if not comparison.regressions.empty:
         console.print(f"[bold red]{len(comparison.regressions)} regression(s) past {comparison.threshold:.1%}[/]")
+
+
+def _amdahl_table(frame: pd.DataFrame) -> Table:
+    table = Table(title="end to end: measured speedup against what the op rows predict (Amdahl, over the "
+                        "base run's step breakdown)")
+    for column in ("kind", "case", "base µs", "new µs", "measured", "predicted", "gap"):
+        table.add_column(column)
+    for row in frame.itertuples():
+        gap = "[bold yellow]GAP[/]" if row.gap else "-"
+        table.add_row(row.kind, row.case, fmt(row.base_us), fmt(row.new_us), f"{fmt(row.measured_speedup)}x",
+                      f"{fmt(row.predicted_speedup)}x", gap)
+    return table
 
 
 def comparison_dict(comparison: Comparison) -> dict:
@@ -259,6 +273,7 @@ def comparison_dict(comparison: Comparison) -> dict:
         "geomeans": comparison.geomeans.to_dict(orient="records"),
         "unmatched": comparison.unmatched.to_dict(orient="records"),
         "failures": comparison.failures.to_dict(orient="records"),
+        "amdahl": comparison.amdahl.to_dict(orient="records"),
     })
 
 
