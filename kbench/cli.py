@@ -14,6 +14,7 @@ from kbench.commands.list import list_command
 from kbench.commands.new_plugin import new_plugin_command
 from kbench.commands.run import run_command
 from kbench.commands.suite import suite_command
+from kbench.commands.tune import tune_command
 from kbench.console import make_console
 from kbench.errors import KbenchError
 
@@ -38,8 +39,8 @@ def cli():
     """kbench: is my LLaMA kernel correct, how fast is it, and what does it change end to end?"""
 
 
-for command in (run_command, bench_command, compare_command, list_command, env_command, new_plugin_command,
-                suite_command):
+for command in (run_command, bench_command, tune_command, compare_command, list_command, env_command,
+                new_plugin_command, suite_command):
     cli.add_command(command)
 
 

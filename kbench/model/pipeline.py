@@ -41,6 +41,15 @@ ONE_QKV_GEMM_MAX_TOKENS = 64
 PROJECTIONS = ("qkv", "o", "lm_head")
 
 
+def calls_per_step(model, op: str, proj: str | None = None) -> int:
+    """How many times one prefill or decode step calls ``op`` (``linear``: the projection
+    ``proj``; the q/k/v projection counts as one call per layer, one GEMM or three)."""
+    once = {"embedding", "rmsnorm", "sample"}
+    if op in once or (op == "linear" and proj == "lm_head"):
+        return 1
+    return 2 * model.layers if op == "add_rmsnorm" else model.layers
+
+
 def random_prompts(vocab: int, batch: int, prompt_len: int, seed: int) -> list[torch.Tensor]:
     """``batch`` prompts of ``prompt_len`` token ids in [0, vocab), int64 on the CPU."""
     g = torch.Generator().manual_seed(seed)

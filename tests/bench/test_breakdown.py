@@ -9,8 +9,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1] / "model"))
 from tiny_models import build_pipeline, write_spec  # noqa: E402
 
-from kbench.bench.breakdown import REMAINDER, breakdown_rows  # noqa: E402
+from kbench.bench.breakdown import REMAINDER, breakdown_rows, op_of  # noqa: E402
 from kbench.model import load_weights  # noqa: E402
+from kbench.model.pipeline import calls_per_step  # noqa: E402
 from kbench.plan import resolve_plan  # noqa: E402
 from kbench.spec import load_spec  # noqa: E402
 
@@ -37,6 +38,9 @@ def test_breakdown_counts_every_call_and_adds_up_to_the_step(tmp_path, registry,
     tokens = batch if phase == "decode" else batch * prompt_len
     assert {part: row.calls for part, row in parts.items() if part != REMAINDER} == expected_calls(phase, tokens)
     assert rows[-1].op == REMAINDER
+    if phase == "decode":  # what kbench tune weights op timings by
+        assert {part: calls_per_step(spec.model, op_of(part), part[7:-1] if part.startswith("linear[") else None)
+                for part in parts if part != REMAINDER} == expected_calls(phase, tokens)
     assert sum(row.total_us for row in rows) == pytest.approx(step_us)
     assert sum(row.share for row in rows) == pytest.approx(1.0)
     for row in rows[:-1]:
