@@ -12,6 +12,7 @@ from kbench.commands.compare import compare_command
 from kbench.commands.env import env_command
 from kbench.commands.list import list_command
 from kbench.commands.new_plugin import new_plugin_command
+from kbench.commands.report import report_command
 from kbench.commands.run import run_command
 from kbench.commands.suite import suite_command
 from kbench.commands.tune import tune_command
@@ -39,8 +40,8 @@ def cli():
     """kbench: is my LLaMA kernel correct, how fast is it, and what does it change end to end?"""
 
 
-for command in (run_command, bench_command, tune_command, compare_command, list_command, env_command,
-                new_plugin_command, suite_command):
+for command in (run_command, bench_command, tune_command, compare_command, report_command, list_command,
+                env_command, new_plugin_command, suite_command):
     cli.add_command(command)
 
 

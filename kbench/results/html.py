@@ -1,0 +1,114 @@
+"""One self-contained HTML page for a run or a comparison of two: ``kbench report --html``.
+
+The page holds the machine and its measured ceilings, the op rows (with the speedup over
+the reference), prefill and decode, each step's breakdown as a table and as a stacked bar per
+backend mix, and for two runs the comparison with its Amdahl prediction. Tables are pandas'
+``to_html`` with an ``id`` per table (``ops-RUN``, ``decode-RUN``, ``breakdown-RUN``,
+``comparison``, ``amdahl``), figures are matplotlib PNGs inlined as base64, so the file opens
+anywhere with nothing beside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import pandas as pd
+
+from kbench.results.compare import Comparison
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}
+table{border-collapse:collapse;font-size:13px;margin:0.5em 0 1.5em}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#eee}
+.FAIL{color:#b00;font-weight:bold}h2{border-bottom:1px solid #999}"""
+
+OP_COLUMNS = ["op", "case", "backend", "status", "latency_us", "graph_latency_us", "gbps", "tflops", "speedup"]
+E2E_COLUMNS = ["kind", "backend", "case", "status", "latency_us", "tokens_per_s", "frac_peak_bw", "frac_peak_flops"]
+BREAKDOWN_COLUMNS = ["case", "part", "backend", "calls", "latency_us", "total_us", "share", "step_us", "method"]
+
+
+def _table(frame: pd.DataFrame, table_id: str) -> str:
+    if frame.empty:
+        return "<p>(none)</p>"
+    return frame.to_html(table_id=table_id, index=False, na_rep="-", float_format=lambda v: f"{v:.6g}",
+                         escape=True, border=0)
+
+
+def _figure_png(figure) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(figure)
+    return f'<img alt="step breakdown" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def breakdown_figure(records: list[dict]) -> str:
+    """A stacked bar per (run's backend mix, step): µs per step of each op and the remainder."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars: dict[str, dict[str, float]] = {}
+    for record in records:
+        for row in record["rows"]:
+            if row["kind"] == "breakdown":
+                key = f"{record['run_id'][-6:]} {row['case'].replace('phase=', '')}"
+                bars.setdefault(key, {})[row.get("part") or row["op"]] = row.get("total_us") or 0.0
+    if not bars:
+        return "<p>(no breakdown rows)</p>"
+    parts = list(dict.fromkeys(part for bar in bars.values() for part in bar))
+    figure, axis = plt.subplots(figsize=(10, 0.45 * len(bars) + 1.5))
+    left = [0.0] * len(bars)
+    for part in parts:
+        widths = [max(bar.get(part, 0.0), 0.0) for bar in bars.values()]
+        axis.barh(list(bars), widths, left=left, label=part)
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    axis.set_xlabel("µs per step")
+    axis.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.15))
+    return _figure_png(figure)
+
+
+def _op_frame(rows: list[dict]) -> pd.DataFrame:
+    ops = pd.DataFrame([r for r in rows if r["kind"] == "op"])
+    if ops.empty:
+        return ops
+    reference = ops[ops["backend"] == "reference"].set_index(["op", "case", "dtype"])["latency_us"]
+    keys = list(zip(ops["op"], ops["case"], ops["dtype"], strict=True))
+    ops["speedup"] = [reference.get(key, float("nan")) / value if value else float("nan")
+                      for key, value in zip(keys, ops["latency_us"], strict=True)]
+    return ops.reindex(columns=OP_COLUMNS)
+
+
+def run_section(record: dict) -> str:
+    run_id, rows = record["run_id"], record["rows"]
+    env, ceilings = record.get("env") or {}, record.get("ceilings") or {}
+    machine = pd.DataFrame([{"key": k, "value": str(v)} for k, v in
+                            [*((f"ceiling {k}", v) for k, v in ceilings.items()),
+                             *((k, env.get(k)) for k in ("gpu", "driver", "cuda", "torch", "triton", "git_commit"))]
+                            if v is not None])
+    e2e = pd.DataFrame([r for r in rows if r["kind"] in ("prefill", "decode")]).reindex(columns=E2E_COLUMNS)
+    breakdown = pd.DataFrame([r for r in rows if r["kind"] == "breakdown"]).reindex(columns=BREAKDOWN_COLUMNS)
+    return "\n".join([
+        f"<h2>run {html.escape(run_id)} ({html.escape(str(record.get('status')))})</h2>",
+        "<h3>machine and ceilings</h3>", _table(machine, f"machine-{run_id}"),
+        "<h3>ops at the model's shapes</h3>", _table(_op_frame(rows), f"ops-{run_id}"),
+        "<h3>prefill and decode</h3>", _table(e2e, f"e2e-{run_id}"),
+        "<h3>step breakdown</h3>", _table(breakdown, f"breakdown-{run_id}"),
+    ])
+
+
+def report_html(records: list[dict], comparison: Comparison | None = None) -> str:
+    """The page for ``records`` (one run, or base and new of ``comparison``)."""
+    title = " vs ".join(r["run_id"] for r in reversed(records)) if comparison else records[0]["run_id"]
+    body = [f"<h1>kbench: {html.escape(title)}</h1>", "<h2>step breakdown per backend mix</h2>",
+            breakdown_figure(records)]
+    if comparison is not None:
+        body += ["<h2>comparison (speedup = base / new)</h2>", _table(comparison.rows, "comparison"),
+                 "<h3>end to end: measured against the op rows' Amdahl prediction</h3>",
+                 _table(comparison.amdahl, "amdahl")]
+    body += [run_section(record) for record in records]
+    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
