@@ -121,8 +121,9 @@ def _choose_down_path(h: torch.Tensor, w_down: torch.Tensor) -> str:
     return "skinny" if skinny < cublas else "cublas"
 
 
-def _down(h: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
-    """``h @ w_down.T`` for a few rows: the path chosen for this shape (recorded in the run)."""
+def _down(h: torch.Tensor, w_down: torch.Tensor, kernel: str = "ffn_down") -> torch.Tensor:
+    """``h @ w_down.T`` for a few rows: the path chosen for this shape (recorded in the run as
+    ``kernel``)."""
     key = (1 if h.shape[0] == 1 else gemv.MAX_ROWS, tuple(w_down.shape), h.dtype)
     path = _DOWN_PATHS.get(key)
     if path is None and h.is_cuda and (torch.cuda.is_current_stream_capturing() or torch.cuda.get_sync_debug_mode()):
@@ -131,8 +132,18 @@ def _down(h: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
         return F.linear(h, w_down)
     if path is None:
         path = _DOWN_PATHS[key] = _choose_down_path(h, w_down)
-        launch_config("ffn_down", key, path=path)
+        launch_config(kernel, key, path=path)
     return gemv.linear(h, w_down) if path == "skinny" else F.linear(h, w_down)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The ``linear`` op: for a few rows the skinny kernel or cuBLAS, whichever is faster for
+    the shape (the skinny kernel on the interpreter, so conformance runs it); cuBLAS above."""
+    if x.shape[0] > gemv.MAX_ROWS:
+        return F.linear(x, weight)
+    if interpreting():
+        return gemv.linear(x, weight)
+    return _down(x, weight, kernel="linear")
 
 
 def ffn(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:

@@ -119,6 +119,9 @@ KERNELS = {
     "ffn": ("ffn", "ffn", supports_elementwise,
             "up to 8 tokens: skinny split-K Triton GEMMs, swiglu fused into gate/up, down timed against "
             "cuBLAS; else cuBLAS GEMMs around the Triton swiglu"),
+    "linear": ("ffn", "linear", supports_elementwise,
+               "up to 8 rows: the skinny split-K GEMM or cuBLAS, whichever a CUDA-graph timing finds faster "
+               "for the shape; else cuBLAS"),
     "attention_prefill": ("attention_prefill", "attention_prefill", supports_attention,
                           "FlashAttention-2 tiling, causal varlen, GQA by head index"),
     "attention_decode": ("attention_decode", "attention_decode", supports_attention,
