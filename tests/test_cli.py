@@ -31,7 +31,7 @@ def test_run_on_the_tiny_spec_writes_op_check_prefill_and_decode_rows(tmp_path):
     assert result.exit_code == 0, result.output
     (record,) = _records(tmp_path)
     kinds = {row["kind"] for row in record["rows"]}
-    assert kinds == {"op", "check", "prefill", "decode"}
+    assert kinds == {"op", "check", "prefill", "decode", "breakdown"}
     assert record["status"] == "PASS" and all(row["status"] != "FAIL" for row in record["rows"])
     assert record["spec"]["name"] == "tiny-llama" and record["spec"]["workload"]["batch"] == [1, 2]
     assert {op for op in ("rmsnorm", "attention_decode", "ffn")} <= {r["op"] for r in record["rows"]}
