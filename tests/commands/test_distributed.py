@@ -43,7 +43,7 @@ def test_tp_run_writes_one_record_with_the_ranks(tmp_path):
     assert len(parallel["weight_bytes_per_rank"]) == 2 and "2" in parallel["all_reduce_per_decode_step_us"]
     check = [r for r in record["rows"] if r["kind"] == "check"]
     assert check and all(r["status"] == "PASS" and r["token_agreement"] == 1.0 for r in check)
-    reduce_rows = [r for r in record["rows"] if r["op"] == "all_reduce"]
+    reduce_rows = [r for r in record["rows"] if r["kind"] == "op" and r["op"] == "all_reduce"]
     assert reduce_rows and all(r["status"] == "PASS" and r["shape"]["ranks"] == 2 for r in reduce_rows)
     assert record["ceilings"]["all_reduce_bus_gbps"] > 0
 
