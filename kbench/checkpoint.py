@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -36,26 +37,61 @@ def check_checkpoint_folder(folder: Path) -> str | None:
     return None
 
 
+HF_ROPE_TYPES = {"default": "none", "linear": "linear", "dynamic": "dynamic", "llama3": "llama3", "yarn": "yarn"}
+
+
+def _yarn_attention_factor(params: dict, factor: float) -> float | None:
+    """YaRN's cos/sin factor as transformers infers it: explicit, from mscale / mscale_all_dim, or None
+    (then ``0.1 ln(factor) + 1``)."""
+    if params.get("attention_factor") is not None:
+        return float(params["attention_factor"])
+    mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
+    if mscale and mscale_all_dim:
+        def get_mscale(m: float) -> float:
+            return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
+        return get_mscale(float(mscale)) / get_mscale(float(mscale_all_dim))
+    return None
+
+
 def _rope_from_hf(config: dict, where: str) -> RopeConfig:
-    """RopeConfig from transformers 5 ``rope_parameters`` or 4.x ``rope_theta``/``rope_scaling``."""
-    params = dict(config.get("rope_parameters") or {})
-    if not params:
-        params = dict(config.get("rope_scaling") or {})
-        params.setdefault("rope_theta", config.get("rope_theta", 10000.0))
+    """RopeConfig from transformers 5 ``rope_parameters`` or 4.x ``rope_theta``/``rope_scaling``,
+    with transformers' defaults and precedences (``rope_scaling`` first; the dynamic threshold is
+    ``max_position_embeddings``; llama3 and yarn read ``original_max_position_embeddings`` from
+    the top level, then the rope dict, then ``max_position_embeddings``)."""
+    params = dict(config.get("rope_scaling") or config.get("rope_parameters") or {})
+    params.setdefault("rope_theta", config.get("rope_theta", 10000.0))
     kind = params.get("rope_type", params.get("type", "default"))
-    scaling = {"default": "none", "linear": "linear", "dynamic": "dynamic", "llama3": "llama3"}.get(kind)
+    scaling = HF_ROPE_TYPES.get(kind)
     if scaling is None:
-        raise KbenchError(f"{where}: rope type {kind!r} is not supported.", "Supported: default, linear, dynamic, llama3.")
+        raise KbenchError(f"{where}: rope type {kind!r} is not supported.",
+                          f"Supported: {', '.join(HF_ROPE_TYPES)}.")
+    partial = params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
+    if partial not in (None, 1, 1.0):
+        raise KbenchError(f"{where}: partial_rotary_factor {partial} rotates part of each head; LLaMA rotates all of it.",
+                          "Use a checkpoint without partial_rotary_factor (or 1.0).")
+    max_positions = int(config.get("max_position_embeddings", 4096))
+    if scaling == "dynamic":
+        original = max_positions  # transformers' dynamic NTK ignores original_max_position_embeddings
+    else:
+        original = int(config.get("original_max_position_embeddings")
+                       or params.get("original_max_position_embeddings") or max_positions)
+    factor = params.get("factor")
+    if factor is None:
+        factor = max_positions / original if scaling == "yarn" else 1.0
+    factor = float(factor)
     default = RopeConfig()
     return RopeConfig(
-        theta=float(params.get("rope_theta", default.theta)),
+        theta=float(params["rope_theta"]),
         style="half",  # HF checkpoints store q/k permuted for rotate_half
         scaling=scaling,
-        factor=float(params.get("factor", 1.0)),
+        factor=factor,
         low_freq_factor=float(params.get("low_freq_factor", default.low_freq_factor)),
         high_freq_factor=float(params.get("high_freq_factor", default.high_freq_factor)),
-        original_max_position=int(params.get("original_max_position_embeddings",
-                                             config.get("max_position_embeddings", default.original_max_position))),
+        original_max_position=original,
+        beta_fast=float(params.get("beta_fast") or default.beta_fast),
+        beta_slow=float(params.get("beta_slow") or default.beta_slow),
+        truncate=bool(params.get("truncate", True)),
+        attention_factor=_yarn_attention_factor(params, factor) if scaling == "yarn" else None,
     )
 
 
@@ -69,10 +105,6 @@ def model_fields_from_hf_config(path: Path) -> dict[str, Any]:
     if config.get("model_type") not in (None, "llama"):
         raise KbenchError(f"{path}: model_type {config.get('model_type')!r} is not llama.",
                           "kbench builds LLaMA-architecture models only.")
-    for flag in ("attention_bias", "mlp_bias"):
-        if config.get(flag):
-            raise KbenchError(f"{path}: {flag} is true; the kbench pipeline has no bias terms.",
-                              "Use a checkpoint without biases (LLaMA 2/3 have none).")
     if config.get("hidden_act", "silu") != "silu":
         raise KbenchError(f"{path}: hidden_act {config['hidden_act']!r} is not silu.", "The ffn op is SwiGLU.")
     try:
@@ -90,6 +122,8 @@ def model_fields_from_hf_config(path: Path) -> dict[str, Any]:
             "norm_eps": float(config.get("rms_norm_eps", 1e-6)),
             "max_seq_len": int(config.get("max_position_embeddings", 4096)),
             "tie_embeddings": bool(config.get("tie_word_embeddings", False)),
+            "attention_bias": bool(config.get("attention_bias", False)),
+            "mlp_bias": bool(config.get("mlp_bias", False)),
         }
     except KeyError as error:
         raise KbenchError(f"{path}: key {error.args[0]!r} is missing.", "A LLaMA config.json has it; re-export the checkpoint.") from None

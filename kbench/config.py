@@ -10,7 +10,9 @@ DEVICES = ("cpu", "cuda")
 @dataclass(frozen=True)
 class RopeConfig:
     """Rotary embedding settings, named as in Hugging Face's ``rope_scaling`` (``kbench.ops.rope``);
-    ``style``: ``half`` (HF rotate_half) or ``interleaved`` (Meta's pairs)."""
+    ``style``: ``half`` (HF rotate_half) or ``interleaved`` (Meta's pairs). For ``dynamic``,
+    ``original_max_position`` is HF's ``max_position_embeddings``; ``attention_factor`` None
+    means YaRN's ``0.1 ln(factor) + 1``."""
 
     theta: float = 10000.0
     style: str = "half"
@@ -19,11 +21,20 @@ class RopeConfig:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position: int = 2048
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    truncate: bool = True
+    attention_factor: float | None = None
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """LLaMA shapes: ``hidden = heads * head_dim``, ``heads % kv_heads == 0``."""
+    """LLaMA shapes: ``heads % kv_heads == 0``; ``head_dim`` need not be ``hidden / heads``.
+
+    ``max_seq_len`` is the range of positions the model was trained for (HF's
+    ``max_position_embeddings``): runs may go past it, as transformers allows, and say so.
+    ``attention_bias``: q, k, v and o projections have biases; ``mlp_bias``: gate, up, down.
+    """
 
     name: str
     vocab: int
@@ -37,6 +48,8 @@ class ModelConfig:
     norm_eps: float = 1e-5
     max_seq_len: int = 4096
     tie_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
 
 
 @dataclass(frozen=True)

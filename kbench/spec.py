@@ -38,7 +38,7 @@ from kbench.overrides import Overrides, apply_overrides, parse_int_list
 from kbench.yaml_reader import Reader, describe, read_yaml
 
 ROPE_STYLES = ("half", "interleaved")
-ROPE_SCALINGS = ("none", "linear", "dynamic", "llama3")
+ROPE_SCALINGS = ("none", "linear", "dynamic", "llama3", "yarn")
 KV_LAYOUTS = ("contiguous", "paged")
 WEIGHT_KINDS = ("random", "hf")
 
@@ -88,7 +88,7 @@ class Spec:
 
 TOP_KEYS = ("name", "model", "weights", "dtype", "device", "backends", "workload", "bench")
 MODEL_KEYS = ("name", "vocab", "hidden", "intermediate", "layers", "heads", "kv_heads", "head_dim", "rope",
-              "norm_eps", "max_seq_len", "tie_embeddings")
+              "norm_eps", "max_seq_len", "tie_embeddings", "attention_bias", "mlp_bias")
 ROPE_KEYS = tuple(f.name for f in dataclasses.fields(RopeConfig))
 WEIGHTS_KEYS = ("kind", "seed", "path")
 WORKLOAD_KEYS = ("batch", "prompt_len", "decode_steps", "sampling", "kv_layout", "block_size")
@@ -138,6 +138,11 @@ def _read_rope(reader: Reader, raw: Any) -> RopeConfig:
                                        default.high_freq_factor, positive=True),
         original_max_position=reader.integer(section, "original_max_position", "model.rope.original_max_position",
                                              default.original_max_position),
+        beta_fast=reader.number(section, "beta_fast", "model.rope.beta_fast", default.beta_fast, positive=True),
+        beta_slow=reader.number(section, "beta_slow", "model.rope.beta_slow", default.beta_slow, positive=True),
+        truncate=reader.boolean(section, "truncate", "model.rope.truncate", default.truncate),
+        attention_factor=None if section.get("attention_factor") is None else
+        reader.number(section, "attention_factor", "model.rope.attention_factor", positive=True),
     )
     if scaling == "llama3" and rope.high_freq_factor <= rope.low_freq_factor:
         raise reader.error("model.rope.high_freq_factor", "must be greater than low_freq_factor for llama3 scaling.",
@@ -171,9 +176,6 @@ def _read_model(reader: Reader, raw: Any, name: str, derived: dict | None) -> Mo
         raise reader.error("model.heads", f"{heads} heads do not divide hidden {hidden}.",
                            "Choose heads so that hidden = heads * head_dim, or give head_dim.")
     head_dim = reader.integer(section, "head_dim", "model.head_dim", default=hidden // heads)
-    if heads * head_dim != hidden:
-        raise reader.error("model.heads", f"heads * head_dim = {heads} * {head_dim} = {heads * head_dim} != hidden {hidden}.",
-                           f"Use head_dim: {hidden // heads} with {heads} heads, or change heads (hidden = heads * head_dim).")
     if head_dim % 2:
         raise reader.error("model.head_dim", f"must be even for rotary embeddings, got {head_dim}.", "Use an even head_dim.")
     if heads % kv_heads:
@@ -193,6 +195,8 @@ def _read_model(reader: Reader, raw: Any, name: str, derived: dict | None) -> Mo
         norm_eps=reader.number(section, "norm_eps", "model.norm_eps", 1e-5, positive=True),
         max_seq_len=reader.integer(section, "max_seq_len", "model.max_seq_len", 4096),
         tie_embeddings=reader.boolean(section, "tie_embeddings", "model.tie_embeddings", False),
+        attention_bias=reader.boolean(section, "attention_bias", "model.attention_bias", False),
+        mlp_bias=reader.boolean(section, "mlp_bias", "model.mlp_bias", False),
     )
 
 

@@ -95,6 +95,17 @@ def test_defaults_fill_what_the_file_leaves_out(tmp_path):
     assert spec.weights.kind == "random" and spec.weights.seed == 0
 
 
+def test_head_dim_need_not_divide_hidden_and_workloads_may_pass_max_seq_len(tmp_path):
+    data = changed(model__head_dim=16, model__attention_bias=True, model__mlp_bias=True,
+                   model__rope={"scaling": "yarn", "factor": 4.0, "original_max_position": 16},
+                   workload__prompt_len=[62], workload__decode_steps=9)
+    spec = load_spec(write(tmp_path, data))
+    m = spec.model
+    assert (m.heads * m.head_dim, m.hidden) == (64, 32)
+    assert m.attention_bias and m.mlp_bias and m.rope.scaling == "yarn"
+    assert max(spec.workload.prompt_len) + spec.workload.decode_steps > m.max_seq_len
+
+
 # -- mistakes ----------------------------------------------------------------------------
 
 
@@ -127,16 +138,14 @@ def test_unknown_key_message_has_its_line(tmp_path):
 
 @pytest.mark.parametrize(("data", "key", "words"), [
     (changed(model__hidden=30, model__head_dim=None), "model.heads", "do not divide hidden"),
-    (changed(model__head_dim=16), "model.heads", "!= hidden"),
     (changed(model__kv_heads=3), "model.kv_heads", "do not divide"),
     (changed(model__layers="two"), "model.layers", "must be an integer"),
     (changed(model__layers=0), "model.layers", "must be >= 1"),
     (changed(model__norm_eps="tiny"), "model.norm_eps", "must be a number"),
     (changed(model__vocab=None), "model.vocab", "is required"),
-    (changed(model__rope={"scaling": "yarn"}), "model.rope.scaling", "not one of"),
+    (changed(model__rope={"scaling": "longrope"}), "model.rope.scaling", "not one of"),
     (changed(workload__batch=[1, "x"]), "workload.batch", "positive integer"),
     (changed(workload__kv_layout="pagd"), "workload.kv_layout", "not one of"),
-    (changed(workload__prompt_len=[62]), "workload.prompt_len", "more than model.max_seq_len"),
     (changed(workload__sampling={"top_p": 1.5}), "workload.sampling.top_p", "must lie in"),
     (changed(bench={"cuda_graphs": "yes"}), "bench.cuda_graphs", "true or false"),
     (changed(dtype="float8"), "dtype", "Unknown dtype"),
@@ -188,7 +197,6 @@ def test_layers_override_keeps_the_real_shapes():
 
 @pytest.mark.parametrize(("overrides", "words"), [
     (Overrides(layers=3), "--layers 3 is outside 1..2"),
-    (Overrides(decode_steps=100), "--decode-steps"),
     (Overrides(dtype="int7"), "--dtype"),
 ])
 def test_bad_override_names_the_flag(tmp_path, overrides, words):

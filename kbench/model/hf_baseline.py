@@ -33,13 +33,19 @@ def hf_config(model, dtype: torch.dtype):
         scaling = {"rope_type": "llama3", "factor": rope.factor, "low_freq_factor": rope.low_freq_factor,
                    "high_freq_factor": rope.high_freq_factor,
                    "original_max_position_embeddings": rope.original_max_position}
+    elif rope.scaling == "yarn":
+        scaling = {"rope_type": "yarn", "factor": rope.factor, "beta_fast": rope.beta_fast,
+                   "beta_slow": rope.beta_slow, "truncate": rope.truncate,
+                   "original_max_position_embeddings": rope.original_max_position}
+        if rope.attention_factor is not None:
+            scaling["attention_factor"] = float(rope.attention_factor)
     return LlamaConfig(
         vocab_size=model.vocab, hidden_size=model.hidden, intermediate_size=model.intermediate,
         num_hidden_layers=model.layers, num_attention_heads=model.heads, num_key_value_heads=model.kv_heads,
         head_dim=model.head_dim, rms_norm_eps=model.norm_eps,
         max_position_embeddings=rope.original_max_position if rope.scaling == "dynamic" else model.max_seq_len,
         rope_theta=rope.theta, rope_scaling=scaling, tie_word_embeddings=model.tie_embeddings,
-        attention_bias=False, mlp_bias=False, torch_dtype=dtype,
+        attention_bias=model.attention_bias, mlp_bias=model.mlp_bias, torch_dtype=dtype,
     )
 
 
@@ -88,6 +94,15 @@ def hf_model(weights: Weights, dtype: torch.dtype, device: torch.device, attenti
     return model
 
 
+def reset_rope_state(model) -> None:
+    """Undo what dynamic NTK's forwards grew, so each generation starts as in a fresh model."""
+    rotary = model.model.rotary_emb
+    original = getattr(rotary, "original_inv_freq", None)
+    if original is not None and hasattr(rotary, "original_max_seq_len"):
+        rotary.inv_freq = original.clone()
+        rotary.max_seq_len_cached = rotary.original_max_seq_len
+
+
 class HFBaseline:
 
     def __init__(self, spec, weights: Weights, attention: str | None = None):
@@ -107,6 +122,9 @@ class HFBaseline:
         return f"hf-{self.attention}"
 
     def reset(self, batch: int, max_seq_len: int) -> None:
+        """An empty static cache for ``batch`` sequences of up to ``max_seq_len`` tokens; rope as
+        in a fresh model (dynamic NTK starts again from the trained length)."""
+        reset_rope_state(self.model)
         if self.cache is not None and (batch, max_seq_len) == (self._batch, self._capacity):
             self.cache.reset()
         else:
@@ -138,7 +156,7 @@ class HFBaseline:
         length = lengths.pop()
         batch = len(prompts)
         if self.cache is None or batch != self._batch or length > self._capacity:
-            self.reset(batch, min(self.spec.model.max_seq_len, length + self.spec.workload.decode_steps))
+            self.reset(batch, length + self.spec.workload.decode_steps)
         else:
             self.reset(batch, self._capacity)
         input_ids = torch.stack([p.reshape(-1) for p in prompts]).to(self.device)

@@ -2,12 +2,12 @@
 packed tokens (prefill) or one token per sequence (decode)::
 
     h, residual = add_rmsnorm(ffn_out, residual, attn_norm)    # rmsnorm(x) in layer 0
-    q, k, v     = split(linear(h, wqkv))                        # [tokens, heads|kv_heads, head_dim]
+    q, k, v     = split(linear(h, wqkv) + bqkv)                 # [tokens, heads|kv_heads, head_dim]
     q, k        = rope(q, k, positions, inv_freq, style)
     kv_write(k, v, k_cache, v_cache, slot_mapping)              # a device-side scatter
     o           = attention_prefill(q, k, v, cu_seqlens, ...)   # or attention_decode(q, cache, ...)
-    h, residual = add_rmsnorm(linear(o, wo), residual, ffn_norm)
-    ffn_out     = ffn(h, w_gate_up, w_down)
+    h, residual = add_rmsnorm(linear(o, wo) + bo, residual, ffn_norm)
+    ffn_out     = ffn(h, w_gate_up, w_down[, b_gate_up, b_down])
 
 after ``x = embedding(ids, table)``; then ``add_rmsnorm(ffn_out, residual, norm)``, the LM
 head ``linear(h, lm_head)`` and ``sample``. Every op runs the plan's choice, called through
@@ -15,6 +15,13 @@ head ``linear(h, lm_head)`` and ``sample``. Every op runs the plan's choice, cal
 step never syncs with the host, so it can be captured as a CUDA graph.
 In a tensor-parallel run each rank holds a shard (``kbench.model.tensor_parallel``): ``all_reduce``
 joins the o and ffn partial sums; the embedding and LM head are vocabulary-parallel.
+
+Biases exist only where the model has them; q/k/v and o biases are added after the ``linear``
+op (whose contract has none), mlp biases go through the ``ffn`` contract. Rope follows
+transformers: dynamic NTK recomputes ``inv_freq`` each forward from the longest length seen
+since ``reset`` (cached keys keep their rotation); yarn's cos/sin factor ``a`` is folded into
+the attention scale (``a**2 / sqrt(head_dim)``, the same as scaling q and k by ``a``).
+Sequences may run past ``max_seq_len`` (the trained positions), as in transformers.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from kbench.errors import KbenchError
 from kbench.model.kv_cache import KVCache
 from kbench.model.tensor_parallel import SINGLE_RANK
 from kbench.model.weights import Weights
-from kbench.ops.rope import rope_inv_freq
+from kbench.ops.rope import dynamic_inv_freq, rope_attention_factor, rope_inv_freq
 from kbench.plan import Plan
 from kbench.registry import Implementation
 
@@ -84,24 +91,32 @@ class Pipeline:
         self.parallel = (parallel or SINGLE_RANK).bind(self.fn)
         self.cuda_graph_blocker: str | None = next(
             (f"{op}/{i.backend} ({i.plugin})" for op, i in impl.items() if not i.cuda_graphs), None)
-        self.scale = model.head_dim ** -0.5
+        self.scale = model.head_dim ** -0.5 * rope_attention_factor(model.rope) ** 2
         self.weight_bytes = weights.nbytes
         self.cache: KVCache | None = None
-        self.inv_freq = self._inv_freq(model.max_seq_len)
+        self.inv_freq = self._inv_freq(model.rope.original_max_position)
+        # dynamic NTK: the longest length seen since reset, on the device (grown in each forward)
+        self._rope_len = torch.zeros((), dtype=torch.int64, device=self.device)
         self._graph: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor] | None = None
         self._lengths: list[int] = []  # host mirror of cache_seqlens, never read from the device
 
     def _inv_freq(self, seq_len: int) -> torch.Tensor:
         return rope_inv_freq(self.model.head_dim, self.model.rope, seq_len).to(self.device)
 
+    def _rope_frequencies(self, positions: torch.Tensor) -> torch.Tensor:
+        """``inv_freq`` for one forward: fixed, or (dynamic NTK) from the longest length so far."""
+        if self.model.rope.scaling != "dynamic":
+            return self.inv_freq
+        torch.maximum(self._rope_len, positions.max() + 1, out=self._rope_len)
+        return dynamic_inv_freq(self.model.head_dim, self.model.rope, self._rope_len)
+
     # -- state ----------------------------------------------------------------------------
 
     def reset(self, batch: int, max_seq_len: int) -> None:
         """Empty the cache for ``batch`` sequences of up to ``max_seq_len`` tokens; zeroed in place
         when the sizes are unchanged, so a captured decode graph stays valid."""
-        if max_seq_len > self.model.max_seq_len:
-            raise KbenchError(f"{self.spec.path}: a cache of {max_seq_len} tokens exceeds model.max_seq_len "
-                              f"{self.model.max_seq_len}.", "Shorten the workload or raise model.max_seq_len.")
+        if batch < 1 or max_seq_len < 1:
+            raise KbenchError(f"reset needs batch >= 1 and max_seq_len >= 1, got {batch} and {max_seq_len}.")
         if self.cache is not None and (self.cache.batch, self._capacity_asked) == (batch, max_seq_len):
             self.cache_seqlens.zero_()
             self.positions.zero_()
@@ -115,8 +130,7 @@ class Pipeline:
             self.cache_seqlens = torch.zeros(batch, dtype=torch.int32, device=self.device)
             self.positions = torch.zeros(batch, dtype=torch.int64, device=self.device)
             self._batch_ids = torch.arange(batch, device=self.device)
-            if self.model.rope.scaling == "dynamic":  # the run's max length sets the NTK base
-                self.inv_freq = self._inv_freq(max_seq_len)
+        self._rope_len.zero_()
         self._lengths = [0] * batch
 
     def kv_bytes_per_step(self) -> int:
@@ -132,6 +146,7 @@ class Pipeline:
         m, fn = self.model, self.fn
         tokens, eps = x.shape[0], m.norm_eps
         qkv_rows = [m.heads * m.head_dim, m.kv_heads * m.head_dim, m.kv_heads * m.head_dim]
+        inv_freq = self._rope_frequencies(positions)
         residual, ffn_out = x, None
         for index, layer in enumerate(self.weights.layers):
             if ffn_out is None:
@@ -146,12 +161,17 @@ class Pipeline:
                 # prefill: one GEMM per row block of wqkv, so q, k, v come out dense (as every
                 # backend's contract wants) without copying [tokens, hidden] activations
                 q, k, v = (fn["linear[qkv]"](x=h, weight=w).view(tokens, -1, m.head_dim) for w in layer.wqkv.split(qkv_rows))
-            q, k = fn["rope"](q=q, k=k, positions=positions, inv_freq=self.inv_freq, style=m.rope.style)
+            if layer.bqkv is not None:
+                q, k, v = (t + b.view(-1, m.head_dim) for t, b in zip((q, k, v), layer.bqkv.split(qkv_rows), strict=True))
+            q, k = fn["rope"](q=q, k=k, positions=positions, inv_freq=inv_freq, style=m.rope.style)
             fn["kv_write"](k=k, v=v, k_cache=self.cache.k[index], v_cache=self.cache.v[index], slot_mapping=slots)
             attn = attend(index, q, k, v).reshape(tokens, m.heads * m.head_dim)
             o = self.parallel.reduce(fn["linear[o]"](x=attn, weight=layer.wo))
+            if layer.bo is not None:  # after the reduce: added once, not once per rank
+                o = o + layer.bo
             h, residual = fn["add_rmsnorm"](x=o, residual=residual, weight=layer.ffn_norm, eps=eps)
-            ffn_out = self.parallel.reduce(fn["ffn"](x=h, w_gate_up=layer.w_gate_up, w_down=layer.w_down))
+            mlp_bias = {} if layer.b_gate_up is None else {"b_gate_up": layer.b_gate_up, "b_down": layer.b_down}
+            ffn_out = self.parallel.reduce(fn["ffn"](x=h, w_gate_up=layer.w_gate_up, w_down=layer.w_down, **mlp_bias))
         return ffn_out, residual
 
     def _logits(self, ffn_out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -168,7 +188,7 @@ class Pipeline:
             raise KbenchError("prefill needs at least one prompt, each of at least one token.")
         batch, longest = len(lengths), max(lengths)
         if self.cache is None or self.cache.batch != batch or self._capacity_asked < longest:
-            self.reset(batch, min(self.model.max_seq_len, longest + self.spec.workload.decode_steps))
+            self.reset(batch, longest + self.spec.workload.decode_steps)
         else:
             self.reset(batch, self._capacity_asked)
         device = self.device
@@ -211,8 +231,10 @@ class Pipeline:
         if self.cache is None:
             raise KbenchError("decode_step before prefill.", "Call prefill(prompts) first.")
         if max(self._lengths) >= self.cache.capacity:
-            raise KbenchError(f"decode_step past the KV cache's {self.cache.capacity} tokens.",
-                              "Call reset(batch, max_seq_len) with room for prompt + decode steps.")
+            raise KbenchError(f"decode_step past the KV cache: a sequence already holds {max(self._lengths)} tokens, "
+                              f"the cache {self.cache.capacity}.",
+                              "Call reset(batch, max_seq_len) with room for the longest prompt plus the decode steps "
+                              "(generate makes that room itself).")
         self._lengths = [n + 1 for n in self._lengths]
         if self._graph is not None:
             graph, static_tokens, static_logits = self._graph
@@ -227,11 +249,15 @@ class Pipeline:
 
     def generate(self, prompts: Sequence[torch.Tensor], steps: int, sampling: SamplingConfig | None = None,
                  seed: int = 0) -> torch.Tensor:
-        """``steps`` new tokens per prompt, ``[batch, steps]`` int64, sampled with uniforms from ``seed``."""
+        """``steps`` new tokens per prompt, ``[batch, steps]`` int64, sampled with uniforms from
+        ``seed``, in a cache with room for them (grown if needed)."""
         if steps < 1:
             raise KbenchError(f"generate needs steps >= 1, got {steps}.")
         sampling = sampling or self.spec.workload.sampling
         batch = len(prompts)
+        needed = max((int(p.numel()) for p in prompts), default=0) + steps - 1
+        if batch and (self.cache is None or self.cache.batch != batch or self._capacity_asked < needed):
+            self.reset(batch, needed)  # room for the prompt and every step (prefill keeps a cache that fits)
         uniforms = torch.rand((steps, batch), generator=torch.Generator().manual_seed(seed)).to(self.device)
         out = torch.empty((batch, steps), dtype=torch.int64, device=self.device)
         token = self.sample(self.prefill(prompts), uniforms[0], sampling)

@@ -48,6 +48,8 @@ def check_tensor_parallel(model: ModelConfig, ranks: int, where: str = "--tp") -
 
 
 def _problem(model: ModelConfig, ranks: int) -> str | None:
+    if ranks > 1 and (model.attention_bias or model.mlp_bias):
+        return "the model has bias terms (attention_bias / mlp_bias), which are not sharded over ranks"
     if model.heads % ranks:
         return f"{ranks} ranks do not divide the {model.heads} attention heads"
     if model.kv_heads % ranks and ranks % model.kv_heads:

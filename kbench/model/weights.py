@@ -9,7 +9,10 @@ decoder layer (nn.Linear layout, ``[out_features, in_features]``)::
     w_down:     [hidden, intermediate]
 
 plus ``embedding: [vocab, hidden]``, ``norm: [hidden]`` and ``lm_head: [vocab, hidden]`` (the
-embedding when tied). The loader fuses a HF checkpoint's q/k/v and gate/up.
+embedding when tied). The loader fuses a HF checkpoint's q/k/v and gate/up. With
+``attention_bias`` a layer also has ``bqkv: [(heads + 2 * kv_heads) * head_dim]`` and
+``bo: [hidden]``; with ``mlp_bias`` ``b_gate_up: [2 * intermediate]`` and ``b_down: [hidden]``.
+Random biases are drawn like the weights (HF starts them at zero) so a check exercises them.
 """
 
 from __future__ import annotations
@@ -37,6 +40,13 @@ class LayerWeights:
     ffn_norm: torch.Tensor
     w_gate_up: torch.Tensor
     w_down: torch.Tensor
+    bqkv: torch.Tensor | None = None
+    bo: torch.Tensor | None = None
+    b_gate_up: torch.Tensor | None = None
+    b_down: torch.Tensor | None = None
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for f in dataclasses.fields(self) if (t := getattr(self, f.name)) is not None]
 
 
 @dataclass
@@ -55,13 +65,13 @@ class Weights:
         if self.lm_head.data_ptr() != self.embedding.data_ptr():
             tensors.append(self.lm_head)
         for layer in self.layers:
-            tensors += [layer.attn_norm, layer.wqkv, layer.wo, layer.ffn_norm, layer.w_gate_up, layer.w_down]
+            tensors += layer.tensors()
         return tensors
 
     def to(self, dtype: torch.dtype) -> Weights:
         """A copy in ``dtype`` (a tied lm_head stays tied)."""
         def cast(t):
-            return t.to(dtype)
+            return None if t is None else t.to(dtype)
 
         embedding = cast(self.embedding)
         tied = self.lm_head.data_ptr() == self.embedding.data_ptr()
@@ -95,6 +105,14 @@ class Weights:
                 prefix + "mlp.up_proj.weight": up,
                 prefix + "mlp.down_proj.weight": layer.w_down,
             }
+            if layer.bqkv is not None:
+                q, k, v = layer.bqkv.split([q_rows, kv_rows, kv_rows])
+                state |= {prefix + "self_attn.q_proj.bias": q, prefix + "self_attn.k_proj.bias": k,
+                          prefix + "self_attn.v_proj.bias": v, prefix + "self_attn.o_proj.bias": layer.bo}
+            if layer.b_gate_up is not None:
+                gate, up = layer.b_gate_up.split([m.intermediate, m.intermediate])
+                state |= {prefix + "mlp.gate_proj.bias": gate, prefix + "mlp.up_proj.bias": up,
+                          prefix + "mlp.down_proj.bias": layer.b_down}
         return state
 
 
@@ -125,6 +143,9 @@ def random_weights(model: ModelConfig, dtype: torch.dtype, device: str | torch.d
     m = model
     qkv_rows = (m.heads + 2 * m.kv_heads) * m.head_dim
     embedding = normal(m.vocab, m.hidden)
+    def bias(n: int, present: bool) -> torch.Tensor | None:
+        return normal(n, 1).view(n) if present else None
+
     layers = [
         LayerWeights(
             attn_norm=ones(m.hidden),
@@ -133,6 +154,10 @@ def random_weights(model: ModelConfig, dtype: torch.dtype, device: str | torch.d
             ffn_norm=ones(m.hidden),
             w_gate_up=normal(2 * m.intermediate, m.hidden),
             w_down=normal(m.hidden, m.intermediate),
+            bqkv=bias(qkv_rows, m.attention_bias),
+            bo=bias(m.hidden, m.attention_bias),
+            b_gate_up=bias(2 * m.intermediate, m.mlp_bias),
+            b_down=bias(m.hidden, m.mlp_bias),
         )
         for _ in range(m.layers)
     ]
@@ -170,8 +195,10 @@ class _Checkpoint:
             self._files[file] = self._safe_open(self.folder / file, framework="pt")
         tensor = self._files[file].get_tensor(name)
         if tuple(tensor.shape) != shape:
-            raise KbenchError(f"{self.folder / file}: {name} has shape {list(tensor.shape)}, expected {list(shape)}.",
-                              "The model section does not match the checkpoint: remove it so config.json is used.")
+            raise KbenchError(f"{self.folder / file}: {name} has shape {list(tensor.shape)}, but the model "
+                              f"(config.json and the spec's model section) gives {list(shape)}.",
+                              "The tensors do not match the config: fix config.json (or the model section), "
+                              "or re-export the checkpoint.")
         return tensor.to(device=device, dtype=dtype)
 
     def has(self, name: str) -> bool:
@@ -194,6 +221,16 @@ def load_hf_weights(folder: Path, model: ModelConfig, dtype: torch.dtype, device
     layers = []
     for i in range(m.layers):
         p = f"model.layers.{i}."
+        attention_bias = mlp_bias = {}
+        if m.attention_bias:
+            attention_bias = {"bqkv": torch.cat([get(p + "self_attn.q_proj.bias", q_rows),
+                                                 get(p + "self_attn.k_proj.bias", kv_rows),
+                                                 get(p + "self_attn.v_proj.bias", kv_rows)]),
+                              "bo": get(p + "self_attn.o_proj.bias", m.hidden)}
+        if m.mlp_bias:
+            mlp_bias = {"b_gate_up": torch.cat([get(p + "mlp.gate_proj.bias", m.intermediate),
+                                                get(p + "mlp.up_proj.bias", m.intermediate)]),
+                        "b_down": get(p + "mlp.down_proj.bias", m.hidden)}
         layers.append(LayerWeights(
             attn_norm=get(p + "input_layernorm.weight", m.hidden),
             wqkv=torch.cat([get(p + "self_attn.q_proj.weight", q_rows, m.hidden),
@@ -204,6 +241,7 @@ def load_hf_weights(folder: Path, model: ModelConfig, dtype: torch.dtype, device
             w_gate_up=torch.cat([get(p + "mlp.gate_proj.weight", m.intermediate, m.hidden),
                                  get(p + "mlp.up_proj.weight", m.intermediate, m.hidden)]),
             w_down=get(p + "mlp.down_proj.weight", m.hidden, m.intermediate),
+            **attention_bias, **mlp_bias,
         ))
     embedding = get("model.embed_tokens.weight", m.vocab, m.hidden)
     if m.tie_embeddings or not ckpt.has("lm_head.weight"):

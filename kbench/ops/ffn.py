@@ -9,12 +9,15 @@ Math (Hugging Face ``LlamaMLP``: ``down_proj(act_fn(gate_proj(x)) * up_proj(x))`
 
 ``swiglu(gate, up) -> out``: ``gate, up, out: [tokens, intermediate]``. No in-place writes.
 
-``ffn(x, w_gate_up, w_down) -> out``:
+``ffn(x, w_gate_up, w_down[, b_gate_up, b_down]) -> out``:
 
 - ``x: [tokens, hidden]``,
 - ``w_gate_up: [2 * intermediate, hidden]`` (nn.Linear layout: rows ``[0, intermediate)`` are
   ``gate_proj.weight``, rows ``[intermediate, 2 * intermediate)`` are ``up_proj.weight``),
 - ``w_down: [hidden, intermediate]`` (``down_proj.weight``),
+- ``b_gate_up: [2 * intermediate]``, ``b_down: [hidden]``: only for a model with
+  ``mlp_bias`` (HF ``LlamaMLP`` with biases; then the case has ``bias=True``). A backend
+  without bias support refuses such cases in ``supports``: it is never called with them.
 - ``out: [tokens, hidden]`` in x.dtype. No in-place writes, so a backend may fuse the
   gate/up GEMM with the activation and never store ``gate`` and ``up``.
 
@@ -26,7 +29,7 @@ is about 1e-3 off and fails, so pass ``input_precision="ieee"`` or decline float
 dtypes allow a few ulps of O(1) outputs.
 
 Cases: ``tokens`` (prefill token counts and decode batch sizes), ``intermediate`` and, for
-``ffn``, ``hidden``.
+``ffn``, ``hidden`` (and ``bias=True`` with ``mlp_bias``).
 """
 
 from __future__ import annotations
@@ -47,9 +50,10 @@ def swiglu_reference(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-def ffn_reference(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
-    gate, up = F.linear(x, w_gate_up).chunk(2, dim=-1)
-    return F.linear(swiglu_reference(gate, up), w_down)
+def ffn_reference(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
+                  b_gate_up: torch.Tensor | None = None, b_down: torch.Tensor | None = None) -> torch.Tensor:
+    gate, up = F.linear(x, w_gate_up, b_gate_up).chunk(2, dim=-1)
+    return F.linear(swiglu_reference(gate, up), w_down, b_down)
 
 
 def _make_swiglu(case: Case, dtype: torch.dtype, device, seed: int) -> dict:
@@ -62,11 +66,15 @@ def _make_swiglu(case: Case, dtype: torch.dtype, device, seed: int) -> dict:
 def _make_ffn(case: Case, dtype: torch.dtype, device, seed: int) -> dict:
     g = generator(device, seed)
     tokens, hidden, intermediate = case["tokens"], case["hidden"], case["intermediate"]
-    return {
+    inputs = {
         "x": randn((tokens, hidden), dtype, device, g),
         "w_gate_up": randn((2 * intermediate, hidden), dtype, device, g, 1 / math.sqrt(hidden)),
         "w_down": randn((hidden, intermediate), dtype, device, g, 1 / math.sqrt(intermediate)),
     }
+    if case.get("bias"):
+        inputs |= {"b_gate_up": randn((2 * intermediate,), dtype, device, g),
+                   "b_down": randn((hidden,), dtype, device, g)}
+    return inputs
 
 
 def _validate_swiglu(inputs) -> None:
@@ -87,6 +95,12 @@ def _validate_ffn(inputs) -> None:
             "Pass torch.cat([gate_proj.weight, up_proj.weight]) of shape [2 * intermediate, hidden].",
         )
     expect_tensor("w_down", inputs.get("w_down"), dtype=x.dtype, shape=(hidden, w_gate_up.shape[0] // 2), op="ffn")
+    if (inputs.get("b_gate_up") is None) != (inputs.get("b_down") is None):
+        raise KbenchError("ffn: b_gate_up and b_down come together (a model with mlp_bias has both).",
+                          "Pass both biases or neither.")
+    if inputs.get("b_gate_up") is not None:
+        expect_tensor("b_gate_up", inputs["b_gate_up"], dtype=x.dtype, shape=(w_gate_up.shape[0],), op="ffn")
+        expect_tensor("b_down", inputs["b_down"], dtype=x.dtype, shape=(hidden,), op="ffn")
 
 
 def _swiglu_flops(case: Case) -> float:
@@ -129,8 +143,10 @@ def swiglu_cases(model, workload) -> list[Case]:
 
 def ffn_cases(model, workload) -> list[Case]:
     """Prefill token counts and decode batch sizes, at the model's hidden and intermediate."""
+    bias = {"bias": True} if getattr(model, "mlp_bias", False) else {}
     return [
-        Case("ffn", tokens=t, hidden=model.hidden, intermediate=model.intermediate) for t in _token_counts(workload)
+        Case("ffn", tokens=t, hidden=model.hidden, intermediate=model.intermediate, **bias)
+        for t in _token_counts(workload)
     ]
 
 
@@ -162,6 +178,7 @@ FFN = Op(
     test_cases=(
         Case("ffn", tokens=1, hidden=64, intermediate=172),
         Case("ffn", tokens=37, hidden=96, intermediate=256),
+        Case("ffn", tokens=5, hidden=64, intermediate=96, bias=True),
     ),
 )
 

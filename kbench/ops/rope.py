@@ -5,13 +5,21 @@ Frequencies (``rope_inv_freq``, faithful to Hugging Face's rope init functions):
     inv_freq[i] = 1 / theta ** (2i / head_dim)          i in [0, head_dim / 2), float32
     linear:  inv_freq / factor                          (same as positions / factor)
     dynamic: theta' = theta * (factor * seq_len / original_max_position - (factor - 1))
-                      ** (head_dim / (head_dim - 2))    only once seq_len > original_max_position
+                      ** (head_dim / (head_dim - 2))    only once seq_len > original_max_position;
+             seq_len is the longest length seen since the sequences started (transformers
+             recomputes it per forward and only grows it; cached keys keep their rotation)
     llama3:  wavelen = 2 pi / inv_freq; low = original_max_position / low_freq_factor,
              high = original_max_position / high_freq_factor;
              wavelen < high: inv_freq;  wavelen > low: inv_freq / factor;
              between: (1 - s) * inv_freq / factor + s * inv_freq,
                       s = (original_max_position / wavelen - low_freq_factor)
                           / (high_freq_factor - low_freq_factor)
+    yarn:    d(r) = head_dim ln(original_max_position / (2 pi r)) / (2 ln theta);
+             low, high = d(beta_fast), d(beta_slow) (floor / ceil if truncate), clamped to
+             [0, head_dim - 1]; ramp_i = clamp((i - low) / (high - low), 0, 1);
+             inv_freq * (1 - ramp) + inv_freq / factor * ramp; and cos, sin times
+             attention_factor, which the pipeline folds into the attention scale
+             (scores times attention_factor ** 2), so this op never sees it
 
 Rotation of one head vector ``x`` at position ``p`` (angles ``p * inv_freq[i]`` in float32)::
 
@@ -31,7 +39,8 @@ CONTRACT: ``rope(q, k, positions, inv_freq, style) -> (q_out, k_out)``
 - ``q: [tokens, heads, head_dim]``, ``k: [tokens, kv_heads, head_dim]`` (one float dtype),
 - ``positions: [tokens]`` int64 (the absolute position of each packed token),
 - ``inv_freq: [head_dim // 2]`` float32, the frequencies after scaling; computed by
-  ``rope_inv_freq(head_dim, rope_config, seq_len)`` for scaling none / linear / dynamic / llama3,
+  ``rope_inv_freq(head_dim, rope_config, seq_len)`` for scaling none / linear / dynamic /
+  llama3 / yarn,
   so every backend handles every scaling variant by taking this tensor,
 - ``style``: ``"half"`` or ``"interleaved"``.
 May write q and k in place (``inplace=("q", "k")``) and return them; the reference returns
@@ -54,7 +63,7 @@ from kbench.errors import KbenchError, unknown_name
 from kbench.ops.base import FLOAT_DTYPES, Case, Op, Tolerance, elementwise_tolerance, expect_tensor, generator, randn
 
 STYLES = ("half", "interleaved")
-SCALINGS = ("none", "linear", "dynamic", "llama3")
+SCALINGS = ("none", "linear", "dynamic", "llama3", "yarn")
 PHASES = ("prefill", "decode")
 # The RopeConfig fields each scaling reads, beyond theta and style.
 SCALING_FIELDS = {
@@ -62,6 +71,7 @@ SCALING_FIELDS = {
     "linear": ("factor",),
     "dynamic": ("factor", "original_max_position"),
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position"),
+    "yarn": ("factor", "original_max_position", "beta_fast", "beta_slow", "truncate"),
 }
 
 
@@ -70,10 +80,8 @@ def check_style(style: str) -> None:
         raise unknown_name("rope style", style, STYLES)
 
 
-def rope_inv_freq(head_dim: int, rope: RopeConfig, seq_len: int) -> torch.Tensor:
-    """The rotary frequencies ``[head_dim // 2]`` float32 (CPU) for ``rope`` at ``seq_len`` (max
-    position + 1, read by ``dynamic`` only); step by step as HF's ``ROPE_INIT_FUNCTIONS``, so
-    they agree bit for bit."""
+def check_rope(head_dim: int, rope: RopeConfig) -> None:
+    """KbenchError for a rope setting no scaling can compute."""
     if rope.scaling not in SCALINGS:
         raise unknown_name("rope scaling", rope.scaling, SCALINGS)
     check_style(rope.style)
@@ -86,6 +94,13 @@ def rope_inv_freq(head_dim: int, rope: RopeConfig, seq_len: int) -> torch.Tensor
             f"llama3 rope needs high_freq_factor > low_freq_factor, got {rope.high_freq_factor} <= {rope.low_freq_factor}.",
             "Llama 3.1 uses low_freq_factor 1 and high_freq_factor 4.",
         )
+
+
+def rope_inv_freq(head_dim: int, rope: RopeConfig, seq_len: int) -> torch.Tensor:
+    """The rotary frequencies ``[head_dim // 2]`` float32 (CPU) for ``rope`` at ``seq_len`` (max
+    position + 1, read by ``dynamic`` only); step by step as HF's ``ROPE_INIT_FUNCTIONS``, so
+    they agree bit for bit."""
+    check_rope(head_dim, rope)
     base = rope.theta
     if rope.scaling == "dynamic" and seq_len > rope.original_max_position:
         growth = rope.factor * seq_len / rope.original_max_position - (rope.factor - 1)
@@ -95,7 +110,50 @@ def rope_inv_freq(head_dim: int, rope: RopeConfig, seq_len: int) -> torch.Tensor
         inv_freq = inv_freq / rope.factor
     elif rope.scaling == "llama3":
         inv_freq = _llama3_inv_freq(inv_freq, rope)
+    elif rope.scaling == "yarn":
+        inv_freq = _yarn_inv_freq(head_dim, rope)
     return inv_freq
+
+
+def dynamic_inv_freq(head_dim: int, rope: RopeConfig, seq_len: torch.Tensor) -> torch.Tensor:
+    """Dynamic-NTK frequencies for a device tensor ``seq_len`` (0-d int64), on its device.
+
+    The same formula as ``rope_inv_freq`` in float32 tensor arithmetic, as transformers
+    computes it per forward from ``max(position_ids) + 1``; no host synchronisation, so a
+    decode step that calls it can be captured in a CUDA graph.
+    """
+    length = torch.clamp_min(seq_len, rope.original_max_position)
+    base = rope.theta * ((rope.factor * length / rope.original_max_position) - (rope.factor - 1)) \
+        ** (head_dim / (head_dim - 2))
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=seq_len.device).float() / head_dim
+    return 1.0 / (base ** exponents)
+
+
+def rope_attention_factor(rope: RopeConfig) -> float:
+    """What yarn multiplies cos and sin by (1.0 for every other scaling)."""
+    if rope.scaling != "yarn":
+        return 1.0
+    if rope.attention_factor is not None:
+        return rope.attention_factor
+    return 1.0 if rope.factor <= 1 else 0.1 * math.log(rope.factor) + 1.0
+
+
+def _yarn_inv_freq(head_dim: int, rope: RopeConfig) -> torch.Tensor:
+    """YaRN: high frequencies kept, low ones interpolated by ``factor``, a linear ramp between."""
+    def correction_dim(rotations: float) -> float:
+        return head_dim * math.log(rope.original_max_position / (rotations * 2 * math.pi)) / (2 * math.log(rope.theta))
+
+    low, high = correction_dim(rope.beta_fast), correction_dim(rope.beta_slow)
+    if rope.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    if low == high:
+        high += 0.001  # as transformers: no zero-width ramp
+    pos_freqs = rope.theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (rope.factor * pos_freqs)
+    ramp = torch.clamp((torch.arange(head_dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    keep = 1 - ramp
+    return interpolation * (1 - keep) + extrapolation * keep
 
 
 def _llama3_inv_freq(inv_freq: torch.Tensor, rope: RopeConfig) -> torch.Tensor:

@@ -51,6 +51,12 @@ def supports_any(case: Case, dtype: torch.dtype, device: torch.device) -> str | 
     return _common_reason(dtype, device)
 
 
+def supports_ffn(case: Case, dtype: torch.dtype, device: torch.device) -> str | None:
+    if case.get("bias"):
+        return "no bias terms (mlp_bias)"
+    return _common_reason(dtype, device)
+
+
 def supports_norm(case: Case, dtype: torch.dtype, device: torch.device) -> str | None:
     hidden = case["hidden"]
     per_access = 16 // dtype.itemsize if hidden % (16 // dtype.itemsize) == 0 else 1
@@ -79,7 +85,7 @@ IMPLEMENTATIONS = {
     "add_rmsnorm": (kernels.add_rmsnorm, supports_norm),
     "rope": (kernels.rope, supports_any),
     "swiglu": (kernels.swiglu, supports_any),
-    "ffn": (kernels.ffn, supports_any),
+    "ffn": (kernels.ffn, supports_ffn),
     "sample": (kernels.sample, supports_any),
     "topk": (kernels.topk, supports_topk),
     "attention_decode": (kernels.attention_decode, supports_attention_decode),

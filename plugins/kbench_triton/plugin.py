@@ -72,6 +72,12 @@ def supports_elementwise(case: Case, dtype: torch.dtype, device: torch.device) -
     return _common_reason(dtype, device)
 
 
+def supports_ffn(case: Case, dtype: torch.dtype, device: torch.device) -> str | None:
+    if case.get("bias"):
+        return "no bias terms (mlp_bias)"
+    return _common_reason(dtype, device)
+
+
 def supports_rope(case: Case, dtype: torch.dtype, device: torch.device) -> str | None:
     head_dim = case.get("head_dim", 0)
     if head_dim % 2:
@@ -116,7 +122,7 @@ KERNELS = {
     "add_rmsnorm": ("norm", "add_rmsnorm", supports_elementwise, "residual add fused, new residual in place"),
     "rope": ("rope", "rope", supports_rope, "q and k in one launch, in place, precise sin/cos"),
     "swiglu": ("ffn", "swiglu", supports_elementwise, "silu(gate) * up, strided rows"),
-    "ffn": ("ffn", "ffn", supports_elementwise,
+    "ffn": ("ffn", "ffn", supports_ffn,
             "up to 8 tokens: skinny split-K Triton GEMMs, swiglu fused into gate/up, down timed against "
             "cuBLAS; else cuBLAS GEMMs around the Triton swiglu"),
     "linear": ("ffn", "linear", supports_elementwise,

@@ -16,12 +16,16 @@ def swiglu_float64(gate, up):
     return gate64 * torch.sigmoid(gate64) * up.double()
 
 
-def ffn_float64(x, w_gate_up, w_down):
-    """Three separate matmuls as LlamaMLP writes them: gate_proj, up_proj, down_proj."""
+def ffn_float64(x, w_gate_up, w_down, b_gate_up=None, b_down=None):
+    """Three separate matmuls as LlamaMLP writes them: gate_proj, up_proj, down_proj (+ biases)."""
     intermediate = w_down.shape[1]
     w_gate, w_up = w_gate_up[:intermediate].double(), w_gate_up[intermediate:].double()
     x64 = x.double()
-    return swiglu_float64(x64 @ w_gate.T, x64 @ w_up.T) @ w_down.double().T
+    gate, up = x64 @ w_gate.T, x64 @ w_up.T
+    if b_gate_up is not None:
+        gate, up = gate + b_gate_up[:intermediate].double(), up + b_gate_up[intermediate:].double()
+    out = swiglu_float64(gate, up) @ w_down.double().T
+    return out if b_down is None else out + b_down.double()
 
 
 def assert_within(out, expected, tolerance):
@@ -53,19 +57,24 @@ def test_ffn_outputs_are_order_one_at_model_sizes():
     assert 0.2 < std < 2.0
 
 
+@pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_ffn_equals_hugging_face_llama_mlp_with_the_same_weights(dtype):
+def test_ffn_equals_hugging_face_llama_mlp_with_the_same_weights(dtype, bias):
     transformers = pytest.importorskip("transformers")
     from transformers.models.llama.modeling_llama import LlamaMLP
 
-    case = Case("ffn", tokens=9, hidden=128, intermediate=344)
+    case = Case("ffn", tokens=9, hidden=128, intermediate=344, **({"bias": True} if bias else {}))
     inputs = FFN.make_inputs(case, dtype, "cpu", 0)
-    config = transformers.LlamaConfig(hidden_size=128, intermediate_size=344, hidden_act="silu", mlp_bias=False)
+    config = transformers.LlamaConfig(hidden_size=128, intermediate_size=344, hidden_act="silu", mlp_bias=bias)
     mlp = LlamaMLP(config).to(dtype)
     with torch.no_grad():
         mlp.gate_proj.weight.copy_(inputs["w_gate_up"][:344])
         mlp.up_proj.weight.copy_(inputs["w_gate_up"][344:])
         mlp.down_proj.weight.copy_(inputs["w_down"])
+        if bias:
+            mlp.gate_proj.bias.copy_(inputs["b_gate_up"][:344])
+            mlp.up_proj.bias.copy_(inputs["b_gate_up"][344:])
+            mlp.down_proj.bias.copy_(inputs["b_down"])
         expected = mlp(inputs["x"])
     # one fused gate/up GEMM may sum in another order than two separate ones
     tolerance = FFN.tolerance(dtype)
