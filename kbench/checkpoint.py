@@ -1,4 +1,6 @@
-"""A Hugging Face checkpoint's config.json read into kbench's model fields, no weights loaded."""
+"""A checkpoint's config read into kbench's model fields, no weights loaded: Hugging Face
+(config.json with safetensors or pytorch_model*.bin) or Meta's (params.json with
+consolidated.NN.pth, one per model-parallel rank)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,38 @@ from kbench.errors import KbenchError
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
+BIN_INDEX_FILE = "pytorch_model.bin.index.json"
+BIN_SINGLE_FILE = "pytorch_model.bin"
+META_PARAMS = "params.json"
+
+
+def hf_weight_files(folder: Path) -> tuple[str, str]:
+    """(index file, single file) of the HF checkpoint in ``folder``: safetensors, else .bin."""
+    if (folder / INDEX_FILE).is_file() or (folder / SINGLE_FILE).is_file():
+        return INDEX_FILE, SINGLE_FILE
+    if (folder / BIN_INDEX_FILE).is_file() or (folder / BIN_SINGLE_FILE).is_file():
+        return BIN_INDEX_FILE, BIN_SINGLE_FILE
+    return INDEX_FILE, SINGLE_FILE
+
+
+def meta_shards(folder: Path) -> list[Path]:
+    """Meta's ``consolidated.NN.pth`` files, in rank order."""
+    return sorted(folder.glob("consolidated.*.pth"))
+
+
+def check_meta_folder(folder: Path) -> str | None:
+    """Why ``folder`` is not a usable Meta checkpoint (params.json, consolidated.NN.pth), or None."""
+    if not folder.is_dir():
+        return f"checkpoint folder {str(folder)!r} does not exist."
+    if not (folder / META_PARAMS).is_file():
+        return f"{str(folder / META_PARAMS)!r} is missing."
+    shards = meta_shards(folder)
+    if not shards:
+        return f"no consolidated.NN.pth files in {str(folder)!r}."
+    ranks = [p.name.split(".")[1] for p in shards]
+    if ranks != [f"{i:02d}" for i in range(len(shards))]:
+        return f"{str(folder)!r} has shards {', '.join(p.name for p in shards)}; ranks 00..{len(shards) - 1:02d} are expected."
+    return None
 
 
 def check_checkpoint_folder(folder: Path) -> str | None:
@@ -19,8 +53,10 @@ def check_checkpoint_folder(folder: Path) -> str | None:
     if not folder.is_dir():
         return f"checkpoint folder {str(folder)!r} does not exist."
     if not (folder / "config.json").is_file():
-        return f"{str(folder / 'config.json')!r} is missing."
-    index = folder / INDEX_FILE
+        hint = " It holds params.json: a Meta checkpoint, use weights.kind: meta." if (folder / META_PARAMS).is_file() else ""
+        return f"{str(folder / 'config.json')!r} is missing.{hint}"
+    index_file, single_file = hf_weight_files(folder)
+    index = folder / index_file
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
@@ -30,10 +66,10 @@ def check_checkpoint_folder(folder: Path) -> str | None:
         if missing:
             return f"{str(index)!r} names shard files that are missing: {', '.join(missing)}."
         return None
-    if not (folder / SINGLE_FILE).is_file():
-        found = sorted(p.name for p in folder.glob("*.safetensors"))
-        extra = f" (found {', '.join(found)} but no {INDEX_FILE})" if found else ""
-        return f"no {SINGLE_FILE} or {INDEX_FILE} in {str(folder)!r}{extra}."
+    if not (folder / single_file).is_file():
+        found = sorted(p.name for p in [*folder.glob("*.safetensors"), *folder.glob("*.bin")])
+        extra = f" (found {', '.join(found)} but no index)" if found else ""
+        return f"no {SINGLE_FILE}, {INDEX_FILE}, {BIN_SINGLE_FILE} or {BIN_INDEX_FILE} in {str(folder)!r}{extra}."
     return None
 
 
@@ -129,3 +165,60 @@ def model_fields_from_hf_config(path: Path) -> dict[str, Any]:
         raise KbenchError(f"{path}: key {error.args[0]!r} is missing.", "A LLaMA config.json has it; re-export the checkpoint.") from None
     except (TypeError, ValueError) as error:
         raise KbenchError(f"{path}: a shape field is not a number ({error}).", "Fix config.json.") from None
+
+
+def _meta_intermediate(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int:
+    """The FeedForward hidden size Meta's model.py derives from ``dim``."""
+    hidden = int(2 * (4 * dim) / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+def _meta_vocab(folder: Path, dim: int) -> int:
+    """vocab from the first shard's embedding (LLaMA 1/2 params.json say vocab_size: -1): split
+    over the model dimension (LLaMA 2's ParallelEmbedding) or over the vocabulary (Llama 3's)."""
+    import torch
+
+    shards = meta_shards(folder)
+    rows, columns = torch.load(shards[0], map_location="cpu", weights_only=True, mmap=True)["tok_embeddings.weight"].shape
+    return int(rows) * len(shards) if columns == dim and len(shards) > 1 else int(rows)
+
+
+def model_fields_from_meta_params(folder: Path) -> dict[str, Any]:
+    """ModelConfig fields from Meta's params.json (interleaved rope: the weights are not permuted).
+
+    ``use_scaled_rope`` is Llama 3.1's scaling (factor 8, frequency factors 1 and 4 over 8192
+    positions). params.json holds no trained length: ``max_seq_len`` is 131072 with scaled
+    rope, 8192 with theta 500000 (Llama 3), else 4096 (Llama 2).
+    """
+    path = folder / META_PARAMS
+    try:
+        params = json.loads(path.read_text())
+        dim, heads = int(params["dim"]), int(params["n_heads"])
+        theta = float(params.get("rope_theta", 10000.0))
+        scaled = bool(params.get("use_scaled_rope", False))
+        rope = RopeConfig(theta=theta, style="interleaved")
+        if scaled:
+            rope = RopeConfig(theta=theta, style="interleaved", scaling="llama3",
+                              factor=float(params.get("rope_scaling_factor", 8.0)), low_freq_factor=1.0,
+                              high_freq_factor=4.0, original_max_position=8192)
+        vocab = int(params.get("vocab_size", -1))
+        return {
+            "vocab": vocab if vocab > 0 else _meta_vocab(folder, dim),
+            "hidden": dim,
+            "intermediate": _meta_intermediate(dim, int(params.get("multiple_of", 256)),
+                                               params.get("ffn_dim_multiplier")),
+            "layers": int(params["n_layers"]),
+            "heads": heads,
+            "kv_heads": int(params.get("n_kv_heads") or heads),
+            "head_dim": dim // heads,
+            "rope": rope,
+            "norm_eps": float(params.get("norm_eps", 1e-5)),
+            "max_seq_len": int(params.get("max_seq_len") or (131072 if scaled else 8192 if theta >= 500000 else 4096)),
+            "tie_embeddings": False,
+        }
+    except KeyError as error:
+        raise KbenchError(f"{path}: key {error.args[0]!r} is missing.", "Meta's params.json has it; re-download it.") from None
+    except (OSError, TypeError, ValueError) as error:
+        raise KbenchError(f"{path}: cannot read Meta's params ({error}).", "Fix params.json.") from None

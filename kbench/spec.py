@@ -30,7 +30,12 @@ from typing import Any
 
 import torch
 
-from kbench.checkpoint import check_checkpoint_folder, model_fields_from_hf_config
+from kbench.checkpoint import (
+    check_checkpoint_folder,
+    check_meta_folder,
+    model_fields_from_hf_config,
+    model_fields_from_meta_params,
+)
 from kbench.config import DEVICES, BenchConfig, ModelConfig, RopeConfig, SamplingConfig, WeightsSpec, Workload
 from kbench.errors import KbenchError, closest
 from kbench.ops.base import dtype_name, parse_dtype
@@ -40,7 +45,7 @@ from kbench.yaml_reader import Reader, describe, read_yaml
 ROPE_STYLES = ("half", "interleaved")
 ROPE_SCALINGS = ("none", "linear", "dynamic", "llama3", "yarn")
 KV_LAYOUTS = ("contiguous", "paged")
-WEIGHT_KINDS = ("random", "hf")
+WEIGHT_KINDS = ("random", "hf", "meta")
 
 
 @dataclass(frozen=True)
@@ -111,16 +116,21 @@ def _read_weights(reader: Reader, raw: Any, spec_dir: Path) -> WeightsSpec:
         return WeightsSpec("random", seed, None)
     path = section.get("path")
     if not isinstance(path, str) or not path:
-        raise reader.error("weights.path", "is required with kind: hf (a folder with config.json and *.safetensors).",
+        raise reader.error("weights.path", f"is required with kind: {kind} (a checkpoint folder).",
                            "Add 'path: /path/to/checkpoint'.")
     folder = Path(path).expanduser()
     if not folder.is_absolute():
         folder = (spec_dir / folder).resolve()
-    problem = check_checkpoint_folder(folder)
+    if kind == "meta":
+        problem = check_meta_folder(folder)
+        fix = "Point path at a Meta checkpoint folder (params.json plus consolidated.00.pth ...)."
+    else:
+        problem = check_checkpoint_folder(folder)
+        fix = ("Point path at a Hugging Face checkpoint folder (config.json plus model.safetensors, "
+               "model.safetensors.index.json and its shards, or pytorch_model*.bin).")
     if problem:
-        raise reader.error("weights.path", problem, "Point path at a Hugging Face checkpoint folder "
-                           "(config.json plus model.safetensors or model.safetensors.index.json and its shards).")
-    return WeightsSpec("hf", seed, str(folder))
+        raise reader.error("weights.path", problem, fix)
+    return WeightsSpec(kind, seed, str(folder))
 
 
 def _read_rope(reader: Reader, raw: Any) -> RopeConfig:
@@ -150,9 +160,9 @@ def _read_rope(reader: Reader, raw: Any) -> RopeConfig:
     return rope
 
 
-def _read_model(reader: Reader, raw: Any, name: str, derived: dict | None) -> ModelConfig:
-    """The model section; with HF weights, ``derived`` (from config.json) fills what is missing
-    and every key the spec does give must agree with it."""
+def _read_model(reader: Reader, raw: Any, name: str, derived: dict | None, free_keys: tuple[str, ...] = ()) -> ModelConfig:
+    """The model section; with checkpoint weights, ``derived`` (from config.json or params.json)
+    fills what is missing and every key the spec does give, except ``free_keys``, must agree with it."""
     section = reader.mapping(raw, "model", MODEL_KEYS)
     if derived is not None:
         for key, value in section.items():
@@ -160,7 +170,7 @@ def _read_model(reader: Reader, raw: Any, name: str, derived: dict | None) -> Mo
                 raise reader.error("model.rope", "is read from the checkpoint's config.json (rope_parameters).",
                                    "Remove model.rope when weights are a Hugging Face checkpoint.")
             want = derived.get(key)
-            if key == "name" or want is None:
+            if key == "name" or want is None or key in free_keys:
                 continue
             if value != want:
                 raise reader.error(f"model.{key}", f"is {value!r} but the checkpoint's config.json says {want!r}.",
@@ -269,8 +279,13 @@ def load_spec(path: str | Path, overrides: Overrides | None = None) -> Spec:
     if not isinstance(name, str) or not name:
         raise reader.error("name", f"must be a string, got {describe(name)}.", f"Write e.g. name: {path.stem}.")
     weights = _read_weights(reader, data.get("weights"), path.parent)
-    derived = model_fields_from_hf_config(Path(weights.path) / "config.json") if weights.kind == "hf" else None
-    model = _read_model(reader, data.get("model"), name, derived)
+    derived = None
+    if weights.kind == "hf":
+        derived = model_fields_from_hf_config(Path(weights.path) / "config.json")
+    elif weights.kind == "meta":
+        derived = model_fields_from_meta_params(Path(weights.path))
+    # Meta's params.json holds no trained length: the spec may give it
+    model = _read_model(reader, data.get("model"), name, derived, ("max_seq_len",) if weights.kind == "meta" else ())
     try:
         dtype = parse_dtype(data.get("dtype", "bfloat16"))
     except KbenchError as error:

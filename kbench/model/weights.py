@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from kbench.checkpoint import INDEX_FILE, SINGLE_FILE, check_checkpoint_folder
+from kbench.checkpoint import BIN_INDEX_FILE, check_checkpoint_folder, hf_weight_files
 from kbench.config import ModelConfig
 from kbench.errors import KbenchError
 
@@ -119,6 +119,10 @@ class Weights:
 def load_weights(spec) -> Weights:
     if spec.weights.kind == "random":
         return random_weights(spec.model, spec.dtype, spec.device, spec.weights.seed)
+    if spec.weights.kind == "meta":
+        from kbench.model.meta_weights import load_meta_weights
+
+        return load_meta_weights(Path(spec.weights.path), spec.model, spec.dtype, spec.device)
     return load_hf_weights(Path(spec.weights.path), spec.model, spec.dtype, spec.device)
 
 
@@ -170,20 +174,38 @@ def random_weights(model: ModelConfig, dtype: torch.dtype, device: str | torch.d
 # --------------------------------------------------------------------------------------
 
 
+class _TorchFile:
+    """A ``pytorch_model*.bin`` shard: loaded with ``weights_only=True`` (no pickled code runs),
+    memory-mapped so only the tensors asked for are read."""
+
+    def __init__(self, path: Path):
+        try:
+            self.tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as error:
+            raise KbenchError(f"{path}: cannot load it as plain tensors ({type(error).__name__}: {error}).",
+                              "Re-save the checkpoint as safetensors (or a state dict of tensors only).") from None
+
+    def keys(self):
+        return self.tensors.keys()
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+
 class _Checkpoint:
-    """Tensor lookup across one or many safetensors files, opened lazily."""
+    """Tensor lookup across one or many safetensors (or .bin) files, opened lazily."""
 
     def __init__(self, folder: Path):
         from safetensors import safe_open
 
         self.folder = folder
-        index = folder / INDEX_FILE
+        index_file, single_file = hf_weight_files(folder)
+        self._open = _TorchFile if index_file == BIN_INDEX_FILE else (lambda path: safe_open(path, framework="pt"))
+        index = folder / index_file
         if index.is_file():
             self.weight_map = json.loads(index.read_text())["weight_map"]
         else:
-            with safe_open(folder / SINGLE_FILE, framework="pt") as f:
-                self.weight_map = {key: SINGLE_FILE for key in f.keys()}
-        self._safe_open = safe_open
+            self.weight_map = dict.fromkeys(self._open(folder / single_file).keys(), single_file)
         self._files: dict[str, Any] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -192,7 +214,7 @@ class _Checkpoint:
             raise KbenchError(f"checkpoint {str(self.folder)!r} has no tensor {name!r}.",
                               "The checkpoint is incomplete or not a LlamaForCausalLM; re-export it.")
         if file not in self._files:
-            self._files[file] = self._safe_open(self.folder / file, framework="pt")
+            self._files[file] = self._open(self.folder / file)
         tensor = self._files[file].get_tensor(name)
         if tuple(tensor.shape) != shape:
             raise KbenchError(f"{self.folder / file}: {name} has shape {list(tensor.shape)}, but the model "
