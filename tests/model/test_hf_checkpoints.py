@@ -123,3 +123,49 @@ def test_generate_makes_room_and_a_long_prompt_grows_the_cache(tmp_path, registr
     pipeline.prefill([prompt[:8]])
     with pytest.raises(KbenchError, match="decode_step past the KV cache: a sequence already holds 8 tokens"):
         pipeline.decode_step(torch.tensor([1]))
+
+
+def half_to_interleaved(w: torch.Tensor, heads: int) -> torch.Tensor:
+    """Undo HF's q/k row permutation (Meta pairs (2i, 2i+1) from HF's (i, i + head_dim/2))."""
+    rows, hidden = w.shape
+    return w.view(heads, 2, rows // heads // 2, hidden).transpose(1, 2).reshape(rows, hidden)
+
+
+def save_as_meta(hf, folder, ranks: int) -> None:
+    """Meta's layout from a HF LlamaForCausalLM, split over ``ranks`` as fairscale's layers do:
+    column-parallel by rows, row-parallel by columns, the embedding by the model dimension."""
+    c = hf.config
+    state = hf.state_dict()
+    meta = {"tok_embeddings.weight": (state["model.embed_tokens.weight"], 1), "norm.weight": (state["model.norm.weight"], None),
+            "output.weight": (state["lm_head.weight"], 0)}
+    names = {"self_attn.o_proj": ("attention.wo", 1), "mlp.gate_proj": ("feed_forward.w1", 0),
+             "mlp.down_proj": ("feed_forward.w2", 1), "mlp.up_proj": ("feed_forward.w3", 0),
+             "input_layernorm": ("attention_norm", None), "post_attention_layernorm": ("ffn_norm", None)}
+    for i in range(c.num_hidden_layers):
+        p = f"model.layers.{i}."
+        meta[f"layers.{i}.attention.wq.weight"] = (half_to_interleaved(state[p + "self_attn.q_proj.weight"],
+                                                                       c.num_attention_heads), 0)
+        meta[f"layers.{i}.attention.wk.weight"] = (half_to_interleaved(state[p + "self_attn.k_proj.weight"],
+                                                                       c.num_key_value_heads), 0)
+        meta[f"layers.{i}.attention.wv.weight"] = (state[p + "self_attn.v_proj.weight"], 0)
+        for hf_name, (meta_name, dim) in names.items():
+            meta[f"layers.{i}.{meta_name}.weight"] = (state[p + hf_name + ".weight"], dim)
+    folder.mkdir()
+    for rank in range(ranks):
+        shard = {name: (t if dim is None else t.chunk(ranks, dim=dim)[rank]).clone() for name, (t, dim) in meta.items()}
+        torch.save(shard, folder / f"consolidated.{rank:02d}.pth")
+    # FeedForward: int(2 * 4 * 64 / 3) = 170, * 0.47 = 79, rounded up to a multiple of 16 = 80
+    (folder / "params.json").write_text(json.dumps({
+        "dim": c.hidden_size, "n_layers": c.num_hidden_layers, "n_heads": c.num_attention_heads,
+        "n_kv_heads": c.num_key_value_heads, "vocab_size": -1, "multiple_of": 16, "ffn_dim_multiplier": 0.47,
+        "norm_eps": c.rms_norm_eps, "rope_theta": c.rope_parameters["rope_theta"]}))
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_meta_consolidated_shards_give_the_logits_of_the_hf_checkpoint(tmp_path, registry, ranks):
+    hf = save_hf_checkpoint(tmp_path / "hf", shard=False, max_position_embeddings=MAX_POSITIONS)
+    save_as_meta(hf, tmp_path / "ckpt", ranks)
+    pipeline, spec = pipeline_on(tmp_path, registry, kind="meta")
+    assert spec.model.rope.style == "interleaved"
+    assert (spec.model.intermediate, spec.model.vocab) == (TINY_MODEL["intermediate"], TINY_MODEL["vocab"])
+    assert_matches_transformers(pipeline, hf, TINY_MODEL["vocab"])
