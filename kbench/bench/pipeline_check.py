@@ -68,12 +68,15 @@ def _step_errors(logits: torch.Tensor, oracle64: torch.Tensor, scale: torch.Tens
 
 
 @torch.inference_mode()
-def teacher_forced_check(pipeline, oracle, reference, prompts, steps: int, dtype: torch.dtype) -> dict:
-    """Feed every pipeline the prompts, then the oracle's greedy token for ``steps`` steps; a
-    differing greedy token is an error only where the oracle's margin exceeds the allowance."""
-    floor = LOGIT_RTOL.get(dtype, 5e-2)
+def teacher_forced_check(pipeline, oracle, reference, prompts, steps: int, dtype: torch.dtype,
+                         floor: float | None = None, oracle_name: str = "float32 oracle") -> dict:
+    """Feed every pipeline the prompts, then the oracle's greedy token for ``steps`` steps; allowed
+    ``max(floor or LOGIT_RTOL, ERROR_FACTOR * the 16-bit reference's error)``. A differing greedy
+    token is an error only where the oracle's margin exceeds the allowance; a FAIL's note names
+    the first step, position and sequence where they part."""
+    floor = LOGIT_RTOL.get(dtype, 5e-2) if floor is None else floor
     max_abs = max_rel = reference_rel = 0.0
-    margins = []
+    step_rel, step_margin = [], []  # per step: [batch] relative error; [batch] margin (0 where tokens agree)
     agree = total = 0
     logits, oracle_logits = pipeline.prefill(prompts), oracle.prefill(prompts)
     reference_logits = reference.prefill(prompts) if reference is not None else None
@@ -83,8 +86,10 @@ def teacher_forced_check(pipeline, oracle, reference, prompts, steps: int, dtype
         if not torch.isfinite(logits).all():
             return {"status": "FAIL", "max_abs_err": math.inf, "max_rel_err": math.inf,
                     "token_agreement": agree / max(total, 1), "note": f"non-finite logits at step {step}"}
-        step_abs, step_rel = _step_errors(logits, oracle64, scale)
-        max_abs, max_rel = max(max_abs, step_abs), max(max_rel, step_rel)
+        error = (logits.double() - oracle64).abs()
+        max_abs = max(max_abs, error.max().item())
+        step_rel.append((error.amax(dim=-1) / scale).cpu())
+        max_rel = max(max_rel, step_rel[-1].max().item())
         if reference_logits is not None:
             reference_rel = max(reference_rel, _step_errors(reference_logits, oracle64, scale)[1])
         oracle_tokens, tokens = oracle64.argmax(-1), logits.argmax(-1)
@@ -92,18 +97,31 @@ def teacher_forced_check(pipeline, oracle, reference, prompts, steps: int, dtype
         agree += int(same.sum())
         total += same.numel()
         gap = oracle64.gather(-1, oracle_tokens[:, None])[:, 0] - oracle64.gather(-1, tokens[:, None])[:, 0]
-        margins.append((gap / scale)[~same])
+        step_margin.append((gap / scale).cpu())
         if step < steps:
             logits, oracle_logits = pipeline.decode_step(oracle_tokens), oracle.decode_step(oracle_tokens)
             if reference is not None:
                 reference_logits = reference.decode_step(oracle_tokens)
     allowed = max(floor, ERROR_FACTOR * reference_rel)
-    real_mismatches = int((torch.cat(margins) > allowed).sum()) if margins else 0
+    margins = torch.stack(step_margin)
+    real_mismatches = int((margins > allowed).sum())
     ok = max_rel <= allowed and real_mismatches == 0
     basis = (f"{ERROR_FACTOR:g}x the {dtype_name(dtype)} reference's own error {reference_rel:.3g}"
              if reference is not None else "float32 tolerance")
     note = (f"max logit error {max_rel:.3g} of the largest logit, allowed {allowed:.3g} ({basis}); "
-            f"{real_mismatches} greedy tokens differ from the float32 oracle beyond a near-tie")
+            f"{real_mismatches} greedy tokens differ from the {oracle_name} beyond a near-tie")
+    if not ok:
+        note += "; " + _first_parting(torch.stack(step_rel), margins, allowed, [int(p.numel()) for p in prompts])
     return {"status": "PASS" if ok else "FAIL", "max_abs_err": max_abs, "max_rel_err": max_rel,
             "reference_rel_err": reference_rel if reference is not None else None, "allowed_rel_err": allowed,
             "token_agreement": agree / total, "tokens_compared": total, "note": note}
+
+
+def _first_parting(rel: torch.Tensor, margins: torch.Tensor, allowed: float, lengths: list[int]) -> str:
+    """Where the first step ``[steps + 1, batch]`` past ``allowed`` is, in words."""
+    bad = (rel > allowed) | (margins > allowed)
+    step, sequence = (int(i) for i in bad.nonzero()[0])
+    what = (f"logit error {rel[step, sequence].item():.3g}" if rel[step, sequence] > allowed
+            else "greedy token differs")
+    return (f"they first part at step {step} (logits at position {lengths[sequence] - 1 + step}) of sequence "
+            f"{sequence}: {what}")

@@ -8,7 +8,8 @@
 3. check every chosen backend against the reference at the model's own shapes and time
    it there (and the reference, so the table shows the speedup);
 4. build the pipeline and check it against the all-reference pipeline, teacher-forced
-   (``kbench.bench.pipeline_check``);
+   (``kbench.bench.pipeline_check``), and with ``--check hf`` (or ``--baseline hf``) both
+   against transformers' LlamaForCausalLM on the same weights (``kbench.bench.hf_check``);
 5. time prefill and decode over the workload sweep, with peak memory, and the same for
    baselines (``hf``: transformers' LLaMA; ``reference``) (``kbench.bench.end_to_end``);
 6. write the run record and print the tables.
@@ -34,6 +35,7 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from kbench.bench.end_to_end import PIPELINE, time_end_to_end
+from kbench.bench.hf_check import check_against_hf, past_trained_range
 from kbench.bench.pipeline_check import check_pipeline
 from kbench.bench.sweep import op_results
 from kbench.console import make_console
@@ -49,6 +51,7 @@ from kbench.results.rows import Row
 from kbench.spec import Overrides, load_spec
 
 BASELINES = ("hf", "reference")
+CHECKS = ("hf",)
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class RunOptions:
 
     out_dir: Path = Path("results")
     baselines: tuple[str, ...] = ()
+    checks: tuple[str, ...] = ()
     skip_ops: bool = False
     skip_e2e: bool = False
     command: tuple[str, ...] = ()
@@ -78,6 +82,8 @@ def run(spec_path: str | Path, overrides: Overrides | None, options: RunOptions,
     spec = load_spec(spec_path, overrides)
     plan = resolve_plan(spec, get_registry())
     check_baselines(options.baselines)
+    check_baselines(options.checks, what="--check")
+    note_trained_range(spec, console)
     started = datetime.now(timezone.utc)
     rows: list[Row] = []
     with progress_display(progress_console or console) as progress:
@@ -90,6 +96,8 @@ def run(spec_path: str | Path, overrides: Overrides | None, options: RunOptions,
             weights = load_weights(spec)
             pipeline = build_pipeline(plan, weights)
             rows += check_pipeline(plan, weights, pipeline, progress)
+            if "hf" in options.checks or "hf" in options.baselines:
+                rows += check_against_hf(plan, weights, pipeline, progress)
             rows += time_end_to_end(plan, pipeline, PIPELINE, weights, ceilings, progress)
             del pipeline  # one model's weights and KV cache on the device at a time
             for name in options.baselines:
@@ -107,15 +115,24 @@ def run(spec_path: str | Path, overrides: Overrides | None, options: RunOptions,
 
 # -- 1. spec, backends, record header ---------------------------------------------------
 
-def check_baselines(baselines: Sequence[str]) -> None:
+def check_baselines(baselines: Sequence[str], what: str = "--baseline") -> None:
+    known = BASELINES if what == "--baseline" else CHECKS
     for name in baselines:
-        if name not in BASELINES:
-            raise KbenchError(f"Unknown baseline {name!r}.", f"Baselines: {', '.join(BASELINES)}.")
+        if name not in known:
+            raise KbenchError(f"Unknown {what} {name!r}.", f"Choose from: {', '.join(known)}.")
         if name == "hf":
             try:
                 import transformers  # noqa: F401
             except ImportError:
-                raise KbenchError("--baseline hf needs transformers.", "pip install 'kbench[hf]'.") from None
+                raise KbenchError(f"{what} hf needs transformers.", "pip install 'kbench[hf]'.") from None
+
+
+def note_trained_range(spec, console: Console) -> None:
+    """Say when the workload's positions pass the model's trained range (runs go on, as in transformers)."""
+    longest = max(spec.workload.prompt_len) + spec.workload.decode_steps
+    note = past_trained_range(spec.model, longest)
+    if note:
+        console.print(f"note: {note.rstrip('; ')}.", highlight=False)
 
 
 @contextmanager
@@ -226,11 +243,13 @@ def family_choices(flags: dict) -> dict[str, str]:
               help="Folder for the run record.")
 @click.option("--baseline", "baselines", multiple=True, type=click.Choice(["hf", "reference"]),
               help="Also time transformers' LLaMA (hf) or the all-reference pipeline end to end.")
+@click.option("--check", "checks", multiple=True, type=click.Choice(list(CHECKS)),
+              help="Also check the pipeline against transformers' LlamaForCausalLM on the same weights (hf).")
 @click.option("--skip-ops", is_flag=True, help="Skip the op-level checks and timings.")
 @click.option("--skip-e2e", is_flag=True, help="Skip the end-to-end pipeline check and timings.")
 @click.option("--tp", "tp", type=int, default=1, show_default=True,
               help="Tensor-parallel ranks: starts them itself (gloo on cpu, NCCL on cuda), or run under torchrun.")
-def run_command(spec, out_dir, baselines, skip_ops, skip_e2e, tp, **flags):
+def run_command(spec, out_dir, baselines, checks, skip_ops, skip_e2e, tp, **flags):
     """Check and time the SPEC's backends op by op and end to end; write a run record.
 
     Exit status: 0 all PASS, 1 something FAILed, 2 a mistake in the spec or the flags.
@@ -238,7 +257,13 @@ def run_command(spec, out_dir, baselines, skip_ops, skip_e2e, tp, **flags):
     if skip_ops and skip_e2e:
         raise KbenchError("--skip-ops and --skip-e2e together leave nothing to run.", "Drop one of them.")
     overrides = Overrides.from_cli(**family_choices(flags), **flags)
-    options = RunOptions(out_dir=Path(out_dir), baselines=tuple(dict.fromkeys(baselines)), skip_ops=skip_ops,
+    if checks and skip_e2e:
+        raise KbenchError("--check compares the end-to-end pipeline, which --skip-e2e skips.", "Drop one of them.")
+    if checks and tp != 1:
+        raise KbenchError(f"--check hf compares one unsharded pipeline; --tp {tp} shards it.",
+                          "Run --check hf without --tp (the tensor-parallel run checks itself against one rank).")
+    options = RunOptions(out_dir=Path(out_dir), baselines=tuple(dict.fromkeys(baselines)),
+                         checks=tuple(dict.fromkeys(checks)), skip_ops=skip_ops,
                          skip_e2e=skip_e2e, command=tuple(["kbench", *sys.argv[1:]]))
     if tp != 1:
         from kbench.commands.distributed import run_tensor_parallel

@@ -52,9 +52,12 @@ def print_run(record: dict, console: Console) -> None:
     ops = [r for r in rows if r["kind"] == "op"]
     if ops:
         console.print(_op_table(ops, where))
-    checks = [r for r in rows if r["kind"] == "check"]
+    checks = [r for r in rows if r["kind"] == "check" and not r.get("oracle")]
     if checks:
         console.print(_check_table(checks, backends))
+    hf_checks = [r for r in rows if r["kind"] == "check" and r.get("oracle") == "hf"]
+    if hf_checks:
+        console.print(_hf_check_table(hf_checks))
     prefill = [r for r in rows if r["kind"] == "prefill"]
     if prefill:
         console.print(_prefill_table(prefill, where))
@@ -148,6 +151,19 @@ def _check_table(rows: list[dict], backends: str) -> Table:
         table.add_row(*_batch_prompt(row), str(_shape(row).get("decode_steps", "-")), _status(row["status"]),
                       fmt(row.get("max_abs_err")), fmt(row.get("max_rel_err")), fmt(row.get("reference_rel_err")),
                       fmt(row.get("allowed_rel_err")), _pct(row.get("token_agreement")))
+    return table
+
+
+def _hf_check_table(rows: list[dict]) -> Table:
+    table = Table(title="vs transformers' LlamaForCausalLM in float32 on the same weights, teacher-forced")
+    for column in ("compared", "dtype", "batch", "prompt", "steps", "status", "rel err", "allowed", "greedy agree",
+                   "note"):
+        table.add_column(column)
+    for row in rows:
+        note = row.get("note") or ""
+        table.add_row(row["backend"], row["dtype"], *_batch_prompt(row), str(_shape(row).get("decode_steps", "-")),
+                      _status(row["status"]), fmt(row.get("max_rel_err")), fmt(row.get("allowed_rel_err")),
+                      _pct(row.get("token_agreement")), escape(note if row["status"] == "FAIL" else note.split(";")[0]))
     return table
 
 

@@ -73,6 +73,7 @@ class CheckRow(Row):
     step's largest oracle logit), the error allowed and greedy-token agreement."""
 
     kind: ClassVar[str] = "check"
+    oracle: str | None = None  # None: kbench's float32 all-reference pipeline; "hf": transformers
     max_abs_err: float | None = None
     max_rel_err: float | None = None
     backends: str | None = None
