@@ -318,6 +318,7 @@ ROPE = Op(
         _test_case(1, 4, 1, 64, "decode", 40000, style="half"),
         _test_case(37, 4, 2, 64, "prefill", 19, style="interleaved", **LLAMA3_ROPE),
         _test_case(37, 4, 2, 64, "prefill", 37, style="half", scaling="linear", factor=4.0),
+        _test_case(37, 4, 2, 64, "prefill", 37, style="half", scaling="yarn", factor=4.0, original_max_position=16),
         _test_case(37, 8, 1, 80, "decode", 9000, style="half", scaling="dynamic", factor=2.0,
                    original_max_position=2048),
         _test_case(37, 8, 1, 80, "prefill", 37, style="interleaved"),

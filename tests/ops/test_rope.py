@@ -265,7 +265,7 @@ def test_make_inputs_applies_the_case_scaling():
 def test_test_cases_cover_styles_scalings_head_dims_and_odd_token_counts():
     cases = ROPE.test_cases
     assert {c["style"] for c in cases} == {"half", "interleaved"}
-    assert {c["scaling"] for c in cases} == {"none", "linear", "dynamic", "llama3"}
+    assert {c["scaling"] for c in cases} == {"none", "linear", "dynamic", "llama3", "yarn"}
     assert {64, 80} <= {c["head_dim"] for c in cases}
     assert {1, 37} <= {c["tokens"] for c in cases}
     assert any(c["heads"] != c["kv_heads"] for c in cases)
@@ -318,3 +318,47 @@ def test_bad_inputs_raise_kbench_error(change, message):
 def test_bad_rope_settings_raise_kbench_error(head_dim, rope, message):
     with pytest.raises(KbenchError, match=message):
         rope_inv_freq(head_dim, rope, 4096)
+
+
+def _hf_rotary(rope_parameters: dict, head_dim: int = 64, max_positions: int = 32):
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    config = transformers.LlamaConfig(hidden_size=4 * head_dim, num_attention_heads=4, head_dim=head_dim,
+                                      max_position_embeddings=max_positions, rope_parameters=rope_parameters)
+    return LlamaRotaryEmbedding(config)
+
+
+@pytest.mark.parametrize("params", [
+    {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 8},
+    {"rope_type": "yarn", "rope_theta": 500000.0, "factor": 8.0, "beta_fast": 16.0, "beta_slow": 2.0,
+     "truncate": False, "attention_factor": 1.25, "original_max_position_embeddings": 16},
+], ids=["yarn", "yarn-untruncated"])
+def test_yarn_frequencies_and_attention_factor_are_transformers(params):
+    from kbench.ops.rope import rope_attention_factor
+
+    hf = _hf_rotary(dict(params))
+    rope = RopeConfig(theta=params["rope_theta"], scaling="yarn", factor=params["factor"],
+                      original_max_position=params["original_max_position_embeddings"],
+                      beta_fast=params.get("beta_fast", 32.0), beta_slow=params.get("beta_slow", 1.0),
+                      truncate=params.get("truncate", True), attention_factor=params.get("attention_factor"))
+    torch.testing.assert_close(rope_inv_freq(64, rope, 1), hf.inv_freq, rtol=2e-7, atol=0)
+    assert rope_attention_factor(rope) == pytest.approx(hf.attention_scaling)
+
+
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_dynamic_frequencies_follow_transformers_forward_by_forward(phase):
+    """transformers grows the NTK base per forward from max(position) + 1, never shrinking it
+    within a sequence; kbench's device-side formula gives the same inv_freq at every length."""
+    from kbench.ops.rope import dynamic_inv_freq
+
+    hf = _hf_rotary({"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 4.0})
+    rope = RopeConfig(scaling="dynamic", factor=4.0, original_max_position=32)
+    x = torch.zeros(1, 1, 64)
+    lengths = [20, 32, 33, 57, 58, 59, 100] if phase == "decode" else [10, 40, 90]
+    grown = torch.zeros((), dtype=torch.int64)
+    for length in lengths:
+        positions = torch.arange(length)[None] if phase == "prefill" else torch.tensor([[length - 1]])
+        hf(x, positions)
+        torch.maximum(grown, positions.max() + 1, out=grown)
+        torch.testing.assert_close(dynamic_inv_freq(64, rope, grown), hf.inv_freq, rtol=0, atol=0)
