@@ -3,7 +3,7 @@ family call goes through the chosen backend."""
 
 import pytest
 import torch
-from tiny_models import build_pipeline, write_spec
+from tiny_models import TINY_MODEL, build_pipeline, write_spec
 
 from kbench.config import SamplingConfig
 from kbench.errors import KbenchError
@@ -219,6 +219,24 @@ def test_cuda_graph_decode_matches_eager(tmp_path, layout):
     graphed.prefill(prompts)  # same batch and capacity: the graph stays valid after a new prefill
     eager.prefill(prompts)
     torch.testing.assert_close(graphed.decode_step(token_a), eager.decode_step(token_a), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_decode_grows_dynamic_ntk_like_eager(tmp_path):
+    """The dynamic-NTK base is recomputed on the device each step, so a replayed graph grows it too."""
+    model = {**TINY_MODEL, "rope": {"scaling": "dynamic", "factor": 4.0, "original_max_position": 8}}
+    spec = load_spec(write_spec(tmp_path, device="cuda", model=model, workload=WORKLOAD))
+    weights, graph_safe = load_weights(spec), _graph_safe_registry()
+    eager = build_pipeline(spec, graph_safe, weights, {"attention": "masked"})
+    graphed = build_pipeline(spec, graph_safe, weights, {"attention": "masked"})
+    prompts = _prompts(spec.model.vocab, [5, 7, 2])  # decode passes position 8 after a few steps
+    token = eager.prefill(prompts).argmax(-1)
+    graphed.prefill(prompts)
+    graphed.capture_decode_graph()
+    for _ in range(5):
+        a, b = eager.decode_step(token), graphed.decode_step(token)
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        token = a.argmax(-1)
 
 
 @pytest.mark.gpu
