@@ -111,7 +111,7 @@ def teacher_forced_check(pipeline, oracle, reference, prompts, steps: int, dtype
     note = (f"max logit error {max_rel:.3g} of the largest logit, allowed {allowed:.3g} ({basis}); "
             f"{real_mismatches} greedy tokens differ from the {oracle_name} beyond a near-tie")
     if not ok:
-        note += "; " + _first_parting(torch.stack(step_rel), margins, allowed, [int(p.numel()) for p in prompts])
+        note += "; " + _first_parting(torch.stack(step_rel), margins, allowed, [int(p.numel()) for p in prompts or ()])
     return {"status": "PASS" if ok else "FAIL", "max_abs_err": max_abs, "max_rel_err": max_rel,
             "reference_rel_err": reference_rel if reference is not None else None, "allowed_rel_err": allowed,
             "token_agreement": agree / total, "tokens_compared": total, "note": note}
@@ -123,5 +123,5 @@ def _first_parting(rel: torch.Tensor, margins: torch.Tensor, allowed: float, len
     step, sequence = (int(i) for i in bad.nonzero()[0])
     what = (f"logit error {rel[step, sequence].item():.3g}" if rel[step, sequence] > allowed
             else "greedy token differs")
-    return (f"they first part at step {step} (logits at position {lengths[sequence] - 1 + step}) of sequence "
-            f"{sequence}: {what}")
+    where = f" (logits at position {lengths[sequence] - 1 + step})" if sequence < len(lengths) else ""
+    return f"they first part at step {step}{where} of sequence {sequence}: {what}"

@@ -73,7 +73,6 @@ class CheckRow(Row):
     step's largest oracle logit), the error allowed and greedy-token agreement."""
 
     kind: ClassVar[str] = "check"
-    oracle: str | None = None  # None: kbench's float32 all-reference pipeline; "hf": transformers
     max_abs_err: float | None = None
     max_rel_err: float | None = None
     backends: str | None = None
@@ -82,6 +81,7 @@ class CheckRow(Row):
     allowed_rel_err: float | None = None
     token_agreement: float | None = None
     tokens_compared: int | None = None
+    oracle: str | None = None  # None: kbench's float32 all-reference pipeline; "hf": transformers
 
 
 @dataclass(frozen=True, kw_only=True)

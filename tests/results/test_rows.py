@@ -9,7 +9,7 @@ from kbench.results.rows import ROW_KEYS, CheckRow, DecodeRow, OpRow, PrefillRow
 OWN_FIELDS = {
     OpRow: ("op", []),
     CheckRow: ("check", ["backends", "checked_batch", "reference_rel_err", "allowed_rel_err", "token_agreement",
-                         "tokens_compared"]),
+                         "tokens_compared", "oracle"]),
     PrefillRow: ("prefill", ["ttft_us", "tokens_per_s", "peak_memory_bytes", "backends"]),
     DecodeRow: ("decode", ["tokens_per_s", "peak_memory_bytes", "cuda_graph", "cuda_graph_note", "backends"]),
 }
