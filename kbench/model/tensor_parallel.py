@@ -223,9 +223,7 @@ def _read_slice(ckpt: _Checkpoint, name: str, shape: tuple[int, ...], rows: Span
     if file is None:
         raise KbenchError(f"checkpoint {str(ckpt.folder)!r} has no tensor {name!r}.",
                           "The checkpoint is incomplete or not a LlamaForCausalLM; re-export it.")
-    if file not in ckpt._files:
-        ckpt._files[file] = ckpt._safe_open(ckpt.folder / file, framework="pt")
-    view = ckpt._files[file].get_slice(name)
+    view = ckpt.opened(file).get_slice(name)
     if tuple(view.get_shape()) != shape:
         raise KbenchError(f"{ckpt.folder / file}: {name} has shape {list(view.get_shape())}, expected {list(shape)}.",
                           "The model section does not match the checkpoint: remove it so config.json is used.")

@@ -191,6 +191,22 @@ class _TorchFile:
     def get_tensor(self, name: str) -> torch.Tensor:
         return self.tensors[name]
 
+    def get_slice(self, name: str) -> _TensorSlice:
+        return _TensorSlice(self.tensors[name])
+
+
+class _TensorSlice:
+    """safetensors' slice interface (``get_shape``, indexing) over a loaded tensor."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+
+    def get_shape(self) -> list[int]:
+        return list(self.tensor.shape)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        return self.tensor[index]
+
 
 class _Checkpoint:
     """Tensor lookup across one or many safetensors (or .bin) files, opened lazily."""
@@ -213,15 +229,19 @@ class _Checkpoint:
         if file is None:
             raise KbenchError(f"checkpoint {str(self.folder)!r} has no tensor {name!r}.",
                               "The checkpoint is incomplete or not a LlamaForCausalLM; re-export it.")
-        if file not in self._files:
-            self._files[file] = self._open(self.folder / file)
-        tensor = self._files[file].get_tensor(name)
+        tensor = self.opened(file).get_tensor(name)
         if tuple(tensor.shape) != shape:
             raise KbenchError(f"{self.folder / file}: {name} has shape {list(tensor.shape)}, but the model "
                               f"(config.json and the spec's model section) gives {list(shape)}.",
                               "The tensors do not match the config: fix config.json (or the model section), "
                               "or re-export the checkpoint.")
         return tensor.to(device=device, dtype=dtype)
+
+    def opened(self, file: str):
+        """The open handle of one file of the checkpoint (``get_tensor``, ``get_slice``)."""
+        if file not in self._files:
+            self._files[file] = self._open(self.folder / file)
+        return self._files[file]
 
     def has(self, name: str) -> bool:
         return name in self.weight_map
