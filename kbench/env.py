@@ -43,7 +43,8 @@ def _git(root: Path, *args: str, env: dict | None = None) -> str:
 
 def _worktree_tree(root: Path) -> str:
     """The git tree id of the checkout's files as they are (ignored ones left out), so a record
-    made from uncommitted files still names what ran; the checkout's own index is untouched."""
+    made from uncommitted files still names what ran; the checkout's own index is untouched.
+    ``results/`` is taken as committed: records written while a suite runs change no tree."""
     with tempfile.TemporaryDirectory() as scratch:
         git_dir = Path(_git(root, "rev-parse", "--absolute-git-dir"))
         env = {**os.environ, "GIT_INDEX_FILE": str(Path(scratch) / "index"),
@@ -51,6 +52,7 @@ def _worktree_tree(root: Path) -> str:
                "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(git_dir / "objects")}
         (Path(scratch) / "objects").mkdir()
         _git(root, "add", "--all", ":/", env=env)
+        _git(root, "reset", "-q", "HEAD", "--", ":/results", env=env)
         return _git(root, "write-tree", env=env)
 
 

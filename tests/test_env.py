@@ -47,3 +47,15 @@ def test_changed_and_new_files_record_the_tree_of_the_commit_that_holds_them(rep
 
 def test_outside_git_every_field_is_none(tmp_path):
     assert _git_commit(tmp_path) == (None, None, None)
+
+
+def test_records_written_under_results_leave_the_tree_as_it_was(repo):
+    (repo / ".gitignore").write_text("results/*\n!results/examples/\n")
+    (repo / "results" / "examples").mkdir(parents=True)
+    (repo / "results" / "examples" / "kept.json").write_text("{}")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "examples")
+    (repo / "kernel.py").write_text("BLOCK = 256\n")
+    before = _git_commit(repo)
+    (repo / "results" / "examples" / "new-run.json").write_text("{}")  # a suite entry's record
+    assert _git_commit(repo) == before and before[1] is True
