@@ -1,12 +1,20 @@
-"""Correctness of one implementation against the reference at one case and dtype."""
+"""Correctness of one implementation against the reference at one case and dtype.
+
+One check is the op's comparison on the case's inputs, on each of the op's hard input sets
+(``Op.hard_inputs``: zero, tiny and huge norm rows, positions past the trained range, ...),
+and the integrity of every call: no input written against ``Op.inplace``, no output sharing
+memory with a read-only input (``kbench.bench.integrity``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import torch
 
+from kbench.bench.integrity import integrity_problems
 from kbench.errors import KbenchError
 from kbench.ops.base import Case, Check
 from kbench.registry import REFERENCE, Registry
@@ -32,23 +40,41 @@ def check_implementation(
     reference: Any = None,
     inputs: dict[str, Any] | None = None,
 ) -> Check:
-    """``backend`` against the reference on the same inputs, by the op's ``compare``. An exception
-    in the kernel is a FAIL, not a crash; a ``KbenchError`` (unsupported case) propagates."""
+    """``backend`` against the reference on the same inputs, by the op's ``compare``, then on each
+    of the op's hard input sets; a call that writes a read-only input or returns one fails too.
+    An exception in the kernel is a FAIL, not a crash; a ``KbenchError`` (unsupported case)
+    propagates."""
     op = registry.op(op_name)
     impl = registry.resolve(op_name, backend, case, dtype, device)
     if inputs is None:
         inputs = op.make_inputs(case, dtype, torch.device(device), seed)
     if reference is None:
         reference = reference_output(op, inputs)
+    check = _check_once(op, impl, backend, inputs, reference, dtype, device)
+    if not check.ok or op.hard_inputs is None or backend == REFERENCE:
+        return check
+    for label, hard in op.hard_inputs(case, dtype, torch.device(device), seed).items():
+        hard_check = _check_once(op, impl, backend, hard, reference_output(op, hard), dtype, device)
+        if not hard_check.ok:
+            return dataclasses.replace(hard_check, detail=f"on {label}: {hard_check.detail}")
+    return check
+
+
+def _check_once(op, impl, backend, inputs, reference, dtype, device) -> Check:
+    given = clone_inputs(inputs)
     if backend == REFERENCE:
-        out = impl(**clone_inputs(inputs))
-    else:
-        try:
-            out = impl(**clone_inputs(inputs))
-            if torch.device(device).type == "cuda":
-                torch.cuda.synchronize()
-        except KbenchError:
-            raise
-        except Exception as error:
-            return Check(False, math.inf, math.inf, detail=f"raised {type(error).__name__}: {error}")
-    return op.compare(out, reference, op.tolerance(dtype))
+        return op.compare(impl(**given), reference, op.tolerance(dtype))
+    try:
+        out = impl(**given)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+    except KbenchError:
+        raise
+    except Exception as error:
+        return Check(False, math.inf, math.inf, detail=f"raised {type(error).__name__}: {error}")
+    check = op.compare(out, reference, op.tolerance(dtype))
+    problems = integrity_problems(op, inputs, given, out)
+    if problems:
+        detail = "; ".join(problems + ([check.detail] if check.detail else []))
+        return dataclasses.replace(check, ok=False, detail=detail)
+    return check

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from kbench.bench.breakdown import breakdown_rows
+from kbench.bench.limits import flops_ceiling_tflops, rate_problem
 from kbench.bench.timing import AcrossRanks, Timing, measure
 from kbench.errors import KbenchError
 from kbench.model import random_prompts
@@ -97,10 +98,12 @@ def prefill_row(plan: Plan, model, label: str, ceilings: dict, batch: int, promp
                     rep_ms=bench.rep_ms, flush_l2=False, across=across_ranks(model))
     flops = prefill_flops(spec, batch, prompt_len)
     tflops = flops / (prefill.median_us * 1e-6) / 1e12
-    matmul_tflops = ceilings.get("matmul_bf16_tflops")
+    matmul_tflops = flops_ceiling_tflops(ceilings)
+    suspect = rate_problem(flops, None, prefill.median_us, ceilings)
     return PrefillRow(
         op="prefill", backend=label, case=f"batch={batch} prompt_len={prompt_len}", dtype=dtype_name(spec.dtype),
-        device=spec.device, shape={"batch": batch, "prompt_len": prompt_len}, status="PASS",
+        device=spec.device, shape={"batch": batch, "prompt_len": prompt_len},
+        status="SUSPECT" if suspect else "PASS", note=suspect,
         **_timing_fields(prefill), ttft_us=first.median_us, flops=flops, tflops=tflops,
         throughput_basis=prefill.method, frac_peak_flops=tflops / matmul_tflops if matmul_tflops else None,
         tokens_per_s=batch * prompt_len / (prefill.median_us * 1e-6), peak_memory_bytes=peak,
@@ -160,10 +163,12 @@ def decode_row(plan: Plan, model, label: str, weights, ceilings: dict, batch: in
     bytes_per_step = decode_bytes_per_step(spec, weights, batch, prompt_len)
     gbps = bytes_per_step / step_s / 1e9
     copy_gbps = ceilings.get("copy_gbps")
+    suspect = rate_problem(None, bytes_per_step, step_s * 1e6, ceilings, " (decode roofline)")
     return DecodeRow(
         op="decode", backend=label, case=f"batch={batch} prompt_len={prompt_len} steps={steps}",
         dtype=dtype_name(spec.dtype), device=spec.device,
-        shape={"batch": batch, "prompt_len": prompt_len, "decode_steps": steps}, status="PASS",
+        shape={"batch": batch, "prompt_len": prompt_len, "decode_steps": steps},
+        status="SUSPECT" if suspect else "PASS", note=suspect,
         **_timing_fields(timing, per=steps), bytes=bytes_per_step, gbps=gbps, throughput_basis=timing.method,
         frac_peak_bw=gbps / copy_gbps if copy_gbps else None, tokens_per_s=batch / step_s,
         peak_memory_bytes=peak, cuda_graph=graph, cuda_graph_note=graph_note,

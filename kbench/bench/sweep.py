@@ -1,7 +1,12 @@
 """Op sweeps: check, then time, each (backend, case) of one op; one ``OpRow`` each, with the
 latency as called and the kernel's under CUDA-graph replay. In a graph each call gets its own
 output and copies of the ``inplace`` inputs and (where L2 could hold them) the ``cold`` ones,
-spanning twice the L2 within a budget, so no call finds them in L2 whatever the backend."""
+spanning twice the L2 within a budget, so no call finds them in L2 whatever the backend.
+
+The timed path is checked too (``Guard``, ``kbench.bench.integrity``): the last timed output,
+then, after the repetitions (eager and graph replay), one more call on inputs refilled in place
+with new values; a stale, cached, skipped or different-path output is a FAIL. Each row's
+throughput is held against the measured ceilings (``kbench.bench.limits``): past them, SUSPECT."""
 
 from __future__ import annotations
 
@@ -14,7 +19,9 @@ from typing import Any
 import torch
 
 from kbench.bench.check import check_implementation, clone_inputs, reference_output
-from kbench.bench.timing import GRAPH_REPLAY_TARGET_US, MAX_GRAPH_CALLS, Timing, l2_cache_bytes, measure
+from kbench.bench.integrity import check_after_timing, fresh_values, refill_in_place
+from kbench.bench.limits import limit_problem
+from kbench.bench.timing import GRAPH_REPLAY_TARGET_US, MAX_GRAPH_CALLS, Timing, l2_cache_bytes, measure, summarize
 from kbench.ops.base import Case, Op, dtype_name
 from kbench.registry import Registry
 from kbench.results.rows import OpRow, row_dict
@@ -36,9 +43,10 @@ def op_rows(
     *,
     ceilings: dict | None = None,
     seed: int = 0,
+    rounds: int = 1,
 ) -> list[dict]:
     return [row_dict(row) for row in op_results(registry, op_name, backends, cases, dtype, device, bench, progress,
-                                                ceilings=ceilings, seed=seed)]
+                                                ceilings=ceilings, seed=seed, rounds=rounds)]
 
 
 def op_results(
@@ -53,9 +61,12 @@ def op_results(
     *,
     ceilings: dict | None = None,
     seed: int = 0,
+    rounds: int = 1,
 ) -> list[OpRow]:
     """Check and time every backend on every case, in (case, backend) order; ``bench`` is a
-    ``BenchConfig``. A case a backend declines is SKIP; a wrong output FAIL, still timed."""
+    ``BenchConfig``. A case a backend declines is SKIP; a wrong output FAIL, still timed. With
+    ``rounds`` > 1 the backends take turns, round after round, each with ``rep_ms / rounds``, and
+    a row holds all its rounds' samples, so drift falls on every backend alike."""
     op = registry.op(op_name)
     device = torch.device(device)
     rows = []
@@ -63,6 +74,10 @@ def op_results(
         inputs = op.make_inputs(case, dtype, device, seed)
         op.validate(inputs)  # an impossible case (k past the vocab, ...) is the caller's mistake: KbenchError
         reference = reference_output(op, inputs)
+        if rounds > 1:
+            rows += paired_rows(registry, op, backends, case, dtype, device, bench, inputs, reference,
+                                ceilings or {}, seed, rounds)
+            continue
         for backend in backends:
             if progress is not None:
                 progress(f"{op_name} [{backend}] {case.label}")
@@ -86,23 +101,84 @@ def _case_row(registry, op: Op, backend, case, dtype, device, bench, inputs, ref
     if not check.ok and check.detail.startswith("raised"):
         return row
     notes = [row.note] if row.note else []
-    called = time_op(impl, op, inputs, device, bench)
+    guard = Guard(case, dtype, seed, reference)
+    called = time_op(impl, op, inputs, device, bench, guard=guard)
     row = dataclasses.replace(row, latency_us=called.median_us, p20_us=called.p20_us, p80_us=called.p80_us,
-                              min_us=called.min_us, mean_us=called.mean_us, reps=called.reps, method=called.method)
+                              min_us=called.min_us, mean_us=called.mean_us, reps=called.reps, method=called.method,
+                              first_call_us=called.first_call_us, samples_us=list(called.samples_us))
+    notes += [called.note] if called.note else []
     kernel = called
     graph_note = graph_unavailable(impl, device)
     if graph_note is None:
         try:
-            kernel = time_op(impl, op, inputs, device, bench, cuda_graph=True, estimate_us=called.median_us)
+            kernel = time_op(impl, op, inputs, device, bench, cuda_graph=True, estimate_us=called.median_us,
+                             guard=guard)
             row = dataclasses.replace(row, graph_latency_us=kernel.median_us, graph_p20_us=kernel.p20_us,
                                       graph_p80_us=kernel.p80_us, graph_calls=kernel.calls_per_rep,
-                                      graph_input_sets=kernel.input_sets, graph_method=kernel.method)
+                                      graph_input_sets=kernel.input_sets, graph_method=kernel.method,
+                                      graph_samples_us=list(kernel.samples_us))
         except Exception as error:  # a capture failure is a fact about the backend, not a crash
             graph_note = f"CUDA-graph capture failed: {type(error).__name__}: {error}"
             torch.cuda.synchronize(device)
     if graph_note and device.type == "cuda":
         notes.append(graph_note)
-    return dataclasses.replace(row, **throughput(row.flops, row.bytes, kernel, ceilings), note="; ".join(notes) or None)
+    row = dataclasses.replace(row, **throughput(row.flops, row.bytes, kernel, ceilings))
+    if guard.problem is not None:
+        notes.insert(0, guard.problem.detail)
+        row = dataclasses.replace(row, status="FAIL", max_abs_err=max(row.max_abs_err or 0.0, guard.problem.max_abs_err))
+    if row.status == "PASS":
+        suspect = limit_problem(row.flops, row.bytes, [called, kernel], ceilings)
+        if suspect:
+            notes.insert(0, suspect)
+            row = dataclasses.replace(row, status="SUSPECT")
+    return dataclasses.replace(row, note="; ".join(notes) or None)
+
+
+@dataclasses.dataclass
+class Guard:
+    """What ``time_op`` checks the timed path against: the case's reference output; ``problem``
+    is set to the failing ``Check`` when the timed calls or a call after a refill disagree."""
+
+    case: Case
+    dtype: torch.dtype
+    seed: int
+    reference: Any
+    problem: Any = None
+
+
+def paired_rows(registry, op: Op, backends, case, dtype, device, bench, inputs, reference, ceilings, seed,
+                rounds: int) -> list[OpRow]:
+    """One row per backend from ``rounds`` rounds that time the backends in turn."""
+    share = dataclasses.replace(bench, rep_ms=bench.rep_ms / rounds) if dataclasses.is_dataclass(bench) else bench
+    per_backend: dict[str, list[OpRow]] = {backend: [] for backend in backends}
+    for _ in range(rounds):
+        for backend in backends:
+            per_backend[backend].append(_case_row(registry, op, backend, case, dtype, device, share, inputs,
+                                                  reference, ceilings, seed))
+    return [merged_row(parts, ceilings) for parts in per_backend.values()]
+
+
+def merged_row(parts: list[OpRow], ceilings: dict) -> OpRow:
+    """The rounds of one backend as one row: statistics over all their samples, the worst status."""
+    first = parts[0]
+    order = ("SKIP", "PASS", "SUSPECT", "FAIL")
+    status = max((p.status for p in parts), key=lambda s: order.index(s) if s in order else 0)
+    notes = list(dict.fromkeys(p.note for p in parts if p.note))
+    samples = [v for p in parts for v in (p.samples_us or [])]
+    if not samples:
+        return dataclasses.replace(first, status=status, note="; ".join(notes) or None)
+    called = dataclasses.replace(summarize(samples, first.method), first_call_us=first.first_call_us)
+    row = dataclasses.replace(first, status=status, note="; ".join(notes) or None, latency_us=called.median_us,
+                              p20_us=called.p20_us, p80_us=called.p80_us, min_us=called.min_us,
+                              mean_us=called.mean_us, reps=sum(p.reps or 0 for p in parts),
+                              samples_us=list(called.samples_us))
+    kernel = called
+    graph_samples = [v for p in parts for v in (p.graph_samples_us or [])]
+    if graph_samples:
+        kernel = summarize(graph_samples, first.graph_method, first.graph_calls or 1)
+        row = dataclasses.replace(row, graph_latency_us=kernel.median_us, graph_p20_us=kernel.p20_us,
+                                  graph_p80_us=kernel.p80_us, graph_samples_us=list(kernel.samples_us))
+    return dataclasses.replace(row, **throughput(row.flops, row.bytes, kernel, ceilings))
 
 
 def graph_unavailable(impl, device: torch.device) -> str | None:
@@ -129,16 +205,35 @@ def throughput(flops: float, bytes_moved: float, timing: Timing, ceilings: dict)
 
 
 def time_op(impl, op: Op, inputs: dict, device: torch.device, bench: Any, *, cuda_graph: bool = False,
-            estimate_us: float | None = None) -> Timing:
-    """Time ``impl(**inputs)``, restoring in-place inputs before each call outside the timing."""
+            estimate_us: float | None = None, guard: Guard | None = None) -> Timing:
+    """Time ``impl(**inputs)``, restoring in-place inputs before each call outside the timing;
+    with a ``guard``, check the timed path afterwards (see the module docstring)."""
     graph_calls = None
     l2_bytes = l2_cache_bytes(device) if cuda_graph else 0
     if cuda_graph:
         graph_calls = graph_call_count(op, inputs, estimate_us, l2_bytes)
     fn, reset, sets = cycled_calls(impl, op, inputs, copies=graph_calls or 1, l2_bytes=l2_bytes)
-    timing = measure(fn, device=device, warmup_ms=bench.warmup_ms, rep_ms=bench.rep_ms,
-                     flush_l2=bench.flush_l2, cuda_graph=cuda_graph, reset=reset, graph_calls=graph_calls,
-                     keep_outputs=sets if sets > 1 else 0)
+    last: list = []
+
+    def watched():
+        out = fn()
+        last[:] = [out]
+        return out
+
+    verify = None
+    if guard is not None and guard.problem is None:
+        def verify(run_once):
+            if cuda_graph and sets < (graph_calls or 1) and op.inplace:
+                return  # a replay calls some set twice: its in-place inputs change within the replay
+            fresh = fresh_values(op, guard.case, guard.dtype, device, guard.seed)
+            guard.problem = check_after_timing(op, guard.reference, None if cuda_graph else last[0], run_once,
+                                               fn.input_sets, fresh, op.tolerance(guard.dtype))
+            # the refill reached tensors the sets share with ``inputs``: the values they had
+            refill_in_place(fn.input_sets, op.make_inputs(guard.case, guard.dtype, device, guard.seed))
+    timing = measure(watched if guard is not None and not cuda_graph else fn, device=device,
+                     warmup_ms=bench.warmup_ms, rep_ms=bench.rep_ms, flush_l2=bench.flush_l2,
+                     cuda_graph=cuda_graph, reset=reset, graph_calls=graph_calls,
+                     keep_outputs=sets if sets > 1 else 0, verify=verify)
     return dataclasses.replace(timing, input_sets=sets)
 
 
@@ -174,13 +269,18 @@ def graph_call_count(op: Op, inputs: dict, estimate_us: float | None, l2_bytes: 
 
 def cycled_calls(impl, op: Op, inputs: dict, copies: int, l2_bytes: int = 0):
     """(fn, reset, sets): ``fn`` calls ``impl`` on the next of ``sets`` input sets (``copied_inputs``
-    copied in each); ``reset`` restores their in-place inputs (None without any)."""
+    copied in each; the dicts are ``fn.input_sets``, sharing the other tensors with ``inputs``);
+    ``reset`` restores their in-place inputs (None without any)."""
     inplace, cold = copied_inputs(op, inputs, l2_bytes)
     cold = cold if copies > 1 else []  # one call a replay: nothing to rotate
     cloned = inplace + cold
     if not cloned:
         work = clone_inputs(inputs)
-        return (lambda: impl(**work)), None, 1
+
+        def call():
+            return impl(**work)
+        call.input_sets = [work]
+        return call, None, 1
     wanted = max(copies if inplace else 1,
                  min(copies, copies_spanning(tensor_bytes(inputs, cold), l2_bytes)) if cold else 1)
     sets_count = max(1, min(wanted, INPLACE_COPY_BUDGET_BYTES // max(tensor_bytes(inputs, cloned), 1)))
@@ -189,6 +289,7 @@ def cycled_calls(impl, op: Op, inputs: dict, copies: int, l2_bytes: int = 0):
 
     def fn():
         return impl(**next(order))
+    fn.input_sets = sets  # for the check after timing
 
     def reset():
         for work in sets:

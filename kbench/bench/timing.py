@@ -1,17 +1,30 @@
 """How long a call takes: Triton's ``do_bench`` discipline on a GPU, perf_counter on a CPU.
 ``cuda-events`` times the call as a user makes it (events started on an idle GPU, so they span
 the host's dispatch; L2 flushed before each); ``cuda-graph`` the kernels' GPU time in a replay.
+
+One-time costs (compile, autotune, lazy init) stay out of the kept repetitions: the first call
+is timed apart (``first_call_us``) and calls go on until steady (``settle``) before the estimate
+that sets the counts; the kept samples travel with the ``Timing`` (``samples_us``).
+
+All of the work is timed: CUDA events time only their own stream, so each event repetition also
+takes a device-synchronised wall clock (``torch.cuda.synchronize()`` waits for every stream);
+the wall time less its own cost on an empty call is the floor of each sample, and where it
+exceeds the events by ``ESCAPE_MARGIN`` the ``Timing``'s ``note`` says so. The profiler's kernel
+intervals would see the same work but cost far more per repetition.
+
 Across the ranks of a tensor-parallel run (``across=AcrossRanks()``) a call may be a collective,
-so every rank makes the same calls: the repetition counts follow the slowest rank's estimate,
-each repetition starts after a barrier, and counts as its slowest rank's time."""
+so every rank makes the same calls: a fixed number of estimating calls (not ``settle``, whose
+stopping point differs per rank), counts from the slowest rank's estimate, a barrier before each
+repetition, which counts as its slowest rank's time."""
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -26,6 +39,13 @@ MIN_FLUSH_BYTES = 256 * 2**20
 # (a few µs) is noise, short enough that a 10 ms kernel is captured only once.
 GRAPH_REPLAY_TARGET_US = 2_000.0
 MAX_GRAPH_CALLS = 100
+# Steady: the last 3 calls (2 once a second is spent) within 20% (torch.compile's first few are slow).
+STEADY_SPREAD = 0.2
+SETTLE_BUDGET_US = 1_000_000.0
+MAX_SETTLE_CALLS = 50
+KEPT_SAMPLES = 500
+# Work outside the events: flagged when the wall clock exceeds them by 20% and 5 µs.
+ESCAPE_MARGIN = (0.2, 5.0)
 
 
 @dataclass(frozen=True)
@@ -41,6 +61,11 @@ class Timing:
     method: str
     calls_per_rep: int = 1
     input_sets: int = 1  # input sets the calls cycle through (kbench.bench.sweep.time_op)
+    first_call_us: float | None = None
+    settle_calls: int = 0
+    escaped_us: float | None = None  # device-synchronised wall clock minus events (GPU)
+    note: str | None = None
+    samples_us: tuple[float, ...] = field(default=(), repr=False)
 
     def as_dict(self, prefix: str = "") -> dict:
         return {f"{prefix}{key}": value for key, value in asdict(self).items()}
@@ -56,6 +81,12 @@ def quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
+def kept_samples(samples_us: list[float]) -> tuple[float, ...]:
+    """At most ``KEPT_SAMPLES`` of the samples, evenly spaced in time order."""
+    step = max(1, math.ceil(len(samples_us) / KEPT_SAMPLES))
+    return tuple(float(v) for v in samples_us[::step])
+
+
 def summarize(samples_us: list[float], method: str, calls_per_rep: int = 1) -> Timing:
     """A ``Timing`` from per-repetition samples (already divided to per-call times)."""
     values = sorted(samples_us)
@@ -68,7 +99,35 @@ def summarize(samples_us: list[float], method: str, calls_per_rep: int = 1) -> T
         reps=len(values),
         method=method,
         calls_per_rep=calls_per_rep,
+        samples_us=kept_samples(samples_us),
     )
+
+
+def steady(samples: list[float], spent_us: float) -> bool:
+    """The last calls agree within ``STEADY_SPREAD``: 3 of at least ``ESTIMATE_CALLS`` - 1, or 2
+    once the calls have spent ``SETTLE_BUDGET_US`` (a slow call needs no five)."""
+    window, need = (2, 2) if spent_us >= SETTLE_BUDGET_US else (3, ESTIMATE_CALLS - 1)
+    last = samples[-window:]
+    return len(samples) >= need and max(last) <= (1.0 + STEADY_SPREAD) * min(last)
+
+
+def still_settling(samples: list[float], estimate_us: float) -> bool:
+    """The kept calls ran under half the estimate (the settling calls still paid a one-time
+    cost, so the counts were set too low): the caller measures again at their speed."""
+    return len(samples) < MAX_REPS and 2.0 * quantile(sorted(samples), 0.5) < estimate_us
+
+
+def settle(sample_us: Callable[[], float]) -> tuple[float, float, int]:
+    """(first call µs, steady estimate µs, calls made): the first call apart, then calls until
+    ``steady`` (at most ``MAX_SETTLE_CALLS``); the estimate is the median of the last three."""
+    first = sample_us()
+    samples: list[float] = []
+    while len(samples) < MAX_SETTLE_CALLS:
+        samples.append(sample_us())
+        if steady(samples, first + sum(samples)):
+            break
+    last = sorted(samples[-3:])
+    return first, last[len(last) // 2], 1 + len(samples)
 
 
 def estimate(sample_us: Callable[[], float], across: AcrossRanks | None = None) -> float:
@@ -79,6 +138,14 @@ def estimate(sample_us: Callable[[], float], across: AcrossRanks | None = None) 
         samples.append(sample_us())
     mean = sum(samples) / len(samples)
     return across.slowest([mean])[0] if across is not None else mean
+
+
+def settle_across(sample_us: Callable[[], float], across: AcrossRanks | None) -> tuple[float, float, int]:
+    """``settle``, or on ranks that time together the first call and then ``estimate``."""
+    if across is None:
+        return settle(sample_us)
+    first = sample_us()
+    return across.slowest([first])[0], estimate(sample_us, across), 1 + ESTIMATE_CALLS
 
 
 class AcrossRanks:
@@ -121,19 +188,34 @@ def measure(
     graph_calls: int | None = None,
     keep_outputs: int = 0,
     timer: Callable[[], float] = time.perf_counter,
+    verify: Callable[[Callable[[], object]], object] | None = None,
     across: AcrossRanks | None = None,
 ) -> Timing:
     """Time ``fn()``; ``reset`` runs before every call or replay, outside the timed region;
-    ``timer`` (seconds) is used on a CPU only; ``across``: every rank of a process group times
-    together (not with ``cuda_graph``)."""
+    ``graph_calls`` and ``keep_outputs`` shape the captured graph (``capture_calls``); ``timer``
+    (seconds) is used on a CPU only. ``verify(run_once)`` runs after the kept repetitions;
+    ``run_once()`` makes one more call as the timed ones were made (a replay under
+    ``cuda_graph``) and returns its output, so the caller can refill the inputs and check it.
+    ``across``: every rank of a process group times together (not with ``cuda_graph``)."""
     device = torch.device(device)
     if device.type != "cuda":
-        return _measure_host(fn, warmup_ms, rep_ms, reset, timer, across)
-    if cuda_graph:
+        timing = _measure_host(fn, warmup_ms, rep_ms, reset, timer, across)
+    elif cuda_graph:
         if across is not None:
             raise ValueError("graph-replay timing runs on one rank")
-        return _measure_cuda_graph(fn, device, warmup_ms, rep_ms, reset, graph_calls, keep_outputs)
-    return _measure_cuda_events(fn, device, warmup_ms, rep_ms, flush_l2, reset, across)
+        return _measure_cuda_graph(fn, device, warmup_ms, rep_ms, reset, graph_calls, keep_outputs, verify)
+    else:
+        timing = _measure_cuda_events(fn, device, warmup_ms, rep_ms, flush_l2, reset, across)
+    if verify is not None:
+        verify(lambda: _synchronized(fn, device))
+    return timing
+
+
+def _synchronized(fn, device: torch.device):
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out
 
 
 def _call(fn, reset):
@@ -152,14 +234,22 @@ def _measure_host(fn, warmup_ms, rep_ms, reset, timer, across=None) -> Timing:
         fn()
         return (timer() - start) * 1e6
 
-    estimate_us = estimate(timed_call, across)
-    for _ in range(repetitions(warmup_ms, estimate_us, 0)):
-        timed_call()
-    samples = [timed_call() for _ in range(repetitions(rep_ms, estimate_us, MIN_REPS))]
-    return summarize(across.slowest(samples) if across is not None else samples, "perf_counter")
+    first_us, estimate_us, settle_calls = settle_across(timed_call, across)
+    for _ in range(2):  # once more where the kept calls ran far faster than the estimate said
+        for _ in range(repetitions(warmup_ms, estimate_us, 0)):
+            timed_call()
+        samples = [timed_call() for _ in range(repetitions(rep_ms, estimate_us, MIN_REPS))]
+        if across is not None:
+            samples = across.slowest(samples)
+            break  # the ranks agreed on the counts: no second measurement one rank alone decides
+        if not still_settling(samples, estimate_us):
+            break
+        estimate_us = quantile(sorted(samples), 0.5)
+    return dataclasses.replace(summarize(samples, "perf_counter"), first_call_us=first_us, settle_calls=settle_calls)
 
 
 def l2_cache_bytes(device: torch.device | str) -> int:
+    """The L2 cache size of a CUDA device in bytes; 0 elsewhere."""
     device = torch.device(device)
     if device.type != "cuda":
         return 0
@@ -173,16 +263,55 @@ def l2_flush_buffer(device: torch.device) -> torch.Tensor:
 
 def _event_samples(run, reps: int, before=None) -> list[float]:
     """Per-repetition milliseconds of ``run()``, with ``before()`` outside each event pair."""
+    return [events for events, _ in _event_wall_samples(run, reps, before, wall=False)]
+
+
+def _event_wall_samples(run, reps: int, before=None, wall: bool = True) -> list[tuple[float, float]]:
+    """Per repetition (events ms, device-synchronised wall ms) of ``run()``. The wall clock
+    starts on an idle device and stops after ``torch.cuda.synchronize()``, which waits for all
+    streams; without ``wall`` no synchronisation is added and its value is 0."""
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    walls = []
     for start, end in zip(starts, ends, strict=True):
         if before is not None:
             before()
+        if wall:
+            torch.cuda.synchronize()
+            began = time.perf_counter()
         start.record()
         run()
         end.record()
+        if wall:
+            torch.cuda.synchronize()
+            walls.append(1000.0 * (time.perf_counter() - began))
     torch.cuda.synchronize()
-    return [start.elapsed_time(end) for start, end in zip(starts, ends, strict=True)]
+    walls = walls or [0.0] * reps
+    return [(start.elapsed_time(end), w) for start, end, w in zip(starts, ends, walls, strict=True)]
+
+
+def wall_floor_ms(before=None) -> float:
+    """The wall clock's own cost above the events on an empty call (median of 21)."""
+    pairs = _event_wall_samples(lambda: None, 21, before)
+    return sorted(w - e for e, w in pairs)[10]
+
+
+def all_work_samples(pairs: list[tuple[float, float]], floor_ms: float) -> tuple[list[float], float]:
+    """(per-repetition ms, escaped ms): each sample is the larger of its events and its wall
+    clock less ``floor_ms``, so work the events did not see still counts; ``escaped`` is the
+    median excess of the wall clock over the events."""
+    excess = sorted(w - floor_ms - e for e, w in pairs)
+    samples = [max(e, w - floor_ms) for e, w in pairs]
+    return samples, max(0.0, excess[len(excess) // 2])
+
+
+def escape_note(escaped_us: float, median_us: float) -> str | None:
+    """A note when work escaped the events by more than ``ESCAPE_MARGIN``."""
+    frac, floor_us = ESCAPE_MARGIN
+    if escaped_us > max(frac * median_us, floor_us):
+        return (f"work outside the timed stream: the synchronised wall clock exceeds the CUDA events by "
+                f"{escaped_us:.1f} µs per call (work on another stream or still running at return); timed by the wall clock")
+    return None
 
 
 def _measure_cuda_events(fn, device, warmup_ms, rep_ms, flush_l2, reset, across=None) -> Timing:
@@ -201,26 +330,41 @@ def _measure_cuda_events(fn, device, warmup_ms, rep_ms, flush_l2, reset, across=
             if across is not None:
                 across.barrier()
 
-        _call(fn, reset)
-        torch.cuda.synchronize()
-        estimate_us = estimate(lambda: 1000.0 * _event_samples(fn, 1, before)[0], across)
-        for _ in range(repetitions(warmup_ms, estimate_us, 0)):
-            _call(fn, reset)
-        samples_ms = _event_samples(fn, repetitions(rep_ms, estimate_us, MIN_REPS), before)
-        if across is not None:
-            samples_ms = across.slowest(samples_ms)
-        return summarize([1000.0 * ms for ms in samples_ms], "cuda-events")
+        floor_ms = wall_floor_ms(before)
+        first_us, estimate_us, settle_calls = settle_across(
+            lambda: 1000.0 * all_work_samples(_event_wall_samples(fn, 1, before), floor_ms)[0][0], across)
+        for _ in range(2):  # once more where the kept calls ran far faster than the estimate said
+            for _ in range(repetitions(warmup_ms, estimate_us, 0)):
+                _call(fn, reset)
+            pairs = _event_wall_samples(fn, repetitions(rep_ms, estimate_us, MIN_REPS), before)
+            samples_ms, escaped_ms = all_work_samples(pairs, floor_ms)
+            if across is not None:
+                samples_ms = across.slowest(samples_ms)
+                break  # the ranks agreed on the counts: no second measurement one rank alone decides
+            if not still_settling([1000.0 * ms for ms in samples_ms], estimate_us):
+                break
+            estimate_us = 1000.0 * quantile(sorted(samples_ms), 0.5)
+        timing = summarize([1000.0 * ms for ms in samples_ms], "cuda-events")
+        return dataclasses.replace(timing, first_call_us=first_us, settle_calls=settle_calls,
+                                   escaped_us=1000.0 * escaped_ms,
+                                   note=escape_note(1000.0 * escaped_ms, timing.median_us))
 
 
-def capture_calls(fn: Callable[[], object], calls: int, keep: int) -> None:
-    """Call ``fn`` ``calls`` times, holding each result until ``keep`` calls later: a result
-    dropped at once under capture hands its buffer to the next call, whose writes stay in L2."""
+def capture_calls(fn: Callable[[], object], calls: int, keep: int) -> object:
+    """Call ``fn`` ``calls`` times, holding each result until ``keep`` calls later (a result dropped
+    at once under capture hands its buffer to the next call, whose writes stay in L2); returns
+    the last call's result, the buffer a replay writes it to."""
     held: collections.deque = collections.deque(maxlen=max(0, keep))
-    for _ in range(calls):
-        held.append(fn())
+    for index in range(calls):
+        out = fn()
+        if index == calls - 1:
+            return out
+        held.append(out)
+        del out  # dropped before the next call, unless held
+    return None
 
 
-def _measure_cuda_graph(fn, device, warmup_ms, rep_ms, reset, graph_calls, keep_outputs) -> Timing:
+def _measure_cuda_graph(fn, device, warmup_ms, rep_ms, reset, graph_calls, keep_outputs, verify) -> Timing:
     with torch.cuda.device(device):
         # Warm up on a side stream before capture, as torch.cuda.graphs asks (lazy
         # initialisation such as cuBLAS workspaces must not happen during capture).
@@ -238,11 +382,17 @@ def _measure_cuda_graph(fn, device, warmup_ms, rep_ms, reset, graph_calls, keep_
             reset()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            capture_calls(fn, graph_calls, keep_outputs)
+            last_output = capture_calls(fn, graph_calls, keep_outputs)
         graph.replay()
         torch.cuda.synchronize()
         replay_us = estimate(lambda: 1000.0 * _event_samples(graph.replay, 1, reset)[0])
         for _ in range(repetitions(warmup_ms, replay_us, 0)):
             _call(graph.replay, reset)
         samples_ms = _event_samples(graph.replay, repetitions(rep_ms, replay_us, MIN_REPS), reset)
+        if verify is not None:
+            def replay_once():
+                graph.replay()
+                torch.cuda.synchronize()
+                return last_output
+            verify(replay_once)
         return summarize([1000.0 * ms / graph_calls for ms in samples_ms], "cuda-graph", graph_calls)

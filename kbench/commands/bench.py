@@ -86,7 +86,7 @@ def get_backend(registry, op_name: str, backend: str):
 
 
 def bench_record(op_name: str, backends: list[str], rows: list, registry, device: str, dtype,
-                 bench, spec=None, ceilings: dict | None = None) -> dict:
+                 bench, spec=None, ceilings: dict | None = None, machine: dict | None = None) -> dict:
     """A run record of one op's sweep; ``backends`` names the backend under test and its ``vs``."""
     import dataclasses
 
@@ -110,6 +110,7 @@ def bench_record(op_name: str, backends: list[str], rows: list, registry, device
         device=device,
         ceilings=ceilings,
         rows=rows,
+        machine=machine,
     )
 
 
@@ -123,13 +124,17 @@ def bench_record(op_name: str, backends: list[str], rows: list, registry, device
 @click.option("--device", default=None, help="cuda or cpu (default: the spec's, else cuda if present).")
 @click.option("--warmup-ms", type=float, default=None, help="Warm-up time per measurement (default 25).")
 @click.option("--rep-ms", type=float, default=None, help="Repetition time per measurement (default 100).")
+@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Paired mode: time the backends in turn, this many rounds of --rep-ms / N each, so the "
+                   "machine's drift falls on all of them alike.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results",
               help="Where the run record is written (default: results/).")
 @click.option("--no-record", is_flag=True, help="Print the tables, write no record.")
 @click.option("--tp", "tp", type=int, default=None,
               help="Ranks of a collective (comm family), e.g. kbench bench all_reduce --tp 4 --backend nccl.")
 @click.pass_context
-def bench_command(ctx, op_name, backend, others, spec_path, dtype, device, warmup_ms, rep_ms, out_dir, no_record, tp):
+def bench_command(ctx, op_name, backend, others, spec_path, dtype, device, warmup_ms, rep_ms, rounds, out_dir,
+                  no_record, tp):
     """Check and time one OP for --backend (and each --vs) over a shape sweep.
 
     --DIM v1,v2,... sweeps any dimension of the op's test cases (an unknown --DIM lists them),
@@ -177,15 +182,15 @@ def bench_command(ctx, op_name, backend, others, spec_path, dtype, device, warmu
         return _bench_across_ranks(op, tp, backends, dim_values, spec, dtype, device, bench, out_dir, no_record, console)
     if all(get_backend(registry, op.name, backend).reason(case, dtype, device) for case in cases):
         registry.resolve(op.name, backend, cases[0], dtype, device)  # raises: the reason, and who can
-    ceilings = {}
-    if torch.device(device).type == "cuda":
-        from kbench.env import measure_ceilings
+    from kbench.env import machine_record, machine_state, measure_ceilings
 
-        ceilings = measure_ceilings(device)
+    start_state = machine_state(device)
+    ceilings = measure_ceilings(device)  # every row is held against them (kbench.bench.limits)
     with console.status(f"{op.name}: checking and timing") as status:
         rows = op_results(registry, op.name, backends, cases, dtype, device, bench,
-                          progress=lambda text: status.update(text), ceilings=ceilings)
-    record = bench_record(op.name, backends, rows, registry, device, dtype, bench, spec, ceilings)
+                          progress=lambda text: status.update(text), ceilings=ceilings, rounds=rounds)
+    record = bench_record(op.name, backends, rows, registry, device, dtype, bench, spec, ceilings,
+                          machine_record(start_state, machine_state(device)))
     print_run(record, console)
     for row in rows:
         if row.status == "SKIP":

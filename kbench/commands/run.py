@@ -39,7 +39,7 @@ from kbench.bench.hf_check import check_against_hf, past_trained_range
 from kbench.bench.pipeline_check import check_pipeline
 from kbench.bench.sweep import op_results
 from kbench.console import make_console
-from kbench.env import measure_ceilings
+from kbench.env import machine_record, machine_state, measure_ceilings
 from kbench.errors import KbenchError
 from kbench.model import build_pipeline, load_weights
 from kbench.plan import Plan, resolve_plan
@@ -88,6 +88,7 @@ def run(spec_path: str | Path, overrides: Overrides | None, options: RunOptions,
     rows: list[Row] = []
     with progress_display(progress_console or console) as progress:
         progress("measuring device ceilings")
+        start_state = machine_state(spec.device)
         ceilings = measure_ceilings(spec.device)
         if not options.skip_ops:
             rows += check_and_time_ops(plan, ceilings, progress)
@@ -106,7 +107,8 @@ def run(spec_path: str | Path, overrides: Overrides | None, options: RunOptions,
                 del baseline
     record = build_record(name=spec.name, command=options.command, spec=spec.to_dict(), backends=plan.record(),
                           registry=plan.registry, device=spec.device, ceilings=ceilings,
-                          rows=mark_pipeline_failures(plan, rows), created=started)
+                          rows=mark_pipeline_failures(plan, rows), created=started,
+                          machine=machine_record(start_state, machine_state(spec.device)))
     path = write_record(record, options.out_dir)
     print_run(record, console)
     console.print(f"record: {path}", highlight=False)
@@ -184,7 +186,7 @@ def mark_pipeline_failures(plan: Plan, rows: list[Row]) -> list[Row]:
     """
     used = {name: op.backend for name, op in plan.pipeline_ops.items()}
     failed = sorted({f"{r.op}/{r.backend}" for r in rows
-                     if r.kind == "op" and r.status == "FAIL" and used.get(r.op) == r.backend})
+                     if r.kind == "op" and r.status in ("FAIL", "SUSPECT") and used.get(r.op) == r.backend})
     if any(r.kind == "check" and r.status == "FAIL" for r in rows):
         failed.append("end-to-end check")
     if not failed:

@@ -12,7 +12,8 @@ plus ``embedding: [vocab, hidden]``, ``norm: [hidden]`` and ``lm_head: [vocab, h
 embedding when tied). The loader fuses a HF checkpoint's q/k/v and gate/up. With
 ``attention_bias`` a layer also has ``bqkv: [(heads + 2 * kv_heads) * head_dim]`` and
 ``bo: [hidden]``; with ``mlp_bias`` ``b_gate_up: [2 * intermediate]`` and ``b_down: [hidden]``.
-Random biases are drawn like the weights (HF starts them at zero) so a check exercises them.
+Random biases are drawn like the weights (HF starts them at zero) so a check exercises them,
+and random norm weights are 1 + normal(0, 0.1), not HF's ones, so a dropped weight is seen.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from kbench.config import ModelConfig
 from kbench.errors import KbenchError
 
 INIT_STD = 0.02  # HF LlamaConfig.initializer_range
+NORM_STD = 0.1
 
 
 @dataclass
@@ -127,8 +129,9 @@ def load_weights(spec) -> Weights:
 
 
 def random_weights(model: ModelConfig, dtype: torch.dtype, device: str | torch.device, seed: int) -> Weights:
-    """HF-like init, deterministic per (seed, device): normal(0, 0.02) linears, ones for norms.
-    Drawn on ``device`` (the host is far slower), in float32 then cast, so every dtype agrees."""
+    """HF-like init, deterministic per (seed, device): normal(0, 0.02) linears, 1 + normal(0, 0.1)
+    for norms (not ones: a dropped weight must show). Drawn on ``device`` (the host is far
+    slower), in float32 then cast, so every dtype agrees."""
     device = torch.device(device)
     g = torch.Generator(device=device)
     g.manual_seed(seed)
@@ -141,8 +144,9 @@ def random_weights(model: ModelConfig, dtype: torch.dtype, device: str | torch.d
             rows.copy_(torch.randn(rows.shape, generator=g, device=device, dtype=torch.float32).mul_(INIT_STD))
         return out
 
-    def ones(n: int) -> torch.Tensor:
-        return torch.ones(n, dtype=dtype, device=device)
+    def norm_weight(n: int) -> torch.Tensor:
+        # around one, not one: a norm kernel that drops its weight must change the logits
+        return (1.0 + NORM_STD * torch.randn(n, generator=g, device=device, dtype=torch.float32)).to(dtype)
 
     m = model
     qkv_rows = (m.heads + 2 * m.kv_heads) * m.head_dim
@@ -152,10 +156,10 @@ def random_weights(model: ModelConfig, dtype: torch.dtype, device: str | torch.d
 
     layers = [
         LayerWeights(
-            attn_norm=ones(m.hidden),
+            attn_norm=norm_weight(m.hidden),
             wqkv=normal(qkv_rows, m.hidden),
             wo=normal(m.hidden, m.heads * m.head_dim),
-            ffn_norm=ones(m.hidden),
+            ffn_norm=norm_weight(m.hidden),
             w_gate_up=normal(2 * m.intermediate, m.hidden),
             w_down=normal(m.hidden, m.intermediate),
             bqkv=bias(qkv_rows, m.attention_bias),
@@ -166,7 +170,7 @@ def random_weights(model: ModelConfig, dtype: torch.dtype, device: str | torch.d
         for _ in range(m.layers)
     ]
     lm_head = embedding if m.tie_embeddings else normal(m.vocab, m.hidden)
-    return Weights(m, embedding, layers, ones(m.hidden), lm_head, f"random(seed={seed})")
+    return Weights(m, embedding, layers, norm_weight(m.hidden), lm_head, f"random(seed={seed})")
 
 
 # --------------------------------------------------------------------------------------

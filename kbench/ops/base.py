@@ -14,6 +14,8 @@ An op is a contract, not a kernel. ``Op`` bundles, for one op:
 - ``cold``: inputs a model step reads from HBM, not L2 (a KV cache): graph timings rotate
   through copies of them that together exceed L2;
 - ``reference_cuda_graphs``: False when the reference syncs with the host;
+- ``hard_inputs(case, dtype, device, seed) -> {label: inputs}``: input sets of the case the
+  contract makes hard (zero and tiny norm rows, where eps decides); every check runs them;
 - ``test_cases``: small cases (odd sizes included) every backend's conformance test runs;
 - ``family``: what a spec's ``backends:`` and ``--FAMILY NAME`` choose a backend for;
 - ``role``: where the LLaMA pipeline calls the op (None for ops it does not call).
@@ -231,6 +233,7 @@ class Op:
     cold: tuple[str, ...] = ()
     test_cases: tuple[Case, ...] = ()
     reference_cuda_graphs: bool = True
+    hard_inputs: Callable[[Case, torch.dtype, torch.device, int], dict[str, dict[str, Any]]] | None = None
     role: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 

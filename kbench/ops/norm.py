@@ -56,6 +56,37 @@ def _make_add_rmsnorm(case: Case, dtype: torch.dtype, device, seed: int) -> dict
     return inputs
 
 
+# Row scales where eps decides the output (1e-4: mean(x^2) = 1e-8, far under eps = 1e-5) and
+# where squaring overflows a 16-bit accumulator (float16's largest value is 65504).
+TINY_SCALE = 1e-4
+LARGE_SCALE = {torch.float16: 1e3, torch.bfloat16: 1e15, torch.float32: 1e15}
+
+
+def _hard_rows(x: torch.Tensor, scale_of_row) -> torch.Tensor:
+    scales = torch.tensor([scale_of_row(i) for i in range(x.shape[0])], dtype=torch.float32, device=x.device)
+    return (x.float() * scales[:, None]).to(x.dtype)
+
+
+def _hard_inputs(make):
+    """Rows the contract makes hard: all zero (out 0, not NaN), tiny (eps matters), huge
+    (a 16-bit sum of squares overflows), and the three mixed with ordinary rows."""
+    def hard(case: Case, dtype: torch.dtype, device, seed: int) -> dict[str, dict]:
+        inputs = make(case, dtype, device, seed)
+        large = LARGE_SCALE.get(dtype, 1e3)
+        cycle = (0.0, TINY_SCALE, 1.0, large)
+        sets = {}
+        for label, scale_of_row in (("zero rows", lambda i: 0.0), ("tiny rows (eps decides)", lambda i: TINY_SCALE),
+                                    ("large-magnitude rows", lambda i: large),
+                                    ("mixed zero/tiny/normal/large rows", lambda i: cycle[i % 4])):
+            changed = dict(inputs)
+            for name in ("x", "residual"):
+                if name in inputs:
+                    changed[name] = _hard_rows(inputs[name], scale_of_row)
+            sets[label] = changed
+        return sets
+    return hard
+
+
 def _validate(inputs, *, op: str) -> None:
     x = inputs.get("x")
     expect_tensor("x", x, dtype=FLOAT_DTYPES, ndim=2, op=op)
@@ -100,6 +131,7 @@ RMSNORM = Op(
     bytes=_bytes_rmsnorm,
     cases_for=_cases("rmsnorm"),
     validate=lambda inputs: _validate(inputs, op="rmsnorm"),
+    hard_inputs=_hard_inputs(_make_rmsnorm),
     test_cases=(Case("rmsnorm", tokens=1, hidden=64, eps=1e-5), Case("rmsnorm", tokens=37, hidden=320, eps=1e-6)),
 )
 
@@ -114,6 +146,7 @@ ADD_RMSNORM = Op(
     bytes=_bytes_add_rmsnorm,
     cases_for=_cases("add_rmsnorm"),
     validate=lambda inputs: _validate(inputs, op="add_rmsnorm"),
+    hard_inputs=_hard_inputs(_make_add_rmsnorm),
     inplace=("residual",),
     test_cases=(Case("add_rmsnorm", tokens=1, hidden=64, eps=1e-5), Case("add_rmsnorm", tokens=37, hidden=320, eps=1e-6)),
 )

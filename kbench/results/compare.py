@@ -1,6 +1,9 @@
 """Speedups, geometric means and regressions between two runs or between backends of one run.
-``speedup = base / new`` (> 1 is faster); a row regresses when ``new > base * (1 + threshold)``;
-rows on one side only go to ``unmatched``, never dropped.
+``speedup = base / new`` (> 1 is faster); rows on one side only go to ``unmatched``, never dropped.
+Each row gets a verdict from the two sides' kept samples (``kbench.results.noise``: faster,
+slower, same, unsure; ``suspect`` where either side is SUSPECT, never a speedup) and a row
+regresses only on a confident slowdown past the threshold; records without samples fall back
+to ``new > base * (1 + threshold)``, with no verdict.
 ``Comparison.amdahl``: the end-to-end change the op rows predict (``kbench.results.amdahl``)."""
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from kbench.errors import KbenchError
+from kbench.results.noise import verdict
 
 RUN_KEYS = ("kind", "op", "backend", "case", "dtype")
 BACKEND_KEYS = ("kind", "op", "case", "dtype")
@@ -61,20 +65,55 @@ def metric_values(frame: pd.DataFrame, metric: str) -> pd.Series:
     return pd.to_numeric(frame[metric], errors="coerce")
 
 
+def metric_samples(frame: pd.DataFrame, metric: str) -> pd.Series:
+    """The per-repetition samples behind the metric (None where the record kept none)."""
+    calls = frame["samples_us"] if "samples_us" in frame.columns else pd.Series([None] * len(frame), index=frame.index)
+    if metric in ("graph_latency_us", "kernel_us") and "graph_samples_us" in frame.columns:
+        graph = frame["graph_samples_us"]
+        if metric == "graph_latency_us":
+            return graph
+        return graph.where(graph.map(lambda v: isinstance(v, list) and len(v) > 0), calls)
+    return calls
+
+
 def _timed(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     frame = frame[frame["kind"].isin(TIMED_KINDS)].copy()
     frame["value"] = metric_values(frame, metric)
+    frame["samples"] = metric_samples(frame, metric)
     return frame
+
+
+def _verdicts(both: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """verdict, ratio bounds and resolution per row from the samples (``kbench.results.noise``);
+    a SUSPECT row on either side is ``suspect`` and no speedup. A regression is a confident
+    slowdown past ``threshold``; without samples, a median past it (``verdict`` empty)."""
+    words, lows, highs, resolutions = [], [], [], []
+    for row in both.itertuples():
+        result = verdict(row.base_samples, row.new_samples)
+        words.append(result.verdict if result else None)
+        lows.append(result.ratio_low if result else math.nan)
+        highs.append(result.ratio_high if result else math.nan)
+        resolutions.append(result.resolution if result else math.nan)
+    both["verdict"], both["ratio_low"], both["ratio_high"], both["resolution"] = words, lows, highs, resolutions
+    suspect = both["base_status"].eq("SUSPECT") | both["new_status"].eq("SUSPECT")
+    both.loc[suspect, "verdict"] = "suspect"
+    both.loc[suspect, "speedup"] = math.nan
+    by_median = (both["new"] > both["base"] * (1 + threshold)).fillna(False).astype(bool)
+    confident = (both["verdict"] == "slower") & (both["ratio_low"] > 1 + threshold)
+    both["regression"] = (confident | (both["verdict"].isna() & by_median)) & ~suspect
+    return both
 
 
 def _join(base: pd.DataFrame, new: pd.DataFrame, keys: tuple[str, ...], metric: str, threshold: float):
     base = _timed(base, metric).drop_duplicates(list(keys), keep="last")
     new = _timed(new, metric).drop_duplicates(list(keys), keep="last")
-    keep = [*keys, "value", "status", "backend", "note"]
+    keep = [*keys, "value", "status", "backend", "note", "samples"]
     base_part = base[list(dict.fromkeys(keep))].rename(columns={"value": "base", "status": "base_status",
-                                                                 "backend": "base_backend", "note": "base_note"})
+                                                                 "backend": "base_backend", "note": "base_note",
+                                                                 "samples": "base_samples"})
     new_part = new[list(dict.fromkeys(keep))].rename(columns={"value": "new", "status": "new_status",
-                                                               "backend": "new_backend", "note": "new_note"})
+                                                               "backend": "new_backend", "note": "new_note",
+                                                               "samples": "new_samples"})
     if "backend" in keys:
         base_part["backend"] = base_part["base_backend"]
         new_part["backend"] = new_part["new_backend"]
@@ -82,9 +121,10 @@ def _join(base: pd.DataFrame, new: pd.DataFrame, keys: tuple[str, ...], metric: 
     both = merged[merged["_merge"] == "both"].copy()
     both["backend"] = both["new_backend"]
     both["speedup"] = both["base"] / both["new"]
-    both["regression"] = (both["new"] > both["base"] * (1 + threshold)).fillna(False).astype(bool)
-    rows = both[["kind", "op", "backend", "base_backend", "case", "dtype", "base", "new", "speedup",
-                 "regression", "base_status", "new_status"]].reset_index(drop=True)
+    both = _verdicts(both, threshold)
+    rows = both[["kind", "op", "backend", "base_backend", "case", "dtype", "base", "new", "speedup", "verdict",
+                 "ratio_low", "ratio_high", "resolution", "regression", "base_status",
+                 "new_status"]].reset_index(drop=True)
     one_side = merged[merged["_merge"] != "both"].copy()
     one_side["side"] = one_side["_merge"].map({"left_only": "base only", "right_only": "new only"})
     one_side["backend"] = one_side["new_backend"].fillna(one_side["base_backend"])
@@ -102,7 +142,7 @@ def _geomeans(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _failures(frame: pd.DataFrame) -> pd.DataFrame:
-    failed = frame[frame["status"] == "FAIL"]
+    failed = frame[frame["status"].isin(["FAIL", "SUSPECT"])]
     return failed[["run_id", "kind", "op", "backend", "case", "dtype", "note"]].reset_index(drop=True)
 
 

@@ -66,7 +66,7 @@ def frame_from_pytest_benchmark(data: dict, path: Path) -> pd.DataFrame:
         "run_id": Path(path).stem,
         "created": data.get("datetime"),
         "spec_name": "pytest-benchmark",
-        "run_status": "FAIL" if any(r["status"] == "FAIL" for r in rows) else "PASS",
+        "run_status": "FAIL" if any(r["status"] in ("FAIL", "SUSPECT") for r in rows) else "PASS",
         "source": str(path),
     }
     env_fields = {

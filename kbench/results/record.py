@@ -53,8 +53,10 @@ def implementation_provenance(registry, op: str, backend: str) -> dict:
 
 
 def build_record(*, name: str, command: Sequence[str], spec: dict, backends: dict, registry, device: str,
-                 ceilings: dict | None, rows: list[Row | dict], created: datetime | None = None) -> dict:
-    """The run record (module docstring) of ``rows`` measured on ``device``; ``name`` prefixes its id."""
+                 ceilings: dict | None, rows: list[Row | dict], created: datetime | None = None,
+                 machine: dict | None = None) -> dict:
+    """The run record (module docstring) of ``rows`` measured on ``device``; ``name`` prefixes its
+    id; ``machine`` is the machine's state at start and end (``kbench.env.machine_record``)."""
     from kbench.env import environment  # imports torch: only a run that measured needs it
 
     created = created or datetime.now(timezone.utc)
@@ -70,6 +72,7 @@ def build_record(*, name: str, command: Sequence[str], spec: dict, backends: dic
         "plugin_errors": dict(registry.plugin_errors),
         "env": environment(device),
         "ceilings": ceilings or {},
+        "machine": machine or {},
         "status": record_status(rows),
         "rows": rows,
         "plugin_details": registry.plugin_details(),
@@ -109,4 +112,4 @@ def write_record(record: dict, out_dir: str | os.PathLike) -> Path:
 
 
 def record_status(rows: list[dict]) -> str:
-    return "FAIL" if any(row.get("status") == "FAIL" for row in rows) else "PASS"
+    return "FAIL" if any(row.get("status") in ("FAIL", "SUSPECT") for row in rows) else "PASS"

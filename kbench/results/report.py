@@ -33,7 +33,8 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 def _status(status: Any) -> str:
-    return {"PASS": "[green]PASS[/]", "FAIL": "[bold red]FAIL[/]", "SKIP": "[yellow]SKIP[/]"}.get(status, fmt(status))
+    return {"PASS": "[green]PASS[/]", "FAIL": "[bold red]FAIL[/]", "SKIP": "[yellow]SKIP[/]",
+            "SUSPECT": "[bold magenta]SUSPECT[/]"}.get(status, fmt(status))
 
 
 def _pct(value: Any) -> str:
@@ -68,10 +69,14 @@ def print_run(record: dict, console: Console) -> None:
         console.print(parallel_line(record["parallel"]), highlight=False)
     for table in breakdown_tables([r for r in rows if r["kind"] == "breakdown"]):
         console.print(table)
-    failed = [r for r in rows if r.get("status") == "FAIL"]
+    failed = [r for r in rows if r.get("status") in ("FAIL", "SUSPECT")]
     for row in failed:
-        console.print(f"[bold red]FAIL[/] {row['kind']} {row['op']} [{row['backend']}] {row.get('case') or ''}: "
+        console.print(f"{_status(row['status'])} {row['kind']} {row['op']} [{row['backend']}] {row.get('case') or ''}: "
                       f"{row.get('note') or ''}", highlight=False)
+    if (record.get("machine") or {}).get("throttled"):
+        reasons = sorted({r for state in ("start", "end")
+                          for r in record["machine"].get(state, {}).get("throttle_reasons") or []})
+        console.print(f"[bold yellow]THROTTLED[/] the GPU reported: {', '.join(reasons)}", highlight=False)
     verdict = "[bold red]FAIL[/]" if failed else "[bold green]PASS[/]"
     console.print(f"{verdict}  run {record['run_id']}", highlight=False)
 
@@ -232,9 +237,19 @@ def _rows_for_output(comparison: Comparison) -> pd.DataFrame:
     return rows
 
 
+def _verdict(row) -> str:
+    """'slower (+4.1..+6.0%)': the verdict and the 95% interval of the change, new against base."""
+    word = getattr(row, "verdict", None)
+    if not isinstance(word, str):
+        return "-"
+    if word == "suspect" or not math.isfinite(getattr(row, "ratio_low", math.nan)):
+        return word
+    return f"{word} ({100 * (row.ratio_low - 1):+.1f}..{100 * (row.ratio_high - 1):+.1f}%)"
+
+
 def print_comparison(comparison: Comparison, console: Console) -> None:
     table = Table(title=f"{comparison.new_label} vs {comparison.base_label} ({comparison.metric}; speedup = base / new)")
-    for column in ("kind", "op", "backend", "case", "dtype", "base", "new", "speedup", "status"):
+    for column in ("kind", "op", "backend", "case", "dtype", "base", "new", "speedup", "verdict", "status"):
         table.add_column(column)
     for row in comparison.rows.itertuples():
         label = f"{row.speedup:.3f}x" if isinstance(row.speedup, float) and math.isfinite(row.speedup) else "-"
@@ -242,7 +257,7 @@ def print_comparison(comparison: Comparison, console: Console) -> None:
             label = f"[bold red]{label} REGRESSION[/]"
         backend = row.backend if row.base_backend == row.backend else f"{row.backend} vs {row.base_backend}"
         table.add_row(row.kind, row.op, backend, row.case, row.dtype, fmt(row.base), fmt(row.new), label,
-                      _status(row.new_status))
+                      _verdict(row), _status(row.new_status))
     console.print(table)
     means = Table(title="geometric mean speedup")
     for column in ("kind", "op", "backend", "rows", "geomean", "regressions"):

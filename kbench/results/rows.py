@@ -7,7 +7,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-STATUSES = ("PASS", "FAIL", "SKIP")
+# SUSPECT: the row claims more than the machine's measured ceilings allow (kbench.bench.limits);
+# a failure like FAIL, never a speedup.
+STATUSES = ("PASS", "FAIL", "SKIP", "SUSPECT")
+FAILING = ("FAIL", "SUSPECT")
 # Columns every row has (None where they do not apply), in the order tables show them.
 ROW_KEYS = (
     "kind", "op", "backend", "case", "dtype", "device", "shape", "status",
@@ -65,6 +68,9 @@ class OpRow(Row):
     frac_peak_bw: float | None = None
     max_abs_err: float | None = None
     max_rel_err: float | None = None
+    first_call_us: float | None = None
+    samples_us: list[float] | None = None
+    graph_samples_us: list[float] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

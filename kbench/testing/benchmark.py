@@ -70,7 +70,8 @@ class KbenchBenchmark:
         seed: int = 0,
     ) -> timing_module.Timing:
         """Check ``backend``'s ``op`` at ``case`` against the reference (a wrong result fails the
-        test, untimed), then time it; ``dtype`` defaults to bfloat16 on a GPU, float32 on a CPU."""
+        test, untimed), then time it, and check the timed path afterwards (``sweep.Guard``);
+        ``dtype`` defaults to bfloat16 on a GPU, float32 on a CPU."""
         registry = self.registry
         case = resolve_case(registry, op, case)
         dtype = parse_dtype(dtype or ("bfloat16" if torch.device(self.device).type == "cuda" else "float32"))
@@ -84,8 +85,15 @@ class KbenchBenchmark:
         impl = registry.get(op, backend)
         inputs = op_def.make_inputs(case, dtype, torch.device(self.device), seed)
         bench = BenchConfig(warmup_ms=warmup_ms, rep_ms=rep_ms, flush_l2=flush_l2)
+        from kbench.bench.check import reference_output
+        from kbench.bench.sweep import Guard
+
+        guard = Guard(case, dtype, seed, reference_output(op_def, inputs))
         timing, samples_us = time_with_samples(impl, op_def, inputs, torch.device(self.device), bench,
-                                               cuda_graph=cuda_graph)
+                                               cuda_graph=cuda_graph, guard=guard)
+        if guard.problem is not None:
+            raise ConformanceFailure(f"{op}/{backend} {case.label} {dtype_name(dtype)} on {self.device}: "
+                                     f"{guard.problem.summary()}")
         if self.benchmark is not None:
             self._store(op_def, backend, case, dtype, timing, samples_us, check)
         return timing

@@ -1,6 +1,9 @@
 """The conformance suite: one backend, every op it registers, every test case and dtype. A
-backend conforms when its output passes ``Op.compare`` and it writes no input outside
-``Op.inplace`` (scribbling over ``x`` corrupts the next layer's residual unseen)."""
+backend conforms when its output passes ``Op.compare``, also on the op's hard inputs; it writes
+no input outside ``Op.inplace`` (scribbling over ``x`` corrupts the next layer's residual
+unseen) nor returns a read-only input's memory; and ``REPEATED_CALLS`` calls on the same buffers,
+then one more on inputs refilled in place, still agree (no cached output, no path that changes
+once called repeatedly; ``kbench.bench.integrity``)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kbench.bench.check import check_implementation, clone_inputs
+from kbench.bench.check import check_implementation, clone_inputs, reference_output
+from kbench.bench.integrity import check_after_timing, fresh_values
 from kbench.errors import KbenchError, unknown_name
 from kbench.ops.base import Case, Check, dtype_name
 from kbench.plugins import get_registry
@@ -94,11 +98,41 @@ def written_inputs(registry: Registry, item: ConformanceCase, device: str, seed:
     ]
 
 
+REPEATED_CALLS = 50
+
+
+def repeated_calls_problem(registry: Registry, item: ConformanceCase, device: str, seed: int = 0) -> Check | None:
+    """None when repeated calls and a call on refilled inputs agree with the reference."""
+    op = registry.op(item.op)
+    impl = registry.get(item.op, item.backend)
+    inputs = op.make_inputs(item.case, item.dtype, torch.device(device), seed)
+    work = clone_inputs(inputs)
+    out = None
+    for _ in range(REPEATED_CALLS):
+        for name in op.inplace:
+            if isinstance(work.get(name), torch.Tensor):
+                work[name].copy_(inputs[name])
+        out = impl(**work)
+
+    def once():
+        result = impl(**work)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        return result
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    fresh = fresh_values(op, item.case, item.dtype, device, seed)
+    return check_after_timing(op, reference_output(op, inputs), out, once, [work], fresh, op.tolerance(item.dtype))
+
+
 def run_conformance(registry: Registry, item: ConformanceCase, device: str, seed: int = 0) -> Check:
     """The passing ``Check`` of ``item``, else ConformanceFailure naming op, case, dtype, figures."""
     check = check_implementation(registry, item.op, item.backend, item.case, item.dtype, device, seed=seed)
     if not check.ok:
         raise ConformanceFailure(f"{item.description} on {device}: {check.summary()}")
+    repeated = repeated_calls_problem(registry, item, device, seed)
+    if repeated is not None:
+        raise ConformanceFailure(f"{item.description} on {device}: {repeated.summary()}")
     written = written_inputs(registry, item, device, seed)
     if written:
         allowed = ", ".join(registry.op(item.op).inplace) or "none"

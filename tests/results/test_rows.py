@@ -7,7 +7,7 @@ from kbench.results.record import build_record, implementation_provenance, make_
 from kbench.results.rows import ROW_KEYS, CheckRow, DecodeRow, OpRow, PrefillRow, row_dict
 
 OWN_FIELDS = {
-    OpRow: ("op", []),
+    OpRow: ("op", ["first_call_us", "samples_us", "graph_samples_us"]),
     CheckRow: ("check", ["backends", "checked_batch", "reference_rel_err", "allowed_rel_err", "token_agreement",
                          "tokens_compared", "oracle"]),
     PrefillRow: ("prefill", ["ttft_us", "tokens_per_s", "peak_memory_bytes", "backends"]),
