@@ -73,7 +73,7 @@ def test_build_record_holds_the_run_and_its_serialised_rows(registry, monkeypatc
     record = build_record(name="tiny", command=("kbench", "run", "tiny.yaml"), spec={"name": "tiny"},
                           backends=backends, registry=registry, device="cpu", ceilings=None, rows=[typed, plain])
     assert list(record) == ["schema_version", "run_id", "created", "command", "spec", "backends", "plugins",
-                            "plugin_errors", "env", "ceilings", "status", "rows", "plugin_details"]
+                            "plugin_errors", "env", "ceilings", "machine", "status", "rows", "plugin_details"]
     assert record["schema_version"] == 1 and "-tiny-" in record["run_id"]
     assert record["command"] == ["kbench", "run", "tiny.yaml"] and record["spec"] == {"name": "tiny"}
     assert record["backends"]["norm"]["ops"]["rmsnorm"] == {"plugin": "acme", "version": "1.2"}

@@ -35,7 +35,7 @@ def test_writing_an_input_the_contract_does_not_allow_fails(run_suite, plugin_di
     plugin_dist("scribbler", SCRIBBLING_RMSNORM)
     result = run_suite("--kbench-backend", "scribbler")
     result.assert_outcomes(failed=6)
-    result.stdout.fnmatch_lines(["*rmsnorm/scribbler * FAIL wrote input(s) x in place (the rmsnorm contract allows: none)*"])
+    result.stdout.fnmatch_lines(["*rmsnorm/scribbler * FAIL *wrote input(s) x in place (the rmsnorm contract allows: none)*"])
 
 
 def test_cases_a_backend_declines_are_skipped_with_its_reason(run_suite, plugin_dist):
