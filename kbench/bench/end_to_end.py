@@ -99,7 +99,8 @@ def prefill_row(plan: Plan, model, label: str, ceilings: dict, batch: int, promp
     flops = prefill_flops(spec, batch, prompt_len)
     tflops = flops / (prefill.median_us * 1e-6) / 1e12
     matmul_tflops = flops_ceiling_tflops(ceilings)
-    suspect = rate_problem(flops, None, prefill.median_us, ceilings)
+    # the model's FLOPs are shared by the ranks: each GPU is held to its own share
+    suspect = rate_problem(flops / rank_count(model), None, prefill.median_us, ceilings)
     return PrefillRow(
         op="prefill", backend=label, case=f"batch={batch} prompt_len={prompt_len}", dtype=dtype_name(spec.dtype),
         device=spec.device, shape={"batch": batch, "prompt_len": prompt_len},
@@ -109,6 +110,11 @@ def prefill_row(plan: Plan, model, label: str, ceilings: dict, batch: int, promp
         tokens_per_s=batch * prompt_len / (prefill.median_us * 1e-6), peak_memory_bytes=peak,
         backends=plan.label() if label == PIPELINE else label,
     )
+
+
+def rank_count(model) -> int:
+    parallel = getattr(model, "parallel", None)
+    return parallel.ranks if parallel is not None else 1
 
 
 def across_ranks(model) -> AcrossRanks | None:
