@@ -125,7 +125,7 @@ def test_readme_figures_are_the_records_numbers(cpu_run):
 
         assert close(row["decode tok/s"], pipeline("decode")["tokens_per_s"])
         assert close(row["prefill ms"], pipeline("prefill")["latency_us"] / 1e3)
-        assert row["roofline"] == "-" and row["peak memory"] == "-"  # a CPU has neither
+        assert row["roofline"].endswith("%") and row["peak memory"] == "-"  # CPU ceilings are measured; no peak memory
     assert "kbench run model_specs/tiny-llama.yaml --batch 1,2" in between_markers(text_after, "tiny-llama")
 
     bench_rows = {(r["backend"], r["case"]): r for r in written["bench"]["rows"] if r["kind"] == "op"}
