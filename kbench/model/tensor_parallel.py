@@ -31,7 +31,7 @@ import torch
 from kbench.checkpoint import check_checkpoint_folder
 from kbench.config import ModelConfig
 from kbench.errors import KbenchError
-from kbench.model.weights import INIT_STD, LayerWeights, Weights, _Checkpoint
+from kbench.model.weights import INIT_STD, LayerWeights, Weights, _Checkpoint, random_norm_weight
 
 Span = tuple[int, int]  # [start, stop) rows or columns of a full weight
 
@@ -167,8 +167,8 @@ def random_shard_weights(shard: Shard, dtype: torch.dtype, device: str | torch.d
                 offset += b - a
         return out
 
-    def ones(n: int) -> torch.Tensor:
-        return torch.ones(n, dtype=dtype, device=device)
+    def norm_weight(n: int) -> torch.Tensor:  # replicated on every rank
+        return random_norm_weight(n, g, dtype, device)
 
     spans = layer_spans(shard)
     shapes = {"wqkv": ((m.heads + 2 * m.kv_heads) * m.head_dim, m.hidden), "wo": (m.hidden, m.heads * m.head_dim),
@@ -176,10 +176,14 @@ def random_shard_weights(shard: Shard, dtype: torch.dtype, device: str | torch.d
     embedding = normal((m.vocab, m.hidden), [shard.vocab])
     layers = []
     for _ in range(m.layers):
-        drawn = {name: normal(shape, *spans[name]) for name, shape in shapes.items()}  # dict order = draw order
-        layers.append(LayerWeights(attn_norm=ones(m.hidden), ffn_norm=ones(m.hidden), **drawn))
+        # random_weights' draw order: attn_norm, wqkv, wo, ffn_norm, w_gate_up, w_down
+        attn_norm = norm_weight(m.hidden)
+        drawn = {name: normal(shapes[name], *spans[name]) for name in ("wqkv", "wo")}
+        ffn_norm = norm_weight(m.hidden)
+        drawn |= {name: normal(shapes[name], *spans[name]) for name in ("w_gate_up", "w_down")}
+        layers.append(LayerWeights(attn_norm=attn_norm, ffn_norm=ffn_norm, **drawn))
     lm_head = embedding if m.tie_embeddings else normal((m.vocab, m.hidden), [shard.vocab])
-    return Weights(shard.model, embedding, layers, ones(m.hidden), lm_head,
+    return Weights(shard.model, embedding, layers, norm_weight(m.hidden), lm_head,
                    f"random(seed={seed}) rank {shard.rank}/{shard.ranks}")
 
 

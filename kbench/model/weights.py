@@ -128,6 +128,12 @@ def load_weights(spec) -> Weights:
     return load_hf_weights(Path(spec.weights.path), spec.model, spec.dtype, spec.device)
 
 
+def random_norm_weight(n: int, g: torch.Generator, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """1 + normal(0, NORM_STD): around one, not one, so a norm kernel that drops its weight
+    changes the logits."""
+    return (1.0 + NORM_STD * torch.randn(n, generator=g, device=device, dtype=torch.float32)).to(dtype)
+
+
 def random_weights(model: ModelConfig, dtype: torch.dtype, device: str | torch.device, seed: int) -> Weights:
     """HF-like init, deterministic per (seed, device): normal(0, 0.02) linears, 1 + normal(0, 0.1)
     for norms (not ones: a dropped weight must show). Drawn on ``device`` (the host is far
@@ -145,8 +151,7 @@ def random_weights(model: ModelConfig, dtype: torch.dtype, device: str | torch.d
         return out
 
     def norm_weight(n: int) -> torch.Tensor:
-        # around one, not one: a norm kernel that drops its weight must change the logits
-        return (1.0 + NORM_STD * torch.randn(n, generator=g, device=device, dtype=torch.float32)).to(dtype)
+        return random_norm_weight(n, g, dtype, device)
 
     m = model
     qkv_rows = (m.heads + 2 * m.kv_heads) * m.head_dim
