@@ -107,7 +107,10 @@ def test_kbench_run_fails_a_catalogue_backend_in_its_op_rows(site, tmp_path):
                      tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     rows = [row for row in _rows(tmp_path) if row["backend"] == "cached-by-identity"]
-    assert rows and all(row["status"] in ("FAIL", "SUSPECT") and "stale output" in row["note"] for row in rows)
+    assert rows and all(row["status"] in ("FAIL", "SUSPECT") for row in rows)
+    # a freed buffer's address can come back for the next input, so the check itself may be the
+    # one that sees the cached output first; the timing's refill names it on at least one row
+    assert any("stale output" in row["note"] for row in rows), [row["note"] for row in rows]
 
 
 def test_kbench_run_end_to_end_check_sees_a_norm_that_ignores_its_weight(site, tmp_path):
