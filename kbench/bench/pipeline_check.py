@@ -45,6 +45,9 @@ def check_pipeline(plan: Plan, weights, pipeline, progress) -> list[Row]:
         progress(f"checking pipeline: batch={batch} prompt_len={prompt_len}")
         prompts = random_prompts(spec.model.vocab, batch, prompt_len, PROMPT_SEED)[:CHECK_MAX_BATCH]
         try:
+            for model in (pipeline, oracle, reference):
+                if model is not None:  # room for this point's prompts and every decode step
+                    model.reset(len(prompts), prompt_len + steps)
             fields = teacher_forced_check(pipeline, oracle, reference, prompts, steps, spec.dtype)
         except KbenchError:
             raise

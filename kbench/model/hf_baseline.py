@@ -155,8 +155,9 @@ class HFBaseline:
             raise KbenchError("the HF baseline needs prompts of one length.", "Use equal prompt lengths (random_prompts does).")
         length = lengths.pop()
         batch = len(prompts)
-        if self.cache is None or batch != self._batch or length > self._capacity:
-            self.reset(batch, length + self.spec.workload.decode_steps)
+        needed = length + self.spec.workload.decode_steps
+        if self.cache is None or batch != self._batch or needed > self._capacity:
+            self.reset(batch, needed)
         else:
             self.reset(batch, self._capacity)
         input_ids = torch.stack([p.reshape(-1) for p in prompts]).to(self.device)

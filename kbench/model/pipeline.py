@@ -99,6 +99,7 @@ class Pipeline:
         self._rope_len = torch.zeros((), dtype=torch.int64, device=self.device)
         self._graph: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor] | None = None
         self._lengths: list[int] = []  # host mirror of cache_seqlens, never read from the device
+        self._sized_by_prefill = False  # a cache prefill sized grows with the prompts; one reset sized does not
 
     def _inv_freq(self, seq_len: int) -> torch.Tensor:
         return rope_inv_freq(self.model.head_dim, self.model.rope, seq_len).to(self.device)
@@ -132,6 +133,7 @@ class Pipeline:
             self._batch_ids = torch.arange(batch, device=self.device)
         self._rope_len.zero_()
         self._lengths = [0] * batch
+        self._sized_by_prefill = False
 
     def kv_bytes_per_step(self) -> int:
         per_token = 2 * self.model.layers * self.model.kv_heads * self.model.head_dim * self.dtype.itemsize
@@ -182,15 +184,21 @@ class Pipeline:
         return self.parallel.embed(ids, self.weights.embedding)
 
     def prefill(self, prompts: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Logits ``[batch, vocab]`` at the last position of each prompt (1-D int64), cache emptied."""
+        """Logits ``[batch, vocab]`` at the last position of each prompt (1-D int64), cache emptied;
+        a cache ``reset`` sized is kept while the prompts fit, one prefill sized grows with them."""
         lengths = [int(p.numel()) for p in prompts]
         if not lengths or min(lengths) < 1:
             raise KbenchError("prefill needs at least one prompt, each of at least one token.")
         batch, longest = len(lengths), max(lengths)
-        if self.cache is None or self.cache.batch != batch or self._capacity_asked < longest:
-            self.reset(batch, longest + self.spec.workload.decode_steps)
+        needed = longest + self.spec.workload.decode_steps
+        if (self.cache is None or self.cache.batch != batch or self._capacity_asked < longest
+                or (self._sized_by_prefill and self._capacity_asked < needed)):
+            self.reset(batch, needed)
+            self._sized_by_prefill = True
         else:
+            sized_by_prefill = self._sized_by_prefill
             self.reset(batch, self._capacity_asked)
+            self._sized_by_prefill = sized_by_prefill
         device = self.device
         tokens = torch.cat([p.reshape(-1) for p in prompts]).to(device)
         cu_seqlens = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=device)

@@ -113,6 +113,18 @@ def test_decoding_past_the_cache_is_an_error(tmp_path, registry):
         pipeline.decode_step(token)
 
 
+def test_a_longer_prompt_after_a_shorter_one_gets_room_for_every_decode_step(tmp_path, registry):
+    spec = load_spec(write_spec(tmp_path, workload=WORKLOAD))  # decode_steps 6
+    reused, fresh = _pipeline(spec, registry), _pipeline(spec, registry)
+    reused.prefill(_prompts(spec.model.vocab, [4]))  # a cache of 4 + 6 tokens
+    prompt = _prompts(spec.model.vocab, [8], seed=1)
+    token, expected = reused.prefill(prompt).argmax(-1), fresh.prefill(prompt).argmax(-1)
+    for _ in range(6):
+        token, expected = reused.decode_step(token).argmax(-1), fresh.decode_step(expected).argmax(-1)
+        assert torch.equal(token, expected)
+    assert reused.cache.capacity >= 8 + 6
+
+
 # -- backends: a registry built here, with a spy backend in every family --------------------
 
 
