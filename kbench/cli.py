@@ -1,10 +1,14 @@
-"""The ``kbench`` command line: one module per command (``kbench.commands``)."""
+"""The ``kbench`` command line: one module per command (``kbench.commands``), and the exit
+statuses every command shares (``EXIT_STATUSES``)."""
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
 import click
+from rich.markup import escape
 
 import kbench
 from kbench.commands.bench import bench_command
@@ -16,26 +20,60 @@ from kbench.commands.report import report_command
 from kbench.commands.run import run_command
 from kbench.commands.suite import suite_command
 from kbench.commands.tune import tune_command
-from kbench.console import make_console
+from kbench.console import WIDTH_ENV, make_console
 from kbench.errors import KbenchError
 
-err_console = make_console(stderr=True)
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_STATUSES = {
+    EXIT_OK: "everything passed",
+    EXIT_FAILED: "a check failed, a row is suspect, or compare found a regression",
+    EXIT_BAD_INPUT: "bad input: a mistake in the spec, the flags or the files given",
+    EXIT_BUG: "an internal error of kbench (a bug: the traceback is printed, please report it)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); no partial record is written",
+}
+BUG_REPORT = ("This is a bug in kbench, not a mistake of yours. Please report it with the command and the "
+              "traceback above (`kbench env` gives the versions).")
 
 
 class KbenchGroup(click.Group):
-    """Turns KbenchError into a clean message and exit status 2."""
+    """Maps what escapes a command onto the exit statuses of ``EXIT_STATUSES``."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except KbenchError as error:
-            err_console.print(f"[bold red]error:[/] {error.message}" + (f"\n  {error.fix}" if error.fix else ""),
-                              highlight=False, soft_wrap=True)
-            sys.exit(2)
+            make_console(stderr=True).print(f"[bold red]error:[/] {escape(error.message)}"
+                                            + (f"\n  {escape(error.fix)}" if error.fix else ""),
+                                            highlight=False, soft_wrap=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted.", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception:
+            traceback.print_exc()
+            click.echo(f"\ninternal error: {BUG_REPORT}", err=True)
+            sys.exit(EXIT_BUG)
 
 
-@click.group(cls=KbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def _help_epilog() -> str:
+    lines = ["Exit status:"] + [f"{status:>5}  {text}" for status, text in EXIT_STATUSES.items()]
+    return "\n\b\n" + "\n".join(lines)
+
+
+def _set_width(ctx, param, width):
+    if width is not None:
+        os.environ[WIDTH_ENV] = str(width)  # also reaches the fresh processes kbench suite starts
+    return width
+
+
+@click.group(cls=KbenchGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=_help_epilog())
 @click.version_option(kbench.__version__, prog_name="kbench")
+@click.option("--width", type=click.IntRange(min=40), default=None, expose_value=False, is_eager=True,
+              callback=_set_width, metavar="COLUMNS",
+              help=f"Draw tables this many columns wide (default: the terminal's; off a terminal the "
+                   f"tables' own width; also {WIDTH_ENV}).")
 def cli():
     """kbench: is my LLaMA kernel correct, how fast is it, and what does it change end to end?"""
 

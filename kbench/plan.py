@@ -157,7 +157,7 @@ def check_backend_keys(spec: Spec, registry: Registry) -> None:
                 hint = f"Did you mean {guess!r}? " if guess else ""
                 raise KbenchError(f"{spec.where(f'backends.{key}')}: unknown {key} backend {backend!r}.",
                                   f"{hint}{key} backends: {', '.join(family_backends)} "
-                                  "(`kbench list` shows why some cannot run).")
+                                  f"(`kbench list` shows why some cannot run).{registry.why_backends_may_be_missing()}")
 
 
 def plan_op(spec: Spec, registry: Registry, op: Op, check_here: bool = True) -> OpPlan:

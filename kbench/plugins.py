@@ -16,11 +16,12 @@ ENTRY_POINT_GROUP = "kbench"
 ENV_PLUGINS = "KBENCH_PLUGINS"
 
 
-def _wanted(name: str) -> bool:
+def _wanted_names() -> set[str] | None:
+    """The plugin names ``KBENCH_PLUGINS`` allows, or None when it is unset (every plugin)."""
     allowed = os.environ.get(ENV_PLUGINS)
     if allowed is None:
-        return True
-    return name in {n.strip() for n in allowed.split(",") if n.strip()}
+        return None
+    return {n.strip() for n in allowed.split(",") if n.strip()}
 
 
 def _dist_version(entry_point: importlib.metadata.EntryPoint) -> str | None:
@@ -29,15 +30,23 @@ def _dist_version(entry_point: importlib.metadata.EntryPoint) -> str | None:
 
 
 def make_plugin_manager(registry: Registry) -> pluggy.PluginManager:
-    """The core ops and every wanted entry point; one that fails to import goes to ``plugin_errors``."""
+    """The core ops and every wanted entry point; one that fails to import, or a ``KBENCH_PLUGINS``
+    name no installed plugin has, goes to ``plugin_errors``."""
     from kbench import ops as core_ops
 
     pm = pluggy.PluginManager("kbench")
     pm.add_hookspecs(hookspecs)
     pm.register(core_ops, name="kbench-core")
     registry.plugins["kbench-core"] = None
-    for entry_point in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        if not _wanted(entry_point.name) or pm.has_plugin(entry_point.name):
+    registry.plugin_filter = os.environ.get(ENV_PLUGINS)
+    wanted = _wanted_names()
+    entry_points = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+    installed = sorted({entry_point.name for entry_point in entry_points})
+    for name in sorted((wanted or set()) - set(installed) - {"kbench-core"}):
+        registry.plugin_errors[name] = (f"{ENV_PLUGINS} names {name!r}, but no installed plugin has that name "
+                                        f"(installed: {', '.join(installed) or 'none'})")
+    for entry_point in entry_points:
+        if (wanted is not None and entry_point.name not in wanted) or pm.has_plugin(entry_point.name):
             continue
         try:
             module = entry_point.load()

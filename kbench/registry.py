@@ -61,6 +61,7 @@ class Registry:
         self.plugin_errors: dict[str, str] = {}
         self.plugins: dict[str, str | None] = {}
         self.detail_hooks: dict[str, Callable[[], Any]] = {}
+        self.plugin_filter: str | None = None  # KBENCH_PLUGINS as it was when the plugins loaded
 
     # -- registration (called by kbench.plugins while loading) --
     def add_op(self, op: Op, plugin: str) -> None:
@@ -120,8 +121,19 @@ class Registry:
     def get(self, op: str, backend: str) -> Implementation:
         self.op(op)
         if (op, backend) not in self.implementations:
-            raise unknown_name(f"backend for {op}", backend, self.backends(op))
+            error = unknown_name(f"backend for {op}", backend, self.backends(op))
+            raise KbenchError(error.message, f"{error.fix}{self.why_backends_may_be_missing()}")
         return self.implementations[(op, backend)]
+
+    def why_backends_may_be_missing(self) -> str:
+        """Text for an unknown-backend error: the KBENCH_PLUGINS limit and plugins that failed to
+        load (the backend asked for may be one of theirs); empty when neither applies."""
+        parts = []
+        if self.plugin_filter is not None:
+            parts.append(f"KBENCH_PLUGINS={self.plugin_filter!r} limits which plugins load; unset it to load "
+                         "every installed plugin")
+        parts += [f"plugin {name!r} failed to load: {reason}" for name, reason in self.plugin_errors.items()]
+        return f" ({'; '.join(parts)})" if parts else ""
 
     def require(self, op: str, backend: str) -> Implementation:
         """The implementation if ``backend`` can run ``op`` here; else KbenchError naming who can."""

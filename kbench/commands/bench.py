@@ -4,14 +4,17 @@ author's inner loop, with the same rows, record and tables as ``kbench run``."""
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from kbench.console import make_console
 from kbench.errors import KbenchError, unknown_name
+from kbench.preflight import check_op_cases_fit, check_out_dir
 
 
 def parse_dim_args(args: list[str]) -> dict[str, list[str]]:
@@ -69,10 +72,25 @@ def sweep_cases(op, dim_values: dict[str, list[str]]) -> list:
             raise unknown_name(f"{op.name} dimension", dim, known)
     axes = [[(dim, parse_value(text, base[dim], dim)) for text in texts] for dim, texts in dim_values.items()]
     for dim, value in itertools.chain.from_iterable(axes):
-        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
-            raise KbenchError(f"--{dim.replace('_', '-')} {value}: a dimension cannot be negative.",
-                              f"The op's first test case has {dim}={base[dim]!r}.")
+        check_dim_value(op, dim, value, base[dim])
     return [base.replace(**dict(combo)) for combo in itertools.product(*axes)]
+
+
+def check_dim_value(op, dim: str, value: Any, default: Any) -> None:
+    """A size is at least 1 (0 only where the op's own test cases use 0, e.g. top_k off); a
+    number is finite."""
+    flag = f"--{dim.replace('_', '-')}"
+    for element in value if isinstance(value, (list, tuple)) else (value,):
+        if isinstance(element, bool):
+            continue
+        if isinstance(element, int):
+            lowest = 0 if any(case.get(dim) == 0 for case in op.test_cases) else 1
+            if element < lowest:
+                why = "a dimension cannot be negative" if element < 0 else f"{op.name}'s {dim} must be at least 1"
+                raise KbenchError(f"{flag} {element}: {why}.", f"The op's first test case has {dim}={default!r}.")
+        elif isinstance(element, float) and not math.isfinite(element):
+            raise KbenchError(f"{flag} {element}: {op.name}'s {dim} must be a finite number.",
+                              f"The op's first test case has {dim}={default!r}.")
 
 
 def get_backend(registry, op_name: str, backend: str):
@@ -114,6 +132,16 @@ def bench_record(op_name: str, backends: list[str], rows: list, registry, device
     )
 
 
+class FiniteFloat(click.FloatRange):
+    """A float range that also refuses nan and inf (which pass every comparison unnoticed)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number; give milliseconds, e.g. 100.", param, ctx)
+        return number
+
+
 @click.command("bench", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("op_name", metavar="OP")
 @click.option("--backend", "backend", required=True, help="The backend under test.")
@@ -122,8 +150,9 @@ def bench_record(op_name: str, backends: list[str], rows: list, registry, device
               help="Take the op's cases from this model spec instead of --DIM values.")
 @click.option("--dtype", default=None, help="bfloat16, float16 or float32 (default: the spec's, else bf16 on CUDA, fp32 on CPU).")
 @click.option("--device", default=None, help="cuda or cpu (default: the spec's, else cuda if present).")
-@click.option("--warmup-ms", type=float, default=None, help="Warm-up time per measurement (default 25).")
-@click.option("--rep-ms", type=float, default=None, help="Repetition time per measurement (default 100).")
+@click.option("--warmup-ms", type=FiniteFloat(min=0), default=None, help="Warm-up time per measurement (default 25).")
+@click.option("--rep-ms", type=FiniteFloat(min=0, min_open=True), default=None,
+              help="Repetition time per measurement (default 100).")
 @click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Paired mode: time the backends in turn, this many rounds of --rep-ms / N each, so the "
                    "machine's drift falls on all of them alike.")
@@ -156,6 +185,8 @@ def bench_command(ctx, op_name, backend, others, spec_path, dtype, device, warmu
     for name in backends:
         get_backend(registry, op.name, name)
     dim_values = parse_dim_args(ctx.args)
+    if not no_record:
+        check_out_dir(out_dir)
 
     spec = None
     if spec_path:
@@ -180,6 +211,7 @@ def bench_command(ctx, op_name, backend, others, spec_path, dtype, device, warmu
 
     if op.family == "comm" or tp is not None:
         return _bench_across_ranks(op, tp, backends, dim_values, spec, dtype, device, bench, out_dir, no_record, console)
+    check_op_cases_fit(op, cases, dtype, device)
     if all(get_backend(registry, op.name, backend).reason(case, dtype, device) for case in cases):
         registry.resolve(op.name, backend, cases[0], dtype, device)  # raises: the reason, and who can
     from kbench.env import machine_record, machine_state, measure_ceilings
@@ -188,13 +220,13 @@ def bench_command(ctx, op_name, backend, others, spec_path, dtype, device, warmu
     ceilings = measure_ceilings(device)  # every row is held against them (kbench.bench.limits)
     with console.status(f"{op.name}: checking and timing") as status:
         rows = op_results(registry, op.name, backends, cases, dtype, device, bench,
-                          progress=lambda text: status.update(text), ceilings=ceilings, rounds=rounds)
+                          progress=lambda text: status.update(escape(text)), ceilings=ceilings, rounds=rounds)
     record = bench_record(op.name, backends, rows, registry, device, dtype, bench, spec, ceilings,
                           machine_record(start_state, machine_state(device)))
     print_run(record, console)
     for row in rows:
         if row.status == "SKIP":
-            console.print(f"[yellow]SKIP[/] {row.op} [{row.backend}] {row.case}: {row.note}", highlight=False)
+            console.print(f"[yellow]SKIP[/] {escape(f'{row.op} [{row.backend}] {row.case}: {row.note}')}", highlight=False)
     if not no_record:
         from kbench.results.record import write_record
 

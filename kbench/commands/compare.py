@@ -8,9 +8,7 @@ import click
 
 from kbench.console import make_console
 from kbench.errors import KbenchError
-
-console = make_console()
-err_console = make_console(stderr=True)
+from kbench.preflight import check_out_file, write_text_file
 
 
 @click.command("compare")
@@ -40,6 +38,9 @@ def compare_command(runs, baseline, threshold, metric, output_format, output, pl
     from kbench.results.plots import plot_speedups
     from kbench.results.report import print_comparison, render
 
+    for option, path in (("--output", output), ("--plot", plot)):
+        if path:
+            check_out_file(path, option)
     wanted = 1 if baseline else 2
     if not runs:
         runs = [str(p) for p in record_paths(results_dir)[-wanted:]]
@@ -61,14 +62,14 @@ def compare_command(runs, baseline, threshold, metric, output_format, output, pl
     if output_format:
         text = render(comparison, output_format)
         if output:
-            Path(output).write_text(text)
-            err_console.print(f"wrote {output}", highlight=False)
+            write_text_file(Path(output), text)
+            make_console(stderr=True).print(f"wrote {output}", highlight=False)
         else:
             click.echo(text, nl=False)
     else:
         if output:
             raise KbenchError("--output needs --format.", "Add --format markdown|csv|json|html.")
-        print_comparison(comparison, console)
+        print_comparison(comparison, make_console())
     if plot:
-        err_console.print(f"wrote {plot_speedups(comparison, plot)}", highlight=False)
+        make_console(stderr=True).print(f"wrote {plot_speedups(comparison, plot)}", highlight=False)
     sys.exit(0 if comparison.ok else 1)

@@ -11,9 +11,6 @@ from rich.table import Table
 from kbench.console import make_console
 from kbench.errors import KbenchError
 
-console = make_console()
-err_console = make_console(stderr=True)
-
 
 @click.command("env")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -41,4 +38,4 @@ def env_command(as_json: bool, device: str | None, no_ceilings: bool):
     for key, value in info.get("ceilings", {}).items():
         shown = f"{value:.1f}" if isinstance(value, float) else ("n/a" if value is None else str(value))
         table.add_row(key, shown)
-    console.print(table)
+    make_console().print(table)

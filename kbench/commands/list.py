@@ -11,9 +11,6 @@ from rich.table import Table
 
 from kbench.console import make_console
 
-console = make_console()
-err_console = make_console(stderr=True)
-
 
 @click.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -45,9 +42,10 @@ def list_command(as_json: bool, op_filter: str | None):
     for row in rows:
         status = "[green]available[/]" if row["available"] else f"[yellow]unavailable:[/] {escape(row['reason'])}"
         table.add_row(row["family"], row["op"], row["backend"], row["plugin"], status)
+    console = make_console()
     console.print(table)
     for name, error in registry.plugin_errors.items():
-        console.print(f"[red]plugin {name!r} failed to load:[/] {error}", highlight=False)
+        console.print(f"[red]plugin {escape(repr(name))} failed to load:[/] {escape(error)}", highlight=False)
 
 
 def _why_not_here(impl, op, device: str) -> str | None:

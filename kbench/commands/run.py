@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -42,8 +43,10 @@ from kbench.console import make_console
 from kbench.env import machine_record, machine_state, measure_ceilings
 from kbench.errors import KbenchError
 from kbench.model import build_pipeline, load_weights
+from kbench.model.weights import check_weights
 from kbench.plan import Plan, resolve_plan
 from kbench.plugins import get_registry
+from kbench.preflight import check_model_fits, check_op_cases_fit, check_out_dir
 from kbench.registry import REFERENCE
 from kbench.results.record import build_record, write_record
 from kbench.results.report import print_run
@@ -78,44 +81,106 @@ class RunResult:
 
 def run(spec_path: str | Path, overrides: Overrides | None, options: RunOptions, console: Console,
         progress_console: Console | None = None) -> RunResult:
-    """The whole ``kbench run``; KbenchError (nothing written) for a user mistake."""
+    """The whole ``kbench run``; KbenchError (nothing written) for a user mistake.
+
+    A mistake found after work has been done (or a bug) still prints the tables and writes
+    the record of the rows so far, marked FAIL with the error, before the error is raised.
+    """
     spec = load_spec(spec_path, overrides)
     plan = resolve_plan(spec, get_registry())
     check_baselines(options.baselines)
     check_baselines(options.checks, what="--check")
+    check_outside(plan, options)
     note_trained_range(spec, console)
     started = datetime.now(timezone.utc)
     rows: list[Row] = []
-    with progress_display(progress_console or console) as progress:
-        progress("measuring device ceilings")
-        start_state = machine_state(spec.device)
-        ceilings = measure_ceilings(spec.device)
-        if not options.skip_ops:
-            rows += check_and_time_ops(plan, ceilings, progress)
-        if not options.skip_e2e:
-            progress("loading weights")
-            weights = load_weights(spec)
-            pipeline = build_pipeline(plan, weights)
-            rows += check_pipeline(plan, weights, pipeline, progress)
-            if "hf" in options.checks or "hf" in options.baselines:
-                rows += check_against_hf(plan, weights, pipeline, progress)
-            rows += time_end_to_end(plan, pipeline, PIPELINE, weights, ceilings, progress)
-            del pipeline  # one model's weights and KV cache on the device at a time
-            for name in options.baselines:
-                baseline = build_baseline(plan, weights, name)
-                rows += time_end_to_end(plan, baseline, name, weights, ceilings, progress)
-                del baseline
-    record = build_record(name=spec.name, command=options.command, spec=spec.to_dict(), backends=plan.record(),
-                          registry=plan.registry, device=spec.device, ceilings=ceilings,
-                          rows=mark_pipeline_failures(plan, rows), created=started,
-                          machine=machine_record(start_state, machine_state(spec.device)))
-    path = write_record(record, options.out_dir)
-    print_run(record, console)
-    console.print(f"record: {path}", highlight=False)
+    ceilings: dict = {}
+    start_state = machine_state(spec.device)
+    try:
+        with progress_display(progress_console or console) as progress:
+            progress("measuring device ceilings")
+            ceilings = measure_ceilings(spec.device)
+            if not options.skip_ops:
+                rows += check_and_time_ops(plan, ceilings, progress)
+            if not options.skip_e2e:
+                rows += check_and_time_pipeline(plan, options, ceilings, progress)
+    except Exception as error:
+        record = build_run_record(plan, options, ceilings, rows, started, start_state, error)
+        path = save_record(record, options.out_dir, console)
+        raise_after_saving(error, path)
+    record = build_run_record(plan, options, ceilings, rows, started, start_state)
+    path = save_record(record, options.out_dir, console)
     return RunResult(record, path)
 
 
-# -- 1. spec, backends, record header ---------------------------------------------------
+# -- 1. spec, backends, what the run needs from outside ------------------------------------
+
+def check_outside(plan: Plan, options: RunOptions) -> None:
+    """The results folder, the checkpoint and the memory the shapes need, before any kernel runs."""
+    spec = plan.spec
+    check_out_dir(options.out_dir)
+    if not options.skip_ops:
+        for op in plan.ops.values():
+            check_op_cases_fit(op.op, op.cases, spec.dtype, spec.device)
+    if not options.skip_e2e:
+        check_weights(spec)
+        check_model_fits(spec)
+
+
+def check_and_time_pipeline(plan: Plan, options: RunOptions, ceilings: dict, progress) -> list[Row]:
+    progress("loading weights")
+    weights = load_weights(plan.spec)
+    pipeline = build_pipeline(plan, weights)
+    rows = check_pipeline(plan, weights, pipeline, progress)
+    if "hf" in options.checks or "hf" in options.baselines:
+        rows += check_against_hf(plan, weights, pipeline, progress)
+    rows += time_end_to_end(plan, pipeline, PIPELINE, weights, ceilings, progress)
+    del pipeline  # one model's weights and KV cache on the device at a time
+    for name in options.baselines:
+        baseline = build_baseline(plan, weights, name)
+        rows += time_end_to_end(plan, baseline, name, weights, ceilings, progress)
+        del baseline
+    return rows
+
+
+def build_run_record(plan: Plan, options: RunOptions, ceilings: dict, rows: list[Row], started: datetime,
+                     start_state: dict, error: BaseException | None = None) -> dict:
+    """The run record, with the machine's state at start and now; one that ``error`` cut short is
+    FAIL and says why under ``error``."""
+    record = build_record(name=plan.spec.name, command=options.command, spec=plan.spec.to_dict(),
+                          backends=plan.record(), registry=plan.registry, device=plan.spec.device,
+                          ceilings=ceilings, rows=mark_pipeline_failures(plan, rows), created=started,
+                          machine=machine_record(start_state, machine_state(plan.spec.device)))
+    if error is not None:
+        message = error.message if isinstance(error, KbenchError) else f"{type(error).__name__}: {error}"
+        record["status"] = "FAIL"
+        record["error"] = f"the run stopped early: {message}"
+    return record
+
+
+def save_record(record: dict, out_dir: Path, console: Console) -> Path | None:
+    """Print the tables, then write the record (to a temporary folder if ``out_dir`` fails)."""
+    print_run(record, console)
+    if record.get("error"):
+        console.print(f"[bold red]{escape(record['error'])}[/]", highlight=False)
+    try:
+        path = write_record(record, out_dir)
+    except OSError as error:
+        fallback = Path(tempfile.gettempdir()) / "kbench-results"
+        path = write_record(record, fallback)
+        console.print(f"could not write to {out_dir} ({error}); record saved to {path}", highlight=False)
+        raise KbenchError(f"The record could not be written to {str(out_dir)!r} ({error.strerror or error}); "
+                          f"it was saved to {path} instead.", "Move it where you want it; check --out.") from None
+    console.print(f"record: {path}", highlight=False)
+    return path
+
+
+def raise_after_saving(error: Exception, path: Path | None) -> None:
+    """Re-raise a run's error with where its partial record went."""
+    if isinstance(error, KbenchError):
+        raise KbenchError(f"{error.message} (the rows measured before it are in {path})", error.fix) from error
+    raise error
+
 
 def check_baselines(baselines: Sequence[str], what: str = "--baseline") -> None:
     known = BASELINES if what == "--baseline" else CHECKS

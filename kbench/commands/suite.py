@@ -18,10 +18,12 @@ from typing import Any
 import click
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kbench.console import make_console
 from kbench.errors import KbenchError, closest
+from kbench.preflight import check_out_dir
 from kbench.results.figures import _markdown_table, marker_spans, update_readme
 
 SUITE_KEYS = ("name", "description", "out", "runs")
@@ -240,7 +242,7 @@ def suite_progress(console: Console, total: int) -> Iterator[Callable[[int, str]
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("starting", total=total)
-        yield lambda done, text: progress.update(task, completed=done - 1, description=text)
+        yield lambda done, text: progress.update(task, completed=done - 1, description=escape(text))
         progress.update(task, completed=total, description="done")
 
 
@@ -350,6 +352,7 @@ def suite_command(suite_path, out_dir, dry_run, only, readme):
     if dry_run:
         _dry_run(suite, entries, readme_path, console)
         return
+    check_out_dir(suite.out, "the suite's out:")
     outcomes = run_suite(entries, suite.out, console)
     suite.out.mkdir(parents=True, exist_ok=True)
     suite.summary_path.write_text(summary_markdown(suite, outcomes))

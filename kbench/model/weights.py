@@ -217,6 +217,18 @@ class _TensorSlice:
         return self.tensor[index]
 
 
+def _readable(read, path: Path):
+    """``read()``, with a file that cannot be parsed (safetensors' SafetensorError, an OSError,
+    a truncated file) turned into a KbenchError naming it."""
+    try:
+        return read()
+    except KbenchError:
+        raise
+    except Exception as error:
+        raise KbenchError(f"{str(path)!r} cannot be read as a checkpoint file ({type(error).__name__}: {error}).",
+                          "The file is corrupt or truncated: download or export the checkpoint again.") from None
+
+
 class _Checkpoint:
     """Tensor lookup across one or many safetensors (or .bin) files, opened lazily."""
 
@@ -225,7 +237,8 @@ class _Checkpoint:
 
         self.folder = folder
         index_file, single_file = hf_weight_files(folder)
-        self._open = _TorchFile if index_file == BIN_INDEX_FILE else (lambda path: safe_open(path, framework="pt"))
+        opener = _TorchFile if index_file == BIN_INDEX_FILE else (lambda path: safe_open(path, framework="pt"))
+        self._open = lambda path: _readable(lambda: opener(path), path)
         index = folder / index_file
         if index.is_file():
             self.weight_map = json.loads(index.read_text())["weight_map"]
@@ -238,13 +251,26 @@ class _Checkpoint:
         if file is None:
             raise KbenchError(f"checkpoint {str(self.folder)!r} has no tensor {name!r}.",
                               "The checkpoint is incomplete or not a LlamaForCausalLM; re-export it.")
-        tensor = self.opened(file).get_tensor(name)
-        if tuple(tensor.shape) != shape:
-            raise KbenchError(f"{self.folder / file}: {name} has shape {list(tensor.shape)}, but the model "
+        tensor = _readable(lambda: self.opened(file).get_tensor(name), self.folder / file)
+        self._check_shape(file, name, tuple(tensor.shape), shape)
+        return tensor.to(device=device, dtype=dtype)
+
+    def check(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Every tensor of ``shapes`` is in a file that opens, at that shape (headers only)."""
+        for name, shape in shapes.items():
+            file = self.weight_map.get(name)
+            if file is None:
+                raise KbenchError(f"checkpoint {str(self.folder)!r} has no tensor {name!r}.",
+                                  "The checkpoint is incomplete or not a LlamaForCausalLM; re-export it.")
+            found = _readable(lambda f=file, n=name: tuple(self.opened(f).get_slice(n).get_shape()), self.folder / file)
+            self._check_shape(file, name, found, shape)
+
+    def _check_shape(self, file: str, name: str, found: tuple, shape: tuple) -> None:
+        if found != shape:
+            raise KbenchError(f"{self.folder / file}: {name} has shape {list(found)}, but the model "
                               f"(config.json and the spec's model section) gives {list(shape)}.",
                               "The tensors do not match the config: fix config.json (or the model section), "
                               "or re-export the checkpoint.")
-        return tensor.to(device=device, dtype=dtype)
 
     def opened(self, file: str):
         """The open handle of one file of the checkpoint (``get_tensor``, ``get_slice``)."""
@@ -254,6 +280,45 @@ class _Checkpoint:
 
     def has(self, name: str) -> bool:
         return name in self.weight_map
+
+
+def hf_tensor_shapes(model: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """HF name -> shape of every tensor the first ``model.layers`` layers need (not lm_head)."""
+    m = model
+    q_rows, kv_rows = m.heads * m.head_dim, m.kv_heads * m.head_dim
+    shapes = {"model.embed_tokens.weight": (m.vocab, m.hidden), "model.norm.weight": (m.hidden,)}
+    for i in range(m.layers):
+        p = f"model.layers.{i}."
+        shapes |= {p + "input_layernorm.weight": (m.hidden,), p + "post_attention_layernorm.weight": (m.hidden,),
+                   p + "self_attn.q_proj.weight": (q_rows, m.hidden), p + "self_attn.k_proj.weight": (kv_rows, m.hidden),
+                   p + "self_attn.v_proj.weight": (kv_rows, m.hidden), p + "self_attn.o_proj.weight": (m.hidden, q_rows),
+                   p + "mlp.gate_proj.weight": (m.intermediate, m.hidden),
+                   p + "mlp.up_proj.weight": (m.intermediate, m.hidden),
+                   p + "mlp.down_proj.weight": (m.hidden, m.intermediate)}
+        if m.attention_bias:
+            shapes |= {p + "self_attn.q_proj.bias": (q_rows,), p + "self_attn.k_proj.bias": (kv_rows,),
+                       p + "self_attn.v_proj.bias": (kv_rows,), p + "self_attn.o_proj.bias": (m.hidden,)}
+        if m.mlp_bias:
+            shapes |= {p + "mlp.gate_proj.bias": (m.intermediate,), p + "mlp.up_proj.bias": (m.intermediate,),
+                       p + "mlp.down_proj.bias": (m.hidden,)}
+    return shapes
+
+
+def check_weights(spec) -> None:
+    """A HF checkpoint's files open and hold every tensor the model needs at its shapes, read
+    from the headers, so a run refuses a corrupt or mismatched checkpoint before its op phase.
+    Random weights need no check; Meta checkpoints are checked as they load."""
+    if spec.weights.kind != "hf":
+        return
+    folder = Path(spec.weights.path)
+    problem = check_checkpoint_folder(folder)
+    if problem:
+        raise KbenchError(problem, "Point weights.path at a folder with config.json and safetensors files.")
+    ckpt = _Checkpoint(folder)
+    shapes = hf_tensor_shapes(spec.model)
+    if not spec.model.tie_embeddings and ckpt.has("lm_head.weight"):
+        shapes["lm_head.weight"] = (spec.model.vocab, spec.model.hidden)
+    ckpt.check(shapes)
 
 
 def load_hf_weights(folder: Path, model: ModelConfig, dtype: torch.dtype, device: str | torch.device) -> Weights:

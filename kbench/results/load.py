@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -13,18 +14,43 @@ import pandas as pd
 from kbench.errors import KbenchError
 from kbench.results.pytest_benchmark import frame_from_pytest_benchmark, is_pytest_benchmark
 from kbench.results.record import ROW_KEYS, SCHEMA_VERSION
+from kbench.results.rows import ROW_TYPES, STATUSES
 
 DEFAULT_RESULTS_DIR = Path("results")
 # Columns copied from the record onto every row (besides env_* and the ceilings).
 RUN_COLUMNS = ("run_id", "created", "spec_name", "run_status", "source")
+# Row fields that hold numbers, from the row classes' annotations ("float | None", "int | None").
+NUMERIC_FIELDS = frozenset(f.name for row_type in ROW_TYPES.values() for f in dataclasses.fields(row_type)
+                           if str(f.type).split(" ")[0] in ("float", "int"))
 
 
 def is_run_record(data: Any) -> bool:
     return isinstance(data, dict) and "schema_version" in data and "rows" in data and "run_id" in data
 
 
+def check_record(data: dict, path: Path) -> None:
+    """KbenchError naming the field when a record's rows cannot be read as they are written:
+    rows a list of objects, numbers numbers (or null), statuses known."""
+    fix = "The record was edited or damaged: restore it, or rerun the command that wrote it."
+    if not isinstance(data["schema_version"], int) or not isinstance(data["run_id"], str):
+        raise KbenchError(f"{path}: schema_version must be an integer and run_id a string.", fix)
+    if not isinstance(data["rows"], list):
+        raise KbenchError(f"{path}: rows is {type(data['rows']).__name__}, not a list.", fix)
+    for index, row in enumerate(data["rows"]):
+        if not isinstance(row, dict):
+            raise KbenchError(f"{path}: rows[{index}] is {type(row).__name__}, not an object.", fix)
+        for key in NUMERIC_FIELDS.intersection(row):
+            value = row[key]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise KbenchError(f"{path}: rows[{index}].{key} is {value!r}, not a number or null.", fix)
+        if row.get("status") is not None and row["status"] not in STATUSES:
+            raise KbenchError(f"{path}: rows[{index}].status is {row['status']!r}, not one of "
+                              f"{', '.join(STATUSES)}.", fix)
+
+
 def frame_from_record(data: dict, path: Path) -> pd.DataFrame:
     """One row per measurement, with the run's id, spec name, env_* and ceiling columns."""
+    check_record(data, path)
     if data["schema_version"] > SCHEMA_VERSION:
         raise KbenchError(
             f"{path} has run-record schema version {data['schema_version']}; this kbench reads up to {SCHEMA_VERSION}.",
@@ -65,9 +91,11 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise KbenchError(f"No such results file: {path}.") from None
-    except json.JSONDecodeError as error:
+        raise KbenchError(f"No such results file: {path}.", "Check the path.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise KbenchError(f"{path} is not valid JSON ({error}).", "Pass a kbench run record.") from None
+    except OSError as error:
+        raise KbenchError(f"{path} cannot be read ({error.strerror or error}).", "Check its permissions.") from None
 
 
 def frame_from_file(path: Path) -> pd.DataFrame:
@@ -113,10 +141,15 @@ def resolve_paths(paths_or_ids: Iterable[str | os.PathLike] | None,
 
 
 def _path_for_run_id(run_id: str, results_dir: Path) -> Path:
+    if Path(run_id).is_absolute() or os.sep in run_id or (os.altsep and os.altsep in run_id) \
+            or run_id.endswith(".json"):
+        raise KbenchError(f"No such results file: {run_id}.", "Check the path, or pass a run id from the results folder.")
     exact = results_dir / f"{run_id}.json"
     if exact.is_file():
         return exact
-    matches = sorted(results_dir.glob(f"{run_id}*.json")) if results_dir.is_dir() else []
+    # a prefix match by name, not a glob: an id is text, and [ or * in it are not patterns
+    matches = sorted(p for p in results_dir.iterdir()
+                     if p.name.startswith(run_id) and p.suffix == ".json") if results_dir.is_dir() else []
     if len(matches) == 1:
         return matches[0]
     if matches:

@@ -93,13 +93,15 @@ def json_safe(value: Any) -> Any:
 
 
 def write_record(record: dict, out_dir: str | os.PathLike) -> Path:
-    """Write ``out_dir/<run_id>.json`` by a rename over it, so no reader sees half a record."""
+    """Write ``out_dir/<run_id>.json`` by a rename over it, so no reader sees half a record;
+    with the mode ``open`` would give it (the umask's), not mkstemp's 0600."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{record['run_id']}.json"
     text = json.dumps(json_safe(record), indent=1, allow_nan=False) + "\n"
     handle, temp_name = tempfile.mkstemp(prefix=f".{record['run_id']}.", suffix=".tmp", dir=out_dir)
     try:
+        os.chmod(temp_name, 0o666 & ~current_umask())  # mkstemp's 0600 would hide it from the team
         with os.fdopen(handle, "w") as file:
             file.write(text)
             file.flush()
@@ -109,6 +111,20 @@ def write_record(record: dict, out_dir: str | os.PathLike) -> Path:
         Path(temp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where /proc allows."""
+    try:
+        with open("/proc/self/status") as file:
+            for line in file:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def record_status(rows: list[dict]) -> str:

@@ -50,11 +50,12 @@ def default_device() -> str:
 
 
 def with_plugin_errors(error: KbenchError, registry: Registry) -> KbenchError:
-    """``error`` with the plugins that failed to load named in its fix: the backend may be theirs."""
-    if not registry.plugin_errors:
+    """``error`` with the plugins that failed to load (and a KBENCH_PLUGINS limit) named in its fix:
+    the backend may be theirs."""
+    why = registry.why_backends_may_be_missing()
+    if not why or why in (error.fix or ""):
         return error
-    failed = "; ".join(f"plugin {name!r} failed to load: {reason}" for name, reason in registry.plugin_errors.items())
-    return KbenchError(error.message, f"{error.fix} ({failed})" if error.fix else f"({failed})")
+    return KbenchError(error.message, f"{error.fix}{why}" if error.fix else why.strip())
 
 
 def backend_ops(registry: Registry, backend: str) -> list[str]:

@@ -1,0 +1,117 @@
+"""What a command needs from outside, checked before the first kernel runs.
+
+A run that fails after its work is done loses that work, so everything the outside world
+must provide is asked for first: a results folder that can be written, a checkpoint whose
+files open and hold the tensors its config describes, and shapes whose bytes (by the op's
+byte model, or the model's weights and KV cache) fit the device's free memory. Each check
+raises ``KbenchError`` naming the problem and the fix, and writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from kbench.errors import KbenchError
+
+
+def check_out_dir(path: str | os.PathLike, option: str = "--out") -> None:
+    """``path`` is a folder that can be written, or one that can be created (nothing is created)."""
+    path = Path(path)
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "is" if existing == path else f"lies under {str(existing)!r}, which is"
+        raise KbenchError(f"{option} {str(path)!r} {where} a file, not a folder.",
+                          f"Give {option} a folder (it is created if missing).")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "cannot be written" if existing == path else f"cannot be created: {str(existing)!r} is not writable"
+        raise KbenchError(f"{option} {str(path)!r} {what}.", f"Give {option} a folder you can write to.")
+
+
+def check_out_file(path: str | os.PathLike, option: str) -> None:
+    """``path`` is not a folder, and its folder can be written or created (nothing is created)."""
+    path = Path(path)
+    if path.is_dir():
+        raise KbenchError(f"{option} {str(path)!r} is a folder.", f"Give {option} a file name.")
+    check_out_dir(path.parent, f"{option}'s folder")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise KbenchError(f"{option} {str(path)!r} cannot be written.", f"Give {option} a path you can write to.")
+
+
+def write_text_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (its folder created); KbenchError if the system refuses."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as error:
+        raise KbenchError(f"{str(path)!r} cannot be written ({error.strerror or error}).",
+                          "Give a path in a folder you can write to.") from None
+
+
+def available_memory_bytes(device) -> int | None:
+    """Free memory of a CUDA device, or the host's available RAM for a CPU; None if unknown."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] if torch.cuda.is_available() else None
+    try:
+        with open("/proc/meminfo") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(what: str, needed_bytes: float, device, fix: str) -> None:
+    """KbenchError when ``needed_bytes`` (a lower bound) exceed the device's free memory."""
+    import torch
+
+    free = available_memory_bytes(device)
+    if free is not None and needed_bytes > free:
+        where = "free on the GPU" if torch.device(device).type == "cuda" else "of RAM available"
+        raise KbenchError(f"{what} needs at least {_gib(needed_bytes)}; {_gib(free)} {where}.", fix)
+
+
+def check_op_cases_fit(op, cases: Iterable, dtype, device) -> None:
+    """Every case's inputs and outputs (the op's byte model) fit the device's free memory."""
+    case = max(cases, key=lambda c: op.bytes(c, dtype), default=None)
+    if case is not None:
+        check_fits(f"{op.name} at {case.label}", op.bytes(case, dtype), device,
+                   "Use smaller dimensions (or another device).")
+
+
+def model_bytes(spec) -> tuple[float, float]:
+    """(weights, largest KV cache) bytes of the spec's model and workload."""
+    m, workload = spec.model, spec.workload
+    itemsize = spec.dtype.itemsize
+    layer = (m.heads + 2 * m.kv_heads) * m.head_dim * m.hidden + m.hidden * m.heads * m.head_dim \
+        + 3 * m.hidden * m.intermediate + 2 * m.hidden
+    tables = m.vocab * m.hidden * (1 if m.tie_embeddings else 2) + m.hidden
+    kv_per_token = 2 * m.layers * m.kv_heads * m.head_dim * itemsize
+    tokens = max(workload.batch) * (max(workload.prompt_len) + workload.decode_steps)
+    return (m.layers * layer + tables) * itemsize, kv_per_token * tokens
+
+
+def check_model_fits(spec) -> None:
+    """The model's weights plus the KV cache of the largest workload point fit the device."""
+    weights, kv_cache = model_bytes(spec)
+    m, workload = spec.model, spec.workload
+    check_fits(f"{spec.path}: the model ({m.layers} layers, hidden {m.hidden}, vocab {m.vocab}) with the KV cache "
+               f"of batch {max(workload.batch)} x {max(workload.prompt_len) + workload.decode_steps} tokens",
+               weights + kv_cache, spec.device,
+               "Use fewer layers (--layers), smaller batches or prompts, a 16-bit dtype, or --skip-e2e.")
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.3g} GiB ({nbytes:.3g} bytes)"
