@@ -18,29 +18,34 @@ from kbench.errors import KbenchError
 
 def check_out_dir(path: str | os.PathLike, option: str = "--out") -> None:
     """``path`` is a folder that can be written, or one that can be created (nothing is created)."""
-    path = Path(path)
-    existing = path
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        where = "is" if existing == path else f"lies under {str(existing)!r}, which is"
-        raise KbenchError(f"{option} {str(path)!r} {where} a file, not a folder.",
-                          f"Give {option} a folder (it is created if missing).")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        what = "cannot be written" if existing == path else f"cannot be created: {str(existing)!r} is not writable"
-        raise KbenchError(f"{option} {str(path)!r} {what}.", f"Give {option} a folder you can write to.")
+    problem = folder_problem(Path(path))
+    if problem:
+        raise KbenchError(f"{option} {str(path)!r} {problem}.", f"Give {option} a folder (it is created if missing).")
 
 
 def check_out_file(path: str | os.PathLike, option: str) -> None:
     """``path`` is not a folder, and its folder can be written or created (nothing is created)."""
     path = Path(path)
-    if path.is_dir():
-        raise KbenchError(f"{option} {str(path)!r} is a folder.", f"Give {option} a file name.")
-    check_out_dir(path.parent, f"{option}'s folder")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise KbenchError(f"{option} {str(path)!r} cannot be written.", f"Give {option} a path you can write to.")
+    problem = "is a folder" if path.is_dir() else folder_problem(path.parent)
+    if problem is None and path.exists() and not os.access(path, os.W_OK):
+        problem = "cannot be written"
+    elif problem and not path.is_dir():
+        problem = f"cannot be written: its folder {str(path.parent)!r} {problem}"
+    if problem:
+        raise KbenchError(f"{option} {str(path)!r} {problem}.",
+                          f"Give {option} a file in a folder you can write to (it is created if missing).")
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be used (or created) as a folder to write in, or None."""
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        return "is a file, not a folder" if existing == path else f"lies under {str(existing)!r}, which is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return "cannot be written" if existing == path else f"cannot be created: {str(existing)!r} is not writable"
+    return None
 
 
 def write_text_file(path: Path, text: str) -> None:
