@@ -1,11 +1,6 @@
-"""What a command needs from outside, checked before the first kernel runs.
-
-A run that fails after its work is done loses that work, so everything the outside world
-must provide is asked for first: a results folder that can be written, a checkpoint whose
-files open and hold the tensors its config describes, and shapes whose bytes (by the op's
-byte model, or the model's weights and KV cache) fit the device's free memory. Each check
-raises ``KbenchError`` naming the problem and the fix, and writes nothing.
-"""
+"""What a command needs from outside, checked before the first kernel runs so that a run never
+fails after its work: a folder it can write, and shapes whose bytes (the op's byte model, or
+the model's weights and KV cache) fit the device's free memory. Each check raises KbenchError."""
 
 from __future__ import annotations
 

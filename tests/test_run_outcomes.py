@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from rich.console import Console
 
 import kbench.commands.run
+import kbench.results.record
 from kbench.cli import EXIT_STATUSES, cli
 from kbench.commands.run import progress_display
 from kbench.commands.suite import suite_progress
@@ -67,7 +68,7 @@ def test_a_results_folder_that_fails_at_the_end_gets_the_record_saved_elsewhere(
             raise PermissionError(13, "Permission denied", str(folder))
         return write_record(record, folder)
 
-    monkeypatch.setattr(kbench.commands.run, "write_record", write_refused_in_out)
+    monkeypatch.setattr(kbench.results.record, "write_record", write_refused_in_out)
     result = _run(*SMALL, "--skip-e2e", "--out", str(out))
     assert result.exit_code == 2, result.output
     (saved,) = (fallback / "kbench-results").glob("*.json")
@@ -151,3 +152,17 @@ def test_kbench_plugins_names_that_match_no_plugin_are_reported(monkeypatch):
     assert result.exit_code == 0, result.output
     errors = json.loads(result.stdout)["plugin_errors"]
     assert "no installed plugin has that name" in errors["nosuchplugin"] and "torch" not in errors
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("args", "shape"), [
+    (["run", str(REPO / "model_specs" / "llama2-7b.yaml"), "--batch", "1000", "--prompt-len", "4000", "--skip-ops"],
+     "batch 1000 x 4032 tokens"),
+    (["bench", "rmsnorm", "--backend", "reference", "--device", "cuda", "--tokens", "1000000000", "--hidden", "100000"],
+     "rmsnorm at tokens=1000000000 hidden=100000"),
+])
+def test_shapes_past_the_gpus_free_memory_are_refused_before_anything_runs(tmp_path, args, shape):
+    result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert shape in result.output and "free on the GPU" in result.output
+    assert not list(tmp_path.iterdir())

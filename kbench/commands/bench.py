@@ -228,9 +228,9 @@ def bench_command(ctx, op_name, backend, others, spec_path, dtype, device, warmu
         if row.status == "SKIP":
             console.print(f"[yellow]SKIP[/] {escape(f'{row.op} [{row.backend}] {row.case}: {row.note}')}", highlight=False)
     if not no_record:
-        from kbench.results.record import write_record
+        from kbench.results.record import write_record_or_keep
 
-        path = write_record(record, out_dir)
+        path = write_record_or_keep(record, out_dir)
         console.print(f"record: {path}", highlight=False)
         if others:
             _print_speedups(path, record["run_id"], backends, console)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -48,7 +47,7 @@ from kbench.plan import Plan, resolve_plan
 from kbench.plugins import get_registry
 from kbench.preflight import check_model_fits, check_op_cases_fit, check_out_dir
 from kbench.registry import REFERENCE
-from kbench.results.record import build_record, write_record
+from kbench.results.record import build_record, write_record_or_keep
 from kbench.results.report import print_run
 from kbench.results.rows import Row
 from kbench.spec import Overrides, load_spec
@@ -163,14 +162,7 @@ def save_record(record: dict, out_dir: Path, console: Console) -> Path | None:
     print_run(record, console)
     if record.get("error"):
         console.print(f"[bold red]{escape(record['error'])}[/]", highlight=False)
-    try:
-        path = write_record(record, out_dir)
-    except OSError as error:
-        fallback = Path(tempfile.gettempdir()) / "kbench-results"
-        path = write_record(record, fallback)
-        console.print(f"could not write to {out_dir} ({error}); record saved to {path}", highlight=False)
-        raise KbenchError(f"The record could not be written to {str(out_dir)!r} ({error.strerror or error}); "
-                          f"it was saved to {path} instead.", "Move it where you want it; check --out.") from None
+    path = write_record_or_keep(record, out_dir)
     console.print(f"record: {path}", highlight=False)
     return path
 

@@ -16,11 +16,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from kbench.errors import KbenchError
 from kbench.results.rows import KINDS, ROW_KEYS, ROW_TYPES, STATUSES, Row, row_dict
 
 __all__ = [
     "KINDS", "ROW_KEYS", "SCHEMA_VERSION", "STATUSES", "build_record", "implementation_provenance", "json_safe",
-    "make_row", "new_run_id", "record_status", "write_record",
+    "make_row", "new_run_id", "record_status", "write_record", "write_record_or_keep",
 ]
 
 SCHEMA_VERSION = 1
@@ -111,6 +112,17 @@ def write_record(record: dict, out_dir: str | os.PathLike) -> Path:
         Path(temp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_record_or_keep(record: dict, out_dir: str | os.PathLike) -> Path:
+    """``write_record``; if ``out_dir`` refuses it, the record is written to a temporary folder
+    and a KbenchError says where, so the work it holds is not lost."""
+    try:
+        return write_record(record, out_dir)
+    except OSError as error:
+        path = write_record(record, Path(tempfile.gettempdir()) / "kbench-results")
+        raise KbenchError(f"The record could not be written to {str(out_dir)!r} ({error.strerror or error}); "
+                          f"it was saved to {path} instead.", "Move it where you want it; check --out.") from None
 
 
 def current_umask() -> int:
