@@ -89,6 +89,13 @@ BATTERY = {
         (["compare", "--threshold", "-1"], "--threshold"),
         (["compare", "--baseline", "reference", "{dir}/record.json", "{dir}/other.json"], "inside one run"),
     ],
+    "report": [
+        (["report", "{dir}/record.json"], "Missing option '--html'"),
+        (["report", "{dir}/record.json", "--html", "{dir}/afile/x.html"], "is a file"),
+        (["report", "{dir}/string_latency.json", "--html", "{dir}/x.html"], "rows[0].latency_us is '12'"),
+        (["report", "{dir}/afile", "--html", "{dir}/x.html"], "is not valid JSON"),
+        (["report", "/absolute/missing.json", "--html", "{dir}/x.html"], "No such results file"),
+    ],
     "list": [
         (["list", "--op", "nosuch"], "Unknown op 'nosuch'"),
         (["list", "--nosuch"], "No such option"),
@@ -102,14 +109,23 @@ BATTERY = {
         (["suite", "{dir}/suite.yaml", "--only", "nosuch"], "nosuch"),
         (["suite", "{dir}/suite.yaml", "--out", "{dir}/afile/sub"], "which is a file"),
     ],
-    # "tune": kbench tune's cases go here once the command exists.
+    "tune": [
+        (["tune", "{dir}/missing.yaml"], "does not exist"),
+        (["tune", TINY, "--attention", "nosuch"], "unknown attention backend 'nosuch'"),
+        (["tune", TINY, "--decode-steps", "0"], "--decode-steps"),
+        (["tune", TINY, "--out", "{dir}/afile/sub"], "which is a file"),
+        (["tune", TINY, "--out-spec", "{dir}/afile/tuned.yaml"], "--out-spec"),
+        (["tune", TINY, "--out-spec", "{dir}"], "is a directory"),
+        (["tune", "{dir}/corrupt_ckpt.yaml"], "cannot be read as safetensors"),
+        (["tune", "{dir}/huge.yaml"], "needs at least"),
+    ],
 }
 CASES = [pytest.param(command, args, message, id=f"{command}-{index}")
          for command, cases in BATTERY.items() for index, (args, message) in enumerate(cases)]
 
 
 def test_the_battery_has_at_least_forty_cases_over_the_commands():
-    assert len(CASES) >= 40 and {"run", "bench", "compare", "list", "suite"} <= set(BATTERY)
+    assert len(CASES) >= 40 and {"run", "bench", "compare", "list", "tune", "suite"} <= set(BATTERY)
 
 
 def _write_checkpoint(folder: Path, corrupt: bool) -> None:

@@ -8,6 +8,7 @@ import click
 
 from kbench.console import make_console
 from kbench.errors import KbenchError
+from kbench.preflight import check_out_file, write_text_file
 
 
 @click.command("report")
@@ -23,16 +24,21 @@ def report_command(runs, html_path, threshold, results_dir):
     the step breakdown as stacked bars, op speedups and the machine's ceilings."""
     from kbench.results import compare_runs, load
     from kbench.results.html import report_html
-    from kbench.results.load import read_json, resolve_paths
+    from kbench.results.load import check_record, is_run_record, read_json, resolve_paths
 
     if len(runs) > 2:
         raise KbenchError(f"kbench report takes one run or two (base, new); got {len(runs)}.",
                           "Pass one record, or the base and the new one.")
+    check_out_file(html_path, "--html")
     paths = resolve_paths(list(runs), results_dir=results_dir)
     records = [read_json(Path(p)) for p in paths]
+    for path, record in zip(paths, records, strict=True):
+        if not is_run_record(record):
+            raise KbenchError(f"{path} is not a kbench run record.", "Pass a record kbench run, bench or tune wrote.")
+        check_record(record, path)
     comparison = None
     if len(records) == 2:
         frame = load([str(p) for p in paths], results_dir=results_dir)
         comparison = compare_runs(frame, records[0]["run_id"], records[1]["run_id"], threshold=threshold)
-    Path(html_path).write_text(report_html(records, comparison))
+    write_text_file(Path(html_path), report_html(records, comparison))
     make_console(stderr=True).print(f"wrote {html_path}", highlight=False)

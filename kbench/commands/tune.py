@@ -30,7 +30,7 @@ from rich.table import Table
 from kbench.bench.end_to_end import PIPELINE, time_end_to_end
 from kbench.bench.pipeline_check import check_pipeline
 from kbench.bench.sweep import op_results
-from kbench.commands.run import FamilyFlagsCommand, family_choices, progress_display
+from kbench.commands.run import FamilyFlagsCommand, RunOptions, check_outside, family_choices, progress_display
 from kbench.console import make_console
 from kbench.env import measure_ceilings
 from kbench.errors import KbenchError
@@ -38,8 +38,9 @@ from kbench.model import build_pipeline, load_weights
 from kbench.model.pipeline import calls_per_step
 from kbench.plan import Plan, resolve_plan
 from kbench.plugins import get_registry
+from kbench.preflight import check_out_file
 from kbench.registry import Registry
-from kbench.results.record import build_record, write_record
+from kbench.results.record import build_record, write_record_or_keep
 from kbench.spec import Overrides, load_spec
 
 ORIGINAL = "spec"
@@ -62,6 +63,8 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
     registry = registry or get_registry()
     plan = resolve_plan(spec, registry)
     out_spec = out_spec or Path(spec.path).with_name(f"{Path(spec.path).stem}-tuned.yaml")
+    check_outside(plan, RunOptions(out_dir=out_dir))
+    check_out_file(out_spec, "--out-spec")
     rows, candidates = [], []
     with progress_display(progress_console or console) as progress:
         progress("measuring device ceilings")
@@ -89,9 +92,9 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
                           device=spec.device, ceilings=ceilings, rows=rows)
     record["tune"] = {"tuned_spec": str(out_spec), "choices": choices,
                       "candidates": [dataclasses.asdict(c) for c in candidates]}
-    path = write_record(record, out_dir)
     print_tune(record, candidates, choices, console)
-    console.print(f"tuned spec: {out_spec}\nrecord: {path}", highlight=False)
+    console.print(f"tuned spec: {out_spec}", highlight=False)
+    console.print(f"record: {write_record_or_keep(record, out_dir)}", highlight=False)
     return record
 
 
