@@ -22,6 +22,7 @@ from kbench.commands.suite import suite_command
 from kbench.commands.tune import tune_command
 from kbench.console import WIDTH_ENV, make_console
 from kbench.errors import KbenchError
+from kbench.preflight import is_out_of_memory, out_of_memory_error
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_STATUSES = {
@@ -42,19 +43,26 @@ class KbenchGroup(click.Group):
         try:
             return super().invoke(ctx)
         except KbenchError as error:
-            make_console(stderr=True).print(f"[bold red]error:[/] {escape(error.message)}"
-                                            + (f"\n  {escape(error.fix)}" if error.fix else ""),
-                                            highlight=False, soft_wrap=True)
+            report_mistake(error)
             sys.exit(EXIT_BAD_INPUT)
         except KeyboardInterrupt:
             click.echo("\ninterrupted.", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
-        except Exception:
+        except Exception as error:
+            if is_out_of_memory(error):  # shapes too large for this machine
+                report_mistake(out_of_memory_error(error))
+                sys.exit(EXIT_BAD_INPUT)
             traceback.print_exc()
             click.echo(f"\ninternal error: {BUG_REPORT}", err=True)
             sys.exit(EXIT_BUG)
+
+
+def report_mistake(error: KbenchError) -> None:
+    """The one paragraph a user mistake gets: what was wrong, then the fix."""
+    text = f"[bold red]error:[/] {escape(error.message)}" + (f"\n  {escape(error.fix)}" if error.fix else "")
+    make_console(stderr=True).print(text, highlight=False, soft_wrap=True)
 
 
 def _help_epilog() -> str:

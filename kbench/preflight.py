@@ -113,5 +113,20 @@ def check_model_fits(spec) -> None:
                "Use fewer layers (--layers), smaller batches or prompts, a 16-bit dtype, or --skip-e2e.")
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is the device or the host running out of memory (torch's OOM, a failed
+    host allocation): shapes too large for the machine, not a bug."""
+    import torch
+
+    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(error, RuntimeError) and ("can't allocate memory" in str(error) or "out of memory" in str(error)))
+
+
+def out_of_memory_error(error: BaseException) -> KbenchError:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return KbenchError(f"Ran out of memory: {first_line}",
+                       "Use smaller shapes (batch, prompt lengths, --DIM values), fewer layers, or a larger device.")
+
+
 def _gib(nbytes: float) -> str:
     return f"{nbytes / 2**30:.3g} GiB ({nbytes:.3g} bytes)"

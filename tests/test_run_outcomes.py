@@ -76,6 +76,19 @@ def test_a_results_folder_that_fails_at_the_end_gets_the_record_saved_elsewhere(
     assert "rmsnorm" in result.stdout and "Traceback" not in result.output
 
 
+def test_running_out_of_memory_mid_run_is_exit_2_and_keeps_the_rows_so_far(tmp_path, monkeypatch):
+    def too_big(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 4000000000000 bytes.")
+
+    monkeypatch.setattr(kbench.commands.run, "check_pipeline", too_big)
+    result = _run(*SMALL, "--out", str(tmp_path))
+    assert result.exit_code == 2, result.output
+    (record,) = _records(tmp_path)
+    assert record["status"] == "FAIL" and "can't allocate memory" in record["error"]
+    assert "Ran out of memory" in result.output and "Use smaller shapes" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_a_bug_exits_3_with_its_traceback_and_a_request_for_a_report(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug in kbench")

@@ -45,7 +45,7 @@ from kbench.model import build_pipeline, load_weights
 from kbench.model.weights import check_weights
 from kbench.plan import Plan, resolve_plan
 from kbench.plugins import get_registry
-from kbench.preflight import check_model_fits, check_op_cases_fit, check_out_dir
+from kbench.preflight import check_model_fits, check_op_cases_fit, check_out_dir, is_out_of_memory, out_of_memory_error
 from kbench.registry import REFERENCE
 from kbench.results.record import build_record, write_record_or_keep
 from kbench.results.report import print_run
@@ -168,7 +168,10 @@ def save_record(record: dict, out_dir: Path, console: Console) -> Path | None:
 
 
 def raise_after_saving(error: Exception, path: Path | None) -> None:
-    """Re-raise a run's error with where its partial record went."""
+    """Re-raise a run's error with where its partial record went (running out of memory is a
+    shape too large for the machine: bad input, not a bug)."""
+    if is_out_of_memory(error):
+        error = out_of_memory_error(error)
     if isinstance(error, KbenchError):
         raise KbenchError(f"{error.message} (the rows measured before it are in {path})", error.fix) from error
     raise error
