@@ -234,6 +234,40 @@ def _make_inputs(case: Case, dtype: torch.dtype, device, seed: int) -> dict:
     }
 
 
+# A position far past any trained range: fp32 angles there are large, so wrapping, int32
+# overflow of p * stride or a low-precision angle shows.
+FAR_POSITION = 100_000
+
+
+def _hard_positions(case: Case) -> list[int]:
+    """Position 0, the ends of the case's range and of the trained range, just past both, and far."""
+    seq_len = case["seq_len"]
+    trained = case.get("original_max_position") or seq_len
+    near = {0, seq_len - 1, seq_len, seq_len + 1, trained - 1, trained, trained + 1, 2 * trained + 3, FAR_POSITION}
+    # past the trained range first, so that one token still gets a position past it
+    return sorted((p for p in near if p >= 0), key=lambda p: (p < trained, p))
+
+
+def _hard_inputs(case: Case, dtype: torch.dtype, device, seed: int) -> dict[str, dict]:
+    """Positions the contract makes hard: 0 (angle 0: cos 1, sin 0), at and past the trained
+    range (``original_max_position``, else the case's ``seq_len``) and far past it; ``inv_freq``
+    for the longest of them (dynamic scaling grows it)."""
+    inputs = _make_inputs(case, dtype, device, seed)
+    tokens, rope = case["tokens"], rope_config_of(case)
+    special = _hard_positions(case)
+    sets = {}
+    for label, positions in (("position 0", [0] * tokens),
+                             (f"position {FAR_POSITION}", [FAR_POSITION] * tokens),
+                             ("positions at and past the trained range",
+                              [special[i % len(special)] for i in range(tokens)])):
+        seq_len = max(case["seq_len"], max(positions) + 1)
+        sets[label] = inputs | {
+            "positions": torch.tensor(positions, dtype=torch.int64).to(device),
+            "inv_freq": rope_inv_freq(case["head_dim"], rope, seq_len).to(device),
+        }
+    return sets
+
+
 def _validate(inputs) -> None:
     q, k = inputs.get("q"), inputs.get("k")
     expect_tensor("q", q, dtype=FLOAT_DTYPES, ndim=3, op="rope")
@@ -313,6 +347,7 @@ ROPE = Op(
     validate=_validate,
     tolerance=rope_tolerance,
     inplace=("q", "k"),
+    hard_inputs=_hard_inputs,
     # Few distinct shapes (torch.compile specialises per shape); the scalings share them.
     test_cases=(
         _test_case(1, 4, 1, 64, "decode", 40000, style="half"),
