@@ -205,6 +205,27 @@ def _make_decode(case: Case, dtype: torch.dtype, device, seed: int) -> dict:
     return inputs
 
 
+def _hard_prefill(case: Case, dtype: torch.dtype, device, seed: int) -> dict[str, dict]:
+    """Length-1 sequences packed between the case's: one query that attends to itself only,
+    next to sequences whose boundaries it must not cross."""
+    lengths = sequence_lengths(case)
+    packed = [lengths[0], 1, *lengths[1:], 1]
+    hard = case.replace(batch=len(packed), seq_lens=packed)
+    return {"length-1 sequences in a packed batch": _make_prefill(hard, dtype, device, seed)}
+
+
+def _hard_decode(case: Case, dtype: torch.dtype, device, seed: int) -> dict[str, dict]:
+    """In one batch: a length-1 sequence (one key, itself), one whose last block holds a single
+    row (k * block_size + 1, the rest of the block garbage) and the case's longest; rows past
+    each length hold finite garbage that a kernel reading past the length picks up."""
+    block_size, context = int(case["block_size"]), int(case["context"])
+    partial = max(1, (context - 1) // block_size) * block_size + 1
+    cycle = (1, partial, max(context, partial))
+    lengths = [cycle[b % len(cycle)] for b in range(max(int(case["batch"]), 2))]
+    hard = case.replace(batch=len(lengths), context=max(lengths), context_lens=lengths)
+    return {"lengths 1 and k * block_size + 1 in one batch": _make_decode(hard, dtype, device, seed)}
+
+
 # -- validation -----------------------------------------------------------------------------
 
 
@@ -349,6 +370,7 @@ ATTENTION_PREFILL = Op(
     cases_for=prefill_cases,
     validate=_validate_prefill,
     tolerance=attention_tolerance,
+    hard_inputs=_hard_prefill,
     test_cases=(
         _prefill(batch=1, seq_len=1, heads=4, kv_heads=4, head_dim=64),
         _prefill(batch=2, seq_len=17, heads=8, kv_heads=2, head_dim=64),
@@ -372,6 +394,7 @@ ATTENTION_DECODE = Op(
     cases_for=decode_cases,
     validate=_validate_decode,
     tolerance=attention_tolerance,
+    hard_inputs=_hard_decode,
     test_cases=(
         _decode(batch=1, context=1, heads=4, kv_heads=4, head_dim=64, layout="contiguous", block_size=16),
         _decode(batch=3, context=37, heads=8, kv_heads=2, head_dim=64, layout="contiguous", block_size=16,
