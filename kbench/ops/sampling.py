@@ -150,6 +150,54 @@ def _make_sample(case: Case, dtype: torch.dtype, device, seed: int) -> dict:
     }
 
 
+# Logits far from the ordinary range, finite in the dtype (and, shrunk for temperatures below
+# 1, in float32 after the division).
+EXTREME_LOGIT = {torch.float32: 1e4, torch.float16: 6e4, torch.bfloat16: 1e36}
+
+
+def _tied_maxima(logits: torch.Tensor) -> torch.Tensor:
+    """Each row's maximum copied to two more tokens, one before and one after where it stands."""
+    tied = logits.clone()
+    vocab = tied.shape[1]
+    for row, top in enumerate(tied.argmax(dim=-1).tolist()):
+        for index in ((top * 7 + 3 + row) % vocab, (top * 13 + 5 + row) % vocab):
+            tied[row, index] = tied[row, top]
+    return tied
+
+
+def _extreme(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Two tokens per row tied at +big, a few at -big (big: ``EXTREME_LOGIT``), the rest as
+    drawn: p is exactly 1/2 on each tied token and 0 elsewhere, whatever the rounding."""
+    big = EXTREME_LOGIT.get(logits.dtype, 1e4)
+    if temperature > 0:
+        big = min(big, torch.finfo(torch.float32).max / 4 * min(1.0, temperature))
+    extreme = logits.clone()
+    vocab = extreme.shape[1]
+    for row in range(extreme.shape[0]):
+        first = (row * 31 + 1) % vocab
+        extreme[row, (first + vocab // 2) % vocab] = big
+        extreme[row, first] = big
+        for low in range(3):
+            extreme[row, (first + 1 + low * 5) % vocab] = -big
+    return extreme
+
+
+def _hard_sample(case: Case, dtype: torch.dtype, device, seed: int) -> dict[str, dict]:
+    """Logits whose outcome the contract fixes exactly: tied maxima (greedy takes the lowest
+    index; sampling splits their mass evenly) and extreme-magnitude logits (p exactly 0 or
+    1/2); uniforms well posed for each."""
+    inputs = _make_sample(case, dtype, "cpu", seed)
+    temperature, top_k, top_p = inputs["temperature"], inputs["top_k"], inputs["top_p"]
+    if case["vocab"] < 3:
+        return {}
+    sets = {}
+    for label, logits in (("tied maxima", _tied_maxima(inputs["logits"])),
+                          ("extreme logits, tied at the top", _extreme(inputs["logits"], temperature))):
+        uniforms = well_posed_uniforms(logits, temperature, top_k, top_p, generator("cpu", seed + 1))
+        sets[label] = inputs | {"logits": logits.to(device), "uniforms": uniforms.to(device)}
+    return sets
+
+
 def _make_topk(case: Case, dtype: torch.dtype, device, seed: int) -> dict:
     g = generator(device, seed)
     return {"logits": randn((case["batch"], case["vocab"]), dtype, device, g, LOGIT_SCALE), "k": case["k"]}
@@ -261,6 +309,7 @@ SAMPLE = Op(
     cases_for=sampling_cases,
     validate=_validate_sample,
     tolerance=_sample_tolerance,
+    hard_inputs=_hard_sample,
     test_cases=(
         _sample_case(3, 1000, 0.0),
         _sample_case(8, 4099, 0.7),
