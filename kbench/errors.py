@@ -22,11 +22,16 @@ def closest(name: str, options: Iterable[str]) -> str | None:
     return matches[0] if matches else None
 
 
+def did_you_mean(name: str, options: Iterable[str]) -> str:
+    """"Did you mean 'x'? " for the option closest to ``name``, or "" when none is close."""
+    guess = closest(name, options)
+    return f"Did you mean {guess!r}? " if guess else ""
+
+
 def unknown_name(kind: str, name: str, options: Iterable[str]) -> KbenchError:
     """A ``KbenchError`` for an unknown name: says the closest match and what exists."""
     options = sorted(set(options))
-    guess = closest(name, options)
-    hint = f"Did you mean {guess!r}? " if guess else ""
+    hint = did_you_mean(name, options)
     return KbenchError(
         f"Unknown {kind} {name!r}.",
         f"{hint}Known {kind}s: {', '.join(options) if options else '(none)'}.",

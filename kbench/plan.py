@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kbench.errors import KbenchError, closest
+from kbench.errors import KbenchError, did_you_mean
 from kbench.ops.base import Case, Op, dtype_name
 from kbench.registry import REFERENCE, Implementation, Registry
 from kbench.results.record import implementation_provenance
@@ -145,16 +145,14 @@ def check_backend_keys(spec: Spec, registry: Registry) -> None:
     allowed = [*families, *registry.ops]
     for key, backend in spec.backends.items():
         if key not in allowed:
-            guess = closest(key, allowed)
-            hint = f"Did you mean {guess!r}? " if guess else ""
+            hint = did_you_mean(key, allowed)
             raise KbenchError(f"{spec.where(f'backends.{key}')}: unknown key.",
                               f"{hint}Keys allowed here: the families {', '.join(families)} or an op "
                               f"({', '.join(registry.ops)}).")
         if key in families:
             family_backends = sorted({b for (o, b) in registry.implementations if registry.ops[o].family == key})
             if backend not in family_backends:
-                guess = closest(backend, family_backends)
-                hint = f"Did you mean {guess!r}? " if guess else ""
+                hint = did_you_mean(backend, family_backends)
                 raise KbenchError(f"{spec.where(f'backends.{key}')}: unknown {key} backend {backend!r}.",
                                   f"{hint}{key} backends: {', '.join(family_backends)} "
                                   f"(`kbench list` shows why some cannot run).{registry.why_backends_may_be_missing()}")

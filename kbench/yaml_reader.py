@@ -9,17 +9,22 @@ from typing import Any
 
 import yaml
 
-from kbench.errors import KbenchError, closest
+from kbench.errors import KbenchError, did_you_mean
 
 
-def key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
-    """'model.heads' -> 1-based line of that key, for every mapping key in the document."""
+def key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
+    """'model.heads' or 'runs[1].command' -> 1-based line, for every mapping key and list item."""
     lines: dict[str, int] = {}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
-            key = f"{prefix}{key_node.value}"
+            key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
             lines[key] = key_node.start_mark.line + 1
-            lines.update(key_lines(value_node, key + "."))
+            lines.update(key_lines(value_node, key))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            key = f"{prefix}[{index}]"
+            lines[key] = item.start_mark.line + 1
+            lines.update(key_lines(item, key))
     return lines
 
 
@@ -79,8 +84,7 @@ class Reader:
         for name in value:
             if str(name) not in allowed:
                 full = f"{key}.{name}" if key else str(name)
-                guess = closest(str(name), allowed)
-                hint = f"Did you mean {guess!r}? " if guess else ""
+                hint = did_you_mean(str(name), allowed)
                 raise self.error(full, "unknown key.", f"{hint}Keys allowed here: {', '.join(allowed)}.")
         return dict(value)
 
@@ -118,8 +122,7 @@ class Reader:
         value = self._required(section, name, key, default)
         options = list(options)
         if not isinstance(value, str) or value not in options:
-            guess = closest(str(value), options)
-            hint = f"Did you mean {guess!r}? " if guess else ""
+            hint = did_you_mean(str(value), options)
             raise self.error(key, f"{value!r} is not one of {', '.join(options)}.", f"{hint}Use one of: {', '.join(options)}.")
         return value
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import kbench.commands.options
 import kbench.commands.run
 from kbench.cli import cli
 from kbench.plugins import build_registry
@@ -58,6 +59,7 @@ def registry_with_broken_norm(monkeypatch):
     for op, fn in (("rmsnorm", rmsnorm_unnormalised), ("add_rmsnorm", add_rmsnorm_unnormalised)):
         registry.add_implementation(Implementation(op, "broken", fn, plugin="test-broken"))
     monkeypatch.setattr(kbench.commands.run, "get_registry", lambda: registry)
+    monkeypatch.setattr(kbench.commands.options, "get_registry", lambda: registry)
     return registry
 
 
@@ -186,6 +188,7 @@ def test_a_plugin_family_with_a_dash_gets_its_own_flag(tmp_path, monkeypatch):
     registry.add_op(dataclasses.replace(RMSNORM, name="rmsnorm_copy", family="layer-norm", role=None), "test-plugin")
     registry.add_implementation(Implementation("rmsnorm_copy", "copy", RMSNORM.reference, plugin="test-plugin"))
     monkeypatch.setattr(kbench.commands.run, "get_registry", lambda: registry)
+    monkeypatch.setattr(kbench.commands.options, "get_registry", lambda: registry)
     assert "--layer-norm NAME" in CliRunner().invoke(cli, ["run", "--help"]).output
     result = _run(*SMALL, *CORE_ONLY, "--layer-norm", "copy", "--skip-e2e", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output

@@ -31,22 +31,9 @@ INPLACE_COPY_BUDGET_BYTES = 256 * 2**20
 MAX_COPIED_GRAPH_CALLS = 1000
 
 
-def op_rows(
-    registry: Registry,
-    op_name: str,
-    backends: list[str],
-    cases: list[Case],
-    dtype: torch.dtype,
-    device: str | torch.device,
-    bench: Any,
-    progress: Callable[[str], None] | None = None,
-    *,
-    ceilings: dict | None = None,
-    seed: int = 0,
-    rounds: int = 1,
-) -> list[dict]:
-    return [row_dict(row) for row in op_results(registry, op_name, backends, cases, dtype, device, bench, progress,
-                                                ceilings=ceilings, seed=seed, rounds=rounds)]
+def op_rows(*args: Any, **kwargs: Any) -> list[dict]:
+    """``op_results`` serialised, for callers that want the record's dict rows."""
+    return [row_dict(row) for row in op_results(*args, **kwargs)]
 
 
 def op_results(

@@ -38,6 +38,7 @@ from kbench.bench.end_to_end import PIPELINE, time_end_to_end
 from kbench.bench.hf_check import check_against_hf, past_trained_range
 from kbench.bench.pipeline_check import check_pipeline
 from kbench.bench.sweep import op_results
+from kbench.commands.options import FamilyFlagsCommand, family_choices, spec_options
 from kbench.console import make_console
 from kbench.env import machine_record, machine_state, measure_ceilings
 from kbench.errors import KbenchError
@@ -259,48 +260,11 @@ def mark_pipeline_failures(plan: Plan, rows: list[Row]) -> list[Row]:
 
 # -- the command line ----------------------------------------------------------------------
 
-class FamilyFlagsCommand(click.Command):
-    """A command with one ``--FAMILY NAME`` option per op family the registry knows, so a
-    family a plugin declares gets its flag like ``--attention`` (built when the command parses
-    or shows its help, not when kbench is imported)."""
-
-    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
-        params = super().get_params(ctx)
-        taken = {opt for param in params for opt in getattr(param, "opts", ())}
-        families = [click.Option([f"--{family}", family_param(family)], default=None, metavar="NAME",
-                                 help=f"Backend for the {family} family.")
-                    for family in get_registry().families if f"--{family}" not in taken]
-        return params[:1] + families + params[1:]
-
-
-def family_param(family: str) -> str:
-    """The click parameter name of ``--FAMILY`` (any family name, ``layer-norm`` included)."""
-    return "family__" + "".join(c if c.isalnum() else "_" for c in family)
-
-
-def family_choices(flags: dict) -> dict[str, str]:
-    """family -> backend from the ``--FAMILY NAME`` flags given; their entries leave ``flags``."""
-    names = {family_param(family): family for family in get_registry().families}
-    chosen = {}
-    for key in [k for k in flags if k.startswith("family__")]:
-        value = flags.pop(key)
-        if value:
-            chosen[names[key]] = value
-    return chosen
-
-
 @click.command("run", cls=FamilyFlagsCommand)
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--backend", "backend", multiple=True, metavar="FAMILY=NAME",
               help="Backend for a family or one op, e.g. attention_decode=triton (repeatable).")
-@click.option("--dtype", default=None, help="float32, bfloat16 (bf16), float16 (fp16).")
-@click.option("--device", default=None, help="cpu or cuda.")
-@click.option("--batch", default=None, metavar="1,8,32", help="Batch sizes of the workload.")
-@click.option("--prompt-len", "prompt_len", default=None, metavar="128,1024", help="Prompt lengths of the workload.")
-@click.option("--decode-steps", "decode_steps", type=click.IntRange(min=1), default=None, help="Decode steps timed.")
-@click.option("--layers", type=click.IntRange(min=1), default=None, help="Build the model with this many layers.")
-@click.option("--cuda-graphs/--no-cuda-graphs", "cuda_graphs", default=None,
-              help="Decode under a captured CUDA graph. (Op rows report graph-replay kernel time on CUDA either way.)")
+@spec_options
 @click.option("--out", "out_dir", default="results", type=click.Path(file_okay=False), show_default=True,
               help="Folder for the run record.")
 @click.option("--baseline", "baselines", multiple=True, type=click.Choice(["hf", "reference"]),

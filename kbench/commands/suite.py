@@ -22,9 +22,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from kbench.console import make_console
-from kbench.errors import KbenchError, closest
+from kbench.errors import KbenchError, did_you_mean
 from kbench.preflight import check_out_dir
 from kbench.results.figures import _markdown_table, marker_spans, update_readme
+from kbench.yaml_reader import key_lines
 
 SUITE_KEYS = ("name", "description", "out", "runs")
 ENTRY_KEYS = ("name", "command")
@@ -74,22 +75,6 @@ class Outcome:
 
 # -- reading the suite -------------------------------------------------------------------------
 
-def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
-    """'runs[1].command' -> 1-based line, for every mapping key and list item of the document."""
-    lines: dict[str, int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
-            lines[key] = key_node.start_mark.line + 1
-            lines.update(_key_lines(value_node, key))
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            key = f"{prefix}[{index}]"
-            lines[key] = item.start_mark.line + 1
-            lines.update(_key_lines(item, key))
-    return lines
-
-
 class _SuiteReader:
     """The suite file's text and key lines; ``error(key, ...)`` names file:line and key."""
 
@@ -102,7 +87,7 @@ class _SuiteReader:
         text = path.read_text()
         try:
             self.data = yaml.safe_load(text)
-            self.lines = _key_lines(yaml.compose(text, Loader=yaml.SafeLoader))
+            self.lines = key_lines(yaml.compose(text, Loader=yaml.SafeLoader))
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
@@ -124,8 +109,7 @@ class _SuiteReader:
             raise self.error(key, f"must be a mapping, got {type(value).__name__}.", f"Write it as {example}.")
         for name in value:
             if str(name) not in allowed:
-                guess = closest(str(name), allowed)
-                hint = f"Did you mean {guess!r}? " if guess else ""
+                hint = did_you_mean(str(name), allowed)
                 raise self.error(f"{key}.{name}" if key else str(name), "unknown key.",
                                  f"{hint}Keys allowed here: {', '.join(allowed)}.")
         return value
@@ -220,8 +204,7 @@ def select_entries(suite: Suite, only: Sequence[str]) -> list[Entry]:
     known = [entry.name for entry in suite.entries]
     for name in names:
         if name not in known:
-            guess = closest(name, known)
-            hint = f"Did you mean {guess!r}? " if guess else ""
+            hint = did_you_mean(name, known)
             raise KbenchError(f"--only {name!r}: {suite.path} has no entry of that name.",
                               f"{hint}Entries: {', '.join(known)}.")
     return [entry for entry in suite.entries if not names or entry.name in names]

@@ -30,7 +30,8 @@ from rich.table import Table
 from kbench.bench.end_to_end import PIPELINE, time_end_to_end
 from kbench.bench.pipeline_check import check_pipeline
 from kbench.bench.sweep import op_results
-from kbench.commands.run import FamilyFlagsCommand, RunOptions, check_outside, family_choices, progress_display
+from kbench.commands.options import FamilyFlagsCommand, family_choices, spec_options
+from kbench.commands.run import RunOptions, check_outside, progress_display
 from kbench.console import make_console
 from kbench.env import measure_ceilings
 from kbench.errors import KbenchError
@@ -188,13 +189,7 @@ def print_tune(record: dict, candidates: list[Candidate], choices: dict[str, str
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--backend", "backend", multiple=True, metavar="FAMILY=NAME",
               help="The spec's own choice to tune against, changed as in kbench run (repeatable).")
-@click.option("--dtype", default=None, help="float32, bfloat16 (bf16), float16 (fp16).")
-@click.option("--device", default=None, help="cpu or cuda.")
-@click.option("--batch", default=None, metavar="1,8,32", help="Batch sizes of the workload.")
-@click.option("--prompt-len", "prompt_len", default=None, metavar="128,1024", help="Prompt lengths of the workload.")
-@click.option("--decode-steps", "decode_steps", type=click.IntRange(min=1), default=None, help="Decode steps timed.")
-@click.option("--layers", type=click.IntRange(min=1), default=None, help="Build the model with this many layers.")
-@click.option("--cuda-graphs/--no-cuda-graphs", "cuda_graphs", default=None, help="Decode under a captured CUDA graph.")
+@spec_options
 @click.option("--out-spec", "out_spec", default=None, type=click.Path(dir_okay=False),
               help="Where to write the tuned spec (default: SPEC's name with -tuned, beside it).")
 @click.option("--out", "out_dir", default="results", type=click.Path(file_okay=False), show_default=True,
