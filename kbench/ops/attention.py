@@ -8,8 +8,7 @@ Math (Hugging Face ``eager_attention_forward`` of ``LlamaAttention``), per seque
     probs = softmax(scores.float(), dim=-1).to(q.dtype)         # fp32 softmax, as HF
     out = probs @ v                                             # in q.dtype
 
-``scale`` is ``head_dim ** -0.5`` for LLaMA; ``kv_heads`` is ``heads`` (MHA), a divisor of it
-(GQA) or 1 (MQA).
+``scale`` is ``head_dim ** -0.5``; ``kv_heads`` is ``heads`` (MHA), a divisor of it (GQA) or 1 (MQA).
 
 ``attention_prefill(q, k, v, cu_seqlens, max_seqlen, scale) -> out``
 
@@ -35,19 +34,17 @@ Math (Hugging Face ``eager_attention_forward`` of ``LlamaAttention``), per seque
   for each sequence, the new one included. Rows past it hold finite garbage;
 - ``out: [batch, heads, head_dim]`` in q.dtype.
 
-Case dimensions: ``batch``, ``heads``, ``kv_heads``, ``head_dim`` and, for prefill, ``seq_len``
-(every sequence) or ``seq_lens`` (a list, one per sequence); for decode, ``context`` (the longest
-cache length) with ``context_lens`` (a list) or ``random_lengths=True`` (lengths drawn in
-``[1, context]`` from a generator seeded by the case, the last one at ``context``), ``layout``
-(``contiguous`` or ``paged``) and ``block_size``. An optional ``scale`` overrides
-``head_dim ** -0.5``.
+Case dimensions: ``batch``, ``heads``, ``kv_heads``, ``head_dim``; prefill ``seq_len`` or
+``seq_lens``; decode ``context`` (longest cache length) with ``context_lens`` or
+``random_lengths=True`` (seeded by the case, the last at ``context``), ``layout``, ``block_size``.
+An optional ``scale`` overrides ``head_dim ** -0.5``.
 
-FLOPs: ``4 * heads * head_dim`` times ``sum(L * (L + 1) / 2)`` (prefill) or ``sum(L)``
-(decode); bytes: q, out and the K/V rows read once.
+FLOPs: ``4 * heads * head_dim * sum(L * (L + 1) / 2)`` (prefill), ``* sum(L)`` (decode); bytes: q, out, K/V rows.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 from collections.abc import Mapping
@@ -206,8 +203,7 @@ def _make_decode(case: Case, dtype: torch.dtype, device, seed: int) -> dict:
 
 
 def _hard_prefill(case: Case, dtype: torch.dtype, device, seed: int) -> dict[str, dict]:
-    """Length-1 sequences packed between the case's: one query that attends to itself only,
-    next to sequences whose boundaries it must not cross."""
+    """Length-1 sequences packed between the case's, whose boundaries they must not cross."""
     lengths = sequence_lengths(case)
     packed = [lengths[0], 1, *lengths[1:], 1]
     hard = case.replace(batch=len(packed), seq_lens=packed)
@@ -215,9 +211,8 @@ def _hard_prefill(case: Case, dtype: torch.dtype, device, seed: int) -> dict[str
 
 
 def _hard_decode(case: Case, dtype: torch.dtype, device, seed: int) -> dict[str, dict]:
-    """In one batch: a length-1 sequence (one key, itself), one whose last block holds a single
-    row (k * block_size + 1, the rest of the block garbage) and the case's longest; rows past
-    each length hold finite garbage that a kernel reading past the length picks up."""
+    """Lengths 1, k * block_size + 1 (one row in the last block) and the case's longest in one
+    batch; the finite garbage past each length catches a kernel that reads past it."""
     block_size, context = int(case["block_size"]), int(case["context"])
     partial = max(1, (context - 1) // block_size) * block_size + 1
     cycle = (1, partial, max(context, partial))
@@ -318,8 +313,7 @@ def _bytes_decode(case: Case, dtype: torch.dtype) -> float:
 
 
 def attention_tolerance(dtype: torch.dtype) -> Tolerance:
-    """Kernels keep scores and probabilities in fp32 where the reference rounds them to dtype,
-    so the bound covers a few ulps of the output plus the reference's own rounding of P."""
+    """A few ulps of the output plus the reference's own rounding of P (kernels keep it in fp32)."""
     if dtype == torch.float32:
         return Tolerance(atol=2e-5, rtol=1e-4)
     if dtype == torch.float16:
@@ -348,12 +342,8 @@ def decode_cases(model, workload) -> list[Case]:
     ]
 
 
-def _prefill(**dims) -> Case:
-    return Case("attention_prefill", dims)
-
-
-def _decode(**dims) -> Case:
-    return Case("attention_decode", dims)
+_prefill = functools.partial(Case, "attention_prefill")
+_decode = functools.partial(Case, "attention_decode")
 
 
 ATTENTION_PREFILL = Op(
