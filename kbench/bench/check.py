@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from kbench.bench.integrity import integrity_problems
+from kbench.bench.stopwatch import OP_CHECK, STOPWATCH
 from kbench.errors import KbenchError
 from kbench.ops.base import Case, Check
 from kbench.registry import REFERENCE, Registry
@@ -43,7 +44,12 @@ def check_implementation(
     """``backend`` against the reference on the same inputs, by the op's ``compare``, then on each
     of the op's hard input sets; a call that writes a read-only input or returns one fails too.
     An exception in the kernel is a FAIL, not a crash; a ``KbenchError`` (unsupported case)
-    propagates."""
+    propagates. Its time is the run's ``op checks`` (``kbench.bench.stopwatch``)."""
+    with STOPWATCH.timed(OP_CHECK):
+        return _check_all(registry, op_name, backend, case, dtype, device, seed, reference, inputs)
+
+
+def _check_all(registry, op_name, backend, case, dtype, device, seed, reference, inputs) -> Check:
     op = registry.op(op_name)
     impl = registry.resolve(op_name, backend, case, dtype, device)
     if inputs is None:

@@ -21,6 +21,7 @@ import torch
 from kbench.bench.check import check_implementation, clone_inputs, reference_output
 from kbench.bench.integrity import check_after_timing, fresh_values, refill_in_place
 from kbench.bench.limits import limit_problem
+from kbench.bench.stopwatch import AFTER_TIMING, OP_CHECK, STOPWATCH
 from kbench.bench.timing import GRAPH_REPLAY_TARGET_US, MAX_GRAPH_CALLS, Timing, l2_cache_bytes, measure, summarize
 from kbench.ops.base import Case, Op, dtype_name
 from kbench.registry import Registry
@@ -60,7 +61,8 @@ def op_results(
     for case in cases:
         inputs = op.make_inputs(case, dtype, device, seed)
         op.validate(inputs)  # an impossible case (k past the vocab, ...) is the caller's mistake: KbenchError
-        reference = reference_output(op, inputs)
+        with STOPWATCH.timed(OP_CHECK):
+            reference = reference_output(op, inputs)
         if rounds > 1:
             rows += paired_rows(registry, op, backends, case, dtype, device, bench, inputs, reference,
                                 ceilings or {}, seed, rounds)
@@ -209,14 +211,18 @@ def time_op(impl, op: Op, inputs: dict, device: torch.device, bench: Any, *, cud
 
     verify = None
     if guard is not None and guard.problem is None:
-        def verify(run_once):
-            if cuda_graph and sets < (graph_calls or 1) and op.inplace:
-                return  # a replay calls some set twice: its in-place inputs change within the replay
+        def recheck(run_once):
             fresh = fresh_values(op, guard.case, guard.dtype, device, guard.seed)
             guard.problem = check_after_timing(op, guard.reference, None if cuda_graph else last[0], run_once,
                                                fn.input_sets, fresh, op.tolerance(guard.dtype))
             # the refill reached tensors the sets share with ``inputs``: the values they had
             refill_in_place(fn.input_sets, op.make_inputs(guard.case, guard.dtype, device, guard.seed))
+
+        def verify(run_once):
+            if cuda_graph and sets < (graph_calls or 1) and op.inplace:
+                return  # a replay calls some set twice: its in-place inputs change within the replay
+            with STOPWATCH.timed(AFTER_TIMING):
+                recheck(run_once)
     timing = measure(watched if guard is not None and not cuda_graph else fn, device=device,
                      warmup_ms=bench.warmup_ms, rep_ms=bench.rep_ms, flush_l2=bench.flush_l2,
                      cuda_graph=cuda_graph, reset=reset, graph_calls=graph_calls,

@@ -37,6 +37,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from kbench.bench.end_to_end import PIPELINE, time_end_to_end
 from kbench.bench.hf_check import check_against_hf, past_trained_range
 from kbench.bench.pipeline_check import check_pipeline
+from kbench.bench.stopwatch import HF_CHECK, PIPELINE_CHECK, STOPWATCH, describe
 from kbench.bench.sweep import op_results
 from kbench.commands.options import FamilyFlagsCommand, family_choices, spec_options
 from kbench.console import make_console
@@ -93,6 +94,7 @@ def run(spec_path: str | Path, overrides: Overrides | None, options: RunOptions,
     check_outside(plan, options)
     note_trained_range(spec, console)
     started = datetime.now(timezone.utc)
+    STOPWATCH.reset()
     rows: list[Row] = []
     ceilings: dict = {}
     start_state = machine_state(spec.device)
@@ -131,9 +133,11 @@ def check_and_time_pipeline(plan: Plan, options: RunOptions, ceilings: dict, pro
     progress("loading weights")
     weights = load_weights(plan.spec)
     pipeline = build_pipeline(plan, weights)
-    rows = check_pipeline(plan, weights, pipeline, progress)
+    with STOPWATCH.timed(PIPELINE_CHECK):
+        rows = check_pipeline(plan, weights, pipeline, progress)
     if "hf" in options.checks or "hf" in options.baselines:
-        rows += check_against_hf(plan, weights, pipeline, progress)
+        with STOPWATCH.timed(HF_CHECK):
+            rows += check_against_hf(plan, weights, pipeline, progress)
     rows += time_end_to_end(plan, pipeline, PIPELINE, weights, ceilings, progress)
     del pipeline  # one model's weights and KV cache on the device at a time
     for name in options.baselines:
@@ -145,12 +149,13 @@ def check_and_time_pipeline(plan: Plan, options: RunOptions, ceilings: dict, pro
 
 def build_run_record(plan: Plan, options: RunOptions, ceilings: dict, rows: list[Row], started: datetime,
                      start_state: dict, error: BaseException | None = None) -> dict:
-    """The run record, with the machine's state at start and now; one that ``error`` cut short is
-    FAIL and says why under ``error``."""
+    """The run record, with the machine's state at start and now and the checks' share of the
+    wall time (``wall_s``); one that ``error`` cut short is FAIL and says why under ``error``."""
     record = build_record(name=plan.spec.name, command=options.command, spec=plan.spec.to_dict(),
                           backends=plan.record(), registry=plan.registry, device=plan.spec.device,
                           ceilings=ceilings, rows=mark_pipeline_failures(plan, rows), created=started,
                           machine=machine_record(start_state, machine_state(plan.spec.device)))
+    record["wall_s"] = STOPWATCH.summary((datetime.now(timezone.utc) - started).total_seconds())
     if error is not None:
         message = error.message if isinstance(error, KbenchError) else f"{type(error).__name__}: {error}"
         record["status"] = "FAIL"
@@ -161,6 +166,8 @@ def build_run_record(plan: Plan, options: RunOptions, ceilings: dict, rows: list
 def save_record(record: dict, out_dir: Path, console: Console) -> Path | None:
     """Print the tables, then write the record (to a temporary folder if ``out_dir`` fails)."""
     print_run(record, console)
+    if describe(record.get("wall_s")):
+        console.print(describe(record["wall_s"]), highlight=False)
     if record.get("error"):
         console.print(f"[bold red]{escape(record['error'])}[/]", highlight=False)
     path = write_record_or_keep(record, out_dir)
