@@ -99,6 +99,16 @@ class Plan:
                for name, op in self.ops.items()}
         return dataclasses.replace(self, ops=ops)
 
+    def with_backends(self, choices: dict[str, str], origin: str) -> Plan:
+        """The same cases with ``choices`` (op -> backend) in place of the spec's, each said to
+        come from ``origin`` (a mix ``kbench tune`` times), the spec's ``backends`` to match."""
+        ops = {name: dataclasses.replace(op, backend=choices[name], origin=origin, fallback=None,
+                                         implementation=self.registry.get(name, choices[name]))
+               if name in choices else op for name, op in self.ops.items()}
+        spec = dataclasses.replace(self.spec, backends={**self.spec.backends, **choices},
+                                   origins={**self.spec.origins, **{f"backends.{op}": origin for op in choices}})
+        return dataclasses.replace(self, spec=spec, ops=ops)
+
     def with_spec(self, spec: Spec) -> Plan:
         """The same choices over another spec of the same model (the float32 oracle's dtype)."""
         return dataclasses.replace(self, spec=spec)

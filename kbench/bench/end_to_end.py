@@ -3,6 +3,8 @@ point, and for the pipeline each step's per-op breakdown (``kbench.bench.breakdo
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from kbench.bench.breakdown import breakdown_rows
@@ -18,6 +20,8 @@ from kbench.spec import Spec
 
 PROMPT_SEED = 1234
 PIPELINE = "pipeline"
+# Labels of the models timed beside a pipeline whose ops are not the plan's choices (``kbench run --baseline``).
+BASELINES = ("hf", "reference")
 
 
 def time_end_to_end(plan: Plan, model, label: str, weights, ceilings: dict, progress) -> list[Row]:
@@ -68,10 +72,10 @@ def time_prefill(plan: Plan, model, label: str, ceilings: dict, progress) -> lis
 def step_breakdown(plan: Plan, model, label: str, phase: str, batch: int, prompt_len: int,
                    step_us: float) -> list[Row]:
     """The per-op breakdown of the pipeline's step just timed (``kbench.bench.breakdown``);
-    none for a baseline, whose ops are not kbench's."""
-    if label != PIPELINE or not hasattr(model, "traced_calls"):
+    none for a baseline (``BASELINES``), whose ops are not the plan's."""
+    if label in BASELINES or not hasattr(model, "traced_calls"):
         return []
-    return breakdown_rows(plan, model, phase, batch, prompt_len, step_us)
+    return [dataclasses.replace(row, mix=label) for row in breakdown_rows(plan, model, phase, batch, prompt_len, step_us)]
 
 
 def crash_row(kind: str, plan: Plan, label: str, batch: int, prompt_len: int, error: Exception) -> Row:
@@ -81,7 +85,7 @@ def crash_row(kind: str, plan: Plan, label: str, batch: int, prompt_len: int, er
                                                         "check": f" decode_steps={steps}"}[kind]
     return ROW_TYPES[kind](op=kind if kind != "check" else PIPELINE, backend=label, case=case, dtype=dtype_name(spec.dtype),
                     device=spec.device, shape=shape, status="FAIL", note=f"raised {type(error).__name__}: {error}",
-                    backends=plan.label() if label == PIPELINE else label)
+                    backends=label if label in BASELINES else plan.label())
 
 
 @torch.inference_mode()
@@ -108,7 +112,7 @@ def prefill_row(plan: Plan, model, label: str, ceilings: dict, batch: int, promp
         **_timing_fields(prefill), ttft_us=first.median_us, flops=flops, tflops=tflops,
         throughput_basis=prefill.method, frac_peak_flops=tflops / matmul_tflops if matmul_tflops else None,
         tokens_per_s=batch * prompt_len / (prefill.median_us * 1e-6), peak_memory_bytes=peak,
-        backends=plan.label() if label == PIPELINE else label,
+        backends=label if label in BASELINES else plan.label(),
     )
 
 
@@ -178,7 +182,7 @@ def decode_row(plan: Plan, model, label: str, weights, ceilings: dict, batch: in
         **_timing_fields(timing, per=steps), bytes=bytes_per_step, gbps=gbps, throughput_basis=timing.method,
         frac_peak_bw=gbps / copy_gbps if copy_gbps else None, tokens_per_s=batch / step_s,
         peak_memory_bytes=peak, cuda_graph=graph, cuda_graph_note=graph_note,
-        backends=plan.label() if label == PIPELINE else label,
+        backends=label if label in BASELINES else plan.label(),
     )
 
 

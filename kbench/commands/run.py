@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from kbench.bench.end_to_end import PIPELINE, time_end_to_end
+from kbench.bench.end_to_end import BASELINES, PIPELINE, time_end_to_end
 from kbench.bench.hf_check import check_against_hf, past_trained_range
 from kbench.bench.pipeline_check import check_pipeline
 from kbench.bench.stopwatch import HF_CHECK, PIPELINE_CHECK, STOPWATCH, describe
@@ -54,7 +54,6 @@ from kbench.results.report import print_run
 from kbench.results.rows import Row
 from kbench.spec import Overrides, load_spec
 
-BASELINES = ("hf", "reference")
 CHECKS = ("hf",)
 
 

@@ -1,17 +1,23 @@
 """``kbench tune SPEC``: the fastest correct backend per op at the workload's shapes, written
-as a spec, then run against the spec's own choice end to end.
+as a spec, then run end to end against the spec's own choice and single-backend mixes.
 
 1. resolve the spec's plan; for every op the pipeline calls, every backend that can run
    here and supports all of the op's model cases is checked against the reference and timed
-   at those cases (``kbench.bench.sweep.op_results``: the cases of ``bench.max_op_cases``);
-2. a backend's cost is the sum over cases of its kernel time (CUDA-graph replay where
-   measured, else as called) times the op's calls per step (``calls_per_step``): prefill
-   and decode cases each weigh what one step of theirs spends on the op. The cheapest
-   backend that passed every check is chosen; one that failed, or cannot run, is listed with
-   the reason and never chosen;
-3. the tuned spec is the spec's text with ``backends:`` replaced by one entry per op, each
-   with a comment giving its cost and the runner-up's;
-4. the tuned and the original pipeline are checked and timed end to end, and the gain printed.
+   at every shape the workload gives it (``Op.cases_for``, not cut to ``bench.max_op_cases``);
+2. a backend's cost is the time one request of the workload spends in the op: per case its
+   kernel time (CUDA-graph replay where measured, else as called) times the op's calls per
+   step (``calls_per_step``), and per step of a request that runs the case's shape
+   (``steps_per_request``): prefill shapes once, decode shapes ``decode_steps`` times. Prefill
+   and decode are shown apart; their sum chooses. The cheapest backend that passed every check
+   is chosen; one that failed, or cannot run, is listed with the reason and never chosen;
+3. the per-op choice, the spec's own choice and each single-backend mix (one backend on every
+   op where it passed, as ``--norm X --rope X ...`` would ask; backends that passed ops of two
+   families or more, or ``--mixes``) are timed end to end; the fastest over the workload
+   (prefill plus ``decode_steps`` decode steps, summed over its points) is written, so the
+   tuned spec is never slower end to end than a mix tune tried;
+4. the tuned spec is the spec's text with ``backends:`` replaced by one entry per op, each
+   with a comment giving its cost and the runner-up's; it is checked end to end against the
+   float32 oracle.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from kbench.bench.end_to_end import PIPELINE, time_end_to_end
+from kbench.bench.end_to_end import time_end_to_end
 from kbench.bench.pipeline_check import check_pipeline
 from kbench.bench.sweep import op_results
 from kbench.commands.options import FamilyFlagsCommand, family_choices, spec_options
@@ -36,76 +42,100 @@ from kbench.console import make_console
 from kbench.env import measure_ceilings
 from kbench.errors import KbenchError
 from kbench.model import build_pipeline, load_weights
-from kbench.model.pipeline import calls_per_step
+from kbench.model.pipeline import calls_per_step, steps_per_request
 from kbench.plan import Plan, resolve_plan
 from kbench.plugins import get_registry
 from kbench.preflight import check_out_file
-from kbench.registry import Registry
+from kbench.registry import REFERENCE, Registry
 from kbench.results.record import build_record, write_record_or_keep
 from kbench.spec import Overrides, load_spec
 
 ORIGINAL = "spec"
+PER_OP = "per-op"
+MIX_PREFIX = "all-"
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One backend of one op: its cost per step in µs (None when it cannot be chosen) and why not."""
+    """One backend of one op: µs one request spends in it (None when it cannot be chosen), its
+    prefill and decode parts (``decode_us`` over all decode steps), and why not."""
 
     op: str
     backend: str
     cost_us: float | None
     reason: str | None = None
+    prefill_us: float | None = None
+    decode_us: float | None = None
 
 
 def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | None, out_dir: Path,
-         console: Console, progress_console: Console | None = None, registry: Registry | None = None) -> dict:
-    """The whole ``kbench tune``; returns the record it wrote (with ``tuned_spec`` and ``choices``)."""
+         console: Console, progress_console: Console | None = None, registry: Registry | None = None,
+         mixes: tuple[str, ...] | None = None) -> dict:
+    """The whole ``kbench tune``; returns the record it wrote (with ``tune``: the tuned spec, the
+    choices, every candidate and the end-to-end time of every mix). ``mixes``: the single-backend
+    mixes to time end to end (None: every backend that passed ops of two families or more)."""
     spec = load_spec(spec_path, overrides)
     registry = registry or get_registry()
     plan = resolve_plan(spec, registry)
     out_spec = out_spec or Path(spec.path).with_name(f"{Path(spec.path).stem}-tuned.yaml")
     check_outside(plan, RunOptions(out_dir=out_dir))
     check_out_file(out_spec, "--out-spec")
+    check_mixes(plan, mixes)
     rows, candidates = [], []
     with progress_display(progress_console or console) as progress:
         progress("measuring device ceilings")
         ceilings = measure_ceilings(spec.device)
-        for index, name in enumerate(plan.pipeline_ops, 1):
+        # an op the workload never calls (all_reduce on one rank) has nothing to choose
+        tuned_ops = [name for name in plan.pipeline_ops if registry.ops[name].cases_for(spec.model, spec.workload)]
+        for index, name in enumerate(tuned_ops, 1):
             for backend in registry.backends(name):
-                progress(f"op {index}/{len(plan.pipeline_ops)} {name}: {backend}")
+                progress(f"op {index}/{len(tuned_ops)} {name}: {backend}")
                 found, op_rows = time_candidate(plan, name, backend, ceilings, progress)
                 candidates.append(found)
                 rows += op_rows
-        choices = choose(candidates)
-        tuned_text = tuned_spec_text(Path(spec.path).read_text(), choices, candidates)
-        out_spec.write_text(tuned_text)
-        tuned_plan = resolve_plan(load_spec(out_spec, overrides), registry)
+        per_op = choose(candidates)
+        mix_choices = {PER_OP: per_op, ORIGINAL: {name: plan.backend(name) for name in tuned_ops}}
+        mix_choices |= single_backend_mixes(plan, candidates, mixes)
         progress("loading weights")
         weights = load_weights(spec)
-        for label, each in ((PIPELINE, tuned_plan), (ORIGINAL, plan)):
+        timed = {}
+        for number, (label, choices) in enumerate(mix_choices.items(), 1):
+            each = plan.with_backends(choices, f"kbench tune ({label})")
             pipeline = build_pipeline(each, weights)
-            if label == PIPELINE:
-                rows += check_pipeline(each, weights, pipeline, progress)
-            rows += time_end_to_end(each, pipeline, label, weights, ceilings, lambda t, lb=label: progress(f"{lb}: {t}"))
+            say = lambda text, lb=label, n=number: progress(f"end to end {n}/{len(mix_choices)} {lb}: {text}")  # noqa: E731
+            mix_rows = time_end_to_end(each, pipeline, label, weights, ceilings, say)
+            timed[label] = request_us(mix_rows, spec.workload.decode_steps)
+            rows += mix_rows
             del pipeline
+        winner = min((label for label in timed if timed[label] is not None), key=lambda lb: timed[lb],
+                     default=PER_OP)
+        tuned_text = tuned_spec_text(Path(spec.path).read_text(), mix_choices[winner], candidates,
+                                     header=winner_comment(winner, timed))
+        out_spec.write_text(tuned_text)
+        kept = dataclasses.replace(overrides, backends={}, backend_flags={}) if overrides else None
+        tuned_plan = resolve_plan(load_spec(out_spec, kept), registry)
+        pipeline = build_pipeline(tuned_plan, weights)
+        rows += [dataclasses.replace(r, backend=winner) for r in check_pipeline(tuned_plan, weights, pipeline, progress)]
+        del pipeline
     record = build_record(name=f"{spec.name}-tune", command=tuple(["kbench", *sys.argv[1:]]),
                           spec=tuned_plan.spec.to_dict(), backends=tuned_plan.record(), registry=registry,
                           device=spec.device, ceilings=ceilings, rows=rows)
-    record["tune"] = {"tuned_spec": str(out_spec), "choices": choices,
+    record["tune"] = {"tuned_spec": str(out_spec), "choices": mix_choices[winner], "winner": winner,
+                      "mixes": {label: {"choices": choices, "request_us": timed.get(label)}
+                                for label, choices in mix_choices.items()},
                       "candidates": [dataclasses.asdict(c) for c in candidates]}
-    print_tune(record, candidates, choices, console)
-    console.print(f"tuned spec: {out_spec}", highlight=False)
+    print_tune(record, candidates, per_op, console)
+    console.print(f"tuned spec: {out_spec} ({winner})", highlight=False)
     console.print(f"record: {write_record_or_keep(record, out_dir)}", highlight=False)
     return record
 
 
 def time_candidate(plan: Plan, name: str, backend: str, ceilings: dict, progress) -> tuple[Candidate, list]:
-    """Check and time ``backend`` on ``name``'s model cases; its cost, or why it is out."""
+    """Check and time ``backend`` on every shape the workload gives ``name``; its cost, or why it is out."""
     spec, registry = plan.spec, plan.registry
-    cases = list(plan.ops[name].cases)
+    cases = plan.registry.ops[name].cases_for(spec.model, spec.workload)
     implementation = registry.get(name, backend)
-    reason = next((r for r in (implementation.reason(case, spec.dtype, spec.device) for case in
-                               plan.registry.ops[name].cases_for(spec.model, spec.workload)) if r), None)
+    reason = next((r for r in (implementation.reason(case, spec.dtype, spec.device) for case in cases) if r), None)
     if reason:
         return Candidate(name, backend, None, reason), []
     rows = op_results(registry, name, [backend], cases, spec.dtype, spec.device, spec.bench,
@@ -113,9 +143,13 @@ def time_candidate(plan: Plan, name: str, backend: str, ceilings: dict, progress
     failed = [r for r in rows if r.status != "PASS"]
     if failed:
         return Candidate(name, backend, None, f"{failed[0].status} at {failed[0].case}: {failed[0].note}"), rows
-    cost = sum(calls_per_step(spec.model, name, case.get("proj")) * (row.graph_latency_us or row.latency_us)
-               for case, row in zip(cases, rows, strict=True))
-    return Candidate(name, backend, cost), rows
+    prefill = decode = 0.0
+    for case, row in zip(cases, rows, strict=True):
+        per_step = calls_per_step(spec.model, name, case.get("proj")) * (row.graph_latency_us or row.latency_us)
+        prefill_steps, decode_steps = steps_per_request(name, case, spec.workload)
+        prefill += prefill_steps * per_step
+        decode += decode_steps * per_step
+    return Candidate(name, backend, prefill + decode, prefill_us=prefill, decode_us=decode), rows
 
 
 def choose(candidates: list[Candidate]) -> dict[str, str]:
@@ -133,16 +167,64 @@ def choose(candidates: list[Candidate]) -> dict[str, str]:
     return {op: candidate.backend for op, candidate in best.items()}
 
 
-def tuned_spec_text(text: str, choices: dict[str, str], candidates: list[Candidate]) -> str:
-    """The spec's text with its top-level ``backends:`` replaced by one commented entry per op."""
-    lines = ["backends:"]
+def single_backend_mixes(plan: Plan, candidates: list[Candidate], wanted: tuple[str, ...] | None) -> dict[str, dict]:
+    """'all-NAME' -> op choices: the spec's own with NAME on every op where it passed (none if it
+    passed none). Without ``wanted``, for every backend that passed ops of two families or more
+    (an attention-only backend is a per-op choice, not a mix)."""
+    passed: dict[str, list[str]] = {}
+    for c in candidates:
+        if c.cost_us is not None and c.backend != REFERENCE:
+            passed.setdefault(c.backend, []).append(c.op)
+    if wanted is None:
+        wanted = tuple(b for b, ops in passed.items() if len({plan.ops[op].family for op in ops}) >= 2)
+    spec_choice = {c.op: plan.backend(c.op) for c in candidates}
+    return {f"{MIX_PREFIX}{b}": spec_choice | dict.fromkeys(passed[b], b) for b in wanted if b in passed}
+
+
+def check_mixes(plan: Plan, wanted: tuple[str, ...] | None) -> None:
+    """KbenchError (before any work) for a ``--mixes`` name no op of the pipeline has."""
+    have = list(dict.fromkeys(b for name in plan.pipeline_ops for b in plan.registry.backends(name)
+                              if b != REFERENCE))
+    unknown = [b for b in wanted or () if b not in have]
+    if unknown:
+        raise KbenchError(f"--mixes {', '.join(unknown)}: no op the pipeline calls has such a backend.",
+                          f"Choose from: {', '.join(have)}; or 'none' for no single-backend mix.")
+
+
+def request_us(rows, decode_steps: int) -> float | None:
+    """µs the workload's requests take end to end: per point its prefill plus ``decode_steps``
+    decode steps, summed; None if a point did not run."""
+    total = 0.0
+    for row in rows:
+        if row.kind not in ("prefill", "decode"):
+            continue
+        if row.status == "FAIL" or not row.latency_us:
+            return None
+        total += row.latency_us * (decode_steps if row.kind == "decode" else 1)
+    return total or None
+
+
+def winner_comment(winner: str, timed: dict[str, float | None]) -> str:
+    """The tuned spec's header: every mix's end-to-end time, the chosen one first."""
+    ranked = sorted(((lb, us) for lb, us in timed.items() if us is not None), key=lambda item: item[1])
+    parts = [f"{label} {us / 1e3:.4g} ms" for label, us in ranked]
+    return (f"# kbench tune: {winner} was fastest end to end over the workload (prefill + decode steps, "
+            f"summed): {', '.join(parts)}")
+
+
+def tuned_spec_text(text: str, choices: dict[str, str], candidates: list[Candidate], header: str = "") -> str:
+    """The spec's text with its top-level ``backends:`` replaced by one commented entry per op
+    (``header`` above it): the chosen backend's µs per request and the best other one's."""
+    lines = ([header] if header else []) + ["backends:"]
     for op, backend in choices.items():
         ranked = sorted((c for c in candidates if c.op == op and c.cost_us is not None), key=lambda c: c.cost_us)
-        chosen = ranked[0]
-        runner = f"runner-up {ranked[1].backend} {ranked[1].cost_us:.4g} µs" if len(ranked) > 1 else "no runner-up"
+        chosen = next((c for c in ranked if c.backend == backend), None)
+        others = [c for c in ranked if c.backend != backend]
+        runner = f"runner-up {others[0].backend} {others[0].cost_us:.4g} µs" if others else "no runner-up"
+        cost = f"{chosen.cost_us:.4g} µs/request" if chosen else "not timed"
         failed = [f"{c.backend} ({c.reason})" for c in candidates
                   if c.op == op and c.cost_us is None and c.reason and c.reason.startswith("FAIL")]
-        lines.append(f"  # {op}: {backend} {chosen.cost_us:.4g} µs/step, {runner}"
+        lines.append(f"  # {op}: {backend} {cost}, {runner}"
                      + (f"; failed: {'; '.join(failed)}" if failed else ""))
         lines.append(f"  {op}: {backend}")
     block = "\n".join(lines) + "\n"
@@ -162,22 +244,34 @@ def tuned_spec_text(text: str, choices: dict[str, str], candidates: list[Candida
 
 
 def print_tune(record: dict, candidates: list[Candidate], choices: dict[str, str], console: Console) -> None:
-    table = Table(title="kbench tune: µs per step at the workload's shapes (kernel time x calls per step)")
-    for column in ("op", "backend", "µs/step", "vs chosen", "chosen", "why not"):
+    """The candidates per op, every mix end to end, and the chosen mix against the spec's own per point."""
+    table = Table(title="kbench tune: µs one request spends in each op (kernel time x calls per step x steps)")
+    for column in ("op", "backend", "prefill µs", "decode µs", "µs/request", "vs best", "per-op choice", "why not"):
         table.add_column(column)
     best = {c.op: c.cost_us for c in candidates if c.backend == choices.get(c.op)}
+    number = lambda value: f"{value:.4g}" if value is not None else "-"  # noqa: E731
     for c in candidates:
         ratio = f"{c.cost_us / best[c.op]:.2f}x" if c.cost_us and best.get(c.op) else "-"
-        table.add_row(c.op, c.backend, f"{c.cost_us:.4g}" if c.cost_us is not None else "-", ratio,
+        table.add_row(c.op, c.backend, number(c.prefill_us), number(c.decode_us), number(c.cost_us), ratio,
                       "yes" if choices.get(c.op) == c.backend else "", c.reason or "")
     console.print(table)
-    gains = Table(title="end to end: tuned mix against the spec's own choice (speedup = spec / tuned)")
+    tuned, winner = record["tune"], record["tune"]["winner"]
+    spec_us = tuned["mixes"][ORIGINAL]["request_us"]
+    mixes = Table(title="end to end: every mix over the workload (prefill + decode steps, summed over its points)")
+    for column in ("mix", "ms", "speedup vs spec", "written"):
+        mixes.add_column(column)
+    for label, mix in sorted(tuned["mixes"].items(), key=lambda item: item[1]["request_us"] or math.inf):
+        us = mix["request_us"]
+        mixes.add_row(label, f"{us / 1e3:.4g}" if us else "did not run",
+                      f"{spec_us / us:.3f}x" if us and spec_us else "-", "yes" if label == winner else "")
+    console.print(mixes)
+    gains = Table(title=f"end to end: the written mix ({winner}) against the spec's own choice (speedup = spec / tuned)")
     for column in ("kind", "case", "spec µs", "tuned µs", "speedup", "status"):
         gains.add_column(column)
     timed = {(r["kind"], r["case"], r["backend"]): r for r in record["rows"] if r["kind"] in ("prefill", "decode")}
     for (kind, case, backend), row in timed.items():
         base = timed.get((kind, case, ORIGINAL))
-        if backend != PIPELINE or base is None:
+        if backend != winner or base is None:
             continue
         speedup = base["latency_us"] / row["latency_us"] if row.get("latency_us") and base.get("latency_us") else math.nan
         gains.add_row(kind, case, f"{base['latency_us']:.4g}", f"{row['latency_us']:.4g}", f"{speedup:.3f}x",
@@ -194,14 +288,19 @@ def print_tune(record: dict, candidates: list[Candidate], choices: dict[str, str
               help="Where to write the tuned spec (default: SPEC's name with -tuned, beside it).")
 @click.option("--out", "out_dir", default="results", type=click.Path(file_okay=False), show_default=True,
               help="Folder for the run record.")
-def tune_command(spec, out_spec, out_dir, **flags):
-    """Time every backend per op at SPEC's shapes, write the fastest correct mix as a spec, and
-    run it against SPEC's own choice end to end.
+@click.option("--mixes", "mixes", default=None, metavar="NAME,NAME|none",
+              help="Single-backend mixes to time end to end beside the per-op choice "
+                   "(default: every backend that passed ops of two families or more).")
+def tune_command(spec, out_spec, out_dir, mixes, **flags):
+    """Time every backend per op at SPEC's shapes, then the fastest correct per-op mix, SPEC's own
+    choice and single-backend mixes end to end; write the fastest as a spec.
 
     Exit status: 0 when the tuned pipeline passed, 1 when something FAILed, 2 for a mistake.
     """
     overrides = Overrides.from_cli(**family_choices(flags), **flags)
+    wanted = None if mixes is None else tuple(n.strip() for n in mixes.split(",") if n.strip() and n.strip() != "none")
     record = tune(spec, overrides, Path(out_spec) if out_spec else None, Path(out_dir), make_console(),
-                  progress_console=make_console(stderr=True))
-    failed = any(r["status"] == "FAIL" and r["kind"] != "op" and r["backend"] in (PIPELINE, "-") for r in record["rows"])
+                  progress_console=make_console(stderr=True), mixes=wanted)
+    winner = record["tune"]["winner"]
+    failed = any(r["status"] == "FAIL" and r["kind"] != "op" and r["backend"] in (winner, "-") for r in record["rows"])
     sys.exit(1 if failed else 0)

@@ -57,6 +57,21 @@ def calls_per_step(model, op: str, proj: str | None = None) -> int:
     return 2 * model.layers if op == "add_rmsnorm" else model.layers
 
 
+def steps_per_request(op: str, case, workload) -> tuple[int, int]:
+    """(prefill, decode): how many steps of one request of ``workload`` call ``op`` at ``case``'s
+    shape: ``(1, 0)`` a prefill shape, ``(0, decode_steps)`` a decode one; the LM head and the
+    sampler run on one row per sequence in both, ``(1, decode_steps)``; so does a token count
+    that is both a prefill's and a decode batch's (a one-token prompt)."""
+    steps = workload.decode_steps
+    phase = case.get("phase") or {"attention_prefill": "prefill", "attention_decode": "decode"}.get(op)
+    if phase is None and (op in ("sample", "topk") or case.get("proj") == "lm_head"):
+        phase = "both"
+    if phase is None and "tokens" in case.keys():
+        prefill, decode = case["tokens"] in workload.prefill_tokens, case["tokens"] in workload.batch
+        phase = "both" if prefill == decode else "prefill" if prefill else "decode"
+    return {"prefill": (1, 0), "decode": (0, steps)}.get(phase, (1, steps))
+
+
 def random_prompts(vocab: int, batch: int, prompt_len: int, seed: int) -> list[torch.Tensor]:
     """``batch`` prompts of ``prompt_len`` token ids in [0, vocab), int64 on the CPU."""
     g = torch.Generator().manual_seed(seed)

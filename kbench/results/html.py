@@ -25,7 +25,7 @@ td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#eee}
 
 OP_COLUMNS = ["op", "case", "backend", "status", "latency_us", "graph_latency_us", "gbps", "tflops", "speedup"]
 E2E_COLUMNS = ["kind", "backend", "case", "status", "latency_us", "tokens_per_s", "frac_peak_bw", "frac_peak_flops"]
-BREAKDOWN_COLUMNS = ["case", "part", "backend", "calls", "latency_us", "total_us", "share", "step_us", "method"]
+BREAKDOWN_COLUMNS = ["mix", "case", "part", "backend", "calls", "latency_us", "total_us", "share", "step_us", "method"]
 
 
 def _table(frame: pd.DataFrame, table_id: str) -> str:
@@ -55,7 +55,9 @@ def breakdown_figure(records: list[dict]) -> str:
     for record in records:
         for row in record["rows"]:
             if row["kind"] == "breakdown":
-                key = f"{record['run_id'][-6:]} {row['case'].replace('phase=', '')}"
+                mix = row.get("mix")
+                key = (f"{record['run_id'][-6:]}" + (f" {mix}" if mix and mix != "pipeline" else "")
+                       + f" {row['case'].replace('phase=', '')}")
                 bars.setdefault(key, {})[row.get("part") or row["op"]] = row.get("total_us") or 0.0
     if not bars:
         return "<p>(no breakdown rows)</p>"

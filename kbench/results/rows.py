@@ -127,7 +127,8 @@ class BreakdownRow(Row):
     step, ``latency_us`` per call, ``total_us`` per step and its ``share`` of ``step_us``, the
     measured step. ``part`` tells calls of one op apart (``linear[qkv]``, ``linear[lm_head]``);
 ``op`` ``remainder`` is the step less the ops' sum (launch gaps, host work,
-    glue); ``method`` says how the ops were timed (``kbench.bench.breakdown``)."""
+    glue); ``method`` says how the ops were timed (``kbench.bench.breakdown``); ``mix`` is the
+    label of the mix the step ran (``pipeline``, or one ``kbench tune`` timed)."""
 
     kind: ClassVar[str] = "breakdown"
     part: str | None = None
@@ -137,6 +138,7 @@ class BreakdownRow(Row):
     share: float | None = None
     step_us: float | None = None
     backends: str | None = None
+    mix: str | None = None
 
 
 ROW_TYPES: dict[str, type[Row]] = {cls.kind: cls for cls in (OpRow, CheckRow, PrefillRow, DecodeRow, BreakdownRow)}

@@ -1,17 +1,22 @@
 """kbench/commands/tune.py: tune chooses the faster correct backend per op, never a failing
 one, writes a spec that loads with those choices, and times it end to end."""
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
 import torch.nn.functional as F
+from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "model"))
 from rich.console import Console  # noqa: E402
 from tiny_models import write_spec  # noqa: E402
 
+import kbench.commands.tune  # noqa: E402
+from kbench.cli import cli  # noqa: E402
 from kbench.commands.tune import tune, tuned_spec_text  # noqa: E402
+from kbench.model.pipeline import steps_per_request  # noqa: E402
 from kbench.plugins import build_registry  # noqa: E402
 from kbench.registry import REFERENCE, Implementation  # noqa: E402
 from kbench.spec import load_spec  # noqa: E402
@@ -26,35 +31,103 @@ def wrong_linear(x, weight):
     return F.linear(x, weight) * 1.01  # fast and wrong
 
 
-def _registry():
-    """The core ops on the reference only, plus a slow and a wrong linear."""
+def _registry(both: bool = False):
+    """The core ops on the reference only, plus a slow and a wrong linear; with ``both``, a
+    correct backend ``both`` of rmsnorm and linear (two families: a single-backend mix)."""
     registry = build_registry()
     for key in [k for k in registry.implementations if k[1] != REFERENCE]:
         del registry.implementations[key]
     for backend, fn in (("slow", slow_linear), ("wrong", wrong_linear)):
         registry.add_implementation(Implementation(op="linear", backend=backend, fn=fn, plugin="test"))
+    if both:
+        for op in ("rmsnorm", "linear"):
+            registry.add_implementation(Implementation(op=op, backend="both", fn=registry.get(op, REFERENCE).fn,
+                                                       plugin="test"))
     return registry
 
 
-def test_tune_chooses_the_fast_correct_backend_and_writes_a_spec(tmp_path):
+def _spec(tmp_path, **changes):
     workload = {"batch": [1], "prompt_len": [8], "decode_steps": 2}
-    spec_path = write_spec(tmp_path, workload=workload, backends={"linear": "slow"},
-                           bench={"warmup_ms": 1, "rep_ms": 3, "max_op_cases": 2, "flush_l2": False})
+    return write_spec(tmp_path, workload=workload, backends={"linear": "slow"},
+                      bench={"warmup_ms": 1, "rep_ms": 3, "max_op_cases": 2, "flush_l2": False}, **changes)
+
+
+def test_tune_chooses_the_fast_correct_backend_and_writes_a_spec(tmp_path):
     console = Console(record=True, width=200)
-    record = tune(spec_path, None, tmp_path / "tuned.yaml", tmp_path / "results", console, registry=_registry())
+    record = tune(_spec(tmp_path), None, tmp_path / "tuned.yaml", tmp_path / "results", console, registry=_registry())
     candidates = {(c["op"], c["backend"]): c for c in record["tune"]["candidates"]}
     assert record["tune"]["choices"]["linear"] == REFERENCE
-    assert candidates[("linear", "slow")]["cost_us"] > candidates[("linear", REFERENCE)]["cost_us"]
+    slow, fast = candidates[("linear", "slow")], candidates[("linear", REFERENCE)]
+    assert slow["cost_us"] > fast["cost_us"]
+    # one request: the prefill once, each of the 2 decode steps at the decode shapes
+    assert slow["prefill_us"] > 0 and slow["decode_us"] > slow["prefill_us"]
+    assert slow["cost_us"] == slow["prefill_us"] + slow["decode_us"]
     assert candidates[("linear", "wrong")]["cost_us"] is None
     assert candidates[("linear", "wrong")]["reason"].startswith("FAIL")
     tuned = load_spec(tmp_path / "tuned.yaml")
     assert tuned.backends["linear"] == REFERENCE and set(tuned.backends) == set(record["tune"]["choices"])
     text = (tmp_path / "tuned.yaml").read_text()
     assert "# linear: reference" in text and "runner-up slow" in text and "failed: wrong (FAIL" in text
+    assert "# kbench tune:" in text and "fastest end to end" in text
+    winner = record["tune"]["winner"]
     kinds = {(r["kind"], r["backend"]) for r in record["rows"]}
-    assert {("decode", "pipeline"), ("decode", "spec"), ("prefill", "spec"), ("check", "pipeline")} <= kinds
+    assert {("decode", "per-op"), ("decode", "spec"), ("prefill", "spec"), ("check", winner)} <= kinds
+    assert set(record["tune"]["mixes"]) == {"per-op", "spec"}  # slow and wrong are linear only: no mix
     output = console.export_text()
-    assert "end to end: tuned mix against the spec's own choice" in output
+    assert "end to end: every mix over the workload" in output and f"the written mix ({winner})" in output
+
+
+def test_single_backend_mixes_are_timed_end_to_end_and_the_fastest_is_written(tmp_path, monkeypatch):
+    real = kbench.commands.tune.time_end_to_end
+
+    def all_both_is_fastest(plan, model, label, *args):
+        rows = real(plan, model, label, *args)
+        if label == "all-both":
+            rows = [dataclasses.replace(r, latency_us=r.latency_us / 100) if r.kind in ("prefill", "decode") else r
+                    for r in rows]
+        return rows
+
+    monkeypatch.setattr(kbench.commands.tune, "time_end_to_end", all_both_is_fastest)
+    console = Console(record=True, width=200)
+    record = tune(_spec(tmp_path), None, tmp_path / "tuned.yaml", tmp_path / "results", console,
+                  registry=_registry(both=True))
+    mixes = record["tune"]["mixes"]
+    assert set(mixes) == {"per-op", "spec", "all-both"}
+    assert mixes["all-both"]["choices"]["rmsnorm"] == "both" and mixes["all-both"]["choices"]["linear"] == "both"
+    assert record["tune"]["winner"] == "all-both"
+    assert all(mixes["all-both"]["request_us"] < m["request_us"] for label, m in mixes.items() if label != "all-both")
+    tuned = load_spec(tmp_path / "tuned.yaml")
+    assert tuned.backends["rmsnorm"] == "both" and tuned.backends["linear"] == "both"
+    assert "# kbench tune: all-both was fastest" in (tmp_path / "tuned.yaml").read_text()
+    checks = [r for r in record["rows"] if r["kind"] == "check"]
+    assert checks and all(r["backend"] == "all-both" and r["status"] == "PASS" for r in checks)
+    breakdown_mixes = {r["mix"] for r in record["rows"] if r["kind"] == "breakdown"}
+    assert {"per-op", "spec", "all-both"} <= breakdown_mixes
+
+
+def test_mixes_naming_no_backend_of_the_pipeline_is_exit_2_before_any_work(tmp_path):
+    spec = write_spec(tmp_path)
+    result = CliRunner().invoke(cli, ["tune", str(spec), "--mixes", "trition", "--out", str(tmp_path / "r"),
+                                      "--out-spec", str(tmp_path / "t.yaml")])
+    assert result.exit_code == 2, result.output
+    assert "--mixes trition" in result.output and "Choose from:" in result.output
+    assert not (tmp_path / "t.yaml").exists() and not (tmp_path / "r").exists()
+
+
+def test_steps_per_request_counts_prefill_shapes_once_and_decode_shapes_per_step():
+    from kbench.ops.base import Case
+    from kbench.spec import Workload
+
+    workload = Workload(batch=(1, 4), prompt_len=(8,), decode_steps=5)
+    assert steps_per_request("rmsnorm", Case("rmsnorm", tokens=32), workload) == (1, 0)  # 4 x 8 prompt tokens
+    assert steps_per_request("rmsnorm", Case("rmsnorm", tokens=4), workload) == (0, 5)
+    assert steps_per_request("linear", Case("linear", tokens=4, proj="lm_head"), workload) == (1, 5)
+    assert steps_per_request("sample", Case("sample", batch=4), workload) == (1, 5)
+    assert steps_per_request("rope", Case("rope", tokens=4, phase="prefill"), workload) == (1, 0)
+    assert steps_per_request("attention_decode", Case("attention_decode", batch=4), workload) == (0, 5)
+    assert steps_per_request("attention_prefill", Case("attention_prefill", batch=4), workload) == (1, 0)
+    one_token = Workload(batch=(1,), prompt_len=(1,), decode_steps=3)
+    assert steps_per_request("ffn", Case("ffn", tokens=1), one_token) == (1, 3)
 
 
 def test_tuned_text_replaces_the_backends_block_and_keeps_the_rest():
@@ -63,5 +136,5 @@ def test_tuned_text_replaces_the_backends_block_and_keeps_the_rest():
     text = "name: x\nbackends:\n  norm: triton\n  ffn: cuda\nworkload:\n  batch: [1]\n"
     candidates = [Candidate("rmsnorm", "torch", 2.0), Candidate("rmsnorm", REFERENCE, 3.0)]
     out = tuned_spec_text(text, {"rmsnorm": "torch"}, candidates)
-    assert out == ("name: x\nbackends:\n  # rmsnorm: torch 2 µs/step, runner-up reference 3 µs\n  rmsnorm: torch\n"
+    assert out == ("name: x\nbackends:\n  # rmsnorm: torch 2 µs/request, runner-up reference 3 µs\n  rmsnorm: torch\n"
                    "workload:\n  batch: [1]\n")
