@@ -70,10 +70,11 @@ class Candidate:
 
 def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | None, out_dir: Path,
          console: Console, progress_console: Console | None = None, registry: Registry | None = None,
-         mixes: tuple[str, ...] | None = None) -> dict:
+         mixes: tuple[str, ...] | None = None, candidates_wanted: tuple[str, ...] | None = None) -> dict:
     """The whole ``kbench tune``; returns the record it wrote (with ``tune``: the tuned spec, the
     choices, every candidate and the end-to-end time of every mix). ``mixes``: the single-backend
-    mixes to time end to end (None: every backend that passed ops of two families or more)."""
+    mixes to time end to end (None: every backend that passed ops of two families or more);
+    ``candidates_wanted``: the backends tried besides the reference (None: every one)."""
     spec = load_spec(spec_path, overrides)
     registry = registry or get_registry()
     plan = resolve_plan(spec, registry)
@@ -81,6 +82,7 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
     check_outside(plan, RunOptions(out_dir=out_dir))
     check_out_file(out_spec, "--out-spec")
     check_mixes(plan, mixes)
+    check_mixes(plan, candidates_wanted, flag="--candidates")
     rows, candidates = [], []
     with progress_display(progress_console or console) as progress:
         progress("measuring device ceilings")
@@ -89,6 +91,8 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
         tuned_ops = [name for name in plan.pipeline_ops if registry.ops[name].cases_for(spec.model, spec.workload)]
         for index, name in enumerate(tuned_ops, 1):
             for backend in registry.backends(name):
+                if candidates_wanted is not None and backend not in (REFERENCE, *candidates_wanted):
+                    continue
                 progress(f"op {index}/{len(tuned_ops)} {name}: {backend}")
                 found, op_rows = time_candidate(plan, name, backend, ceilings, progress)
                 candidates.append(found)
@@ -181,14 +185,15 @@ def single_backend_mixes(plan: Plan, candidates: list[Candidate], wanted: tuple[
     return {f"{MIX_PREFIX}{b}": spec_choice | dict.fromkeys(passed[b], b) for b in wanted if b in passed}
 
 
-def check_mixes(plan: Plan, wanted: tuple[str, ...] | None) -> None:
-    """KbenchError (before any work) for a ``--mixes`` name no op of the pipeline has."""
+def check_mixes(plan: Plan, wanted: tuple[str, ...] | None, flag: str = "--mixes") -> None:
+    """KbenchError (before any work) for a ``flag`` name no op of the pipeline has."""
     have = list(dict.fromkeys(b for name in plan.pipeline_ops for b in plan.registry.backends(name)
                               if b != REFERENCE))
     unknown = [b for b in wanted or () if b not in have]
     if unknown:
-        raise KbenchError(f"--mixes {', '.join(unknown)}: no op the pipeline calls has such a backend.",
-                          f"Choose from: {', '.join(have)}; or 'none' for no single-backend mix.")
+        raise KbenchError(f"{flag} {', '.join(unknown)}: no op the pipeline calls has such a backend.",
+                          f"Choose from: {', '.join(have)}" + ("; or 'none' for no single-backend mix." if flag == "--mixes"
+                                                                else "."))
 
 
 def request_us(rows, decode_steps: int) -> float | None:
@@ -291,16 +296,20 @@ def print_tune(record: dict, candidates: list[Candidate], choices: dict[str, str
 @click.option("--mixes", "mixes", default=None, metavar="NAME,NAME|none",
               help="Single-backend mixes to time end to end beside the per-op choice "
                    "(default: every backend that passed ops of two families or more).")
-def tune_command(spec, out_spec, out_dir, mixes, **flags):
+@click.option("--candidates", "candidates", default=None, metavar="NAME,NAME",
+              help="Backends to try besides the reference (default: every registered one).")
+def tune_command(spec, out_spec, out_dir, mixes, candidates, **flags):
     """Time every backend per op at SPEC's shapes, then the fastest correct per-op mix, SPEC's own
     choice and single-backend mixes end to end; write the fastest as a spec.
 
     Exit status: 0 when the tuned pipeline passed, 1 when something FAILed, 2 for a mistake.
     """
     overrides = Overrides.from_cli(**family_choices(flags), **flags)
-    wanted = None if mixes is None else tuple(n.strip() for n in mixes.split(",") if n.strip() and n.strip() != "none")
+    def names(text):
+        return None if text is None else tuple(n.strip() for n in text.split(",") if n.strip() and n.strip() != "none")
+
     record = tune(spec, overrides, Path(out_spec) if out_spec else None, Path(out_dir), make_console(),
-                  progress_console=make_console(stderr=True), mixes=wanted)
+                  progress_console=make_console(stderr=True), mixes=names(mixes), candidates_wanted=names(candidates))
     winner = record["tune"]["winner"]
     failed = any(r["status"] == "FAIL" and r["kind"] != "op" and r["backend"] in (winner, "-") for r in record["rows"])
     sys.exit(1 if failed else 0)

@@ -114,6 +114,15 @@ def test_mixes_naming_no_backend_of_the_pipeline_is_exit_2_before_any_work(tmp_p
     assert not (tmp_path / "t.yaml").exists() and not (tmp_path / "r").exists()
 
 
+def test_candidates_limit_the_backends_tried_and_the_reference_is_always_tried(tmp_path):
+    record = tune(_spec(tmp_path), None, tmp_path / "tuned.yaml", tmp_path / "results", Console(width=200),
+                  registry=_registry(both=True), mixes=(), candidates_wanted=("slow",))
+    tried = {(c["op"], c["backend"]) for c in record["tune"]["candidates"]}
+    assert ("linear", "slow") in tried and ("linear", REFERENCE) in tried
+    assert not {b for _, b in tried} - {"slow", REFERENCE}
+    assert set(record["tune"]["mixes"]) == {"per-op", "spec"}
+
+
 def test_steps_per_request_counts_prefill_shapes_once_and_decode_shapes_per_step():
     from kbench.ops.base import Case
     from kbench.spec import Workload
