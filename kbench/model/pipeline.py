@@ -16,8 +16,8 @@ step never syncs with the host, so it can be captured as a CUDA graph.
 In a tensor-parallel run each rank holds a shard (``kbench.model.tensor_parallel``): ``all_reduce``
 joins the o and ffn partial sums; the embedding and LM head are vocabulary-parallel.
 
-Biases exist only where the model has them; q/k/v and o biases are added after the ``linear``
-op (whose contract has none), mlp biases go through the ``ffn`` contract. Rope follows
+Biases exist only where the model has them; q/k/v and o biases go through the ``linear``
+contract, mlp biases through the ``ffn`` contract. Rope follows
 transformers: dynamic NTK recomputes ``inv_freq`` each forward from the longest length seen
 since ``reset`` (cached keys keep their rotation); yarn's cos/sin factor ``a`` is folded into
 the attention scale (``a**2 / sqrt(head_dim)``, the same as scaling q and k by ``a``).
@@ -55,6 +55,12 @@ def calls_per_step(model, op: str, proj: str | None = None) -> int:
     if op in once or (op == "linear" and proj == "lm_head"):
         return 1
     return 2 * model.layers if op == "add_rmsnorm" else model.layers
+
+
+def bias(tensor: torch.Tensor | None) -> dict:
+    """``{"bias": tensor}`` for a biased projection, ``{}`` otherwise (the ``linear`` call of an
+    unbiased model carries no bias argument at all)."""
+    return {} if tensor is None else {"bias": tensor}
 
 
 def steps_per_request(op: str, case, workload) -> tuple[int, int]:
@@ -173,19 +179,18 @@ class Pipeline:
             if tokens <= ONE_QKV_GEMM_MAX_TOKENS:
                 # decode: one weight-streaming GEMM, then three copies of a few rows each
                 q, k, v = (t.contiguous().view(tokens, -1, m.head_dim)
-                           for t in fn["linear[qkv]"](x=h, weight=layer.wqkv).split(qkv_rows, dim=-1))
+                           for t in fn["linear[qkv]"](x=h, weight=layer.wqkv, **bias(layer.bqkv)).split(qkv_rows, dim=-1))
             else:
                 # prefill: one GEMM per row block of wqkv, so q, k, v come out dense (as every
                 # backend's contract wants) without copying [tokens, hidden] activations
-                q, k, v = (fn["linear[qkv]"](x=h, weight=w).view(tokens, -1, m.head_dim) for w in layer.wqkv.split(qkv_rows))
-            if layer.bqkv is not None:
-                q, k, v = (t + b.view(-1, m.head_dim) for t, b in zip((q, k, v), layer.bqkv.split(qkv_rows), strict=True))
+                biases = layer.bqkv.split(qkv_rows) if layer.bqkv is not None else (None,) * 3
+                q, k, v = (fn["linear[qkv]"](x=h, weight=w, **bias(b)).view(tokens, -1, m.head_dim)
+                           for w, b in zip(layer.wqkv.split(qkv_rows), biases, strict=True))
             q, k = fn["rope"](q=q, k=k, positions=positions, inv_freq=inv_freq, style=m.rope.style)
             fn["kv_write"](k=k, v=v, k_cache=self.cache.k[index], v_cache=self.cache.v[index], slot_mapping=slots)
             attn = attend(index, q, k, v).reshape(tokens, m.heads * m.head_dim)
-            o = self.parallel.reduce(fn["linear[o]"](x=attn, weight=layer.wo))
-            if layer.bo is not None:  # after the reduce: added once, not once per rank
-                o = o + layer.bo
+            # biased models run on one rank (tensor_parallel refuses them), so bo is added once
+            o = self.parallel.reduce(fn["linear[o]"](x=attn, weight=layer.wo, **bias(layer.bo)))
             h, residual = fn["add_rmsnorm"](x=o, residual=residual, weight=layer.ffn_norm, eps=eps)
             mlp_bias = {} if layer.b_gate_up is None else {"b_gate_up": layer.b_gate_up, "b_down": layer.b_down}
             ffn_out = self.parallel.reduce(fn["ffn"](x=h, w_gate_up=layer.w_gate_up, w_down=layer.w_down, **mlp_bias))

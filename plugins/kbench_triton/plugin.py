@@ -78,6 +78,12 @@ def supports_ffn(case: Case, dtype: torch.dtype, device: torch.device) -> str | 
     return _common_reason(dtype, device)
 
 
+def supports_linear(case: Case, dtype: torch.dtype, device: torch.device) -> str | None:
+    if case.get("bias"):
+        return "no bias terms (attention_bias)"
+    return _common_reason(dtype, device)
+
+
 def supports_rope(case: Case, dtype: torch.dtype, device: torch.device) -> str | None:
     head_dim = case.get("head_dim", 0)
     if head_dim % 2:
@@ -125,7 +131,7 @@ KERNELS = {
     "ffn": ("ffn", "ffn", supports_ffn,
             "up to 8 tokens: skinny split-K Triton GEMMs, swiglu fused into gate/up, down timed against "
             "cuBLAS; else cuBLAS GEMMs around the Triton swiglu"),
-    "linear": ("ffn", "linear", supports_elementwise,
+    "linear": ("ffn", "linear", supports_linear,
                "up to 8 rows: the skinny split-K GEMM or cuBLAS, whichever a CUDA-graph timing finds faster "
                "for the shape; else cuBLAS"),
     "attention_prefill": ("attention_prefill", "attention_prefill", supports_attention,

@@ -85,6 +85,33 @@ def test_biases_match_transformers(tmp_path, registry, attention_bias, mlp_bias)
     assert_matches_transformers(pipeline, hf, TINY_MODEL["vocab"])
 
 
+def test_attention_biases_go_through_the_linear_contract(tmp_path):
+    """The q/k/v and o biases reach the ``linear`` backend: one that drops them fails its check
+    at the model's own cases, and one that refuses them is never handed a biased call."""
+    import torch.nn.functional as F
+
+    from kbench.bench.check import check_implementation
+    from kbench.errors import KbenchError
+    from kbench.plugins import build_registry
+    from kbench.registry import Implementation
+
+    save_hf_checkpoint(tmp_path / "ckpt", shard=False, attention_bias=True, max_position_embeddings=MAX_POSITIONS)
+    registry = build_registry()
+    registry.add_implementation(Implementation(op="linear", backend="dropping", plugin="test",
+                                               fn=lambda x, weight, bias=None: F.linear(x, weight)))
+    registry.add_implementation(Implementation(op="linear", backend="refusing", plugin="test",
+                                               fn=lambda x, weight: F.linear(x, weight),
+                                               supports=lambda case, dtype, device: "no bias" if case.get("bias") else None))
+    spec = load_spec(write_spec(tmp_path, model=None, weights={"kind": "hf", "path": "ckpt"}))
+    cases = registry.ops["linear"].cases_for(spec.model, spec.workload)
+    biased = [c for c in cases if c.get("bias")]
+    assert {c["proj"] for c in biased} == {"qkv", "o"} and all(not c.get("bias") for c in cases if c["proj"] == "lm_head")
+    check = check_implementation(registry, "linear", "dropping", biased[0], torch.float32, "cpu")
+    assert not check.ok
+    with pytest.raises(KbenchError, match="no bias"):
+        build_pipeline(spec, registry, load_weights(spec), backends={"linear": "refusing"})
+
+
 def test_head_dim_independent_of_hidden_matches_transformers(tmp_path, registry):
     hf = save_hf_checkpoint(tmp_path / "ckpt", shard=False, head_dim=24, attention_bias=True,
                             max_position_embeddings=MAX_POSITIONS,
