@@ -1,4 +1,4 @@
-"""``kbench suite FILE``: a YAML list of ``kbench run`` / ``kbench bench`` commands, all checked
+"""``kbench suite FILE``: a YAML list of ``kbench run``, ``bench`` and ``tune`` commands, all checked
 before any runs, each run in a fresh process so GPU memory and compile caches do not carry over."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from kbench.yaml_reader import key_lines
 
 SUITE_KEYS = ("name", "description", "out", "runs")
 ENTRY_KEYS = ("name", "command")
-SUBCOMMANDS = ("run", "bench")
+SUBCOMMANDS = ("run", "bench", "tune")
 DEFAULT_OUT = "results"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 SUMMARY_HEADER = ("entry", "exit status", "record", "status", "wall s")
@@ -171,8 +171,8 @@ def _command_args(reader: _SuiteReader, item: dict, key: str) -> tuple[str, ...]
     except ValueError as error:
         raise reader.error(key, f"cannot be split into words: {error}.", "Close the quote or escape it.") from None
     if len(words) < 2 or words[0] != "kbench" or words[1] not in SUBCOMMANDS:
-        raise reader.error(key, f"{text!r} is not a kbench run or kbench bench command.",
-                           "A suite entry runs 'kbench run SPEC ...' or 'kbench bench OP ...'; "
+        raise reader.error(key, f"{text!r} is not a kbench run, bench or tune command.",
+                           "A suite entry runs 'kbench run SPEC ...', 'kbench bench OP ...' or 'kbench tune SPEC ...'; "
                            "run anything else outside the suite.")
     _check_options(reader, key, words[1], words[2:])
     return tuple(words[1:])
@@ -183,8 +183,9 @@ def _check_options(reader: _SuiteReader, key: str, subcommand: str, args: list[s
 
     from kbench.commands.bench import bench_command
     from kbench.commands.run import run_command
+    from kbench.commands.tune import tune_command
 
-    command = {"run": run_command, "bench": bench_command}[subcommand]
+    command = {"run": run_command, "bench": bench_command, "tune": tune_command}[subcommand]
     try:
         ctx = command.make_context(f"kbench {subcommand}", list(args))
     except click.ClickException as error:
@@ -319,7 +320,7 @@ def _table_cells(line: str) -> list[str]:
 @click.option("--readme", type=click.Path(dir_okay=False), default=None,
               help="Remake the figures between <!-- suite:ENTRY --> markers in this file from the records.")
 def suite_command(suite_path, out_dir, dry_run, only, readme):
-    """Run every entry of the suite FILE (a YAML list of kbench run / kbench bench commands).
+    """Run every entry of the suite FILE (a YAML list of kbench run, bench or tune commands).
 
     Each entry runs in a fresh process; the summary is written to OUT/NAME-summary.md. Exit
     status: 0 if every entry passed, 1 if any failed, 2 for a mistake in FILE (nothing runs).

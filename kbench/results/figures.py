@@ -60,11 +60,62 @@ def figure_table(record: dict) -> str:
     """A Markdown table of a record's figures (µs: the CUDA-graph kernel time where measured), then
     the command and device that made them."""
     rows = record.get("rows", [])
-    if any(row["kind"] in ("prefill", "decode") for row in rows):
-        table = _model_table(rows)
+    if record.get("tune"):
+        tables = [_tune_table(record)]
+    elif any(row["kind"] in ("prefill", "decode") for row in rows):
+        tables = [_model_table(rows), _hf_check_table(rows), _breakdown_table(rows)]
     else:
-        table = _op_table(rows)
-    return f"{table}\n\n{_provenance(record)}"
+        tables = [_op_table(rows)]
+    return "\n\n".join([*filter(None, tables), _provenance(record)])
+
+
+def _tune_table(record: dict) -> str:
+    """Per mix ``kbench tune`` timed: the workload's time, the speedup over the spec's own choice,
+    and decode tok/s with its share of the roofline at each point; the written one marked."""
+    tune, rows = record["tune"], record["rows"]
+    spec_us = tune["mixes"].get("spec", {}).get("request_us")
+    decode = {(r["backend"], r["shape"]["batch"], r["shape"]["prompt_len"]): r for r in rows if r["kind"] == "decode"}
+    points = sorted({(batch, prompt) for _, batch, prompt in decode})
+    header = ["mix", "workload ms", "vs spec", *(f"decode tok/s b={b} p={p} (roofline)" for b, p in points)]
+    body = []
+    ranked = sorted(tune["mixes"].items(), key=lambda item: item[1].get("request_us") or float("inf"))
+    for label, mix in ranked:
+        us = mix.get("request_us")
+        cells = [f"**{label}** (written)" if label == tune.get("winner") else label, _ms(us),
+                 f"{spec_us / us:.3f}x" if us and spec_us else "-"]
+        for batch, prompt in points:
+            row = decode.get((label, batch, prompt), {})
+            cells.append(f"{_number(row.get('tokens_per_s'))} ({_percent(row.get('frac_peak_bw'))})")
+        body.append(cells)
+    return _markdown_table(header, body)
+
+
+def _hf_check_table(rows: list[dict]) -> str:
+    """The ``--check hf`` rows: what was compared with transformers, how far apart, what was allowed."""
+    checks = [r for r in rows if r["kind"] == "check" and r.get("oracle") == "hf"]
+    if not checks:
+        return ""
+    body = [[r["backend"], str(r["shape"]["batch"]), str(r["shape"]["prompt_len"]), r["dtype"],
+             f"{r['max_rel_err']:.2e}" if r.get("max_rel_err") is not None else "-",
+             f"{r['allowed_rel_err']:.2e}" if r.get("allowed_rel_err") is not None else "-",
+             _percent(r.get("token_agreement")), r["status"]] for r in checks]
+    return _markdown_table(["against transformers", "batch", "prompt", "dtype", "max logit error", "allowed",
+                            "greedy tokens agree", "status"], body)
+
+
+def _breakdown_table(rows: list[dict]) -> str:
+    """The decode step's breakdown at the smallest batch: µs per step of each call site, the
+    ops' sum and the remainder against the measured step."""
+    parts = [r for r in rows if r["kind"] == "breakdown" and r.get("phase") == "decode"]
+    if not parts:
+        return ""
+    first = min(parts, key=lambda r: (r["shape"]["batch"], r["shape"]["prompt_len"]))
+    step = [r for r in parts if r["case"] == first["case"] and r.get("mix") == first.get("mix")]
+    body = [[r.get("part") or r["op"], r["backend"], str(r["calls"]) if r.get("calls") else "-",
+             _number(r.get("latency_us")), _number(r.get("total_us")), _percent(r.get("share"))] for r in step]
+    return (f"Decode step at {first['case'].replace('phase=decode ', '')}: measured "
+            f"{_number(first.get('step_us'))} µs\n\n"
+            + _markdown_table(["part", "backend", "calls", "µs/call", "µs/step", "share"], body))
 
 
 def _model_table(rows: list[dict]) -> str:

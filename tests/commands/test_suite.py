@@ -64,8 +64,21 @@ def between_markers(readme: str, name: str) -> str:
     return readme.split(f"<!-- suite:{name} -->")[1].split(f"<!-- /suite:{name} -->")[0]
 
 
+def tables(block: str) -> list[str]:
+    """The Markdown tables of ``block``, in order, each as its lines."""
+    found, current = [], []
+    for line in block.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            found.append("\n".join(current))
+            current = []
+    return found
+
+
 def parse_table(block: str) -> list[dict[str, str]]:
-    lines = [line for line in block.splitlines() if line.startswith("|")]
+    """The first Markdown table of ``block`` as one dict per body row."""
+    lines = tables(block)[0].splitlines()
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     return [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")), strict=True))
             for line in lines[2:]]
@@ -127,6 +140,13 @@ def test_readme_figures_are_the_records_numbers(cpu_run):
         assert close(row["prefill ms"], pipeline("prefill")["latency_us"] / 1e3)
         assert row["roofline"].endswith("%") and row["peak memory"] == "-"  # CPU ceilings are measured; no peak memory
     assert "kbench run model_specs/tiny-llama.yaml --batch 1,2" in between_markers(text_after, "tiny-llama")
+    # the decode step's breakdown at batch 1: a row per call site and the remainder, as recorded
+    breakdown = parse_table(tables(between_markers(text_after, "tiny-llama"))[1])
+    recorded = {r["part"]: r for r in run_rows if r["kind"] == "breakdown" and r["phase"] == "decode"
+                and r["shape"]["batch"] == 1}
+    assert {row["part"] for row in breakdown} == set(recorded) and "remainder" in recorded
+    for row in breakdown:
+        assert close(row["µs/step"], recorded[row["part"]]["total_us"])
 
     bench_rows = {(r["backend"], r["case"]): r for r in written["bench"]["rows"] if r["kind"] == "op"}
     shown = parse_table(between_markers(text_after, "rmsnorm-reference"))
@@ -176,8 +196,8 @@ runs:
     ("name: bad\nruns: [\n", (), "suite.yaml:3: invalid YAML"),
     (VALID + "outt: x\n", (), "suite.yaml:5: outt: unknown key. Did you mean 'out'?"),
     (VALID + "    timeout: 3\n", (), "runs[0].timeout: unknown key. Keys allowed here: name, command"),
-    (VALID.replace("kbench bench", "python bench.py"), (), "is not a kbench run or kbench bench command"),
-    (VALID.replace("kbench bench", "kbench compare"), (), "is not a kbench run or kbench bench command"),
+    (VALID.replace("kbench bench", "python bench.py"), (), "is not a kbench run, bench or tune command"),
+    (VALID.replace("kbench bench", "kbench compare"), (), "is not a kbench run, bench or tune command"),
     (VALID + VALID.split("runs:\n")[1], (), "suite.yaml:5: runs[1].name: entry name 'one' is used twice"),
     (VALID, ("--only", "onee"), "--only 'onee'"),
     (VALID.replace("rmsnorm --backend", "rmsnorm --out x --backend"), (), "sets --out. Drop it"),
