@@ -5,9 +5,9 @@ called through ``torch.ops.kbench_cuda.*``, so they run under CUDA graphs and to
 Where no GPU, no nvcc or no ninja is present, or the build fails, every op of this backend is
 listed as unavailable with that reason (the compiler's message for a failed build).
 
-Ops: rmsnorm, add_rmsnorm, rope, swiglu, ffn (cuBLAS GEMMs around swiglu), sample, topk,
-attention_decode (no attention_prefill: choose another backend for it). No call
-synchronises with the host or allocates a size that depends on data.
+Ops: rmsnorm, add_rmsnorm, rope, swiglu, ffn (cuBLAS GEMMs around swiglu), linear (decode: at
+most 8 tokens), sample, topk, attention_decode (no attention_prefill: choose another backend
+for it). No call synchronises with the host or allocates a size that depends on data.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ NORM_MAX_ACCESSES = 8 * 1024
 TOPK_MAX_K = 2048
 DECODE_HEAD_DIMS = (64, 80, 128)
 DECODE_MAX_GROUP = 8
+# linear is a skinny-batch kernel: the tokens' rows of x live in one block's shared memory.
+LINEAR_MAX_TOKENS = 8
 
 
 @functools.cache
@@ -80,12 +82,33 @@ def supports_attention_decode(case: Case, dtype: torch.dtype, device: torch.devi
     return _common_reason(dtype, device)
 
 
+@functools.cache
+def _shared_memory_bytes(index: int) -> int:
+    """The most shared memory one block may opt in to on CUDA device ``index``."""
+    return torch.cuda.get_device_properties(index).shared_memory_per_block_optin
+
+
+def supports_linear(case: Case, dtype: torch.dtype, device: torch.device) -> str | None:
+    tokens, in_features = case["tokens"], case["in_features"]
+    if tokens > LINEAR_MAX_TOKENS:
+        return f"tokens {tokens} > {LINEAR_MAX_TOKENS}: a skinny-batch kernel for decode"
+    reason = _common_reason(dtype, device)
+    if reason or not torch.cuda.is_available():
+        return reason
+    x_bytes = tokens * in_features * dtype.itemsize
+    limit = _shared_memory_bytes(torch.cuda.current_device() if device.index is None else device.index)
+    if x_bytes > limit:
+        return f"x ({tokens} x {in_features} {dtype_name(dtype)}: {x_bytes} bytes) exceeds a block's shared memory ({limit})"
+    return None
+
+
 IMPLEMENTATIONS = {
     "rmsnorm": (kernels.rmsnorm, supports_norm),
     "add_rmsnorm": (kernels.add_rmsnorm, supports_norm),
     "rope": (kernels.rope, supports_any),
     "swiglu": (kernels.swiglu, supports_any),
     "ffn": (kernels.ffn, supports_ffn),
+    "linear": (kernels.linear, supports_linear),
     "sample": (kernels.sample, supports_any),
     "topk": (kernels.topk, supports_topk),
     "attention_decode": (kernels.attention_decode, supports_attention_decode),
