@@ -509,3 +509,77 @@ def test_each_call_of_a_graph_merges_its_own_splits(registry, heads, kv_heads):
         torch.cuda.synchronize()
         for i, out in enumerate(outs):
             torch.testing.assert_close(out, sets[i % 2][1], atol=tolerance.atol, rtol=tolerance.rtol)
+
+
+# -- linear: the skinny-batch kernel at decode token counts -------------------------------------
+# 1 token takes the CUDA-core kernel in every dtype; 3 and 8 the tensor-core kernel in 16-bit
+# and 2 and 4 rows a warp in float32. Widths: the three projections at reduced sizes, llama2-7b's
+# qkv, out_features not a multiple of 8 (a last tile or row group part-filled), in_features a
+# multiple of 8 but not of a 32-wide step (a part-filled last step), and odd in_features (rows
+# not 16-byte aligned: one element an access).
+LINEAR_SHAPES = (("qkv", 512, 1536), ("o", 512, 512), ("lm_head", 512, 4000), ("qkv", 4096, 12288),
+                 ("o", 512, 1001), ("o", 1000, 264), ("o", 1001, 77))
+LINEAR_CASES = tuple(Case("linear", tokens=t, in_features=k, out_features=n, proj=proj)
+                     for t in (1, 3, 8) for proj, k, n in LINEAR_SHAPES)
+
+
+def test_linear_declines_more_than_8_tokens_with_a_reason():
+    from kbench_cuda import plugin
+
+    case = Case("linear", tokens=9, in_features=4096, out_features=4096, proj="o")
+    assert "tokens 9 > 8" in plugin.supports_linear(case, torch.bfloat16, torch.device("cuda"))
+    assert plugin.supports_linear(case, torch.bfloat16, torch.device("cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("case", LINEAR_CASES, ids=lambda case: case.label.replace(" ", ","))
+def test_linear_matches_reference_at_decode_shapes(registry, case, dtype):
+    reason = registry.get("linear", "cuda").reason(case, dtype, "cuda")
+    if reason:
+        pytest.fail(f"cuda cannot run linear {case.label}: {reason}")
+    check = check_implementation(registry, "linear", "cuda", case, dtype, "cuda", seed=19)
+    assert check.ok, f"linear {case.label} {dtype}: {check.summary()}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("tokens", [1, 3, 8])
+def test_linear_reads_strided_and_misaligned_rows(registry, tokens, dtype):
+    """x and weight as views: rows of a wider buffer (strided, 16-byte aligned), then shifted by
+    one element (misaligned), and the weight as the middle row block of a fused matrix."""
+    impl = registry.get("linear", "cuda")
+    if impl.unavailable_reason():
+        pytest.skip(impl.unavailable_reason())
+    k, n = 1024, 520
+    x_wide = torch.randn(tokens, k + 16, device="cuda", dtype=dtype)
+    w_wide = torch.randn(3 * n, k + 16, device="cuda", dtype=dtype) / k**0.5
+    tolerance = registry.op("linear").tolerance(dtype)
+    for shift in (0, 1):
+        x, weight = x_wide[:, shift:shift + k], w_wide[n:2 * n, shift:shift + k]
+        out = impl.fn(x=x, weight=weight)
+        expected = registry.op("linear").reference(x=x.contiguous(), weight=weight.contiguous())
+        torch.testing.assert_close(out, expected, atol=tolerance.atol, rtol=tolerance.rtol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_linear_replays_in_a_cuda_graph_on_new_inputs(registry, dtype):
+    """Captured once (x staged in over 48 KB of shared memory: 8 tokens of 4096), replayed after
+    x and the weight change in place: the replay matches the reference on the new values."""
+    impl = registry.get("linear", "cuda")
+    if impl.unavailable_reason():
+        pytest.skip(impl.unavailable_reason())
+    op = registry.op("linear")
+    case = Case("linear", tokens=8, in_features=4096, out_features=4096, proj="o")
+    inputs = op.make_inputs(case, dtype, torch.device("cuda"), 23)
+    impl.fn(**inputs)  # first call outside the capture: opts the kernel in to its shared memory
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = impl.fn(**inputs)
+    fresh = op.make_inputs(case, dtype, torch.device("cuda"), 29)
+    inputs["x"].copy_(fresh["x"])
+    inputs["weight"].copy_(fresh["weight"])
+    graph.replay()
+    tolerance = op.tolerance(dtype)
+    torch.testing.assert_close(out, op.reference(**inputs), atol=tolerance.atol, rtol=tolerance.rtol)
