@@ -116,7 +116,8 @@ def _variants():
     return {
         "current": [],
         "previous": ["KBENCH_NORM_WIDE_THREADS=256", "KBENCH_SWIGLU_VEC=8", "KBENCH_SWIGLU_THREADS=128",
-                     "KBENCH_ROPE_TINY_TOKENS=0"],
+                     "KBENCH_ROPE_TINY_TOKENS=0", "KBENCH_LINEAR_MMA_TOKENS=4", "KBENCH_LINEAR_ROWS=4"],
+        "cuda-cores": ["KBENCH_LINEAR_MMA_TOKENS=9", "KBENCH_LINEAR_STREAM=0", "KBENCH_LINEAR_PREFETCH=0"],
     }
 
 
@@ -126,7 +127,9 @@ def test_every_tuning_variant_compiles_for_sm90(tmp_path):
     as ``KBENCH_CUDA_DEFINES`` sets them) compiles for sm_90."""
     sources = {p.stem: p for p in build.compiled_sources()}
     variants = {name: macros for name, macros in _variants().items() if macros}
-    jobs = [(name, macros, sources[stem]) for name, macros in variants.items() for stem in ("norm", "rope", "swiglu")]
+    # KBENCH_<SOURCE>_<KNOB>: each variant compiles the sources whose knobs it sets
+    jobs = [(name, macros, sources[stem]) for name, macros in variants.items()
+            for stem in sorted({macro.split("_")[1].lower() for macro in macros})]
 
     def compile_one(job):
         name, macros, source = job
