@@ -515,15 +515,16 @@ def test_each_call_of_a_graph_merges_its_own_splits(registry, heads, kv_heads):
 
 
 # -- linear: the skinny-batch kernel at decode token counts -------------------------------------
-# 1 token takes the CUDA-core kernel in every dtype; 3 and 8 the tensor-core kernel in 16-bit
-# and 2 and 4 rows a warp in float32. Widths: the three projections at reduced sizes, llama2-7b's
-# qkv, out_features not a multiple of 8 (a last tile or row group part-filled), in_features a
-# multiple of 8 but not of a 32-wide step (a part-filled last step), and odd in_features (rows
-# not 16-byte aligned: one element an access).
-LINEAR_SHAPES = (("qkv", 512, 1536), ("o", 512, 512), ("lm_head", 512, 4000), ("qkv", 4096, 12288),
-                 ("o", 512, 1001), ("o", 1000, 264), ("o", 1001, 77))
-LINEAR_CASES = tuple(Case("linear", tokens=t, in_features=k, out_features=n, proj=proj)
-                     for t in (1, 3, 8) for proj, k, n in LINEAR_SHAPES)
+# 16-bit dtypes take the tensor-core kernel (one to four warps a tile), float32 the CUDA-core
+# kernel. Widths: the three projections at reduced sizes, llama2-7b's qkv, out_features not a
+# multiple of 8 (a last tile or row group part-filled), in_features a multiple of 8 but not of a
+# 32-wide step (a part-filled last step), and odd in_features (rows not 16-byte aligned: one
+# element an access); with a bias, a part-filled tile and odd rows.
+LINEAR_SHAPES = (("qkv", 512, 1536, False), ("o", 512, 512, False), ("lm_head", 512, 4000, False),
+                 ("qkv", 4096, 12288, False), ("o", 512, 1001, False), ("o", 1000, 264, False),
+                 ("o", 1001, 77, False), ("qkv", 512, 1001, True), ("o", 1001, 77, True))
+LINEAR_CASES = tuple(Case("linear", tokens=t, in_features=k, out_features=n, proj=proj, **({"bias": True} if bias else {}))
+                     for t in (1, 3, 8) for proj, k, n, bias in LINEAR_SHAPES)
 
 
 def test_linear_declines_more_than_8_tokens_with_a_reason():

@@ -114,12 +114,16 @@ at::Tensor swiglu(const at::Tensor& gate, const at::Tensor& up) {
     return out;
 }
 
-at::Tensor linear(const at::Tensor& x, const at::Tensor& weight) {
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
     const char* op = "linear";
     check_cuda_tensor(x, "x", op);
     check_same(x, weight, "weight", op);
     TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && weight.size(1) == x.size(1), op,
                 ": x must be [tokens, in_features] and weight [out_features, in_features]");
+    if (bias.has_value()) {
+        check_same(x, *bias, "bias", op);
+        TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": bias must be [out_features]");
+    }
     TORCH_CHECK(x.size(0) <= kLinearMaxTokens, op, ": at most ", kLinearMaxTokens, " tokens (a decode kernel), got ",
                 x.size(0));
     const c10::cuda::CUDAGuard guard(x.device());
@@ -132,11 +136,12 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight) {
     // Rows may be strided (a layer's slice of a fused weight); elements within a row must be dense.
     const at::Tensor xc = x.stride(1) == 1 ? x : x.contiguous();
     const at::Tensor wc = weight.stride(1) == 1 ? weight : weight.contiguous();
+    const at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
     at::Tensor out = at::empty({x.size(0), weight.size(0)}, x.options());
-    if (in_features == 0) return out.zero_();
-    check_launch(launch_linear(xc.data_ptr(), wc.data_ptr(), out.data_ptr(), static_cast<int>(x.size(0)),
-                               static_cast<int>(in_features), static_cast<int>(weight.size(0)), xc.stride(0),
-                               wc.stride(0), dtype_of(x, op), stream()),
+    if (in_features == 0) return bc.defined() ? out.copy_(bc.expand_as(out)) : out.zero_();
+    check_launch(launch_linear(xc.data_ptr(), wc.data_ptr(), bc.defined() ? bc.data_ptr() : nullptr, out.data_ptr(),
+                               static_cast<int>(x.size(0)), static_cast<int>(in_features),
+                               static_cast<int>(weight.size(0)), xc.stride(0), wc.stride(0), dtype_of(x, op), stream()),
                  op);
     return out;
 }
@@ -273,7 +278,7 @@ TORCH_LIBRARY(kbench_cuda, m) {
     m.def("add_rmsnorm(Tensor x, Tensor(a!) residual, Tensor weight, float eps) -> Tensor");
     m.def("rope(Tensor(a!) q, Tensor(b!) k, Tensor positions, Tensor inv_freq, bool interleaved) -> ()");
     m.def("swiglu(Tensor gate, Tensor up) -> Tensor");
-    m.def("linear(Tensor x, Tensor weight) -> Tensor");
+    m.def("linear(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor");
     m.def("sample(Tensor logits, Tensor uniforms, float temperature, int top_k, float top_p) -> Tensor");
     m.def("topk(Tensor logits, int k) -> (Tensor, Tensor)");
     m.def("attention_decode(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, Tensor? block_table, "

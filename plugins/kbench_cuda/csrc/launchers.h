@@ -37,13 +37,14 @@ cudaError_t launch_rope(void* q, void* k, const int64_t* positions, const float*
 cudaError_t launch_swiglu(const void* gate, const void* up, void* out, int64_t elements, DType dtype,
                           cudaStream_t stream);
 
-// out = x @ weight^T, rounded once to the dtype. x: [tokens, in_features], rows x_stride elements
-// apart; weight: [out_features, in_features], rows w_stride apart; out: [tokens, out_features].
+// out = x @ weight^T (+ bias), summed in fp32 and rounded once to the dtype. x: [tokens,
+// in_features], rows x_stride elements apart; weight: [out_features, in_features], rows w_stride
+// apart; bias: [out_features] or null; out: [tokens, out_features].
 // tokens <= kLinearMaxTokens, and x must fit one block's shared memory (tokens * in_features
 // elements); otherwise cudaErrorInvalidValue.
 constexpr int kLinearMaxTokens = 8;
-cudaError_t launch_linear(const void* x, const void* weight, void* out, int tokens, int in_features, int out_features,
-                          int64_t x_stride, int64_t w_stride, DType dtype, cudaStream_t stream);
+cudaError_t launch_linear(const void* x, const void* weight, const void* bias, void* out, int tokens, int in_features,
+                          int out_features, int64_t x_stride, int64_t w_stride, DType dtype, cudaStream_t stream);
 
 // logits: [batch, vocab]; uniforms: [batch] float32; tokens: [batch] int64.
 cudaError_t launch_sample(const void* logits, const float* uniforms, int64_t* tokens, int batch, int vocab,

@@ -1,6 +1,8 @@
-// linear for decode: out = x @ weight^T for at most kLinearMaxTokens rows of x, rounded once to T.
+// linear for decode: out = x @ weight^T (+ bias) for at most kLinearMaxTokens rows of x, summed in
+// fp32 (the bias too) and rounded once to T, as cuBLAS's bias epilogue.
 //
-// x: [tokens, in_features], weight: [out_features, in_features], out: [tokens, out_features].
+// x: [tokens, in_features], weight: [out_features, in_features], bias: [out_features] or null,
+// out: [tokens, out_features].
 // At a few tokens the product is bound by reading the weight, so every weight row is read once
 // for all tokens, in 16-byte evict-first accesses (nothing reads them again), several a lane in
 // flight. x is staged once a block in shared memory and each access of the weight is multiplied
@@ -125,8 +127,9 @@ __device__ __forceinline__ const T* weight_row(const T* weight, int row, int out
 // reads elements l * VEC + j * 32 * VEC of each row, kUnroll accesses a row at a time.
 template <typename T, int VEC, int TOKENS>
 __global__ void __launch_bounds__(kThreads) linear_simt_kernel(const T* __restrict__ x, const T* __restrict__ weight,
-                                                               T* __restrict__ out, int in_features, int out_features,
-                                                               int64_t x_stride, int64_t w_stride) {
+                                                               const T* __restrict__ bias, T* __restrict__ out,
+                                                               int in_features, int out_features, int64_t x_stride,
+                                                               int64_t w_stride) {
     constexpr int kUnroll = kLoads / kRows > 0 ? kLoads / kRows : 1;
     constexpr int kStep = 32 * VEC;  // elements of a row one access of the warp covers
     static_assert(kRows * TOKENS <= 32, "one lane stores each (row, token) sum");
@@ -199,7 +202,8 @@ __global__ void __launch_bounds__(kThreads) linear_simt_kernel(const T* __restri
             for (int m = 0; m < TOKENS; ++m) {
                 const float sum = warp_sum(acc[r][m]);
                 if (lane == r * TOKENS + m && row0 + r < out_features) {
-                    out[static_cast<int64_t>(m) * out_features + row0 + r] = from_float<T>(sum);
+                    const float b = bias ? to_float(bias[row0 + r]) : 0.f;
+                    out[static_cast<int64_t>(m) * out_features + row0 + r] = from_float<T>(sum + b);
                 }
             }
         }
@@ -257,8 +261,9 @@ __device__ __forceinline__ void mma_batch(float (&d)[kMmaChains][4], const uint4
 // batch is in flight while the previous one is multiplied.
 template <typename T, int TOKENS>
 __global__ void __launch_bounds__(kThreads) linear_mma_kernel(const T* __restrict__ x, const T* __restrict__ weight,
-                                                              T* __restrict__ out, int in_features, int out_features,
-                                                              int64_t x_stride, int64_t w_stride, int splits) {
+                                                              const T* __restrict__ bias, T* __restrict__ out,
+                                                              int in_features, int out_features, int64_t x_stride,
+                                                              int64_t w_stride, int splits) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
     __trap();  // never launched there (launch_linear checks the device); the body needs bf16 mma
 #else
@@ -329,8 +334,8 @@ __global__ void __launch_bounds__(kThreads) linear_mma_kernel(const T* __restric
         const int col = tile * 8 + 2 * i;
         if (slice == 0 && has_token) {
             T* dst = out + static_cast<int64_t>(n) * out_features + col;
-            if (col < out_features) dst[0] = from_float<T>(sum.x);
-            if (col + 1 < out_features) dst[1] = from_float<T>(sum.y);
+            if (col < out_features) dst[0] = from_float<T>(sum.x + (bias ? to_float(bias[col]) : 0.f));
+            if (col + 1 < out_features) dst[1] = from_float<T>(sum.y + (bias ? to_float(bias[col + 1]) : 0.f));
         }
         if (splits > 1) team_barrier(team, splits);  // partials are free for the next tile
     }
@@ -374,6 +379,7 @@ cudaError_t allow_smem(const void* kernel, int device, const DeviceInfo& info, s
 struct LinearArgs {
     const void* x;
     const void* weight;
+    const void* bias;  // null: none
     void* out;
     int in_features, out_features;
     int64_t x_stride, w_stride;
@@ -395,8 +401,8 @@ cudaError_t launch_simt(const LinearArgs& a, int device, const DeviceInfo& info,
     if (err != cudaSuccess) return err;
     const int blocks = grid_blocks(info, (a.out_features + kRows - 1) / kRows);
     kernel<<<blocks, kThreads, smem, stream>>>(static_cast<const T*>(a.x), static_cast<const T*>(a.weight),
-                                               static_cast<T*>(a.out), a.in_features, a.out_features, a.x_stride,
-                                               a.w_stride);
+                                               static_cast<const T*>(a.bias), static_cast<T*>(a.out), a.in_features,
+                                               a.out_features, a.x_stride, a.w_stride);
     return cudaGetLastError();
 }
 
@@ -419,8 +425,8 @@ cudaError_t launch_mma(const LinearArgs& a, int device, const DeviceInfo& info, 
     const int splits = mma_splits(info, tiles, a.in_features);
     const int blocks = grid_blocks(info, tiles);
     kernel<<<blocks, kThreads, smem, stream>>>(static_cast<const T*>(a.x), static_cast<const T*>(a.weight),
-                                               static_cast<T*>(a.out), a.in_features, a.out_features, a.x_stride,
-                                               a.w_stride, splits);
+                                               static_cast<const T*>(a.bias), static_cast<T*>(a.out), a.in_features,
+                                               a.out_features, a.x_stride, a.w_stride, splits);
     return cudaGetLastError();
 }
 
@@ -465,10 +471,10 @@ static_assert(kLinearMaxTokens == 8, "launch_linear_t instantiates 1..kLinearMax
 
 }  // namespace
 
-cudaError_t launch_linear(const void* x, const void* weight, void* out, int tokens, int in_features, int out_features,
-                          int64_t x_stride, int64_t w_stride, DType dtype, cudaStream_t stream) {
+cudaError_t launch_linear(const void* x, const void* weight, const void* bias, void* out, int tokens, int in_features,
+                          int out_features, int64_t x_stride, int64_t w_stride, DType dtype, cudaStream_t stream) {
     if (tokens == 0 || out_features == 0) return cudaSuccess;
-    const LinearArgs args{x, weight, out, in_features, out_features, x_stride, w_stride};
+    const LinearArgs args{x, weight, bias, out, in_features, out_features, x_stride, w_stride};
     KBENCH_DISPATCH_FLOAT(dtype, return launch_linear_t<scalar_t>(args, tokens, stream));
     return cudaSuccess;
 }
