@@ -5,8 +5,12 @@ wrapped (``Pipeline.traced_calls``) and attributed:
 
 - on a CPU, each call is timed with ``perf_counter`` (the op's wall time as called);
 - on CUDA, each call is a ``torch.profiler.record_function`` range, and an op's time is the
-  device time of the kernels launched inside its ranges (profiler kernel intervals, CUPTI),
-  summed per op. The step runs eagerly for this: a replayed CUDA graph carries no ranges.
+  sum of the durations of the kernels launched inside its ranges (CUPTI), summed per op.
+  The step runs eagerly for this: a replayed CUDA graph carries no ranges. Durations, not the
+  range's span on the GPU (the ``gpu_user_annotation`` event the profiler also emits, which
+  ``key_averages`` merges into the range's device time): in an eager step the span also holds
+  the idle time between launches, which a graph replay does not have, and made the ops' sum
+  exceed the replayed step (327% of a decode step of the all-reference pipeline on an H100).
 
 An op's ``total_us`` is its time per step, ``share`` its fraction of the measured step
 (``step_us``: the prefill row's latency, or the decode row's per-token latency, under a CUDA
@@ -45,6 +49,23 @@ def op_of(label: str) -> str:
     return label.split("[", 1)[0]
 
 
+def range_kernel_us(events) -> dict[str, float]:
+    """call site -> µs of the kernels launched inside its ``kbench::`` ranges: each CPU-side range
+    event's own kernels and its descendants', by duration (the GPU-side annotation of the same
+    name, a span, is skipped)."""
+    from torch.autograd import DeviceType
+
+    totals: dict[str, float] = defaultdict(float)
+    for event in events:
+        if event.name.startswith("kbench::") and event.device_type == DeviceType.CPU:
+            totals[event.name.removeprefix("kbench::")] += _kernels_under(event)
+    return dict(totals)
+
+
+def _kernels_under(event) -> float:
+    return sum(kernel.duration for kernel in event.kernels) + sum(_kernels_under(child) for child in event.cpu_children)
+
+
 def traced_totals(pipeline, step: Callable[[], object]) -> tuple[dict[str, float], dict[str, int], str]:
     """(call site -> µs in one run of ``step``, call site -> calls, method): every op call
     attributed to its call site (``Pipeline.fn``: the op, or ``linear[PROJ]``)."""
@@ -63,13 +84,7 @@ def traced_totals(pipeline, step: Callable[[], object]) -> tuple[dict[str, float
         with torch.profiler.profile(activities=activities) as profiler, pipeline.traced_calls(wrap):
             step()
             _sync(device)
-        totals = {}
-        for event in profiler.key_averages():
-            if event.key.startswith("kbench::"):
-                device_us = getattr(event, "device_time_total", None)
-                totals[event.key.removeprefix("kbench::")] = float(
-                    device_us if device_us is not None else event.cuda_time_total)
-        return totals, dict(calls), "profiler-kernels"
+        return range_kernel_us(profiler.events()), dict(calls), "profiler-kernel-sum"
 
     spent: dict[str, float] = defaultdict(float)
 

@@ -46,3 +46,25 @@ def test_breakdown_counts_every_call_and_adds_up_to_the_step(tmp_path, registry,
     for row in rows[:-1]:
         assert row.latency_us * row.calls == pytest.approx(row.total_us) and row.total_us > 0
         assert row.backend == plan.backend(row.op) and row.method == "perf_counter-calls"
+
+
+def test_an_op_is_the_sum_of_its_kernels_durations_not_the_span_of_its_range():
+    """CUDA attribution: the CPU-side range's kernels and its descendants', summed; the GPU-side
+    annotation of the same name (a span that, in an eager step, holds the idle time between
+    launches) is not counted."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import Kernel
+
+    from kbench.bench.breakdown import range_kernel_us
+
+    def event(name, kernels=(), children=(), device=DeviceType.CPU):
+        return SimpleNamespace(name=name, device_type=device, cpu_children=list(children),
+                               kernels=[Kernel(f"k{i}", 0, us) for i, us in enumerate(kernels)])
+
+    launch = event("cudaLaunchKernel", kernels=[4.0])
+    rope = event("kbench::rope", children=[event("aten::mul", children=[launch]), event("aten::cat", kernels=[2.5])])
+    span = event("kbench::rope", kernels=[], device=DeviceType.CUDA)  # the GPU annotation: ignored
+    second = event("kbench::rope", kernels=[1.0])
+    assert range_kernel_us([rope, span, launch, second, event("aten::add", kernels=[9.0])]) == {"rope": 7.5}
