@@ -56,6 +56,11 @@ def update_readme(readme: Path, records: dict[str, Path], console: Console) -> N
     console.print(f"{readme}: figures of {', '.join(figures) or 'no entry'} remade", highlight=False)
 
 
+# Breakdown methods of older records whose figures are wrong, and why.
+SUPERSEDED_METHODS = {"profiler-kernels": "it was measured as profiler range spans, which in an eager step also "
+                                          "hold the gaps between launches (kbench.bench.breakdown)"}
+
+
 def figure_table(record: dict) -> str:
     """A Markdown table of a record's figures (µs: the CUDA-graph kernel time where measured), then
     the command and device that made them."""
@@ -109,6 +114,8 @@ def _breakdown_table(rows: list[dict]) -> str:
     parts = [r for r in rows if r["kind"] == "breakdown" and r.get("phase") == "decode"]
     if not parts:
         return ""
+    if parts[0].get("method") in SUPERSEDED_METHODS:
+        return f"(decode breakdown not shown: {SUPERSEDED_METHODS[parts[0]['method']]})"
     first = min(parts, key=lambda r: (r["shape"]["batch"], r["shape"]["prompt_len"]))
     step = [r for r in parts if r["case"] == first["case"] and r.get("mix") == first.get("mix")]
     body = [[r.get("part") or r["op"], r["backend"], str(r["calls"]) if r.get("calls") else "-",

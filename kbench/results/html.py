@@ -17,6 +17,7 @@ import io
 import pandas as pd
 
 from kbench.results.compare import Comparison
+from kbench.results.figures import SUPERSEDED_METHODS
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}
 table{border-collapse:collapse;font-size:13px;margin:0.5em 0 1.5em}
@@ -98,8 +99,14 @@ def run_section(record: dict) -> str:
         "<h3>machine and ceilings</h3>", _table(machine, f"machine-{run_id}"),
         "<h3>ops at the model's shapes</h3>", _table(_op_frame(rows), f"ops-{run_id}"),
         "<h3>prefill and decode</h3>", _table(e2e, f"e2e-{run_id}"),
-        "<h3>step breakdown</h3>", _table(breakdown, f"breakdown-{run_id}"),
+        "<h3>step breakdown</h3>", *_superseded(breakdown), _table(breakdown, f"breakdown-{run_id}"),
     ])
+
+
+def _superseded(breakdown: pd.DataFrame) -> list[str]:
+    """A warning above a breakdown measured by a method later found wrong."""
+    methods = set(breakdown["method"].dropna()) & set(SUPERSEDED_METHODS) if not breakdown.empty else set()
+    return [f'<p class="FAIL">method {html.escape(m)}: {html.escape(SUPERSEDED_METHODS[m])}</p>' for m in sorted(methods)]
 
 
 def report_html(records: list[dict], comparison: Comparison | None = None) -> str:
