@@ -26,6 +26,7 @@ import dataclasses
 import math
 import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from rich.table import Table
 
 from kbench.bench.end_to_end import time_end_to_end
 from kbench.bench.pipeline_check import check_pipeline
+from kbench.bench.stopwatch import PIPELINE_CHECK, STOPWATCH, describe
 from kbench.bench.sweep import op_results
 from kbench.commands.options import FamilyFlagsCommand, family_choices, spec_options
 from kbench.commands.run import RunOptions, check_outside, progress_display
@@ -83,6 +85,8 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
     check_out_file(out_spec, "--out-spec")
     check_mixes(plan, mixes)
     check_mixes(plan, candidates_wanted, flag="--candidates")
+    started = time.perf_counter()
+    STOPWATCH.reset()
     rows, candidates = [], []
     with progress_display(progress_console or console) as progress:
         progress("measuring device ceilings")
@@ -114,12 +118,14 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
         winner = min((label for label in timed if timed[label] is not None), key=lambda lb: timed[lb],
                      default=PER_OP)
         tuned_text = tuned_spec_text(Path(spec.path).read_text(), mix_choices[winner], candidates,
-                                     header=winner_comment(winner, timed))
+                                     header=winner_comment(winner, timed, spec.workload))
         out_spec.write_text(tuned_text)
         kept = dataclasses.replace(overrides, backends={}, backend_flags={}) if overrides else None
         tuned_plan = resolve_plan(load_spec(out_spec, kept), registry)
         pipeline = build_pipeline(tuned_plan, weights)
-        rows += [dataclasses.replace(r, backend=winner) for r in check_pipeline(tuned_plan, weights, pipeline, progress)]
+        with STOPWATCH.timed(PIPELINE_CHECK):
+            checked = check_pipeline(tuned_plan, weights, pipeline, progress)
+        rows += [dataclasses.replace(r, backend=winner) for r in checked]
         del pipeline
     record = build_record(name=f"{spec.name}-tune", command=tuple(["kbench", *sys.argv[1:]]),
                           spec=tuned_plan.spec.to_dict(), backends=tuned_plan.record(), registry=registry,
@@ -128,7 +134,9 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
                       "mixes": {label: {"choices": choices, "request_us": timed.get(label)}
                                 for label, choices in mix_choices.items()},
                       "candidates": [dataclasses.asdict(c) for c in candidates]}
+    record["wall_s"] = STOPWATCH.summary(time.perf_counter() - started)
     print_tune(record, candidates, per_op, console)
+    console.print(describe(record["wall_s"]), highlight=False)
     console.print(f"tuned spec: {out_spec} ({winner})", highlight=False)
     console.print(f"record: {write_record_or_keep(record, out_dir)}", highlight=False)
     return record
@@ -209,12 +217,14 @@ def request_us(rows, decode_steps: int) -> float | None:
     return total or None
 
 
-def winner_comment(winner: str, timed: dict[str, float | None]) -> str:
-    """The tuned spec's header: every mix's end-to-end time, the chosen one first."""
+def winner_comment(winner: str, timed: dict[str, float | None], workload) -> str:
+    """The tuned spec's header: the workload tuned at, every mix's end-to-end time, fastest first."""
     ranked = sorted(((lb, us) for lb, us in timed.items() if us is not None), key=lambda item: item[1])
     parts = [f"{label} {us / 1e3:.4g} ms" for label, us in ranked]
-    return (f"# kbench tune: {winner} was fastest end to end over the workload (prefill + decode steps, "
-            f"summed): {', '.join(parts)}")
+    at = (f"batch {','.join(map(str, workload.batch))}, prompt {','.join(map(str, workload.prompt_len))}, "
+          f"{workload.decode_steps} decode steps")
+    return (f"# kbench tune at {at}: {winner} was fastest end to end over that workload (prefill + decode "
+            f"steps, summed): {', '.join(parts)}")
 
 
 def tuned_spec_text(text: str, choices: dict[str, str], candidates: list[Candidate], header: str = "") -> str:

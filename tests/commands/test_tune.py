@@ -68,13 +68,15 @@ def test_tune_chooses_the_fast_correct_backend_and_writes_a_spec(tmp_path):
     assert tuned.backends["linear"] == REFERENCE and set(tuned.backends) == set(record["tune"]["choices"])
     text = (tmp_path / "tuned.yaml").read_text()
     assert "# linear: reference" in text and "runner-up slow" in text and "failed: wrong (FAIL" in text
-    assert "# kbench tune:" in text and "fastest end to end" in text
+    assert "# kbench tune at batch 1, prompt 8, 2 decode steps:" in text and "fastest end to end" in text
     winner = record["tune"]["winner"]
     kinds = {(r["kind"], r["backend"]) for r in record["rows"]}
     assert {("decode", "per-op"), ("decode", "spec"), ("prefill", "spec"), ("check", winner)} <= kinds
     assert set(record["tune"]["mixes"]) == {"per-op", "spec"}  # slow and wrong are linear only: no mix
+    wall = record["wall_s"]
+    assert wall["parts"]["op checks"] > 0 and "pipeline check" in wall["parts"] and wall["checks"] < wall["total"]
     output = console.export_text()
-    assert "end to end: every mix over the workload" in output and f"the written mix ({winner})" in output
+    assert "checks took" in output and "end to end: every mix over the workload" in output and f"the written mix ({winner})" in output
 
 
 def test_single_backend_mixes_are_timed_end_to_end_and_the_fastest_is_written(tmp_path, monkeypatch):
@@ -98,7 +100,7 @@ def test_single_backend_mixes_are_timed_end_to_end_and_the_fastest_is_written(tm
     assert all(mixes["all-both"]["request_us"] < m["request_us"] for label, m in mixes.items() if label != "all-both")
     tuned = load_spec(tmp_path / "tuned.yaml")
     assert tuned.backends["rmsnorm"] == "both" and tuned.backends["linear"] == "both"
-    assert "# kbench tune: all-both was fastest" in (tmp_path / "tuned.yaml").read_text()
+    assert ": all-both was fastest" in (tmp_path / "tuned.yaml").read_text()
     checks = [r for r in record["rows"] if r["kind"] == "check"]
     assert checks and all(r["backend"] == "all-both" and r["status"] == "PASS" for r in checks)
     breakdown_mixes = {r["mix"] for r in record["rows"] if r["kind"] == "breakdown"}
