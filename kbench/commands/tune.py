@@ -41,7 +41,7 @@ from kbench.bench.sweep import op_results
 from kbench.commands.options import FamilyFlagsCommand, family_choices, spec_options
 from kbench.commands.run import RunOptions, check_outside, progress_display
 from kbench.console import make_console
-from kbench.env import measure_ceilings
+from kbench.env import machine_record, machine_state, measure_ceilings
 from kbench.errors import KbenchError
 from kbench.model import build_pipeline, load_weights
 from kbench.model.pipeline import calls_per_step, steps_per_request
@@ -86,6 +86,7 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
     check_mixes(plan, mixes)
     check_mixes(plan, candidates_wanted, flag="--candidates")
     started = time.perf_counter()
+    start_state = machine_state(spec.device)
     STOPWATCH.reset()
     rows, candidates = [], []
     with progress_display(progress_console or console) as progress:
@@ -129,7 +130,8 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
         del pipeline
     record = build_record(name=f"{spec.name}-tune", command=tuple(["kbench", *sys.argv[1:]]),
                           spec=tuned_plan.spec.to_dict(), backends=tuned_plan.record(), registry=registry,
-                          device=spec.device, ceilings=ceilings, rows=rows)
+                          device=spec.device, ceilings=ceilings, rows=rows,
+                          machine=machine_record(start_state, machine_state(spec.device)))
     record["tune"] = {"tuned_spec": str(out_spec), "choices": mix_choices[winner], "winner": winner,
                       "mixes": {label: {"choices": choices, "request_us": timed.get(label)}
                                 for label, choices in mix_choices.items()},

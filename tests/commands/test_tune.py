@@ -73,6 +73,7 @@ def test_tune_chooses_the_fast_correct_backend_and_writes_a_spec(tmp_path):
     kinds = {(r["kind"], r["backend"]) for r in record["rows"]}
     assert {("decode", "per-op"), ("decode", "spec"), ("prefill", "spec"), ("check", winner)} <= kinds
     assert set(record["tune"]["mixes"]) == {"per-op", "spec"}  # slow and wrong are linear only: no mix
+    assert {"start", "end", "throttled"} <= set(record["machine"])  # the machine's state, as in kbench run
     wall = record["wall_s"]
     assert wall["parts"]["op checks"] > 0 and "pipeline check" in wall["parts"] and wall["checks"] < wall["total"]
     output = console.export_text()
