@@ -126,7 +126,7 @@ def _run_rank(rank: int, ranks: int, spec_path: str, overrides, options):
     from kbench.bench.pipeline_check import check_pipeline
     from kbench.commands.run import check_and_time_ops, mark_pipeline_failures, progress_display
     from kbench.console import make_console
-    from kbench.env import measure_ceilings
+    from kbench.env import machine_record, machine_state, measure_ceilings
     from kbench.model import build_pipeline
     from kbench.model.tensor_parallel import TensorParallel, load_shard_weights
     from kbench.plan import resolve_plan
@@ -135,6 +135,7 @@ def _run_rank(rank: int, ranks: int, spec_path: str, overrides, options):
     from kbench.spec import load_spec
 
     spec = load_spec(spec_path, overrides)
+    start_state = machine_state(spec.device)
     shard = Shard(spec.model, rank, ranks)
     plan = resolve_plan(rank_spec(spec, shard), get_registry())
     progress_console = make_console(stderr=True) if rank == 0 else quiet_console()
@@ -166,10 +167,14 @@ def _run_rank(rank: int, ranks: int, spec_path: str, overrides, options):
     parallel["peak_memory_bytes_per_rank"] = gathered(max((r.peak_memory_bytes or 0) for r in rows
                                                           if r.kind in ("prefill", "decode")) if rows else 0)
     parallel["all_reduce_per_decode_step_us"] = all_reduce_per_step(spec, rows, plan.backend("all_reduce"))
+    machines = gathered(machine_record(start_state, machine_state(spec.device)))  # each rank's own GPU
     if rank != 0:
         return None
+    throttled = [m["throttled"] for m in machines if m["throttled"] is not None]
     record = build_record(name=spec.name, command=options.command, spec=spec.to_dict(), backends=plan.record(),
-                          registry=plan.registry, device=spec.device, ceilings=ceilings, rows=rows)
+                          registry=plan.registry, device=spec.device, ceilings=ceilings, rows=rows,
+                          machine={**machines[0], "throttled": any(throttled) if throttled else None,
+                                   "ranks": machines})
     record["parallel"] = parallel
     return write_record(record, options.out_dir)
 

@@ -46,6 +46,7 @@ def test_tp_run_writes_one_record_with_the_ranks(tmp_path):
     reduce_rows = [r for r in record["rows"] if r["kind"] == "op" and r["op"] == "all_reduce"]
     assert reduce_rows and all(r["status"] == "PASS" and r["shape"]["ranks"] == 2 for r in reduce_rows)
     assert record["ceilings"]["all_reduce_bus_gbps"] > 0
+    assert len(record["machine"]["ranks"]) == 2 and {"start", "end", "throttled"} <= set(record["machine"])
 
 
 def test_bench_all_reduce_across_ranks_and_its_mistakes(tmp_path):
