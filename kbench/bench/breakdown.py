@@ -35,6 +35,10 @@ from kbench.plan import Plan
 from kbench.results.rows import BreakdownRow
 
 REPEATS = 3
+# Decode steps traced per repeat: each is one more position of the same work, so a few give the
+# per-step figure; all of a 32-step workload under the profiler took 84 s per point for a 7B
+# model with reference ops (each eager aten call is an event), most of a run's wall time.
+TRACED_DECODE_STEPS = 4
 REMAINDER = "remainder"
 PROMPT_SEED = 1234
 
@@ -107,7 +111,7 @@ def breakdown_rows(plan: Plan, pipeline, phase: str, batch: int, prompt_len: int
     spec = plan.spec
     prompts = random_prompts(spec.model.vocab, batch, prompt_len, PROMPT_SEED)
     tokens = torch.stack([p[-1] for p in prompts]).to(pipeline.device)
-    steps = spec.workload.decode_steps if phase == "decode" else 1
+    steps = min(spec.workload.decode_steps, TRACED_DECODE_STEPS) if phase == "decode" else 1
     runs = []
     with torch.inference_mode():
         pipeline.reset(batch, prompt_len + spec.workload.decode_steps)
