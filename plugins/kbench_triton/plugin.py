@@ -134,6 +134,8 @@ KERNELS = {
     "linear": ("ffn", "linear", supports_linear,
                "up to 8 rows: the skinny split-K GEMM or cuBLAS, whichever a CUDA-graph timing finds faster "
                "for the shape; else cuBLAS"),
+    "kv_write": ("kv_cache", "kv_write", supports_elementwise,
+                 "k and v in one launch, a program per token and row block; contiguous or paged"),
     "attention_prefill": ("attention_prefill", "attention_prefill", supports_attention,
                           "FlashAttention-2 tiling, causal varlen, GQA by head index"),
     "attention_decode": ("attention_decode", "attention_decode", supports_attention,
