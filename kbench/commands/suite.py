@@ -271,13 +271,31 @@ def print_summary(suite: Suite, outcomes: Sequence[Outcome], console: Console) -
 
 
 def summary_markdown(suite: Suite, outcomes: Sequence[Outcome]) -> str:
+    """The summary of this run; an entry it did not run (``--only``) keeps its row and command
+    from the summary already there, so runs of parts of a suite add up to the whole."""
     failed = [o.entry.name for o in outcomes if not o.passed]
     verdict = f"FAIL: {', '.join(failed)}" if failed else f"PASS: all {len(outcomes)} entries"
+    ran = {o.entry.name for o in outcomes}
+    earlier = [row for row in _summary_table(suite) if row[0] not in ran
+               and row[0] in {entry.name for entry in suite.entries}]
+    if earlier:
+        verdict += f" (rows of {', '.join(row[0] for row in earlier)}: from an earlier run)"
+    rows = sorted(summary_rows(outcomes) + earlier, key=lambda row: [e.name for e in suite.entries].index(row[0]))
     lines = [f"# suite {suite.name}", "", *([suite.description, ""] if suite.description else []),
-             f"`kbench suite {suite.path}`: {verdict}.", "", _markdown_table(SUMMARY_HEADER, summary_rows(outcomes)),
+             f"`kbench suite {suite.path}`: {verdict}.", "", _markdown_table(SUMMARY_HEADER, rows),
              "", "Commands (each run with `--out` set to the suite's folder):", ""]
-    lines += [f"- {o.entry.name}: `{o.entry.command}`" for o in outcomes]
+    commands = {entry.name: entry.command for entry in suite.entries}
+    lines += [f"- {row[0]}: `{commands[row[0]]}`" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def _summary_table(suite: Suite) -> list[tuple[str, ...]]:
+    """The rows of the summary file already there (none when there is none)."""
+    path = suite.summary_path
+    if not path.is_file():
+        return []
+    return [tuple(cells) for cells in map(_table_cells, path.read_text().splitlines())
+            if len(cells) == len(SUMMARY_HEADER) and cells[0] not in ("entry", "---")]
 
 
 def read_summary(suite: Suite) -> dict[str, tuple[str, Path | None]]:
@@ -286,13 +304,8 @@ def read_summary(suite: Suite) -> dict[str, tuple[str, Path | None]]:
     if not path.is_file():
         raise KbenchError(f"No summary {path} from an earlier run of {suite.path}.",
                           "Run the suite without --dry-run first (or pass the --out it was run with).")
-    found = {}
-    for line in path.read_text().splitlines():
-        cells = _table_cells(line)
-        if len(cells) == len(SUMMARY_HEADER) and cells[0] not in ("entry", "---"):
-            name, _, record, status, _ = cells
-            found[name] = (status, _summary_record(record, path.parent))
-    return found
+    return {name: (status, _summary_record(record, path.parent))
+            for name, _, record, status, _ in _summary_table(suite)}
 
 
 def _summary_record(text: str, folder: Path) -> Path | None:
@@ -365,8 +378,11 @@ def _dry_run(suite: Suite, entries: Sequence[Entry], readme: Path | None, consol
     for entry in entries:
         status, record = previous.get(entry.name, ("absent", None))
         if status != "PASS" or record is None or not record.is_file():
-            why = "is not in it" if status == "absent" else f"is {status}" if status != "PASS" else "has no record"
-            raise KbenchError(f"{entry.name} {why} in {suite.summary_path} (or its record is gone).",
-                              f"Run it first: kbench suite {suite.path} --only {entry.name}.")
+            # as in a run where the entry failed: its figure stays as it was, and we say so
+            why = "is not in" if status == "absent" else f"is {status} in" if status != "PASS" else "has no record in"
+            console.print(f"{readme}: {entry.name}'s figure kept as it was ({entry.name} {why} "
+                          f"{suite.summary_path}; run it: kbench suite {suite.path} --only {entry.name})",
+                          highlight=False)
+            continue
         records[entry.name] = record
     update_readme(readme, records, console)

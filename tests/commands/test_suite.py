@@ -261,3 +261,29 @@ def test_a_run_with_the_hf_baseline_gets_its_columns_beside_ours():
                                     "hf tok/s": "173.2", "prefill ms": "95.4", "hf prefill ms": "123.5",
                                     "peak memory": "15.6 GiB"}]
     assert "`kbench run model_specs/llama2-7b.yaml --baseline hf` on NVIDIA H100 80GB HBM3, bfloat16" in figure
+
+
+def test_runs_of_parts_of_a_suite_add_up_in_its_summary(tmp_path):
+    path = write_suite(tmp_path, """\
+        name: parts
+        runs:
+          - name: first
+            command: kbench bench rmsnorm --backend reference --device cpu --tokens 1 --hidden 64 --rep-ms 1 --warmup-ms 1
+          - name: second
+            command: kbench bench rmsnorm --backend reference --device cpu --tokens 2 --hidden 64 --rep-ms 1 --warmup-ms 1
+    """)
+    out = tmp_path / "out"
+    assert suite(path, "--out", out, "--only", "second").exit_code == 0
+    assert suite(path, "--out", out, "--only", "first").exit_code == 0
+    summary = (out / "parts-summary.md").read_text()
+    rows = [line for line in summary.splitlines() if line.startswith(("| first |", "| second |"))]
+    assert [row.split("|")[1].strip() for row in rows] == ["first", "second"]  # the suite's order, both kept
+    assert "rows of second: from an earlier run" in summary and "- second: `kbench bench" in summary
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- suite:first -->\nold\n<!-- /suite:first -->\n<!-- suite:second -->\nold\n<!-- /suite:second -->\n")
+    (out / "parts-summary.md").write_text("\n".join(line for line in summary.splitlines() if "| second |" not in line))
+    result = suite(path, "--out", out, "--dry-run", "--readme", readme)
+    assert result.exit_code == 0, result.output
+    assert "second's figure kept as it was" in text(result)
+    remade = readme.read_text()
+    assert between_markers(remade, "second") == "\nold\n" and "| op | backend |" in between_markers(remade, "first")
