@@ -9,8 +9,8 @@ wrapped (``Pipeline.traced_calls``) and attributed:
   The step runs eagerly for this: a replayed CUDA graph carries no ranges. Durations, not the
   range's span on the GPU (the ``gpu_user_annotation`` event the profiler also emits, which
   ``key_averages`` merges into the range's device time): in an eager step the span also holds
-  the idle time between launches, which a graph replay does not have, and made the ops' sum
-  exceed the replayed step (327% of a decode step of the all-reference pipeline on an H100).
+  the idle time between launches, which a graph replay does not have, so spans would sum to
+  more than the replayed step they are a share of.
 
 An op's ``total_us`` is its time per step, ``share`` its fraction of the measured step
 (``step_us``: the prefill row's latency, or the decode row's per-token latency, under a CUDA
@@ -36,8 +36,8 @@ from kbench.results.rows import BreakdownRow
 
 REPEATS = 3
 # Decode steps traced per repeat: each is one more position of the same work, so a few give the
-# per-step figure; all of a 32-step workload under the profiler took 84 s per point for a 7B
-# model with reference ops (each eager aten call is an event), most of a run's wall time.
+# per-step figure, and tracing every step of a workload costs more than timing it (each eager
+# aten call of a reference op is a profiler event).
 TRACED_DECODE_STEPS = 4
 REMAINDER = "remainder"
 PROMPT_SEED = 1234
