@@ -23,12 +23,12 @@ from rich.table import Table
 
 from kbench.console import make_console
 from kbench.errors import KbenchError, did_you_mean
-from kbench.preflight import check_out_dir
+from kbench.preflight import check_out_dir, check_out_file, write_text_file
 from kbench.results.figures import _markdown_table, marker_spans, update_readme
 from kbench.yaml_reader import key_lines
 
 SUITE_KEYS = ("name", "description", "out", "runs")
-ENTRY_KEYS = ("name", "command")
+ENTRY_KEYS = ("name", "command", "html")
 SUBCOMMANDS = ("run", "bench", "tune")
 DEFAULT_OUT = "results"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -41,6 +41,7 @@ class Entry:
 
     name: str
     args: tuple[str, ...]
+    html: Path | None = None  # the page ``kbench report`` makes of the entry's record
 
     @property
     def command(self) -> str:
@@ -132,7 +133,7 @@ class _SuiteReader:
 
 
 _EXAMPLES = {"name": "llama2-7b-mix", "description": "the figures README.md quotes", "out": "results/examples",
-             "command": "kbench run model_specs/tiny-llama.yaml --batch 1,2"}
+             "command": "kbench run model_specs/tiny-llama.yaml --batch 1,2", "html": "results/examples/tune.html"}
 
 
 def load_suite(path: str | Path, out: str | Path | None = None) -> Suite:
@@ -159,7 +160,13 @@ def load_suite(path: str | Path, out: str | Path | None = None) -> Suite:
                                "Give every entry its own name: it names the entry's README marker.")
         seen[entry_name] = reader.where(f"{key}.name").rsplit(": ", 1)[0]
         args = _command_args(reader, item, f"{key}.command")
-        entries.append(Entry(entry_name, args))
+        html = reader.text(item, "html", f"{key}.html", required=False)
+        if html is not None:
+            try:
+                check_out_file(html, "html:")
+            except KbenchError as error:
+                raise reader.error(f"{key}.html", error.message, error.fix) from None
+        entries.append(Entry(entry_name, args, Path(html) if html else None))
     return Suite(reader.path, name, description, Path(folder), tuple(entries))
 
 
@@ -331,11 +338,13 @@ def _table_cells(line: str) -> list[str]:
 @click.option("--dry-run", is_flag=True, help="Check the suite and print its commands; run nothing.")
 @click.option("--only", multiple=True, metavar="NAME", help="Run only this entry (repeatable, or NAME,NAME).")
 @click.option("--readme", type=click.Path(dir_okay=False), default=None,
-              help="Remake the figures between <!-- suite:ENTRY --> markers in this file from the records.")
+              help="Remake the figures between <!-- suite:ENTRY --> markers in this file from the records "
+                   "(with --dry-run, also the entries' html: pages).")
 def suite_command(suite_path, out_dir, dry_run, only, readme):
     """Run every entry of the suite FILE (a YAML list of kbench run, bench or tune commands).
 
-    Each entry runs in a fresh process; the summary is written to OUT/NAME-summary.md. Exit
+    Each entry runs in a fresh process; the summary is written to OUT/NAME-summary.md, and an
+    entry with html: FILE gets its record's kbench report page there. Exit
     status: 0 if every entry passed, 1 if any failed, 2 for a mistake in FILE (nothing runs).
     """
     console = make_console()
@@ -355,6 +364,7 @@ def suite_command(suite_path, out_dir, dry_run, only, readme):
     suite.summary_path.write_text(summary_markdown(suite, outcomes))
     print_summary(suite, outcomes, console)
     console.print(f"summary: {suite.summary_path}", highlight=False)
+    write_pages({o.entry: o.record for o in outcomes if o.passed and o.record}, console)
     if readme_path is not None:
         records = {o.entry.name: o.record for o in outcomes if o.passed and o.record}
         for outcome in outcomes:
@@ -364,6 +374,18 @@ def suite_command(suite_path, out_dir, dry_run, only, readme):
         update_readme(readme_path, records, console)
     if not all(outcome.passed for outcome in outcomes):
         sys.exit(1)
+
+
+def write_pages(records: dict[Entry, Path], console: Console) -> None:
+    """The ``html:`` page of each entry that has one, from its record (``kbench report``)."""
+    import json
+
+    from kbench.results.html import report_html
+
+    for entry, record in records.items():
+        if entry.html is not None:
+            write_text_file(entry.html, report_html([json.loads(record.read_text())]))
+            console.print(f"{entry.html}: {entry.name}'s page remade", highlight=False)
 
 
 def _dry_run(suite: Suite, entries: Sequence[Entry], readme: Path | None, console: Console) -> None:
@@ -386,3 +408,4 @@ def _dry_run(suite: Suite, entries: Sequence[Entry], readme: Path | None, consol
             continue
         records[entry.name] = record
     update_readme(readme, records, console)
+    write_pages({entry: records[entry.name] for entry in entries if entry.name in records}, console)

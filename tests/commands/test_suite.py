@@ -287,3 +287,25 @@ def test_runs_of_parts_of_a_suite_add_up_in_its_summary(tmp_path):
     assert "second's figure kept as it was" in text(result)
     remade = readme.read_text()
     assert between_markers(remade, "second") == "\nold\n" and "| op | backend |" in between_markers(remade, "first")
+
+
+def test_an_entry_with_html_gets_its_records_page_and_a_bad_html_path_is_exit_2(tmp_path):
+    page = tmp_path / "pages" / "one.html"
+    body = f"""\
+        name: paged
+        runs:
+          - name: one
+            command: kbench bench rmsnorm --backend reference --device cpu --tokens 1 --hidden 64 --rep-ms 1 --warmup-ms 1
+            html: {page}
+    """
+    out = tmp_path / "out"
+    result = suite(write_suite(tmp_path, body), "--out", out)
+    assert result.exit_code == 0, result.output
+    (record,) = out.glob("*.json")
+    run_id = json.loads(record.read_text())["run_id"]
+    assert f"<h2>run {run_id} (PASS)</h2>" in page.read_text() and "one's page remade" in text(result)
+    (tmp_path / "folder.html").mkdir()
+    bad = write_suite(tmp_path, body.replace(str(page), str(tmp_path / "folder.html")))
+    result = suite(bad, "--out", tmp_path / "out2")
+    assert result.exit_code == 2 and "runs[0].html: html:" in text(result) and "is a folder" in text(result)
+    assert not (tmp_path / "out2").exists()
