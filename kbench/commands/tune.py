@@ -59,15 +59,21 @@ MIX_PREFIX = "all-"
 
 @dataclass(frozen=True)
 class Candidate:
-    """One backend of one op: µs one request spends in it (None when it cannot be chosen), its
-    prefill and decode parts (``decode_us`` over all decode steps), and why not."""
+    """One backend of one op: the µs one request spends in it, as its prefill and decode parts
+    (``decode_us`` over all decode steps; None when it cannot be chosen), and why not."""
 
     op: str
     backend: str
-    cost_us: float | None
-    reason: str | None = None
     prefill_us: float | None = None
     decode_us: float | None = None
+    reason: str | None = None
+
+    @property
+    def cost_us(self) -> float | None:
+        return None if self.prefill_us is None or self.decode_us is None else self.prefill_us + self.decode_us
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"cost_us": self.cost_us}
 
 
 def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | None, out_dir: Path,
@@ -83,8 +89,8 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
     out_spec = out_spec or Path(spec.path).with_name(f"{Path(spec.path).stem}-tuned.yaml")
     check_outside(plan, RunOptions(out_dir=out_dir))
     check_out_file(out_spec, "--out-spec")
-    check_mixes(plan, mixes)
-    check_mixes(plan, candidates_wanted, flag="--candidates")
+    check_backend_names(plan, mixes, "--mixes")
+    check_backend_names(plan, candidates_wanted, "--candidates")
     started = time.perf_counter()
     start_state = machine_state(spec.device)
     STOPWATCH.reset()
@@ -107,8 +113,12 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
         mix_choices |= single_backend_mixes(plan, candidates, mixes)
         progress("loading weights")
         weights = load_weights(spec)
-        timed = {}
+        timed, first_of = {}, {}
         for number, (label, choices) in enumerate(mix_choices.items(), 1):
+            same = first_of.setdefault(tuple(sorted(choices.items())), label)
+            if same != label:  # the same backends as a mix timed already: its time, not a second run
+                timed[label] = timed[same]
+                continue
             each = plan.with_backends(choices, f"kbench tune ({label})")
             pipeline = build_pipeline(each, weights)
             say = lambda text, lb=label, n=number: progress(f"end to end {n}/{len(mix_choices)} {lb}: {text}")  # noqa: E731
@@ -133,9 +143,10 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
                           device=spec.device, ceilings=ceilings, rows=rows,
                           machine=machine_record(start_state, machine_state(spec.device)))
     record["tune"] = {"tuned_spec": str(out_spec), "choices": mix_choices[winner], "winner": winner,
-                      "mixes": {label: {"choices": choices, "request_us": timed.get(label)}
+                      "mixes": {label: {"choices": choices, "request_us": timed.get(label),
+                                        "rows": first_of[tuple(sorted(choices.items()))]}
                                 for label, choices in mix_choices.items()},
-                      "candidates": [dataclasses.asdict(c) for c in candidates]}
+                      "candidates": [c.as_dict() for c in candidates]}
     record["wall_s"] = STOPWATCH.summary(time.perf_counter() - started)
     print_tune(record, candidates, per_op, console)
     console.print(describe(record["wall_s"]), highlight=False)
@@ -151,19 +162,19 @@ def time_candidate(plan: Plan, name: str, backend: str, ceilings: dict, progress
     implementation = registry.get(name, backend)
     reason = next((r for r in (implementation.reason(case, spec.dtype, spec.device) for case in cases) if r), None)
     if reason:
-        return Candidate(name, backend, None, reason), []
+        return Candidate(name, backend, reason=reason), []
     rows = op_results(registry, name, [backend], cases, spec.dtype, spec.device, spec.bench,
                       lambda text: progress(f"{name}: {text}"), ceilings=ceilings)
     failed = [r for r in rows if r.status != "PASS"]
     if failed:
-        return Candidate(name, backend, None, f"{failed[0].status} at {failed[0].case}: {failed[0].note}"), rows
+        return Candidate(name, backend, reason=f"{failed[0].status} at {failed[0].case}: {failed[0].note}"), rows
     prefill = decode = 0.0
     for case, row in zip(cases, rows, strict=True):
         per_step = calls_per_step(spec.model, name, case.get("proj")) * (row.graph_latency_us or row.latency_us)
         prefill_steps, decode_steps = steps_per_request(name, case, spec.workload)
         prefill += prefill_steps * per_step
         decode += decode_steps * per_step
-    return Candidate(name, backend, prefill + decode, prefill_us=prefill, decode_us=decode), rows
+    return Candidate(name, backend, prefill_us=prefill, decode_us=decode), rows
 
 
 def choose(candidates: list[Candidate]) -> dict[str, str]:
@@ -195,7 +206,7 @@ def single_backend_mixes(plan: Plan, candidates: list[Candidate], wanted: tuple[
     return {f"{MIX_PREFIX}{b}": spec_choice | dict.fromkeys(passed[b], b) for b in wanted if b in passed}
 
 
-def check_mixes(plan: Plan, wanted: tuple[str, ...] | None, flag: str = "--mixes") -> None:
+def check_backend_names(plan: Plan, wanted: tuple[str, ...] | None, flag: str) -> None:
     """KbenchError (before any work) for a ``flag`` name no op of the pipeline has."""
     have = list(dict.fromkeys(b for name in plan.pipeline_ops for b in plan.registry.backends(name)
                               if b != REFERENCE))

@@ -89,7 +89,7 @@ def _tune_table(record: dict) -> str:
         cells = [f"**{label}** (written)" if label == tune.get("winner") else label, _ms(us),
                  f"{spec_us / us:.3f}x" if us and spec_us else "-"]
         for batch, prompt in points:
-            row = decode.get((label, batch, prompt), {})
+            row = decode.get((mix.get("rows", label), batch, prompt), {})
             cells.append(f"{_number(row.get('tokens_per_s'))} ({_percent(row.get('frac_peak_bw'))})")
         body.append(cells)
     return _markdown_table(header, body)

@@ -27,21 +27,28 @@ def slow_linear(x, weight):
     return F.linear(x, weight)
 
 
+def slowed(fn):
+    def call(**inputs):
+        time.sleep(0.002)
+        return fn(**inputs)
+    return call
+
+
 def wrong_linear(x, weight):
     return F.linear(x, weight) * 1.01  # fast and wrong
 
 
 def _registry(both: bool = False):
     """The core ops on the reference only, plus a slow and a wrong linear; with ``both``, a
-    correct backend ``both`` of rmsnorm and linear (two families: a single-backend mix)."""
+    correct, slow backend ``both`` of rmsnorm and linear (two families: a single-backend mix)."""
     registry = build_registry()
     for key in [k for k in registry.implementations if k[1] != REFERENCE]:
         del registry.implementations[key]
     for backend, fn in (("slow", slow_linear), ("wrong", wrong_linear)):
         registry.add_implementation(Implementation(op="linear", backend=backend, fn=fn, plugin="test"))
-    if both:
+    if both:  # correct but slower per call than the reference, so the per-op choice differs from it
         for op in ("rmsnorm", "linear"):
-            registry.add_implementation(Implementation(op=op, backend="both", fn=registry.get(op, REFERENCE).fn,
+            registry.add_implementation(Implementation(op=op, backend="both", fn=slowed(registry.get(op, REFERENCE).fn),
                                                        plugin="test"))
     return registry
 
@@ -117,6 +124,25 @@ def test_mixes_naming_no_backend_of_the_pipeline_is_exit_2_before_any_work(tmp_p
     assert not (tmp_path / "t.yaml").exists() and not (tmp_path / "r").exists()
 
 
+def test_a_mix_with_the_same_backends_as_another_is_timed_once(tmp_path, monkeypatch):
+    timed_labels = []
+    real = kbench.commands.tune.time_end_to_end
+
+    def counting(plan, model, label, *args):
+        timed_labels.append(label)
+        return real(plan, model, label, *args)
+
+    monkeypatch.setattr(kbench.commands.tune, "time_end_to_end", counting)
+    # the spec already chooses what tune finds fastest: the reference everywhere
+    spec = write_spec(tmp_path, workload={"batch": [1], "prompt_len": [8], "decode_steps": 2},
+                      bench={"warmup_ms": 1, "rep_ms": 3, "max_op_cases": 2, "flush_l2": False})
+    record = tune(spec, None, tmp_path / "tuned.yaml", tmp_path / "results", Console(width=200),
+                  registry=_registry(), mixes=(), candidates_wanted=())
+    mixes = record["tune"]["mixes"]
+    assert timed_labels == ["per-op"] and mixes["spec"]["rows"] == "per-op"
+    assert mixes["spec"]["request_us"] == mixes["per-op"]["request_us"] and record["tune"]["winner"] == "per-op"
+
+
 def test_candidates_limit_the_backends_tried_and_the_reference_is_always_tried(tmp_path):
     record = tune(_spec(tmp_path), None, tmp_path / "tuned.yaml", tmp_path / "results", Console(width=200),
                   registry=_registry(both=True), mixes=(), candidates_wanted=("slow",))
@@ -146,7 +172,7 @@ def test_tuned_text_replaces_the_backends_block_and_keeps_the_rest():
     from kbench.commands.tune import Candidate
 
     text = "name: x\nbackends:\n  norm: triton\n  ffn: cuda\nworkload:\n  batch: [1]\n"
-    candidates = [Candidate("rmsnorm", "torch", 2.0), Candidate("rmsnorm", REFERENCE, 3.0)]
+    candidates = [Candidate("rmsnorm", "torch", 0.5, 1.5), Candidate("rmsnorm", REFERENCE, 1.0, 2.0)]
     out = tuned_spec_text(text, {"rmsnorm": "torch"}, candidates)
     assert out == ("name: x\nbackends:\n  # rmsnorm: torch 2 µs/request, runner-up reference 3 µs\n  rmsnorm: torch\n"
                    "workload:\n  batch: [1]\n")
