@@ -19,7 +19,7 @@ import torch
 from kbench.checkpoint import check_meta_folder, meta_shards
 from kbench.config import ModelConfig
 from kbench.errors import KbenchError
-from kbench.model.weights import LayerWeights, Weights
+from kbench.model.weights import META_LAYER_NAMES, Weights, checkpoint_name, fused_layer, layer_shapes
 
 ROW_SPLIT = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3", "output")
 COLUMN_SPLIT = ("attention.wo", "feed_forward.w2")
@@ -61,21 +61,8 @@ def load_meta_weights(folder: Path, model: ModelConfig, dtype: torch.dtype, devi
                               "The tensors do not match params.json: fix it, or re-download the checkpoint.")
         return tensor.to(device=device, dtype=dtype)
 
-    q_rows, kv_rows = m.heads * m.head_dim, m.kv_heads * m.head_dim
-    layers = []
-    for i in range(m.layers):
-        p = f"layers.{i}."
-        layers.append(LayerWeights(
-            attn_norm=get(p + "attention_norm.weight", m.hidden),
-            wqkv=torch.cat([get(p + "attention.wq.weight", q_rows, m.hidden),
-                            get(p + "attention.wk.weight", kv_rows, m.hidden),
-                            get(p + "attention.wv.weight", kv_rows, m.hidden)]),
-            wo=get(p + "attention.wo.weight", m.hidden, q_rows),
-            ffn_norm=get(p + "ffn_norm.weight", m.hidden),
-            w_gate_up=torch.cat([get(p + "feed_forward.w1.weight", m.intermediate, m.hidden),
-                                 get(p + "feed_forward.w3.weight", m.intermediate, m.hidden)]),
-            w_down=get(p + "feed_forward.w2.weight", m.hidden, m.intermediate),
-        ))
+    layers = [fused_layer({role: get(checkpoint_name(role, META_LAYER_NAMES, f"layers.{i}."), *shape)
+                           for role, shape in layer_shapes(m).items()}) for i in range(m.layers)]
     embedding = get("tok_embeddings.weight", m.vocab, m.hidden)
     lm_head = get("output.weight", m.vocab, m.hidden)
     return Weights(m, embedding, layers, get("norm.weight", m.hidden), lm_head, str(folder))

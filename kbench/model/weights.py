@@ -51,6 +51,60 @@ class LayerWeights:
         return [t for f in dataclasses.fields(self) if (t := getattr(self, f.name)) is not None]
 
 
+# A decoder layer's tensors as checkpoints store them (q, k, v and gate, up apart), by role,
+# and each role's name in a HF checkpoint (under ``model.layers.N.``) and in Meta's (``layers.N.``).
+HF_LAYER_NAMES = {"attn_norm": "input_layernorm", "q": "self_attn.q_proj", "k": "self_attn.k_proj",
+                  "v": "self_attn.v_proj", "o": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
+                  "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+META_LAYER_NAMES = {"attn_norm": "attention_norm", "q": "attention.wq", "k": "attention.wk", "v": "attention.wv",
+                    "o": "attention.wo", "ffn_norm": "ffn_norm", "gate": "feed_forward.w1", "up": "feed_forward.w3",
+                    "down": "feed_forward.w2"}
+
+
+def layer_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """'q' (a weight) or 'q.bias' -> shape of each tensor one layer of ``m`` has in a checkpoint."""
+    q_rows, kv_rows = m.heads * m.head_dim, m.kv_heads * m.head_dim
+    shapes = {"attn_norm": (m.hidden,), "q": (q_rows, m.hidden), "k": (kv_rows, m.hidden), "v": (kv_rows, m.hidden),
+              "o": (m.hidden, q_rows), "ffn_norm": (m.hidden,), "gate": (m.intermediate, m.hidden),
+              "up": (m.intermediate, m.hidden), "down": (m.hidden, m.intermediate)}
+    if m.attention_bias:
+        shapes |= {"q.bias": (q_rows,), "k.bias": (kv_rows,), "v.bias": (kv_rows,), "o.bias": (m.hidden,)}
+    if m.mlp_bias:
+        shapes |= {"gate.bias": (m.intermediate,), "up.bias": (m.intermediate,), "down.bias": (m.hidden,)}
+    return shapes
+
+
+def checkpoint_name(role: str, names: dict[str, str], prefix: str) -> str:
+    """``prefix`` + the checkpoint's name of ``role`` ('q' -> '...q_proj.weight', 'q.bias' -> '...q_proj.bias')."""
+    base, _, kind = role.partition(".")
+    return f"{prefix}{names[base]}.{kind or 'weight'}"
+
+
+def fused_layer(tensors: dict[str, torch.Tensor]) -> LayerWeights:
+    """A layer from its checkpoint tensors by role (``layer_shapes``): q|k|v and gate|up fused."""
+    def cat(*roles):
+        return torch.cat([tensors[r] for r in roles]) if roles[0] in tensors else None
+
+    return LayerWeights(attn_norm=tensors["attn_norm"], wqkv=cat("q", "k", "v"), wo=tensors["o"],
+                        ffn_norm=tensors["ffn_norm"], w_gate_up=cat("gate", "up"), w_down=tensors["down"],
+                        bqkv=cat("q.bias", "k.bias", "v.bias"), bo=tensors.get("o.bias"),
+                        b_gate_up=cat("gate.bias", "up.bias"), b_down=tensors.get("down.bias"))
+
+
+def split_layer(layer: LayerWeights, m: ModelConfig) -> dict[str, torch.Tensor]:
+    """``fused_layer`` undone: the layer's tensors by role, as a checkpoint stores them."""
+    qkv = [m.heads * m.head_dim, m.kv_heads * m.head_dim, m.kv_heads * m.head_dim]
+    tensors = {"attn_norm": layer.attn_norm, "o": layer.wo, "ffn_norm": layer.ffn_norm, "down": layer.w_down}
+    tensors |= dict(zip(("q", "k", "v"), layer.wqkv.split(qkv), strict=True))
+    tensors |= dict(zip(("gate", "up"), layer.w_gate_up.split([m.intermediate] * 2), strict=True))
+    if layer.bqkv is not None:
+        tensors |= dict(zip(("q.bias", "k.bias", "v.bias"), layer.bqkv.split(qkv), strict=True)) | {"o.bias": layer.bo}
+    if layer.b_gate_up is not None:
+        tensors |= dict(zip(("gate.bias", "up.bias"), layer.b_gate_up.split([m.intermediate] * 2), strict=True))
+        tensors["down.bias"] = layer.b_down
+    return tensors
+
+
 @dataclass
 class Weights:
 
@@ -88,33 +142,11 @@ class Weights:
 
     def to_hf_state_dict(self) -> dict[str, torch.Tensor]:
         """The same weights under Hugging Face LlamaForCausalLM's names (q/k/v, gate/up split)."""
-        m = self.model
-        q_rows, kv_rows = m.heads * m.head_dim, m.kv_heads * m.head_dim
         state = {"model.embed_tokens.weight": self.embedding, "model.norm.weight": self.norm,
                  "lm_head.weight": self.lm_head}
         for i, layer in enumerate(self.layers):
-            prefix = f"model.layers.{i}."
-            q, k, v = layer.wqkv.split([q_rows, kv_rows, kv_rows], dim=0)
-            gate, up = layer.w_gate_up.split([m.intermediate, m.intermediate], dim=0)
-            state |= {
-                prefix + "input_layernorm.weight": layer.attn_norm,
-                prefix + "self_attn.q_proj.weight": q,
-                prefix + "self_attn.k_proj.weight": k,
-                prefix + "self_attn.v_proj.weight": v,
-                prefix + "self_attn.o_proj.weight": layer.wo,
-                prefix + "post_attention_layernorm.weight": layer.ffn_norm,
-                prefix + "mlp.gate_proj.weight": gate,
-                prefix + "mlp.up_proj.weight": up,
-                prefix + "mlp.down_proj.weight": layer.w_down,
-            }
-            if layer.bqkv is not None:
-                q, k, v = layer.bqkv.split([q_rows, kv_rows, kv_rows])
-                state |= {prefix + "self_attn.q_proj.bias": q, prefix + "self_attn.k_proj.bias": k,
-                          prefix + "self_attn.v_proj.bias": v, prefix + "self_attn.o_proj.bias": layer.bo}
-            if layer.b_gate_up is not None:
-                gate, up = layer.b_gate_up.split([m.intermediate, m.intermediate])
-                state |= {prefix + "mlp.gate_proj.bias": gate, prefix + "mlp.up_proj.bias": up,
-                          prefix + "mlp.down_proj.bias": layer.b_down}
+            state |= {checkpoint_name(role, HF_LAYER_NAMES, f"model.layers.{i}."): tensor
+                      for role, tensor in split_layer(layer, self.model).items()}
         return state
 
 
@@ -285,22 +317,10 @@ class _Checkpoint:
 def hf_tensor_shapes(model: ModelConfig) -> dict[str, tuple[int, ...]]:
     """HF name -> shape of every tensor the first ``model.layers`` layers need (not lm_head)."""
     m = model
-    q_rows, kv_rows = m.heads * m.head_dim, m.kv_heads * m.head_dim
     shapes = {"model.embed_tokens.weight": (m.vocab, m.hidden), "model.norm.weight": (m.hidden,)}
     for i in range(m.layers):
-        p = f"model.layers.{i}."
-        shapes |= {p + "input_layernorm.weight": (m.hidden,), p + "post_attention_layernorm.weight": (m.hidden,),
-                   p + "self_attn.q_proj.weight": (q_rows, m.hidden), p + "self_attn.k_proj.weight": (kv_rows, m.hidden),
-                   p + "self_attn.v_proj.weight": (kv_rows, m.hidden), p + "self_attn.o_proj.weight": (m.hidden, q_rows),
-                   p + "mlp.gate_proj.weight": (m.intermediate, m.hidden),
-                   p + "mlp.up_proj.weight": (m.intermediate, m.hidden),
-                   p + "mlp.down_proj.weight": (m.hidden, m.intermediate)}
-        if m.attention_bias:
-            shapes |= {p + "self_attn.q_proj.bias": (q_rows,), p + "self_attn.k_proj.bias": (kv_rows,),
-                       p + "self_attn.v_proj.bias": (kv_rows,), p + "self_attn.o_proj.bias": (m.hidden,)}
-        if m.mlp_bias:
-            shapes |= {p + "mlp.gate_proj.bias": (m.intermediate,), p + "mlp.up_proj.bias": (m.intermediate,),
-                       p + "mlp.down_proj.bias": (m.hidden,)}
+        shapes |= {checkpoint_name(role, HF_LAYER_NAMES, f"model.layers.{i}."): shape
+                   for role, shape in layer_shapes(m).items()}
     return shapes
 
 
@@ -329,36 +349,12 @@ def load_hf_weights(folder: Path, model: ModelConfig, dtype: torch.dtype, device
     device = torch.device(device)
     ckpt = _Checkpoint(folder)
     m = model
-    q_rows, kv_rows = m.heads * m.head_dim, m.kv_heads * m.head_dim
 
     def get(name: str, *shape: int) -> torch.Tensor:
         return ckpt.get(name, shape, dtype, device)
 
-    layers = []
-    for i in range(m.layers):
-        p = f"model.layers.{i}."
-        attention_bias = mlp_bias = {}
-        if m.attention_bias:
-            attention_bias = {"bqkv": torch.cat([get(p + "self_attn.q_proj.bias", q_rows),
-                                                 get(p + "self_attn.k_proj.bias", kv_rows),
-                                                 get(p + "self_attn.v_proj.bias", kv_rows)]),
-                              "bo": get(p + "self_attn.o_proj.bias", m.hidden)}
-        if m.mlp_bias:
-            mlp_bias = {"b_gate_up": torch.cat([get(p + "mlp.gate_proj.bias", m.intermediate),
-                                                get(p + "mlp.up_proj.bias", m.intermediate)]),
-                        "b_down": get(p + "mlp.down_proj.bias", m.hidden)}
-        layers.append(LayerWeights(
-            attn_norm=get(p + "input_layernorm.weight", m.hidden),
-            wqkv=torch.cat([get(p + "self_attn.q_proj.weight", q_rows, m.hidden),
-                            get(p + "self_attn.k_proj.weight", kv_rows, m.hidden),
-                            get(p + "self_attn.v_proj.weight", kv_rows, m.hidden)]),
-            wo=get(p + "self_attn.o_proj.weight", m.hidden, q_rows),
-            ffn_norm=get(p + "post_attention_layernorm.weight", m.hidden),
-            w_gate_up=torch.cat([get(p + "mlp.gate_proj.weight", m.intermediate, m.hidden),
-                                 get(p + "mlp.up_proj.weight", m.intermediate, m.hidden)]),
-            w_down=get(p + "mlp.down_proj.weight", m.hidden, m.intermediate),
-            **attention_bias, **mlp_bias,
-        ))
+    layers = [fused_layer({role: get(checkpoint_name(role, HF_LAYER_NAMES, f"model.layers.{i}."), *shape)
+                           for role, shape in layer_shapes(m).items()}) for i in range(m.layers)]
     embedding = get("model.embed_tokens.weight", m.vocab, m.hidden)
     if m.tie_embeddings or not ckpt.has("lm_head.weight"):
         lm_head = embedding
