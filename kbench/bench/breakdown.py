@@ -4,13 +4,16 @@ Every op a step calls goes through ``Pipeline.fn``, so the step is run with each
 wrapped (``Pipeline.traced_calls``) and attributed:
 
 - on a CPU, each call is timed with ``perf_counter`` (the op's wall time as called);
-- on CUDA, each call is a ``torch.profiler.record_function`` range, and an op's time is the
-  sum of the durations of the kernels launched inside its ranges (CUPTI), summed per op.
-  The step runs eagerly for this: a replayed CUDA graph carries no ranges. Durations, not the
-  range's span on the GPU (the ``gpu_user_annotation`` event the profiler also emits, which
-  ``key_averages`` merges into the range's device time): in an eager step the span also holds
-  the idle time between launches, which a graph replay does not have, so spans would sum to
-  more than the replayed step they are a share of.
+- on CUDA, each call is a ``torch.profiler.record_function`` range with the device synchronised
+  on entry and before exit, and an op's time is the summed duration of the device activity
+  (kernels, copies, fills; CUPTI) that ran inside its ranges, summed per op. Attribution is by
+  time, not by the profiler's launch correlation: that links a kernel only to the aten op that
+  launched it, so kernels launched by triton, CUDA extensions or CuTe DSL (no aten op around
+  the launch) fell to no op; the synchronisation closes each range on the GPU too, so whatever
+  an op launched, on any stream, ran inside its range and nothing else did. The step runs
+  eagerly for this: a replayed CUDA graph carries no ranges. Durations, not the range's span:
+  in an eager step the span also holds the idle time between launches, which a graph replay
+  does not have, so spans would sum to more than the replayed step they are a share of.
 
 An op's ``total_us`` is its time per step, ``share`` its fraction of the measured step
 (``step_us``: the prefill row's latency, or the decode row's per-token latency, under a CUDA
@@ -22,6 +25,7 @@ the Python between calls. Totals are medians over ``REPEATS`` traced steps.
 
 from __future__ import annotations
 
+import bisect
 import statistics
 import time
 from collections import defaultdict
@@ -53,21 +57,32 @@ def op_of(label: str) -> str:
     return label.split("[", 1)[0]
 
 
+RANGE_PREFIX = "kbench::"
+# The key under which ``traced_totals`` reports the device time outside every op's range (glue).
+OUTSIDE = "(outside ops)"
+PROFILED = "profiler-kernel-intervals"
+
+
 def range_kernel_us(events) -> dict[str, float]:
-    """call site -> µs of the kernels launched inside its ``kbench::`` ranges: each CPU-side range
-    event's own kernels and its descendants', by duration (the GPU-side annotation of the same
-    name, a span, is skipped)."""
+    """call site -> µs of the device activity that ran inside its ``kbench::`` ranges (by the
+    midpoint of each kernel, copy or fill, the ranges' CPU-side intervals on the profiler's
+    common clock), and ``OUTSIDE`` -> µs of the rest. The GPU-side annotation of a range (a span)
+    is not activity."""
     from torch.autograd import DeviceType
 
+    ranges = sorted((event.time_range.start, event.time_range.end, event.name.removeprefix(RANGE_PREFIX))
+                    for event in events if event.name.startswith(RANGE_PREFIX) and event.device_type == DeviceType.CPU)
+    starts = [start for start, _, _ in ranges]
     totals: dict[str, float] = defaultdict(float)
     for event in events:
-        if event.name.startswith("kbench::") and event.device_type == DeviceType.CPU:
-            totals[event.name.removeprefix("kbench::")] += _kernels_under(event)
+        if (event.device_type != DeviceType.CUDA or getattr(event, "is_user_annotation", False)
+                or event.name.startswith(RANGE_PREFIX)):
+            continue
+        start, end = event.time_range.start, event.time_range.end
+        middle, index = (start + end) / 2, bisect.bisect_right(starts, (start + end) / 2) - 1
+        inside = index >= 0 and middle <= ranges[index][1]
+        totals[ranges[index][2] if inside else OUTSIDE] += end - start
     return dict(totals)
-
-
-def _kernels_under(event) -> float:
-    return sum(kernel.duration for kernel in event.kernels) + sum(_kernels_under(child) for child in event.cpu_children)
 
 
 def traced_totals(pipeline, step: Callable[[], object]) -> tuple[dict[str, float], dict[str, int], str]:
@@ -79,8 +94,11 @@ def traced_totals(pipeline, step: Callable[[], object]) -> tuple[dict[str, float
         def wrap(op, fn):
             def traced(**inputs):
                 calls[op] += 1
-                with torch.profiler.record_function(f"kbench::{op}"):
-                    return fn(**inputs)
+                _sync(device)  # work launched before the call ends before its range opens
+                with torch.profiler.record_function(f"{RANGE_PREFIX}{op}"):
+                    out = fn(**inputs)
+                    _sync(device)  # everything the call launched, on any stream, ends inside it
+                return out
             return traced
 
         activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
@@ -88,7 +106,7 @@ def traced_totals(pipeline, step: Callable[[], object]) -> tuple[dict[str, float
         with torch.profiler.profile(activities=activities) as profiler, pipeline.traced_calls(wrap):
             step()
             _sync(device)
-        return range_kernel_us(profiler.events()), dict(calls), "profiler-kernel-sum"
+        return range_kernel_us(profiler.events()), dict(calls), PROFILED
 
     spent: dict[str, float] = defaultdict(float)
 
@@ -133,9 +151,21 @@ def breakdown_rows(plan: Plan, pipeline, phase: str, batch: int, prompt_len: int
         op_calls = runs[0][1][op] // steps
         summed += total
         rows.append(BreakdownRow(op=op_of(op), part=op, backend=plan.backend(op_of(op)), calls=op_calls, latency_us=total / op_calls,
-                                 total_us=total, share=total / step_us if step_us else None, reps=REPEATS, **common))
+                                 total_us=total, share=total / step_us if step_us else None, reps=REPEATS,
+                                 note=None if total or method != PROFILED else "no device work ran inside its ranges",
+                                 **common))
     remainder = step_us - summed
     rows.append(BreakdownRow(op=REMAINDER, part=REMAINDER, backend="-", calls=None, latency_us=None, total_us=remainder,
                              share=remainder / step_us if step_us else None, reps=REPEATS,
-                             note=f"measured step {step_us:.4g} µs, ops' sum {summed:.4g} µs", **common))
+                             note=_remainder_note(step_us, summed, runs, steps), **common))
     return rows
+
+
+def _remainder_note(step_us: float, summed: float, runs, steps: int) -> str:
+    """The measured step and the ops' sum; on CUDA also the device time outside every op (glue
+    such as the q/k/v split's copies), the part of the remainder that is work, not gaps."""
+    note = f"measured step {step_us:.4g} µs, ops' sum {summed:.4g} µs"
+    if any(OUTSIDE in run[0] for run in runs):
+        outside = statistics.median(run[0].get(OUTSIDE, 0.0) for run in runs) / steps
+        note += f", device work outside the ops {outside:.4g} µs"
+    return note

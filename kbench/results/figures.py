@@ -58,7 +58,10 @@ def update_readme(readme: Path, records: dict[str, Path], console: Console) -> N
 
 # Breakdown methods of older records whose figures are wrong, and why.
 SUPERSEDED_METHODS = {"profiler-kernels": "it was measured as profiler range spans, which in an eager step also "
-                                          "hold the gaps between launches (kbench.bench.breakdown)"}
+                                          "hold the gaps between launches (kbench.bench.breakdown)",
+                      "profiler-kernel-sum": "it summed the kernels the profiler linked to each range, which leaves "
+                                             "out kernels launched outside aten ops (triton, CUDA extensions): "
+                                             "those ops read 0 (kbench.bench.breakdown)"}
 
 
 def figure_table(record: dict) -> str:

@@ -13,7 +13,7 @@ from kbench.bench.breakdown import REMAINDER, breakdown_rows, op_of  # noqa: E40
 from kbench.model import load_weights  # noqa: E402
 from kbench.model.pipeline import calls_per_step  # noqa: E402
 from kbench.plan import resolve_plan  # noqa: E402
-from kbench.spec import load_spec  # noqa: E402
+from kbench.spec import Overrides, apply_overrides, load_spec  # noqa: E402
 
 LAYERS = 2
 
@@ -48,23 +48,71 @@ def test_breakdown_counts_every_call_and_adds_up_to_the_step(tmp_path, registry,
         assert row.backend == plan.backend(row.op) and row.method == "perf_counter-calls"
 
 
-def test_an_op_is_the_sum_of_its_kernels_durations_not_the_span_of_its_range():
-    """CUDA attribution: the CPU-side range's kernels and its descendants', summed; the GPU-side
-    annotation of the same name (a span that, in an eager step, holds the idle time between
-    launches) is not counted."""
+def test_an_op_is_the_device_work_inside_its_ranges_however_it_was_launched():
+    """CUDA attribution is by time on the profiler's common clock: each kernel, copy or fill whose
+    midpoint lies inside a ``kbench::`` range counts for that range's op, by duration, whether or
+    not the profiler linked it to an aten op (triton's and extensions' launches are not); the
+    GPU-side annotation (a span) is not work, and work outside every range is reported apart."""
     from types import SimpleNamespace
 
     from torch.autograd import DeviceType
-    from torch.autograd.profiler_util import Kernel
 
-    from kbench.bench.breakdown import range_kernel_us
+    from kbench.bench.breakdown import OUTSIDE, range_kernel_us
 
-    def event(name, kernels=(), children=(), device=DeviceType.CPU):
-        return SimpleNamespace(name=name, device_type=device, cpu_children=list(children),
-                               kernels=[Kernel(f"k{i}", 0, us) for i, us in enumerate(kernels)])
+    def event(name, start, end, device=DeviceType.CUDA, annotation=False):
+        return SimpleNamespace(name=name, device_type=device, is_user_annotation=annotation,
+                               time_range=SimpleNamespace(start=start, end=end))
 
-    launch = event("cudaLaunchKernel", kernels=[4.0])
-    rope = event("kbench::rope", children=[event("aten::mul", children=[launch]), event("aten::cat", kernels=[2.5])])
-    span = event("kbench::rope", kernels=[], device=DeviceType.CUDA)  # the GPU annotation: ignored
-    second = event("kbench::rope", kernels=[1.0])
-    assert range_kernel_us([rope, span, launch, second, event("aten::add", kernels=[9.0])]) == {"rope": 7.5}
+    events = [
+        event("kbench::rope", 10.0, 30.0, DeviceType.CPU),
+        event("kbench::rope", 12.0, 29.0, annotation=True),  # its GPU span: not work
+        event("triton_rope_kernel", 14.0, 18.0),  # launched by triton: no aten parent, still rope's
+        event("aten::mul", 15.0, 16.0, DeviceType.CPU),  # a CPU op: not device work
+        event("void at::native::elementwise_kernel", 20.0, 22.5),
+        event("Memcpy DtoD", 40.0, 41.0),  # glue between ranges
+        event("kbench::rope", 50.0, 60.0, DeviceType.CPU),
+        event("rope_kernel_2", 51.0, 52.0),
+        event("kbench::ffn", 70.0, 90.0, DeviceType.CPU),
+        event("ffn_kernel", 72.0, 89.0),
+    ]
+    assert range_kernel_us(events) == pytest.approx({"rope": 7.5, "ffn": 17.0, OUTSIDE: 1.0})
+
+
+def test_an_op_with_no_device_work_in_its_ranges_says_so(tmp_path, registry, monkeypatch):
+    """A traced op that ran nothing on the device (its work was misattributed, or ran elsewhere)
+    is not silently a 0 µs row: its row says so, and the remainder names the work outside ops."""
+    import kbench.bench.breakdown as breakdown
+
+    spec = load_spec(write_spec(tmp_path, workload={"batch": [1], "prompt_len": [4], "decode_steps": 2}))
+    plan = resolve_plan(spec, registry)
+    pipeline = build_pipeline(spec, registry, load_weights(spec))
+    totals = {"embedding": 4.0, breakdown.OUTSIDE: 3.0}
+    monkeypatch.setattr(breakdown, "traced_totals",
+                        lambda model, step: (totals, {"embedding": 1, "rmsnorm": 1}, breakdown.PROFILED))
+    rows = breakdown.breakdown_rows(plan, pipeline, "prefill", 1, 4, step_us=10.0)
+    by_part = {row.part: row for row in rows}
+    assert by_part["rmsnorm"].total_us == 0 and "no device work" in by_part["rmsnorm"].note
+    assert by_part["embedding"].note is None
+    assert "device work outside the ops 3 µs" in by_part[breakdown.REMAINDER].note
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+def test_on_cuda_every_op_of_a_triton_mix_has_its_kernels(tmp_path, registry, phase):
+    """On the GPU, the ops whose kernels triton launches (no aten op around them) are attributed
+    their device work like the reference's aten kernels, and the ops' sum stays inside the
+    eager step's device time."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    spec = load_spec(write_spec(tmp_path, device="cuda", dtype="bfloat16",
+                                workload={"batch": [2], "prompt_len": [16], "decode_steps": 4}))
+    backends = {"norm": "triton", "rope": "triton", "ffn": "triton", "sampling": "triton"}
+    plan = resolve_plan(apply_overrides(spec, Overrides(backends=backends)), registry)
+    pipeline = build_pipeline(spec, registry, load_weights(spec), backends)
+    rows = breakdown_rows(plan, pipeline, phase, 2, 16, step_us=1e6)
+    ops = [row for row in rows if row.op != REMAINDER]
+    assert {row.method for row in rows} == {"profiler-kernel-intervals"}
+    assert all(row.total_us > 0 for row in ops), {row.part: row.total_us for row in ops}
+    assert {row.backend for row in ops if row.op in ("rmsnorm", "add_rmsnorm", "rope", "ffn")} == {"triton"}
