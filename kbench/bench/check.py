@@ -8,6 +8,7 @@ memory with a read-only input (``kbench.bench.integrity``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 
 from kbench.bench.integrity import integrity_problems
-from kbench.bench.stopwatch import OP_CHECK, STOPWATCH
+from kbench.bench.stopwatch import FIRST_CALLS, OP_CHECK, STOPWATCH
 from kbench.errors import KbenchError
 from kbench.ops.base import Case, Check
 from kbench.registry import REFERENCE, Registry
@@ -56,7 +57,7 @@ def _check_all(registry, op_name, backend, case, dtype, device, seed, reference,
         inputs = op.make_inputs(case, dtype, torch.device(device), seed)
     if reference is None:
         reference = reference_output(op, inputs)
-    check = _check_once(op, impl, backend, inputs, reference, dtype, device)
+    check = _check_once(op, impl, backend, inputs, reference, dtype, device, first=True)
     if not check.ok or op.hard_inputs is None or backend == REFERENCE:
         return check
     for label, hard in op.hard_inputs(case, dtype, torch.device(device), seed).items():
@@ -66,14 +67,19 @@ def _check_all(registry, op_name, backend, case, dtype, device, seed, reference,
     return check
 
 
-def _check_once(op, impl, backend, inputs, reference, dtype, device) -> Check:
+def _check_once(op, impl, backend, inputs, reference, dtype, device, first: bool = False) -> Check:
+    """One call on a copy of ``inputs``, compared; ``first``: the backend's first call at this case,
+    whose compile, autotune or lazy init the run pays checked or not (``FIRST_CALLS``)."""
     given = clone_inputs(inputs)
     if backend == REFERENCE:
-        return op.compare(impl(**given), reference, op.tolerance(dtype))
+        with STOPWATCH.timed(FIRST_CALLS) if first else contextlib.nullcontext():
+            out = impl(**given)
+        return op.compare(out, reference, op.tolerance(dtype))
     try:
-        out = impl(**given)
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
+        with STOPWATCH.timed(FIRST_CALLS) if first else contextlib.nullcontext():
+            out = impl(**given)
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize()
     except KbenchError:
         raise
     except Exception as error:

@@ -60,7 +60,7 @@ def check_against_hf(plan: Plan, weights, pipeline, progress) -> list[Row]:
                 # float32: HF_LOGIT_RTOL; 16 bits: the all-reference check's floor, or the 16-bit reference's error
                 fields = teacher_forced_check(model, hf, reference, prompts, steps, dtype,
                                               floor=HF_LOGIT_RTOL if dtype == torch.float32 else None,
-                                              oracle_name="transformers (float32)")
+                                              oracle_name="transformers (float32)", first_calls=name == PIPELINE)
             except KbenchError:
                 raise
             except Exception as error:

@@ -3,6 +3,7 @@ early difference cannot snowball), at every workload point."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 import torch
 
 from kbench.bench.end_to_end import PIPELINE, PROMPT_SEED, crash_row, workload_pairs
+from kbench.bench.stopwatch import FIRST_CALLS, STOPWATCH
 from kbench.errors import KbenchError
 from kbench.model import build_pipeline, random_prompts
 from kbench.ops.base import dtype_name
@@ -99,16 +101,20 @@ def _step_errors(logits: torch.Tensor, oracle64: torch.Tensor, scale: torch.Tens
 
 @torch.inference_mode()
 def teacher_forced_check(pipeline, oracle, reference, prompts, steps: int, dtype: torch.dtype,
-                         floor: float | None = None, oracle_name: str = "float32 oracle") -> dict:
+                         floor: float | None = None, oracle_name: str = "float32 oracle",
+                         first_calls: bool = True) -> dict:
     """Feed every pipeline the prompts, then the oracle's greedy token for ``steps`` steps; allowed
     ``max(floor or LOGIT_RTOL, ERROR_FACTOR * the 16-bit reference's error)``. A differing greedy
     token is an error only where the oracle's margin exceeds the allowance; a FAIL's note names
-    the first step, position and sequence where they part."""
+    the first step, position and sequence where they part. ``first_calls``: ``pipeline`` is the
+    run's own, whose first prefill and decode step at these shapes are ``FIRST_CALLS``, not check."""
     floor = LOGIT_RTOL.get(dtype, 2.0**-8) if floor is None else floor
     max_abs = max_rel = reference_rel = 0.0
     step_rel, step_margin = [], []  # per step: [batch] relative error; [batch] margin (0 where tokens agree)
     agree = total = 0
-    logits, oracle_logits = pipeline.prefill(prompts), oracle.prefill(prompts)
+    with STOPWATCH.timed(FIRST_CALLS) if first_calls else contextlib.nullcontext():
+        logits = pipeline.prefill(prompts)
+    oracle_logits = oracle.prefill(prompts)
     reference_logits = reference.prefill(prompts) if reference is not None else None
     for step in range(steps + 1):
         oracle64 = oracle_logits.double()
@@ -129,7 +135,9 @@ def teacher_forced_check(pipeline, oracle, reference, prompts, steps: int, dtype
         gap = oracle64.gather(-1, oracle_tokens[:, None])[:, 0] - oracle64.gather(-1, tokens[:, None])[:, 0]
         step_margin.append((gap / scale).cpu())
         if step < steps:
-            logits, oracle_logits = pipeline.decode_step(oracle_tokens), oracle.decode_step(oracle_tokens)
+            with STOPWATCH.timed(FIRST_CALLS) if first_calls and step == 0 else contextlib.nullcontext():
+                logits = pipeline.decode_step(oracle_tokens)
+            oracle_logits = oracle.decode_step(oracle_tokens)
             if reference is not None:
                 reference_logits = reference.decode_step(oracle_tokens)
     allowed = max(floor, ERROR_FACTOR * reference_rel)

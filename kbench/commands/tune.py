@@ -242,13 +242,17 @@ def winner_comment(winner: str, timed: dict[str, float | None], workload) -> str
 
 def tuned_spec_text(text: str, choices: dict[str, str], candidates: list[Candidate], header: str = "") -> str:
     """The spec's text with its top-level ``backends:`` replaced by one commented entry per op
-    (``header`` above it): the chosen backend's µs per request and the best other one's."""
+    (``header`` above it): the chosen backend's µs per request and the best other one's (``faster
+    alone`` where the choice is a single-backend mix's that won end to end)."""
     lines = ([header] if header else []) + ["backends:"]
     for op, backend in choices.items():
         ranked = sorted((c for c in candidates if c.op == op and c.cost_us is not None), key=lambda c: c.cost_us)
         chosen = next((c for c in ranked if c.backend == backend), None)
         others = [c for c in ranked if c.backend != backend]
-        runner = f"runner-up {others[0].backend} {others[0].cost_us:.4g} µs" if others else "no runner-up"
+        # Where a whole mix won end to end, another backend may be the faster one alone.
+        faster = others and chosen is not None and others[0].cost_us < chosen.cost_us
+        runner = (f"{'faster alone' if faster else 'runner-up'} {others[0].backend} {others[0].cost_us:.4g} µs"
+                  if others else "no runner-up")
         cost = f"{chosen.cost_us:.4g} µs/request" if chosen else "not timed"
         failed = [f"{c.backend} ({c.reason})" for c in candidates
                   if c.op == op and c.cost_us is None and c.reason and c.reason.startswith("FAIL")]

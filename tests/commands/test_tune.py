@@ -176,3 +176,13 @@ def test_tuned_text_replaces_the_backends_block_and_keeps_the_rest():
     out = tuned_spec_text(text, {"rmsnorm": "torch"}, candidates)
     assert out == ("name: x\nbackends:\n  # rmsnorm: torch 2 µs/request, runner-up reference 3 µs\n  rmsnorm: torch\n"
                    "workload:\n  batch: [1]\n")
+
+
+def test_a_choice_made_by_a_winning_mix_names_the_backend_faster_alone():
+    """Where a single-backend mix won end to end, an op's choice may not be its fastest alone:
+    the comment says 'faster alone', not 'runner-up', for a backend that beat it."""
+    from kbench.commands.tune import Candidate
+
+    candidates = [Candidate("rmsnorm", "torch", 0.5, 1.5), Candidate("rmsnorm", REFERENCE, 1.0, 2.0)]
+    out = tuned_spec_text("name: x\n", {"rmsnorm": REFERENCE}, candidates)
+    assert "# rmsnorm: reference 3 µs/request, faster alone torch 2 µs\n  rmsnorm: reference\n" in out
