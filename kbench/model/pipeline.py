@@ -78,6 +78,27 @@ def steps_per_request(op: str, case, workload) -> tuple[int, int]:
     return {"prefill": (1, 0), "decode": (0, steps)}.get(phase, (1, steps))
 
 
+def split_qkv(qkv: torch.Tensor, heads: int, kv_heads: int, head_dim: int
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Dense ``q [tokens, heads, head_dim]``, ``k`` and ``v [tokens, kv_heads, head_dim]`` from one
+    q|k|v product ``[tokens, (heads + 2 kv_heads) head_dim]``, k and v a pair in one buffer (the
+    reference ``kv_write`` stores them in one scatter). One row is already dense: views. Past one,
+    the columns of each are strided, and a copy per tensor is a launch of a few kB that costs
+    about as much as a norm: one copy of all three when they are alike (MHA), else one for q and
+    one for k and v."""
+    tokens = qkv.shape[0]
+    q_cols = heads * head_dim
+    if tokens == 1:
+        q, k, v = qkv.split([q_cols, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+        return q.view(1, heads, head_dim), k.view(1, kv_heads, head_dim), v.view(1, kv_heads, head_dim)
+    if heads == kv_heads:
+        q, k, v = qkv.view(tokens, 3, heads, head_dim).transpose(0, 1).contiguous().unbind(0)
+        return q, k, v
+    q = qkv[:, :q_cols].contiguous().view(tokens, heads, head_dim)
+    k, v = qkv[:, q_cols:].view(tokens, 2, kv_heads, head_dim).transpose(0, 1).contiguous().unbind(0)
+    return q, k, v
+
+
 def random_prompts(vocab: int, batch: int, prompt_len: int, seed: int) -> list[torch.Tensor]:
     """``batch`` prompts of ``prompt_len`` token ids in [0, vocab), int64 on the CPU."""
     g = torch.Generator().manual_seed(seed)
@@ -177,9 +198,9 @@ class Pipeline:
             else:
                 h, residual = fn["add_rmsnorm"](x=ffn_out, residual=residual, weight=layer.attn_norm, eps=eps)
             if tokens <= ONE_QKV_GEMM_MAX_TOKENS:
-                # decode: one weight-streaming GEMM, then three copies of a few rows each
-                q, k, v = (t.contiguous().view(tokens, -1, m.head_dim)
-                           for t in fn["linear[qkv]"](x=h, weight=layer.wqkv, **bias(layer.bqkv)).split(qkv_rows, dim=-1))
+                # decode: one weight-streaming GEMM, then its columns made dense heads
+                q, k, v = split_qkv(fn["linear[qkv]"](x=h, weight=layer.wqkv, **bias(layer.bqkv)), m.heads,
+                                    m.kv_heads, m.head_dim)
             else:
                 # prefill: one GEMM per row block of wqkv, so q, k, v come out dense (as every
                 # backend's contract wants) without copying [tokens, hidden] activations
