@@ -23,7 +23,7 @@ from kbench.bench.integrity import check_after_timing, fresh_values, refill_in_p
 from kbench.bench.limits import limit_problem
 from kbench.bench.stopwatch import AFTER_TIMING, OP_CHECK, STOPWATCH
 from kbench.bench.timing import GRAPH_REPLAY_TARGET_US, MAX_GRAPH_CALLS, Timing, l2_cache_bytes, measure, summarize
-from kbench.ops.base import Case, Op, dtype_name
+from kbench.ops.base import Case, Check, Op, dtype_name
 from kbench.registry import Registry
 from kbench.results.rows import OpRow, row_dict
 
@@ -76,15 +76,18 @@ def op_results(
     return rows
 
 
-def _case_row(registry, op: Op, backend, case, dtype, device, bench, inputs, reference, ceilings, seed) -> OpRow:
+def _case_row(registry, op: Op, backend, case, dtype, device, bench, inputs, reference, ceilings, seed,
+              check: Check | None = None) -> OpRow:
+    """Check ``backend`` at ``case`` (unless ``check`` is that check's result already), then time it."""
     row = OpRow(op=op.name, backend=backend, case=case.label, dtype=dtype_name(dtype), device=str(device),
                 shape=case.as_dict(), flops=float(op.flops(case)), bytes=float(op.bytes(case, dtype)))
     impl = registry.get(op.name, backend)
     reason = impl.reason(case, dtype, device)
     if reason:
         return dataclasses.replace(row, status="SKIP", note=reason)
-    check = check_implementation(registry, op.name, backend, case, dtype, device, seed=seed,
-                                 reference=reference, inputs=inputs)
+    if check is None:
+        check = check_implementation(registry, op.name, backend, case, dtype, device, seed=seed,
+                                     reference=reference, inputs=inputs)
     row = dataclasses.replace(row, status="PASS" if check.ok else "FAIL", max_abs_err=check.max_abs_err,
                               max_rel_err=check.max_rel_err, note=check.detail or None)
     if not check.ok and check.detail.startswith("raised"):
@@ -137,13 +140,17 @@ class Guard:
 
 def paired_rows(registry, op: Op, backends, case, dtype, device, bench, inputs, reference, ceilings, seed,
                 rounds: int) -> list[OpRow]:
-    """One row per backend from ``rounds`` rounds that time the backends in turn."""
+    """One row per backend from ``rounds`` rounds that time the backends in turn; each backend is
+    checked once (the same answer every round), its timed path in every round."""
     share = dataclasses.replace(bench, rep_ms=bench.rep_ms / rounds) if dataclasses.is_dataclass(bench) else bench
     per_backend: dict[str, list[OpRow]] = {backend: [] for backend in backends}
+    checks = {backend: check_implementation(registry, op.name, backend, case, dtype, device, seed=seed,
+                                            reference=reference, inputs=inputs)
+              for backend in backends if not registry.get(op.name, backend).reason(case, dtype, device)}
     for _ in range(rounds):
         for backend in backends:
             per_backend[backend].append(_case_row(registry, op, backend, case, dtype, device, share, inputs,
-                                                  reference, ceilings, seed))
+                                                  reference, ceilings, seed, check=checks.get(backend)))
     return [merged_row(parts, ceilings) for parts in per_backend.values()]
 
 
@@ -202,28 +209,21 @@ def time_op(impl, op: Op, inputs: dict, device: torch.device, bench: Any, *, cud
     if cuda_graph:
         graph_calls = graph_call_count(op, inputs, estimate_us, l2_bytes)
     fn, reset, sets = cycled_calls(impl, op, inputs, copies=graph_calls or 1, l2_bytes=l2_bytes)
-    last: list = []
-
-    def watched():
-        out = fn()
-        last[:] = [out]
-        return out
-
     verify = None
     if guard is not None and guard.problem is None:
-        def recheck(run_once):
+        def recheck(run_once, last):
             fresh = fresh_values(op, guard.case, guard.dtype, device, guard.seed)
-            guard.problem = check_after_timing(op, guard.reference, None if cuda_graph else last[0], run_once,
+            guard.problem = check_after_timing(op, guard.reference, last, run_once,
                                                fn.input_sets, fresh, op.tolerance(guard.dtype))
             # the refill reached tensors the sets share with ``inputs``: the values they had
             refill_in_place(fn.input_sets, op.make_inputs(guard.case, guard.dtype, device, guard.seed))
 
-        def verify(run_once):
+        def verify(run_once, last):
             if cuda_graph and sets < (graph_calls or 1) and op.inplace:
                 return  # a replay calls some set twice: its in-place inputs change within the replay
             with STOPWATCH.timed(AFTER_TIMING):
-                recheck(run_once)
-    timing = measure(watched if guard is not None and not cuda_graph else fn, device=device,
+                recheck(run_once, last)
+    timing = measure(fn, device=device,
                      warmup_ms=bench.warmup_ms, rep_ms=bench.rep_ms, flush_l2=bench.flush_l2,
                      cuda_graph=cuda_graph, reset=reset, graph_calls=graph_calls,
                      keep_outputs=sets if sets > 1 else 0, verify=verify)

@@ -188,26 +188,28 @@ def measure(
     graph_calls: int | None = None,
     keep_outputs: int = 0,
     timer: Callable[[], float] = time.perf_counter,
-    verify: Callable[[Callable[[], object]], object] | None = None,
+    verify: Callable[[Callable[[], object], object], object] | None = None,
     across: AcrossRanks | None = None,
 ) -> Timing:
     """Time ``fn()``; ``reset`` runs before every call or replay, outside the timed region;
     ``graph_calls`` and ``keep_outputs`` shape the captured graph (``capture_calls``); ``timer``
-    (seconds) is used on a CPU only. ``verify(run_once)`` runs after the kept repetitions;
-    ``run_once()`` makes one more call as the timed ones were made (a replay under
+    (seconds) is used on a CPU only. ``verify(run_once, last)`` runs after the kept repetitions:
+    ``last`` is what the last kept call returned (None under ``cuda_graph``, whose replays return
+    nothing), and ``run_once()`` makes one more call as the timed ones were made (a replay under
     ``cuda_graph``) and returns its output, so the caller can refill the inputs and check it.
     ``across``: every rank of a process group times together (not with ``cuda_graph``)."""
     device = torch.device(device)
+    last: list = []  # the last kept call's output, put there outside the timed region
     if device.type != "cuda":
-        timing = _measure_host(fn, warmup_ms, rep_ms, reset, timer, across)
+        timing = _measure_host(fn, warmup_ms, rep_ms, reset, timer, across, last)
     elif cuda_graph:
         if across is not None:
             raise ValueError("graph-replay timing runs on one rank")
         return _measure_cuda_graph(fn, device, warmup_ms, rep_ms, reset, graph_calls, keep_outputs, verify)
     else:
-        timing = _measure_cuda_events(fn, device, warmup_ms, rep_ms, flush_l2, reset, across)
+        timing = _measure_cuda_events(fn, device, warmup_ms, rep_ms, flush_l2, reset, across, last)
     if verify is not None:
-        verify(lambda: _synchronized(fn, device))
+        verify(lambda: _synchronized(fn, device), last[0] if last else None)
     return timing
 
 
@@ -224,15 +226,18 @@ def _call(fn, reset):
     return fn()
 
 
-def _measure_host(fn, warmup_ms, rep_ms, reset, timer, across=None) -> Timing:
+def _measure_host(fn, warmup_ms, rep_ms, reset, timer, across=None, last: list | None = None) -> Timing:
     def timed_call() -> float:
         if reset is not None:
             reset()
         if across is not None:
             across.barrier()
         start = timer()
-        fn()
-        return (timer() - start) * 1e6
+        out = fn()
+        elapsed = (timer() - start) * 1e6
+        if last is not None:
+            last[:] = [out]
+        return elapsed
 
     first_us, estimate_us, settle_calls = settle_across(timed_call, across)
     for _ in range(2):  # once more where the kept calls ran far faster than the estimate said
@@ -266,10 +271,12 @@ def _event_samples(run, reps: int, before=None) -> list[float]:
     return [events for events, _ in _event_wall_samples(run, reps, before, wall=False)]
 
 
-def _event_wall_samples(run, reps: int, before=None, wall: bool = True) -> list[tuple[float, float]]:
+def _event_wall_samples(run, reps: int, before=None, wall: bool = True,
+                        last: list | None = None) -> list[tuple[float, float]]:
     """Per repetition (events ms, device-synchronised wall ms) of ``run()``. The wall clock
     starts on an idle device and stops after ``torch.cuda.synchronize()``, which waits for all
-    streams; without ``wall`` no synchronisation is added and its value is 0."""
+    streams; without ``wall`` no synchronisation is added and its value is 0. ``last`` gets the
+    last repetition's output."""
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     walls = []
@@ -280,12 +287,14 @@ def _event_wall_samples(run, reps: int, before=None, wall: bool = True) -> list[
             torch.cuda.synchronize()
             began = time.perf_counter()
         start.record()
-        run()
+        out = run()
         end.record()
         if wall:
             torch.cuda.synchronize()
             walls.append(1000.0 * (time.perf_counter() - began))
     torch.cuda.synchronize()
+    if last is not None and reps:
+        last[:] = [out]
     walls = walls or [0.0] * reps
     return [(start.elapsed_time(end), w) for start, end, w in zip(starts, ends, walls, strict=True)]
 
@@ -314,7 +323,8 @@ def escape_note(escaped_us: float, median_us: float) -> str | None:
     return None
 
 
-def _measure_cuda_events(fn, device, warmup_ms, rep_ms, flush_l2, reset, across=None) -> Timing:
+def _measure_cuda_events(fn, device, warmup_ms, rep_ms, flush_l2, reset, across=None,
+                         last: list | None = None) -> Timing:
     with torch.cuda.device(device):
         flush = l2_flush_buffer(device) if flush_l2 else None
 
@@ -336,7 +346,7 @@ def _measure_cuda_events(fn, device, warmup_ms, rep_ms, flush_l2, reset, across=
         for _ in range(2):  # once more where the kept calls ran far faster than the estimate said
             for _ in range(repetitions(warmup_ms, estimate_us, 0)):
                 _call(fn, reset)
-            pairs = _event_wall_samples(fn, repetitions(rep_ms, estimate_us, MIN_REPS), before)
+            pairs = _event_wall_samples(fn, repetitions(rep_ms, estimate_us, MIN_REPS), before, last=last)
             samples_ms, escaped_ms = all_work_samples(pairs, floor_ms)
             if across is not None:
                 samples_ms = across.slowest(samples_ms)
@@ -394,5 +404,5 @@ def _measure_cuda_graph(fn, device, warmup_ms, rep_ms, reset, graph_calls, keep_
                 graph.replay()
                 torch.cuda.synchronize()
                 return last_output
-            verify(replay_once)
+            verify(replay_once, None)
         return summarize([1000.0 * ms / graph_calls for ms in samples_ms], "cuda-graph", graph_calls)

@@ -84,6 +84,22 @@ def test_paired_rounds_keep_every_rounds_samples():
         assert row["latency_us"] == pytest.approx(float(np.median(row["samples_us"])), rel=0.2)
 
 
+def test_paired_rounds_check_each_backend_once_and_guard_every_round(monkeypatch):
+    import kbench.bench.sweep as sweep
+
+    checked, guarded = [], []
+    check, recheck = sweep.check_implementation, sweep.check_after_timing
+    monkeypatch.setattr(sweep, "check_implementation", lambda *a, **k: checked.append(a[2]) or check(*a, **k))
+    monkeypatch.setattr(sweep, "check_after_timing", lambda *a, **k: guarded.append(1) or recheck(*a, **k))
+    registry = Registry()
+    registry.add_op(RMSNORM, "test")
+    registry.add_implementation(Implementation("rmsnorm", "honest", rmsnorm_reference, plugin="test"))
+    rows = op_rows(registry, "rmsnorm", ["reference", "honest"], [RMSNORM.test_cases[0]], torch.float32, "cpu",
+                   BENCH, rounds=3)
+    assert all(row["status"] == "PASS" for row in rows)
+    assert sorted(checked) == ["honest", "reference"] and len(guarded) == 2 * 3
+
+
 def test_the_machine_state_is_recorded():
     start = machine_state("cpu")
     assert start["load_avg"] is None or len(start["load_avg"]) == 3
