@@ -19,7 +19,7 @@ import dataclasses
 import torch
 
 from kbench.bench.end_to_end import PIPELINE, crash_row
-from kbench.bench.pipeline_check import check_points, check_row, restated, teacher_forced_check
+from kbench.bench.pipeline_check import check_row, checked_once, teacher_forced_check
 from kbench.errors import KbenchError
 from kbench.model import build_pipeline
 from kbench.ops.base import dtype_name
@@ -48,12 +48,9 @@ def check_against_hf(plan: Plan, weights, pipeline, progress) -> list[Row]:
     reference32 = build_pipeline(plan.with_reference().with_spec(spec32), weights32)
     reference16 = build_pipeline(plan.with_reference(), weights) if low_precision else None
     compared = [(REFERENCE, reference32, None, torch.float32), (PIPELINE, pipeline, reference16, spec.dtype)]
-    rows, ran = [], {}  # (batch, prompt_len) of a point whose check ran -> its rows
-    for batch, prompt_len, prompts, first in check_points(spec):
-        if first is not None:
-            rows += restated(ran[first, prompt_len], batch, first)
-            continue
-        ran[batch, prompt_len] = []
+
+    def check_point(batch: int, prompt_len: int, prompts: list[torch.Tensor]) -> list[Row]:
+        rows = []
         for name, model, reference, dtype in compared:
             progress(f"check hf: {name} vs transformers, batch={batch} prompt_len={prompt_len}")
             try:
@@ -64,16 +61,15 @@ def check_against_hf(plan: Plan, weights, pipeline, progress) -> list[Row]:
             except KbenchError:
                 raise
             except Exception as error:
-                ran[batch, prompt_len].append(dataclasses.replace(crash_row("check", plan, name, batch, prompt_len, error),
-                                                                  oracle=HF))
+                rows.append(dataclasses.replace(crash_row("check", plan, name, batch, prompt_len, error), oracle=HF))
                 continue
             fields["note"] = past_trained_range(spec.model, prompt_len + steps) + fields["note"]
             row = check_row(plan, batch, prompt_len, checked_batch=len(prompts), **fields)
-            ran[batch, prompt_len].append(dataclasses.replace(row, backend=name, oracle=HF, dtype=dtype_name(dtype),
-                                                              backends=row.backends if name == PIPELINE else REFERENCE))
-        rows += ran[batch, prompt_len]
-    del hf, reference32, reference16, weights32
-    return rows
+            rows.append(dataclasses.replace(row, backend=name, oracle=HF, dtype=dtype_name(dtype),
+                                            backends=row.backends if name == PIPELINE else REFERENCE))
+        return rows
+
+    return checked_once(spec, check_point)  # the models go with this frame
 
 
 def past_trained_range(model, length: int) -> str:

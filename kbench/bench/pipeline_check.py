@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import torch
 
@@ -26,7 +26,7 @@ LOGIT_RTOL = {torch.float32: 1e-3, torch.float16: 2.0**-10, torch.bfloat16: 2.0*
 # 16-bit reference pipeline is (kernels round differently, not necessarily worse).
 ERROR_FACTOR = 2.0
 # A point's check feeds its first CHECK_MAX_BATCH sequences; where those are a smaller point's
-# (the prompts of a seed begin alike), that point's check stands for it (``check_points``).
+# (the prompts of a seed begin alike), that point's check stands for it (``checked_once``).
 CHECK_MAX_BATCH = 8
 
 
@@ -45,45 +45,41 @@ def check_pipeline(plan: Plan, weights, pipeline, progress) -> list[Row]:
     oracle_plan = plan.with_reference().with_spec(dataclasses.replace(spec, dtype=torch.float32))
     oracle_weights = weights.to(torch.float32) if low_precision else weights
     oracle = build_pipeline(oracle_plan, oracle_weights, parallel)
-    rows, ran = [], {}  # (batch, prompt_len) of a point whose check ran -> its rows
-    for batch, prompt_len, prompts, first in check_points(spec):
-        if first is not None:
-            rows += restated(ran[first, prompt_len], batch, first)
-            continue
+
+    def check_point(batch: int, prompt_len: int, prompts: list[torch.Tensor]) -> list[Row]:
         progress(f"checking pipeline: batch={batch} prompt_len={prompt_len}")
         try:
             for model in (pipeline, oracle, reference):
                 if model is not None:  # room for this point's prompts and every decode step
                     model.reset(len(prompts), prompt_len + steps)
             fields = teacher_forced_check(pipeline, oracle, reference, prompts, steps, spec.dtype)
-            ran[batch, prompt_len] = [check_row(plan, batch, prompt_len, checked_batch=len(prompts), **fields)]
         except KbenchError:
             raise
         except Exception as error:
-            ran[batch, prompt_len] = [crash_row("check", plan, PIPELINE, batch, prompt_len, error)]
-        rows += ran[batch, prompt_len]
-    del reference, oracle, oracle_weights
-    return rows
+            return [crash_row("check", plan, PIPELINE, batch, prompt_len, error)]
+        return [check_row(plan, batch, prompt_len, checked_batch=len(prompts), **fields)]
+
+    return checked_once(spec, check_point)  # the models go with this frame
 
 
-def check_points(spec) -> Iterator[tuple[int, int, list[torch.Tensor], int | None]]:
-    """Each workload point (batch, prompt_len) with the prompts its check feeds (its first
-    ``CHECK_MAX_BATCH``) and the batch of an earlier point that fed the same prompts, whose check
-    stands for this one (None where this point's check runs)."""
-    seen: dict[bytes, int] = {}
+def checked_once(spec, check_point: Callable[[int, int, list[torch.Tensor]], list[Row]]) -> list[Row]:
+    """``check_point(batch, prompt_len, prompts)``'s rows at every workload point, fed its first
+    ``CHECK_MAX_BATCH`` prompts; a point whose prompts an earlier point already fed (same length,
+    same tokens) takes that point's rows, restated for its batch, instead of running again."""
+    rows, ran = [], {}  # (prompt_len, the prompts' bytes) -> (batch that ran, its rows)
     for batch, prompt_len in workload_pairs(spec):
         prompts = random_prompts(spec.model.vocab, batch, prompt_len, PROMPT_SEED)[:CHECK_MAX_BATCH]
-        first = seen.setdefault(torch.stack(prompts).numpy().tobytes(), batch)
-        yield batch, prompt_len, prompts, None if first == batch else first
-
-
-def restated(rows: list[Row], batch: int, first: int) -> list[Row]:
-    """The check rows of the batch=``first`` point, restated for the point of ``batch`` that feeds
-    the same prompts through the same models (the same answer, not run again)."""
-    return [dataclasses.replace(row, case=row.case.replace(f"batch={first} ", f"batch={batch} ", 1),
-                                shape=dict(row.shape, batch=batch),
-                                note=f"{row.note}; the batch={first} check's sequences, not run again")
-            for row in rows]
+        key = (prompt_len, torch.stack(prompts).numpy().tobytes())
+        if key in ran:
+            first, first_rows = ran[key]
+            rows += [dataclasses.replace(row, case=row.case.replace(f"batch={first} ", f"batch={batch} ", 1),
+                                         shape=dict(row.shape, batch=batch),
+                                         note=f"{row.note}; the batch={first} check's sequences, not run again")
+                     for row in first_rows]
+            continue
+        ran[key] = batch, check_point(batch, prompt_len, prompts)
+        rows += ran[key][1]
+    return rows
 
 
 def check_row(plan: Plan, batch: int, prompt_len: int, **fields) -> CheckRow:

@@ -9,20 +9,34 @@ from click.testing import CliRunner
 
 import kbench.bench.pipeline_check as pipeline_check
 from kbench.cli import cli
+from kbench.results.rows import CheckRow
 from kbench.spec import load_spec
 
 TINY = str(Path(__file__).resolve().parent.parent.parent / "model_specs" / "tiny-llama.yaml")
 
 
-def test_points_feeding_the_same_prompts_name_the_point_whose_check_stands_for_them():
-    spec = load_spec(TINY)
-    batches = [1, pipeline_check.CHECK_MAX_BATCH, 2 * pipeline_check.CHECK_MAX_BATCH]
-    spec = dataclasses.replace(spec, workload=dataclasses.replace(spec.workload, batch=batches, prompt_len=[4, 6]))
-    points = [(batch, prompt_len, len(prompts), first)
-              for batch, prompt_len, prompts, first in pipeline_check.check_points(spec)]
+def test_a_check_stands_for_a_later_point_only_where_it_fed_the_same_prompts():
+    """Points of larger batches feed a smaller point's first CHECK_MAX_BATCH prompts and take its
+    rows; a point of another length never does, though its tokens may be the same stream (a
+    batch of 2 prompts of 4 tokens is the 8 tokens of one prompt of 8)."""
     eight = pipeline_check.CHECK_MAX_BATCH
-    assert points == [(1, 4, 1, None), (1, 6, 1, None), (eight, 4, eight, None), (eight, 6, eight, None),
-                      (2 * eight, 4, eight, eight), (2 * eight, 6, eight, eight)]
+    spec = load_spec(TINY)
+    spec = dataclasses.replace(spec, workload=dataclasses.replace(spec.workload, batch=[1, 2, eight, 2 * eight],
+                                                                  prompt_len=[4, 8]))
+    ran = []
+
+    def check_point(batch, prompt_len, prompts):
+        ran.append((batch, prompt_len, len(prompts)))
+        return [CheckRow(op="pipeline", backend="pipeline", case=f"batch={batch} prompt_len={prompt_len} decode_steps=2",
+                         dtype="float32", device="cpu", shape={"batch": batch, "prompt_len": prompt_len},
+                         status="PASS", note=f"ran at {batch}x{prompt_len}")]
+
+    rows = pipeline_check.checked_once(spec, check_point)
+    assert ran == [(1, 4, 1), (1, 8, 1), (2, 4, 2), (2, 8, 2), (eight, 4, eight), (eight, 8, eight)]
+    assert [(row.shape["batch"], row.shape["prompt_len"]) for row in rows] == [
+        (1, 4), (1, 8), (2, 4), (2, 8), (eight, 4), (eight, 8), (2 * eight, 4), (2 * eight, 8)]
+    assert rows[6].case.startswith(f"batch={2 * eight} prompt_len=4 ")
+    assert rows[6].note == f"ran at {eight}x4; the batch={eight} check's sequences, not run again"
 
 
 def test_a_repeated_check_is_not_run_again_and_its_rows_say_whose_they_are(tmp_path, monkeypatch):
