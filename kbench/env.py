@@ -195,7 +195,8 @@ def machine_state(device: str | torch.device) -> dict:
     state: dict = {"load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
                    "cpu_mhz": _cpu_mhz()}
     if device.type == "cuda":
-        state |= _nvml_state(device.index or 0)
+        # a rank that set its device names none: the current one is its own GPU
+        state |= _nvml_state(device.index if device.index is not None else torch.cuda.current_device())
     return state
 
 

@@ -93,14 +93,12 @@ def check_op_cases_fit(op, cases: Iterable, dtype, device) -> None:
 
 def model_bytes(spec) -> tuple[float, float]:
     """(weights, largest KV cache) bytes of the spec's model and workload."""
-    m, workload = spec.model, spec.workload
-    itemsize = spec.dtype.itemsize
-    layer = (m.heads + 2 * m.kv_heads) * m.head_dim * m.hidden + m.hidden * m.heads * m.head_dim \
-        + 3 * m.hidden * m.intermediate + 2 * m.hidden
-    tables = m.vocab * m.hidden * (1 if m.tie_embeddings else 2) + m.hidden
-    kv_per_token = 2 * m.layers * m.kv_heads * m.head_dim * itemsize
+    from kbench.model.arithmetic import kv_bytes_per_token
+    from kbench.model.tensor_parallel import model_weight_bytes
+
+    workload = spec.workload
     tokens = max(workload.batch) * (max(workload.prompt_len) + workload.decode_steps)
-    return (m.layers * layer + tables) * itemsize, kv_per_token * tokens
+    return model_weight_bytes(spec.model, spec.dtype), kv_bytes_per_token(spec.model, spec.dtype) * tokens
 
 
 def check_model_fits(spec) -> None:

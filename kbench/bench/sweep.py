@@ -20,7 +20,7 @@ import torch
 
 from kbench.bench.check import check_implementation, clone_inputs, reference_output
 from kbench.bench.integrity import check_after_timing, fresh_values, refill_in_place
-from kbench.bench.limits import limit_problem
+from kbench.bench.limits import flops_ceiling_tflops, limit_problem
 from kbench.bench.stopwatch import AFTER_TIMING, OP_CHECK, STOPWATCH
 from kbench.bench.timing import GRAPH_REPLAY_TARGET_US, MAX_GRAPH_CALLS, Timing, l2_cache_bytes, measure, summarize
 from kbench.ops.base import Case, Check, Op, dtype_name
@@ -190,7 +190,7 @@ def throughput(flops: float, bytes_moved: float, timing: Timing, ceilings: dict)
     seconds = timing.median_us * 1e-6
     tflops = flops / seconds / 1e12 if seconds > 0 else math.nan
     gbps = bytes_moved / seconds / 1e9 if seconds > 0 else math.nan
-    copy_gbps, matmul_tflops = ceilings.get("copy_gbps"), ceilings.get("matmul_bf16_tflops")
+    copy_gbps, matmul_tflops = ceilings.get("copy_gbps"), flops_ceiling_tflops(ceilings)
     return {
         "tflops": tflops,
         "gbps": gbps,

@@ -18,6 +18,7 @@ import io
 import torch
 from rich.console import Console
 
+from kbench.bench.limits import flops_ceiling_tflops
 from kbench.bench.timing import AcrossRanks, measure
 from kbench.distributed import check_ranks_fit, group_backend, launch
 from kbench.errors import KbenchError
@@ -189,7 +190,7 @@ def gathered(value) -> list:
 def whole_model_rows(spec, ranks: int, ceilings: dict, rows: list[Row]) -> list[Row]:
     """Prefill and decode rows as the whole model's work over ``ranks`` ranks: FLOPs and bytes
     of every rank together, against ``ranks`` x the device's ceilings (the TP roofline)."""
-    copy_gbps, matmul_tflops = ceilings.get("copy_gbps"), ceilings.get("matmul_bf16_tflops")
+    copy_gbps, matmul_tflops = ceilings.get("copy_gbps"), flops_ceiling_tflops(ceilings)
     out = []
     for row in rows:
         if row.kind == "decode" and row.latency_us and row.backend != "hf":

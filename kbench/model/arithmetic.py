@@ -16,6 +16,11 @@ def prefill_flops(spec: Spec, batch: int, prompt_len: int) -> float:
     return m.layers * (2 * layer_weights * tokens + attention) + 2 * batch * m.vocab * m.hidden
 
 
+def kv_bytes_per_token(model, dtype) -> int:
+    """Bytes of K and V one token holds in the cache, over every layer."""
+    return 2 * model.layers * model.kv_heads * model.head_dim * dtype.itemsize
+
+
 def decode_bytes_per_step(spec: Spec, weights, batch: int, prompt_len: int) -> float:
     """Bytes one decode step must read, averaged over the timed steps: every weight (of the
     embedding, ``batch`` rows), plus K and V of every cached token."""
@@ -23,7 +28,7 @@ def decode_bytes_per_step(spec: Spec, weights, batch: int, prompt_len: int) -> f
     weight_bytes = weights.nbytes
     if weights.lm_head.data_ptr() != weights.embedding.data_ptr():
         weight_bytes -= weights.embedding.numel() * weights.embedding.element_size()
-    kv_per_token = 2 * model.layers * model.kv_heads * model.head_dim * spec.dtype.itemsize
+    kv_per_token = kv_bytes_per_token(model, spec.dtype)
     # step i (0-based) attends over prompt_len + i + 1 tokens per sequence
     mean_context = prompt_len + 1 + (steps - 1) / 2
     return weight_bytes + kv_per_token * batch * mean_context
@@ -40,5 +45,5 @@ def decode_bytes_at_ranks(spec: Spec, ranks: int, batch: int, prompt_len: int) -
     weight_bytes = model_weight_bytes(model, spec.dtype)
     if not model.tie_embeddings:
         weight_bytes -= model.vocab * model.hidden * size
-    kv_per_token = 2 * model.layers * model.kv_heads * model.head_dim * size
+    kv_per_token = kv_bytes_per_token(model, spec.dtype)
     return weight_bytes + kv_per_token * batch * (prompt_len + 1 + (steps - 1) / 2)

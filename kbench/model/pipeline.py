@@ -34,6 +34,7 @@ import torch
 
 from kbench.config import SamplingConfig
 from kbench.errors import KbenchError
+from kbench.model.arithmetic import kv_bytes_per_token
 from kbench.model.kv_cache import KVCache
 from kbench.model.tensor_parallel import SINGLE_RANK
 from kbench.model.weights import Weights
@@ -178,7 +179,7 @@ class Pipeline:
         self._sized_by_prefill = False
 
     def kv_bytes_per_step(self) -> int:
-        per_token = 2 * self.model.layers * self.model.kv_heads * self.model.head_dim * self.dtype.itemsize
+        per_token = kv_bytes_per_token(self.model, self.dtype)
         return per_token * sum(length + 1 for length in self._lengths)
 
     # -- the model ------------------------------------------------------------------------
