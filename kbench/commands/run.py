@@ -51,7 +51,7 @@ from kbench.preflight import check_model_fits, check_op_cases_fit, check_out_dir
 from kbench.registry import REFERENCE
 from kbench.results.record import build_record, write_record_or_keep
 from kbench.results.report import print_run
-from kbench.results.rows import Row
+from kbench.results.rows import FAILING, Row
 from kbench.spec import Overrides, load_spec
 
 CHECKS = ("hf",)
@@ -253,7 +253,7 @@ def mark_pipeline_failures(plan: Plan, rows: list[Row]) -> list[Row]:
     """
     used = {name: op.backend for name, op in plan.pipeline_ops.items()}
     failed = sorted({f"{r.op}/{r.backend}" for r in rows
-                     if r.kind == "op" and r.status in ("FAIL", "SUSPECT") and used.get(r.op) == r.backend})
+                     if r.kind == "op" and r.status in FAILING and used.get(r.op) == r.backend})
     if any(r.kind == "check" and r.status == "FAIL" for r in rows):
         failed.append("end-to-end check")
     if not failed:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from kbench.errors import KbenchError
 from kbench.results.noise import verdict
+from kbench.results.rows import FAILING
 
 RUN_KEYS = ("kind", "op", "backend", "case", "dtype")
 BACKEND_KEYS = ("kind", "op", "case", "dtype")
@@ -142,7 +143,7 @@ def _geomeans(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _failures(frame: pd.DataFrame) -> pd.DataFrame:
-    failed = frame[frame["status"].isin(["FAIL", "SUSPECT"])]
+    failed = frame[frame["status"].isin(FAILING)]
     return failed[["run_id", "kind", "op", "backend", "case", "dtype", "note"]].reset_index(drop=True)
 
 

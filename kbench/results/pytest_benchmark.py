@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from kbench.results.record import record_status
 from kbench.results.rows import ROW_KEYS, OpRow, row_dict
 
 RUN_COLUMNS = ("run_id", "created", "spec_name", "run_status", "source")
@@ -66,7 +67,7 @@ def frame_from_pytest_benchmark(data: dict, path: Path) -> pd.DataFrame:
         "run_id": Path(path).stem,
         "created": data.get("datetime"),
         "spec_name": "pytest-benchmark",
-        "run_status": "FAIL" if any(r["status"] in ("FAIL", "SUSPECT") for r in rows) else "PASS",
+        "run_status": record_status(rows),
         "source": str(path),
     }
     env_fields = {

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kbench.errors import KbenchError
-from kbench.results.rows import KINDS, ROW_KEYS, ROW_TYPES, STATUSES, Row, row_dict
+from kbench.results.rows import FAILING, KINDS, ROW_KEYS, ROW_TYPES, STATUSES, Row, row_dict
 
 __all__ = [
     "KINDS", "ROW_KEYS", "SCHEMA_VERSION", "STATUSES", "build_record", "implementation_provenance", "json_safe",
@@ -140,4 +140,4 @@ def current_umask() -> int:
 
 
 def record_status(rows: list[dict]) -> str:
-    return "FAIL" if any(row.get("status") in ("FAIL", "SUSPECT") for row in rows) else "PASS"
+    return "FAIL" if any(row.get("status") in FAILING for row in rows) else "PASS"

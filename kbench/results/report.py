@@ -15,6 +15,7 @@ from rich.table import Table
 
 from kbench.results.compare import Comparison
 from kbench.results.record import json_safe
+from kbench.results.rows import FAILING
 
 FORMATS = ("markdown", "csv", "json", "html")
 
@@ -69,7 +70,7 @@ def print_run(record: dict, console: Console) -> None:
         console.print(parallel_line(record["parallel"]), highlight=False)
     for table in breakdown_tables([r for r in rows if r["kind"] == "breakdown"]):
         console.print(table)
-    failed = [r for r in rows if r.get("status") in ("FAIL", "SUSPECT")]
+    failed = [r for r in rows if r.get("status") in FAILING]
     for row in failed:
         console.print(f"{_status(row['status'])} {row['kind']} {row['op']} [{row['backend']}] {row.get('case') or ''}: "
                       f"{row.get('note') or ''}", highlight=False)
