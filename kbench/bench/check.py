@@ -8,7 +8,6 @@ memory with a read-only input (``kbench.bench.integrity``).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import torch
 
 from kbench.bench.integrity import integrity_problems
-from kbench.bench.stopwatch import FIRST_CALLS, OP_CHECK, STOPWATCH
+from kbench.bench.stopwatch import OP_CHECK, STOPWATCH
 from kbench.errors import KbenchError
 from kbench.ops.base import Case, Check
 from kbench.registry import REFERENCE, Registry
@@ -72,11 +71,11 @@ def _check_once(op, impl, backend, inputs, reference, dtype, device, first: bool
     whose compile, autotune or lazy init the run pays checked or not (``FIRST_CALLS``)."""
     given = clone_inputs(inputs)
     if backend == REFERENCE:
-        with STOPWATCH.timed(FIRST_CALLS) if first else contextlib.nullcontext():
+        with STOPWATCH.first_calls(first):
             out = impl(**given)
         return op.compare(out, reference, op.tolerance(dtype))
     try:
-        with STOPWATCH.timed(FIRST_CALLS) if first else contextlib.nullcontext():
+        with STOPWATCH.first_calls(first):
             out = impl(**given)
             if torch.device(device).type == "cuda":
                 torch.cuda.synchronize()

@@ -123,8 +123,7 @@ def rank_count(model) -> int:
 
 def across_ranks(model) -> AcrossRanks | None:
     """Rank-agreed timing for one rank of a tensor-parallel pipeline (its steps are collectives)."""
-    parallel = getattr(model, "parallel", None)
-    return AcrossRanks() if parallel is not None and parallel.ranks > 1 else None
+    return AcrossRanks() if rank_count(model) > 1 else None
 
 
 def first_token(model, prompts) -> torch.Tensor:

@@ -3,7 +3,6 @@ early difference cannot snowball), at every workload point."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
@@ -11,7 +10,7 @@ from collections.abc import Callable
 import torch
 
 from kbench.bench.end_to_end import PIPELINE, PROMPT_SEED, crash_row, workload_pairs
-from kbench.bench.stopwatch import FIRST_CALLS, STOPWATCH
+from kbench.bench.stopwatch import STOPWATCH
 from kbench.errors import KbenchError
 from kbench.model import build_pipeline, random_prompts
 from kbench.ops.base import dtype_name
@@ -108,7 +107,7 @@ def teacher_forced_check(pipeline, oracle, reference, prompts, steps: int, dtype
     max_abs = max_rel = reference_rel = 0.0
     step_rel, step_margin = [], []  # per step: [batch] relative error; [batch] margin (0 where tokens agree)
     agree = total = 0
-    with STOPWATCH.timed(FIRST_CALLS) if first_calls else contextlib.nullcontext():
+    with STOPWATCH.first_calls(first_calls):
         logits = pipeline.prefill(prompts)
     oracle_logits = oracle.prefill(prompts)
     reference_logits = reference.prefill(prompts) if reference is not None else None
@@ -131,7 +130,7 @@ def teacher_forced_check(pipeline, oracle, reference, prompts, steps: int, dtype
         gap = oracle64.gather(-1, oracle_tokens[:, None])[:, 0] - oracle64.gather(-1, tokens[:, None])[:, 0]
         step_margin.append((gap / scale).cpu())
         if step < steps:
-            with STOPWATCH.timed(FIRST_CALLS) if first_calls and step == 0 else contextlib.nullcontext():
+            with STOPWATCH.first_calls(first_calls and step == 0):
                 logits = pipeline.decode_step(oracle_tokens)
             oracle_logits = oracle.decode_step(oracle_tokens)
             if reference is not None:

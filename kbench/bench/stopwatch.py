@@ -17,6 +17,7 @@ a region (the timing's) are not billed to it, nor are the region's own left for 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -73,6 +74,10 @@ class Stopwatch:
             self.seconds[part] += now - region[1]
             if outer is not None:
                 outer[1] = now
+
+    def first_calls(self, when: bool = True):
+        """``timed(FIRST_CALLS)`` where ``when``, else a region that bills nothing."""
+        return self.timed(FIRST_CALLS) if when else contextlib.nullcontext()
 
     def summary(self, total_s: float) -> dict:
         """``{"total": s, "checks": s, "checks_share": fraction, "parts": {check part: s},
