@@ -280,14 +280,14 @@ def print_summary(suite: Suite, outcomes: Sequence[Outcome], console: Console) -
 def summary_markdown(suite: Suite, outcomes: Sequence[Outcome]) -> str:
     """The summary of this run; an entry it did not run (``--only``) keeps its row and command
     from the summary already there, so runs of parts of a suite add up to the whole."""
-    failed = [o.entry.name for o in outcomes if not o.passed]
-    verdict = f"FAIL: {', '.join(failed)}" if failed else f"PASS: all {len(outcomes)} entries"
+    order = {entry.name: index for index, entry in enumerate(suite.entries)}
     ran = {o.entry.name for o in outcomes}
-    earlier = [row for row in _summary_table(suite) if row[0] not in ran
-               and row[0] in {entry.name for entry in suite.entries}]
+    earlier = [row for row in _summary_table(suite) if row[0] not in ran and row[0] in order]
+    rows = sorted(summary_rows(outcomes) + earlier, key=lambda row: order[row[0]])
+    failed = [row[0] for row in rows if row[3] != "PASS"]  # a row kept from an earlier run counts too
+    verdict = f"FAIL: {', '.join(failed)}" if failed else f"PASS: all {len(rows)} entries"
     if earlier:
         verdict += f" (rows of {', '.join(row[0] for row in earlier)}: from an earlier run)"
-    rows = sorted(summary_rows(outcomes) + earlier, key=lambda row: [e.name for e in suite.entries].index(row[0]))
     lines = [f"# suite {suite.name}", "", *([suite.description, ""] if suite.description else []),
              f"`kbench suite {suite.path}`: {verdict}.", "", _markdown_table(SUMMARY_HEADER, rows),
              "", "Commands (each run with `--out` set to the suite's folder):", ""]
@@ -364,9 +364,10 @@ def suite_command(suite_path, out_dir, dry_run, only, readme):
     suite.summary_path.write_text(summary_markdown(suite, outcomes))
     print_summary(suite, outcomes, console)
     console.print(f"summary: {suite.summary_path}", highlight=False)
-    write_pages({o.entry: o.record for o in outcomes if o.passed and o.record}, console)
+    passed = {o.entry: o.record for o in outcomes if o.passed and o.record}
+    write_pages(passed, console)
     if readme_path is not None:
-        records = {o.entry.name: o.record for o in outcomes if o.passed and o.record}
+        records = {entry.name: record for entry, record in passed.items()}
         for outcome in outcomes:
             if outcome.entry.name not in records:
                 console.print(f"{readme_path}: {outcome.entry.name}'s figure kept as it was (the entry failed)",
@@ -378,13 +379,12 @@ def suite_command(suite_path, out_dir, dry_run, only, readme):
 
 def write_pages(records: dict[Entry, Path], console: Console) -> None:
     """The ``html:`` page of each entry that has one, from its record (``kbench report``)."""
-    import json
-
     from kbench.results.html import report_html
+    from kbench.results.load import read_json
 
     for entry, record in records.items():
         if entry.html is not None:
-            write_text_file(entry.html, report_html([json.loads(record.read_text())]))
+            write_text_file(entry.html, report_html([read_json(record)]))
             console.print(f"{entry.html}: {entry.name}'s page remade", highlight=False)
 
 

@@ -309,3 +309,19 @@ def test_an_entry_with_html_gets_its_records_page_and_a_bad_html_path_is_exit_2(
     result = suite(bad, "--out", tmp_path / "out2")
     assert result.exit_code == 2 and "runs[0].html: html:" in text(result) and "is a folder" in text(result)
     assert not (tmp_path / "out2").exists()
+
+
+def test_a_failed_row_kept_from_an_earlier_run_keeps_the_summary_failing(tmp_path):
+    path = write_suite(tmp_path, """\
+        name: parts
+        runs:
+          - name: fine
+            command: kbench bench rmsnorm --backend reference --device cpu --tokens 1 --hidden 64 --rep-ms 1 --warmup-ms 1
+          - name: broken
+            command: kbench bench rmsnorm --backend nosuch --device cpu --tokens 1 --hidden 64
+    """)
+    out = tmp_path / "out"
+    assert suite(path, "--out", out, "--only", "broken").exit_code == 1
+    assert suite(path, "--out", out, "--only", "fine").exit_code == 0
+    summary = (out / "parts-summary.md").read_text()
+    assert "`: FAIL: broken (rows of broken: from an earlier run)." in summary
