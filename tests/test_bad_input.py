@@ -113,6 +113,7 @@ BATTERY = {
         (["tune", "{dir}/missing.yaml"], "does not exist"),
         (["tune", TINY, "--attention", "nosuch"], "unknown attention backend 'nosuch'"),
         (["tune", TINY, "--decode-steps", "0"], "--decode-steps"),
+        (["tune", TINY, "--candidates", "tritn"], "Did you mean 'triton'?"),
         (["tune", TINY, "--out", "{dir}/afile/sub"], "which is a file"),
         (["tune", TINY, "--out-spec", "{dir}/afile/tuned.yaml"], "--out-spec"),
         (["tune", TINY, "--out-spec", "{dir}"], "is a directory"),

@@ -42,7 +42,7 @@ from kbench.commands.options import FamilyFlagsCommand, family_choices, spec_opt
 from kbench.commands.run import RunOptions, check_outside, progress_display
 from kbench.console import make_console
 from kbench.env import machine_record, machine_state, measure_ceilings
-from kbench.errors import KbenchError
+from kbench.errors import KbenchError, did_you_mean
 from kbench.model import build_pipeline, load_weights
 from kbench.model.pipeline import calls_per_step, steps_per_request
 from kbench.plan import Plan, resolve_plan
@@ -213,8 +213,8 @@ def check_backend_names(plan: Plan, wanted: tuple[str, ...] | None, flag: str) -
     unknown = [b for b in wanted or () if b not in have]
     if unknown:
         raise KbenchError(f"{flag} {', '.join(unknown)}: no op the pipeline calls has such a backend.",
-                          f"Choose from: {', '.join(have)}" + ("; or 'none' for no single-backend mix." if flag == "--mixes"
-                                                                else "."))
+                          f"{did_you_mean(unknown[0], have)}Choose from: {', '.join(have)}"
+                          + ("; or 'none' for no single-backend mix." if flag == "--mixes" else "."))
 
 
 def request_us(rows, decode_steps: int) -> float | None:
