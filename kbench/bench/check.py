@@ -14,20 +14,11 @@ from typing import Any
 
 import torch
 
-from kbench.bench.integrity import integrity_problems
+from kbench.bench.integrity import clone_inputs, integrity_problems, reference_output
 from kbench.bench.stopwatch import OP_CHECK, STOPWATCH
 from kbench.errors import KbenchError
 from kbench.ops.base import Case, Check
 from kbench.registry import REFERENCE, Registry
-
-
-def clone_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
-    """A deep copy of the tensors in ``inputs`` (in-place ops must not see each other's writes)."""
-    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-
-
-def reference_output(op, inputs: dict[str, Any]) -> Any:
-    return op.reference(**clone_inputs(inputs))
 
 
 def check_implementation(

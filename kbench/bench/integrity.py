@@ -84,8 +84,13 @@ def refill_in_place(targets: list[dict[str, Any]], fresh: dict[str, Any]) -> Non
                 buffer[first] = kept
 
 
-def snapshot(inputs: dict[str, Any]) -> dict[str, Any]:
+def clone_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of the tensors in ``inputs`` (in-place ops must not see each other's writes)."""
     return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def reference_output(op: Op, inputs: dict[str, Any]) -> Any:
+    return op.reference(**clone_inputs(inputs))
 
 
 def check_after_timing(op: Op, reference: Any, last_output: Any, run_once, sets: list[dict[str, Any]],
@@ -101,7 +106,7 @@ def check_after_timing(op: Op, reference: Any, last_output: Any, run_once, sets:
             return dataclasses.replace(check, detail="the timed calls returned a different output than the checked call "
                                                      f"(path changes once called repeatedly, or deferred work): {check.detail}")
     refill_in_place(sets, fresh)
-    expected = op.reference(**snapshot(sets[0]))
+    expected = reference_output(op, sets[0])
     check = op.compare(run_once(), expected, tolerance)
     if not check.ok:
         return dataclasses.replace(check, detail="stale output after timing: on inputs refilled in place with new values the "

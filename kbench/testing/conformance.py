@@ -83,22 +83,6 @@ def skip_reason(registry: Registry, item: ConformanceCase, device: str) -> str |
     return registry.get(item.op, item.backend).reason(item.case, item.dtype, device)
 
 
-def written_inputs(registry: Registry, item: ConformanceCase, device: str, seed: int = 0) -> list[str]:
-    """Names of the inputs a call wrote although the op does not allow it (``Op.inplace``)."""
-    op = registry.op(item.op)
-    inputs = op.make_inputs(item.case, item.dtype, torch.device(device), seed)
-    given = clone_inputs(inputs)
-    try:
-        registry.get(item.op, item.backend)(**given)
-    except Exception:  # the correctness check reports the exception with its message
-        return []
-    return [
-        name for name, value in inputs.items()
-        if isinstance(value, torch.Tensor) and name not in op.inplace
-        and not torch.equal(value.cpu(), given[name].cpu())
-    ]
-
-
 REPEATED_CALLS = 50
 
 
@@ -134,14 +118,7 @@ def run_conformance(registry: Registry, item: ConformanceCase, device: str, seed
     repeated = repeated_calls_problem(registry, item, device, seed)
     if repeated is not None:
         raise ConformanceFailure(f"{item.description} on {device}: {repeated.summary()}")
-    written = written_inputs(registry, item, device, seed)
-    if written:
-        allowed = ", ".join(registry.op(item.op).inplace) or "none"
-        raise ConformanceFailure(
-            f"{item.description} on {device}: FAIL wrote input(s) {', '.join(written)} in place "
-            f"(the {item.op} contract allows: {allowed})"
-        )
-    return check
+    return check  # inputs written against the contract failed the check (kbench.bench.integrity)
 
 
 def assert_conforms(item: ConformanceCase, registry: Registry | None = None, device: str | None = None) -> Check:
