@@ -22,9 +22,11 @@ from kbench.preflight import check_out_file, write_text_file
 def report_command(runs, html_path, threshold, results_dir):
     """Write RUNS (one run, or base then new; paths or run ids) as an HTML page with tables,
     the step breakdown as stacked bars, op speedups and the machine's ceilings."""
-    from kbench.results import compare_runs, load
+    import pandas as pd
+
+    from kbench.results import compare_runs
     from kbench.results.html import report_html
-    from kbench.results.load import check_record, is_run_record, read_json, resolve_paths
+    from kbench.results.load import frame_from_record, is_run_record, read_json, resolve_paths
 
     if len(runs) > 2:
         raise KbenchError(f"kbench report takes one run or two (base, new); got {len(runs)}.",
@@ -32,13 +34,14 @@ def report_command(runs, html_path, threshold, results_dir):
     check_out_file(html_path, "--html")
     paths = resolve_paths(list(runs), results_dir=results_dir)
     records = [read_json(Path(p)) for p in paths]
+    frames = []
     for path, record in zip(paths, records, strict=True):
         if not is_run_record(record):
             raise KbenchError(f"{path} is not a kbench run record.", "Pass a record kbench run, bench or tune wrote.")
-        check_record(record, path)
+        frames.append(frame_from_record(record, path))  # checks the record and its schema version
     comparison = None
     if len(records) == 2:
-        frame = load([str(p) for p in paths], results_dir=results_dir)
-        comparison = compare_runs(frame, records[0]["run_id"], records[1]["run_id"], threshold=threshold)
+        comparison = compare_runs(pd.concat(frames, ignore_index=True), records[0]["run_id"], records[1]["run_id"],
+                                  threshold=threshold)
     write_text_file(Path(html_path), report_html(records, comparison))
     make_console(stderr=True).print(f"wrote {html_path}", highlight=False)

@@ -78,17 +78,19 @@ class KbenchBenchmark:
         reason = registry.get(op, backend).reason(case, dtype, self.device)
         if reason:
             pytest.skip(reason)
-        check = check_implementation(registry, op, backend, case, dtype, self.device, seed=seed)
-        if not check.ok:
-            raise ConformanceFailure(f"{op}/{backend} {case.label} {dtype_name(dtype)} on {self.device}: {check.summary()}")
-        op_def = registry.op(op)
-        impl = registry.get(op, backend)
-        inputs = op_def.make_inputs(case, dtype, torch.device(self.device), seed)
-        bench = BenchConfig(warmup_ms=warmup_ms, rep_ms=rep_ms, flush_l2=flush_l2)
         from kbench.bench.check import reference_output
         from kbench.bench.sweep import Guard
 
-        guard = Guard(case, dtype, seed, reference_output(op_def, inputs))
+        op_def = registry.op(op)
+        inputs = op_def.make_inputs(case, dtype, torch.device(self.device), seed)
+        reference = reference_output(op_def, inputs)
+        check = check_implementation(registry, op, backend, case, dtype, self.device, seed=seed,
+                                     reference=reference, inputs=inputs)
+        if not check.ok:
+            raise ConformanceFailure(f"{op}/{backend} {case.label} {dtype_name(dtype)} on {self.device}: {check.summary()}")
+        impl = registry.get(op, backend)
+        bench = BenchConfig(warmup_ms=warmup_ms, rep_ms=rep_ms, flush_l2=flush_l2)
+        guard = Guard(case, dtype, seed, reference)
         timing, samples_us = time_with_samples(impl, op_def, inputs, torch.device(self.device), bench,
                                                cuda_graph=cuda_graph, guard=guard)
         if guard.problem is not None:
