@@ -41,6 +41,8 @@ def register_backends(register):
             cuda_graphs=True,  # False if a call syncs the host or allocates data-dependently
             version=None,  # version string of the package doing the work, for run records
             description="",
+            slow_setup=None,  # why a first call at each new shape is slow (compiles per shape):
+                              #   kbench tune then leaves it out unless --candidates names it
         )
 
     Never raise from here for a missing dependency: register and return the reason from

@@ -26,6 +26,9 @@ class Implementation:
     cuda_graphs: bool = True
     version: str | None = None
     description: str = ""
+    # why the first call at each new shape is slow (a compiler per shape), or None: kbench tune,
+    # which meets every shape of a workload, leaves such a backend out unless asked for it
+    slow_setup: str | None = None
     _unavailable: Any = field(default=..., repr=False)
 
     def __call__(self, **inputs: Any) -> Any:

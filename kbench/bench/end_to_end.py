@@ -24,9 +24,10 @@ PIPELINE = "pipeline"
 BASELINES = ("hf", "reference")
 
 
-def time_end_to_end(plan: Plan, model, label: str, weights, ceilings: dict, progress) -> list[Row]:
-    """Prefill then decode rows of one model, and its device memory released afterwards."""
-    rows = time_prefill(plan, model, label, ceilings, progress)
+def time_end_to_end(plan: Plan, model, label: str, weights, ceilings: dict, progress, ttft: bool = True) -> list[Row]:
+    """Prefill then decode rows of one model, and its device memory released afterwards;
+    ``ttft``: also time each prefill's time to first token (a second timing of the prefill)."""
+    rows = time_prefill(plan, model, label, ceilings, progress, ttft)
     rows += time_decode(plan, model, label, weights, ceilings, progress)
     model.reset(1, 1)  # drop the workload's KV cache before the next model allocates its own
     if torch.cuda.is_available():
@@ -55,12 +56,12 @@ def _timing_fields(timing: Timing, per: int = 1) -> dict:
             "method": timing.method}
 
 
-def time_prefill(plan: Plan, model, label: str, ceilings: dict, progress) -> list[Row]:
+def time_prefill(plan: Plan, model, label: str, ceilings: dict, progress, ttft: bool = True) -> list[Row]:
     spec, rows = plan.spec, []
     for batch, prompt_len in workload_pairs(spec):
         progress(f"prefill [{label}]: batch={batch} prompt_len={prompt_len}")
         try:
-            rows.append(prefill_row(plan, model, label, ceilings, batch, prompt_len))
+            rows.append(prefill_row(plan, model, label, ceilings, batch, prompt_len, ttft))
             rows += step_breakdown(plan, model, label, "prefill", batch, prompt_len, rows[-1].latency_us)
         except KbenchError:
             raise
@@ -89,8 +90,9 @@ def crash_row(kind: str, plan: Plan, label: str, batch: int, prompt_len: int, er
 
 
 @torch.inference_mode()
-def prefill_row(plan: Plan, model, label: str, ceilings: dict, batch: int, prompt_len: int) -> PrefillRow:
-    """Latency of one prefill and its time to first token, prompts starting on the host."""
+def prefill_row(plan: Plan, model, label: str, ceilings: dict, batch: int, prompt_len: int,
+                ttft: bool = True) -> PrefillRow:
+    """Latency of one prefill and (``ttft``) its time to first token, prompts starting on the host."""
     spec, bench = plan.spec, plan.spec.bench
     prompts = random_prompts(spec.model.vocab, batch, prompt_len, PROMPT_SEED)
     model.reset(batch, prompt_len + spec.workload.decode_steps)
@@ -99,7 +101,7 @@ def prefill_row(plan: Plan, model, label: str, ceilings: dict, batch: int, promp
                       rep_ms=bench.rep_ms, flush_l2=False, across=across_ranks(model))
     peak = _peak_memory_bytes(spec.device)
     first = measure(lambda: first_token(model, prompts), device=spec.device, warmup_ms=bench.warmup_ms,
-                    rep_ms=bench.rep_ms, flush_l2=False, across=across_ranks(model))
+                    rep_ms=bench.rep_ms, flush_l2=False, across=across_ranks(model)) if ttft else None
     flops = prefill_flops(spec, batch, prompt_len)
     tflops = flops / (prefill.median_us * 1e-6) / 1e12
     matmul_tflops = flops_ceiling_tflops(ceilings)
@@ -109,7 +111,7 @@ def prefill_row(plan: Plan, model, label: str, ceilings: dict, batch: int, promp
         op="prefill", backend=label, case=f"batch={batch} prompt_len={prompt_len}", dtype=dtype_name(spec.dtype),
         device=spec.device, shape={"batch": batch, "prompt_len": prompt_len},
         status="SUSPECT" if suspect else "PASS", note=suspect,
-        **_timing_fields(prefill), ttft_us=first.median_us, flops=flops, tflops=tflops,
+        **_timing_fields(prefill), ttft_us=first.median_us if first else None, flops=flops, tflops=tflops,
         throughput_basis=prefill.method, frac_peak_flops=tflops / matmul_tflops if matmul_tflops else None,
         tokens_per_s=batch * prompt_len / (prefill.median_us * 1e-6), peak_memory_bytes=peak,
         backends=label if label in BASELINES else plan.label(),

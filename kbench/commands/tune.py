@@ -3,7 +3,10 @@ as a spec, then run end to end against the spec's own choice and single-backend 
 
 1. resolve the spec's plan; for every op the pipeline calls, every backend that can run
    here and supports all of the op's model cases is checked against the reference and timed
-   at every shape the workload gives it (``Op.cases_for``, not cut to ``bench.max_op_cases``);
+   at every shape the workload gives it (``Op.cases_for``, not cut to ``bench.max_op_cases``),
+   the backends taking each shape in turn so its inputs and reference are made once. A backend
+   that compiles per shape (``slow_setup``: torch.compile) is listed as left out unless
+   ``--candidates`` names it: at a model's dozen shapes per op its compiles alone outlast the rest;
 2. a backend's cost is the time one request of the workload spends in the op: per case its
    kernel time (CUDA-graph replay where measured, else as called) times the op's calls per
    step (``calls_per_step``), and per step of a request that runs the case's shape
@@ -12,7 +15,8 @@ as a spec, then run end to end against the spec's own choice and single-backend 
    is chosen; one that failed, or cannot run, is listed with the reason and never chosen;
 3. the per-op choice, the spec's own choice and each single-backend mix (one backend on every
    op where it passed, as ``--norm X --rope X ...`` would ask; backends that passed ops of two
-   families or more, or ``--mixes``) are timed end to end; the fastest over the workload
+   families or more, or ``--mixes``) are timed end to end (prefill and decode; no separate
+   time-to-first-token timing, which the choice does not use); the fastest over the workload
    (prefill plus ``decode_steps`` decode steps, summed over its points) is written, so the
    tuned spec is never slower end to end than a mix tune tried;
 4. the tuned spec is the spec's text with ``backends:`` replaced by one entry per op, each
@@ -101,13 +105,13 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
         # an op the workload never calls (all_reduce on one rank) has nothing to choose
         tuned_ops = [name for name in plan.pipeline_ops if registry.ops[name].cases_for(spec.model, spec.workload)]
         for index, name in enumerate(tuned_ops, 1):
-            for backend in registry.backends(name):
-                if candidates_wanted is not None and backend not in (REFERENCE, *candidates_wanted):
-                    continue
-                progress(f"op {index}/{len(tuned_ops)} {name}: {backend}")
-                found, op_rows = time_candidate(plan, name, backend, ceilings, progress)
-                candidates.append(found)
-                rows += op_rows
+            wanted = [b for b in registry.backends(name)
+                      if candidates_wanted is None or b in (REFERENCE, *candidates_wanted)]
+            progress(f"op {index}/{len(tuned_ops)} {name}: {', '.join(wanted)}")
+            found, op_rows = time_candidates(plan, name, wanted, ceilings, progress,
+                                             named=candidates_wanted or ())
+            candidates += found
+            rows += op_rows
         per_op = choose(candidates)
         mix_choices = {PER_OP: per_op, ORIGINAL: {name: plan.backend(name) for name in tuned_ops}}
         mix_choices |= single_backend_mixes(plan, candidates, mixes)
@@ -122,7 +126,8 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
             each = plan.with_backends(choices, f"kbench tune ({label})")
             pipeline = build_pipeline(each, weights)
             say = lambda text, lb=label, n=number: progress(f"end to end {n}/{len(mix_choices)} {lb}: {text}")  # noqa: E731
-            mix_rows = time_end_to_end(each, pipeline, label, weights, ceilings, say)
+            # the choice is prefill and decode time: no second timing of each prefill for its first token
+            mix_rows = time_end_to_end(each, pipeline, label, weights, ceilings, say, ttft=False)
             timed[label] = request_us(mix_rows, spec.workload.decode_steps)
             rows += mix_rows
             del pipeline
@@ -155,26 +160,40 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
     return record
 
 
-def time_candidate(plan: Plan, name: str, backend: str, ceilings: dict, progress) -> tuple[Candidate, list]:
-    """Check and time ``backend`` on every shape the workload gives ``name``; its cost, or why it is out."""
+def time_candidates(plan: Plan, name: str, backends: list[str], ceilings: dict, progress,
+                    named: tuple[str, ...] = ()) -> tuple[list[Candidate], list]:
+    """Check and time each of ``backends`` on every shape the workload gives ``name``; each one's
+    cost, or why it is out. The backends take each case in turn, so a case's inputs and its
+    reference output are made once for all of them. One that declares a ``slow_setup``
+    (a compiler per shape) is left out unless ``named`` (``--candidates``) asks for it."""
     spec, registry = plan.spec, plan.registry
-    cases = plan.registry.ops[name].cases_for(spec.model, spec.workload)
-    implementation = registry.get(name, backend)
-    reason = next((r for r in (implementation.reason(case, spec.dtype, spec.device) for case in cases) if r), None)
-    if reason:
-        return Candidate(name, backend, reason=reason), []
-    rows = op_results(registry, name, [backend], cases, spec.dtype, spec.device, spec.bench,
-                      lambda text: progress(f"{name}: {text}"), ceilings=ceilings)
-    failed = [r for r in rows if r.status != "PASS"]
-    if failed:
-        return Candidate(name, backend, reason=f"{failed[0].status} at {failed[0].case}: {failed[0].note}"), rows
-    prefill = decode = 0.0
-    for case, row in zip(cases, rows, strict=True):
-        per_step = calls_per_step(spec.model, name, case.get("proj")) * (row.graph_latency_us or row.latency_us)
-        prefill_steps, decode_steps = steps_per_request(name, case, spec.workload)
-        prefill += prefill_steps * per_step
-        decode += decode_steps * per_step
-    return Candidate(name, backend, prefill_us=prefill, decode_us=decode), rows
+    cases = registry.ops[name].cases_for(spec.model, spec.workload)
+    out: dict[str, Candidate] = {}
+    for backend in backends:
+        implementation = registry.get(name, backend)
+        reason = next((r for r in (implementation.reason(case, spec.dtype, spec.device) for case in cases) if r), None)
+        if reason is None and implementation.slow_setup and backend not in named:
+            reason = (f"left out of the tune: {implementation.slow_setup}, at each of {len(cases)} shapes "
+                      f"(--candidates {backend} tries it)")
+        if reason:
+            out[backend] = Candidate(name, backend, reason=reason)
+    timed = [b for b in backends if b not in out]
+    rows = op_results(registry, name, timed, cases, spec.dtype, spec.device, spec.bench,
+                      lambda text: progress(f"{name}: {text}"), ceilings=ceilings) if timed else []
+    for backend in timed:
+        mine = [r for r in rows if r.backend == backend]  # in case order
+        failed = [r for r in mine if r.status != "PASS"]
+        if failed:
+            out[backend] = Candidate(name, backend, reason=f"{failed[0].status} at {failed[0].case}: {failed[0].note}")
+            continue
+        prefill = decode = 0.0
+        for case, row in zip(cases, mine, strict=True):
+            per_step = calls_per_step(spec.model, name, case.get("proj")) * (row.graph_latency_us or row.latency_us)
+            prefill_steps, decode_steps = steps_per_request(name, case, spec.workload)
+            prefill += prefill_steps * per_step
+            decode += decode_steps * per_step
+        out[backend] = Candidate(name, backend, prefill_us=prefill, decode_us=decode)
+    return [out[b] for b in backends], rows
 
 
 def choose(candidates: list[Candidate]) -> dict[str, str]:

@@ -81,7 +81,8 @@ def register_all(register):
         if op.family in COMPILED_FAMILIES and op.name not in SKIPPED_OPS:
             supports = _supports_scan if op.name in SCAN_OPS else None
             register(op.name, "compile", compiled(op.reference), available=_unavailable, supports=supports,
-                     version=torch.__version__, description="torch.compile of the reference")
+                     version=torch.__version__, description="torch.compile of the reference",
+                     slow_setup="torch.compile compiles each shape it meets, tens of seconds to minutes each")
 
 
 def describe_config(config) -> str:

@@ -90,8 +90,8 @@ def test_tune_chooses_the_fast_correct_backend_and_writes_a_spec(tmp_path):
 def test_single_backend_mixes_are_timed_end_to_end_and_the_fastest_is_written(tmp_path, monkeypatch):
     real = kbench.commands.tune.time_end_to_end
 
-    def all_both_is_fastest(plan, model, label, *args):
-        rows = real(plan, model, label, *args)
+    def all_both_is_fastest(plan, model, label, *args, **kwargs):
+        rows = real(plan, model, label, *args, **kwargs)
         if label == "all-both":
             rows = [dataclasses.replace(r, latency_us=r.latency_us / 100) if r.kind in ("prefill", "decode") else r
                     for r in rows]
@@ -128,9 +128,9 @@ def test_a_mix_with_the_same_backends_as_another_is_timed_once(tmp_path, monkeyp
     timed_labels = []
     real = kbench.commands.tune.time_end_to_end
 
-    def counting(plan, model, label, *args):
+    def counting(plan, model, label, *args, **kwargs):
         timed_labels.append(label)
-        return real(plan, model, label, *args)
+        return real(plan, model, label, *args, **kwargs)
 
     monkeypatch.setattr(kbench.commands.tune, "time_end_to_end", counting)
     # the spec already chooses what tune finds fastest: the reference everywhere
@@ -186,3 +186,40 @@ def test_a_choice_made_by_a_winning_mix_names_the_backend_faster_alone():
     candidates = [Candidate("rmsnorm", "torch", 0.5, 1.5), Candidate("rmsnorm", REFERENCE, 1.0, 2.0)]
     out = tuned_spec_text("name: x\n", {"rmsnorm": REFERENCE}, candidates)
     assert "# rmsnorm: reference 3 µs/request, faster alone torch 2 µs\n  rmsnorm: reference\n" in out
+
+
+def test_a_backend_that_compiles_per_shape_is_left_out_unless_named(tmp_path):
+    registry = _registry()
+    registry.add_implementation(Implementation(op="linear", backend="jit", fn=slow_linear, plugin="test",
+                                               slow_setup="compiles each shape it meets"))
+    record = tune(_spec(tmp_path), None, tmp_path / "tuned.yaml", tmp_path / "results", Console(width=200),
+                  registry=registry, mixes=())
+    jit = next(c for c in record["tune"]["candidates"] if c["backend"] == "jit")
+    assert jit["cost_us"] is None and "compiles each shape it meets" in jit["reason"]
+    assert "--candidates jit" in jit["reason"]
+    assert not [r for r in record["rows"] if r["kind"] == "op" and r["backend"] == "jit"]
+    named = tune(_spec(tmp_path), None, tmp_path / "tuned2.yaml", tmp_path / "results", Console(width=200),
+                 registry=registry, mixes=(), candidates_wanted=("jit",))
+    jit = next(c for c in named["tune"]["candidates"] if c["backend"] == "jit")
+    assert jit["cost_us"] > 0 and jit["reason"] is None
+
+
+def test_each_case_makes_its_inputs_and_reference_once_for_every_backend(tmp_path, monkeypatch):
+    import kbench.bench.sweep as sweep
+
+    made = []
+    real = sweep.reference_output
+
+    def counting(op, inputs):
+        made.append(op.name)
+        return real(op, inputs)
+
+    monkeypatch.setattr(sweep, "reference_output", counting)
+    record = tune(_spec(tmp_path), None, tmp_path / "tuned.yaml", tmp_path / "results", Console(width=200),
+                  registry=_registry(), mixes=())
+    linear_rows = [r for r in record["rows"] if r["kind"] == "op" and r["op"] == "linear"]
+    cases = {r["case"] for r in linear_rows}
+    assert {r["backend"] for r in linear_rows} == {REFERENCE, "slow", "wrong"}
+    assert made.count("linear") == len(cases)  # not once per backend
+    prefill = [r for r in record["rows"] if r["kind"] == "prefill"]
+    assert prefill and all(r["ttft_us"] is None for r in prefill)  # the choice does not use it
