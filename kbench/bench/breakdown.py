@@ -133,11 +133,13 @@ def breakdown_rows(plan: Plan, pipeline, phase: str, batch: int, prompt_len: int
     runs = []
     with torch.inference_mode():
         pipeline.reset(batch, prompt_len + spec.workload.decode_steps)
+        if phase == "decode":
+            pipeline.prefill(prompts)  # the cache the decode steps read; each repeat rewinds to it
         for _ in range(REPEATS + 1):  # the first one warms up
             if phase == "prefill":
                 runs.append(traced_totals(pipeline, lambda: pipeline.prefill(prompts)))
             else:
-                pipeline.prefill(prompts)  # the cache the decode steps read
+                pipeline.rewind()
                 runs.append(traced_totals(pipeline, lambda: [pipeline.decode_step(tokens) for _ in range(steps)]))
     runs = runs[1:]
     method = runs[0][2]

@@ -143,6 +143,7 @@ class Pipeline:
         self._graph: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor] | None = None
         self._lengths: list[int] = []  # host mirror of cache_seqlens, never read from the device
         self._sized_by_prefill = False  # a cache prefill sized grows with the prompts; one reset sized does not
+        self._prefilled: tuple[torch.Tensor, list[int], torch.Tensor] | None = None  # for rewind
 
     def _inv_freq(self, seq_len: int) -> torch.Tensor:
         return rope_inv_freq(self.model.head_dim, self.model.rope, seq_len).to(self.device)
@@ -177,6 +178,19 @@ class Pipeline:
         self._rope_len.zero_()
         self._lengths = [0] * batch
         self._sized_by_prefill = False
+        self._prefilled = None
+
+    def rewind(self) -> None:
+        """Back to the state the last ``prefill`` left, its prompts' cache rows kept: the decode
+        steps since are forgotten (their rows are rewritten by the next steps at the same
+        positions), so the same steps can be timed again without another prefill."""
+        if self.cache is None or self._prefilled is None:
+            raise KbenchError("rewind before prefill.", "Call prefill(prompts) first.")
+        lengths_device, lengths, rope_len = self._prefilled
+        self.cache_seqlens.copy_(lengths_device)
+        self.positions.copy_(lengths_device)
+        self._rope_len.copy_(rope_len)
+        self._lengths = list(lengths)
 
     def kv_bytes_per_step(self) -> int:
         per_token = kv_bytes_per_token(self.model, self.dtype)
@@ -258,6 +272,7 @@ class Pipeline:
         self.cache_seqlens.copy_(lengths_device)
         self.positions.copy_(lengths_device)
         self._lengths = lengths
+        self._prefilled = (lengths_device, list(lengths), self._rope_len.clone())
         return logits
 
     def _decode(self, tokens: torch.Tensor) -> torch.Tensor:

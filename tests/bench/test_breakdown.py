@@ -116,3 +116,28 @@ def test_on_cuda_every_op_of_a_triton_mix_has_its_kernels(tmp_path, registry, ph
     assert {row.method for row in rows} == {"profiler-kernel-intervals"}
     assert all(row.total_us > 0 for row in ops), {row.part: row.total_us for row in ops}
     assert {row.backend for row in ops if row.op in ("rmsnorm", "add_rmsnorm", "rope", "ffn")} == {"triton"}
+
+
+def test_decode_timing_rewinds_to_the_prefill_instead_of_prefilling_before_each_run(tmp_path, registry):
+    # a prefill of batch 64 x 512 costs more than the decode steps timed after it: one prefill,
+    # then every timed run (and the breakdown's repeats) starts from it by rewinding
+    from kbench.bench.end_to_end import decode_row
+
+    spec = load_spec(write_spec(tmp_path, workload={"batch": [2], "prompt_len": [8], "decode_steps": 3},
+                                bench={"warmup_ms": 1, "rep_ms": 5, "flush_l2": False}))
+    plan = resolve_plan(spec, registry)
+    weights = load_weights(spec)
+    pipeline = build_pipeline(spec, registry, weights)
+    calls = {"prefill": 0, "rewind": 0}
+    for name in calls:
+        real = getattr(pipeline, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        setattr(pipeline, name, counted)
+    row = decode_row(plan, pipeline, "pipeline", weights, {}, 2, 8)
+    assert row.reps >= 5 and calls["prefill"] == 1 and calls["rewind"] >= row.reps
+    breakdown_rows(plan, pipeline, "decode", 2, 8, row.latency_us)
+    assert calls["prefill"] == 2  # the breakdown's own, once for its repeats

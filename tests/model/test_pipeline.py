@@ -233,6 +233,28 @@ def test_cuda_graph_decode_matches_eager(tmp_path, layout):
     torch.testing.assert_close(graphed.decode_step(token_a), eager.decode_step(token_a), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("scaling", ["none", "dynamic"])
+def test_rewind_repeats_the_decode_steps_after_the_prefill_exactly(tmp_path, registry, scaling):
+    # a decode timing rewinds between its runs instead of prefilling again: the second run of the
+    # same steps must see the same cache, positions and (dynamic NTK) rope length as the first
+    rope = {"scaling": "dynamic", "factor": 4.0, "original_max_position": 8} if scaling == "dynamic" else {}
+    spec = load_spec(write_spec(tmp_path, model={**TINY_MODEL, "rope": {**TINY_MODEL.get("rope", {}), **rope}},
+                                workload=WORKLOAD))
+    pipeline = _pipeline(spec, registry)
+    with pytest.raises(KbenchError, match="rewind before prefill"):
+        pipeline.rewind()
+    prompts = _prompts(spec.model.vocab, [5, 7, 2])  # the steps pass position 8 (dynamic NTK grows)
+    token = pipeline.prefill(prompts).argmax(-1)
+
+    def steps():
+        return torch.stack([pipeline.decode_step(token).clone() for _ in range(4)])
+
+    first = steps()
+    pipeline.rewind()
+    torch.testing.assert_close(steps(), first, atol=0, rtol=0)
+    assert pipeline._lengths == [9, 11, 6]
+
+
 @pytest.mark.gpu
 def test_cuda_graph_decode_grows_dynamic_ntk_like_eager(tmp_path):
     """The dynamic-NTK base is recomputed on the device each step, so a replayed graph grows it too."""
