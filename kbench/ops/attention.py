@@ -112,13 +112,39 @@ def logical_cache(cache: torch.Tensor, block_table: torch.Tensor | None) -> torc
     return blocks.reshape(batch, max_blocks * cache.shape[1], *cache.shape[2:])
 
 
+def _heads_of(cache: torch.Tensor, group: int) -> torch.Tensor:
+    """``[batch, capacity, kv_heads, head_dim]`` -> ``[batch, kv_heads * group, capacity, head_dim]``
+    (``repeat_kv`` of each sequence: query head h reads kv head h // group)."""
+    batch, capacity, kv_heads, head_dim = cache.shape
+    per_kv_head = cache.transpose(1, 2)
+    if group == 1:
+        return per_kv_head
+    return per_kv_head[:, :, None].expand(batch, kv_heads, group, capacity, head_dim).reshape(
+        batch, kv_heads * group, capacity, head_dim)
+
+
 def attention_decode_reference(q, k_cache, v_cache, cache_seqlens, block_table, scale):
+    """Every sequence at once over the cache's whole capacity, the keys past each length masked
+    to -inf as HF's eager attention masks a padded batch (and their values zeroed, so garbage
+    there is never multiplied in). Nothing is read back to the host, so a decode step of the
+    reference is captured in a CUDA graph like any other; batch chunks keep the expanded keys and
+    values under ``_SCORE_BYTES_PER_CHUNK``."""
     keys, values = logical_cache(k_cache, block_table), logical_cache(v_cache, block_table)
+    batch, heads, head_dim = q.shape
+    capacity = keys.shape[1]
+    group = heads // keys.shape[2]
+    visible = torch.arange(capacity, device=q.device)[None, :] < cache_seqlens[:, None]  # [batch, capacity]
     out = torch.empty_like(q)
-    for b, length in enumerate(cache_seqlens.tolist()):
-        seq = eager_attention(q[b][:, None], keys[b, :length].transpose(0, 1),
-                              values[b, :length].transpose(0, 1), scale, causal=False)
-        out[b] = seq[:, 0]
+    chunk = max(1, _SCORE_BYTES_PER_CHUNK // max(1, 2 * heads * capacity * head_dim * keys.element_size()))
+    for start in range(0, batch, chunk):
+        rows = slice(start, start + chunk)
+        mask = visible[rows]
+        k = _heads_of(keys[rows], group)
+        v = _heads_of(values[rows].masked_fill(~mask[:, :, None, None], 0), group)
+        scores = torch.matmul(q[rows][:, :, None, :], k.transpose(-1, -2)) * scale  # [chunk, heads, 1, capacity]
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        out[rows] = torch.matmul(probs, v)[:, :, 0]
     return out
 
 
@@ -370,7 +396,6 @@ ATTENTION_PREFILL = Op(
 )
 
 ATTENTION_DECODE = Op(
-    reference_cuda_graphs=False,  # the reference loops over cache_seqlens.tolist()
     cold=("k_cache", "v_cache"),
     name="attention_decode",
     role="one new token per sequence against the KV cache",

@@ -14,6 +14,7 @@ from kbench.ops.attention import (
     attention_decode_reference,
     attention_prefill_reference,
     context_lengths,
+    eager_attention,
     sequence_lengths,
 )
 from kbench.ops.base import Case
@@ -115,6 +116,50 @@ def test_decode_matches_last_row_of_prefill(layout):
         torch.testing.assert_close(out[b], prefill[-1], atol=1e-6, rtol=1e-6)
         expected = sdpa_math_float64(inputs["q"][b][None], keys, values, inputs["scale"], causal=False)[0]
         torch.testing.assert_close(out[b].double(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "paged"])
+def test_decode_over_the_masked_capacity_equals_attending_each_sequence_alone(dtype, layout, monkeypatch):
+    # the reference attends every sequence over the whole capacity with the rows past each length
+    # masked; HF's eager attention of each sequence alone (its exact length, no mask) is the
+    # independent formulation, garbage past the lengths included (huge keys, NaN values)
+    case = decode_case([1, 17, 40, 9], heads=8, kv_heads=2, head_dim=64, layout=layout, block_size=8)
+    inputs = ATTENTION_DECODE.make_inputs(case, dtype, "cpu", 3)
+    lengths = context_lengths(case)
+    if layout == "contiguous":
+        for b, length in enumerate(lengths):
+            inputs["k_cache"][b, length:] = 1e4
+            inputs["v_cache"][b, length:] = float("nan")
+    expected = torch.stack([
+        eager_attention(inputs["q"][b][:, None], *(c.transpose(0, 1) for c in sequence_cache(inputs, b, length)),
+                        inputs["scale"], causal=False)[:, 0]
+        for b, length in enumerate(lengths)])
+
+    def no_host_reads(*args, **kwargs):
+        raise AssertionError("the decode reference read a device value back to the host")
+
+    monkeypatch.setattr(torch.Tensor, "tolist", no_host_reads)
+    monkeypatch.setattr(torch.Tensor, "item", no_host_reads)
+    out = attention_decode_reference(**inputs)
+    monkeypatch.undo()
+    assert torch.isfinite(out).all()
+    if dtype == torch.float32:
+        torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+    else:  # a rounding of the padded sums at most: one bf16 step
+        torch.testing.assert_close(out, expected, atol=1e-2, rtol=1e-2)
+    assert ATTENTION_DECODE.reference_cuda_graphs  # nothing in it stops a graph capture
+
+
+def test_decode_chunks_the_batch_without_changing_the_result_beyond_rounding(monkeypatch):
+    import kbench.ops.attention as attention
+
+    case = decode_case([3, 20, 11, 1, 7], heads=4, kv_heads=4, head_dim=32)
+    inputs = ATTENTION_DECODE.make_inputs(case, torch.float32, "cpu", 4)
+    whole = attention_decode_reference(**inputs)
+    monkeypatch.setattr(attention, "_SCORE_BYTES_PER_CHUNK", 1)  # one sequence a chunk
+    # equal up to float32 rounding: a batched matmul's blocking depends on the batch it is given
+    torch.testing.assert_close(attention_decode_reference(**inputs), whole)
 
 
 def test_paged_equals_contiguous_for_the_same_logical_cache():
