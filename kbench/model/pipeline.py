@@ -47,6 +47,8 @@ from kbench.registry import Implementation
 ONE_QKV_GEMM_MAX_TOKENS = 64
 # the call sites of ``linear`` (``Pipeline.fn`` keys ``linear[qkv]``, ...)
 PROJECTIONS = ("qkv", "o", "lm_head")
+# Ops only a prefill calls: never part of a captured decode step, so they cannot block its capture.
+PREFILL_ONLY = ("attention_prefill",)
 
 
 def calls_per_step(model, op: str, proj: str | None = None) -> int:
@@ -132,8 +134,10 @@ class Pipeline:
         self.fn |= {f"linear[{proj}]": impl["linear"].fn for proj in PROJECTIONS}
         # how the ranks of a tensor-parallel run join; bound to ``self.fn``, so traced calls reach it
         self.parallel = (parallel or SINGLE_RANK).bind(self.fn)
+        # a backend registered with cuda_graphs=False blocks capturing the decode step if the step calls it
         self.cuda_graph_blocker: str | None = next(
-            (f"{op}/{i.backend} ({i.plugin})" for op, i in impl.items() if not i.cuda_graphs), None)
+            (f"{op}/{i.backend} ({i.plugin})" for op, i in impl.items() if not i.cuda_graphs and op not in PREFILL_ONLY),
+            None)
         self.scale = model.head_dim ** -0.5 * rope_attention_factor(model.rope) ** 2
         self.weight_bytes = weights.nbytes
         self.cache: KVCache | None = None

@@ -183,6 +183,13 @@ def test_cuda_graph_blocker_names_the_implementation(tmp_path):
         pipeline.capture_decode_graph()
 
 
+def test_a_prefill_only_backend_that_cannot_be_captured_does_not_block_the_decode_graph(tmp_path, registry):
+    # the prefill reference loops over cu_seqlens on the host, but a decode step never calls it
+    spec = load_spec(write_spec(tmp_path, workload=WORKLOAD))
+    assert not registry.get("attention_prefill", "reference").cuda_graphs
+    assert build_pipeline(spec, registry, load_weights(spec)).cuda_graph_blocker is None
+
+
 def _masked_attention_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale):
     """Decode attention over the whole cache with a length mask: no host sync, so capturable."""
     keys, values = logical_cache(k_cache, block_table), logical_cache(v_cache, block_table)
