@@ -63,11 +63,13 @@ _SCORE_BYTES_PER_CHUNK = 1 << 30
 
 
 def repeat_kv(x: torch.Tensor, group: int) -> torch.Tensor:
-    """[kv_heads, seq_len, head_dim] -> [kv_heads * group, seq_len, head_dim] (HF ``repeat_kv``)."""
+    """[..., kv_heads, seq_len, head_dim] -> [..., kv_heads * group, seq_len, head_dim] (HF ``repeat_kv``:
+    query head h reads kv head h // group)."""
     if group == 1:
         return x
-    kv_heads, seq_len, head_dim = x.shape
-    return x[:, None].expand(kv_heads, group, seq_len, head_dim).reshape(kv_heads * group, seq_len, head_dim)
+    *lead, kv_heads, seq_len, head_dim = x.shape
+    return x.unsqueeze(-3).expand(*lead, kv_heads, group, seq_len, head_dim).reshape(
+        *lead, kv_heads * group, seq_len, head_dim)
 
 
 def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool) -> torch.Tensor:
@@ -112,17 +114,6 @@ def logical_cache(cache: torch.Tensor, block_table: torch.Tensor | None) -> torc
     return blocks.reshape(batch, max_blocks * cache.shape[1], *cache.shape[2:])
 
 
-def _heads_of(cache: torch.Tensor, group: int) -> torch.Tensor:
-    """``[batch, capacity, kv_heads, head_dim]`` -> ``[batch, kv_heads * group, capacity, head_dim]``
-    (``repeat_kv`` of each sequence: query head h reads kv head h // group)."""
-    batch, capacity, kv_heads, head_dim = cache.shape
-    per_kv_head = cache.transpose(1, 2)
-    if group == 1:
-        return per_kv_head
-    return per_kv_head[:, :, None].expand(batch, kv_heads, group, capacity, head_dim).reshape(
-        batch, kv_heads * group, capacity, head_dim)
-
-
 def attention_decode_reference(q, k_cache, v_cache, cache_seqlens, block_table, scale):
     """Every sequence at once over the cache's whole capacity, the keys past each length masked
     to -inf as HF's eager attention masks a padded batch (and their values zeroed, so garbage
@@ -139,8 +130,8 @@ def attention_decode_reference(q, k_cache, v_cache, cache_seqlens, block_table, 
     for start in range(0, batch, chunk):
         rows = slice(start, start + chunk)
         mask = visible[rows]
-        k = _heads_of(keys[rows], group)
-        v = _heads_of(values[rows].masked_fill(~mask[:, :, None, None], 0), group)
+        k = repeat_kv(keys[rows].transpose(1, 2), group)  # [chunk, heads, capacity, head_dim]
+        v = repeat_kv(values[rows].masked_fill(~mask[:, :, None, None], 0).transpose(1, 2), group)
         scores = torch.matmul(q[rows][:, :, None, :], k.transpose(-1, -2)) * scale  # [chunk, heads, 1, capacity]
         scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
