@@ -54,6 +54,17 @@ def text(result) -> str:
     return " ".join(result.output.split())
 
 
+# One entry that passes and one that fails (an unknown backend), on the CPU in a second.
+FINE_AND_BROKEN = """\
+    name: mixed
+    runs:
+      - name: fine
+        command: kbench bench rmsnorm --backend reference --device cpu --tokens 1 --hidden 64 --rep-ms 1 --warmup-ms 1
+      - name: broken
+        command: kbench bench rmsnorm --backend nosuch --device cpu --tokens 1 --hidden 64
+"""
+
+
 def write_suite(folder: Path, body: str) -> Path:
     path = folder / "suite.yaml"
     path.write_text(textwrap.dedent(body))
@@ -168,14 +179,7 @@ def test_dry_run_remakes_the_readme_from_the_last_summary_and_runs_nothing(cpu_r
 
 
 def test_a_failing_entry_exits_1_and_the_summary_names_it(tmp_path):
-    path = write_suite(tmp_path, """\
-        name: mixed
-        runs:
-          - name: fine
-            command: kbench bench rmsnorm --backend reference --device cpu --tokens 1 --hidden 64 --rep-ms 1 --warmup-ms 1
-          - name: broken
-            command: kbench bench rmsnorm --backend nosuch --device cpu --tokens 1 --hidden 64
-    """)
+    path = write_suite(tmp_path, FINE_AND_BROKEN)
     result = suite(path, "--out", tmp_path / "out")
     assert result.exit_code == 1, result.output
     summary = (tmp_path / "out" / "mixed-summary.md").read_text()
@@ -312,16 +316,9 @@ def test_an_entry_with_html_gets_its_records_page_and_a_bad_html_path_is_exit_2(
 
 
 def test_a_failed_row_kept_from_an_earlier_run_keeps_the_summary_failing(tmp_path):
-    path = write_suite(tmp_path, """\
-        name: parts
-        runs:
-          - name: fine
-            command: kbench bench rmsnorm --backend reference --device cpu --tokens 1 --hidden 64 --rep-ms 1 --warmup-ms 1
-          - name: broken
-            command: kbench bench rmsnorm --backend nosuch --device cpu --tokens 1 --hidden 64
-    """)
+    path = write_suite(tmp_path, FINE_AND_BROKEN)
     out = tmp_path / "out"
     assert suite(path, "--out", out, "--only", "broken").exit_code == 1
     assert suite(path, "--out", out, "--only", "fine").exit_code == 0
-    summary = (out / "parts-summary.md").read_text()
+    summary = (out / "mixed-summary.md").read_text()
     assert "`: FAIL: broken (rows of broken: from an earlier run)." in summary
