@@ -9,7 +9,6 @@ from kbench.config import SamplingConfig
 from kbench.errors import KbenchError
 from kbench.model import load_weights, random_prompts
 from kbench.ops import BUILTIN_OPS
-from kbench.ops.attention import logical_cache
 from kbench.registry import Implementation, Registry
 from kbench.spec import Overrides, load_spec
 
@@ -190,43 +189,22 @@ def test_a_prefill_only_backend_that_cannot_be_captured_does_not_block_the_decod
     assert build_pipeline(spec, registry, load_weights(spec)).cuda_graph_blocker is None
 
 
-def _masked_attention_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale):
-    """Decode attention over the whole cache with a length mask: no host sync, so capturable."""
-    keys, values = logical_cache(k_cache, block_table), logical_cache(v_cache, block_table)
-    group = q.shape[1] // keys.shape[2]
-    keys, values = keys.repeat_interleave(group, dim=2).float(), values.repeat_interleave(group, dim=2).float()
-    scores = torch.einsum("bhd,bshd->bhs", q.float(), keys) * scale
-    visible = torch.arange(keys.shape[1], device=q.device)[None, :] < cache_seqlens[:, None]
-    scores = scores.masked_fill(~visible[:, None, :], float("-inf"))
-    return torch.einsum("bhs,bshd->bhd", scores.softmax(-1), values).to(q.dtype)
-
-
-def _graph_safe_registry() -> Registry:
+def _core_registry() -> Registry:
+    """The core ops and their references alone, for a test that adds a backend of its own."""
     registry = Registry()
     for op in BUILTIN_OPS:
         registry.add_op(op, "kbench-core")
-    registry.add_implementation(Implementation("attention_decode", "masked", _masked_attention_decode, "test"))
-    registry.add_implementation(Implementation("attention_prefill", "masked", registry.ops["attention_prefill"].reference,
-                                               "test"))
     return registry
-
-
-@pytest.mark.parametrize("layout", ["contiguous", "paged"])
-def test_masked_decode_used_for_graphs_matches_the_pipeline(tmp_path, registry, layout):
-    spec = load_spec(write_spec(tmp_path, workload={**WORKLOAD, "kv_layout": layout}))
-    weights = load_weights(spec)
-    prompts = _prompts(spec.model.vocab, [5, 9, 2])
-    masked = build_pipeline(spec, _graph_safe_registry(), weights, {"attention": "masked"}).generate(prompts, 5)
-    assert torch.equal(masked, build_pipeline(spec, registry, weights).generate(prompts, 5))
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", ["contiguous", "paged"])
-def test_cuda_graph_decode_matches_eager(tmp_path, layout):
+def test_cuda_graph_decode_matches_eager(tmp_path, registry, layout):
+    # the references throughout: the decode reference reads nothing back to the host, so it is captured
     spec = load_spec(write_spec(tmp_path, device="cuda", workload={**WORKLOAD, "kv_layout": layout}))
-    weights, graph_safe = load_weights(spec), _graph_safe_registry()
-    eager = build_pipeline(spec, graph_safe, weights, {"attention": "masked"})
-    graphed = build_pipeline(spec, graph_safe, weights, {"attention": "masked"})
+    weights = load_weights(spec)
+    eager, graphed = build_pipeline(spec, registry, weights), build_pipeline(spec, registry, weights)
+    assert graphed.cuda_graph_blocker is None
     prompts = _prompts(spec.model.vocab, [5, 9, 2])
     token_a = eager.prefill(prompts).argmax(-1)
     token_b = graphed.prefill(prompts).argmax(-1)
@@ -263,13 +241,12 @@ def test_rewind_repeats_the_decode_steps_after_the_prefill_exactly(tmp_path, reg
 
 
 @pytest.mark.gpu
-def test_cuda_graph_decode_grows_dynamic_ntk_like_eager(tmp_path):
+def test_cuda_graph_decode_grows_dynamic_ntk_like_eager(tmp_path, registry):
     """The dynamic-NTK base is recomputed on the device each step, so a replayed graph grows it too."""
     model = {**TINY_MODEL, "rope": {"scaling": "dynamic", "factor": 4.0, "original_max_position": 8}}
     spec = load_spec(write_spec(tmp_path, device="cuda", model=model, workload=WORKLOAD))
-    weights, graph_safe = load_weights(spec), _graph_safe_registry()
-    eager = build_pipeline(spec, graph_safe, weights, {"attention": "masked"})
-    graphed = build_pipeline(spec, graph_safe, weights, {"attention": "masked"})
+    weights = load_weights(spec)
+    eager, graphed = build_pipeline(spec, registry, weights), build_pipeline(spec, registry, weights)
     prompts = _prompts(spec.model.vocab, [5, 7, 2])  # decode passes position 8 after a few steps
     token = eager.prefill(prompts).argmax(-1)
     graphed.prefill(prompts)
@@ -283,11 +260,11 @@ def test_cuda_graph_decode_grows_dynamic_ntk_like_eager(tmp_path):
 @pytest.mark.gpu
 def test_capture_names_an_op_that_syncs_with_the_host(tmp_path):
     spec = load_spec(write_spec(tmp_path, device="cuda", workload=WORKLOAD))
-    registry = _graph_safe_registry()
+    registry = _core_registry()
 
     def syncing_decode(**inputs):
         inputs["cache_seqlens"].max().item()
-        return _masked_attention_decode(**inputs)
+        return registry.ops["attention_decode"].reference(**inputs)
 
     registry.add_implementation(Implementation("attention_decode", "syncing", syncing_decode, "test"))
     registry.add_implementation(Implementation("attention_prefill", "syncing",
