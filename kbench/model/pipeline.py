@@ -47,8 +47,9 @@ from kbench.registry import Implementation
 ONE_QKV_GEMM_MAX_TOKENS = 64
 # the call sites of ``linear`` (``Pipeline.fn`` keys ``linear[qkv]``, ...)
 PROJECTIONS = ("qkv", "o", "lm_head")
-# Ops only a prefill calls: never part of a captured decode step, so they cannot block its capture.
-PREFILL_ONLY = ("attention_prefill",)
+# The ops one phase alone calls; an op only a prefill calls is never part of a captured decode
+# step, so it cannot block the capture.
+PHASE_OF_OP = {"attention_prefill": "prefill", "attention_decode": "decode"}
 
 
 def calls_per_step(model, op: str, proj: str | None = None) -> int:
@@ -72,7 +73,7 @@ def steps_per_request(op: str, case, workload) -> tuple[int, int]:
     sampler run on one row per sequence in both, ``(1, decode_steps)``; so does a token count
     that is both a prefill's and a decode batch's (a one-token prompt)."""
     steps = workload.decode_steps
-    phase = case.get("phase") or {"attention_prefill": "prefill", "attention_decode": "decode"}.get(op)
+    phase = case.get("phase") or PHASE_OF_OP.get(op)
     if phase is None and (op in ("sample", "topk") or case.get("proj") == "lm_head"):
         phase = "both"
     if phase is None and "tokens" in case.keys():
@@ -136,7 +137,7 @@ class Pipeline:
         self.parallel = (parallel or SINGLE_RANK).bind(self.fn)
         # a backend registered with cuda_graphs=False blocks capturing the decode step if the step calls it
         self.cuda_graph_blocker: str | None = next(
-            (f"{op}/{i.backend} ({i.plugin})" for op, i in impl.items() if not i.cuda_graphs and op not in PREFILL_ONLY),
+            (f"{op}/{i.backend} ({i.plugin})" for op, i in impl.items() if not i.cuda_graphs and PHASE_OF_OP.get(op) != "prefill"),
             None)
         self.scale = model.head_dim ** -0.5 * rope_attention_factor(model.rope) ** 2
         self.weight_bytes = weights.nbytes

@@ -86,12 +86,20 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     out = torch.empty_like(q)
     chunk = max(1, _SCORE_BYTES_PER_CHUNK // max(1, 4 * q_len * k_len))
     for h in range(0, heads, chunk):
-        scores = torch.matmul(q[h:h + chunk], k[h:h + chunk].transpose(-1, -2)) * scale
-        if mask is not None:
-            scores = scores.masked_fill(mask, float("-inf"))
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        out[h:h + chunk] = torch.matmul(probs, v[h:h + chunk])
+        out[h:h + chunk] = _attend(q[h:h + chunk], k[h:h + chunk], v[h:h + chunk], scale, mask)
     return out
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, hidden: torch.Tensor | None
+            ) -> torch.Tensor:
+    """``softmax(q k^T * scale) v`` over matching leading dims with HF eager's rounding: scores
+    in q's dtype, the softmax in float32 rounded back; ``hidden`` (broadcast to the scores)
+    marks the keys a query does not see."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if hidden is not None:
+        scores = scores.masked_fill(hidden, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, v)
 
 
 def attention_prefill_reference(q, k, v, cu_seqlens, max_seqlen, scale):
@@ -132,10 +140,7 @@ def attention_decode_reference(q, k_cache, v_cache, cache_seqlens, block_table, 
         mask = visible[rows]
         k = repeat_kv(keys[rows].transpose(1, 2), group)  # [chunk, heads, capacity, head_dim]
         v = repeat_kv(values[rows].masked_fill(~mask[:, :, None, None], 0).transpose(1, 2), group)
-        scores = torch.matmul(q[rows][:, :, None, :], k.transpose(-1, -2)) * scale  # [chunk, heads, 1, capacity]
-        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        out[rows] = torch.matmul(probs, v)[:, :, 0]
+        out[rows] = _attend(q[rows][:, :, None, :], k, v, scale, ~mask[:, None, None, :])[:, :, 0]
     return out
 
 

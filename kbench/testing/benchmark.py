@@ -78,7 +78,7 @@ class KbenchBenchmark:
         reason = registry.get(op, backend).reason(case, dtype, self.device)
         if reason:
             pytest.skip(reason)
-        from kbench.bench.check import reference_output
+        from kbench.bench.integrity import reference_output
         from kbench.bench.sweep import Guard
 
         op_def = registry.op(op)
