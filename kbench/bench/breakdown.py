@@ -30,6 +30,7 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -63,25 +64,75 @@ OUTSIDE = "(outside ops)"
 PROFILED = "profiler-kernel-intervals"
 
 
-def range_kernel_us(events) -> dict[str, float]:
-    """call site -> µs of the device activity that ran inside its ``kbench::`` ranges (by the
-    midpoint of each kernel, copy or fill, the ranges' CPU-side intervals on the profiler's
-    common clock), and ``OUTSIDE`` -> µs of the rest. The GPU-side annotation of a range (a span)
-    is not activity."""
+class Activity(NamedTuple):
+    """One event a profiler recorded: a ``kbench::`` range (host side), or device work (a
+    kernel, copy or fill; ``annotation``: a range's GPU-side span, which is not work). Times in µs
+    on the profiler's common clock."""
+
+    name: str
+    on_device: bool
+    start_us: float
+    end_us: float
+    annotation: bool = False
+
+
+def recorded_activity(profiler) -> list[Activity]:
+    """The ranges and device work a finished ``torch.profiler.profile`` recorded.
+
+    Read from the profiler's raw (kineto) events. ``profiler.events()`` would first parse every
+    event, each aten call and runtime call too, into a ``FunctionEvent`` tree in Python: about
+    50 µs an event, a second or more for one traced decode step, where this takes a hundredth of
+    that; a breakdown traces its step four times at every point of every mix a tune runs."""
     from torch.autograd import DeviceType
 
-    ranges = sorted((event.time_range.start, event.time_range.end, event.name.removeprefix(RANGE_PREFIX))
-                    for event in events if event.name.startswith(RANGE_PREFIX) and event.device_type == DeviceType.CPU)
+    results = getattr(getattr(profiler, "profiler", None), "kineto_results", None)
+    if results is None:  # a torch without the raw results: the parsed events, slower
+        return function_event_activity(profiler.events())
+    # nanoseconds since the epoch exceed a double's integers once in µs: offset them first
+    base = results.trace_start_ns() if hasattr(results, "trace_start_ns") else 0
+    activity = []
+    for event in results.events():
+        name, device = event.name(), event.device_type()
+        on_device = device == DeviceType.CUDA
+        if ((not on_device and not name.startswith(RANGE_PREFIX)) or name in SKIPPED_NAMES
+                or getattr(event, "is_hidden_event", lambda: False)()):
+            continue
+        annotation = on_device and getattr(event, "is_user_annotation", lambda: False)()
+        activity.append(Activity(name, on_device, (event.start_ns() - base) / 1000, (event.end_ns() - base) / 1000,
+                                 annotation))
+    return activity
+
+
+# what torch's own parse drops (``profiler_util._filter_name``): memory records, no device work
+SKIPPED_NAMES = frozenset({"[memory]", "[OutOfMemory]"})
+
+
+def function_event_activity(events) -> list[Activity]:
+    """The same from torch's parsed ``FunctionEvent``s."""
+    from torch.autograd import DeviceType
+
+    return [Activity(event.name, event.device_type == DeviceType.CUDA, event.time_range.start, event.time_range.end,
+                     bool(getattr(event, "is_user_annotation", False)))
+            for event in events
+            if event.device_type == DeviceType.CUDA or event.name.startswith(RANGE_PREFIX)]
+
+
+def range_kernel_us(activity: list[Activity]) -> dict[str, float]:
+    """call site -> µs of the device activity that ran inside its ``kbench::`` ranges (by the
+    midpoint of each kernel, copy or fill, the ranges' host-side intervals on the profiler's
+    common clock), and ``OUTSIDE`` -> µs of the rest. The GPU-side annotation of a range (a span)
+    is not activity."""
+    ranges = sorted((a.start_us, a.end_us, a.name.removeprefix(RANGE_PREFIX))
+                    for a in activity if not a.on_device and a.name.startswith(RANGE_PREFIX))
     starts = [start for start, _, _ in ranges]
     totals: dict[str, float] = defaultdict(float)
-    for event in events:
-        if (event.device_type != DeviceType.CUDA or getattr(event, "is_user_annotation", False)
-                or event.name.startswith(RANGE_PREFIX)):
+    for a in activity:
+        if not a.on_device or a.annotation or a.name.startswith(RANGE_PREFIX):
             continue
-        start, end = event.time_range.start, event.time_range.end
-        middle, index = (start + end) / 2, bisect.bisect_right(starts, (start + end) / 2) - 1
+        middle = (a.start_us + a.end_us) / 2
+        index = bisect.bisect_right(starts, middle) - 1
         inside = index >= 0 and middle <= ranges[index][1]
-        totals[ranges[index][2] if inside else OUTSIDE] += end - start
+        totals[ranges[index][2] if inside else OUTSIDE] += a.end_us - a.start_us
     return dict(totals)
 
 
@@ -106,7 +157,7 @@ def traced_totals(pipeline, step: Callable[[], object]) -> tuple[dict[str, float
         with torch.profiler.profile(activities=activities) as profiler, pipeline.traced_calls(wrap):
             step()
             _sync(device)
-        return range_kernel_us(profiler.events()), dict(calls), PROFILED
+        return range_kernel_us(recorded_activity(profiler)), dict(calls), PROFILED
 
     spent: dict[str, float] = defaultdict(float)
 

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "model"))
 from tiny_models import build_pipeline, write_spec  # noqa: E402
@@ -53,29 +54,58 @@ def test_an_op_is_the_device_work_inside_its_ranges_however_it_was_launched():
     midpoint lies inside a ``kbench::`` range counts for that range's op, by duration, whether or
     not the profiler linked it to an aten op (triton's and extensions' launches are not); the
     GPU-side annotation (a span) is not work, and work outside every range is reported apart."""
+    from kbench.bench.breakdown import OUTSIDE, Activity, range_kernel_us
+
+    def event(name, start, end, on_device=True, annotation=False):
+        return Activity(name, on_device, start, end, annotation)
+
+    events = [
+        event("kbench::rope", 10.0, 30.0, on_device=False),
+        event("kbench::rope", 12.0, 29.0, annotation=True),  # its GPU span: not work
+        event("triton_rope_kernel", 14.0, 18.0),  # launched by triton: no aten parent, still rope's
+        event("aten::mul", 15.0, 16.0, on_device=False),  # a CPU op: not device work
+        event("void at::native::elementwise_kernel", 20.0, 22.5),
+        event("Memcpy DtoD", 40.0, 41.0),  # glue between ranges
+        event("kbench::rope", 50.0, 60.0, on_device=False),
+        event("rope_kernel_2", 51.0, 52.0),
+        event("kbench::ffn", 70.0, 90.0, on_device=False),
+        event("ffn_kernel", 72.0, 89.0),
+    ]
+    assert range_kernel_us(events) == pytest.approx({"rope": 7.5, "ffn": 17.0, OUTSIDE: 1.0})
+
+
+def test_the_raw_profiler_events_give_the_ranges_torchs_parse_gives():
+    """``recorded_activity`` reads the profiler's raw events instead of torch's slow parse into
+    FunctionEvents: the same ``kbench::`` ranges, with the same durations, in the same order, and
+    none of the aten calls around them."""
+    from kbench.bench.breakdown import RANGE_PREFIX, function_event_activity, recorded_activity
+
+    x = torch.ones(16, 16)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        for index in range(30):
+            with torch.profiler.record_function(f"{RANGE_PREFIX}op{index % 3}"):
+                (x * index).sum()
+    raw, parsed = recorded_activity(profiler), function_event_activity(profiler.events())
+    assert [a.name for a in raw] == [a.name for a in parsed] == [f"{RANGE_PREFIX}op{i % 3}" for i in range(30)]
+    assert [a.end_us - a.start_us for a in raw] == pytest.approx([a.end_us - a.start_us for a in parsed], abs=1e-3)
+    # one clock for both: the offset between the two readings is the same for every range
+    offsets = [r.start_us - p.start_us for r, p in zip(raw, parsed, strict=True)]
+    assert max(offsets) - min(offsets) == pytest.approx(0, abs=1e-3)
+
+
+def test_without_raw_events_the_parsed_ones_are_read(monkeypatch):
     from types import SimpleNamespace
 
     from torch.autograd import DeviceType
 
-    from kbench.bench.breakdown import OUTSIDE, range_kernel_us
+    from kbench.bench.breakdown import Activity, recorded_activity
 
-    def event(name, start, end, device=DeviceType.CUDA, annotation=False):
-        return SimpleNamespace(name=name, device_type=device, is_user_annotation=annotation,
-                               time_range=SimpleNamespace(start=start, end=end))
-
-    events = [
-        event("kbench::rope", 10.0, 30.0, DeviceType.CPU),
-        event("kbench::rope", 12.0, 29.0, annotation=True),  # its GPU span: not work
-        event("triton_rope_kernel", 14.0, 18.0),  # launched by triton: no aten parent, still rope's
-        event("aten::mul", 15.0, 16.0, DeviceType.CPU),  # a CPU op: not device work
-        event("void at::native::elementwise_kernel", 20.0, 22.5),
-        event("Memcpy DtoD", 40.0, 41.0),  # glue between ranges
-        event("kbench::rope", 50.0, 60.0, DeviceType.CPU),
-        event("rope_kernel_2", 51.0, 52.0),
-        event("kbench::ffn", 70.0, 90.0, DeviceType.CPU),
-        event("ffn_kernel", 72.0, 89.0),
-    ]
-    assert range_kernel_us(events) == pytest.approx({"rope": 7.5, "ffn": 17.0, OUTSIDE: 1.0})
+    events = [SimpleNamespace(name="kbench::rope", device_type=DeviceType.CPU, time_range=SimpleNamespace(start=1, end=5)),
+              SimpleNamespace(name="aten::mul", device_type=DeviceType.CPU, time_range=SimpleNamespace(start=2, end=3)),
+              SimpleNamespace(name="kernel", device_type=DeviceType.CUDA, is_user_annotation=False,
+                              time_range=SimpleNamespace(start=2, end=4))]
+    profiler = SimpleNamespace(profiler=SimpleNamespace(kineto_results=None), events=lambda: events)
+    assert recorded_activity(profiler) == [Activity("kbench::rope", False, 1, 5), Activity("kernel", True, 2, 4)]
 
 
 def test_an_op_with_no_device_work_in_its_ranges_says_so(tmp_path, registry, monkeypatch):
