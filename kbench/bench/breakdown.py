@@ -76,46 +76,33 @@ class Activity(NamedTuple):
     annotation: bool = False
 
 
-def recorded_activity(profiler) -> list[Activity]:
-    """The ranges and device work a finished ``torch.profiler.profile`` recorded.
-
-    Read from the profiler's raw (kineto) events. ``profiler.events()`` would first parse every
-    event, each aten call and runtime call too, into a ``FunctionEvent`` tree in Python: about
-    50 µs an event, a second or more for one traced decode step, where reading the raw events takes
-    over an order of magnitude less; a breakdown traces its step four times at every point of every
-    mix a tune runs."""
-    from torch.autograd import DeviceType
-
-    results = getattr(getattr(profiler, "profiler", None), "kineto_results", None)
-    if results is None:  # a torch without the raw results: the parsed events, slower
-        return function_event_activity(profiler.events())
-    # nanoseconds since the epoch exceed a double's integers once in µs: offset them first
-    base = results.trace_start_ns() if hasattr(results, "trace_start_ns") else 0
-    activity = []
-    for event in results.events():
-        name, device = event.name(), event.device_type()
-        on_device = device == DeviceType.CUDA
-        if ((not on_device and not name.startswith(RANGE_PREFIX)) or name in SKIPPED_NAMES
-                or getattr(event, "is_hidden_event", lambda: False)()):
-            continue
-        annotation = on_device and getattr(event, "is_user_annotation", lambda: False)()
-        activity.append(Activity(name, on_device, (event.start_ns() - base) / 1000, (event.end_ns() - base) / 1000,
-                                 annotation))
-    return activity
-
-
-# what torch's own parse drops (``profiler_util._filter_name``): memory records, no device work
+# what torch's own parse drops (``profiler_util._filter_name``) that could look like device work
 SKIPPED_NAMES = frozenset({"[memory]", "[OutOfMemory]"})
 
 
-def function_event_activity(events) -> list[Activity]:
-    """The same from torch's parsed ``FunctionEvent``s."""
+def recorded_activity(profiler) -> list[Activity]:
+    """The ranges and device work a finished ``torch.profiler.profile`` recorded.
+
+    Read from the profiler's raw (kineto) events, on the clock torch's own parse uses. Its parse
+    (``profiler.events()``) would first build a ``FunctionEvent`` and its place in a call tree in
+    Python for every event, each aten and runtime call too: a second or more for one traced decode
+    step, where reading the raw events takes over an order of magnitude less; a breakdown traces
+    its step four times at every point of every mix a tune runs."""
     from torch.autograd import DeviceType
 
-    return [Activity(event.name, event.device_type == DeviceType.CUDA, event.time_range.start, event.time_range.end,
-                     bool(getattr(event, "is_user_annotation", False)))
-            for event in events
-            if event.device_type == DeviceType.CUDA or event.name.startswith(RANGE_PREFIX)]
+    results = profiler.profiler.kineto_results
+    # nanoseconds since the epoch exceed a double's integers once in µs: offset them first
+    base = results.trace_start_ns()
+    activity = []
+    for event in results.events():
+        name = event.name()
+        on_device = event.device_type() == DeviceType.CUDA
+        if ((not on_device and not name.startswith(RANGE_PREFIX)) or name in SKIPPED_NAMES
+                or getattr(event, "is_hidden_event", lambda: False)()):  # as torch's parse asks it
+            continue
+        activity.append(Activity(name, on_device, (event.start_ns() - base) / 1000, (event.end_ns() - base) / 1000,
+                                 on_device and event.is_user_annotation()))
+    return activity
 
 
 def range_kernel_us(activity: list[Activity]) -> dict[str, float]:

@@ -76,36 +76,21 @@ def test_an_op_is_the_device_work_inside_its_ranges_however_it_was_launched():
 
 def test_the_raw_profiler_events_give_the_ranges_torchs_parse_gives():
     """``recorded_activity`` reads the profiler's raw events instead of torch's slow parse into
-    FunctionEvents: the same ``kbench::`` ranges, with the same durations, in the same order, and
-    none of the aten calls around them."""
-    from kbench.bench.breakdown import RANGE_PREFIX, function_event_activity, recorded_activity
+    FunctionEvents: the same ``kbench::`` ranges, with the same durations, on the same clock, in
+    the same order, and none of the aten calls around them."""
+    from kbench.bench.breakdown import RANGE_PREFIX, recorded_activity
 
     x = torch.ones(16, 16)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
         for index in range(30):
             with torch.profiler.record_function(f"{RANGE_PREFIX}op{index % 3}"):
                 (x * index).sum()
-    raw, parsed = recorded_activity(profiler), function_event_activity(profiler.events())
-    assert [a.name for a in raw] == [a.name for a in parsed] == [f"{RANGE_PREFIX}op{i % 3}" for i in range(30)]
-    assert [a.end_us - a.start_us for a in raw] == pytest.approx([a.end_us - a.start_us for a in parsed], abs=1e-3)
-    # one clock for both: the offset between the two readings is the same for every range
-    offsets = [r.start_us - p.start_us for r, p in zip(raw, parsed, strict=True)]
-    assert max(offsets) - min(offsets) == pytest.approx(0, abs=1e-3)
-
-
-def test_without_raw_events_the_parsed_ones_are_read(monkeypatch):
-    from types import SimpleNamespace
-
-    from torch.autograd import DeviceType
-
-    from kbench.bench.breakdown import Activity, recorded_activity
-
-    events = [SimpleNamespace(name="kbench::rope", device_type=DeviceType.CPU, time_range=SimpleNamespace(start=1, end=5)),
-              SimpleNamespace(name="aten::mul", device_type=DeviceType.CPU, time_range=SimpleNamespace(start=2, end=3)),
-              SimpleNamespace(name="kernel", device_type=DeviceType.CUDA, is_user_annotation=False,
-                              time_range=SimpleNamespace(start=2, end=4))]
-    profiler = SimpleNamespace(profiler=SimpleNamespace(kineto_results=None), events=lambda: events)
-    assert recorded_activity(profiler) == [Activity("kbench::rope", False, 1, 5), Activity("kernel", True, 2, 4)]
+    raw = recorded_activity(profiler)
+    parsed = [event for event in profiler.events() if event.name.startswith(RANGE_PREFIX)]
+    assert [a.name for a in raw] == [e.name for e in parsed] == [f"{RANGE_PREFIX}op{i % 3}" for i in range(30)]
+    assert not any(a.on_device for a in raw)
+    assert [(a.start_us, a.end_us) for a in raw] == pytest.approx(
+        [(e.time_range.start, e.time_range.end) for e in parsed], abs=1e-3)
 
 
 def test_an_op_with_no_device_work_in_its_ranges_says_so(tmp_path, registry, monkeypatch):
