@@ -1,7 +1,10 @@
 """What every kernel module shares: interpreter detection, autotuned launches, chosen configs.
 
 ``TunedKernel`` wraps a ``@triton.jit`` kernel: on a GPU it launches through
-``triton.autotune`` (keyed on the shape arguments named in ``key``); under
+``triton.autotune`` (keyed on the shape arguments named in ``key``), each config benchmarked
+for ``TUNING_WARMUP_MS`` + ``TUNING_REP_MS`` (triton's default is 25 + 100 ms: at a model's
+dozen shapes and a few dozen configs per kernel, that alone is minutes of a ``kbench tune``);
+under
 ``TRITON_INTERPRET=1`` it launches the plain kernel with one small fixed config, since
 benchmarking configs on the CPU interpreter would only cost time. Kernels whose config is a
 heuristic of the shape record it with ``launch_config``. ``chosen_configs()`` returns both,
@@ -16,10 +19,15 @@ from collections.abc import Callable, Sequence
 import torch
 import triton
 import triton.language as tl
+import triton.testing
 
 # kernel name -> shape key -> config description; filled as kernels launch.
 _HEURISTIC_CONFIGS: dict[str, dict[tuple, dict]] = {}
 _TUNED_KERNELS: dict[str, TunedKernel] = {}
+# Per config of an autotuned launch (triton's do_bench, each call after an L2 flush). Read at
+# each tuning, so a script can set them before a kernel's first call.
+TUNING_WARMUP_MS = 5.0
+TUNING_REP_MS = 25.0
 
 
 def interpreting() -> bool:
@@ -43,6 +51,10 @@ def _key_text(key: Sequence) -> str:
     return ",".join(str(part).removeprefix("torch.") for part in key)
 
 
+def _tuning_bench(kernel_call: Callable[[], object], quantiles) -> list[float]:
+    return triton.testing.do_bench(kernel_call, warmup=TUNING_WARMUP_MS, rep=TUNING_REP_MS, quantiles=quantiles)
+
+
 class TunedKernel:
     """An autotuned launch on a GPU, a fixed-config launch on the interpreter.
 
@@ -55,7 +67,8 @@ class TunedKernel:
         self.name = name
         self.kernel = kernel
         prune_by = {"early_config_prune": prune} if prune else {}
-        self.tuner = triton.autotune(configs=configs, key=key, prune_configs_by=prune_by or None)(kernel)
+        self.tuner = triton.autotune(configs=configs, key=key, prune_configs_by=prune_by or None,
+                                     do_bench=_tuning_bench)(kernel)
         self.interpreter_config = interpreter_config
         _TUNED_KERNELS[name] = self
 

@@ -366,6 +366,21 @@ def test_tuned_configs_name_the_config_of_each_launch():
     assert all(isinstance(text, str) for by_key in configs.values() for text in by_key.values())
 
 
+@pytest.mark.parametrize(("block_m", "k"), [(1, 4096), (16, 4096), (1, 11008), (16, 64)])
+def test_skinny_gemm_tuning_keeps_one_tile_family_per_row_block(block_m, k):
+    from kbench_triton.gemv import MIN_BLOCK_N, _configs, _prune
+
+    kept = _prune(_configs(), {"k": k}, BLOCK_M=block_m)
+    tiles = {(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) for c in kept}
+    assert kept and all(-(-k // c.kwargs["BLOCK_K"]) >= c.kwargs["SPLIT_K"] for c in kept)
+    if block_m == 1:
+        assert all(bk > 128 for _, bk in tiles) and {bn for bn, _ in tiles} == {MIN_BLOCK_N, 32}
+    else:
+        assert all(bn > MIN_BLOCK_N for bn, _ in tiles) and (k < 128 or 128 in {bk for _, bk in tiles})
+    if k >= 4096:  # every split of K stays a choice where K has room for it
+        assert {c.kwargs["SPLIT_K"] for c in kept} == {1, 2, 4}
+
+
 @pytest.mark.parametrize("split_k", [1, 2, 3, 4])
 @pytest.mark.parametrize("rows", [1, 8])
 def test_skinny_gemm_split_k_sums_every_split_once(split_k, rows):
