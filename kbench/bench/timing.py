@@ -341,12 +341,27 @@ def _measure_cuda_events(fn, device, warmup_ms, rep_ms, flush_l2, reset, across=
                 across.barrier()
 
         floor_ms = wall_floor_ms(before)
-        first_us, estimate_us, settle_calls = settle_across(
-            lambda: 1000.0 * all_work_samples(_event_wall_samples(fn, 1, before), floor_ms)[0][0], across)
+        overheads_us = []  # per settling repetition: its wall time less its sample
+
+        def settling_sample() -> float:
+            began = time.perf_counter()
+            sample_us = 1000.0 * all_work_samples(_event_wall_samples(fn, 1, before), floor_ms)[0][0]
+            overheads_us.append(max(0.0, 1e6 * (time.perf_counter() - began) - sample_us))
+            return sample_us
+
+        first_us, estimate_us, settle_calls = settle_across(settling_sample, across)
+        # ``rep_ms`` is the wall time of the kept repetitions, each one's flush and
+        # synchronisations included (as triton's do_bench counts its estimate with the flush):
+        # counted by the call alone, a kernel of a few µs would take MAX_REPS repetitions, each
+        # paying a flush many times its own length
+        overhead_us = quantile(sorted(overheads_us[1:] or overheads_us), 0.5)
+        if across is not None:
+            overhead_us = across.slowest([overhead_us])[0]  # every rank makes the same count of calls
         for _ in range(2):  # once more where the kept calls ran far faster than the estimate said
             for _ in range(repetitions(warmup_ms, estimate_us, 0)):
                 _call(fn, reset)
-            pairs = _event_wall_samples(fn, repetitions(rep_ms, estimate_us, MIN_REPS), before, last=last)
+            pairs = _event_wall_samples(fn, repetitions(rep_ms, estimate_us + overhead_us, MIN_REPS), before,
+                                        last=last)
             samples_ms, escaped_ms = all_work_samples(pairs, floor_ms)
             if across is not None:
                 samples_ms = across.slowest(samples_ms)

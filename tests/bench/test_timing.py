@@ -149,6 +149,20 @@ def test_cuda_events_time_a_large_copy_at_a_plausible_bandwidth():
 
 
 @pytest.mark.gpu
+def test_as_called_budget_counts_each_repetitions_flush_and_synchronisation():
+    """``rep_ms`` is the repetitions' wall time: a tiny kernel after a 256 MiB flush each time gets
+    as many repetitions as fit the budget at the flush's cost, not MAX_REPS at the kernel's."""
+    import torch
+
+    x = torch.zeros(1, device="cuda")
+    began = time.perf_counter()
+    timing = measure(lambda: x.add_(1.0), device="cuda", warmup_ms=1, rep_ms=20, flush_l2=True)
+    elapsed_s = time.perf_counter() - began
+    assert timing.method == "cuda-events" and MIN_REPS <= timing.reps < MAX_REPS // 10
+    assert elapsed_s < 1.0, f"20 ms of repetitions took {elapsed_s:.2f} s"
+
+
+@pytest.mark.gpu
 def test_graph_replay_takes_launch_overhead_out_of_a_tiny_kernel():
     import torch
 
