@@ -24,11 +24,13 @@ PIPELINE = "pipeline"
 BASELINES = ("hf", "reference")
 
 
-def time_end_to_end(plan: Plan, model, label: str, weights, ceilings: dict, progress, ttft: bool = True) -> list[Row]:
+def time_end_to_end(plan: Plan, model, label: str, weights, ceilings: dict, progress, ttft: bool = True,
+                    breakdown: bool = True) -> list[Row]:
     """Prefill then decode rows of one model, and its device memory released afterwards;
-    ``ttft``: also time each prefill's time to first token (a second timing of the prefill)."""
-    rows = time_prefill(plan, model, label, ceilings, progress, ttft)
-    rows += time_decode(plan, model, label, weights, ceilings, progress)
+    ``ttft``: also time each prefill's time to first token (a second timing of the prefill);
+    ``breakdown``: each step's per-op breakdown after its timing (``step_breakdown``)."""
+    rows = time_prefill(plan, model, label, ceilings, progress, ttft, breakdown)
+    rows += time_decode(plan, model, label, weights, ceilings, progress, breakdown)
     model.reset(1, 1)  # drop the workload's KV cache before the next model allocates its own
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -56,13 +58,15 @@ def _timing_fields(timing: Timing, per: int = 1) -> dict:
             "method": timing.method}
 
 
-def time_prefill(plan: Plan, model, label: str, ceilings: dict, progress, ttft: bool = True) -> list[Row]:
+def time_prefill(plan: Plan, model, label: str, ceilings: dict, progress, ttft: bool = True,
+                 breakdown: bool = True) -> list[Row]:
     spec, rows = plan.spec, []
     for batch, prompt_len in workload_pairs(spec):
         progress(f"prefill [{label}]: batch={batch} prompt_len={prompt_len}")
         try:
             rows.append(prefill_row(plan, model, label, ceilings, batch, prompt_len, ttft))
-            rows += step_breakdown(plan, model, label, "prefill", batch, prompt_len, rows[-1].latency_us)
+            if breakdown:
+                rows += step_breakdown(plan, model, label, "prefill", batch, prompt_len, rows[-1].latency_us)
         except KbenchError:
             raise
         except Exception as error:  # a crashing backend is a FAIL row, not a lost run
@@ -77,6 +81,24 @@ def step_breakdown(plan: Plan, model, label: str, phase: str, batch: int, prompt
     if label in BASELINES or not hasattr(model, "traced_calls"):
         return []
     return [dataclasses.replace(row, mix=label) for row in breakdown_rows(plan, model, phase, batch, prompt_len, step_us)]
+
+
+def breakdowns_of(plan: Plan, model, label: str, timed: list[Row], progress) -> list[Row]:
+    """``step_breakdown`` of every prefill and decode step in ``timed`` (rows of ``model``'s mix,
+    timed earlier without one) that ran; a crash is a FAIL row, as in the timing."""
+    rows = []
+    for row in timed:
+        if row.kind not in ("prefill", "decode") or row.status == "FAIL" or not row.latency_us:
+            continue
+        batch, prompt_len = row.shape["batch"], row.shape["prompt_len"]
+        progress(f"breakdown [{label}]: {row.kind} batch={batch} prompt_len={prompt_len}")
+        try:
+            rows += step_breakdown(plan, model, label, row.kind, batch, prompt_len, row.latency_us)
+        except KbenchError:
+            raise
+        except Exception as error:
+            rows.append(crash_row(row.kind, plan, label, batch, prompt_len, error))
+    return rows
 
 
 def crash_row(kind: str, plan: Plan, label: str, batch: int, prompt_len: int, error: Exception) -> Row:
@@ -134,13 +156,14 @@ def first_token(model, prompts) -> torch.Tensor:
     return model.prefill(prompts).argmax(-1)
 
 
-def time_decode(plan: Plan, model, label: str, weights, ceilings: dict, progress) -> list[Row]:
+def time_decode(plan: Plan, model, label: str, weights, ceilings: dict, progress, breakdown: bool = True) -> list[Row]:
     spec, rows = plan.spec, []
     for batch, prompt_len in workload_pairs(spec):
         progress(f"decode [{label}]: batch={batch} prompt_len={prompt_len} steps={spec.workload.decode_steps}")
         try:
             rows.append(decode_row(plan, model, label, weights, ceilings, batch, prompt_len))
-            rows += step_breakdown(plan, model, label, "decode", batch, prompt_len, rows[-1].latency_us)
+            if breakdown:
+                rows += step_breakdown(plan, model, label, "decode", batch, prompt_len, rows[-1].latency_us)
         except KbenchError:
             raise
         except Exception as error:

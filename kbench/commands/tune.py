@@ -18,7 +18,10 @@ as a spec, then run end to end against the spec's own choice and single-backend 
    families or more, or ``--mixes``) are timed end to end (prefill and decode; no separate
    time-to-first-token timing, which the choice does not use); the fastest over the workload
    (prefill plus ``decode_steps`` decode steps, summed over its points) is written, so the
-   tuned spec is never slower end to end than a mix tune tried;
+   tuned spec is never slower end to end than a mix tune tried. Only the written mix gets the
+   per-op breakdown of its steps (``kbench.bench.breakdown``), traced once the mixes are timed:
+   tracing a step under the profiler costs more than timing it, and the choice needs only the
+   timings;
 4. the tuned spec is the spec's text with ``backends:`` replaced by one entry per op, each
    with a comment giving its cost and the runner-up's; it is checked end to end against the
    float32 oracle.
@@ -38,7 +41,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from kbench.bench.end_to_end import time_end_to_end
+from kbench.bench.end_to_end import breakdowns_of, time_end_to_end
 from kbench.bench.pipeline_check import check_pipeline
 from kbench.bench.stopwatch import PIPELINE_CHECK, STOPWATCH, describe
 from kbench.bench.sweep import op_results
@@ -127,7 +130,7 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
             pipeline = build_pipeline(each, weights)
             say = lambda text, lb=label, n=number: progress(f"end to end {n}/{len(mix_choices)} {lb}: {text}")  # noqa: E731
             # the choice is prefill and decode time: no second timing of each prefill for its first token
-            mix_rows = time_end_to_end(each, pipeline, label, weights, ceilings, say, ttft=False)
+            mix_rows = time_end_to_end(each, pipeline, label, weights, ceilings, say, ttft=False, breakdown=False)
             timed[label] = request_us(mix_rows, spec.workload.decode_steps)
             rows += mix_rows
             del pipeline
@@ -142,6 +145,9 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
         with STOPWATCH.timed(PIPELINE_CHECK):
             checked = check_pipeline(tuned_plan, weights, pipeline, progress)
         rows += [dataclasses.replace(r, backend=winner) for r in checked]
+        timed_as = first_of[tuple(sorted(mix_choices[winner].items()))]  # the label its rows carry
+        rows += breakdowns_of(tuned_plan, pipeline, timed_as, [r for r in rows if r.backend == timed_as],
+                              lambda text: progress(f"written mix {winner}: {text}"))
         del pipeline
     record = build_record(name=f"{spec.name}-tune", command=tuple(["kbench", *sys.argv[1:]]),
                           spec=tuned_plan.spec.to_dict(), backends=tuned_plan.record(), registry=registry,

@@ -111,8 +111,15 @@ def test_single_backend_mixes_are_timed_end_to_end_and_the_fastest_is_written(tm
     assert ": all-both was fastest" in (tmp_path / "tuned.yaml").read_text()
     checks = [r for r in record["rows"] if r["kind"] == "check"]
     assert checks and all(r["backend"] == "all-both" and r["status"] == "PASS" for r in checks)
-    breakdown_mixes = {r["mix"] for r in record["rows"] if r["kind"] == "breakdown"}
-    assert {"per-op", "spec", "all-both"} <= breakdown_mixes
+    # only the written mix's steps are broken down, each step it timed, after every mix was timed
+    breakdowns = [r for r in record["rows"] if r["kind"] == "breakdown"]
+    assert {r["mix"] for r in breakdowns} == {"all-both"}
+    steps = {(r["kind"], r["case"]) for r in record["rows"] if r["kind"] in ("prefill", "decode") and r["backend"] == "all-both"}
+    assert {(r["phase"], f"batch={r['shape']['batch']} prompt_len={r['shape']['prompt_len']}") for r in breakdowns} == \
+        {(kind, case.split(" steps=")[0]) for kind, case in steps}
+    assert all(r["step_us"] == next(t["latency_us"] for t in record["rows"] if t["kind"] == r["phase"] and
+                                    t["backend"] == "all-both" and t["case"].startswith(r["case"].split(" ", 1)[1]))
+               for r in breakdowns)
 
 
 def test_mixes_naming_no_backend_of_the_pipeline_is_exit_2_before_any_work(tmp_path):
