@@ -177,10 +177,13 @@ def time_candidates(plan: Plan, name: str, backends: list[str], ceilings: dict, 
     out: dict[str, Candidate] = {}
     for backend in backends:
         implementation = registry.get(name, backend)
-        reason = next((r for r in (implementation.reason(case, spec.dtype, spec.device) for case in cases) if r), None)
-        if reason is None and implementation.slow_setup and backend not in named:
+        if implementation.slow_setup and backend not in named:
+            # before its support probes, which may compile too (torch.compile's costs seconds)
             reason = (f"left out of the tune: {implementation.slow_setup}, at each of {len(cases)} shapes "
                       f"(--candidates {backend} tries it)")
+        else:
+            reason = next((r for r in (implementation.reason(case, spec.dtype, spec.device) for case in cases) if r),
+                          None)
         if reason:
             out[backend] = Candidate(name, backend, reason=reason)
     timed = [b for b in backends if b not in out]

@@ -197,12 +197,17 @@ def test_a_choice_made_by_a_winning_mix_names_the_backend_faster_alone():
 
 def test_a_backend_that_compiles_per_shape_is_left_out_unless_named(tmp_path):
     registry = _registry()
+    probed = []  # a backend's support probe may compile too: a left-out one is not probed
+
+    def supports(case, dtype, device):
+        probed.append(case.label)
+
     registry.add_implementation(Implementation(op="linear", backend="jit", fn=slow_linear, plugin="test",
-                                               slow_setup="compiles each shape it meets"))
+                                               supports=supports, slow_setup="compiles each shape it meets"))
     record = tune(_spec(tmp_path), None, tmp_path / "tuned.yaml", tmp_path / "results", Console(width=200),
                   registry=registry, mixes=())
     jit = next(c for c in record["tune"]["candidates"] if c["backend"] == "jit")
-    assert jit["cost_us"] is None and "compiles each shape it meets" in jit["reason"]
+    assert jit["cost_us"] is None and "compiles each shape it meets" in jit["reason"] and not probed
     assert "--candidates jit" in jit["reason"]
     assert not [r for r in record["rows"] if r["kind"] == "op" and r["backend"] == "jit"]
     named = tune(_spec(tmp_path), None, tmp_path / "tuned2.yaml", tmp_path / "results", Console(width=200),
