@@ -43,6 +43,9 @@ def register_backends(register):
             description="",
             slow_setup=None,  # why a first call at each new shape is slow (compiles per shape):
                               #   kbench tune then leaves it out unless --candidates names it
+            runs_as=None,     # runs_as(case, dtype, device) -> the other backend of the op whose
+                              #   kernel this one runs at the case (it picks among them), or None:
+                              #   kbench tune times that one in its place
         )
 
     Never raise from here for a missing dependency: register and return the reason from

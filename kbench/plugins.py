@@ -77,10 +77,11 @@ def build_registry() -> Registry:
         name = hookimpl.plugin_name
 
         def register(op, backend, fn, *, supports=None, available=None, cuda_graphs=True,
-                     version=None, description="", slow_setup=None, _name=name):
+                     version=None, description="", slow_setup=None, runs_as=None, _name=name):
             registry.add_implementation(Implementation(
                 op=op, backend=backend, fn=fn, plugin=_name, supports=supports, available=available,
                 cuda_graphs=cuda_graphs, version=version, description=description, slow_setup=slow_setup,
+                runs_as=runs_as,
             ))
 
         try:

@@ -29,6 +29,9 @@ class Implementation:
     # why the first call at each new shape is slow (a compiler per shape), or None: kbench tune,
     # which meets every shape of a workload, leaves such a backend out unless asked for it
     slow_setup: str | None = None
+    # runs_as(case, dtype, device): the other backend of the op whose kernel this one runs at the
+    # case (a backend that picks among others), or None: kbench tune times that one in its place
+    runs_as: Callable[[Case, torch.dtype, torch.device], str | None] | None = None
     _unavailable: Any = field(default=..., repr=False)
 
     def __call__(self, **inputs: Any) -> Any:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -67,13 +68,15 @@ MIX_PREFIX = "all-"
 @dataclass(frozen=True)
 class Candidate:
     """One backend of one op: the µs one request spends in it, as its prefill and decode parts
-    (``decode_us`` over all decode steps; None when it cannot be chosen), and why not."""
+    (``decode_us`` over all decode steps; None when it cannot be chosen), and why not;
+    ``same_as``: the backend it runs at every shape (``runs_as``), whose timing it took."""
 
     op: str
     backend: str
     prefill_us: float | None = None
     decode_us: float | None = None
     reason: str | None = None
+    same_as: str | None = None
 
     @property
     def cost_us(self) -> float | None:
@@ -171,7 +174,8 @@ def time_candidates(plan: Plan, name: str, backends: list[str], ceilings: dict, 
     """Check and time each of ``backends`` on every shape the workload gives ``name``; each one's
     cost, or why it is out. The backends take each case in turn, so a case's inputs and its
     reference output are made once for all of them. One that declares a ``slow_setup``
-    (a compiler per shape) is left out unless ``named`` (``--candidates``) asks for it."""
+    (a compiler per shape) is left out unless ``named`` (``--candidates``) asks for it; one whose
+    ``runs_as`` names the same other candidate at every shape takes that one's check and cost."""
     spec, registry = plan.spec, plan.registry
     cases = registry.ops[name].cases_for(spec.model, spec.workload)
     out: dict[str, Candidate] = {}
@@ -186,7 +190,8 @@ def time_candidates(plan: Plan, name: str, backends: list[str], ceilings: dict, 
                           None)
         if reason:
             out[backend] = Candidate(name, backend, reason=reason)
-    timed = [b for b in backends if b not in out]
+    aliases = same_kernel(registry, name, [b for b in backends if b not in out], cases, spec.dtype, spec.device)
+    timed = [b for b in backends if b not in out and b not in aliases]
     rows = op_results(registry, name, timed, cases, spec.dtype, spec.device, spec.bench,
                       lambda text: progress(f"{name}: {text}"), ceilings=ceilings) if timed else []
     for backend in timed:
@@ -202,7 +207,26 @@ def time_candidates(plan: Plan, name: str, backends: list[str], ceilings: dict, 
             prefill += prefill_steps * per_step
             decode += decode_steps * per_step
         out[backend] = Candidate(name, backend, prefill_us=prefill, decode_us=decode)
+    for backend, target in aliases.items():
+        out[backend] = dataclasses.replace(out[target], backend=backend, same_as=target)
     return [out[b] for b in backends], rows
+
+
+def same_kernel(registry: Registry, name: str, backends: list[str], cases, dtype, device) -> dict[str, str]:
+    """backend -> the other of ``backends`` its ``runs_as`` names at every one of ``cases``
+    (itself no such alias), for the backends that only pick another's kernel."""
+    def target(backend: str) -> str | None:
+        runs_as = registry.get(name, backend).runs_as
+        if runs_as is None:
+            return None
+        try:
+            named = {runs_as(case, dtype, torch.device(device)) for case in cases}
+        except Exception:  # a probe that fails leaves the backend timed like any other
+            return None
+        return named.pop() if len(named) == 1 else None
+
+    found = {backend: target(backend) for backend in backends}
+    return {b: t for b, t in found.items() if t is not None and t != b and t in found and found[t] is None}
 
 
 def choose(candidates: list[Candidate]) -> dict[str, str]:
@@ -276,7 +300,9 @@ def tuned_spec_text(text: str, choices: dict[str, str], candidates: list[Candida
     for op, backend in choices.items():
         ranked = sorted((c for c in candidates if c.op == op and c.cost_us is not None), key=lambda c: c.cost_us)
         chosen = next((c for c in ranked if c.backend == backend), None)
-        others = [c for c in ranked if c.backend != backend]
+        # the runner-up is another kernel: not a backend that runs the chosen one's (``same_as``)
+        kernel = chosen.same_as if chosen is not None and chosen.same_as else backend
+        others = [c for c in ranked if (c.same_as or c.backend) != kernel]
         # Where a whole mix won end to end, another backend may be the faster one alone.
         faster = others and chosen is not None and others[0].cost_us < chosen.cost_us
         runner = (f"{'faster alone' if faster else 'runner-up'} {others[0].backend} {others[0].cost_us:.4g} µs"
@@ -313,7 +339,8 @@ def print_tune(record: dict, candidates: list[Candidate], choices: dict[str, str
     for c in candidates:
         ratio = f"{c.cost_us / best[c.op]:.2f}x" if c.cost_us and best.get(c.op) else "-"
         table.add_row(c.op, c.backend, number(c.prefill_us), number(c.decode_us), number(c.cost_us), ratio,
-                      "yes" if choices.get(c.op) == c.backend else "", c.reason or "")
+                      "yes" if choices.get(c.op) == c.backend else "",
+                      c.reason or (f"runs {c.same_as} at every shape: its timing" if c.same_as else ""))
     console.print(table)
     tuned, winner = record["tune"], record["tune"]["winner"]
     spec_us = tuned["mixes"][ORIGINAL]["request_us"]

@@ -42,6 +42,12 @@ def _best_supports(case, dtype, device):
     return choose(case.op, dtype, int(case["head_dim"]), device, _block_size(case))[1]
 
 
+def _best_runs_as(case, dtype, device) -> str | None:
+    """The generation's backend ``flash`` calls at ``case`` (``flash-fa3``, ...), or None."""
+    kernel = choose(case.op, dtype, int(case["head_dim"]), device, _block_size(case))[0]
+    return kernel.backend if kernel is not None else None
+
+
 def _best_available() -> str | None:
     if not torch.cuda.is_available():
         return "no CUDA device is visible (FlashAttention runs on NVIDIA GPUs only)"
@@ -83,4 +89,5 @@ def register_backends(register):
                      supports=supports_fn(kernel), available=kernel.unavailable, version=kernel.version(),
                      description=f"FlashAttention {kernel.label[-1]} ({kernel.module})")
         register(op, "flash", best_fn(op), supports=_best_supports, available=_best_available,
-                 version=_best_version(), description="the best FlashAttention generation present for each call")
+                 version=_best_version(), description="the best FlashAttention generation present for each call",
+                 runs_as=_best_runs_as)

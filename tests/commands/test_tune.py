@@ -235,3 +235,33 @@ def test_each_case_makes_its_inputs_and_reference_once_for_every_backend(tmp_pat
     assert made.count("linear") == len(cases)  # not once per backend
     prefill = [r for r in record["rows"] if r["kind"] == "prefill"]
     assert prefill and all(r["ttft_us"] is None for r in prefill)  # the choice does not use it
+
+
+def test_a_backend_that_runs_another_at_every_shape_takes_its_timing(tmp_path):
+    """``runs_as``: a backend that picks another's kernel at every shape (``flash`` running one
+    FlashAttention generation) is not timed a second time; one that picks per shape is timed."""
+    registry = _registry()
+    registry.add_implementation(Implementation(op="linear", backend="picks-slow", fn=slow_linear, plugin="test",
+                                               runs_as=lambda case, dtype, device: "slow"))
+    registry.add_implementation(Implementation(op="linear", backend="picks-per-shape", fn=slow_linear, plugin="test",
+                                               runs_as=lambda case, dtype, device: f"slow-{case['tokens']}"))
+    console = Console(record=True, width=250)
+    record = tune(_spec(tmp_path), None, tmp_path / "tuned.yaml", tmp_path / "results", console,
+                  registry=registry, mixes=())
+    candidates = {c["backend"]: c for c in record["tune"]["candidates"] if c["op"] == "linear"}
+    timed = {r["backend"] for r in record["rows"] if r["kind"] == "op" and r["op"] == "linear"}
+    assert "picks-slow" not in timed and {"slow", "picks-per-shape"} <= timed
+    alias, slow = candidates["picks-slow"], candidates["slow"]
+    assert alias["same_as"] == "slow" and alias["cost_us"] == slow["cost_us"] and alias["reason"] is None
+    assert candidates["picks-per-shape"]["same_as"] is None
+    assert "runs slow at every shape: its timing" in console.export_text()
+
+
+def test_the_runner_up_comment_names_another_kernel_not_the_choices_alias():
+    from kbench.commands.tune import Candidate
+
+    candidates = [Candidate("attention_decode", "flash", 1.0, 2.0, same_as="flash-fa3"),
+                  Candidate("attention_decode", "flash-fa3", 1.0, 2.0),
+                  Candidate("attention_decode", "triton", 2.0, 2.0)]
+    out = tuned_spec_text("name: x\n", {"attention_decode": "flash"}, candidates)
+    assert "# attention_decode: flash 3 µs/request, runner-up triton 4 µs\n" in out

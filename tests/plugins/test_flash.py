@@ -158,6 +158,17 @@ def test_flash_falls_back_when_the_preferred_generation_cannot_run_the_case(monk
     assert kernel is None and "FA4" in reason and "FA2" in reason
 
 
+def test_flash_says_which_generation_it_runs_for_the_tune(monkeypatch, registry):
+    """``runs_as``: the backend of the generation ``flash`` calls at a case, None where none can."""
+    _pretend_gpu(monkeypatch, (9, 0), (FA2, FA4))
+    runs_as = registry.get("attention_decode", "flash").runs_as
+    case = Case("attention_decode", batch=2, heads=8, kv_heads=8, head_dim=128, context=64, layout="paged",
+                block_size=256)
+    assert runs_as(case, torch.bfloat16, CUDA0) == FA4.backend == "flash-fa4"
+    assert runs_as(case.replace(head_dim=192, block_size=16), torch.bfloat16, CUDA0) is None
+    assert registry.get("attention_decode", "flash-fa4").runs_as is None
+
+
 # -- the adapters' calls, checked through stand-in modules computing with the reference ------
 
 
