@@ -50,11 +50,14 @@ def op_results(
     ceilings: dict | None = None,
     seed: int = 0,
     rounds: int = 1,
+    called_share: float = 1.0,
 ) -> list[OpRow]:
     """Check and time every backend on every case, in (case, backend) order; ``bench`` is a
     ``BenchConfig``. A case a backend declines is SKIP; a wrong output FAIL, still timed. With
     ``rounds`` > 1 the backends take turns, round after round, each with ``rep_ms / rounds``, and
-    a row holds all its rounds' samples, so drift falls on every backend alike."""
+    a row holds all its rounds' samples, so drift falls on every backend alike. ``called_share``:
+    the fraction of ``warmup_ms`` and ``rep_ms`` the as-called timing gets where a CUDA-graph
+    replay times the kernel too (a caller that uses only the kernel time needs less of it)."""
     op = registry.op(op_name)
     device = torch.device(device)
     rows = []
@@ -71,14 +74,15 @@ def op_results(
             if progress is not None:
                 progress(f"{op_name} [{backend}] {case.label}")
             rows.append(_case_row(registry, op, backend, case, dtype, device, bench, inputs, reference,
-                                  ceilings or {}, seed))
+                                  ceilings or {}, seed, called_share=called_share))
         del inputs, reference
     return rows
 
 
 def _case_row(registry, op: Op, backend, case, dtype, device, bench, inputs, reference, ceilings, seed,
-              check: Check | None = None) -> OpRow:
-    """Check ``backend`` at ``case`` (unless ``check`` is that check's result already), then time it."""
+              check: Check | None = None, called_share: float = 1.0) -> OpRow:
+    """Check ``backend`` at ``case`` (unless ``check`` is that check's result already), then time it
+    as called (``called_share`` of the budget where a graph replay times it too) and replayed."""
     row = OpRow(op=op.name, backend=backend, case=case.label, dtype=dtype_name(dtype), device=str(device),
                 shape=case.as_dict(), flops=float(op.flops(case)), bytes=float(op.bytes(case, dtype)))
     impl = registry.get(op.name, backend)
@@ -94,13 +98,17 @@ def _case_row(registry, op: Op, backend, case, dtype, device, bench, inputs, ref
         return row
     notes = [row.note] if row.note else []
     guard = Guard(case, dtype, seed, reference)
-    called = time_op(impl, op, inputs, device, bench, guard=guard)
+    graph_note = graph_unavailable(impl, device)
+    called_bench = bench
+    if graph_note is None and called_share != 1.0:
+        called_bench = dataclasses.replace(bench, warmup_ms=bench.warmup_ms * called_share,
+                                           rep_ms=bench.rep_ms * called_share)
+    called = time_op(impl, op, inputs, device, called_bench, guard=guard)
     row = dataclasses.replace(row, latency_us=called.median_us, p20_us=called.p20_us, p80_us=called.p80_us,
                               min_us=called.min_us, mean_us=called.mean_us, reps=called.reps, method=called.method,
                               first_call_us=called.first_call_us, samples_us=list(called.samples_us))
     notes += [called.note] if called.note else []
     kernel = called
-    graph_note = graph_unavailable(impl, device)
     if graph_note is None:
         try:
             kernel = time_op(impl, op, inputs, device, bench, cuda_graph=True, estimate_us=called.median_us,

@@ -209,3 +209,27 @@ def test_cold_copies_span_twice_the_l2_whatever_the_launch_overhead():
         calls = sweep.graph_call_count(op, inputs, estimate, l2)
         sets.append(sweep.cycled_calls(lambda **kw: None, op, inputs, copies=calls, l2_bytes=l2)[2])
     assert sets == [20, 20]
+
+
+@pytest.mark.parametrize(("graph", "share", "called_rep_ms"), [(True, 0.25, 25.0), (False, 0.25, 100.0), (True, 1.0, 100.0)])
+def test_called_share_cuts_the_as_called_budget_only_where_a_graph_replay_times_the_kernel(monkeypatch, graph,
+                                                                                           share, called_rep_ms):
+    """kbench tune costs backends by their replayed kernel time: the as-called timing beside it
+    gets ``called_share`` of the budget, and all of it where it is the only timing."""
+    from kbench.bench.timing import Timing
+
+    budgets = []
+
+    def time_op(impl, op, inputs, device, bench, *, cuda_graph=False, **rest):
+        budgets.append((cuda_graph, bench.warmup_ms, bench.rep_ms))
+        return Timing(median_us=1.0, p20_us=1.0, p80_us=1.0, min_us=1.0, mean_us=1.0, reps=5, method="stub")
+
+    monkeypatch.setattr(sweep, "time_op", time_op)
+    monkeypatch.setattr(sweep, "graph_unavailable", lambda impl, device: None if graph else "no graphs here")
+    from kbench.config import BenchConfig
+
+    bench = BenchConfig(warmup_ms=20.0, rep_ms=100.0)
+    sweep.op_results(_registry(), "rmsnorm", ["reference"], CASES[:1], torch.float32, "cpu", bench,
+                     called_share=share)
+    assert budgets[0] == (False, 20.0 * called_rep_ms / 100.0, called_rep_ms)
+    assert budgets[1:] == ([(True, 20.0, 100.0)] if graph else [])
