@@ -15,7 +15,7 @@ from kbench.model import random_prompts
 from kbench.model.arithmetic import decode_bytes_per_step, prefill_flops
 from kbench.ops.base import dtype_name
 from kbench.plan import Plan
-from kbench.results.rows import ROW_TYPES, DecodeRow, PrefillRow, Row
+from kbench.results.rows import ROW_TYPES, BreakdownRow, DecodeRow, PrefillRow, Row
 from kbench.spec import Spec
 
 PROMPT_SEED = 1234
@@ -77,27 +77,33 @@ def time_prefill(plan: Plan, model, label: str, ceilings: dict, progress, ttft: 
 def step_breakdown(plan: Plan, model, label: str, phase: str, batch: int, prompt_len: int,
                    step_us: float) -> list[Row]:
     """The per-op breakdown of the pipeline's step just timed (``kbench.bench.breakdown``);
-    none for a baseline (``BASELINES``), whose ops are not the plan's."""
+    none for a baseline (``BASELINES``), whose ops are not the plan's. A step that crashes while
+    traced is one FAIL breakdown row: the step's timing stands."""
     if label in BASELINES or not hasattr(model, "traced_calls"):
         return []
-    return [dataclasses.replace(row, mix=label) for row in breakdown_rows(plan, model, phase, batch, prompt_len, step_us)]
+    try:
+        rows = breakdown_rows(plan, model, phase, batch, prompt_len, step_us)
+    except KbenchError:
+        raise
+    except Exception as error:
+        return [BreakdownRow(op=phase, part=None, backend="-", case=f"phase={phase} batch={batch} prompt_len={prompt_len}",
+                             dtype=dtype_name(plan.spec.dtype), device=plan.spec.device,
+                             shape={"phase": phase, "batch": batch, "prompt_len": prompt_len}, phase=phase,
+                             step_us=step_us, status="FAIL", backends=plan.label(), mix=label,
+                             note=f"the traced step raised {type(error).__name__}: {error}")]
+    return [dataclasses.replace(row, mix=label) for row in rows]
 
 
 def breakdowns_of(plan: Plan, model, label: str, timed: list[Row], progress) -> list[Row]:
     """``step_breakdown`` of every prefill and decode step in ``timed`` (rows of ``model``'s mix,
-    timed earlier without one) that ran; a crash is a FAIL row, as in the timing."""
+    timed earlier without one) that ran."""
     rows = []
     for row in timed:
         if row.kind not in ("prefill", "decode") or row.status == "FAIL" or not row.latency_us:
             continue
         batch, prompt_len = row.shape["batch"], row.shape["prompt_len"]
         progress(f"breakdown [{label}]: {row.kind} batch={batch} prompt_len={prompt_len}")
-        try:
-            rows += step_breakdown(plan, model, label, row.kind, batch, prompt_len, row.latency_us)
-        except KbenchError:
-            raise
-        except Exception as error:
-            rows.append(crash_row(row.kind, plan, label, batch, prompt_len, error))
+        rows += step_breakdown(plan, model, label, row.kind, batch, prompt_len, row.latency_us)
     return rows
 
 

@@ -48,7 +48,7 @@ def predict_end_to_end(base: pd.DataFrame, rows: pd.DataFrame, threshold: float)
     """One row per pipeline prefill/decode point in ``rows`` (a comparison's joined rows) whose
     step the base run broke down: measured and predicted speedup, and whether they disagree."""
     op_rows = rows[rows["kind"] == "op"]
-    breakdown = base[base["kind"] == "breakdown"]
+    breakdown = base[(base["kind"] == "breakdown") & (base["status"] != "FAIL")]  # a FAIL: the step crashed traced
     records = []
     for row in rows[rows["kind"].isin(["prefill", "decode"]) & (rows["backend"] == "pipeline")].itertuples():
         batch, prompt_len = (int(v) for v in re.findall(r"(?:batch|prompt_len)=(\d+)", row.case)[:2])

@@ -245,12 +245,18 @@ def test_a_backend_that_runs_another_at_every_shape_takes_its_timing(tmp_path):
                                                runs_as=lambda case, dtype, device: "slow"))
     registry.add_implementation(Implementation(op="linear", backend="picks-per-shape", fn=slow_linear, plugin="test",
                                                runs_as=lambda case, dtype, device: f"slow-{case['tokens']}"))
+
+    def broken(case, dtype, device):
+        raise RuntimeError("probe failed")
+
+    registry.add_implementation(Implementation(op="linear", backend="picks-unknown", fn=slow_linear, plugin="test",
+                                               runs_as=broken))
     console = Console(record=True, width=250)
     record = tune(_spec(tmp_path), None, tmp_path / "tuned.yaml", tmp_path / "results", console,
                   registry=registry, mixes=())
     candidates = {c["backend"]: c for c in record["tune"]["candidates"] if c["op"] == "linear"}
     timed = {r["backend"] for r in record["rows"] if r["kind"] == "op" and r["op"] == "linear"}
-    assert "picks-slow" not in timed and {"slow", "picks-per-shape"} <= timed
+    assert "picks-slow" not in timed and {"slow", "picks-per-shape", "picks-unknown"} <= timed
     alias, slow = candidates["picks-slow"], candidates["slow"]
     assert alias["same_as"] == "slow" and alias["cost_us"] == slow["cost_us"] and alias["reason"] is None
     assert candidates["picks-per-shape"]["same_as"] is None
@@ -265,3 +271,22 @@ def test_the_runner_up_comment_names_another_kernel_not_the_choices_alias():
                   Candidate("attention_decode", "triton", 2.0, 2.0)]
     out = tuned_spec_text("name: x\n", {"attention_decode": "flash"}, candidates)
     assert "# attention_decode: flash 3 µs/request, runner-up triton 4 µs\n" in out
+
+
+def test_a_written_mix_whose_breakdown_crashes_keeps_its_rows_and_says_so(tmp_path, monkeypatch):
+    import kbench.bench.end_to_end as end_to_end
+
+    def crashing(*args, **kwargs):
+        raise RuntimeError("tracing failed")
+
+    monkeypatch.setattr(end_to_end, "breakdown_rows", crashing)
+    record = tune(_spec(tmp_path), None, tmp_path / "tuned.yaml", tmp_path / "results", Console(width=200),
+                  registry=_registry(), mixes=())
+    winner = record["tune"]["winner"]
+    failed = [r for r in record["rows"] if r["status"] == "FAIL" and r["kind"] != "op"]  # op rows: the wrong linear
+    timed = [r for r in record["rows"] if r["kind"] in ("prefill", "decode") and r["backend"] == winner]
+    # one FAIL breakdown row per step of the written mix; the steps' own rows stand, once each
+    assert {(r["kind"], r["phase"]) for r in failed} == {("breakdown", "prefill"), ("breakdown", "decode")}
+    assert all("the traced step raised RuntimeError: tracing failed" in r["note"] for r in failed)
+    assert len(timed) == 2 and all(r["status"] == "PASS" for r in timed)
+    assert (tmp_path / "tuned.yaml").exists()

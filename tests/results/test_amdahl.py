@@ -52,3 +52,14 @@ def test_a_measured_change_the_op_rows_do_not_explain_is_flagged():
     assert row["measured_speedup"] == pytest.approx(100 / 95)
     assert row["predicted_speedup"] == pytest.approx(100 / 70)
     assert row["gap"]
+
+
+def test_a_step_that_crashed_while_traced_predicts_nothing():
+    """A FAIL breakdown row (the step raised under the profiler) has no parts to weigh."""
+    crashed = _record("base", 10.0, 10.0, 100.0)
+    crashed["rows"] = [r for r in crashed["rows"] if r["kind"] != "breakdown"] + [row_dict(BreakdownRow(
+        op="decode", backend="-", case=STEP, dtype="float32", status="FAIL", phase="decode", step_us=100.0,
+        note="the traced step raised RuntimeError: boom"))]
+    base = frame_from_record(crashed, Path("base.json"))
+    new = frame_from_record(_record("new", 5.0, 10.0, 70.0), Path("new.json"))
+    assert compare_runs(pd.concat([base, new], ignore_index=True), "base", "new", threshold=0.05).amdahl.empty
