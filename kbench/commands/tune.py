@@ -69,6 +69,8 @@ ORIGINAL = "spec"
 # (still a median over as many repetitions as fit, MIN_REPS at least).
 CALLED_SHARE = 0.25
 PER_OP = "per-op"
+OPS_PHASE = "op timings"
+MIXES_PHASE = "end to end"
 MIX_PREFIX = "all-"
 
 
@@ -111,10 +113,11 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
     started = time.perf_counter()
     start_state = machine_state(spec.device)
     STOPWATCH.reset()
-    rows, candidates = [], []
+    rows, candidates, laps = [], [], Laps()
     with progress_display(progress_console or console) as progress:
         progress("measuring device ceilings")
         ceilings = measure_ceilings(spec.device)
+        laps.lap("ceilings")
         # an op the workload never calls (all_reduce on one rank) has nothing to choose
         tuned_ops = [name for name in plan.pipeline_ops if registry.ops[name].cases_for(spec.model, spec.workload)]
         for index, name in enumerate(tuned_ops, 1):
@@ -125,11 +128,13 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
                                              named=candidates_wanted or ())
             candidates += found
             rows += op_rows
+            laps.lap(f"{OPS_PHASE}:{name}")
         per_op = choose(candidates)
         mix_choices = {PER_OP: per_op, ORIGINAL: {name: plan.backend(name) for name in tuned_ops}}
         mix_choices |= single_backend_mixes(plan, candidates, mixes)
         progress("loading weights")
         weights = load_weights(spec)
+        laps.lap("weights")
         timed, first_of = {}, {}
         for number, (label, choices) in enumerate(mix_choices.items(), 1):
             same = first_of.setdefault(tuple(sorted(choices.items())), label)
@@ -144,6 +149,7 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
             timed[label] = request_us(mix_rows, spec.workload.decode_steps)
             rows += mix_rows
             del pipeline
+            laps.lap(f"{MIXES_PHASE}:{label}")
         winner = min((label for label in timed if timed[label] is not None), key=lambda lb: timed[lb],
                      default=PER_OP)
         tuned_text = tuned_spec_text(Path(spec.path).read_text(), mix_choices[winner], candidates,
@@ -155,10 +161,12 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
         with STOPWATCH.timed(PIPELINE_CHECK):
             checked = check_pipeline(tuned_plan, weights, pipeline, progress)
         rows += [dataclasses.replace(r, backend=winner) for r in checked]
+        laps.lap("check")
         timed_as = first_of[tuple(sorted(mix_choices[winner].items()))]  # the label its rows carry
         rows += breakdowns_of(tuned_plan, pipeline, timed_as, [r for r in rows if r.backend == timed_as],
                               lambda text: progress(f"written mix {winner}: {text}"))
         del pipeline
+        laps.lap("breakdown")
     record = build_record(name=f"{spec.name}-tune", command=tuple(["kbench", *sys.argv[1:]]),
                           spec=tuned_plan.spec.to_dict(), backends=tuned_plan.record(), registry=registry,
                           device=spec.device, ceilings=ceilings, rows=rows,
@@ -167,13 +175,43 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
                       "mixes": {label: {"choices": choices, "request_us": timed.get(label),
                                         "rows": first_of[tuple(sorted(choices.items()))]}
                                 for label, choices in mix_choices.items()},
-                      "candidates": [c.as_dict() for c in candidates]}
+                      "candidates": [c.as_dict() for c in candidates], "phases_s": laps.seconds}
     record["wall_s"] = STOPWATCH.summary(time.perf_counter() - started)
     print_tune(record, candidates, per_op, console)
     console.print(describe(record["wall_s"]), highlight=False)
+    console.print(describe_phases(laps.seconds), highlight=False)
     console.print(f"tuned spec: {out_spec} ({winner})", highlight=False)
     console.print(f"record: {write_record_or_keep(record, out_dir)}", highlight=False)
     return record
+
+
+class Laps:
+    """Seconds per named phase of a tune, each from the end of the one before."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._mark = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = now - self._mark
+        self._mark = now
+
+
+def describe_phases(seconds: dict[str, float]) -> str:
+    """One line: the tune's wall time by phase, the op timings and the mixes each by their parts
+    (``OPS_PHASE:op``, ``MIXES_PHASE:label``), largest first."""
+    groups: dict[str, dict[str, float]] = {}
+    for name, spent in seconds.items():
+        group, _, part = name.partition(":")
+        groups.setdefault(group, {})[part] = spent
+    parts = []
+    for group, by_part in groups.items():
+        total = sum(by_part.values())
+        inner = ", ".join(f"{part} {spent:.0f} s" for part, spent in sorted(by_part.items(), key=lambda item: -item[1])
+                          if part)
+        parts.append(f"{group} {total:.0f} s" + (f" ({inner})" if inner else ""))
+    return f"tune took {sum(seconds.values()):.0f} s: " + "; ".join(parts)
 
 
 def time_candidates(plan: Plan, name: str, backends: list[str], ceilings: dict, progress,

@@ -85,6 +85,13 @@ def test_tune_chooses_the_fast_correct_backend_and_writes_a_spec(tmp_path):
     assert wall["parts"]["op checks"] > 0 and "pipeline check" in wall["parts"] and wall["checks"] < wall["total"]
     output = console.export_text()
     assert "checks took" in output and "end to end: every mix over the workload" in output and f"the written mix ({winner})" in output
+    # where the tune's wall time went: each op's timings, each mix end to end, the check, the breakdown
+    phases = record["tune"]["phases_s"]
+    assert {name.split(":")[0] for name in phases} == {"ceilings", "op timings", "weights", "end to end", "check",
+                                                         "breakdown"}
+    assert {name for name in phases if name.startswith("end to end:")} == {"end to end:per-op", "end to end:spec"}
+    assert "op timings:linear" in phases and all(spent >= 0 for spent in phases.values())
+    assert sum(phases.values()) <= wall["total"] and "tune took" in output and "end to end" in output
 
 
 def test_single_backend_mixes_are_timed_end_to_end_and_the_fastest_is_written(tmp_path, monkeypatch):
