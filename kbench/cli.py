@@ -1,5 +1,5 @@
-"""The ``kbench`` command line: one module per command (``kbench.commands``), and the exit
-statuses every command shares (``EXIT_STATUSES``)."""
+"""The ``kbench`` command line: one module per command (``kbench.commands``), each ending with one
+of the exit statuses every command shares (``kbench.errors.EXIT_STATUSES``)."""
 
 from __future__ import annotations
 
@@ -21,17 +21,9 @@ from kbench.commands.run import run_command
 from kbench.commands.suite import suite_command
 from kbench.commands.tune import tune_command
 from kbench.console import WIDTH_ENV, make_console
-from kbench.errors import KbenchError
+from kbench.errors import EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED, EXIT_STATUSES, KbenchError
 from kbench.preflight import is_out_of_memory, out_of_memory_error
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-EXIT_STATUSES = {
-    EXIT_OK: "everything passed",
-    EXIT_FAILED: "a check failed, a row is suspect, or compare found a regression",
-    EXIT_BAD_INPUT: "bad input: a mistake in the spec, the flags or the files given",
-    EXIT_BUG: "an internal error of kbench (a bug: the traceback is printed, please report it)",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C); no partial record is written",
-}
 BUG_REPORT = ("This is a bug in kbench, not a mistake of yours. Please report it with the command and the "
               "traceback above (`kbench env` gives the versions).")
 

@@ -1,9 +1,19 @@
-"""The one error type for user mistakes, and the closest-match helper its messages use."""
+"""The one error type for user mistakes, the closest-match helper its messages use, and the exit
+statuses every command shares (``EXIT_STATUSES``; the CLI maps what escapes a command onto them)."""
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_STATUSES = {
+    EXIT_OK: "everything passed",
+    EXIT_FAILED: "a check failed, a row is suspect, or compare found a regression",
+    EXIT_BAD_INPUT: "bad input: a mistake in the spec, the flags or the files given",
+    EXIT_BUG: "an internal error of kbench (a bug: the traceback is printed, please report it)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); no partial record is written",
+}
 
 
 class KbenchError(Exception):

@@ -14,10 +14,10 @@ from rich.console import Console
 
 import kbench.commands.run
 import kbench.results.record
-from kbench.cli import EXIT_STATUSES, cli
+from kbench.cli import cli
 from kbench.commands.run import progress_display
 from kbench.commands.suite import suite_progress
-from kbench.errors import KbenchError
+from kbench.errors import EXIT_STATUSES, KbenchError
 from kbench.plugins import get_registry
 from kbench.results.record import write_record
 

@@ -13,7 +13,7 @@ import click
 from rich.markup import escape
 
 from kbench.console import make_console
-from kbench.errors import KbenchError, unknown_name
+from kbench.errors import EXIT_FAILED, KbenchError, unknown_name
 from kbench.preflight import check_op_cases_fit, check_out_dir
 
 
@@ -235,7 +235,7 @@ def bench_command(ctx, op_name, backend, others, spec_path, dtype, device, warmu
         if others:
             _print_speedups(path, record["run_id"], backends, console)
     if record["status"] == "FAIL":
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
 
 
 def _print_speedups(path: Path, run_id: str, backends: list[str], console) -> None:
@@ -278,4 +278,4 @@ def _bench_across_ranks(op, tp, backends, dim_values, spec, dtype, device, bench
     if not no_record:
         console.print(f"record: {path}", highlight=False)
     if record["status"] == "FAIL":
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)

@@ -7,7 +7,7 @@ import sys
 import click
 
 from kbench.console import make_console
-from kbench.errors import KbenchError
+from kbench.errors import EXIT_FAILED, EXIT_OK, KbenchError
 from kbench.preflight import check_out_file, write_text_file
 
 
@@ -72,4 +72,4 @@ def compare_command(runs, baseline, threshold, metric, output_format, output, pl
         print_comparison(comparison, make_console())
     if plot:
         make_console(stderr=True).print(f"wrote {plot_speedups(comparison, plot)}", highlight=False)
-    sys.exit(0 if comparison.ok else 1)
+    sys.exit(EXIT_OK if comparison.ok else EXIT_FAILED)

@@ -42,7 +42,7 @@ from kbench.bench.sweep import op_results
 from kbench.commands.options import FamilyFlagsCommand, family_choices, spec_options
 from kbench.console import make_console
 from kbench.env import machine_record, machine_state, measure_ceilings
-from kbench.errors import KbenchError
+from kbench.errors import EXIT_FAILED, EXIT_OK, KbenchError
 from kbench.model import build_pipeline, load_weights
 from kbench.model.weights import check_weights
 from kbench.plan import Plan, resolve_plan
@@ -303,4 +303,4 @@ def run_command(spec, out_dir, baselines, checks, skip_ops, skip_e2e, tp, **flag
         result = run_tensor_parallel(spec, overrides, options, tp, make_console(), make_console(stderr=True))
     else:
         result = run(spec, overrides, options, make_console(), progress_console=make_console(stderr=True))
-    sys.exit(1 if result.failed else 0)
+    sys.exit(EXIT_FAILED if result.failed else EXIT_OK)

@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from kbench.console import make_console
-from kbench.errors import KbenchError, did_you_mean
+from kbench.errors import EXIT_FAILED, KbenchError, did_you_mean
 from kbench.preflight import check_out_dir, check_out_file, write_text_file
 from kbench.results.figures import _markdown_table, marker_spans, update_readme
 from kbench.yaml_reader import key_lines
@@ -374,7 +374,7 @@ def suite_command(suite_path, out_dir, dry_run, only, readme):
                               highlight=False)
         update_readme(readme_path, records, console)
     if not all(outcome.passed for outcome in outcomes):
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
 
 
 def write_pages(records: dict[Entry, Path], console: Console) -> None:

@@ -53,7 +53,7 @@ from kbench.commands.options import FamilyFlagsCommand, family_choices, spec_opt
 from kbench.commands.run import RunOptions, check_outside, progress_display
 from kbench.console import make_console
 from kbench.env import machine_record, machine_state, measure_ceilings
-from kbench.errors import KbenchError, did_you_mean
+from kbench.errors import EXIT_FAILED, EXIT_OK, KbenchError, did_you_mean
 from kbench.model import build_pipeline, load_weights
 from kbench.model.pipeline import calls_per_step, steps_per_request
 from kbench.plan import Plan, resolve_plan
@@ -440,4 +440,4 @@ def tune_command(spec, out_spec, out_dir, mixes, candidates, **flags):
                   progress_console=make_console(stderr=True), mixes=names(mixes), candidates_wanted=names(candidates))
     winner = record["tune"]["winner"]
     failed = any(r["status"] == "FAIL" and r["kind"] != "op" and r["backend"] in (winner, "-") for r in record["rows"])
-    sys.exit(1 if failed else 0)
+    sys.exit(EXIT_FAILED if failed else EXIT_OK)
