@@ -262,9 +262,13 @@ def _readable(read, path: Path):
 
 
 class _Checkpoint:
-    """Tensor lookup across one or many safetensors (or .bin) files, opened lazily."""
+    """Tensor lookup across one or many safetensors (or .bin) files, opened lazily; a folder that
+    is not a checkpoint is a KbenchError here, before anything opens."""
 
     def __init__(self, folder: Path):
+        problem = check_checkpoint_folder(folder)
+        if problem:
+            raise KbenchError(problem, "Point weights.path at a folder with config.json and safetensors files.")
         from safetensors import safe_open
 
         self.folder = folder
@@ -278,11 +282,16 @@ class _Checkpoint:
             self.weight_map = dict.fromkeys(self._open(folder / single_file).keys(), single_file)
         self._files: dict[str, Any] = {}
 
-    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    def file_of(self, name: str) -> str:
+        """The file holding tensor ``name``; KbenchError where the checkpoint has none."""
         file = self.weight_map.get(name)
         if file is None:
             raise KbenchError(f"checkpoint {str(self.folder)!r} has no tensor {name!r}.",
                               "The checkpoint is incomplete or not a LlamaForCausalLM; re-export it.")
+        return file
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        file = self.file_of(name)
         tensor = _readable(lambda: self.opened(file).get_tensor(name), self.folder / file)
         self._check_shape(file, name, tuple(tensor.shape), shape)
         return tensor.to(device=device, dtype=dtype)
@@ -290,10 +299,7 @@ class _Checkpoint:
     def check(self, shapes: dict[str, tuple[int, ...]]) -> None:
         """Every tensor of ``shapes`` is in a file that opens, at that shape (headers only)."""
         for name, shape in shapes.items():
-            file = self.weight_map.get(name)
-            if file is None:
-                raise KbenchError(f"checkpoint {str(self.folder)!r} has no tensor {name!r}.",
-                                  "The checkpoint is incomplete or not a LlamaForCausalLM; re-export it.")
+            file = self.file_of(name)
             found = _readable(lambda f=file, n=name: tuple(self.opened(f).get_slice(n).get_shape()), self.folder / file)
             self._check_shape(file, name, found, shape)
 
@@ -330,11 +336,7 @@ def check_weights(spec) -> None:
     Random weights need no check; Meta checkpoints are checked as they load."""
     if spec.weights.kind != "hf":
         return
-    folder = Path(spec.weights.path)
-    problem = check_checkpoint_folder(folder)
-    if problem:
-        raise KbenchError(problem, "Point weights.path at a folder with config.json and safetensors files.")
-    ckpt = _Checkpoint(folder)
+    ckpt = _Checkpoint(Path(spec.weights.path))
     shapes = hf_tensor_shapes(spec.model)
     if not spec.model.tie_embeddings and ckpt.has("lm_head.weight"):
         shapes["lm_head.weight"] = (spec.model.vocab, spec.model.hidden)
@@ -343,9 +345,6 @@ def check_weights(spec) -> None:
 
 def load_hf_weights(folder: Path, model: ModelConfig, dtype: torch.dtype, device: str | torch.device) -> Weights:
     """The first ``model.layers`` layers of a HF LLaMA checkpoint, fused for the pipeline."""
-    problem = check_checkpoint_folder(folder)
-    if problem:
-        raise KbenchError(problem, "Point weights.path at a folder with config.json and safetensors files.")
     device = torch.device(device)
     ckpt = _Checkpoint(folder)
     m = model
