@@ -34,6 +34,7 @@ from typing import NamedTuple
 
 import torch
 
+from kbench.errors import KbenchError
 from kbench.model import random_prompts
 from kbench.ops.base import dtype_name
 from kbench.plan import Plan
@@ -87,7 +88,7 @@ def recorded_activity(profiler) -> list[Activity]:
     (``profiler.events()``) would first build a ``FunctionEvent`` and its place in a call tree in
     Python for every event, each aten and runtime call too: a second or more for one traced decode
     step, where reading the raw events takes over an order of magnitude less; a breakdown traces
-    its step four times at every point of every mix a tune runs."""
+    its step four times at every point it breaks down."""
     from torch.autograd import DeviceType
 
     results = profiler.profiler.kineto_results
@@ -164,28 +165,22 @@ def traced_totals(pipeline, step: Callable[[], object]) -> tuple[dict[str, float
 
 
 def breakdown_rows(plan: Plan, pipeline, phase: str, batch: int, prompt_len: int, step_us: float) -> list[BreakdownRow]:
-    """The rows of one step: each op the step calls (calls, µs per call, share), then the remainder."""
+    """The rows of one step: each op the step calls (calls, µs per call, share), then the remainder;
+    one FAIL row (op: the phase) where the step raises while traced, its timing standing."""
     spec = plan.spec
-    prompts = random_prompts(spec.model.vocab, batch, prompt_len, PROMPT_SEED)
-    tokens = torch.stack([p[-1] for p in prompts]).to(pipeline.device)
     steps = min(spec.workload.decode_steps, TRACED_DECODE_STEPS) if phase == "decode" else 1
-    runs = []
-    with torch.inference_mode():
-        pipeline.reset(batch, prompt_len + spec.workload.decode_steps)
-        if phase == "decode":
-            pipeline.prefill(prompts)  # the cache the decode steps read; each repeat rewinds to it
-        for _ in range(REPEATS + 1):  # the first one warms up
-            if phase == "prefill":
-                runs.append(traced_totals(pipeline, lambda: pipeline.prefill(prompts)))
-            else:
-                pipeline.rewind()
-                runs.append(traced_totals(pipeline, lambda: [pipeline.decode_step(tokens) for _ in range(steps)]))
-    runs = runs[1:]
+    common = {"case": f"phase={phase} batch={batch} prompt_len={prompt_len}", "dtype": dtype_name(spec.dtype),
+              "device": spec.device, "shape": {"phase": phase, "batch": batch, "prompt_len": prompt_len},
+              "phase": phase, "step_us": step_us, "backends": plan.label()}
+    try:
+        runs = _traced_runs(pipeline, spec, phase, batch, prompt_len, steps)
+    except KbenchError:
+        raise
+    except Exception as error:
+        return [BreakdownRow(op=phase, backend="-", status="FAIL",
+                             note=f"the traced step raised {type(error).__name__}: {error}", **common)]
     method = runs[0][2]
-    case = f"phase={phase} batch={batch} prompt_len={prompt_len}"
-    common = {"case": case, "dtype": dtype_name(spec.dtype), "device": spec.device, "status": "PASS",
-              "shape": {"phase": phase, "batch": batch, "prompt_len": prompt_len}, "phase": phase,
-              "step_us": step_us, "method": method, "backends": plan.label()}
+    common |= {"status": "PASS", "method": method}
     rows, summed = [], 0.0
     for op in runs[0][1]:  # a call site: the op, or linear[PROJ]
         total = statistics.median(run[0].get(op, 0.0) for run in runs) / steps
@@ -200,6 +195,25 @@ def breakdown_rows(plan: Plan, pipeline, phase: str, batch: int, prompt_len: int
                              share=remainder / step_us if step_us else None, reps=REPEATS,
                              note=_remainder_note(step_us, summed, runs, steps), **common))
     return rows
+
+
+def _traced_runs(pipeline, spec, phase: str, batch: int, prompt_len: int, steps: int) -> list:
+    """``traced_totals`` of ``REPEATS`` runs of the step (``steps`` decode steps), after one that
+    warms up."""
+    prompts = random_prompts(spec.model.vocab, batch, prompt_len, PROMPT_SEED)
+    tokens = torch.stack([p[-1] for p in prompts]).to(pipeline.device)
+    runs = []
+    with torch.inference_mode():
+        pipeline.reset(batch, prompt_len + spec.workload.decode_steps)
+        if phase == "decode":
+            pipeline.prefill(prompts)  # the cache the decode steps read; each repeat rewinds to it
+        for _ in range(REPEATS + 1):  # the first one warms up
+            if phase == "prefill":
+                runs.append(traced_totals(pipeline, lambda: pipeline.prefill(prompts)))
+            else:
+                pipeline.rewind()
+                runs.append(traced_totals(pipeline, lambda: [pipeline.decode_step(tokens) for _ in range(steps)]))
+    return runs[1:]
 
 
 def _remainder_note(step_us: float, summed: float, runs, steps: int) -> str:

@@ -15,7 +15,7 @@ from kbench.model import random_prompts
 from kbench.model.arithmetic import decode_bytes_per_step, prefill_flops
 from kbench.ops.base import dtype_name
 from kbench.plan import Plan
-from kbench.results.rows import ROW_TYPES, BreakdownRow, DecodeRow, PrefillRow, Row
+from kbench.results.rows import ROW_TYPES, DecodeRow, PrefillRow, Row
 from kbench.spec import Spec
 
 PROMPT_SEED = 1234
@@ -77,21 +77,10 @@ def time_prefill(plan: Plan, model, label: str, ceilings: dict, progress, ttft: 
 def step_breakdown(plan: Plan, model, label: str, phase: str, batch: int, prompt_len: int,
                    step_us: float) -> list[Row]:
     """The per-op breakdown of the pipeline's step just timed (``kbench.bench.breakdown``);
-    none for a baseline (``BASELINES``), whose ops are not the plan's. A step that crashes while
-    traced is one FAIL breakdown row: the step's timing stands."""
+    none for a baseline (``BASELINES``), whose ops are not the plan's."""
     if label in BASELINES or not hasattr(model, "traced_calls"):
         return []
-    try:
-        rows = breakdown_rows(plan, model, phase, batch, prompt_len, step_us)
-    except KbenchError:
-        raise
-    except Exception as error:
-        return [BreakdownRow(op=phase, part=None, backend="-", case=f"phase={phase} batch={batch} prompt_len={prompt_len}",
-                             dtype=dtype_name(plan.spec.dtype), device=plan.spec.device,
-                             shape={"phase": phase, "batch": batch, "prompt_len": prompt_len}, phase=phase,
-                             step_us=step_us, status="FAIL", backends=plan.label(), mix=label,
-                             note=f"the traced step raised {type(error).__name__}: {error}")]
-    return [dataclasses.replace(row, mix=label) for row in rows]
+    return [dataclasses.replace(row, mix=label) for row in breakdown_rows(plan, model, phase, batch, prompt_len, step_us)]
 
 
 def breakdowns_of(plan: Plan, model, label: str, timed: list[Row], progress) -> list[Row]:

@@ -38,13 +38,17 @@ def supports_fn(kernel: FlashKernel):
     return supports
 
 
+def _best_choice(case, dtype, device) -> tuple[FlashKernel | None, str | None]:
+    return choose(case.op, dtype, int(case["head_dim"]), device, _block_size(case))
+
+
 def _best_supports(case, dtype, device):
-    return choose(case.op, dtype, int(case["head_dim"]), device, _block_size(case))[1]
+    return _best_choice(case, dtype, device)[1]
 
 
 def _best_runs_as(case, dtype, device) -> str | None:
     """The generation's backend ``flash`` calls at ``case`` (``flash-fa3``, ...), or None."""
-    kernel = choose(case.op, dtype, int(case["head_dim"]), device, _block_size(case))[0]
+    kernel = _best_choice(case, dtype, device)[0]
     return kernel.backend if kernel is not None else None
 
 

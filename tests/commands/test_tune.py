@@ -281,12 +281,12 @@ def test_the_runner_up_comment_names_another_kernel_not_the_choices_alias():
 
 
 def test_a_written_mix_whose_breakdown_crashes_keeps_its_rows_and_says_so(tmp_path, monkeypatch):
-    import kbench.bench.end_to_end as end_to_end
+    import kbench.bench.breakdown as breakdown
 
     def crashing(*args, **kwargs):
         raise RuntimeError("tracing failed")
 
-    monkeypatch.setattr(end_to_end, "breakdown_rows", crashing)
+    monkeypatch.setattr(breakdown, "traced_totals", crashing)
     record = tune(_spec(tmp_path), None, tmp_path / "tuned.yaml", tmp_path / "results", Console(width=200),
                   registry=_registry(), mixes=())
     winner = record["tune"]["winner"]
