@@ -60,6 +60,7 @@ from kbench.plan import Plan, resolve_plan
 from kbench.plugins import get_registry
 from kbench.preflight import check_out_file
 from kbench.registry import REFERENCE, Registry
+from kbench.results.figures import describe_phases
 from kbench.results.record import build_record, write_record_or_keep
 from kbench.spec import Overrides, load_spec
 
@@ -196,22 +197,6 @@ class Laps:
         now = time.perf_counter()
         self.seconds[name] = now - self._mark
         self._mark = now
-
-
-def describe_phases(seconds: dict[str, float]) -> str:
-    """One line: the tune's wall time by phase, the op timings and the mixes each by their parts
-    (``OPS_PHASE:op``, ``MIXES_PHASE:label``), largest first."""
-    groups: dict[str, dict[str, float]] = {}
-    for name, spent in seconds.items():
-        group, _, part = name.partition(":")
-        groups.setdefault(group, {})[part] = spent
-    parts = []
-    for group, by_part in groups.items():
-        total = sum(by_part.values())
-        inner = ", ".join(f"{part} {spent:.0f} s" for part, spent in sorted(by_part.items(), key=lambda item: -item[1])
-                          if part)
-        parts.append(f"{group} {total:.0f} s" + (f" ({inner})" if inner else ""))
-    return f"tune took {sum(seconds.values()):.0f} s: " + "; ".join(parts)
 
 
 def time_candidates(plan: Plan, name: str, backends: list[str], ceilings: dict, progress,

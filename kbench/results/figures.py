@@ -95,7 +95,24 @@ def _tune_table(record: dict) -> str:
             row = decode.get((mix.get("rows", label), batch, prompt), {})
             cells.append(f"{_number(row.get('tokens_per_s'))} ({_percent(row.get('frac_peak_bw'))})")
         body.append(cells)
-    return _markdown_table(header, body)
+    phases = tune.get("phases_s")
+    return _markdown_table(header, body) + (f"\n\n{describe_phases(phases)}" if phases else "")
+
+
+def describe_phases(seconds: dict[str, float]) -> str:
+    """One line: the tune's wall time by phase, the op timings and the mixes each by their parts
+    (``OPS_PHASE:op``, ``MIXES_PHASE:label``), largest first."""
+    groups: dict[str, dict[str, float]] = {}
+    for name, spent in seconds.items():
+        group, _, part = name.partition(":")
+        groups.setdefault(group, {})[part] = spent
+    parts = []
+    for group, by_part in groups.items():
+        total = sum(by_part.values())
+        inner = ", ".join(f"{part} {spent:.0f} s" for part, spent in sorted(by_part.items(), key=lambda item: -item[1])
+                          if part)
+        parts.append(f"{group} {total:.0f} s" + (f" ({inner})" if inner else ""))
+    return f"tune took {sum(seconds.values()):.0f} s: " + "; ".join(parts)
 
 
 def _hf_check_table(rows: list[dict]) -> str:

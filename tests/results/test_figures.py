@@ -19,6 +19,18 @@ def test_a_tune_record_shows_every_mix_fastest_first_with_the_written_one_marked
     assert lines[1] == "| **per-op** (written) | 1 | 2.000x | 200.0 (91%) |"
     assert lines[2].startswith("| all-triton | 1.5 | 1.333x | 150.0 (70%)")
     assert lines[3].startswith("| spec | 2 | 1.000x | 100.0 (50%)")
+    assert "tune took" not in figure_table(record)  # a record from before phases were kept
+
+
+def test_a_tune_record_with_phases_says_where_its_wall_time_went():
+    phases = {"ceilings": 2.0, "op timings:linear": 30.0, "op timings:ffn": 50.0, "end to end:spec": 40.0,
+              "end to end:per-op": 20.0}
+    record = {"run_id": "r", "command": ["kbench", "tune", "x.yaml"], "env": {}, "spec": {},
+              "tune": {"winner": "per-op", "mixes": {"per-op": {"request_us": 1000.0}}, "phases_s": phases},
+              "rows": [_decode("per-op", 1, 200.0, 0.91)]}
+    text = figure_table(record)
+    assert ("tune took 142 s: ceilings 2 s; op timings 80 s (ffn 50 s, linear 30 s); "
+            "end to end 60 s (spec 40 s, per-op 20 s)") in text
 
 
 def test_a_run_with_check_hf_shows_its_rows_against_transformers():
