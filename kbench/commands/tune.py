@@ -1,7 +1,9 @@
 """``kbench tune SPEC``: the fastest correct backend per op at the workload's shapes, written
 as a spec, then run end to end against the spec's own choice and single-backend mixes.
 
-1. resolve the spec's plan; for every op the pipeline calls, every backend that can run
+1. resolve the spec's plan; set up each candidate backend once (its ``available`` probe: a
+   JIT build, a library import), timed as its own phase; for every op the pipeline calls,
+   every backend that can run
    here and supports all of the op's model cases is checked against the reference and timed
    at every shape the workload gives it (``Op.cases_for``, not cut to ``bench.max_op_cases``),
    the backends taking each shape in turn so its inputs and reference are made once. A backend
@@ -70,6 +72,7 @@ ORIGINAL = "spec"
 # (still a median over as many repetitions as fit, MIN_REPS at least).
 CALLED_SHARE = 0.25
 PER_OP = "per-op"
+SETUP_PHASE = "backend setup"
 OPS_PHASE = "op timings"
 MIXES_PHASE = "end to end"
 MIX_PREFIX = "all-"
@@ -121,9 +124,12 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
         laps.lap("ceilings")
         # an op the workload never calls (all_reduce on one rank) has nothing to choose
         tuned_ops = [name for name in plan.pipeline_ops if registry.ops[name].cases_for(spec.model, spec.workload)]
+        wanted_by_op = {name: [b for b in registry.backends(name)
+                               if candidates_wanted is None or b in (REFERENCE, *candidates_wanted)]
+                        for name in tuned_ops}
+        set_up_backends(registry, wanted_by_op, candidates_wanted or (), progress, laps)
         for index, name in enumerate(tuned_ops, 1):
-            wanted = [b for b in registry.backends(name)
-                      if candidates_wanted is None or b in (REFERENCE, *candidates_wanted)]
+            wanted = wanted_by_op[name]
             progress(f"op {index}/{len(tuned_ops)} {name}: {', '.join(wanted)}")
             found, op_rows = time_candidates(plan, name, wanted, ceilings, progress,
                                              named=candidates_wanted or ())
@@ -197,6 +203,24 @@ class Laps:
         now = time.perf_counter()
         self.seconds[name] = now - self._mark
         self._mark = now
+
+
+def set_up_backends(registry: Registry, wanted_by_op: dict[str, list[str]], named: tuple[str, ...], progress,
+                    laps: Laps) -> None:
+    """Each candidate backend's one-time setup (its ``available`` probe: a JIT build of CUDA
+    sources, an import of a kernel library) as its own phase, ``SETUP_PHASE:backend``, so the
+    first op a backend meets is not charged with it. A backend the tune leaves out for compiling
+    per shape (``slow_setup``, unless ``named``) is not set up."""
+    backends = dict.fromkeys(b for wanted in wanted_by_op.values() for b in wanted)
+    for backend in backends:
+        implementations = [registry.get(name, backend) for name, wanted in wanted_by_op.items() if backend in wanted]
+        implementations = [i for i in implementations if not i.slow_setup or backend in named]
+        if not implementations:
+            continue
+        progress(f"setting up {backend}")
+        for implementation in implementations:
+            implementation.unavailable_reason()  # checked once per implementation, kept for the op's turn
+        laps.lap(f"{SETUP_PHASE}:{backend}")
 
 
 def time_candidates(plan: Plan, name: str, backends: list[str], ceilings: dict, progress,

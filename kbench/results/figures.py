@@ -100,8 +100,8 @@ def _tune_table(record: dict) -> str:
 
 
 def describe_phases(seconds: dict[str, float]) -> str:
-    """One line: the tune's wall time by phase, the op timings and the mixes each by their parts
-    (``OPS_PHASE:op``, ``MIXES_PHASE:label``), largest first."""
+    """One line: the tune's wall time by phase, the backends' setup, the op timings and the mixes
+    each by their parts (``group:part``), largest first; a part under half a second goes unnamed."""
     groups: dict[str, dict[str, float]] = {}
     for name, spent in seconds.items():
         group, _, part = name.partition(":")
@@ -110,7 +110,7 @@ def describe_phases(seconds: dict[str, float]) -> str:
     for group, by_part in groups.items():
         total = sum(by_part.values())
         inner = ", ".join(f"{part} {spent:.0f} s" for part, spent in sorted(by_part.items(), key=lambda item: -item[1])
-                          if part)
+                          if part and spent >= 0.5)  # a part under half a second says nothing here
         parts.append(f"{group} {total:.0f} s" + (f" ({inner})" if inner else ""))
     return f"tune took {sum(seconds.values()):.0f} s: " + "; ".join(parts)
 

@@ -87,8 +87,8 @@ def test_tune_chooses_the_fast_correct_backend_and_writes_a_spec(tmp_path):
     assert "checks took" in output and "end to end: every mix over the workload" in output and f"the written mix ({winner})" in output
     # where the tune's wall time went: each op's timings, each mix end to end, the check, the breakdown
     phases = record["tune"]["phases_s"]
-    assert {name.split(":")[0] for name in phases} == {"ceilings", "op timings", "weights", "end to end", "check",
-                                                         "breakdown"}
+    assert {name.split(":")[0] for name in phases} == {"ceilings", "backend setup", "op timings", "weights",
+                                                         "end to end", "check", "breakdown"}
     assert {name for name in phases if name.startswith("end to end:")} == {"end to end:per-op", "end to end:spec"}
     assert "op timings:linear" in phases and all(spent >= 0 for spent in phases.values())
     assert sum(phases.values()) <= wall["total"] and "tune took" in output and "end to end" in output
@@ -297,3 +297,23 @@ def test_a_written_mix_whose_breakdown_crashes_keeps_its_rows_and_says_so(tmp_pa
     assert all("the traced step raised RuntimeError: tracing failed" in r["note"] for r in failed)
     assert len(timed) == 2 and all(r["status"] == "PASS" for r in timed)
     assert (tmp_path / "tuned.yaml").exists()
+
+
+def test_a_backends_one_time_setup_is_its_own_phase_not_its_first_ops(tmp_path):
+    registry = _registry()
+    probes = []
+
+    def build():  # a JIT build or a library import, paid once per process
+        probes.append(1)
+        time.sleep(0.4)
+
+    for op in ("rmsnorm", "linear"):
+        registry.add_implementation(Implementation(op=op, backend="built", fn=registry.get(op, REFERENCE).fn,
+                                                   plugin="test", available=build))
+    record = tune(_spec(tmp_path), None, tmp_path / "tuned.yaml", tmp_path / "results", Console(width=200),
+                  registry=registry)
+    phases = record["tune"]["phases_s"]
+    assert phases["backend setup:built"] >= 0.8 and len(probes) == 2  # once per implementation, before the ops
+    names = list(phases)
+    assert names.index("backend setup:built") < min(i for i, n in enumerate(names) if n.startswith("op timings"))
+    assert {c["backend"] for c in record["tune"]["candidates"] if c["op"] == "rmsnorm"} >= {"built"}
