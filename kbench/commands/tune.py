@@ -1,16 +1,16 @@
 """``kbench tune SPEC``: the fastest correct backend per op at the workload's shapes, written
 as a spec, then run end to end against the spec's own choice and single-backend mixes.
 
-1. resolve the spec's plan; set up each candidate backend once (its ``available`` probe: a
-   JIT build, a library import), timed as its own phase; for every op the pipeline calls,
-   every backend that can run
-   here and supports all of the op's model cases is checked against the reference and timed
-   at every shape the workload gives it (``Op.cases_for``, not cut to ``bench.max_op_cases``),
-   the backends taking each shape in turn so its inputs and reference are made once. A backend
-   that compiles per shape (``slow_setup``: torch.compile) is listed as left out unless
-   ``--candidates`` names it: at a model's dozen shapes per op its compiles alone outlast the rest;
-   one that only picks another's kernel at every shape (``runs_as``: ``flash`` running one
-   FlashAttention generation) takes that backend's check and timing instead of a second one;
+1. resolve the spec's plan; set up each candidate backend once (its ``available`` probe: a JIT
+   build, a library import), timed as its own phase; for every op the pipeline calls, every
+   backend that can run here and supports all of the op's model cases is checked against the
+   reference and timed at every shape the workload gives it (``Op.cases_for``, not cut to
+   ``bench.max_op_cases``), the backends taking each shape in turn so its inputs and reference
+   are made once. A backend that compiles per shape (``slow_setup``: torch.compile) is listed as
+   left out unless ``--candidates`` names it: at a model's dozen shapes per op its compiles
+   alone outlast the rest; one that only picks another's kernel at every shape (``runs_as``:
+   ``flash`` running one FlashAttention generation) takes that backend's check and timing
+   instead of a second one;
 2. a backend's cost is the time one request of the workload spends in the op: per case its
    kernel time (CUDA-graph replay where measured, the time as called then recorded on
    ``CALLED_SHARE`` of the budget; else as called) times the op's calls per

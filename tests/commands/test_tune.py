@@ -85,7 +85,7 @@ def test_tune_chooses_the_fast_correct_backend_and_writes_a_spec(tmp_path):
     assert wall["parts"]["op checks"] > 0 and "pipeline check" in wall["parts"] and wall["checks"] < wall["total"]
     output = console.export_text()
     assert "checks took" in output and "end to end: every mix over the workload" in output and f"the written mix ({winner})" in output
-    # where the tune's wall time went: each op's timings, each mix end to end, the check, the breakdown
+    # where the tune's wall time went: each backend's setup, each op's timings, each mix end to end, the check, the breakdown
     phases = record["tune"]["phases_s"]
     assert {name.split(":")[0] for name in phases} == {"ceilings", "backend setup", "op timings", "weights",
                                                          "end to end", "check", "breakdown"}
