@@ -1,11 +1,11 @@
 """One self-contained HTML page for a run or a comparison of two: ``kbench report --html``.
 
-The page holds the machine and its measured ceilings, the op rows (with the speedup over
-the reference), prefill and decode, each step's breakdown as a table and as a stacked bar per
-backend mix, and for two runs the comparison with its Amdahl prediction. Tables are pandas'
-``to_html`` with an ``id`` per table (``ops-RUN``, ``decode-RUN``, ``breakdown-RUN``,
-``comparison``, ``amdahl``), figures are matplotlib PNGs inlined as base64, so the file opens
-anywhere with nothing beside it.
+The page holds the machine and its measured ceilings, a tune's mixes, candidates and phases, the op
+rows (with the speedup over the reference), prefill and decode, each step's breakdown as a table and
+as a stacked bar per backend mix, and for two runs the comparison with its Amdahl prediction. Tables
+are pandas' ``to_html`` with an ``id`` per table (``ops-RUN``, ``e2e-RUN``, ``breakdown-RUN``,
+``comparison``, ``amdahl``; a tune's ``mixes-RUN``, ``candidates-RUN``, ``phases-RUN``), figures are
+matplotlib PNGs inlined as base64, so the file opens anywhere with nothing beside it.
 """
 
 from __future__ import annotations
@@ -97,10 +97,35 @@ def run_section(record: dict) -> str:
     return "\n".join([
         f"<h2>run {html.escape(run_id)} ({html.escape(str(record.get('status')))})</h2>",
         "<h3>machine and ceilings</h3>", _table(machine, f"machine-{run_id}"),
+        *(tune_section(record) if record.get("tune") else []),
         "<h3>ops at the model's shapes</h3>", _table(_op_frame(rows), f"ops-{run_id}"),
         "<h3>prefill and decode</h3>", _table(e2e, f"e2e-{run_id}"),
         "<h3>step breakdown</h3>", *_superseded(breakdown), _table(breakdown, f"breakdown-{run_id}"),
     ])
+
+
+def tune_section(record: dict) -> list[str]:
+    """A ``kbench tune`` record's choice: every mix it timed end to end (the written one marked),
+    every op's candidates with their cost per request or why they are out, and where its wall
+    time went (``tune.phases_s``)."""
+    run_id, tune = record["run_id"], record["tune"]
+    spec_us = tune["mixes"].get("spec", {}).get("request_us")
+    mixes = pd.DataFrame([{"mix": label, "workload_ms": mix["request_us"] / 1e3 if mix.get("request_us") else None,
+                           "speedup_vs_spec": spec_us / mix["request_us"] if spec_us and mix.get("request_us") else None,
+                           "written": "yes" if label == tune.get("winner") else "",
+                           "backends": ", ".join(f"{op}={b}" for op, b in mix.get("choices", {}).items())}
+                          for label, mix in sorted(tune["mixes"].items(),
+                                                   key=lambda item: item[1].get("request_us") or float("inf"))])
+    chosen = tune.get("choices", {})
+    candidates = pd.DataFrame([{"op": c["op"], "backend": c["backend"], "prefill_us": c.get("prefill_us"),
+                                "decode_us": c.get("decode_us"), "cost_us": c.get("cost_us"),
+                                "written": "yes" if chosen.get(c["op"]) == c["backend"] else "",
+                                "timed_as": c.get("same_as"), "why_out": c.get("reason")}
+                               for c in tune.get("candidates", [])])
+    phases = pd.DataFrame([{"phase": name, "seconds": spent} for name, spent in tune.get("phases_s", {}).items()])
+    return ["<h3>tune: every mix end to end (µs per request of the workload)</h3>", _table(mixes, f"mixes-{run_id}"),
+            "<h3>tune: each op's candidates (µs per request)</h3>", _table(candidates, f"candidates-{run_id}"),
+            "<h3>tune: wall time by phase</h3>", _table(phases, f"phases-{run_id}")]
 
 
 def _superseded(breakdown: pd.DataFrame) -> list[str]:

@@ -113,3 +113,37 @@ def test_two_runs_page_holds_the_comparison_and_its_amdahl_rows(two_runs):
     base_row = next(r for r in base.record["rows"] if r["op"] == "attention_decode" and r["kind"] == "op")
     assert float(attention["base"]) == pytest.approx(base_row["latency_us"], rel=1e-5)
     assert f"ops-{new.record['run_id']}" in parsed.tables
+
+
+def test_a_tune_page_holds_its_mixes_candidates_and_phases(tmp_path):
+    from click.testing import CliRunner
+
+    from kbench.results.load import read_json
+
+    spec = write_spec(tmp_path, workload={"batch": [1], "prompt_len": [8], "decode_steps": 2},
+                      bench={"warmup_ms": 1, "rep_ms": 2, "max_op_cases": 1, "flush_l2": False})
+    result = CliRunner().invoke(cli, ["tune", str(spec), "--candidates", "torch,cuda", "--mixes", "torch",
+                                      "--out-spec", str(tmp_path / "tuned.yaml"), "--out", str(tmp_path / "results")])
+    assert result.exit_code == 0, result.output
+    path = next((tmp_path / "results").glob("*.json"))
+    record = read_json(path)
+    out = tmp_path / "tune.html"
+    assert CliRunner().invoke(cli, ["report", str(path), "--html", str(out)]).exit_code == 0
+    parsed, run_id, tune = _parse(out), record["run_id"], record["tune"]
+    mixes = {m["mix"]: m for m in _records(parsed, f"mixes-{run_id}")}
+    assert set(mixes) == set(tune["mixes"])
+    for label, mix in tune["mixes"].items():
+        assert float(mixes[label]["workload_ms"]) == pytest.approx(mix["request_us"] / 1e3, rel=1e-5)
+        assert mixes[label]["written"] == ("yes" if label == tune["winner"] else "")
+    candidates = _records(parsed, f"candidates-{run_id}")
+    assert any(c["cost_us"] is None for c in tune["candidates"])  # cuda, which cannot run here, is listed with why
+    assert [(c["op"], c["backend"]) for c in candidates] == [(c["op"], c["backend"]) for c in tune["candidates"]]
+    for shown, candidate in zip(candidates, tune["candidates"], strict=True):
+        if candidate["cost_us"] is None:
+            assert shown["cost_us"] == "-" and shown["why_out"] == candidate["reason"]
+        else:
+            assert float(shown["cost_us"]) == pytest.approx(candidate["cost_us"], rel=1e-5)
+        assert shown["written"] == ("yes" if tune["choices"].get(candidate["op"]) == candidate["backend"] else "")
+    phases = _records(parsed, f"phases-{run_id}")
+    assert [p["phase"] for p in phases] == list(tune["phases_s"])
+    assert [float(p["seconds"]) for p in phases] == pytest.approx(list(tune["phases_s"].values()), rel=1e-5, abs=1e-6)
