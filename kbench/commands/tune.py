@@ -214,13 +214,19 @@ def set_up_backends(registry: Registry, wanted_by_op: dict[str, list[str]], name
     backends = dict.fromkeys(b for wanted in wanted_by_op.values() for b in wanted)
     for backend in backends:
         implementations = [registry.get(name, backend) for name, wanted in wanted_by_op.items() if backend in wanted]
-        implementations = [i for i in implementations if not i.slow_setup or backend in named]
+        implementations = [i for i in implementations if not left_out(i, named)]
         if not implementations:
             continue
         progress(f"setting up {backend}")
         for implementation in implementations:
             implementation.unavailable_reason()  # checked once per implementation, kept for the op's turn
         laps.lap(f"{SETUP_PHASE}:{backend}")
+
+
+def left_out(implementation, named: tuple[str, ...]) -> bool:
+    """Whether the tune leaves ``implementation`` out: it compiles per shape (``slow_setup``) and
+    ``--candidates`` (``named``) does not ask for it."""
+    return bool(implementation.slow_setup) and implementation.backend not in named
 
 
 def time_candidates(plan: Plan, name: str, backends: list[str], ceilings: dict, progress,
@@ -235,7 +241,7 @@ def time_candidates(plan: Plan, name: str, backends: list[str], ceilings: dict, 
     out: dict[str, Candidate] = {}
     for backend in backends:
         implementation = registry.get(name, backend)
-        if implementation.slow_setup and backend not in named:
+        if left_out(implementation, named):
             # before its support probes, which may compile too (torch.compile's costs seconds)
             reason = (f"left out of the tune: {implementation.slow_setup}, at each of {len(cases)} shapes "
                       f"(--candidates {backend} tries it)")

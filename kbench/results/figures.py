@@ -77,20 +77,25 @@ def figure_table(record: dict) -> str:
     return "\n\n".join([*filter(None, tables), _provenance(record)])
 
 
+def ranked_mixes(tune: dict) -> list[tuple[str, dict, float | None]]:
+    """A tune record's mixes fastest first: (label, mix, speedup over the spec's own mix or None)."""
+    spec_us = tune["mixes"].get("spec", {}).get("request_us")
+    ranked = sorted(tune["mixes"].items(), key=lambda item: item[1].get("request_us") or float("inf"))
+    return [(label, mix, spec_us / mix["request_us"] if spec_us and mix.get("request_us") else None)
+            for label, mix in ranked]
+
+
 def _tune_table(record: dict) -> str:
     """Per mix ``kbench tune`` timed: the workload's time, the speedup over the spec's own choice,
     and decode tok/s with its share of the roofline at each point; the written one marked."""
     tune, rows = record["tune"], record["rows"]
-    spec_us = tune["mixes"].get("spec", {}).get("request_us")
     decode = {(r["backend"], r["shape"]["batch"], r["shape"]["prompt_len"]): r for r in rows if r["kind"] == "decode"}
     points = sorted({(batch, prompt) for _, batch, prompt in decode})
     header = ["mix", "workload ms", "vs spec", *(f"decode tok/s b={b} p={p} (roofline)" for b, p in points)]
     body = []
-    ranked = sorted(tune["mixes"].items(), key=lambda item: item[1].get("request_us") or float("inf"))
-    for label, mix in ranked:
-        us = mix.get("request_us")
-        cells = [f"**{label}** (written)" if label == tune.get("winner") else label, _ms(us),
-                 f"{spec_us / us:.3f}x" if us and spec_us else "-"]
+    for label, mix, vs_spec in ranked_mixes(tune):
+        cells = [f"**{label}** (written)" if label == tune.get("winner") else label, _ms(mix.get("request_us")),
+                 f"{vs_spec:.3f}x" if vs_spec else "-"]
         for batch, prompt in points:
             row = decode.get((mix.get("rows", label), batch, prompt), {})
             cells.append(f"{_number(row.get('tokens_per_s'))} ({_percent(row.get('frac_peak_bw'))})")

@@ -17,7 +17,7 @@ import io
 import pandas as pd
 
 from kbench.results.compare import Comparison
-from kbench.results.figures import SUPERSEDED_METHODS
+from kbench.results.figures import SUPERSEDED_METHODS, ranked_mixes
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}
 table{border-collapse:collapse;font-size:13px;margin:0.5em 0 1.5em}
@@ -109,13 +109,10 @@ def tune_section(record: dict) -> list[str]:
     every op's candidates with their cost per request or why they are out, and where its wall
     time went (``tune.phases_s``)."""
     run_id, tune = record["run_id"], record["tune"]
-    spec_us = tune["mixes"].get("spec", {}).get("request_us")
     mixes = pd.DataFrame([{"mix": label, "workload_ms": mix["request_us"] / 1e3 if mix.get("request_us") else None,
-                           "speedup_vs_spec": spec_us / mix["request_us"] if spec_us and mix.get("request_us") else None,
-                           "written": "yes" if label == tune.get("winner") else "",
+                           "speedup_vs_spec": vs_spec, "written": "yes" if label == tune.get("winner") else "",
                            "backends": ", ".join(f"{op}={b}" for op, b in mix.get("choices", {}).items())}
-                          for label, mix in sorted(tune["mixes"].items(),
-                                                   key=lambda item: item[1].get("request_us") or float("inf"))])
+                          for label, mix, vs_spec in ranked_mixes(tune)])
     chosen = tune.get("choices", {})
     candidates = pd.DataFrame([{"op": c["op"], "backend": c["backend"], "prefill_us": c.get("prefill_us"),
                                 "decode_us": c.get("decode_us"), "cost_us": c.get("cost_us"),
@@ -123,7 +120,7 @@ def tune_section(record: dict) -> list[str]:
                                 "timed_as": c.get("same_as"), "why_out": c.get("reason")}
                                for c in tune.get("candidates", [])])
     phases = pd.DataFrame([{"phase": name, "seconds": spent} for name, spent in tune.get("phases_s", {}).items()])
-    return ["<h3>tune: every mix end to end (µs per request of the workload)</h3>", _table(mixes, f"mixes-{run_id}"),
+    return ["<h3>tune: every mix end to end (ms over the workload)</h3>", _table(mixes, f"mixes-{run_id}"),
             "<h3>tune: each op's candidates (µs per request)</h3>", _table(candidates, f"candidates-{run_id}"),
             "<h3>tune: wall time by phase</h3>", _table(phases, f"phases-{run_id}")]
 

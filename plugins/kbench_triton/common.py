@@ -1,14 +1,13 @@
 """What every kernel module shares: interpreter detection, autotuned launches, chosen configs.
 
-``TunedKernel`` wraps a ``@triton.jit`` kernel: on a GPU it launches through
-``triton.autotune`` (keyed on the shape arguments named in ``key``), each config benchmarked
-for ``TUNING_WARMUP_MS`` + ``TUNING_REP_MS`` (triton's default is 25 + 100 ms: at a model's
-dozen shapes and a few dozen configs per kernel, that alone is minutes of a ``kbench tune``);
-under
+``TunedKernel`` wraps a ``@triton.jit`` kernel: on a GPU it launches through ``triton.autotune``
+(keyed on the shape arguments named in ``key``), each config benchmarked for
+``TUNING_WARMUP_MS`` + ``TUNING_REP_MS`` (triton's default is 25 + 100 ms: at a model's dozen
+shapes and a few dozen configs per kernel, that alone is minutes of a ``kbench tune``); under
 ``TRITON_INTERPRET=1`` it launches the plain kernel with one small fixed config, since
 benchmarking configs on the CPU interpreter would only cost time. Kernels whose config is a
-heuristic of the shape record it with ``launch_config``. ``chosen_configs()`` returns both,
-so a run record can store which config produced each timing.
+heuristic of the shape record it with ``launch_config``. ``chosen_configs()`` returns both, so a
+run record can store which config produced each timing.
 """
 
 from __future__ import annotations
