@@ -175,6 +175,8 @@ def _copy_gbps(device: torch.device, moved_bytes: int, rep_ms: float, cuda_graph
     timing = measure(lambda: dst.copy_(src), device=device, warmup_ms=5, rep_ms=rep_ms, flush_l2=False,
                      cuda_graph=cuda_graph)
     return moved_bytes / (timing.min_us * 1e-6) / 1e9  # the fastest: a busy moment is not the machine
+
+
 def _time_copy(device: torch.device):
     src = torch.empty(COPY_BYTES, dtype=torch.int8, device=device)
     dst = torch.empty_like(src)
