@@ -17,7 +17,10 @@ wrapped (``Pipeline.traced_calls``) and attributed:
 
 An op's ``total_us`` is its time per step, ``share`` its fraction of the measured step
 (``step_us``: the prefill row's latency, or the decode row's per-token latency, under a CUDA
-graph where the run used one). The ``remainder`` row is ``step_us`` less the ops' sum: on
+graph where the run used one). In a decode step each op's row also carries the bytes one call
+must move by the op's own model (``decode_call_bytes``), its GB/s at the measured µs per call
+and that against the run's copy ceiling: which parts stream at the memory's speed and which
+are bound by their fixed cost, the question a decode step's roofline leaves open. The ``remainder`` row is ``step_us`` less the ops' sum: on
 CUDA the gaps between kernels (launch latency that a graph does not remove, host-side waits)
 and glue outside the ops (views, the q/k/v split's copies, position bookkeeping); on a CPU
 the Python between calls. Totals are medians over ``REPEATS`` traced steps.
@@ -164,9 +167,11 @@ def traced_totals(pipeline, step: Callable[[], object]) -> tuple[dict[str, float
     return dict(spent), dict(calls), "perf_counter-calls"
 
 
-def breakdown_rows(plan: Plan, pipeline, phase: str, batch: int, prompt_len: int, step_us: float) -> list[BreakdownRow]:
-    """The rows of one step: each op the step calls (calls, µs per call, share), then the remainder;
-    one FAIL row (op: the phase) where the step raises while traced, its timing standing."""
+def breakdown_rows(plan: Plan, pipeline, phase: str, batch: int, prompt_len: int, step_us: float,
+                   ceilings: dict | None = None) -> list[BreakdownRow]:
+    """The rows of one step: each op the step calls (calls, µs per call, share; in decode the
+    bytes a call moves, its GB/s and the share of ``ceilings``' copy bandwidth), then the
+    remainder; one FAIL row (op: the phase) where the step raises while traced, its timing standing."""
     spec = plan.spec
     steps = min(spec.workload.decode_steps, TRACED_DECODE_STEPS) if phase == "decode" else 1
     common = {"case": f"phase={phase} batch={batch} prompt_len={prompt_len}", "dtype": dtype_name(spec.dtype),
@@ -186,8 +191,13 @@ def breakdown_rows(plan: Plan, pipeline, phase: str, batch: int, prompt_len: int
         total = statistics.median(run[0].get(op, 0.0) for run in runs) / steps
         op_calls = runs[0][1][op] // steps
         summed += total
-        rows.append(BreakdownRow(op=op_of(op), part=op, backend=plan.backend(op_of(op)), calls=op_calls, latency_us=total / op_calls,
+        per_call = total / op_calls
+        moved = decode_call_bytes(plan, op, batch, prompt_len, steps) if phase == "decode" else None
+        gbps = moved / (per_call * 1e3) if moved and per_call else None
+        copy_gbps = (ceilings or {}).get("copy_gbps")
+        rows.append(BreakdownRow(op=op_of(op), part=op, backend=plan.backend(op_of(op)), calls=op_calls, latency_us=per_call,
                                  total_us=total, share=total / step_us if step_us else None, reps=REPEATS,
+                                 bytes=moved, gbps=gbps, frac_peak_bw=gbps / copy_gbps if gbps and copy_gbps else None,
                                  note=None if total or method != PROFILED else "no device work ran inside its ranges",
                                  **common))
     remainder = step_us - summed
@@ -195,6 +205,23 @@ def breakdown_rows(plan: Plan, pipeline, phase: str, batch: int, prompt_len: int
                              share=remainder / step_us if step_us else None, reps=REPEATS,
                              note=_remainder_note(step_us, summed, runs, steps), **common))
     return rows
+
+
+def decode_call_bytes(plan: Plan, part: str, batch: int, prompt_len: int, traced_steps: int) -> float | None:
+    """Bytes one call of ``part`` (``rope``, ``linear[o]``) moves in a decode step of ``batch``
+    sequences after prompts of ``prompt_len``: its op's ``bytes`` at the op's own case of that
+    shape (one token a sequence, the call site's projection), attention at the mean context of
+    the ``traced_steps`` steps the breakdown traced. None where the op's cases hold no such shape."""
+    spec = plan.spec
+    op = plan.registry.ops[op_of(part)]
+    proj = part.partition("[")[2].rstrip("]") or None
+    for case in op.cases_for(spec.model, spec.workload):
+        if (case.get("tokens", batch) == batch and case.get("batch", batch) == batch
+                and case.get("phase", "decode") == "decode" and case.get("proj") == proj):
+            if "context" in case.keys():  # the traced steps attend over prompt_len + 1 .. + traced_steps
+                case = case.replace(context=round(prompt_len + (traced_steps + 1) / 2))
+            return float(op.bytes(case, spec.dtype))
+    return None
 
 
 def _traced_runs(pipeline, spec, phase: str, batch: int, prompt_len: int, steps: int) -> list:

@@ -66,7 +66,7 @@ def time_prefill(plan: Plan, model, label: str, ceilings: dict, progress, ttft: 
         try:
             rows.append(prefill_row(plan, model, label, ceilings, batch, prompt_len, ttft))
             if breakdown:
-                rows += step_breakdown(plan, model, label, "prefill", batch, prompt_len, rows[-1].latency_us)
+                rows += step_breakdown(plan, model, label, "prefill", batch, prompt_len, rows[-1].latency_us, ceilings)
         except KbenchError:
             raise
         except Exception as error:  # a crashing backend is a FAIL row, not a lost run
@@ -75,15 +75,16 @@ def time_prefill(plan: Plan, model, label: str, ceilings: dict, progress, ttft: 
 
 
 def step_breakdown(plan: Plan, model, label: str, phase: str, batch: int, prompt_len: int,
-                   step_us: float) -> list[Row]:
+                   step_us: float, ceilings: dict) -> list[Row]:
     """The per-op breakdown of the pipeline's step just timed (``kbench.bench.breakdown``);
     none for a baseline (``BASELINES``), whose ops are not the plan's."""
     if label in BASELINES or not hasattr(model, "traced_calls"):
         return []
-    return [dataclasses.replace(row, mix=label) for row in breakdown_rows(plan, model, phase, batch, prompt_len, step_us)]
+    return [dataclasses.replace(row, mix=label)
+            for row in breakdown_rows(plan, model, phase, batch, prompt_len, step_us, ceilings)]
 
 
-def breakdowns_of(plan: Plan, model, label: str, timed: list[Row], progress) -> list[Row]:
+def breakdowns_of(plan: Plan, model, label: str, timed: list[Row], progress, ceilings: dict) -> list[Row]:
     """``step_breakdown`` of every prefill and decode step in ``timed`` (rows of ``model``'s mix,
     timed earlier without one) that ran."""
     rows = []
@@ -92,7 +93,7 @@ def breakdowns_of(plan: Plan, model, label: str, timed: list[Row], progress) -> 
             continue
         batch, prompt_len = row.shape["batch"], row.shape["prompt_len"]
         progress(f"breakdown [{label}]: {row.kind} batch={batch} prompt_len={prompt_len}")
-        rows += step_breakdown(plan, model, label, row.kind, batch, prompt_len, row.latency_us)
+        rows += step_breakdown(plan, model, label, row.kind, batch, prompt_len, row.latency_us, ceilings)
     return rows
 
 
@@ -158,7 +159,7 @@ def time_decode(plan: Plan, model, label: str, weights, ceilings: dict, progress
         try:
             rows.append(decode_row(plan, model, label, weights, ceilings, batch, prompt_len))
             if breakdown:
-                rows += step_breakdown(plan, model, label, "decode", batch, prompt_len, rows[-1].latency_us)
+                rows += step_breakdown(plan, model, label, "decode", batch, prompt_len, rows[-1].latency_us, ceilings)
         except KbenchError:
             raise
         except Exception as error:

@@ -171,7 +171,7 @@ def tune(spec_path: str | Path, overrides: Overrides | None, out_spec: Path | No
         laps.lap("check")
         timed_as = first_of[tuple(sorted(mix_choices[winner].items()))]  # the label its rows carry
         rows += breakdowns_of(tuned_plan, pipeline, timed_as, [r for r in rows if r.backend == timed_as],
-                              lambda text: progress(f"written mix {winner}: {text}"))
+                              lambda text: progress(f"written mix {winner}: {text}"), ceilings)
         del pipeline
         laps.lap("breakdown")
     record = build_record(name=f"{spec.name}-tune", command=tuple(["kbench", *sys.argv[1:]]),

@@ -134,8 +134,9 @@ def _hf_check_table(rows: list[dict]) -> str:
 
 
 def _breakdown_table(rows: list[dict]) -> str:
-    """The decode step's breakdown at the smallest batch: µs per step of each call site, the
-    ops' sum and the remainder against the measured step."""
+    """The decode step's breakdown at the smallest batch: µs per step of each call site (and,
+    where the record has them, its GB/s and share of the copy ceiling), the ops' sum and the
+    remainder against the measured step."""
     parts = [r for r in rows if r["kind"] == "breakdown" and r.get("phase") == "decode"]
     if not parts:
         return ""
@@ -143,11 +144,13 @@ def _breakdown_table(rows: list[dict]) -> str:
         return f"(decode breakdown not shown: {SUPERSEDED_METHODS[parts[0]['method']]})"
     first = min(parts, key=lambda r: (r["shape"]["batch"], r["shape"]["prompt_len"]))
     step = [r for r in parts if r["case"] == first["case"] and r.get("mix") == first.get("mix")]
+    rates = any(r.get("gbps") is not None for r in step)  # records before rates were kept have none
     body = [[r.get("part") or r["op"], r["backend"], str(r["calls"]) if r.get("calls") else "-",
-             _number(r.get("latency_us")), _number(r.get("total_us")), _percent(r.get("share"))] for r in step]
+             _number(r.get("latency_us")), _number(r.get("total_us")), _percent(r.get("share")),
+             *([_number(r.get("gbps")), _percent(r.get("frac_peak_bw"))] if rates else [])] for r in step]
+    header = ["part", "backend", "calls", "µs/call", "µs/step", "share", *(["GB/s", "of copy"] if rates else [])]
     return (f"Decode step at {first['case'].replace('phase=decode ', '')}: measured "
-            f"{_number(first.get('step_us'))} µs\n\n"
-            + _markdown_table(["part", "backend", "calls", "µs/call", "µs/step", "share"], body))
+            f"{_number(first.get('step_us'))} µs\n\n" + _markdown_table(header, body))
 
 
 def _model_table(rows: list[dict]) -> str:

@@ -26,7 +26,9 @@ td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#eee}
 
 OP_COLUMNS = ["op", "case", "backend", "status", "latency_us", "graph_latency_us", "gbps", "tflops", "speedup"]
 E2E_COLUMNS = ["kind", "backend", "case", "status", "latency_us", "tokens_per_s", "frac_peak_bw", "frac_peak_flops"]
-BREAKDOWN_COLUMNS = ["mix", "case", "part", "backend", "calls", "latency_us", "total_us", "share", "step_us", "method"]
+RATE_COLUMNS = ["gbps", "frac_peak_bw"]
+BREAKDOWN_COLUMNS = ["mix", "case", "part", "backend", "calls", "latency_us", "total_us", "share", *RATE_COLUMNS,
+                     "step_us", "method"]
 
 
 def _table(frame: pd.DataFrame, table_id: str) -> str:
@@ -94,6 +96,8 @@ def run_section(record: dict) -> str:
                             if v is not None])
     e2e = pd.DataFrame([r for r in rows if r["kind"] in ("prefill", "decode")]).reindex(columns=E2E_COLUMNS)
     breakdown = pd.DataFrame([r for r in rows if r["kind"] == "breakdown"]).reindex(columns=BREAKDOWN_COLUMNS)
+    # a record from before the parts' rates were kept has none: no empty columns for it
+    breakdown = breakdown.drop(columns=[c for c in RATE_COLUMNS if breakdown[c].isna().all()])
     return "\n".join([
         f"<h2>run {html.escape(run_id)} ({html.escape(str(record.get('status')))})</h2>",
         "<h3>machine and ceilings</h3>", _table(machine, f"machine-{run_id}"),

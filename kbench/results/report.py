@@ -203,26 +203,30 @@ def _decode_table(rows: list[dict], where: str) -> Table:
 
 def breakdown_tables(rows: list[dict]) -> list[Table]:
     """One table per step (phase, batch, prompt_len): each op's calls, µs per call, µs per
-    step and share, the ops' sum and the remainder beside the measured step."""
+    step and share (a decode step's also its GB/s and share of the copy ceiling), the ops' sum
+    and the remainder beside the measured step."""
     steps: dict[str, list[dict]] = {}
     for row in rows:
         steps.setdefault(row["case"], []).append(row)
     tables = []
     for case, part in steps.items():
         step_us, method = part[0].get("step_us"), part[0].get("method")
+        rates = any(r.get("gbps") is not None for r in part)
         table = Table(title=f"{case}: breakdown of a step of {fmt(step_us)} µs (ops timed by {method})")
-        for column in ("op", "backend", "calls", "µs/call", "µs/step", "share"):
+        for column in ("op", "backend", "calls", "µs/call", "µs/step", "share", *(("GB/s", "of copy") if rates else ())):
             table.add_column(column, justify="left" if column in ("op", "backend") else "right")
+        blank = ("", "") if rates else ()
         ops = [r for r in part if r["op"] != "remainder"]
         for row in sorted(ops, key=lambda r: -(r.get("total_us") or 0)):
             table.add_row(escape(row.get("part") or row["op"]), row["backend"], fmt(row.get("calls")), fmt(row.get("latency_us")),
-                          fmt(row.get("total_us")), _pct(row.get("share")))
+                          fmt(row.get("total_us")), _pct(row.get("share")),
+                          *((fmt(row.get("gbps")), _pct(row.get("frac_peak_bw"))) if rates else ()))
         summed = sum(r.get("total_us") or 0 for r in ops)
-        table.add_row("ops' sum", "", "", "", fmt(summed), _pct(summed / step_us if step_us else None))
+        table.add_row("ops' sum", "", "", "", fmt(summed), _pct(summed / step_us if step_us else None), *blank)
         for row in part:
             if row["op"] == "remainder":
-                table.add_row("remainder", "", "", "", fmt(row.get("total_us")), _pct(row.get("share")))
-        table.add_row("measured step", "", "", "", fmt(step_us), "100%")
+                table.add_row("remainder", "", "", "", fmt(row.get("total_us")), _pct(row.get("share")), *blank)
+        table.add_row("measured step", "", "", "", fmt(step_us), "100%", *blank)
         tables.append(table)
     return tables
 

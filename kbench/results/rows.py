@@ -125,12 +125,16 @@ class DecodeRow(Row):
 class BreakdownRow(Row):
     """One op's part of a prefill or a decode step at one (batch, prompt_len): ``calls`` per
     step, ``latency_us`` per call, ``total_us`` per step and its ``share`` of ``step_us``, the
-    measured step. ``part`` tells calls of one op apart (``linear[qkv]``, ``linear[lm_head]``);
-``op`` ``remainder`` is the step less the ops' sum (launch gaps, host work,
-    glue); ``method`` says how the ops were timed (``kbench.bench.breakdown``); ``mix`` is the
-    label of the mix the step ran (``pipeline``, or one ``kbench tune`` timed)."""
+    measured step; in a decode step ``bytes`` one call moves, its ``gbps`` and ``frac_peak_bw``
+    (of the run's copy ceiling). ``part`` tells calls of one op apart (``linear[qkv]``,
+    ``linear[lm_head]``); ``op`` ``remainder`` is the step less the ops' sum (launch gaps, host
+    work, glue); ``method`` says how the ops were timed (``kbench.bench.breakdown``); ``mix`` is
+    the label of the mix the step ran (``pipeline``, or one ``kbench tune`` timed)."""
 
     kind: ClassVar[str] = "breakdown"
+    bytes: float | None = None
+    gbps: float | None = None
+    frac_peak_bw: float | None = None
     part: str | None = None
     phase: str | None = None
     calls: int | None = None

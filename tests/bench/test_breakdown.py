@@ -49,6 +49,39 @@ def test_breakdown_counts_every_call_and_adds_up_to_the_step(tmp_path, registry,
         assert row.backend == plan.backend(row.op) and row.method == "perf_counter-calls"
 
 
+def test_a_decode_part_says_the_bytes_a_call_moves_and_its_rate_against_the_copy_ceiling(tmp_path, registry):
+    """Bytes per call from the model's dimensions, written out here apart from the ops' own
+    models: a weight read once with the activations in and out, attention over K and V of the
+    traced steps' mean context (prompt 8, steps 1..3: 10 tokens) with q and the output."""
+    batch, prompt_len, copy_gbps = 2, 8, 50.0
+    spec = load_spec(write_spec(tmp_path, workload={"batch": [batch], "prompt_len": [prompt_len], "decode_steps": 3}))
+    plan = resolve_plan(spec, registry)
+    pipeline = build_pipeline(spec, registry, load_weights(spec))
+    rows = breakdown_rows(plan, pipeline, "decode", batch, prompt_len, 1e6, {"copy_gbps": copy_gbps})
+    m, size = spec.model, 4  # float32
+    q_width, kv_width = m.heads * m.head_dim, m.kv_heads * m.head_dim
+
+    def weight_read(n, k):
+        return (n * k + batch * (n + k)) * size
+
+    expected = {
+        "linear[qkv]": weight_read(q_width + 2 * kv_width, m.hidden),
+        "linear[o]": weight_read(m.hidden, q_width),
+        "linear[lm_head]": weight_read(m.vocab, m.hidden),
+        "attention_decode": 2 * kv_width * batch * 10 * size + 2 * batch * q_width * size + 4 * batch,
+        "add_rmsnorm": (4 * batch * m.hidden + m.hidden) * size,
+    }
+    parts = {row.part: row for row in rows}
+    assert {part: parts[part].bytes for part in expected} == expected
+    for row in rows[:-1]:
+        assert row.bytes > 0, row.part
+        assert row.gbps == pytest.approx(row.bytes / (row.latency_us * 1e3))
+        assert row.frac_peak_bw == pytest.approx(row.gbps / copy_gbps)
+    assert rows[-1].op == REMAINDER and rows[-1].bytes is None
+    prefill = breakdown_rows(plan, pipeline, "prefill", batch, prompt_len, 1e6, {"copy_gbps": copy_gbps})
+    assert all(row.bytes is None and row.gbps is None for row in prefill)  # compute-bound: no copy rate
+
+
 def test_an_op_is_the_device_work_inside_its_ranges_however_it_was_launched():
     """CUDA attribution is by time on the profiler's common clock: each kernel, copy or fill whose
     midpoint lies inside a ``kbench::`` range counts for that range's op, by duration, whether or

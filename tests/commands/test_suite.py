@@ -158,6 +158,9 @@ def test_readme_figures_are_the_records_numbers(cpu_run):
     assert {row["part"] for row in breakdown} == set(recorded) and "remainder" in recorded
     for row in breakdown:
         assert close(row["µs/step"], recorded[row["part"]]["total_us"])
+        if row["part"] != "remainder":  # each part's rate, and that against the run's copy ceiling
+            assert close(row["GB/s"], recorded[row["part"]]["gbps"])
+            assert row["of copy"] == f"{100 * recorded[row['part']]['frac_peak_bw']:.0f}%"
 
     bench_rows = {(r["backend"], r["case"]): r for r in written["bench"]["rows"] if r["kind"] == "op"}
     shown = parse_table(between_markers(text_after, "rmsnorm-reference"))

@@ -89,6 +89,8 @@ def test_one_run_page_holds_the_records_tables(two_runs):
     parts = [r for r in rows if r["kind"] == "breakdown"]
     assert [b["part"] for b in breakdown] == [r["part"] for r in parts]
     assert [float(b["total_us"]) for b in breakdown] == pytest.approx([r["total_us"] for r in parts], rel=1e-5)
+    rates = [(b["gbps"], r["gbps"]) for b, r in zip(breakdown, parts, strict=True) if r["gbps"] is not None]
+    assert rates and all(float(shown) == pytest.approx(recorded, rel=1e-5) for shown, recorded in rates)
     decode = [r for r in _records(parsed, f"e2e-{run_id}") if r["kind"] == "decode"]
     assert float(decode[0]["latency_us"]) == pytest.approx(
         next(r["latency_us"] for r in rows if r["kind"] == "decode"), rel=1e-5)
