@@ -17,13 +17,16 @@ wrapped (``Pipeline.traced_calls``) and attributed:
 
 An op's ``total_us`` is its time per step, ``share`` its fraction of the measured step
 (``step_us``: the prefill row's latency, or the decode row's per-token latency, under a CUDA
-graph where the run used one). In a decode step each op's row also carries the bytes one call
-must move by the op's own model (``decode_call_bytes``), its GB/s at the measured µs per call
-and that against the run's copy ceiling: which parts stream at the memory's speed and which
-are bound by their fixed cost, the question a decode step's roofline leaves open. The ``remainder`` row is ``step_us`` less the ops' sum: on
+graph where the run used one). The ``remainder`` row is ``step_us`` less the ops' sum: on
 CUDA the gaps between kernels (launch latency that a graph does not remove, host-side waits)
 and glue outside the ops (views, the q/k/v split's copies, position bookkeeping); on a CPU
 the Python between calls. Totals are medians over ``REPEATS`` traced steps.
+
+In a decode step each op's row also carries the bytes one call must move by the op's own
+model (``decode_call_bytes``), its GB/s at the measured µs per call and that against the run's
+copy ceiling: which parts stream at the memory's speed and which are bound by their fixed
+cost, what a decode step's roofline alone leaves open. Not on a rank of a tensor-parallel
+step: it holds a shard, which the ops' cases (the whole model's shapes) do not describe.
 """
 
 from __future__ import annotations
@@ -169,9 +172,10 @@ def traced_totals(pipeline, step: Callable[[], object]) -> tuple[dict[str, float
 
 def breakdown_rows(plan: Plan, pipeline, phase: str, batch: int, prompt_len: int, step_us: float,
                    ceilings: dict | None = None) -> list[BreakdownRow]:
-    """The rows of one step: each op the step calls (calls, µs per call, share; in decode the
-    bytes a call moves, its GB/s and the share of ``ceilings``' copy bandwidth), then the
-    remainder; one FAIL row (op: the phase) where the step raises while traced, its timing standing."""
+    """The rows of one step: each op the step calls (calls, µs per call, share; in a one-rank
+    decode step the bytes a call moves, its GB/s and the share of ``ceilings``' copy bandwidth),
+    then the remainder; one FAIL row (op: the phase) where the step raises while traced, its
+    timing standing."""
     spec = plan.spec
     steps = min(spec.workload.decode_steps, TRACED_DECODE_STEPS) if phase == "decode" else 1
     common = {"case": f"phase={phase} batch={batch} prompt_len={prompt_len}", "dtype": dtype_name(spec.dtype),
@@ -186,15 +190,16 @@ def breakdown_rows(plan: Plan, pipeline, phase: str, batch: int, prompt_len: int
                              note=f"the traced step raised {type(error).__name__}: {error}", **common)]
     method = runs[0][2]
     common |= {"status": "PASS", "method": method}
+    rates = phase == "decode" and getattr(getattr(pipeline, "parallel", None), "ranks", 1) == 1
+    copy_gbps = (ceilings or {}).get("copy_gbps")
     rows, summed = [], 0.0
     for op in runs[0][1]:  # a call site: the op, or linear[PROJ]
         total = statistics.median(run[0].get(op, 0.0) for run in runs) / steps
         op_calls = runs[0][1][op] // steps
         summed += total
         per_call = total / op_calls
-        moved = decode_call_bytes(plan, op, batch, prompt_len, steps) if phase == "decode" else None
+        moved = decode_call_bytes(plan, op, batch, prompt_len, steps) if rates else None
         gbps = moved / (per_call * 1e3) if moved and per_call else None
-        copy_gbps = (ceilings or {}).get("copy_gbps")
         rows.append(BreakdownRow(op=op_of(op), part=op, backend=plan.backend(op_of(op)), calls=op_calls, latency_us=per_call,
                                  total_us=total, share=total / step_us if step_us else None, reps=REPEATS,
                                  bytes=moved, gbps=gbps, frac_peak_bw=gbps / copy_gbps if gbps and copy_gbps else None,

@@ -81,6 +81,19 @@ def test_a_decode_part_says_the_bytes_a_call_moves_and_its_rate_against_the_copy
     prefill = breakdown_rows(plan, pipeline, "prefill", batch, prompt_len, 1e6, {"copy_gbps": copy_gbps})
     assert all(row.bytes is None and row.gbps is None for row in prefill)  # compute-bound: no copy rate
 
+    class OneOfTwoRanks:  # a rank of a tensor-parallel step holds a shard, which the cases do not describe
+        ranks = 2
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    pipeline.parallel = OneOfTwoRanks(pipeline.parallel)
+    sharded = breakdown_rows(plan, pipeline, "decode", batch, prompt_len, 1e6, {"copy_gbps": copy_gbps})
+    assert len(sharded) == len(rows) and all(row.bytes is None and row.gbps is None for row in sharded)
+
 
 def test_an_op_is_the_device_work_inside_its_ranges_however_it_was_launched():
     """CUDA attribution is by time on the profiler's common clock: each kernel, copy or fill whose
