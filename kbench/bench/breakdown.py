@@ -197,12 +197,12 @@ def breakdown_rows(plan: Plan, pipeline, phase: str, batch: int, prompt_len: int
         total = statistics.median(run[0].get(op, 0.0) for run in runs) / steps
         op_calls = runs[0][1][op] // steps
         summed += total
-        per_call = total / op_calls
-        moved = decode_call_bytes(plan, op, batch, prompt_len, steps) if rates else None
-        gbps = moved / (per_call * 1e3) if moved and per_call else None
-        rows.append(BreakdownRow(op=op_of(op), part=op, backend=plan.backend(op_of(op)), calls=op_calls, latency_us=per_call,
+        call_us = total / op_calls
+        call_bytes = decode_call_bytes(plan, op, batch, prompt_len, steps) if rates else None
+        gbps = call_bytes / (call_us * 1e3) if call_bytes and call_us else None
+        rows.append(BreakdownRow(op=op_of(op), part=op, backend=plan.backend(op_of(op)), calls=op_calls, latency_us=call_us,
                                  total_us=total, share=total / step_us if step_us else None, reps=REPEATS,
-                                 bytes=moved, gbps=gbps, frac_peak_bw=gbps / copy_gbps if gbps and copy_gbps else None,
+                                 bytes=call_bytes, gbps=gbps, frac_peak_bw=gbps / copy_gbps if gbps and copy_gbps else None,
                                  note=None if total or method != PROFILED else "no device work ran inside its ranges",
                                  **common))
     remainder = step_us - summed
