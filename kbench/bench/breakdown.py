@@ -42,6 +42,7 @@ import torch
 
 from kbench.errors import KbenchError
 from kbench.model import random_prompts
+from kbench.model.tensor_parallel import rank_count
 from kbench.ops.base import dtype_name
 from kbench.plan import Plan
 from kbench.results.rows import BreakdownRow
@@ -190,7 +191,7 @@ def breakdown_rows(plan: Plan, pipeline, phase: str, batch: int, prompt_len: int
                              note=f"the traced step raised {type(error).__name__}: {error}", **common)]
     method = runs[0][2]
     common |= {"status": "PASS", "method": method}
-    rates = phase == "decode" and getattr(getattr(pipeline, "parallel", None), "ranks", 1) == 1
+    rates = phase == "decode" and rank_count(pipeline) == 1
     copy_gbps = (ceilings or {}).get("copy_gbps")
     rows, summed = [], 0.0
     for op in runs[0][1]:  # a call site: the op, or linear[PROJ]

@@ -13,6 +13,7 @@ from kbench.bench.timing import AcrossRanks, Timing, measure
 from kbench.errors import KbenchError
 from kbench.model import random_prompts
 from kbench.model.arithmetic import decode_bytes_per_step, prefill_flops
+from kbench.model.tensor_parallel import rank_count
 from kbench.ops.base import dtype_name
 from kbench.plan import Plan
 from kbench.results.rows import ROW_TYPES, DecodeRow, PrefillRow, Row
@@ -134,11 +135,6 @@ def prefill_row(plan: Plan, model, label: str, ceilings: dict, batch: int, promp
         tokens_per_s=batch * prompt_len / (prefill.median_us * 1e-6), peak_memory_bytes=peak,
         backends=label if label in BASELINES else plan.label(),
     )
-
-
-def rank_count(model) -> int:
-    parallel = getattr(model, "parallel", None)
-    return parallel.ranks if parallel is not None else 1
 
 
 def across_ranks(model) -> AcrossRanks | None:

@@ -300,6 +300,13 @@ class TensorParallel:
 SINGLE_RANK = SingleRank()
 
 
+def rank_count(model) -> int:
+    """How many ranks run ``model``'s step together: its pipeline's ``parallel.ranks``, 1 for a
+    model without one (a baseline)."""
+    parallel = getattr(model, "parallel", None)
+    return parallel.ranks if parallel is not None else 1
+
+
 def model_weight_bytes(model: ModelConfig, dtype: torch.dtype) -> int:
     """Bytes of the whole model's weights (every rank's together, norms once)."""
     m = model
